@@ -1,0 +1,261 @@
+//! Cluster configuration, read from TOML (see `config/local.toml`).
+//!
+//! One file describes the whole cluster: the metadata server, every storage server (one per
+//! storage target), layout defaults, timeouts and client limits. Every process reads the same
+//! file; a storage server picks its own section by `--id`.
+
+use crate::error::{ErrorCode, PfsError, Result};
+use crate::ids::ServerId;
+use crate::layout::{LayoutPolicy, MAX_CHUNK_SIZE};
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The whole cluster as one TOML file describes it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// Base directory for relative data directories, logs and pid files.
+    pub data_dir: PathBuf,
+    pub meta: MetaConfig,
+    #[serde(default)]
+    pub storage: Vec<StorageConfig>,
+    #[serde(default)]
+    pub layout: LayoutPolicy,
+    #[serde(default)]
+    pub timeouts: Timeouts,
+    #[serde(default)]
+    pub client: ClientConfig,
+}
+
+/// The metadata server.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetaConfig {
+    /// Address it listens on and clients and storage servers connect to.
+    pub address: SocketAddr,
+    /// Directory for the WAL and checkpoints (relative paths are under `Config::data_dir`).
+    pub data_dir: PathBuf,
+    /// Take a checkpoint and start a new log segment after this many WAL records.
+    #[serde(default = "default_checkpoint_records")]
+    pub checkpoint_records: u64,
+}
+
+fn default_checkpoint_records() -> u64 {
+    100_000
+}
+
+/// One storage server (one storage target).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageConfig {
+    pub id: ServerId,
+    /// Address it listens on for clients.
+    pub address: SocketAddr,
+    /// Directory holding its chunk files (relative paths are under `Config::data_dir`).
+    pub data_dir: PathBuf,
+    /// Chunk I/O engine: `auto` (io_uring, falling back to pread/pwrite), `io_uring`, `pread`.
+    #[serde(default)]
+    pub engine: EngineChoice,
+}
+
+/// Which chunk I/O engine a storage server uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum EngineChoice {
+    /// io_uring when the kernel allows it, else pread/pwrite (logged at start).
+    #[default]
+    Auto,
+    /// io_uring only; start-up fails if the kernel refuses it.
+    IoUring,
+    /// pread/pwrite on a thread pool.
+    Pread,
+}
+
+/// Timeouts and heartbeat periods, all in milliseconds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Timeouts {
+    /// Connecting to a server, including the handshake.
+    pub connect_ms: u64,
+    /// One request's round trip.
+    pub request_ms: u64,
+    /// How often storage servers heartbeat to pfs-meta.
+    pub heartbeat_ms: u64,
+    /// A storage server silent for this long is marked down.
+    pub server_down_ms: u64,
+}
+
+impl Default for Timeouts {
+    fn default() -> Self {
+        Timeouts {
+            connect_ms: 2_000,
+            request_ms: 30_000,
+            heartbeat_ms: 500,
+            server_down_ms: 3_000,
+        }
+    }
+}
+
+/// Client-side limits.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientConfig {
+    /// Upper bound on payload bytes one client has in flight to storage servers.
+    pub max_inflight_bytes: u64,
+}
+
+impl Default for ClientConfig {
+    fn default() -> Self {
+        ClientConfig {
+            max_inflight_bytes: 64 << 20,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates a configuration file. Errors name the file and what is wrong.
+    pub fn load(path: &Path) -> Result<Config> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| PfsError::io(format!("reading config {}", path.display()), e))?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| {
+            PfsError::new(
+                ErrorCode::Invalid,
+                format!("config {}: {e}", path.display()),
+            )
+        })?;
+        if cfg.data_dir.is_relative() {
+            // A relative base directory is taken relative to the config file's directory.
+            let base = path.parent().unwrap_or(Path::new("."));
+            cfg.data_dir = base.join(&cfg.data_dir);
+        }
+        cfg.validate()
+            .map_err(|e| e.context(format!("config {}", path.display())))?;
+        Ok(cfg)
+    }
+
+    /// Parses a configuration from TOML text; relative directories stay relative to `data_dir`.
+    pub fn from_toml(text: &str) -> Result<Config> {
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| PfsError::new(ErrorCode::Invalid, format!("config: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// The configuration as TOML text.
+    pub fn to_toml(&self) -> String {
+        toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Checks ids are unique, addresses distinct and the layout within limits.
+    pub fn validate(&self) -> Result<()> {
+        let mut ids = HashSet::new();
+        let mut addrs = HashSet::new();
+        addrs.insert(self.meta.address);
+        for s in &self.storage {
+            if !ids.insert(s.id) {
+                return Err(PfsError::new(
+                    ErrorCode::Invalid,
+                    format!("storage id {} appears twice", s.id.0),
+                ));
+            }
+            if !addrs.insert(s.address) {
+                return Err(PfsError::new(
+                    ErrorCode::Invalid,
+                    format!("address {} is used twice", s.address),
+                ));
+            }
+        }
+        self.layout.validate()?;
+        if self.layout.chunk_size() > MAX_CHUNK_SIZE {
+            return Err(PfsError::new(ErrorCode::Invalid, "chunk size above 64 MiB"));
+        }
+        if self.timeouts.heartbeat_ms == 0
+            || self.timeouts.server_down_ms <= self.timeouts.heartbeat_ms
+        {
+            return Err(PfsError::new(
+                ErrorCode::Invalid,
+                "timeouts: server_down_ms must exceed heartbeat_ms > 0",
+            ));
+        }
+        Ok(())
+    }
+
+    /// The metadata server's data directory, resolved against `data_dir`.
+    pub fn meta_dir(&self) -> PathBuf {
+        self.data_dir.join(&self.meta.data_dir)
+    }
+
+    /// The storage server `id`'s section.
+    pub fn storage(&self, id: ServerId) -> Result<&StorageConfig> {
+        self.storage.iter().find(|s| s.id == id).ok_or_else(|| {
+            PfsError::new(
+                ErrorCode::NotFound,
+                format!("no storage server with id {} in config", id.0),
+            )
+        })
+    }
+
+    /// A storage server's data directory, resolved against `data_dir`.
+    pub fn storage_dir(&self, s: &StorageConfig) -> PathBuf {
+        self.data_dir.join(&s.data_dir)
+    }
+
+    /// A configuration for `storage_count` storage servers on 127.0.0.1 ports starting at
+    /// `base_port` (pfs-meta on `base_port`), everything under `data_dir`. Used by the
+    /// embedded cluster of `pfs demo`, the benchmarks and the tests.
+    pub fn local(data_dir: &Path, base_port: u16, storage_count: u32) -> Config {
+        let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
+        Config {
+            data_dir: data_dir.to_path_buf(),
+            meta: MetaConfig {
+                address: addr(base_port),
+                data_dir: "meta".into(),
+                checkpoint_records: default_checkpoint_records(),
+            },
+            storage: (1..=storage_count)
+                .map(|i| StorageConfig {
+                    id: ServerId(i),
+                    address: addr(base_port + i as u16),
+                    data_dir: format!("storage-{i}").into(),
+                    engine: EngineChoice::Auto,
+                })
+                .collect(),
+            layout: LayoutPolicy::default(),
+            timeouts: Timeouts::default(),
+            client: ClientConfig::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_config_round_trips_through_toml() {
+        let cfg = Config::local(Path::new("/tmp/x"), 7400, 4);
+        let back = Config::from_toml(&cfg.to_toml()).unwrap();
+        assert_eq!(back.storage.len(), 4);
+        assert_eq!(back.storage[3].address.port(), 7404);
+        assert_eq!(back.layout.chunk_size(), 1 << 20);
+    }
+
+    #[test]
+    fn duplicate_ids_are_rejected() {
+        let mut cfg = Config::local(Path::new("/tmp/x"), 7400, 2);
+        cfg.storage[1].id = ServerId(1);
+        let err = Config::from_toml(&cfg.to_toml()).unwrap_err();
+        assert!(err.message.contains("appears twice"), "{err}");
+    }
+
+    #[test]
+    fn unknown_keys_are_named() {
+        let err = Config::from_toml(
+            "data_dir='/x'\nbogus=1\n[meta]\naddress='127.0.0.1:1'\ndata_dir='m'\n",
+        )
+        .unwrap_err();
+        assert!(err.message.contains("bogus"), "{err}");
+    }
+}

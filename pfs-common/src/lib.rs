@@ -1,0 +1,18 @@
+//! Parts shared by every pfs process: identifiers, configuration, the stripe layout math,
+//! error codes, the wire protocol (frames and messages) and the multiplexed RPC connection.
+//!
+//! Nothing in here knows about a particular server's state; the metadata server, storage
+//! server and client each build on these pieces.
+
+pub mod config;
+pub mod error;
+pub mod ids;
+pub mod layout;
+pub mod logging;
+pub mod pool;
+pub mod rpc;
+pub mod wire;
+
+pub use error::{ErrorCode, PfsError, Result};
+pub use ids::{ChunkIndex, FileId, ServerId};
+pub use layout::Layout;
