@@ -89,12 +89,7 @@ pub struct Timeouts {
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts {
-            connect_ms: 2_000,
-            request_ms: 30_000,
-            heartbeat_ms: 500,
-            server_down_ms: 3_000,
-        }
+        Timeouts { connect_ms: 2_000, request_ms: 30_000, heartbeat_ms: 500, server_down_ms: 3_000 }
     }
 }
 
@@ -108,37 +103,30 @@ pub struct ClientConfig {
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        ClientConfig {
-            max_inflight_bytes: 64 << 20,
-        }
+        ClientConfig { max_inflight_bytes: 64 << 20 }
     }
 }
 
 impl Config {
     /// Reads and validates a configuration file. Errors name the file and what is wrong.
     pub fn load(path: &Path) -> Result<Config> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| PfsError::io(format!("reading config {}", path.display()), e))?;
-        let mut cfg: Config = toml::from_str(&text).map_err(|e| {
-            PfsError::new(
-                ErrorCode::Invalid,
-                format!("config {}: {e}", path.display()),
-            )
-        })?;
+        let text =
+            std::fs::read_to_string(path).map_err(|e| PfsError::io(format!("reading config {}", path.display()), e))?;
+        let mut cfg: Config = toml::from_str(&text)
+            .map_err(|e| PfsError::new(ErrorCode::Invalid, format!("config {}: {e}", path.display())))?;
         if cfg.data_dir.is_relative() {
             // A relative base directory is taken relative to the config file's directory.
             let base = path.parent().unwrap_or(Path::new("."));
             cfg.data_dir = base.join(&cfg.data_dir);
         }
-        cfg.validate()
-            .map_err(|e| e.context(format!("config {}", path.display())))?;
+        cfg.validate().map_err(|e| e.context(format!("config {}", path.display())))?;
         Ok(cfg)
     }
 
     /// Parses a configuration from TOML text; relative directories stay relative to `data_dir`.
     pub fn from_toml(text: &str) -> Result<Config> {
-        let cfg: Config = toml::from_str(text)
-            .map_err(|e| PfsError::new(ErrorCode::Invalid, format!("config: {e}")))?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| PfsError::new(ErrorCode::Invalid, format!("config: {e}")))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -155,29 +143,18 @@ impl Config {
         addrs.insert(self.meta.address);
         for s in &self.storage {
             if !ids.insert(s.id) {
-                return Err(PfsError::new(
-                    ErrorCode::Invalid,
-                    format!("storage id {} appears twice", s.id.0),
-                ));
+                return Err(PfsError::new(ErrorCode::Invalid, format!("storage id {} appears twice", s.id.0)));
             }
             if !addrs.insert(s.address) {
-                return Err(PfsError::new(
-                    ErrorCode::Invalid,
-                    format!("address {} is used twice", s.address),
-                ));
+                return Err(PfsError::new(ErrorCode::Invalid, format!("address {} is used twice", s.address)));
             }
         }
         self.layout.validate()?;
         if self.layout.chunk_size() > MAX_CHUNK_SIZE {
             return Err(PfsError::new(ErrorCode::Invalid, "chunk size above 64 MiB"));
         }
-        if self.timeouts.heartbeat_ms == 0
-            || self.timeouts.server_down_ms <= self.timeouts.heartbeat_ms
-        {
-            return Err(PfsError::new(
-                ErrorCode::Invalid,
-                "timeouts: server_down_ms must exceed heartbeat_ms > 0",
-            ));
+        if self.timeouts.heartbeat_ms == 0 || self.timeouts.server_down_ms <= self.timeouts.heartbeat_ms {
+            return Err(PfsError::new(ErrorCode::Invalid, "timeouts: server_down_ms must exceed heartbeat_ms > 0"));
         }
         Ok(())
     }
@@ -189,12 +166,10 @@ impl Config {
 
     /// The storage server `id`'s section.
     pub fn storage(&self, id: ServerId) -> Result<&StorageConfig> {
-        self.storage.iter().find(|s| s.id == id).ok_or_else(|| {
-            PfsError::new(
-                ErrorCode::NotFound,
-                format!("no storage server with id {} in config", id.0),
-            )
-        })
+        self.storage
+            .iter()
+            .find(|s| s.id == id)
+            .ok_or_else(|| PfsError::new(ErrorCode::NotFound, format!("no storage server with id {} in config", id.0)))
     }
 
     /// A storage server's data directory, resolved against `data_dir`.
@@ -252,10 +227,8 @@ mod tests {
 
     #[test]
     fn unknown_keys_are_named() {
-        let err = Config::from_toml(
-            "data_dir='/x'\nbogus=1\n[meta]\naddress='127.0.0.1:1'\ndata_dir='m'\n",
-        )
-        .unwrap_err();
+        let err =
+            Config::from_toml("data_dir='/x'\nbogus=1\n[meta]\naddress='127.0.0.1:1'\ndata_dir='m'\n").unwrap_err();
         assert!(err.message.contains("bogus"), "{err}");
     }
 }

@@ -87,18 +87,12 @@ pub type Result<T, E = PfsError> = std::result::Result<T, E>;
 impl PfsError {
     /// An error with `code` and `message`. The message should name the path, server or offset.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        PfsError {
-            code,
-            message: message.into(),
-        }
+        PfsError { code, message: message.into() }
     }
 
     /// Prefixes the message with `context` ("reading chunk 3 from storage-2: ...").
     pub fn context(self, context: impl fmt::Display) -> Self {
-        PfsError {
-            code: self.code,
-            message: format!("{context}: {}", self.message),
-        }
+        PfsError { code: self.code, message: format!("{context}: {}", self.message) }
     }
 
     /// An I/O error, with `what` naming the file or operation.
@@ -114,27 +108,18 @@ impl PfsError {
             _ if err.raw_os_error() == Some(28) => ErrorCode::NoSpace,
             _ => ErrorCode::Io,
         };
-        PfsError {
-            code,
-            message: format!("{what}: {err}"),
-        }
+        PfsError { code, message: format!("{what}: {err}") }
     }
 
     /// The error as sent on the wire.
     pub fn to_wire(&self) -> WireError {
-        WireError {
-            code: self.code,
-            message: self.message.clone(),
-        }
+        WireError { code: self.code, message: self.message.clone() }
     }
 }
 
 impl From<WireError> for PfsError {
     fn from(e: WireError) -> Self {
-        PfsError {
-            code: e.code,
-            message: e.message,
-        }
+        PfsError { code: e.code, message: e.message }
     }
 }
 

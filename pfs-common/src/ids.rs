@@ -54,10 +54,7 @@ pub fn parse_chunk_file_name(name: &str) -> Option<(FileId, ChunkIndex)> {
     if hex_part.len() != 16 || !hex_part.bytes().all(|b| b.is_ascii_hexdigit()) {
         return None;
     }
-    if rest.is_empty()
-        || !rest.bytes().all(|b| b.is_ascii_digit())
-        || (rest.len() > 1 && rest.starts_with('0'))
-    {
+    if rest.is_empty() || !rest.bytes().all(|b| b.is_ascii_digit()) || (rest.len() > 1 && rest.starts_with('0')) {
         return None;
     }
     let id = u64::from_str_radix(hex_part, 16).ok()?;

@@ -30,11 +30,7 @@ pub struct LayoutPolicy {
 
 impl Default for LayoutPolicy {
     fn default() -> Self {
-        LayoutPolicy {
-            block_size: 64 << 10,
-            stripe_blocks: 16,
-            stripe_count: 0,
-        }
+        LayoutPolicy { block_size: 64 << 10, stripe_blocks: 16, stripe_count: 0 }
     }
 }
 
@@ -54,9 +50,7 @@ fn check_sizes(block_size: u32, stripe_blocks: u32) -> Result<()> {
     if block_size < MIN_BLOCK_SIZE || !block_size.is_power_of_two() {
         return Err(PfsError::new(
             ErrorCode::Invalid,
-            format!(
-                "block size {block_size} must be a power of two of at least {MIN_BLOCK_SIZE} bytes"
-            ),
+            format!("block size {block_size} must be a power of two of at least {MIN_BLOCK_SIZE} bytes"),
         ));
     }
     let chunk = block_size as u64 * stripe_blocks as u64;
@@ -96,11 +90,7 @@ pub struct Piece {
 impl Layout {
     /// A layout over `targets`; errors if sizes are out of range or there is no target.
     pub fn new(block_size: u32, stripe_blocks: u32, targets: Vec<ServerId>) -> Result<Layout> {
-        let layout = Layout {
-            block_size,
-            stripe_blocks,
-            targets,
-        };
+        let layout = Layout { block_size, stripe_blocks, targets };
         layout.validate()?;
         Ok(layout)
     }
@@ -109,10 +99,7 @@ impl Layout {
     pub fn validate(&self) -> Result<()> {
         check_sizes(self.block_size, self.stripe_blocks)?;
         if self.targets.is_empty() {
-            return Err(PfsError::new(
-                ErrorCode::Invalid,
-                "a layout needs at least one storage target",
-            ));
+            return Err(PfsError::new(ErrorCode::Invalid, "a layout needs at least one storage target"));
         }
         Ok(())
     }
@@ -156,12 +143,7 @@ impl Layout {
 
     /// Cuts the byte range `[offset, offset + len)` into per-chunk pieces, in file order.
     pub fn pieces(&self, offset: u64, len: usize) -> Pieces {
-        Pieces {
-            chunk_size: self.chunk_size(),
-            offset,
-            done: 0,
-            len,
-        }
+        Pieces { chunk_size: self.chunk_size(), offset, done: 0, len }
     }
 }
 
@@ -186,12 +168,7 @@ impl Iterator for Pieces {
         let chunk_offset = pos % self.chunk_size;
         let room = (self.chunk_size - chunk_offset) as usize;
         let len = room.min(self.len - self.done);
-        let piece = Piece {
-            chunk,
-            chunk_offset,
-            buf_offset: self.done,
-            len,
-        };
+        let piece = Piece { chunk, chunk_offset, buf_offset: self.done, len };
         self.done += len;
         Some(piece)
     }
@@ -203,12 +180,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn layout(block_pow: u32, blocks: u32, targets: u32) -> Layout {
-        Layout::new(
-            1 << block_pow,
-            blocks,
-            (1..=targets).map(ServerId).collect(),
-        )
-        .unwrap()
+        Layout::new(1 << block_pow, blocks, (1..=targets).map(ServerId).collect()).unwrap()
     }
 
     proptest! {

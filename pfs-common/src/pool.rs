@@ -30,15 +30,7 @@ struct Free {
 impl BufPool {
     /// A pool that caches at most `bytes_max` bytes of free buffers.
     pub fn new(bytes_max: usize) -> Self {
-        BufPool {
-            inner: Arc::new(Inner {
-                free: Mutex::new(Free {
-                    bufs: Vec::new(),
-                    bytes: 0,
-                }),
-                bytes_max,
-            }),
-        }
+        BufPool { inner: Arc::new(Inner { free: Mutex::new(Free { bufs: Vec::new(), bytes: 0 }), bytes_max }) }
     }
 
     /// A buffer of exactly `len` bytes. Its contents are unspecified (old data or zeros):
@@ -69,10 +61,7 @@ impl BufPool {
         } else {
             buf.truncate(len);
         }
-        PooledBuf {
-            buf,
-            pool: Some(self.clone()),
-        }
+        PooledBuf { buf, pool: Some(self.clone()) }
     }
 
     fn put(&self, mut buf: Vec<u8>) {
@@ -108,10 +97,7 @@ pub struct PooledBuf {
 impl PooledBuf {
     /// An empty buffer that belongs to no pool.
     pub fn empty() -> Self {
-        PooledBuf {
-            buf: Vec::new(),
-            pool: None,
-        }
+        PooledBuf { buf: Vec::new(), pool: None }
     }
 
     /// Wraps a plain vector (not returned to any pool).

@@ -87,32 +87,19 @@ impl RpcClient {
     ) -> Result<RpcClient> {
         let peer = format!("{peer} at {addr}");
         let setup = async {
-            let stream = TcpStream::connect(addr)
-                .await
-                .map_err(|e| PfsError::io(format!("connecting to {peer}"), e))?;
+            let stream =
+                TcpStream::connect(addr).await.map_err(|e| PfsError::io(format!("connecting to {peer}"), e))?;
             stream.set_nodelay(true).ok();
             let (mut rd, mut wr) = stream.into_split();
-            let hello = Hello {
-                version: PROTOCOL_VERSION,
-                role: opts.role,
-                name: opts.name.clone(),
-            };
+            let hello = Hello { version: PROTOCOL_VERSION, role: opts.role, name: opts.name.clone() };
             write_frame(&mut wr, FrameKind::Request, 0, &wire::encode(&hello), &[]).await?;
             let frame = read_frame(&mut rd, &DEFAULT_LIMITS, pool::global())
                 .await?
-                .ok_or_else(|| {
-                    PfsError::new(
-                        ErrorCode::Unavailable,
-                        "closed the connection during the handshake",
-                    )
-                })?;
+                .ok_or_else(|| PfsError::new(ErrorCode::Unavailable, "closed the connection during the handshake"))?;
             let reply: ResponseBody<HelloReply> = wire::decode(&frame.body, "handshake reply")?;
             let reply = reply.map_err(PfsError::from)?;
             if reply.version != PROTOCOL_VERSION {
-                return Err(PfsError::new(
-                    ErrorCode::Protocol,
-                    format!("speaks protocol version {}", reply.version),
-                ));
+                return Err(PfsError::new(ErrorCode::Protocol, format!("speaks protocol version {}", reply.version)));
             }
             Ok::<_, PfsError>((rd, wr))
         };
@@ -121,10 +108,7 @@ impl RpcClient {
             Err(_) => {
                 return Err(PfsError::new(
                     ErrorCode::TimedOut,
-                    format!(
-                        "{peer}: no connection within {} ms",
-                        opts.connect_timeout.as_millis()
-                    ),
+                    format!("{peer}: no connection within {} ms", opts.connect_timeout.as_millis()),
                 ))
             }
         };
@@ -156,11 +140,7 @@ impl RpcClient {
     ///
     /// Errors: the server's own error for the request, or Unavailable / TimedOut naming the
     /// peer when the connection fails or no answer comes within the request timeout.
-    pub async fn call<Q: Serialize, A: DeserializeOwned>(
-        &self,
-        req: &Q,
-        payload: &[u8],
-    ) -> Result<(A, PooledBuf)> {
+    pub async fn call<Q: Serialize, A: DeserializeOwned>(&self, req: &Q, payload: &[u8]) -> Result<(A, PooledBuf)> {
         let inner = &self.inner;
         let body = wire::encode(req);
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -194,18 +174,14 @@ impl RpcClient {
         let frame = match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(r)) => r?,
             Ok(Err(_)) => {
-                return Err(PfsError::new(
-                    ErrorCode::Unavailable,
-                    format!("{}: connection closed", inner.peer),
-                ))
+                return Err(PfsError::new(ErrorCode::Unavailable, format!("{}: connection closed", inner.peer)))
             }
             Err(_) => {
                 inner.pending.lock().waiting.remove(&id);
                 return Err(self.timeout_error());
             }
         };
-        let answer: ResponseBody<A> =
-            wire::decode(&frame.body, "response").map_err(|e| e.context(&inner.peer))?;
+        let answer: ResponseBody<A> = wire::decode(&frame.body, "response").map_err(|e| e.context(&inner.peer))?;
         match answer {
             Ok(a) => Ok((a, frame.payload)),
             Err(e) => Err(PfsError::from(e)),
@@ -215,20 +191,13 @@ impl RpcClient {
     fn timeout_error(&self) -> PfsError {
         PfsError::new(
             ErrorCode::TimedOut,
-            format!(
-                "{}: no answer within {} ms",
-                self.inner.peer,
-                self.inner.request_timeout.as_millis()
-            ),
+            format!("{}: no answer within {} ms", self.inner.peer, self.inner.request_timeout.as_millis()),
         )
     }
 
     /// Closes the connection; pending calls fail.
     pub fn close(&self) {
-        self.inner.fail(PfsError::new(
-            ErrorCode::Unavailable,
-            format!("{}: connection closed by us", self.inner.peer),
-        ));
+        self.inner.fail(PfsError::new(ErrorCode::Unavailable, format!("{}: connection closed by us", self.inner.peer)));
     }
 }
 
@@ -269,11 +238,7 @@ async fn read_responses(
         let err = match result {
             Ok(Some(frame)) => match frame.header.kind {
                 FrameKind::Response => {
-                    let tx = inner
-                        .pending
-                        .lock()
-                        .waiting
-                        .remove(&frame.header.request_id);
+                    let tx = inner.pending.lock().waiting.remove(&frame.header.request_id);
                     if let Some(tx) = tx {
                         let _ = tx.send(Ok(frame));
                     }
@@ -288,15 +253,11 @@ async fn read_responses(
                     }
                     continue;
                 }
-                FrameKind::Request => PfsError::new(
-                    ErrorCode::Protocol,
-                    format!("{} sent a request to a client", inner.peer),
-                ),
+                FrameKind::Request => {
+                    PfsError::new(ErrorCode::Protocol, format!("{} sent a request to a client", inner.peer))
+                }
             },
-            Ok(None) => PfsError::new(
-                ErrorCode::Unavailable,
-                format!("{}: connection closed", inner.peer),
-            ),
+            Ok(None) => PfsError::new(ErrorCode::Unavailable, format!("{}: connection closed", inner.peer)),
             Err(e) => e.context(&inner.peer),
         };
         // Release our own handle first so fail() does not abort the task running it.
@@ -346,10 +307,7 @@ impl Reply {
     /// The answer to a request: `Ok(value)` or the error.
     pub fn from_result<T: Serialize>(r: Result<T>) -> Reply {
         let body: ResponseBody<T> = r.map_err(|e| e.to_wire());
-        Reply {
-            body: wire::encode(&body),
-            payload: None,
-        }
+        Reply { body: wire::encode(&body), payload: None }
     }
 
     /// An error answer.
@@ -409,13 +367,7 @@ pub async fn serve<H: Handler>(listener: TcpListener, handler: Arc<H>, opts: Ser
         };
         stream.set_nodelay(true).ok();
         let conn_id = conn_ids.fetch_add(1, Ordering::Relaxed);
-        tokio::spawn(serve_conn(
-            stream,
-            addr,
-            conn_id,
-            handler.clone(),
-            opts.clone(),
-        ));
+        tokio::spawn(serve_conn(stream, addr, conn_id, handler.clone(), opts.clone()));
     }
 }
 
@@ -435,10 +387,7 @@ async fn serve_conn<H: Handler>(
             return;
         }
     };
-    debug!(
-        "{}: {:?} {} connected from {addr}",
-        opts.name, peer.role, peer.name
-    );
+    debug!("{}: {:?} {} connected from {addr}", opts.name, peer.role, peer.name);
     let slots = Arc::new(Semaphore::new(MAX_INFLIGHT_PER_CONN));
     loop {
         let frame = match read_frame(&mut rd, &opts.limits, pool::global()).await {
@@ -448,10 +397,7 @@ async fn serve_conn<H: Handler>(
                 if e.code == ErrorCode::Unavailable {
                     debug!("{}: {addr} went away: {e}", opts.name);
                 } else {
-                    warn!(
-                        "{}: bad frame from {} ({addr}), closing the connection: {e}",
-                        opts.name, peer.name
-                    );
+                    warn!("{}: bad frame from {} ({addr}), closing the connection: {e}", opts.name, peer.name);
                     let reply = Reply::error(e);
                     let mut w = writer.lock().await;
                     let _ = write_frame(&mut *w, FrameKind::Response, 0, &reply.body, &[]).await;
@@ -460,18 +406,11 @@ async fn serve_conn<H: Handler>(
             }
         };
         if frame.header.kind != FrameKind::Request {
-            warn!(
-                "{}: {} sent a {:?} frame; closing the connection",
-                opts.name, peer.name, frame.header.kind
-            );
+            warn!("{}: {} sent a {:?} frame; closing the connection", opts.name, peer.name, frame.header.kind);
             break;
         }
         let id = frame.header.request_id;
-        let permit = slots
-            .clone()
-            .acquire_owned()
-            .await
-            .expect("semaphore is never closed");
+        let permit = slots.clone().acquire_owned().await.expect("semaphore is never closed");
         let reply_to = writer.clone();
         match wire::decode::<H::Request>(&frame.body, "request") {
             Ok(req) => {
@@ -484,10 +423,7 @@ async fn serve_conn<H: Handler>(
                 });
             }
             Err(e) => {
-                warn!(
-                    "{}: undecodable request from {} ({addr}): {e}",
-                    opts.name, peer.name
-                );
+                warn!("{}: undecodable request from {} ({addr}): {e}", opts.name, peer.name);
                 send_reply(&reply_to, id, Reply::error(e)).await;
             }
         }
@@ -510,36 +446,20 @@ async fn handshake(
     conn_id: u64,
     opts: &ServeOptions,
 ) -> Result<Peer> {
-    let first = tokio::time::timeout(
-        HANDSHAKE_TIMEOUT,
-        read_frame(rd, &opts.limits, pool::global()),
-    )
-    .await
-    .map_err(|_| PfsError::new(ErrorCode::TimedOut, "no handshake"))?;
+    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(rd, &opts.limits, pool::global()))
+        .await
+        .map_err(|_| PfsError::new(ErrorCode::TimedOut, "no handshake"))?;
     let result = match first {
-        Ok(Some(f)) if f.header.kind == FrameKind::Request => {
-            wire::decode::<Hello>(&f.body, "handshake")
-        }
-        Ok(Some(_)) => Err(PfsError::new(
-            ErrorCode::Protocol,
-            "first frame is not a handshake request",
-        )),
-        Ok(None) => {
-            return Err(PfsError::new(
-                ErrorCode::Unavailable,
-                "closed before the handshake",
-            ))
-        }
+        Ok(Some(f)) if f.header.kind == FrameKind::Request => wire::decode::<Hello>(&f.body, "handshake"),
+        Ok(Some(_)) => Err(PfsError::new(ErrorCode::Protocol, "first frame is not a handshake request")),
+        Ok(None) => return Err(PfsError::new(ErrorCode::Unavailable, "closed before the handshake")),
         Err(e) => Err(e),
     };
     let result = result.and_then(|hello| {
         if hello.version != PROTOCOL_VERSION {
             Err(PfsError::new(
                 ErrorCode::Protocol,
-                format!(
-                    "{} speaks protocol version {}, this server {}",
-                    hello.name, hello.version, PROTOCOL_VERSION
-                ),
+                format!("{} speaks protocol version {}, this server {}", hello.name, hello.version, PROTOCOL_VERSION),
             ))
         } else if !opts.roles.contains(&hello.role) {
             Err(PfsError::new(
@@ -553,33 +473,17 @@ async fn handshake(
     let reply = Reply::from_result(
         result
             .as_ref()
-            .map(|_| HelloReply {
-                version: PROTOCOL_VERSION,
-                server: opts.name.clone(),
-            })
+            .map(|_| HelloReply { version: PROTOCOL_VERSION, server: opts.name.clone() })
             .map_err(Clone::clone),
     );
     send_reply(writer, 0, reply).await;
     let hello = result?;
-    Ok(Peer {
-        conn_id,
-        addr,
-        role: hello.role,
-        name: hello.name,
-        notifier: Notifier {
-            writer: writer.clone(),
-        },
-    })
+    Ok(Peer { conn_id, addr, role: hello.role, name: hello.name, notifier: Notifier { writer: writer.clone() } })
 }
 
 /// Binds a listener, with an error naming the address.
 pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    let l = TcpListener::bind(addr)
-        .await
-        .map_err(|e| PfsError::io(format!("{what}: binding {addr}"), e))?;
-    info!(
-        "{what} listening on {}",
-        l.local_addr().map(|a| a.to_string()).unwrap_or_default()
-    );
+    let l = TcpListener::bind(addr).await.map_err(|e| PfsError::io(format!("{what}: binding {addr}"), e))?;
+    info!("{what} listening on {}", l.local_addr().map(|a| a.to_string()).unwrap_or_default());
     Ok(l)
 }

@@ -48,10 +48,7 @@ pub struct Limits {
 
 /// Default limits: 4 MiB bodies (a page of directory entries or chunk reports), payloads up to
 /// one whole chunk of the largest size (64 MiB).
-pub const DEFAULT_LIMITS: Limits = Limits {
-    max_body: 4 << 20,
-    max_payload: MAX_CHUNK_SIZE as u32,
-};
+pub const DEFAULT_LIMITS: Limits = Limits { max_body: 4 << 20, max_payload: MAX_CHUNK_SIZE as u32 };
 
 /// A decoded frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -78,27 +75,16 @@ impl FrameHeader {
     /// Parses and checks a header: magic, version, kind and both lengths against `limits`.
     pub fn decode(h: &[u8; HEADER_LEN], limits: &Limits) -> Result<FrameHeader> {
         if h[0..2] != MAGIC {
-            return Err(PfsError::new(
-                ErrorCode::Protocol,
-                format!("bad frame magic {:02x}{:02x}", h[0], h[1]),
-            ));
+            return Err(PfsError::new(ErrorCode::Protocol, format!("bad frame magic {:02x}{:02x}", h[0], h[1])));
         }
         if h[2] != FRAME_VERSION {
-            return Err(PfsError::new(
-                ErrorCode::Protocol,
-                format!("unsupported frame version {}", h[2]),
-            ));
+            return Err(PfsError::new(ErrorCode::Protocol, format!("unsupported frame version {}", h[2])));
         }
         let kind = match h[3] {
             1 => FrameKind::Request,
             2 => FrameKind::Response,
             3 => FrameKind::Notify,
-            k => {
-                return Err(PfsError::new(
-                    ErrorCode::Protocol,
-                    format!("unknown frame kind {k}"),
-                ))
-            }
+            k => return Err(PfsError::new(ErrorCode::Protocol, format!("unknown frame kind {k}"))),
         };
         let body_len = u32::from_le_bytes(h[4..8].try_into().unwrap());
         let payload_len = u32::from_le_bytes(h[8..12].try_into().unwrap());
@@ -106,27 +92,16 @@ impl FrameHeader {
         if body_len > limits.max_body {
             return Err(PfsError::new(
                 ErrorCode::TooLarge,
-                format!(
-                    "frame body of {body_len} bytes exceeds the limit of {} bytes",
-                    limits.max_body
-                ),
+                format!("frame body of {body_len} bytes exceeds the limit of {} bytes", limits.max_body),
             ));
         }
         if payload_len > limits.max_payload {
             return Err(PfsError::new(
                 ErrorCode::TooLarge,
-                format!(
-                    "frame payload of {payload_len} bytes exceeds the limit of {} bytes",
-                    limits.max_payload
-                ),
+                format!("frame payload of {payload_len} bytes exceeds the limit of {} bytes", limits.max_payload),
             ));
         }
-        Ok(FrameHeader {
-            kind,
-            body_len,
-            payload_len,
-            request_id,
-        })
+        Ok(FrameHeader { kind, body_len, payload_len, request_id })
     }
 }
 
@@ -142,11 +117,7 @@ pub struct Frame {
 
 /// Reads one frame. `Ok(None)` on a clean end of stream before a header; an error for a bad
 /// header (nothing allocated for it), a short body or payload, or a socket error.
-pub async fn read_frame<R: AsyncRead + Unpin>(
-    r: &mut R,
-    limits: &Limits,
-    pool: &BufPool,
-) -> Result<Option<Frame>> {
+pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limits: &Limits, pool: &BufPool) -> Result<Option<Frame>> {
     let mut h = [0u8; HEADER_LEN];
     // Read the first byte separately so a clean close between frames is not an error.
     match r.read(&mut h[..1]).await {
@@ -154,28 +125,18 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         Ok(_) => {}
         Err(e) => return Err(PfsError::io("reading frame header", e)),
     }
-    r.read_exact(&mut h[1..])
-        .await
-        .map_err(|e| PfsError::io("reading frame header", e))?;
+    r.read_exact(&mut h[1..]).await.map_err(|e| PfsError::io("reading frame header", e))?;
     let header = FrameHeader::decode(&h, limits)?;
     let mut body = vec![0u8; header.body_len as usize];
-    r.read_exact(&mut body)
-        .await
-        .map_err(|e| PfsError::io("reading frame body", e))?;
+    r.read_exact(&mut body).await.map_err(|e| PfsError::io("reading frame body", e))?;
     let payload = if header.payload_len == 0 {
         PooledBuf::empty()
     } else {
         let mut p = pool.get(header.payload_len as usize);
-        r.read_exact(&mut p)
-            .await
-            .map_err(|e| PfsError::io("reading frame payload", e))?;
+        r.read_exact(&mut p).await.map_err(|e| PfsError::io("reading frame payload", e))?;
         p
     };
-    Ok(Some(Frame {
-        header,
-        body,
-        payload,
-    }))
+    Ok(Some(Frame { header, body, payload }))
 }
 
 /// Writes one frame (header, body, payload) with vectored writes; the payload is written from
@@ -189,35 +150,15 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
 ) -> Result<()> {
     let body_len = u32::try_from(body.len())
         .map_err(|_| PfsError::new(ErrorCode::TooLarge, format!("body of {} bytes", body.len())))?;
-    let payload_len = u32::try_from(payload.len()).map_err(|_| {
-        PfsError::new(
-            ErrorCode::TooLarge,
-            format!("payload of {} bytes", payload.len()),
-        )
-    })?;
-    let header = FrameHeader {
-        kind,
-        body_len,
-        payload_len,
-        request_id,
-    }
-    .encode();
-    let mut slices = [
-        IoSlice::new(&header),
-        IoSlice::new(body),
-        IoSlice::new(payload),
-    ];
+    let payload_len = u32::try_from(payload.len())
+        .map_err(|_| PfsError::new(ErrorCode::TooLarge, format!("payload of {} bytes", payload.len())))?;
+    let header = FrameHeader { kind, body_len, payload_len, request_id }.encode();
+    let mut slices = [IoSlice::new(&header), IoSlice::new(body), IoSlice::new(payload)];
     let mut bufs: &mut [IoSlice<'_>] = &mut slices;
     while !bufs.is_empty() {
-        let n = w
-            .write_vectored(bufs)
-            .await
-            .map_err(|e| PfsError::io("writing frame", e))?;
+        let n = w.write_vectored(bufs).await.map_err(|e| PfsError::io("writing frame", e))?;
         if n == 0 {
-            return Err(PfsError::new(
-                ErrorCode::Unavailable,
-                "connection closed while writing frame",
-            ));
+            return Err(PfsError::new(ErrorCode::Unavailable, "connection closed while writing frame"));
         }
         IoSlice::advance_slices(&mut bufs, n);
     }
@@ -230,52 +171,26 @@ mod tests {
 
     #[test]
     fn header_round_trips() {
-        let h = FrameHeader {
-            kind: FrameKind::Response,
-            body_len: 12,
-            payload_len: 4096,
-            request_id: 99,
-        };
-        assert_eq!(
-            FrameHeader::decode(&h.encode(), &DEFAULT_LIMITS).unwrap(),
-            h
-        );
+        let h = FrameHeader { kind: FrameKind::Response, body_len: 12, payload_len: 4096, request_id: 99 };
+        assert_eq!(FrameHeader::decode(&h.encode(), &DEFAULT_LIMITS).unwrap(), h);
     }
 
     #[test]
     fn oversized_lengths_are_refused_before_allocation() {
-        let mut h = FrameHeader {
-            kind: FrameKind::Request,
-            body_len: 0,
-            payload_len: 0,
-            request_id: 1,
-        }
-        .encode();
+        let mut h = FrameHeader { kind: FrameKind::Request, body_len: 0, payload_len: 0, request_id: 1 }.encode();
         h[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         let err = FrameHeader::decode(&h, &DEFAULT_LIMITS).unwrap_err();
         assert_eq!(err.code, ErrorCode::TooLarge);
-        let mut h = FrameHeader {
-            kind: FrameKind::Request,
-            body_len: 0,
-            payload_len: 0,
-            request_id: 1,
-        }
-        .encode();
+        let mut h = FrameHeader { kind: FrameKind::Request, body_len: 0, payload_len: 0, request_id: 1 }.encode();
         h[4..8].copy_from_slice(&(DEFAULT_LIMITS.max_body + 1).to_le_bytes());
-        assert_eq!(
-            FrameHeader::decode(&h, &DEFAULT_LIMITS).unwrap_err().code,
-            ErrorCode::TooLarge
-        );
+        assert_eq!(FrameHeader::decode(&h, &DEFAULT_LIMITS).unwrap_err().code, ErrorCode::TooLarge);
     }
 
     #[test]
     fn garbage_is_a_protocol_error() {
         let h = *b"GET / HTTP/1.1\r\nHost:";
         let h: [u8; HEADER_LEN] = h[..HEADER_LEN].try_into().unwrap();
-        assert_eq!(
-            FrameHeader::decode(&h, &DEFAULT_LIMITS).unwrap_err().code,
-            ErrorCode::Protocol
-        );
+        assert_eq!(FrameHeader::decode(&h, &DEFAULT_LIMITS).unwrap_err().code, ErrorCode::Protocol);
     }
 
     #[tokio::test]
@@ -284,22 +199,14 @@ mod tests {
         let pool = BufPool::new(1 << 20);
         let payload: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
         let writer = tokio::spawn(async move {
-            write_frame(&mut a, FrameKind::Request, 7, b"body", &payload)
-                .await
-                .unwrap();
+            write_frame(&mut a, FrameKind::Request, 7, b"body", &payload).await.unwrap();
             payload
         });
-        let f = read_frame(&mut b, &DEFAULT_LIMITS, &pool)
-            .await
-            .unwrap()
-            .unwrap();
+        let f = read_frame(&mut b, &DEFAULT_LIMITS, &pool).await.unwrap().unwrap();
         let payload = writer.await.unwrap();
         assert_eq!(f.header.request_id, 7);
         assert_eq!(f.body, b"body");
         assert_eq!(&f.payload[..], &payload[..]);
-        assert!(read_frame(&mut b, &DEFAULT_LIMITS, &pool)
-            .await
-            .unwrap()
-            .is_none());
+        assert!(read_frame(&mut b, &DEFAULT_LIMITS, &pool).await.unwrap().is_none());
     }
 }

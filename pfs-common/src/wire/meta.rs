@@ -14,77 +14,38 @@ pub enum MetaRequest {
     /// Create a regular file with a layout (unset fields inherit from the parent directory's
     /// policy). With `exclusive`, an existing file is an error (Exists); without, an existing
     /// file is opened and returned as it is.
-    Create {
-        path: String,
-        layout: LayoutRequest,
-        exclusive: bool,
-    },
+    Create { path: String, layout: LayoutRequest, exclusive: bool },
     /// Resolve a path to its attributes. Errors: NotFound, NotDir.
     Lookup { path: String },
     /// Attributes of a file by id. Errors: NotFound.
     Stat { file: FileId },
     /// Up to `limit` entries of a directory in name order, starting after `after`.
-    Readdir {
-        path: String,
-        after: Option<String>,
-        limit: u32,
-    },
+    Readdir { path: String, after: Option<String>, limit: u32 },
     /// Move `from` to `to`, replacing a file at `to` (not a directory). With
     /// `expected_generation`, fails with Conflict if `from` has another generation.
-    Rename {
-        from: String,
-        to: String,
-        expected_generation: Option<u64>,
-    },
+    Rename { from: String, to: String, expected_generation: Option<u64> },
     /// Remove a file. Errors: NotFound, IsDir, Conflict.
-    Unlink {
-        path: String,
-        expected_generation: Option<u64>,
-    },
+    Unlink { path: String, expected_generation: Option<u64> },
     /// Remove an empty directory. Errors: NotFound, NotDir, NotEmpty, Conflict.
-    Rmdir {
-        path: String,
-        expected_generation: Option<u64>,
-    },
+    Rmdir { path: String, expected_generation: Option<u64> },
     /// Set a file's size exactly (shrink or grow). The client truncates the chunks on the
     /// storage servers first. Errors: NotFound, IsDir, Conflict.
-    Truncate {
-        file: FileId,
-        size: u64,
-        expected_generation: Option<u64>,
-    },
+    Truncate { file: FileId, size: u64, expected_generation: Option<u64> },
     /// Raise a file's size to at least `size` and set its mtime (writers call this on fsync and
     /// close). Never shrinks, so concurrent writers can each report their end.
     SetSize { file: FileId, size: u64 },
     /// Holders, lengths and SHA-256 of chunks `first .. first + count` of a file.
-    GetChunks {
-        file: FileId,
-        first: ChunkIndex,
-        count: u32,
-    },
+    GetChunks { file: FileId, first: ChunkIndex, count: u32 },
     /// The storage-server registry.
     ListServers,
     /// A storage server announces itself (first request on its connection).
-    Register {
-        id: ServerId,
-        address: SocketAddr,
-        capacity_bytes: u64,
-        free_bytes: u64,
-    },
+    Register { id: ServerId, address: SocketAddr, capacity_bytes: u64, free_bytes: u64 },
     /// A storage server is alive.
-    Heartbeat {
-        id: ServerId,
-        capacity_bytes: u64,
-        free_bytes: u64,
-    },
+    Heartbeat { id: ServerId, capacity_bytes: u64, free_bytes: u64 },
     /// Chunk changes on a storage server. `full` marks the last page of a complete listing
     /// sent after (re-)registration: chunks of that server not listed since registration are
     /// then dropped from the holder map.
-    ChunkReport {
-        id: ServerId,
-        chunks: Vec<ChunkState>,
-        full: bool,
-    },
+    ChunkReport { id: ServerId, chunks: Vec<ChunkState>, full: bool },
 }
 
 /// Layout fields for a new file; `None` takes the parent directory's (or cluster's) default.

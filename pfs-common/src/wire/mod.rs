@@ -53,8 +53,7 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
 
 /// Decodes a message body; `what` names the message kind for the error.
 pub fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {
-    postcard::from_bytes(body)
-        .map_err(|e| PfsError::new(ErrorCode::Protocol, format!("undecodable {what}: {e}")))
+    postcard::from_bytes(body).map_err(|e| PfsError::new(ErrorCode::Protocol, format!("undecodable {what}: {e}")))
 }
 
 /// The body of every response: the result of the request.

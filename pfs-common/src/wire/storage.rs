@@ -9,27 +9,13 @@ use serde::{Deserialize, Serialize};
 pub enum StorageRequest {
     /// Write the payload at `offset` (bytes) inside chunk `chunk` of `file`, creating the
     /// chunk file if needed. `chunk_size` bounds `offset + len`. Not durable until `Fsync`.
-    Write {
-        file: FileId,
-        chunk: ChunkIndex,
-        offset: u64,
-        chunk_size: u64,
-    },
+    Write { file: FileId, chunk: ChunkIndex, offset: u64, chunk_size: u64 },
     /// Read up to `len` bytes at `offset` inside a chunk. The payload of the answer is shorter
     /// when the chunk file ends earlier, and empty when it does not exist (a hole).
-    Read {
-        file: FileId,
-        chunk: ChunkIndex,
-        offset: u64,
-        len: u32,
-    },
+    Read { file: FileId, chunk: ChunkIndex, offset: u64, len: u32 },
     /// Cut `file` to `size` bytes: chunks wholly past it are removed, the one it falls in is
     /// truncated. `chunk_size` is the file's chunk size. Durable when answered.
-    Truncate {
-        file: FileId,
-        size: u64,
-        chunk_size: u64,
-    },
+    Truncate { file: FileId, size: u64, chunk_size: u64 },
     /// Remove every chunk of `file`. Durable when answered.
     Remove { file: FileId },
     /// Make every write to `file` durable, and report the new chunk hashes to pfs-meta,
