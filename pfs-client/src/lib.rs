@@ -1,1 +1,30 @@
-//! placeholder
+//! The pfs client library.
+//!
+//! [`Client`] connects to pfs-meta (namespace, layouts, chunk holders) and to the storage
+//! servers (chunk data). [`File`] reads and writes a striped file: every call is cut into
+//! per-chunk pieces ([`pfs_common::layout::Layout::pieces`]) that go to their storage targets in
+//! parallel, with at most `client.max_inflight_bytes` payload bytes in flight per client.
+//! [`blocking`] wraps the async API for callers without a tokio runtime.
+//!
+//! ```no_run
+//! # async fn demo() -> pfs_common::Result<()> {
+//! let config = std::sync::Arc::new(pfs_common::config::Config::load("config/local.toml".as_ref())?);
+//! let client = pfs_client::Client::connect(config).await?;
+//! let file = client.create("/hello.txt", &Default::default()).await?;
+//! file.write_at(0, b"hello, striped world").await?;
+//! file.close().await?; // durable on the storage servers, size durable on pfs-meta
+//! # Ok(()) }
+//! ```
+
+pub mod blocking;
+mod client;
+pub mod cluster;
+pub mod copy;
+mod file;
+pub mod path;
+pub mod tool;
+
+pub use client::{Client, CreateOptions};
+pub use file::File;
+pub use pfs_common::wire::meta::{Attr, ChunkInfo, DirEntry, FileKind, ServerStatus};
+pub use pfs_common::{ErrorCode, PfsError, Result};

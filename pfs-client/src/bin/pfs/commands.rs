@@ -1,0 +1,220 @@
+//! The namespace commands of `pfs`.
+
+use crate::Cmd;
+use pfs_client::{tool, Client, FileKind};
+use pfs_common::error::{ErrorCode, PfsError, Result};
+use pfs_common::ids::Sha256Digest;
+use pfs_common::pool;
+use std::io::Write;
+
+pub async fn run(client: &Client, cmd: Cmd) -> Result<()> {
+    match cmd {
+        Cmd::Ls { long, path } => ls(client, &tool::pfs_path(&path)?, long).await,
+        Cmd::Stat { path } => stat(client, &tool::pfs_path(&path)?).await,
+        Cmd::Mkdir { parents, path } => {
+            let p = tool::pfs_path(&path)?;
+            if parents {
+                client.mkdir_all(&p).await
+            } else {
+                client.mkdir(&p).await
+            }
+        }
+        Cmd::Rm { recursive, path } => rm(client, &tool::pfs_path(&path)?, recursive).await,
+        Cmd::Rmdir { path } => client.rmdir(&tool::pfs_path(&path)?).await,
+        Cmd::Mv { from, to } => client.rename(&tool::pfs_path(&from)?, &tool::pfs_path(&to)?).await,
+        Cmd::Cat { path } => cat(client, &tool::pfs_path(&path)?).await,
+        Cmd::Df => df(client).await,
+        Cmd::Getstripe { path, verify } => getstripe(client, &tool::pfs_path(&path)?, verify).await,
+        Cmd::Up | Cmd::Down | Cmd::Demo { .. } | Cmd::Serve { .. } => unreachable!("handled in main"),
+    }
+}
+
+fn mtime(ms: u64) -> String {
+    let secs = ms / 1000;
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil inverse).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + (m <= 2) as i64;
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+async fn ls(client: &Client, path: &str, long: bool) -> Result<()> {
+    let attr = client.stat(path).await?;
+    let entries = if attr.kind == FileKind::Dir {
+        client.readdir(path).await?
+    } else {
+        vec![pfs_client::DirEntry {
+            name: path.to_string(),
+            id: attr.id,
+            kind: attr.kind,
+            size: attr.size,
+            generation: attr.generation,
+        }]
+    };
+    let mut out = std::io::stdout().lock();
+    for e in entries {
+        let name = if e.kind == FileKind::Dir { format!("{}/", e.name) } else { e.name.clone() };
+        let line = if long {
+            let kind = if e.kind == FileKind::Dir { 'd' } else { '-' };
+            format!("{kind} {:>14} gen {:>6}  id {}  {name}", e.size, e.generation, e.id)
+        } else {
+            name
+        };
+        if writeln!(out, "{line}").is_err() {
+            break; // stdout closed (| head): stop quietly
+        }
+    }
+    Ok(())
+}
+
+async fn stat(client: &Client, path: &str) -> Result<()> {
+    let a = client.stat(path).await?;
+    println!("path        {path}");
+    println!("id          {}", a.id);
+    println!("kind        {}", if a.kind == FileKind::Dir { "directory" } else { "file" });
+    if a.kind == FileKind::Dir {
+        println!("entries     {}", a.entries);
+    } else {
+        println!("size        {} bytes ({})", a.size, tool::human(a.size));
+    }
+    println!("generation  {}", a.generation);
+    println!("mtime       {} UTC", mtime(a.mtime_ms));
+    println!("ctime       {} UTC", mtime(a.ctime_ms));
+    if let Some(l) = &a.layout {
+        let targets: Vec<String> = l.targets.iter().map(|t| t.to_string()).collect();
+        println!("chunk size  {} bytes ({} blocks of {})", l.chunk_size(), l.stripe_blocks, tool::human(l.block_size as u64));
+        println!("stripe      {} target(s): {}", l.stripe_count(), targets.join(" "));
+    }
+    Ok(())
+}
+
+async fn rm(client: &Client, path: &str, recursive: bool) -> Result<()> {
+    let a = client.stat(path).await?;
+    if a.kind != FileKind::Dir {
+        return client.unlink(path).await;
+    }
+    if !recursive {
+        return Err(PfsError::new(ErrorCode::IsDir, format!("{path} is a directory (use -r)")));
+    }
+    // Post-order without recursion: collect directories top-down, remove bottom-up.
+    let mut dirs = vec![path.to_string()];
+    let mut i = 0;
+    while i < dirs.len() {
+        let d = dirs[i].clone();
+        for e in client.readdir(&d).await? {
+            let p = pfs_client::path::join(&d, &e.name);
+            if e.kind == FileKind::Dir {
+                dirs.push(p);
+            } else {
+                client.unlink(&p).await?;
+            }
+        }
+        i += 1;
+    }
+    for d in dirs.iter().rev() {
+        client.rmdir(d).await?;
+    }
+    Ok(())
+}
+
+async fn cat(client: &Client, path: &str) -> Result<()> {
+    let f = client.open(path).await?;
+    let mut buf = pool::global().get(f.layout().chunk_size() as usize * f.layout().stripe_count().max(1));
+    let mut off = 0;
+    let mut out = std::io::stdout().lock();
+    loop {
+        let n = f.read_at(off, &mut buf).await?;
+        if n == 0 {
+            return Ok(());
+        }
+        if out.write_all(&buf[..n]).is_err() {
+            return Ok(()); // reader went away (| head)
+        }
+        off += n as u64;
+    }
+}
+
+async fn df(client: &Client) -> Result<()> {
+    let servers = client.servers().await?;
+    println!("{:<12} {:<22} {:<5} {:>10} {:>10} {:>10} {:>5} {:>8}", "server", "address", "state", "size", "used", "free", "use%", "chunks");
+    let (mut cap, mut free) = (0u64, 0u64);
+    for s in &servers {
+        let used = s.capacity_bytes.saturating_sub(s.free_bytes);
+        let pct = if s.capacity_bytes > 0 { used * 100 / s.capacity_bytes } else { 0 };
+        println!(
+            "{:<12} {:<22} {:<5} {:>10} {:>10} {:>10} {:>4}% {:>8}",
+            s.id.to_string(),
+            s.address.to_string(),
+            if s.up { "up" } else { "DOWN" },
+            tool::human(s.capacity_bytes),
+            tool::human(used),
+            tool::human(s.free_bytes),
+            pct,
+            s.chunks
+        );
+        if s.up {
+            cap += s.capacity_bytes;
+            free += s.free_bytes;
+        }
+    }
+    println!("{} of {} servers up; {} free of {}", servers.iter().filter(|s| s.up).count(), servers.len(), tool::human(free), tool::human(cap));
+    Ok(())
+}
+
+async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
+    let f = client.open(path).await?;
+    let l = f.layout().clone();
+    let size = f.size();
+    let targets: Vec<String> = l.targets.iter().map(|t| t.to_string()).collect();
+    println!("{path}");
+    println!("  file id       {}", f.id());
+    println!("  size          {size} bytes ({})", tool::human(size));
+    println!("  chunk size    {} bytes ({} x {} byte blocks)", l.chunk_size(), l.stripe_blocks, l.block_size);
+    println!("  stripe count  {}", l.stripe_count());
+    println!("  targets       {}", targets.join(" "));
+    let count = l.chunk_count(size);
+    let chunks = client.chunks(f.id(), count).await?;
+    println!("  {:>7}  {:>14}  {:>9}  {:<11}  {:<64}{}", "chunk", "offset", "length", "holder", "sha256", if verify { "  check" } else { "" });
+    let mut buf = pool::global().get(l.chunk_size() as usize);
+    let mut bad = 0;
+    for x in 0..count {
+        let info = chunks.iter().find(|c| c.chunk == x);
+        let holders = info.map(|c| c.holders.as_slice()).unwrap_or(&[]);
+        let check = if verify {
+            let want = l.chunk_len(x, size) as usize;
+            let n = f.read_at(l.file_offset(x, 0), &mut buf[..want]).await?;
+            Some(Sha256Digest::of(&buf[..n]))
+        } else {
+            None
+        };
+        if holders.is_empty() {
+            println!("  {x:>7}  {:>14}  {:>9}  {:<11}  {:<64}", l.file_offset(x, 0), "-", "(none)", "(hole or not reported)");
+        }
+        for h in holders {
+            let sha = h.sha256.map(|s| s.to_string()).unwrap_or_else(|| "(not hashed yet)".to_string());
+            let verdict = match (check, h.sha256) {
+                (Some(c), Some(s)) if c == s => "  ok",
+                (Some(_), _) => {
+                    bad += 1;
+                    "  MISMATCH"
+                }
+                (None, _) => "",
+            };
+            println!("  {x:>7}  {:>14}  {:>9}  {:<11}  {sha:<64}{verdict}", l.file_offset(x, 0), h.len, h.server.to_string());
+        }
+    }
+    if verify {
+        if bad > 0 {
+            return Err(PfsError::new(ErrorCode::Io, format!("{path}: {bad} chunk(s) do not match their recorded SHA-256")));
+        }
+        println!("  all {count} chunks match their recorded SHA-256");
+    }
+    Ok(())
+}

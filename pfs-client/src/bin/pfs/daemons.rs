@@ -1,0 +1,102 @@
+//! `pfs up` and `pfs down`: daemons of this host, with logs under `<data_dir>/logs` and pid
+//! files under `<data_dir>/run`.
+
+use pfs_client::cluster::{self, Daemon, Role};
+use pfs_common::config::Config;
+use pfs_common::error::{ErrorCode, PfsError, Result};
+use std::fs;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// An address this host can listen on.
+fn is_local(addr: SocketAddr) -> bool {
+    addr.ip().is_loopback() || std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).is_ok()
+}
+
+fn local_roles(config: &Config) -> Vec<(Role, IpAddr)> {
+    let mut roles = Vec::new();
+    if is_local(config.meta.address) {
+        roles.push((Role::Meta, config.meta.address.ip()));
+    }
+    for s in &config.storage {
+        if is_local(s.address) {
+            roles.push((Role::Storage(s.id), s.address.ip()));
+        }
+    }
+    roles
+}
+
+fn pid_file(config: &Config, role: Role) -> PathBuf {
+    config.data_dir.join("run").join(format!("{}.pid", role.name()))
+}
+
+fn read_pid(path: &Path) -> Option<i32> {
+    fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// True if `pid` is alive and is a pfs process (guards against a recycled pid).
+fn is_pfs_process(pid: i32) -> bool {
+    let cmdline = fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+    // SAFETY: kill with signal 0 only checks for existence and permission.
+    let alive = unsafe { libc::kill(pid, 0) } == 0;
+    alive && String::from_utf8_lossy(&cmdline).contains("pfs")
+}
+
+pub async fn up(config: &std::sync::Arc<Config>, config_path: &Path) -> Result<()> {
+    let config_path = fs::canonicalize(config_path).map_err(|e| PfsError::io(config_path.display(), e))?;
+    let roles = local_roles(config);
+    if roles.is_empty() {
+        return Err(PfsError::new(ErrorCode::Invalid, "the config names no daemon on this host"));
+    }
+    let mut started: Vec<Daemon> = Vec::new();
+    for (role, _) in &roles {
+        let pidf = pid_file(config, *role);
+        if let Some(pid) = read_pid(&pidf).filter(|p| is_pfs_process(*p)) {
+            println!("{} already running (pid {pid})", role.name());
+            continue;
+        }
+        let log = config.data_dir.join("logs").join(format!("{}.log", role.name()));
+        let d = cluster::spawn(*role, &config_path, &log, true)?;
+        fs::create_dir_all(pidf.parent().expect("pid file has a parent"))
+            .and_then(|_| fs::write(&pidf, format!("{}\n", d.child.id())))
+            .map_err(|e| PfsError::io(pidf.display(), e))?;
+        started.push(d);
+    }
+    if roles.iter().any(|(r, _)| *r == Role::Meta) {
+        cluster::wait_ready(config, &mut started, cluster::READY_TIMEOUT).await?;
+    }
+    println!(
+        "pfs is up: pfs-meta at {}, {} storage server(s); logs in {}",
+        config.meta.address,
+        config.storage.len(),
+        config.data_dir.join("logs").display()
+    );
+    Ok(())
+}
+
+pub fn down(config: &Config) -> Result<()> {
+    let mut stopped = 0;
+    for (role, _) in local_roles(config) {
+        let pidf = pid_file(config, role);
+        let Some(pid) = read_pid(&pidf) else { continue };
+        if is_pfs_process(pid) {
+            // SAFETY: plain signal delivery to a pid we started (checked above).
+            unsafe { libc::kill(pid, libc::SIGTERM) };
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while is_pfs_process(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            if is_pfs_process(pid) {
+                unsafe { libc::kill(pid, libc::SIGKILL) };
+            }
+            println!("stopped {} (pid {pid})", role.name());
+            stopped += 1;
+        }
+        let _ = fs::remove_file(&pidf);
+    }
+    if stopped == 0 {
+        println!("no pfs daemon was running");
+    }
+    Ok(())
+}

@@ -1,0 +1,127 @@
+//! `pfs`: the cluster tool. Start and stop daemons (`up`, `down`), run the demo, and work
+//! with the namespace (`ls`, `stat`, `mkdir`, `rm`, `mv`, `cat`, `df`, `getstripe`).
+
+mod commands;
+mod daemons;
+mod demo;
+
+use clap::{Parser, Subcommand};
+use pfs_client::tool;
+use std::path::PathBuf;
+
+/// pfs: a striped parallel file system. pfs paths are written /dir/file.
+#[derive(Parser)]
+#[command(name = "pfs", version)]
+struct Args {
+    /// Cluster configuration file [default: config/local.toml].
+    #[arg(long, global = true, env = "PFS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start every daemon the config names on this host; returns once all serve.
+    Up,
+    /// Stop the daemons `pfs up` started.
+    Down,
+    /// Start a throw-away cluster, stripe a file over it, read it back, verify, measure.
+    Demo {
+        /// Size of the demo file, e.g. 256m.
+        #[arg(long, default_value = "256m", value_parser = tool::parse_size)]
+        size: u64,
+        /// Storage servers in the demo cluster.
+        #[arg(long, default_value_t = 4)]
+        servers: u32,
+    },
+    /// List a directory (or show one file).
+    Ls {
+        /// Long format: kind, size, generation, id, mtime.
+        #[arg(short = 'l')]
+        long: bool,
+        #[arg(default_value = "/")]
+        path: String,
+    },
+    /// Show a file's or directory's attributes.
+    Stat { path: String },
+    /// Make a directory.
+    Mkdir {
+        /// Make parents as needed; an existing directory is fine.
+        #[arg(short = 'p')]
+        parents: bool,
+        path: String,
+    },
+    /// Remove a file, or with -r a directory and everything under it.
+    Rm {
+        #[arg(short = 'r')]
+        recursive: bool,
+        path: String,
+    },
+    /// Remove an empty directory.
+    Rmdir { path: String },
+    /// Rename a file or directory (metadata only: no data moves).
+    Mv { from: String, to: String },
+    /// Write a file's bytes to standard output.
+    Cat { path: String },
+    /// Capacity and state of every storage server.
+    Df,
+    /// A file's layout, and per chunk its holders and SHA-256.
+    Getstripe {
+        path: String,
+        /// Also read every chunk and check its bytes against the recorded SHA-256.
+        #[arg(long)]
+        verify: bool,
+    },
+    /// Run one daemon in the foreground (what `pfs up` starts when the dedicated
+    /// pfs-meta / pfs-storage binaries are not installed).
+    #[command(hide = true)]
+    Serve {
+        #[command(subcommand)]
+        which: Serve,
+    },
+}
+
+#[derive(Subcommand)]
+enum Serve {
+    Meta,
+    Storage {
+        #[arg(long)]
+        id: u32,
+    },
+}
+
+fn main() {
+    pfs_common::logging::init();
+    let args = Args::parse();
+    if let Err(e) = run(args) {
+        tool::die("pfs", &e);
+    }
+}
+
+fn run(args: Args) -> pfs_common::Result<()> {
+    let rt = tool::runtime()?;
+    match args.cmd {
+        Cmd::Demo { size, servers } => rt.block_on(demo::run(size, servers)),
+        Cmd::Up => rt.block_on(daemons::up(&tool::load_config(args.config.clone())?, &config_path(&args.config))),
+        Cmd::Down => daemons::down(&tool::load_config(args.config)?),
+        Cmd::Serve { which } => {
+            let config = tool::load_config(args.config)?;
+            match which {
+                Serve::Meta => rt.block_on(pfs_meta::run(config)),
+                Serve::Storage { id } => rt.block_on(pfs_storage::run(config, pfs_common::ServerId(id))),
+            }
+        }
+        cmd => {
+            let config = tool::load_config(args.config)?;
+            rt.block_on(async move {
+                let client = pfs_client::Client::connect(config).await?;
+                commands::run(&client, cmd).await
+            })
+        }
+    }
+}
+
+fn config_path(arg: &Option<PathBuf>) -> PathBuf {
+    arg.clone().unwrap_or_else(|| PathBuf::from(tool::DEFAULT_CONFIG))
+}

@@ -1,0 +1,399 @@
+//! Striped parallel copy (the engine of `pfs-cp` and `pfs demo`): local→pfs, pfs→local and
+//! pfs→pfs, file by file, directories with `recursive`.
+//!
+//! A file is moved in segments of `stripe_count × chunk_size` bytes (at least 4 MiB, at most
+//! 16 MiB) so that one segment keeps every storage target of the file busy. Up to
+//! [`DEPTH`] segment reads and [`DEPTH`] segment writes run at once as separate tasks, so
+//! memory stays at `2 × DEPTH` segments whatever the file size. Segments are hashed in file
+//! order as they pass, for `verify`.
+
+use crate::{Client, CreateOptions, File, FileKind};
+use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use pfs_common::error::{ErrorCode, PfsError, Result};
+use pfs_common::pool::{self, PooledBuf};
+use sha2::{Digest, Sha256};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// Segment reads (and, separately, writes) in flight per file.
+pub const DEPTH: usize = 3;
+const SEGMENT_MIN: u64 = 4 << 20;
+const SEGMENT_MAX: u64 = 16 << 20;
+
+/// One end of a copy.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Endpoint {
+    /// A path on this host.
+    Local(PathBuf),
+    /// A pfs path (`/dir/file`).
+    Pfs(String),
+}
+
+impl Endpoint {
+    /// `pfs:/a/b` is a pfs path, anything else a local one.
+    pub fn parse(arg: &str) -> Endpoint {
+        match crate::path::parse_pfs_arg(arg) {
+            Some(p) => Endpoint::Pfs(p),
+            None => Endpoint::Local(PathBuf::from(arg)),
+        }
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Endpoint::Local(p) => write!(f, "{}", p.display()),
+            Endpoint::Pfs(p) => write!(f, "pfs:{p}"),
+        }
+    }
+}
+
+/// Options of [`copy`].
+#[derive(Clone, Default)]
+pub struct CopyOptions {
+    /// Copy directories and their contents.
+    pub recursive: bool,
+    /// Layout of new pfs files.
+    pub create: CreateOptions,
+    /// Compare SHA-256 of source and destination after each file.
+    pub verify: bool,
+    /// Advanced by the bytes copied (hidden when not on a terminal).
+    pub progress: Option<indicatif::ProgressBar>,
+}
+
+/// What a copy did.
+#[derive(Clone, Debug, Default)]
+pub struct CopyStats {
+    pub files: u64,
+    pub bytes: u64,
+    pub elapsed: Duration,
+    /// SHA-256 of the last file copied, when verified.
+    pub sha256: Option<String>,
+}
+
+impl CopyStats {
+    /// Throughput in MiB/s.
+    pub fn mib_per_s(&self) -> f64 {
+        self.bytes as f64 / (1u64 << 20) as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+/// Copies `src` to `dst`. A `dst` that is an existing directory receives `src` under its
+/// own name. Directories need `recursive`.
+///
+/// Errors name the path involved; a failed file copy removes the partial destination file,
+/// so nothing incomplete is left looking like a finished copy.
+pub async fn copy(client: &Client, src: &Endpoint, dst: &Endpoint, opts: &CopyOptions) -> Result<CopyStats> {
+    let started = Instant::now();
+    let mut stats = CopyStats::default();
+    let dst = resolve_destination(client, src, dst).await?;
+    if is_dir(client, src).await? {
+        if !opts.recursive {
+            return Err(PfsError::new(ErrorCode::IsDir, format!("{src} is a directory (use -r)")));
+        }
+        copy_tree(client, src, &dst, opts, &mut stats).await?;
+    } else {
+        copy_one(client, src, &dst, opts, &mut stats).await?;
+    }
+    stats.elapsed = started.elapsed();
+    Ok(stats)
+}
+
+async fn is_dir(client: &Client, e: &Endpoint) -> Result<bool> {
+    match e {
+        Endpoint::Local(p) => {
+            let m = std::fs::metadata(p).map_err(|err| PfsError::io(p.display(), err))?;
+            Ok(m.is_dir())
+        }
+        Endpoint::Pfs(p) => Ok(client.stat(p).await.map_err(|err| err.context(format!("pfs:{p}")))?.kind == FileKind::Dir),
+    }
+}
+
+async fn exists_as_dir(client: &Client, e: &Endpoint) -> Result<bool> {
+    match e {
+        Endpoint::Local(p) => Ok(p.is_dir()),
+        Endpoint::Pfs(p) => match client.stat(p).await {
+            Ok(a) => Ok(a.kind == FileKind::Dir),
+            Err(err) if err.code == ErrorCode::NotFound => Ok(false),
+            Err(err) => Err(err),
+        },
+    }
+}
+
+fn base_name(e: &Endpoint) -> String {
+    match e {
+        Endpoint::Local(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
+        Endpoint::Pfs(p) => crate::path::file_name(p).to_string(),
+    }
+}
+
+fn child(e: &Endpoint, name: &str) -> Endpoint {
+    match e {
+        Endpoint::Local(p) => Endpoint::Local(p.join(name)),
+        Endpoint::Pfs(p) => Endpoint::Pfs(crate::path::join(p, name)),
+    }
+}
+
+async fn resolve_destination(client: &Client, src: &Endpoint, dst: &Endpoint) -> Result<Endpoint> {
+    if exists_as_dir(client, dst).await? {
+        let name = base_name(src);
+        if name.is_empty() {
+            return Err(PfsError::new(ErrorCode::Invalid, format!("{src} has no name to copy under {dst}")));
+        }
+        return Ok(child(dst, &name));
+    }
+    Ok(dst.clone())
+}
+
+async fn copy_tree(client: &Client, src: &Endpoint, dst: &Endpoint, opts: &CopyOptions, stats: &mut CopyStats) -> Result<()> {
+    // Depth-first with an explicit stack: no recursion through async fns.
+    let mut stack = vec![(src.clone(), dst.clone())];
+    while let Some((s, d)) = stack.pop() {
+        match &d {
+            Endpoint::Local(p) => std::fs::create_dir_all(p).map_err(|e| PfsError::io(p.display(), e))?,
+            Endpoint::Pfs(p) => client.mkdir_all(p).await?,
+        }
+        for (name, dir) in list_dir(client, &s).await? {
+            let (cs, cd) = (child(&s, &name), child(&d, &name));
+            if dir {
+                stack.push((cs, cd));
+            } else {
+                copy_one(client, &cs, &cd, opts, stats).await?;
+            }
+        }
+    }
+    Ok(())
+}
+
+async fn list_dir(client: &Client, e: &Endpoint) -> Result<Vec<(String, bool)>> {
+    match e {
+        Endpoint::Local(p) => {
+            let mut out = Vec::new();
+            for entry in std::fs::read_dir(p).map_err(|err| PfsError::io(p.display(), err))? {
+                let entry = entry.map_err(|err| PfsError::io(p.display(), err))?;
+                let ft = entry.file_type().map_err(|err| PfsError::io(entry.path().display(), err))?;
+                if ft.is_dir() || ft.is_file() {
+                    out.push((entry.file_name().to_string_lossy().into_owned(), ft.is_dir()));
+                }
+            }
+            out.sort();
+            Ok(out)
+        }
+        Endpoint::Pfs(p) => {
+            Ok(client.readdir(p).await?.into_iter().map(|e| (e.name, e.kind == FileKind::Dir)).collect())
+        }
+    }
+}
+
+/// A source being read.
+#[derive(Clone)]
+enum Source {
+    Local(Arc<std::fs::File>, PathBuf),
+    Pfs(File),
+}
+
+/// A destination being written.
+#[derive(Clone)]
+enum Sink {
+    Local(Arc<std::fs::File>, PathBuf),
+    Pfs(File),
+}
+
+impl Source {
+    async fn read(self, offset: u64, len: usize) -> Result<PooledBuf> {
+        let mut buf = pool::global().get(len);
+        match self {
+            Source::Local(f, path) => tokio::task::spawn_blocking(move || {
+                f.read_exact_at(&mut buf, offset).map_err(|e| PfsError::io(format!("reading {} at {offset}", path.display()), e))?;
+                Ok(buf)
+            })
+            .await
+            .map_err(|e| PfsError::new(ErrorCode::Io, format!("read task failed: {e}")))?,
+            Source::Pfs(f) => {
+                let n = f.read_at(offset, &mut buf).await?;
+                if n != len {
+                    return Err(PfsError::new(
+                        ErrorCode::Io,
+                        format!("pfs:{} shrank while being copied (short read at {offset})", f.path()),
+                    ));
+                }
+                Ok(buf)
+            }
+        }
+    }
+}
+
+impl Sink {
+    async fn write(self, offset: u64, buf: PooledBuf) -> Result<usize> {
+        match self {
+            Sink::Local(f, path) => tokio::task::spawn_blocking(move || {
+                f.write_all_at(&buf, offset)
+                    .map_err(|e| PfsError::io(format!("writing {} at {offset}", path.display()), e))?;
+                Ok(buf.len())
+            })
+            .await
+            .map_err(|e| PfsError::new(ErrorCode::Io, format!("write task failed: {e}")))?,
+            Sink::Pfs(f) => f.write_at(offset, &buf).await,
+        }
+    }
+}
+
+fn segment_size(layout: Option<&pfs_common::layout::Layout>) -> u64 {
+    let seg = layout.map(|l| l.chunk_size() * l.stripe_count() as u64).unwrap_or(SEGMENT_MIN);
+    seg.clamp(SEGMENT_MIN, SEGMENT_MAX)
+}
+
+async fn copy_one(client: &Client, src: &Endpoint, dst: &Endpoint, opts: &CopyOptions, stats: &mut CopyStats) -> Result<()> {
+    let (source, size, src_layout) = match src {
+        Endpoint::Local(p) => {
+            let f = std::fs::File::open(p).map_err(|e| PfsError::io(p.display(), e))?;
+            let m = f.metadata().map_err(|e| PfsError::io(p.display(), e))?;
+            if m.is_dir() {
+                return Err(PfsError::new(ErrorCode::IsDir, format!("{} is a directory (use -r)", p.display())));
+            }
+            (Source::Local(Arc::new(f), p.clone()), m.len(), None)
+        }
+        Endpoint::Pfs(p) => {
+            let f = client.open(p).await.map_err(|e| e.context(format!("pfs:{p}")))?;
+            let (size, layout) = (f.size(), f.layout().clone());
+            (Source::Pfs(f), size, Some(layout))
+        }
+    };
+    let sink = match dst {
+        Endpoint::Local(p) => {
+            let f = std::fs::File::create(p).map_err(|e| PfsError::io(p.display(), e))?;
+            Sink::Local(Arc::new(f), p.clone())
+        }
+        Endpoint::Pfs(p) => Sink::Pfs(client.create(p, &opts.create).await.map_err(|e| e.context(format!("pfs:{p}")))?),
+    };
+    let seg = match &sink {
+        Sink::Pfs(f) => segment_size(Some(f.layout())),
+        Sink::Local(..) => segment_size(src_layout.as_ref()),
+    };
+    match pump(source, sink.clone(), size, seg, opts).await {
+        Ok(digest) => {
+            if let Sink::Pfs(f) = &sink {
+                f.fsync().await.map_err(|e| e.context(format!("{dst} (the copy is incomplete)")))?;
+            }
+            if let Some(src_sha) = digest {
+                let dst_sha = sha256_of(client, dst).await?;
+                if dst_sha != src_sha {
+                    return Err(PfsError::new(
+                        ErrorCode::Io,
+                        format!("verify failed: {src} has sha256 {src_sha}, {dst} has {dst_sha}"),
+                    ));
+                }
+                stats.sha256 = Some(dst_sha);
+            }
+            stats.files += 1;
+            stats.bytes += size;
+            Ok(())
+        }
+        Err(e) => {
+            let removed = match dst {
+                Endpoint::Local(p) => std::fs::remove_file(p).is_ok(),
+                Endpoint::Pfs(p) => client.unlink(p).await.is_ok(),
+            };
+            let note = if removed { "partial destination removed" } else { "partial destination left behind" };
+            Err(e.context(format!("copying {src} to {dst} failed ({note})")))
+        }
+    }
+}
+
+/// Moves `size` bytes from `source` to `sink`; returns the source's SHA-256 if verifying.
+async fn pump(source: Source, sink: Sink, size: u64, seg: u64, opts: &CopyOptions) -> Result<Option<String>> {
+    let mut hasher = opts.verify.then(Sha256::new);
+    let mut reads = FuturesOrdered::new();
+    let mut writes = FuturesUnordered::new();
+    let mut next = 0u64;
+    loop {
+        while reads.len() < DEPTH && next < size {
+            let len = seg.min(size - next) as usize;
+            let (s, off) = (source.clone(), next);
+            reads.push_back(tokio::spawn(async move { s.read(off, len).await.map(|b| (off, b)) }));
+            next += len as u64;
+        }
+        let Some(joined) = reads.next().await else { break };
+        let (off, buf) = joined.map_err(|e| PfsError::new(ErrorCode::Io, format!("read task failed: {e}")))??;
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf[..]);
+        }
+        let s = sink.clone();
+        writes.push(tokio::spawn(s.write(off, buf)));
+        while writes.len() >= DEPTH {
+            finish_write(writes.next().await, opts)?;
+        }
+    }
+    while let Some(w) = writes.next().await {
+        finish_write(Some(w), opts)?;
+    }
+    Ok(hasher.map(|h| hex::encode(h.finalize())))
+}
+
+fn finish_write(w: Option<std::result::Result<Result<usize>, tokio::task::JoinError>>, opts: &CopyOptions) -> Result<()> {
+    if let Some(w) = w {
+        let n = w.map_err(|e| PfsError::new(ErrorCode::Io, format!("write task failed: {e}")))??;
+        if let Some(p) = &opts.progress {
+            p.inc(n as u64);
+        }
+    }
+    Ok(())
+}
+
+/// SHA-256 (hex) of a local or pfs file, read in segments.
+pub async fn sha256_of(client: &Client, e: &Endpoint) -> Result<String> {
+    let mut h = Sha256::new();
+    match e {
+        Endpoint::Local(p) => {
+            let p = p.clone();
+            return tokio::task::spawn_blocking(move || {
+                let mut f = std::fs::File::open(&p).map_err(|e| PfsError::io(p.display(), e))?;
+                std::io::copy(&mut f, &mut h).map_err(|e| PfsError::io(p.display(), e))?;
+                Ok(hex::encode(h.finalize()))
+            })
+            .await
+            .map_err(|e| PfsError::new(ErrorCode::Io, format!("hash task failed: {e}")))?;
+        }
+        Endpoint::Pfs(p) => {
+            let f = client.open(p).await?;
+            let seg = segment_size(Some(f.layout())) as usize;
+            let mut buf = pool::global().get(seg);
+            let mut off = 0u64;
+            loop {
+                let n = f.read_at(off, &mut buf).await?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                off += n as u64;
+            }
+        }
+    }
+    Ok(hex::encode(h.finalize()))
+}
+
+/// Total bytes of regular files under `e` (for a progress bar's length).
+pub async fn total_bytes(client: &Client, e: &Endpoint) -> Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![e.clone()];
+    while let Some(cur) = stack.pop() {
+        if is_dir(client, &cur).await? {
+            for (name, _) in list_dir(client, &cur).await? {
+                stack.push(child(&cur, &name));
+            }
+        } else {
+            total += match &cur {
+                Endpoint::Local(p) => std::fs::metadata(p).map_err(|err| PfsError::io(p.display(), err))?.len(),
+                Endpoint::Pfs(p) => client.stat(p).await?.size,
+            };
+        }
+    }
+    Ok(total)
+}
+
+/// Whether `p` is a local path (for callers that build endpoints from `Path`s).
+pub fn local(p: &Path) -> Endpoint {
+    Endpoint::Local(p.to_path_buf())
+}

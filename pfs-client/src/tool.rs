@@ -1,0 +1,86 @@
+//! Helpers shared by the command-line tools: finding the configuration, parsing and printing
+//! sizes, reporting errors as one line.
+
+use pfs_common::config::Config;
+use pfs_common::error::{ErrorCode, PfsError, Result};
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The default configuration file, relative to the working directory.
+pub const DEFAULT_CONFIG: &str = "config/local.toml";
+
+/// Loads `--config FILE` (clap also fills it from `PFS_CONFIG`), or `config/local.toml`.
+pub fn load_config(arg: Option<PathBuf>) -> Result<Arc<Config>> {
+    let path = arg.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
+    Ok(Arc::new(Config::load(&path)?))
+}
+
+/// Parses a size with an optional k/m/g/t suffix (powers of 1024): `4m` = 4194304.
+pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    let t = s.trim().to_ascii_lowercase();
+    let t = t.strip_suffix("ib").or_else(|| t.strip_suffix('b')).unwrap_or(&t);
+    let (num, shift) = match t.chars().last() {
+        Some('k') => (&t[..t.len() - 1], 10),
+        Some('m') => (&t[..t.len() - 1], 20),
+        Some('g') => (&t[..t.len() - 1], 30),
+        Some('t') => (&t[..t.len() - 1], 40),
+        _ => (t, 0),
+    };
+    let n: u64 = num.trim().parse().map_err(|_| format!("`{s}` is not a size (examples: 4096, 64k, 1m, 2g)"))?;
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("`{s}` is too large"))
+}
+
+/// `1536` -> `1.5 KiB`.
+pub fn human(bytes: u64) -> String {
+    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
+    let mut v = bytes as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u < UNITS.len() - 1 {
+        v /= 1024.0;
+        u += 1;
+    }
+    if u == 0 {
+        format!("{bytes} B")
+    } else {
+        format!("{v:.1} {}", UNITS[u])
+    }
+}
+
+/// Prints `tool: error: message` on stderr and exits with status 1.
+pub fn die(tool: &str, e: &PfsError) -> ! {
+    eprintln!("{tool}: error: {e}");
+    std::process::exit(1)
+}
+
+/// A multi-threaded runtime for a tool.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| PfsError::io("starting the tokio runtime", e))
+}
+
+/// A pfs path argument: must be absolute; `pfs:` prefix accepted.
+pub fn pfs_path(arg: &str) -> Result<String> {
+    let p = crate::path::parse_pfs_arg(arg).unwrap_or_else(|| arg.to_string());
+    if !p.starts_with('/') {
+        return Err(PfsError::new(ErrorCode::Invalid, format!("{arg}: pfs paths are absolute, like /dir/file")));
+    }
+    Ok(crate::path::normalize(&p))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_suffixes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("64k"), Ok(65536));
+        assert_eq!(parse_size("1M"), Ok(1 << 20));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert!(parse_size("lots").is_err());
+        assert!(parse_size("99999999999t").is_err());
+        assert_eq!(human(1536), "1.5 KiB");
+    }
+}
