@@ -1,1 +1,43 @@
-//! placeholder
+//! pfs-meta, the metadata server of pfs: the namespace (a write-ahead-logged file tree), the
+//! storage-server registry and the chunk-holder map.
+//!
+//! The namespace ([`namespace`]) and registry/holder maps are plain state machines; the WAL
+//! ([`wal`]) and the RPC handler ([`server`]) put disks and sockets around them.
+
+pub mod holders;
+pub mod namespace;
+pub mod registry;
+pub mod server;
+pub mod store;
+pub mod wal;
+
+use pfs_common::config::Config;
+use pfs_common::rpc::{self, ServeOptions};
+use pfs_common::wire::frame::DEFAULT_LIMITS;
+use pfs_common::wire::Role;
+use pfs_common::Result;
+use server::MetaServer;
+use std::sync::Arc;
+
+/// Runs the metadata server: recovers the WAL in `config.meta_dir()`, listens on
+/// `config.meta.address` and serves clients and storage servers until the WAL fails.
+///
+/// Errors: Io naming the file and byte offset of a corrupt log; Io/Unavailable if the
+/// address cannot be bound; Io if a WAL write or fsync fails while serving.
+pub async fn run(config: Arc<Config>) -> Result<()> {
+    let server = Arc::new(MetaServer::open(&config)?);
+    let listener = rpc::bind(config.meta.address, "pfs-meta").await?;
+    let mut durable = server.store().durable();
+    let opts =
+        ServeOptions { name: "pfs-meta".into(), roles: vec![Role::Client, Role::Storage], limits: DEFAULT_LIMITS };
+    tokio::select! {
+        _ = rpc::serve(listener, server.clone(), opts) => Ok(()),
+        failed = durable.wait_for(|d| d.failed.is_some()) => {
+            // The state in memory may be ahead of the disk: stop rather than serve it.
+            match failed {
+                Ok(d) => Err(d.failed.clone().expect("waited for a failure")),
+                Err(_) => Err(pfs_common::PfsError::new(pfs_common::ErrorCode::Io, "the WAL writer stopped")),
+            }
+        }
+    }
+}

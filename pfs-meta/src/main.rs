@@ -1,0 +1,33 @@
+//! `pfs-meta --config FILE`: the metadata server.
+
+use clap::Parser;
+use pfs_common::config::Config;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The pfs metadata server.
+#[derive(Parser, Debug)]
+#[command(name = "pfs-meta", version, about)]
+struct Args {
+    /// The cluster configuration (TOML).
+    #[arg(long, env = "PFS_CONFIG", default_value = "config/local.toml")]
+    config: PathBuf,
+}
+
+fn main() {
+    let args = Args::parse();
+    pfs_common::logging::init();
+    if let Err(e) = start(&args) {
+        eprintln!("pfs-meta: {e}");
+        std::process::exit(1);
+    }
+}
+
+fn start(args: &Args) -> pfs_common::Result<()> {
+    let config = Arc::new(Config::load(&args.config)?);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| pfs_common::PfsError::io("starting the tokio runtime", e))?;
+    runtime.block_on(pfs_meta::run(config))
+}

@@ -1,0 +1,176 @@
+//! The storage-server registry: who registered, from which connection, their capacity, and
+//! when they were last heard from. Pure state; the caller passes the current time.
+//!
+//! A server is up while its registering connection is open and its last heartbeat is less
+//! than `down_after` old. `up` is computed when asked, so no timer has to run for a silent
+//! server to be seen as down.
+
+use pfs_common::config::Config;
+use pfs_common::wire::meta::ServerStatus;
+use pfs_common::{ErrorCode, PfsError, Result, ServerId};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+use tracing::{info, warn};
+
+#[derive(Clone, Debug)]
+struct Entry {
+    address: SocketAddr,
+    capacity_bytes: u64,
+    free_bytes: u64,
+    /// Last register or heartbeat; `None` if never heard from.
+    last_heard: Option<Instant>,
+    /// The connection it registered on, while that connection is open.
+    conn_id: Option<u64>,
+}
+
+/// Every storage server known from the configuration or from registration.
+#[derive(Debug)]
+pub struct Registry {
+    servers: BTreeMap<ServerId, Entry>,
+    down_after: Duration,
+}
+
+impl Registry {
+    /// A registry listing the configured servers (down until they register); a server silent
+    /// for `config.timeouts.server_down_ms` is down.
+    pub fn new(config: &Config) -> Registry {
+        let servers = config
+            .storage
+            .iter()
+            .map(|s| {
+                (s.id, Entry { address: s.address, capacity_bytes: 0, free_bytes: 0, last_heard: None, conn_id: None })
+            })
+            .collect();
+        Registry { servers, down_after: Duration::from_millis(config.timeouts.server_down_ms) }
+    }
+
+    /// Records a registration of server `id` on connection `conn_id`. A newer registration
+    /// replaces an older connection of the same id (the old one may be half-dead).
+    pub fn register(
+        &mut self,
+        id: ServerId,
+        address: SocketAddr,
+        capacity_bytes: u64,
+        free_bytes: u64,
+        conn_id: u64,
+        now: Instant,
+    ) {
+        let e = self.servers.entry(id).or_insert(Entry {
+            address,
+            capacity_bytes,
+            free_bytes,
+            last_heard: None,
+            conn_id: None,
+        });
+        if let Some(old) = e.conn_id {
+            if old != conn_id {
+                warn!("{id} registered again on a new connection; dropping its old connection {old}");
+            }
+        }
+        if e.address != address {
+            info!("{id} now at {address} (was {})", e.address);
+        }
+        *e = Entry { address, capacity_bytes, free_bytes, last_heard: Some(now), conn_id: Some(conn_id) };
+        info!("{id} registered from {address}: {capacity_bytes} bytes capacity, {free_bytes} free");
+    }
+
+    /// Records a heartbeat. Errors: NotFound if `id` has not registered on this connection
+    /// (the server should register again).
+    pub fn heartbeat(
+        &mut self,
+        id: ServerId,
+        capacity_bytes: u64,
+        free_bytes: u64,
+        conn_id: u64,
+        now: Instant,
+    ) -> Result<()> {
+        self.check_conn(id, conn_id)?;
+        if let Some(e) = self.servers.get_mut(&id) {
+            e.capacity_bytes = capacity_bytes;
+            e.free_bytes = free_bytes;
+            e.last_heard = Some(now);
+        }
+        Ok(())
+    }
+
+    /// Errors with NotFound unless `id` is registered on connection `conn_id`.
+    pub fn check_conn(&self, id: ServerId, conn_id: u64) -> Result<()> {
+        match self.servers.get(&id) {
+            Some(e) if e.conn_id == Some(conn_id) => Ok(()),
+            _ => Err(PfsError::new(ErrorCode::NotFound, format!("{id} is not registered on this connection"))),
+        }
+    }
+
+    /// Marks the server registered on `conn_id` (if any) as disconnected, hence down; returns it.
+    pub fn disconnected(&mut self, conn_id: u64) -> Option<ServerId> {
+        let (id, e) = self.servers.iter_mut().find(|(_, e)| e.conn_id == Some(conn_id))?;
+        e.conn_id = None;
+        warn!("{id} disconnected; it is down until it registers again");
+        Some(*id)
+    }
+
+    fn is_up(&self, e: &Entry, now: Instant) -> bool {
+        e.conn_id.is_some() && e.last_heard.is_some_and(|t| now.saturating_duration_since(t) < self.down_after)
+    }
+
+    /// True if `id` is registered, connected and heard from within the down timeout.
+    pub fn up(&self, id: ServerId, now: Instant) -> bool {
+        self.servers.get(&id).is_some_and(|e| self.is_up(e, now))
+    }
+
+    /// Ids of the servers that are up, sorted.
+    pub fn up_servers(&self, now: Instant) -> Vec<ServerId> {
+        self.servers.iter().filter(|(_, e)| self.is_up(e, now)).map(|(id, _)| *id).collect()
+    }
+
+    /// Every configured or registered server; `chunks(id)` gives its reported chunk count.
+    pub fn list(&self, now: Instant, chunks: impl Fn(ServerId) -> u64) -> Vec<ServerStatus> {
+        self.servers
+            .iter()
+            .map(|(id, e)| ServerStatus {
+                id: *id,
+                address: e.address,
+                up: self.is_up(e, now),
+                capacity_bytes: e.capacity_bytes,
+                free_bytes: e.free_bytes,
+                last_heartbeat_ms: e
+                    .last_heard
+                    .map(|t| now.saturating_duration_since(t).as_millis().min(u64::MAX as u128) as u64)
+                    .unwrap_or(u64::MAX),
+                chunks: chunks(*id),
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    #[test]
+    fn up_and_down() {
+        let config = Config::local(Path::new("/tmp/x"), 7400, 2);
+        let mut r = Registry::new(&config);
+        let t0 = Instant::now();
+        let down_after = Duration::from_millis(config.timeouts.server_down_ms);
+        let list = r.list(t0, |_| 0);
+        assert_eq!(list.len(), 2);
+        assert!(list.iter().all(|s| !s.up && s.last_heartbeat_ms == u64::MAX));
+        let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
+        r.register(ServerId(1), addr, 100, 50, 7, t0);
+        r.register(ServerId(9), addr, 100, 50, 8, t0);
+        assert_eq!(r.up_servers(t0), vec![ServerId(1), ServerId(9)]);
+        assert_eq!(r.list(t0, |_| 3).len(), 3, "configured plus registered");
+        // Silence past the timeout: down, computed from the time passed in.
+        assert!(!r.up(ServerId(1), t0 + down_after));
+        r.heartbeat(ServerId(1), 100, 40, 7, t0 + down_after).unwrap();
+        assert!(r.up(ServerId(1), t0 + down_after));
+        assert_eq!(r.heartbeat(ServerId(1), 1, 1, 99, t0).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(r.heartbeat(ServerId(2), 1, 1, 7, t0).unwrap_err().code, ErrorCode::NotFound);
+        assert_eq!(r.disconnected(8), Some(ServerId(9)));
+        assert!(!r.up(ServerId(9), t0));
+        assert_eq!(r.disconnected(8), None);
+    }
+}

@@ -1,0 +1,112 @@
+//! The durable namespace: the [`Namespace`] state machine behind a lock, with every mutation
+//! logged through the [`Wal`] before it is acknowledged.
+
+use crate::namespace::{Applied, Context, Decision, Namespace};
+use crate::wal::{encode_snapshot, frame_record, Durable, Record, Wal, WalMsg};
+use parking_lot::Mutex;
+use pfs_common::layout::LayoutPolicy;
+use pfs_common::wire::meta::MetaRequest;
+use pfs_common::{Result, ServerId};
+use std::path::Path;
+use std::time::{SystemTime, UNIX_EPOCH};
+use tokio::sync::watch;
+
+struct Inner {
+    namespace: Namespace,
+    /// LSN of the last mutation applied in memory (it may not be durable yet).
+    applied_lsn: u64,
+    /// LSN of the last checkpoint asked for.
+    checkpoint_lsn: u64,
+}
+
+/// The namespace plus its write-ahead log.
+pub struct Store {
+    inner: Mutex<Inner>,
+    wal: Wal,
+    checkpoint_records: u64,
+}
+
+/// Wall-clock time, ms since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+impl Store {
+    /// Opens (recovering) the log in `dir`; a checkpoint is taken every `checkpoint_records`
+    /// records (at least 1). A new namespace's root gets `root_policy`.
+    ///
+    /// Errors: Io naming the file and byte offset of a corrupt log.
+    pub fn open(dir: &Path, checkpoint_records: u64, root_policy: LayoutPolicy) -> Result<Store> {
+        let (wal, recovered) = Wal::open(dir, root_policy)?;
+        Ok(Store {
+            inner: Mutex::new(Inner {
+                namespace: recovered.namespace,
+                applied_lsn: recovered.last_lsn,
+                checkpoint_lsn: recovered.checkpoint_lsn,
+            }),
+            wal,
+            checkpoint_records: checkpoint_records.max(1),
+        })
+    }
+
+    /// Runs a namespace request: decides it, logs and applies a mutation, and answers once
+    /// the answer is durable. A read answers only after the state it saw is durable, so no
+    /// one sees a change that a crash could still undo. `up_servers` are the storage servers
+    /// new files may be striped over.
+    ///
+    /// Errors: the namespace's errors (see [`Namespace::prepare`]), or Io if the log failed.
+    pub async fn execute(&self, req: &MetaRequest, up_servers: &[ServerId]) -> Result<Applied> {
+        let permit = self.wal.reserve().await?;
+        let (applied, wait_lsn) = {
+            let mut inner = self.inner.lock();
+            let ctx = Context { now_ms: now_ms(), up_servers };
+            match inner.namespace.prepare(req, &ctx)? {
+                Decision::Reply(response) => {
+                    drop(permit);
+                    (Applied { response, removed_files: Vec::new() }, inner.applied_lsn)
+                }
+                Decision::Mutate(mutation) => {
+                    let lsn = inner.applied_lsn + 1;
+                    let record = Record { lsn, mutation };
+                    let framed = frame_record(&record);
+                    let applied = inner.namespace.apply(&record.mutation);
+                    inner.applied_lsn = lsn;
+                    permit.send(WalMsg::Record { lsn, framed });
+                    if lsn - inner.checkpoint_lsn >= self.checkpoint_records {
+                        let snapshot = encode_snapshot(lsn, &inner.namespace);
+                        // Sent right after its record (still under the lock, so in order). If
+                        // the queue is full it is skipped; the next mutation tries again.
+                        if self.wal.try_send(WalMsg::Checkpoint { lsn, snapshot }) {
+                            inner.checkpoint_lsn = lsn;
+                        }
+                    }
+                    (applied, lsn)
+                }
+            }
+        };
+        self.wal.wait_durable(wait_lsn).await?;
+        Ok(applied)
+    }
+
+    /// Runs `f` on the current namespace and returns its result with the LSN it saw; pass the
+    /// LSN to [`Store::wait_durable`] before acting on the result outside this process.
+    pub fn read<R>(&self, f: impl FnOnce(&Namespace) -> R) -> (R, u64) {
+        let inner = self.inner.lock();
+        (f(&inner.namespace), inner.applied_lsn)
+    }
+
+    /// Waits until the log is durable up to `lsn`. Errors: Io if the log failed.
+    pub async fn wait_durable(&self, lsn: u64) -> Result<()> {
+        self.wal.wait_durable(lsn).await
+    }
+
+    /// The log's durable LSN and failure state.
+    pub fn durable(&self) -> watch::Receiver<Durable> {
+        self.wal.durable()
+    }
+
+    /// A copy of the namespace (for tests and checkpoints).
+    pub fn snapshot(&self) -> Namespace {
+        self.inner.lock().namespace.clone()
+    }
+}

@@ -1,0 +1,198 @@
+//! Starts the real `pfs-meta` binary on a loopback port, talks to it over RPC, SIGKILLs it,
+//! restarts it on the same directory and checks what survived. Also feeds it bad frames.
+
+use pfs_common::config::Config;
+use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::wire::frame::{FrameHeader, FrameKind, HEADER_LEN};
+use pfs_common::wire::meta::{Attr, FileKind, LayoutRequest, MetaRequest, MetaResponse};
+use pfs_common::wire::Role;
+use pfs_common::{ErrorCode, ServerId};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+struct Meta {
+    child: Child,
+}
+
+impl Drop for Meta {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap().port()
+}
+
+fn write_config(dir: &Path) -> (std::path::PathBuf, SocketAddr) {
+    let mut config = Config::local(dir, free_port(), 0);
+    // Long enough that a slow test machine never sees the fake storage server go down.
+    config.timeouts.server_down_ms = 600_000;
+    let path = dir.join("pfs.toml");
+    std::fs::write(&path, config.to_toml()).unwrap();
+    (path, config.meta.address)
+}
+
+fn opts(role: Role) -> ConnectOptions {
+    ConnectOptions {
+        role,
+        name: "restart-test".into(),
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(30),
+    }
+}
+
+async fn start(config: &Path, addr: SocketAddr) -> (Meta, RpcClient) {
+    let child = Command::new(env!("CARGO_BIN_EXE_pfs-meta"))
+        .arg("--config")
+        .arg(config)
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut meta = Meta { child };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        match RpcClient::connect(addr, "pfs-meta", &opts(Role::Client), None).await {
+            Ok(c) => return (meta, c),
+            Err(e) => {
+                if let Some(status) = meta.child.try_wait().unwrap() {
+                    panic!("pfs-meta exited with {status} before serving: {e}");
+                }
+                assert!(Instant::now() < deadline, "pfs-meta did not come up: {e}");
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    }
+}
+
+async fn call(c: &RpcClient, req: MetaRequest) -> pfs_common::Result<MetaResponse> {
+    c.call::<_, MetaResponse>(&req, &[]).await.map(|(r, _)| r)
+}
+
+fn attr(r: MetaResponse) -> Attr {
+    match r {
+        MetaResponse::Attr(a) => a,
+        other => panic!("expected Attr, got {other:?}"),
+    }
+}
+
+/// Registers a fake storage server so files can get a layout; returns its connection.
+async fn fake_storage(addr: SocketAddr) -> RpcClient {
+    let s = RpcClient::connect(addr, "pfs-meta", &opts(Role::Storage), None).await.unwrap();
+    let reg = MetaRequest::Register {
+        id: ServerId(1),
+        address: "127.0.0.1:1".parse().unwrap(),
+        capacity_bytes: 1 << 30,
+        free_bytes: 1 << 29,
+    };
+    assert_eq!(call(&s, reg).await.unwrap(), MetaResponse::Orphans(vec![]));
+    s
+}
+
+#[tokio::test]
+async fn namespace_survives_sigkill() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(dir.path());
+    let (meta, c) = start(&config, addr).await;
+    let storage = fake_storage(addr).await;
+
+    call(&c, MetaRequest::Mkdir { path: "/a".into() }).await.unwrap();
+    call(&c, MetaRequest::Mkdir { path: "/a/b".into() }).await.unwrap();
+    let mut files = Vec::new();
+    for i in 0..5u64 {
+        let req = MetaRequest::Create { path: format!("/a/b/f{i}"), layout: LayoutRequest::default(), exclusive: true };
+        let f = attr(call(&c, req).await.unwrap());
+        assert_eq!(f.layout.as_ref().unwrap().targets, vec![ServerId(1)]);
+        let f = attr(call(&c, MetaRequest::SetSize { file: f.id, size: 4096 * (i + 1) }).await.unwrap());
+        files.push(f);
+    }
+    call(&c, MetaRequest::Rename { from: "/a/b/f4".into(), to: "/a/moved".into(), expected_generation: None })
+        .await
+        .unwrap();
+    call(&c, MetaRequest::Unlink { path: "/a/b/f3".into(), expected_generation: None }).await.unwrap();
+    let e = call(&c, MetaRequest::Mkdir { path: "/a".into() }).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Exists);
+    assert!(e.message.contains("/a"), "{e}");
+    let b_before = attr(call(&c, MetaRequest::Lookup { path: "/a/b".into() }).await.unwrap());
+    let moved_before = attr(call(&c, MetaRequest::Lookup { path: "/a/moved".into() }).await.unwrap());
+    let mut sizes_before = Vec::new();
+    for f in &files[..3] {
+        sizes_before.push(attr(call(&c, MetaRequest::Stat { file: f.id }).await.unwrap()));
+    }
+
+    // Crash: every acknowledged change must come back.
+    drop(storage);
+    drop(c);
+    drop(meta); // SIGKILL
+    let (_meta, c) = start(&config, addr).await;
+    for before in &sizes_before {
+        assert_eq!(&attr(call(&c, MetaRequest::Stat { file: before.id }).await.unwrap()), before);
+    }
+    assert_eq!(attr(call(&c, MetaRequest::Lookup { path: "/a/b".into() }).await.unwrap()), b_before);
+    assert_eq!(attr(call(&c, MetaRequest::Lookup { path: "/a/moved".into() }).await.unwrap()), moved_before);
+    assert_eq!(moved_before.size, 4096 * 5);
+    let e = call(&c, MetaRequest::Lookup { path: "/a/b/f3".into() }).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+    match call(&c, MetaRequest::Readdir { path: "/a/b".into(), after: None, limit: 100 }).await.unwrap() {
+        MetaResponse::Entries { entries, more } => {
+            assert!(!more);
+            let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
+            assert_eq!(names, ["f0", "f1", "f2"]);
+            assert!(entries.iter().all(|e| e.kind == FileKind::File));
+        }
+        other => panic!("{other:?}"),
+    }
+    // The registry starts empty after a restart: nothing configured, nothing registered.
+    assert_eq!(call(&c, MetaRequest::ListServers).await.unwrap(), MetaResponse::Servers(vec![]));
+    // A client may not speak for a storage server.
+    let e = call(&c, MetaRequest::Heartbeat { id: ServerId(1), capacity_bytes: 0, free_bytes: 0 }).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid);
+}
+
+#[tokio::test]
+async fn bad_frames_close_only_their_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(dir.path());
+    let (_meta, good) = start(&config, addr).await;
+
+    // Garbage bytes instead of a frame.
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&[0xde; 64]).await.unwrap();
+    let mut sink = Vec::new();
+    // The server answers with an error or closes; either way the read ends.
+    let _ = tokio::time::timeout(Duration::from_secs(30), raw.read_to_end(&mut sink)).await.expect("connection closed");
+
+    // A header claiming a huge payload and body: refused before allocating.
+    let header = FrameHeader { kind: FrameKind::Request, body_len: u32::MAX, payload_len: u32::MAX, request_id: 1 };
+    let bytes: [u8; HEADER_LEN] = header.encode();
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&bytes).await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), raw.read_to_end(&mut sink)).await.expect("connection closed");
+
+    // The same after a valid handshake, on a connection made by hand.
+    let hello =
+        pfs_common::wire::Hello { version: pfs_common::wire::PROTOCOL_VERSION, role: Role::Client, name: "x".into() };
+    let body = pfs_common::wire::encode(&hello);
+    let h = FrameHeader { kind: FrameKind::Request, body_len: body.len() as u32, payload_len: 0, request_id: 0 };
+    let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
+    raw.write_all(&h.encode()).await.unwrap();
+    raw.write_all(&body).await.unwrap();
+    let big = FrameHeader { kind: FrameKind::Request, body_len: 1 << 31, payload_len: u32::MAX, request_id: 2 };
+    raw.write_all(&big.encode()).await.unwrap();
+    let mut sink = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), raw.read_to_end(&mut sink)).await.expect("connection closed");
+    assert!(!sink.is_empty(), "the handshake was answered");
+
+    // The well-behaved client is still served, and so is a new one.
+    call(&good, MetaRequest::Mkdir { path: "/still".into() }).await.unwrap();
+    let fresh = RpcClient::connect(addr, "pfs-meta", &opts(Role::Client), None).await.unwrap();
+    let a = attr(call(&fresh, MetaRequest::Lookup { path: "/still".into() }).await.unwrap());
+    assert_eq!(a.kind, FileKind::Dir);
+}
