@@ -115,8 +115,11 @@ fn parse_name(name: &str, prefix: &str, suffix: &str) -> Option<u64> {
     u64::from_str_radix(hex, 16).ok()
 }
 
+/// Files named after an LSN, sorted by it.
+type Listing = Vec<(u64, PathBuf)>;
+
 /// Segments and checkpoints in `dir`, each sorted by LSN.
-fn list_dir(dir: &Path) -> Result<(Vec<(u64, PathBuf)>, Vec<(u64, PathBuf)>)> {
+fn list_dir(dir: &Path) -> Result<(Listing, Listing)> {
     let mut segments = Vec::new();
     let mut checkpoints = Vec::new();
     let rd = std::fs::read_dir(dir).map_err(|e| PfsError::io(format!("listing {}", dir.display()), e))?;

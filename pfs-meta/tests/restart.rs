@@ -51,6 +51,7 @@ async fn start(config: &Path, addr: SocketAddr) -> (Meta, RpcClient) {
     let child = Command::new(env!("CARGO_BIN_EXE_pfs-meta"))
         .arg("--config")
         .arg(config)
+        .env("PFS_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -195,4 +196,91 @@ async fn bad_frames_close_only_their_connection() {
     let fresh = RpcClient::connect(addr, "pfs-meta", &opts(Role::Client), None).await.unwrap();
     let a = attr(call(&fresh, MetaRequest::Lookup { path: "/still".into() }).await.unwrap());
     assert_eq!(a.kind, FileKind::Dir);
+}
+
+#[tokio::test]
+async fn chunk_reports_orphans_and_remove_notifications() {
+    use pfs_common::ids::Sha256Digest;
+    use pfs_common::wire::meta::ChunkState;
+    use pfs_common::wire::storage::StorageNotify;
+    use pfs_common::FileId;
+
+    let dir = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(dir.path());
+    let (_meta, c) = start(&config, addr).await;
+    let (ntx, mut nrx) = tokio::sync::mpsc::channel(16);
+    let s = RpcClient::connect(addr, "pfs-meta", &opts(Role::Storage), Some(ntx)).await.unwrap();
+    let reg = MetaRequest::Register {
+        id: ServerId(3),
+        address: "127.0.0.1:2".parse().unwrap(),
+        capacity_bytes: 100,
+        free_bytes: 60,
+    };
+    call(&s, reg).await.unwrap();
+    let req = MetaRequest::Create { path: "/f".into(), layout: LayoutRequest::default(), exclusive: true };
+    let f = attr(call(&c, req).await.unwrap());
+    let chunk = |file: FileId, chunk: u64| ChunkState {
+        file,
+        chunk,
+        len: 10,
+        sha256: Some(Sha256Digest::of(b"0123456789")),
+        removed: false,
+    };
+    let report =
+        MetaRequest::ChunkReport { id: ServerId(3), chunks: vec![chunk(f.id, 0), chunk(FileId(9999), 0)], full: true };
+    assert_eq!(call(&s, report).await.unwrap(), MetaResponse::Orphans(vec![FileId(9999)]));
+    match call(&c, MetaRequest::GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap() {
+        MetaResponse::Chunks(chunks) => {
+            assert_eq!(chunks.len(), 1);
+            assert_eq!(chunks[0].holders[0].server, ServerId(3));
+            assert_eq!(chunks[0].holders[0].len, 10);
+        }
+        other => panic!("{other:?}"),
+    }
+    match call(&c, MetaRequest::ListServers).await.unwrap() {
+        MetaResponse::Servers(list) => {
+            assert_eq!(list.len(), 1);
+            assert!(list[0].up);
+            assert_eq!((list[0].chunks, list[0].free_bytes), (1, 60));
+        }
+        other => panic!("{other:?}"),
+    }
+    call(&s, MetaRequest::Heartbeat { id: ServerId(3), capacity_bytes: 100, free_bytes: 50 }).await.unwrap();
+    // Unlink: the storage server is told to remove the file's chunks.
+    call(&c, MetaRequest::Unlink { path: "/f".into(), expected_generation: None }).await.unwrap();
+    let frame = tokio::time::timeout(Duration::from_secs(30), nrx.recv()).await.expect("notified").unwrap();
+    let note: StorageNotify = pfs_common::wire::decode(&frame.body, "notify").unwrap();
+    assert_eq!(note, StorageNotify::RemoveFiles(vec![f.id]));
+    let e = call(&c, MetaRequest::GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::NotFound);
+    // A report from an unregistered id on this connection is refused, naming the server.
+    let e = call(&s, MetaRequest::ChunkReport { id: ServerId(4), chunks: vec![], full: false }).await.unwrap_err();
+    assert!(e.message.contains("storage-4"), "{e}");
+}
+
+#[tokio::test]
+async fn corrupt_wal_stops_startup_with_one_line_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(dir.path());
+    {
+        let (_meta, c) = start(&config, addr).await;
+        for d in ["/a", "/b", "/c"] {
+            call(&c, MetaRequest::Mkdir { path: d.into() }).await.unwrap();
+        }
+    }
+    let meta_dir = dir.path().join("meta");
+    let seg = std::fs::read_dir(&meta_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("wal-"))
+        .unwrap();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[9] ^= 0x40; // first record's payload; valid records follow
+    std::fs::write(&seg, &bytes).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_pfs-meta")).arg("--config").arg(&config).output().unwrap();
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(last.starts_with("pfs-meta: "), "{stderr}");
+    assert!(last.contains(seg.to_str().unwrap()) && last.contains("offset 0"), "{stderr}");
 }
