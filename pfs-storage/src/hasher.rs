@@ -1,0 +1,136 @@
+//! SHA-256 of chunks, computed after they change, coalesced and off the request path.
+//!
+//! Writes only mark a chunk dirty (a map keyed by chunk, so ten writes to one chunk cause one
+//! hash). The background task [`run`] hashes chunks that have been quiet for
+//! `StoreOptions::hash_quiet`, and sends the resulting chunk states to pfs-meta. `Fsync`
+//! calls [`hash_file_now`] to hash its file's chunks at once.
+//!
+//! A chunk's `version` is read before hashing and compared after: a hash computed across a
+//! concurrent change is discarded (the change marked the chunk dirty again).
+
+use crate::engine::{blocking, ChunkFiles, ChunkKey};
+use crate::store::Store;
+use pfs_common::ids::Sha256Digest;
+use pfs_common::pool;
+use pfs_common::wire::meta::ChunkState;
+use pfs_common::{ErrorCode, FileId, PfsError, Result};
+use sha2::{Digest, Sha256};
+use std::io::Read;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tracing::{debug, warn};
+
+/// Bytes read per step while hashing a chunk file (one reused pooled buffer).
+pub const HASH_PIECE: usize = 1 << 20;
+
+/// SHA-256 and length (bytes) of a chunk file, read in pieces of [`HASH_PIECE`] bytes into
+/// one pooled buffer. `None` if the file does not exist. Blocking.
+pub fn hash_chunk_file(files: &ChunkFiles, key: ChunkKey) -> Result<Option<(Sha256Digest, u64)>> {
+    let what = || format!("hashing {}", ChunkFiles::describe(key));
+    let mut f = match std::fs::File::open(files.path(key)) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(PfsError::io(what(), e)),
+    };
+    let mut buf = pool::global().get(HASH_PIECE);
+    let mut h = Sha256::new();
+    let mut len = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                h.update(&buf[..n]);
+                len += n as u64;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(PfsError::io(what(), e)),
+        }
+    }
+    Ok(Some((Sha256Digest(h.finalize().into()), len)))
+}
+
+/// Hashes one dirty chunk and queues its state for pfs-meta. The caller holds `hash_lock`.
+async fn hash_one(store: &Arc<Store>, key: ChunkKey) {
+    let version = {
+        let mut st = store.state.lock();
+        let Some(entry) = st.index.get(&key.0).and_then(|m| m.get(&key.1)) else {
+            st.dirty.remove(&key);
+            return;
+        };
+        let v = entry.version;
+        st.dirty.remove(&key);
+        v
+    };
+    let files = store.engine.files().clone();
+    let result = blocking(move || hash_chunk_file(&files, key)).await;
+    store.hashes_done.fetch_add(1, Ordering::Relaxed);
+    match result {
+        Ok(Some((digest, len))) => {
+            let mut st = store.state.lock();
+            let Some(entry) = st.index.get_mut(&key.0).and_then(|m| m.get_mut(&key.1)) else { return };
+            if entry.version != version {
+                return; // changed while hashing: dirty again, hashed again later
+            }
+            entry.sha256 = Some(digest);
+            entry.len = len;
+            st.outbox.insert(key, ChunkState { file: key.0, chunk: key.1, len, sha256: Some(digest), removed: false });
+        }
+        Ok(None) => {} // removed meanwhile; the removal is reported
+        Err(e) => warn!("{}: {e}", store.id),
+    }
+}
+
+/// Hashes every dirty chunk of `file` now (waiting for a hash in progress elsewhere).
+pub async fn hash_file_now(store: &Arc<Store>, file: FileId) {
+    let _g = store.hash_lock.lock().await;
+    let keys: Vec<ChunkKey> = store.state.lock().dirty.range((file, 0)..=(file, u64::MAX)).map(|(k, _)| *k).collect();
+    for key in keys {
+        hash_one(store, key).await;
+    }
+}
+
+/// The background hasher: hashes quiet dirty chunks and flushes chunk reports, forever.
+pub async fn run(store: Arc<Store>) {
+    let quiet = store.opts.hash_quiet;
+    loop {
+        let now = Instant::now();
+        let (due, next): (Vec<ChunkKey>, Option<Instant>) = {
+            let st = store.state.lock();
+            let due = st.dirty.iter().filter(|(_, t)| **t + quiet <= now).map(|(k, _)| *k).collect();
+            let next = st.dirty.values().filter(|t| **t + quiet > now).min().map(|t| *t + quiet);
+            (due, next)
+        };
+        for key in due {
+            let _g = store.hash_lock.lock().await;
+            // Still dirty and still quiet? (Fsync may have hashed it; a write may have touched it.)
+            let still_due = store.state.lock().dirty.get(&key).is_some_and(|t| *t + quiet <= Instant::now());
+            if still_due {
+                hash_one(&store, key).await;
+            }
+        }
+        if !store.state.lock().outbox.is_empty() {
+            if let Err(e) = store.reporter.flush(&store).await {
+                debug!("{}: chunk reports wait for pfs-meta: {e}", store.id);
+            }
+        }
+        let wait = next.map_or(Duration::from_secs(1), |t| t.saturating_duration_since(Instant::now()));
+        tokio::select! {
+            _ = store.hasher_wake.notified() => {}
+            _ = tokio::time::sleep(wait.max(Duration::from_millis(1))) => {}
+        }
+    }
+}
+
+/// Waits until `cond` holds or `deadline` passes (for tests).
+#[doc(hidden)]
+pub async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let end = Instant::now() + deadline;
+    while !cond() {
+        if Instant::now() > end {
+            return Err(PfsError::new(ErrorCode::TimedOut, "condition not met in time"));
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}

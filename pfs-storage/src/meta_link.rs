@@ -1,0 +1,210 @@
+//! The session with pfs-meta: register, a full chunk report, heartbeats, incremental chunk
+//! reports, orphan removal and `RemoveFiles` notifications.
+//!
+//! Runs beside the client request path and never blocks it: when pfs-meta is unreachable or
+//! the connection breaks, clients are still served, reports wait in the store's outbox, and
+//! the session is retried with capped backoff; a reconnection re-registers and sends a full
+//! report again.
+
+use crate::store::{disk_space, Store};
+use parking_lot::Mutex;
+use pfs_common::config::Config;
+use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::wire::meta::{ChunkState, MetaRequest, MetaResponse, CHUNK_REPORT_PAGE};
+use pfs_common::wire::storage::StorageNotify;
+use pfs_common::wire::{self, Role};
+use pfs_common::{ErrorCode, FileId, PfsError, Result, ServerId};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// First retry delay after pfs-meta is lost, ms (doubles up to [`BACKOFF_MAX_MS`]).
+pub const BACKOFF_MIN_MS: u64 = 100;
+/// Longest retry delay, ms.
+pub const BACKOFF_MAX_MS: u64 = 5_000;
+
+/// Sends chunk reports to pfs-meta over the current session, one report at a time (so an
+/// older state of a chunk never overtakes a newer one).
+pub struct Reporter {
+    id: ServerId,
+    client: Mutex<Option<RpcClient>>,
+    lock: tokio::sync::Mutex<()>,
+}
+
+impl Reporter {
+    pub(crate) fn new(id: ServerId) -> Self {
+        Reporter { id, client: Mutex::new(None), lock: tokio::sync::Mutex::new(()) }
+    }
+
+    /// True while a registered session with pfs-meta is up.
+    pub fn connected(&self) -> bool {
+        self.client.lock().as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    fn set_client(&self, client: Option<RpcClient>) {
+        *self.client.lock() = client;
+    }
+
+    /// Sends every queued chunk state to pfs-meta and waits for the acknowledgements.
+    /// States not acknowledged stay queued.
+    ///
+    /// Errors: Unavailable when no session is up; the RPC error when a report fails.
+    pub async fn flush(&self, store: &Arc<Store>) -> Result<()> {
+        let _g = self.lock.lock().await;
+        let client = self
+            .client
+            .lock()
+            .clone()
+            .filter(|c| !c.is_closed())
+            .ok_or_else(|| PfsError::new(ErrorCode::Unavailable, "no session with pfs-meta"))?;
+        loop {
+            let page: Vec<ChunkState> = {
+                let mut st = store.state.lock();
+                let mut page = Vec::new();
+                while page.len() < CHUNK_REPORT_PAGE {
+                    match st.outbox.pop_first() {
+                        Some((_, s)) => page.push(s),
+                        None => break,
+                    }
+                }
+                page
+            };
+            if page.is_empty() {
+                return Ok(());
+            }
+            let req = MetaRequest::ChunkReport { id: self.id, chunks: page.clone(), full: false };
+            match client.call::<_, MetaResponse>(&req, &[]).await {
+                Ok((resp, _)) => remove_orphans(store, resp),
+                Err(e) => {
+                    // Put back what no newer state replaced meanwhile.
+                    let mut st = store.state.lock();
+                    for s in page {
+                        st.outbox.entry((s.file, s.chunk)).or_insert(s);
+                    }
+                    return Err(e);
+                }
+            }
+        }
+    }
+
+    /// Sends the complete listing (paged; the last page has `full: true`). It supersedes
+    /// everything queued.
+    async fn full_report(&self, store: &Arc<Store>, client: &RpcClient) -> Result<()> {
+        let _g = self.lock.lock().await;
+        let all = {
+            let snapshot = store.snapshot();
+            store.state.lock().outbox.clear();
+            snapshot
+        };
+        let pages: Vec<&[ChunkState]> =
+            if all.is_empty() { vec![&[][..]] } else { all.chunks(CHUNK_REPORT_PAGE).collect() };
+        let last = pages.len() - 1;
+        for (i, page) in pages.into_iter().enumerate() {
+            let req = MetaRequest::ChunkReport { id: self.id, chunks: page.to_vec(), full: i == last };
+            let (resp, _) = client.call::<_, MetaResponse>(&req, &[]).await?;
+            remove_orphans(store, resp);
+        }
+        info!("{}: full chunk report sent to pfs-meta ({} chunks)", self.id, all.len());
+        Ok(())
+    }
+}
+
+/// Removes the chunks of files pfs-meta named as orphans (in the background).
+fn remove_orphans(store: &Arc<Store>, resp: MetaResponse) {
+    if let MetaResponse::Orphans(ids) = resp {
+        if !ids.is_empty() {
+            info!("{}: pfs-meta named {} orphaned files; removing their chunks", store.id, ids.len());
+            remove_files(store, ids);
+        }
+    }
+}
+
+fn remove_files(store: &Arc<Store>, ids: Vec<FileId>) {
+    let store = store.clone();
+    tokio::spawn(async move {
+        for id in ids {
+            if let Err(e) = store.remove(id).await {
+                warn!("{}: removing chunks of file {id}: {e}", store.id);
+            }
+        }
+    });
+}
+
+/// Keeps a session with pfs-meta, forever: connect, register, full report, heartbeats;
+/// on any failure wait (capped exponential backoff) and start over.
+pub async fn run(config: Arc<Config>, id: ServerId, store: Arc<Store>) {
+    let mut backoff_ms = BACKOFF_MIN_MS;
+    let mut failures = 0u64;
+    loop {
+        let mut registered = false;
+        let err = session(&config, id, &store, &mut registered).await;
+        store.reporter.set_client(None);
+        if registered {
+            backoff_ms = BACKOFF_MIN_MS;
+            failures = 0;
+        }
+        // Log the first failure of a streak loudly, the repeats quietly.
+        if failures == 0 {
+            warn!("{id}: session with pfs-meta at {} lost: {err}; retrying", config.meta.address);
+        } else {
+            debug!("{id}: pfs-meta still unreachable: {err}");
+        }
+        failures += 1;
+        tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
+        backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+    }
+}
+
+/// One session; returns the error that ended it.
+async fn session(config: &Config, id: ServerId, store: &Arc<Store>, registered: &mut bool) -> PfsError {
+    let result = async {
+        let me = config.storage(id)?;
+        let opts = ConnectOptions {
+            role: Role::Storage,
+            name: id.to_string(),
+            connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
+            request_timeout: Duration::from_millis(config.timeouts.request_ms),
+        };
+        let (notify_tx, notify_rx) = mpsc::channel(64);
+        let client = RpcClient::connect(config.meta.address, "pfs-meta", &opts, Some(notify_tx)).await?;
+        tokio::spawn(drain_notifications(store.clone(), notify_rx));
+        let (capacity_bytes, free_bytes) = disk_space(store.dir())?;
+        let req = MetaRequest::Register { id, address: me.address, capacity_bytes, free_bytes };
+        let (resp, _) = client.call::<_, MetaResponse>(&req, &[]).await?;
+        remove_orphans(store, resp);
+        info!("{id}: registered with pfs-meta at {}", config.meta.address);
+        *registered = true;
+        store.reporter.full_report(store, &client).await?;
+        store.reporter.set_client(Some(client.clone()));
+        store.hasher_wake.notify_one();
+        let mut tick = tokio::time::interval(Duration::from_millis(config.timeouts.heartbeat_ms));
+        loop {
+            tick.tick().await;
+            let (capacity_bytes, free_bytes) = disk_space(store.dir())?;
+            let (resp, _) =
+                client.call::<_, MetaResponse>(&MetaRequest::Heartbeat { id, capacity_bytes, free_bytes }, &[]).await?;
+            remove_orphans(store, resp);
+        }
+        #[allow(unreachable_code)]
+        Ok::<(), PfsError>(())
+    }
+    .await;
+    match result {
+        Err(e) => e,
+        Ok(()) => PfsError::new(ErrorCode::Unavailable, "session ended"),
+    }
+}
+
+/// Handles pfs-meta's one-way frames until the connection ends.
+async fn drain_notifications(store: Arc<Store>, mut rx: mpsc::Receiver<pfs_common::wire::frame::Frame>) {
+    while let Some(frame) = rx.recv().await {
+        match wire::decode::<StorageNotify>(&frame.body, "storage notification") {
+            Ok(StorageNotify::RemoveFiles(ids)) => {
+                debug!("{}: pfs-meta asks to remove {} files", store.id, ids.len());
+                remove_files(&store, ids);
+            }
+            Err(e) => warn!("{}: {e}", store.id),
+        }
+    }
+}
