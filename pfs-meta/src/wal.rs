@@ -239,7 +239,13 @@ fn scan_segment(path: &Path, last: bool) -> Result<(Vec<Record>, Scan)> {
 /// records. A torn final record of the newest segment is cut off (logged); any other damage
 /// is an error naming the file and byte offset.
 pub fn recover(dir: &Path, root_policy: LayoutPolicy) -> Result<Recovered> {
-    std::fs::create_dir_all(dir).map_err(|e| PfsError::io(format!("creating {}", dir.display()), e))?;
+    if !dir.is_dir() {
+        std::fs::create_dir_all(dir).map_err(|e| PfsError::io(format!("creating {}", dir.display()), e))?;
+        // Make the new directory's own entry durable, or a crash could lose the whole log.
+        if let Some(parent) = dir.parent() {
+            fsync_dir(parent)?;
+        }
+    }
     let (segments, checkpoints) = list_dir(dir)?;
     let mut namespace = Namespace::new(root_policy);
     let mut checkpoint_lsn = 0;
