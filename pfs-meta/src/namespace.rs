@@ -425,7 +425,9 @@ impl Namespace {
                     policy: Some(*policy),
                     entries: BTreeMap::new(),
                 };
-                self.link(*parent, name, inode, *time_ms)
+                self.link(*parent, name, inode, *time_ms);
+                // Done, not Attr: what pfs-client expects of mkdir.
+                MetaResponse::Done
             }
             Mutation::Create { parent, name, id, layout, time_ms } => {
                 self.next_id = self.next_id.max(id.0 + 1);
@@ -478,7 +480,11 @@ impl Namespace {
                 MetaResponse::Done
             }
             Mutation::Truncate { file, size, time_ms } => self.resize(*file, *time_ms, |_| *size),
-            Mutation::SetSize { file, size, time_ms } => self.resize(*file, *time_ms, |old| old.max(*size)),
+            Mutation::SetSize { file, size, time_ms } => {
+                // Done, not Attr: writers only need to know the size is recorded.
+                self.resize(*file, *time_ms, |old| old.max(*size));
+                MetaResponse::Done
+            }
         };
         Applied { response, removed_files }
     }
@@ -619,7 +625,8 @@ mod tests {
     #[test]
     fn mkdir_create_lookup_and_errors() {
         let mut ns = Namespace::new(LayoutPolicy::default());
-        let d = attr(run(&mut ns, mkdir("/d")).unwrap());
+        assert_eq!(run(&mut ns, mkdir("/d")).unwrap(), MetaResponse::Done);
+        let d = attr(run(&mut ns, lookup("/d")).unwrap());
         assert_eq!(d.kind, FileKind::Dir);
         assert_eq!(run(&mut ns, mkdir("/d")).unwrap_err().code, ErrorCode::Exists);
         assert_eq!(run(&mut ns, mkdir("/x/y")).unwrap_err().code, ErrorCode::NotFound);
@@ -750,10 +757,12 @@ mod tests {
         assert_eq!(run(&mut ns, rmdir("/d")).unwrap_err().code, ErrorCode::NotEmpty);
         assert_eq!(run(&mut ns, rmdir("/d/f")).unwrap_err().code, ErrorCode::NotDir);
         assert_eq!(run(&mut ns, unlink("/d", None)).unwrap_err().code, ErrorCode::IsDir);
-        let s = attr(run(&mut ns, MetaRequest::SetSize { file: f.id, size: 100 }).unwrap());
+        assert_eq!(run(&mut ns, MetaRequest::SetSize { file: f.id, size: 100 }).unwrap(), MetaResponse::Done);
+        let s = attr(run(&mut ns, MetaRequest::Stat { file: f.id }).unwrap());
         assert_eq!(s.size, 100);
         assert_eq!(s.generation, f.generation + 1);
-        let s = attr(run(&mut ns, MetaRequest::SetSize { file: f.id, size: 50 }).unwrap());
+        run(&mut ns, MetaRequest::SetSize { file: f.id, size: 50 }).unwrap();
+        let s = attr(run(&mut ns, MetaRequest::Stat { file: f.id }).unwrap());
         assert_eq!(s.size, 100, "SetSize never shrinks");
         let t = attr(run(&mut ns, MetaRequest::Truncate { file: f.id, size: 7, expected_generation: None }).unwrap());
         assert_eq!(t.size, 7);

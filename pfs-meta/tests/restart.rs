@@ -110,7 +110,10 @@ async fn namespace_survives_sigkill() {
         let req = MetaRequest::Create { path: format!("/a/b/f{i}"), layout: LayoutRequest::default(), exclusive: true };
         let f = attr(call(&c, req).await.unwrap());
         assert_eq!(f.layout.as_ref().unwrap().targets, vec![ServerId(1)]);
-        let f = attr(call(&c, MetaRequest::SetSize { file: f.id, size: 4096 * (i + 1) }).await.unwrap());
+        let done = call(&c, MetaRequest::SetSize { file: f.id, size: 4096 * (i + 1) }).await.unwrap();
+        assert_eq!(done, MetaResponse::Done);
+        let f = attr(call(&c, MetaRequest::Stat { file: f.id }).await.unwrap());
+        assert_eq!(f.size, 4096 * (i + 1));
         files.push(f);
     }
     call(&c, MetaRequest::Rename { from: "/a/b/f4".into(), to: "/a/moved".into(), expected_generation: None })
