@@ -1,1 +1,201 @@
+//! Store tests on temporary directories, plus the pfs-meta session against a fake pfs-meta.
 
+use super::*;
+use crate::engine;
+use pfs_common::config::{Config, EngineChoice};
+use pfs_common::rpc::{self, Handler, Peer, Reply, ServeOptions};
+use pfs_common::wire::frame::DEFAULT_LIMITS;
+use pfs_common::wire::meta::{MetaRequest, MetaResponse};
+use pfs_common::wire::storage::StorageNotify;
+use pfs_common::wire::Role;
+
+fn buf(data: &[u8]) -> PooledBuf {
+    let mut b = pool::global().get(data.len());
+    b.copy_from_slice(data);
+    b
+}
+
+async fn open_store(dir: &Path, quiet: Duration) -> Arc<Store> {
+    let engine = engine::open(EngineChoice::Auto, dir).unwrap();
+    Store::open(ServerId(3), engine, StoreOptions { hash_quiet: quiet }).await.unwrap()
+}
+
+const CS: u64 = 1 << 20;
+
+#[tokio::test]
+async fn chunk_files_are_named_by_id_and_index() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    s.write(FileId(0xabc), 17, 5, CS, buf(b"data")).await.unwrap();
+    let names: Vec<String> =
+        std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    assert_eq!(names, vec!["0000000000000abc_chunk_17".to_string()]);
+    assert_eq!(std::fs::read(dir.path().join(&names[0])).unwrap(), b"\0\0\0\0\0data");
+    let (data, len) = s.read(FileId(0xabc), 17, 3, 100).await.unwrap();
+    assert_eq!((&data[..], len), (&b"\0\0data"[..], 9));
+    // A hole: empty payload, length 0.
+    let (data, len) = s.read(FileId(0xabc), 18, 0, 100).await.unwrap();
+    assert_eq!((data.len(), len), (0, 0));
+}
+
+#[tokio::test]
+async fn writes_beyond_the_chunk_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    let e = s.write(FileId(7), 2, CS - 2, CS, buf(b"abc")).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid);
+    assert!(e.message.contains("chunk 2 of file 0000000000000007") && e.message.contains("offset 1048574"), "{e}");
+    let e = s.write(FileId(7), 0, u64::MAX, CS, buf(b"abc")).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid);
+    let e = s.write(FileId(7), 0, 0, MAX_CHUNK_SIZE * 2, buf(b"abc")).await.unwrap_err();
+    assert_eq!(e.code, ErrorCode::Invalid);
+    assert_eq!(s.read(FileId(7), 0, MAX_CHUNK_SIZE, 1).await.unwrap_err().code, ErrorCode::Invalid);
+    s.write(FileId(7), 2, CS - 3, CS, buf(b"abc")).await.unwrap();
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn index_is_rebuilt_on_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+        s.write(FileId(1), 0, 0, CS, buf(&[1; 100])).await.unwrap();
+        s.write(FileId(1), 4, 10, CS, buf(&[2; 100])).await.unwrap();
+        s.write(FileId(2), 1, 0, CS, buf(&[3; 7])).await.unwrap();
+        s.fsync(FileId(1)).await.unwrap();
+    }
+    std::fs::write(dir.path().join("stray.txt"), b"not a chunk").unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    assert_eq!(s.chunks_of(FileId(1)), vec![(0, 100), (4, 110)]);
+    assert_eq!(s.chunks_of(FileId(2)), vec![(1, 7)]);
+    assert_eq!(s.status().unwrap().chunks, 3);
+    // Reopened chunks are queued for hashing.
+    assert_eq!(s.state.lock().dirty.len(), 3);
+}
+
+#[tokio::test]
+async fn hash_is_coalesced_and_matches_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    tokio::spawn(crate::hasher::run(s.clone()));
+    for i in 0..10u64 {
+        s.write(FileId(5), 1, i * 1000, CS, buf(&[i as u8 + 1; 1000])).await.unwrap();
+    }
+    assert_eq!(s.chunk_hash(FileId(5), 1), None);
+    s.fsync(FileId(5)).await.unwrap();
+    assert_eq!(s.hashes_done(), 1, "ten writes, one hash");
+    let bytes = std::fs::read(s.chunk_path(FileId(5), 1)).unwrap();
+    assert_eq!(s.chunk_hash(FileId(5), 1), Some(Sha256Digest::of(&bytes)));
+    // A chunk larger than one hashing piece.
+    let big = vec![9u8; crate::hasher::HASH_PIECE * 2 + 5];
+    s.write(FileId(5), 2, 0, 4 << 20, buf(&big)).await.unwrap();
+    s.fsync(FileId(5)).await.unwrap();
+    assert_eq!(s.chunk_hash(FileId(5), 2), Some(Sha256Digest::of(&big)));
+}
+
+#[tokio::test]
+async fn background_hasher_hashes_quiet_chunks() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_store(dir.path(), Duration::from_millis(1)).await;
+    tokio::spawn(crate::hasher::run(s.clone()));
+    s.write(FileId(6), 0, 0, CS, buf(b"quiet")).await.unwrap();
+    let want = Sha256Digest::of(b"quiet");
+    crate::hasher::wait_for(Duration::from_secs(10), || s.chunk_hash(FileId(6), 0) == Some(want)).await.unwrap();
+}
+
+#[tokio::test]
+async fn truncate_and_remove() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    let cs = 100u64;
+    for c in 0..4 {
+        s.write(FileId(9), c, 0, cs, buf(&[c as u8; 100])).await.unwrap();
+    }
+    s.truncate(FileId(9), 150, cs).await.unwrap();
+    assert_eq!(s.chunks_of(FileId(9)), vec![(0, 100), (1, 50)]);
+    assert_eq!(std::fs::metadata(s.chunk_path(FileId(9), 1)).unwrap().len(), 50);
+    assert!(!s.chunk_path(FileId(9), 2).exists());
+    s.remove(FileId(9)).await.unwrap();
+    assert!(s.chunks_of(FileId(9)).is_empty());
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    let outbox = &s.state.lock().outbox;
+    assert!(outbox.values().filter(|c| c.removed).count() == 4);
+}
+
+/// A fake pfs-meta that records chunk reports and can push notifications.
+#[derive(Default)]
+struct FakeMeta {
+    reports: Mutex<Vec<(Vec<ChunkState>, bool)>>,
+    registered: AtomicU64,
+    peers: Mutex<Vec<Peer>>,
+}
+
+impl Handler for FakeMeta {
+    type Request = MetaRequest;
+    async fn handle(self: Arc<Self>, peer: Peer, req: MetaRequest, _payload: PooledBuf) -> Reply {
+        match req {
+            MetaRequest::Register { .. } => {
+                self.registered.fetch_add(1, Ordering::SeqCst);
+                self.peers.lock().push(peer);
+                Reply::from_result(Ok(MetaResponse::Orphans(vec![FileId(0xdead)])))
+            }
+            MetaRequest::ChunkReport { chunks, full, .. } => {
+                self.reports.lock().push((chunks, full));
+                Reply::from_result(Ok(MetaResponse::Done))
+            }
+            _ => Reply::from_result(Ok(MetaResponse::Done)),
+        }
+    }
+}
+
+impl FakeMeta {
+    fn reported(&self, file: FileId, chunk: ChunkIndex) -> Option<ChunkState> {
+        let r = self.reports.lock();
+        r.iter().flat_map(|(c, _)| c.iter()).filter(|c| c.file == file && c.chunk == chunk).last().cloned()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let listener = rpc::bind("127.0.0.1:0".parse().unwrap(), "fake pfs-meta").await.unwrap();
+    let meta_addr = listener.local_addr().unwrap();
+    let fake = Arc::new(FakeMeta::default());
+    let opts = ServeOptions { name: "pfs-meta".into(), roles: vec![Role::Storage], limits: DEFAULT_LIMITS };
+    tokio::spawn(rpc::serve(listener, fake.clone(), opts));
+
+    let mut config = Config::local(dir.path(), 1, 1);
+    config.meta.address = meta_addr;
+    config.timeouts.heartbeat_ms = 50;
+    let config = Arc::new(config);
+    let sdir = config.storage_dir(&config.storage[0]);
+    std::fs::create_dir_all(&sdir).unwrap();
+    // An orphan on disk before start, and a live chunk.
+    std::fs::write(sdir.join(pfs_common::ids::chunk_file_name(FileId(0xdead), 0)), b"old").unwrap();
+    std::fs::write(sdir.join(pfs_common::ids::chunk_file_name(FileId(0x11), 0)), b"live").unwrap();
+    let s = open_store(&sdir, Duration::from_secs(3600)).await;
+    let id = s.id;
+    let mut config2 = (*config).clone();
+    config2.storage[0].id = id;
+    tokio::spawn(crate::hasher::run(s.clone()));
+    tokio::spawn(crate::meta_link::run(Arc::new(config2), id, s.clone()));
+
+    let deadline = Duration::from_secs(20);
+    crate::hasher::wait_for(deadline, || s.reporter.connected()).await.unwrap();
+    // The full report listed the live chunk; the orphan gets removed.
+    assert!(fake.reports.lock().iter().any(|(c, full)| *full && c.iter().any(|c| c.file == FileId(0x11))));
+    crate::hasher::wait_for(deadline, || s.chunks_of(FileId(0xdead)).is_empty()).await.unwrap();
+
+    // After fsync returns, pfs-meta has the current hash.
+    s.write(FileId(0x22), 3, 0, CS, buf(b"first")).await.unwrap();
+    s.write(FileId(0x22), 3, 5, CS, buf(b"second")).await.unwrap();
+    s.fsync(FileId(0x22)).await.unwrap();
+    let got = fake.reported(FileId(0x22), 3).unwrap();
+    assert_eq!((got.len, got.sha256, got.removed), (11, Some(Sha256Digest::of(b"firstsecond")), false));
+
+    // A RemoveFiles notification removes the file's chunks and reports the removal.
+    let peer = fake.peers.lock()[0].clone();
+    peer.notifier.notify(&StorageNotify::RemoveFiles(vec![FileId(0x22)])).await.unwrap();
+    crate::hasher::wait_for(deadline, || s.chunks_of(FileId(0x22)).is_empty()).await.unwrap();
+    crate::hasher::wait_for(deadline, || fake.reported(FileId(0x22), 3).is_some_and(|c| c.removed)).await.unwrap();
+}
