@@ -21,7 +21,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Tunables of a [`Store`].
 #[derive(Clone, Debug)]
@@ -349,7 +349,11 @@ impl Store {
         }
         self.sync_dir().await?;
         crate::hasher::hash_file_now(self, file).await;
-        if let Err(e) = self.reporter.flush(self).await {
+        if !self.reporter.connected() {
+            // Not an error for the client: the data is durable, and the full report sent on
+            // reconnection carries the hashes.
+            debug!("{}: pfs-meta unreachable; chunk hashes of file {file} reported later", self.id);
+        } else if let Err(e) = self.reporter.flush(self).await {
             warn!("{}: chunk hashes of file {file} not reported yet: {e}", self.id);
         }
         Ok(())

@@ -151,7 +151,7 @@ impl Handler for FakeMeta {
 impl FakeMeta {
     fn reported(&self, file: FileId, chunk: ChunkIndex) -> Option<ChunkState> {
         let r = self.reports.lock();
-        r.iter().flat_map(|(c, _)| c.iter()).filter(|c| c.file == file && c.chunk == chunk).last().cloned()
+        r.iter().flat_map(|(c, _)| c.iter()).rfind(|c| c.file == file && c.chunk == chunk).cloned()
     }
 }
 
