@@ -92,11 +92,7 @@ impl Reporter {
     /// everything queued.
     async fn full_report(&self, store: &Arc<Store>, client: &RpcClient) -> Result<()> {
         let _g = self.lock.lock().await;
-        let all = {
-            let snapshot = store.snapshot();
-            store.state.lock().outbox.clear();
-            snapshot
-        };
+        let all = store.snapshot_for_full_report();
         let pages: Vec<&[ChunkState]> =
             if all.is_empty() { vec![&[][..]] } else { all.chunks(CHUNK_REPORT_PAGE).collect() };
         let last = pages.len() - 1;

@@ -368,9 +368,13 @@ impl Store {
         Ok(StorageStatus { id: self.id, capacity_bytes, free_bytes, chunks, engine: self.engine.name().to_string() })
     }
 
-    /// Every chunk with its length and (if current) hash, for a full report.
-    pub(crate) fn snapshot(&self) -> Vec<ChunkState> {
-        let st = self.state.lock();
+    /// Every chunk with its length and (if current) hash, for a full report; empties the
+    /// outbox in the same critical section, since the full listing supersedes it (a hash
+    /// finished just after is queued afresh, never lost).
+    pub(crate) fn snapshot_for_full_report(&self) -> Vec<ChunkState> {
+        let mut st = self.state.lock();
+        st.outbox.clear();
+        let st = &*st;
         let mut out: Vec<ChunkState> = st
             .index
             .iter()
