@@ -178,8 +178,9 @@ impl Client {
     /// (no storage server up).
     pub async fn create(&self, path: &str, opts: &CreateOptions) -> Result<File> {
         let layout = layout_request(opts, &self.inner.config)?;
-        let attr =
-            expect_attr(self.meta(MetaRequest::Create { path: path.to_string(), layout, exclusive: opts.exclusive }).await?)?;
+        let attr = expect_attr(
+            self.meta(MetaRequest::Create { path: path.to_string(), layout, exclusive: opts.exclusive }).await?,
+        )?;
         let file = File::new(self.clone(), path.to_string(), attr)?;
         if file.size() > 0 {
             file.truncate(0).await?;
@@ -226,7 +227,8 @@ impl Client {
     /// named by file id, so no data moves.
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
         expect_done(
-            self.meta(MetaRequest::Rename { from: from.to_string(), to: to.to_string(), expected_generation: None }).await?,
+            self.meta(MetaRequest::Rename { from: from.to_string(), to: to.to_string(), expected_generation: None })
+                .await?,
         )
     }
 

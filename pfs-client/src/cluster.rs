@@ -139,7 +139,11 @@ pub async fn wait_ready(config: &Arc<Config>, daemons: &mut [Daemon], timeout: D
             if let Ok(Some(status)) = d.child.try_wait() {
                 return Err(PfsError::new(
                     ErrorCode::Unavailable,
-                    format!("{} exited ({status}) during start-up; its log says:\n{}", d.role.name(), log_tail(&d.log, 8)),
+                    format!(
+                        "{} exited ({status}) during start-up; its log says:\n{}",
+                        d.role.name(),
+                        log_tail(&d.log, 8)
+                    ),
                 ));
             }
         }
@@ -177,7 +181,10 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<_>>()
         .map_err(|e| PfsError::io("finding a free port", e))?;
-    listeners.iter().map(|l| l.local_addr().map(|a| a.port()).map_err(|e| PfsError::io("finding a free port", e))).collect()
+    listeners
+        .iter()
+        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| PfsError::io("finding a free port", e)))
+        .collect()
 }
 
 /// A whole cluster (1 pfs-meta + N pfs-storage) on loopback in a temporary directory, for

@@ -107,7 +107,9 @@ async fn is_dir(client: &Client, e: &Endpoint) -> Result<bool> {
             let m = std::fs::metadata(p).map_err(|err| PfsError::io(p.display(), err))?;
             Ok(m.is_dir())
         }
-        Endpoint::Pfs(p) => Ok(client.stat(p).await.map_err(|err| err.context(format!("pfs:{p}")))?.kind == FileKind::Dir),
+        Endpoint::Pfs(p) => {
+            Ok(client.stat(p).await.map_err(|err| err.context(format!("pfs:{p}")))?.kind == FileKind::Dir)
+        }
     }
 }
 
@@ -147,7 +149,13 @@ async fn resolve_destination(client: &Client, src: &Endpoint, dst: &Endpoint) ->
     Ok(dst.clone())
 }
 
-async fn copy_tree(client: &Client, src: &Endpoint, dst: &Endpoint, opts: &CopyOptions, stats: &mut CopyStats) -> Result<()> {
+async fn copy_tree(
+    client: &Client,
+    src: &Endpoint,
+    dst: &Endpoint,
+    opts: &CopyOptions,
+    stats: &mut CopyStats,
+) -> Result<()> {
     // Depth-first with an explicit stack: no recursion through async fns.
     let mut stack = vec![(src.clone(), dst.clone())];
     while let Some((s, d)) = stack.pop() {
@@ -206,7 +214,8 @@ impl Source {
         let mut buf = pool::global().get(len);
         match self {
             Source::Local(f, path) => tokio::task::spawn_blocking(move || {
-                f.read_exact_at(&mut buf, offset).map_err(|e| PfsError::io(format!("reading {} at {offset}", path.display()), e))?;
+                f.read_exact_at(&mut buf, offset)
+                    .map_err(|e| PfsError::io(format!("reading {} at {offset}", path.display()), e))?;
                 Ok(buf)
             })
             .await
@@ -245,7 +254,13 @@ fn segment_size(layout: Option<&pfs_common::layout::Layout>) -> u64 {
     seg.clamp(SEGMENT_MIN, SEGMENT_MAX)
 }
 
-async fn copy_one(client: &Client, src: &Endpoint, dst: &Endpoint, opts: &CopyOptions, stats: &mut CopyStats) -> Result<()> {
+async fn copy_one(
+    client: &Client,
+    src: &Endpoint,
+    dst: &Endpoint,
+    opts: &CopyOptions,
+    stats: &mut CopyStats,
+) -> Result<()> {
     let (source, size, src_layout) = match src {
         Endpoint::Local(p) => {
             let f = std::fs::File::open(p).map_err(|e| PfsError::io(p.display(), e))?;
@@ -332,7 +347,10 @@ async fn pump(source: Source, sink: Sink, size: u64, seg: u64, opts: &CopyOption
     Ok(hasher.map(|h| hex::encode(h.finalize())))
 }
 
-fn finish_write(w: Option<std::result::Result<Result<usize>, tokio::task::JoinError>>, opts: &CopyOptions) -> Result<()> {
+fn finish_write(
+    w: Option<std::result::Result<Result<usize>, tokio::task::JoinError>>,
+    opts: &CopyOptions,
+) -> Result<()> {
     if let Some(w) = w {
         let n = w.map_err(|e| PfsError::new(ErrorCode::Io, format!("write task failed: {e}")))??;
         if let Some(p) = &opts.progress {

@@ -38,8 +38,9 @@ impl File {
         if attr.kind == FileKind::Dir {
             return Err(PfsError::new(ErrorCode::IsDir, format!("{path} is a directory")));
         }
-        let layout =
-            attr.layout.ok_or_else(|| PfsError::new(ErrorCode::Protocol, format!("pfs-meta sent no layout for {path}")))?;
+        let layout = attr
+            .layout
+            .ok_or_else(|| PfsError::new(ErrorCode::Protocol, format!("pfs-meta sent no layout for {path}")))?;
         layout.validate().map_err(|e| e.context(format!("layout of {path}")))?;
         Ok(File {
             inner: Arc::new(FileInner {
@@ -148,7 +149,8 @@ impl File {
     async fn read_piece(&self, p: Piece, out: &mut [u8]) -> Result<()> {
         let target = self.inner.layout.target(p.chunk);
         let _permit = self.inflight(p.len).await;
-        let req = StorageRequest::Read { file: self.inner.id, chunk: p.chunk, offset: p.chunk_offset, len: p.len as u32 };
+        let req =
+            StorageRequest::Read { file: self.inner.id, chunk: p.chunk, offset: p.chunk_offset, len: p.len as u32 };
         let what = || format!("reading {} chunk {} from {target}", self.inner.path, p.chunk);
         let (answer, data) = self.inner.client.storage(target, &req, &[]).await.map_err(|e| e.context(what()))?;
         match answer {
@@ -190,7 +192,8 @@ impl File {
         }
         if self.inner.size_dirty.swap(false, Ordering::AcqRel) {
             let size = self.size();
-            let r = self.inner.client.meta(MetaRequest::SetSize { file: self.inner.id, size }).await.and_then(expect_done);
+            let r =
+                self.inner.client.meta(MetaRequest::SetSize { file: self.inner.id, size }).await.and_then(expect_done);
             if let Err(e) = r {
                 self.inner.size_dirty.store(true, Ordering::Release);
                 return Err(e.context(format!("recording the size of {}", self.inner.path)));

@@ -89,7 +89,12 @@ async fn stat(client: &Client, path: &str) -> Result<()> {
     println!("ctime       {} UTC", mtime(a.ctime_ms));
     if let Some(l) = &a.layout {
         let targets: Vec<String> = l.targets.iter().map(|t| t.to_string()).collect();
-        println!("chunk size  {} bytes ({} blocks of {})", l.chunk_size(), l.stripe_blocks, tool::human(l.block_size as u64));
+        println!(
+            "chunk size  {} bytes ({} blocks of {})",
+            l.chunk_size(),
+            l.stripe_blocks,
+            tool::human(l.block_size as u64)
+        );
         println!("stripe      {} target(s): {}", l.stripe_count(), targets.join(" "));
     }
     Ok(())
@@ -143,7 +148,10 @@ async fn cat(client: &Client, path: &str) -> Result<()> {
 
 async fn df(client: &Client) -> Result<()> {
     let servers = client.servers().await?;
-    println!("{:<12} {:<22} {:<5} {:>10} {:>10} {:>10} {:>5} {:>8}", "server", "address", "state", "size", "used", "free", "use%", "chunks");
+    println!(
+        "{:<12} {:<22} {:<5} {:>10} {:>10} {:>10} {:>5} {:>8}",
+        "server", "address", "state", "size", "used", "free", "use%", "chunks"
+    );
     let (mut cap, mut free) = (0u64, 0u64);
     for s in &servers {
         let used = s.capacity_bytes.saturating_sub(s.free_bytes);
@@ -164,7 +172,13 @@ async fn df(client: &Client) -> Result<()> {
             free += s.free_bytes;
         }
     }
-    println!("{} of {} servers up; {} free of {}", servers.iter().filter(|s| s.up).count(), servers.len(), tool::human(free), tool::human(cap));
+    println!(
+        "{} of {} servers up; {} free of {}",
+        servers.iter().filter(|s| s.up).count(),
+        servers.len(),
+        tool::human(free),
+        tool::human(cap)
+    );
     Ok(())
 }
 
@@ -181,7 +195,15 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
     println!("  targets       {}", targets.join(" "));
     let count = l.chunk_count(size);
     let chunks = client.chunks(f.id(), count).await?;
-    println!("  {:>7}  {:>14}  {:>9}  {:<11}  {:<64}{}", "chunk", "offset", "length", "holder", "sha256", if verify { "  check" } else { "" });
+    println!(
+        "  {:>7}  {:>14}  {:>9}  {:<11}  {:<64}{}",
+        "chunk",
+        "offset",
+        "length",
+        "holder",
+        "sha256",
+        if verify { "  check" } else { "" }
+    );
     let mut buf = pool::global().get(l.chunk_size() as usize);
     let mut bad = 0;
     for x in 0..count {
@@ -195,7 +217,13 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
             None
         };
         if holders.is_empty() {
-            println!("  {x:>7}  {:>14}  {:>9}  {:<11}  {:<64}", l.file_offset(x, 0), "-", "(none)", "(hole or not reported)");
+            println!(
+                "  {x:>7}  {:>14}  {:>9}  {:<11}  {:<64}",
+                l.file_offset(x, 0),
+                "-",
+                "(none)",
+                "(hole or not reported)"
+            );
         }
         for h in holders {
             let sha = h.sha256.map(|s| s.to_string()).unwrap_or_else(|| "(not hashed yet)".to_string());
@@ -207,12 +235,20 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
                 }
                 (None, _) => "",
             };
-            println!("  {x:>7}  {:>14}  {:>9}  {:<11}  {sha:<64}{verdict}", l.file_offset(x, 0), h.len, h.server.to_string());
+            println!(
+                "  {x:>7}  {:>14}  {:>9}  {:<11}  {sha:<64}{verdict}",
+                l.file_offset(x, 0),
+                h.len,
+                h.server.to_string()
+            );
         }
     }
     if verify {
         if bad > 0 {
-            return Err(PfsError::new(ErrorCode::Io, format!("{path}: {bad} chunk(s) do not match their recorded SHA-256")));
+            return Err(PfsError::new(
+                ErrorCode::Io,
+                format!("{path}: {bad} chunk(s) do not match their recorded SHA-256"),
+            ));
         }
         println!("  all {count} chunks match their recorded SHA-256");
     }

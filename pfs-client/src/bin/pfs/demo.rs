@@ -24,12 +24,22 @@ pub async fn run(size: u64, servers: u32) -> Result<()> {
     let dst = Endpoint::Pfs("/demo/input.bin".to_string());
     client.mkdir_all("/demo").await?;
     let w = copy(&client, &Endpoint::Local(input.clone()), &dst, &opts).await?;
-    println!("Copied in:   {} in {:.3} s = {:.0} MiB/s (fsync'd on every storage server)", human(w.bytes), w.elapsed.as_secs_f64(), w.mib_per_s());
+    println!(
+        "Copied in:   {} in {:.3} s = {:.0} MiB/s (fsync'd on every storage server)",
+        human(w.bytes),
+        w.elapsed.as_secs_f64(),
+        w.mib_per_s()
+    );
 
     let f = client.open("/demo/input.bin").await?;
     let l = f.layout().clone();
     let chunks = client.chunks(f.id(), l.chunk_count(size)).await?;
-    println!("Stripe layout of pfs:/demo/input.bin: {} chunks of {}, over {} targets", chunks.len(), human(l.chunk_size()), l.stripe_count());
+    println!(
+        "Stripe layout of pfs:/demo/input.bin: {} chunks of {}, over {} targets",
+        chunks.len(),
+        human(l.chunk_size()),
+        l.stripe_count()
+    );
     for c in chunks.iter().take(6) {
         for h in &c.holders {
             let sha = h.sha256.map(|s| s.to_string()).unwrap_or_else(|| "(not hashed yet)".into());

@@ -104,7 +104,7 @@ fn run(args: Args) -> pfs_common::Result<()> {
     match args.cmd {
         Cmd::Demo { size, servers } => rt.block_on(demo::run(size, servers)),
         Cmd::Up => rt.block_on(daemons::up(&tool::load_config(args.config.clone())?, &config_path(&args.config))),
-        Cmd::Down => daemons::down(&tool::load_config(args.config)?),
+        Cmd::Down => daemons::down(&*tool::load_config(args.config)?),
         Cmd::Serve { which } => {
             let config = tool::load_config(args.config)?;
             match which {
