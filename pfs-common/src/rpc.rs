@@ -88,7 +88,7 @@ impl RpcClient {
         let peer = format!("{peer} at {addr}");
         let setup = async {
             let stream =
-                TcpStream::connect(addr).await.map_err(|e| PfsError::io(format!("connecting to {peer}"), e))?;
+                TcpStream::connect(addr).await.map_err(|e| PfsError::io(format!("cannot connect to {peer}"), e))?;
             stream.set_nodelay(true).ok();
             let (mut rd, mut wr) = stream.into_split();
             let hello = Hello { version: PROTOCOL_VERSION, role: opts.role, name: opts.name.clone() };
@@ -104,7 +104,7 @@ impl RpcClient {
             Ok::<_, PfsError>((rd, wr))
         };
         let (rd, wr) = match tokio::time::timeout(opts.connect_timeout, setup).await {
-            Ok(r) => r.map_err(|e| e.context(&peer))?,
+            Ok(r) => r.map_err(|e| if e.message.contains(&peer) { e } else { e.context(&peer) })?,
             Err(_) => {
                 return Err(PfsError::new(
                     ErrorCode::TimedOut,
