@@ -112,8 +112,9 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config> {
         let text =
             std::fs::read_to_string(path).map_err(|e| PfsError::io(format!("reading config {}", path.display()), e))?;
-        let mut cfg: Config = toml::from_str(&text)
-            .map_err(|e| PfsError::new(ErrorCode::Invalid, format!("config {}: {e}", path.display())))?;
+        let mut cfg: Config = toml::from_str(&text).map_err(|e| {
+            PfsError::new(ErrorCode::Invalid, format!("config {}: {}", path.display(), toml_error(&text, &e)))
+        })?;
         if cfg.data_dir.is_relative() {
             // A relative base directory is taken relative to the config file's directory.
             let base = path.parent().unwrap_or(Path::new("."));
@@ -125,8 +126,8 @@ impl Config {
 
     /// Parses a configuration from TOML text; relative directories stay relative to `data_dir`.
     pub fn from_toml(text: &str) -> Result<Config> {
-        let cfg: Config =
-            toml::from_str(text).map_err(|e| PfsError::new(ErrorCode::Invalid, format!("config: {e}")))?;
+        let cfg: Config = toml::from_str(text)
+            .map_err(|e| PfsError::new(ErrorCode::Invalid, format!("config: {}", toml_error(text, &e))))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -204,6 +205,20 @@ impl Config {
     }
 }
 
+/// A TOML error as one line: "line 3, column 1: missing field `address`".
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    let msg = e.message().trim().replace('\n', " ");
+    match e.span() {
+        Some(span) => {
+            let before = &text[..span.start.min(text.len())];
+            let line = before.matches('\n').count() + 1;
+            let column = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+            format!("line {line}, column {column}: {msg}")
+        }
+        None => msg,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -229,6 +244,7 @@ mod tests {
     fn unknown_keys_are_named() {
         let err =
             Config::from_toml("data_dir='/x'\nbogus=1\n[meta]\naddress='127.0.0.1:1'\ndata_dir='m'\n").unwrap_err();
-        assert!(err.message.contains("bogus"), "{err}");
+        assert!(err.message.contains("bogus") && err.message.contains("line 2"), "{err}");
+        assert!(!err.message.contains('\n'), "one line: {err}");
     }
 }
