@@ -21,7 +21,15 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tokio::io::BufReader;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+/// Socket read buffer, bytes. Small frames (every metadata message) are parsed from it with
+/// one `read` syscall for several frames; a payload larger than it is read straight into its
+/// pooled buffer, bypassing this one (tokio's `BufReader` skips its buffer for large reads).
+const READ_BUFFER: usize = 64 << 10;
+
+type Reader = BufReader<OwnedReadHalf>;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
 use tokio::task::JoinHandle;
@@ -90,7 +98,8 @@ impl RpcClient {
             let stream =
                 TcpStream::connect(addr).await.map_err(|e| PfsError::io(format!("cannot connect to {peer}"), e))?;
             stream.set_nodelay(true).ok();
-            let (mut rd, mut wr) = stream.into_split();
+            let (rd, mut wr) = stream.into_split();
+            let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
             let hello = Hello { version: PROTOCOL_VERSION, role: opts.role, name: opts.name.clone() };
             write_frame(&mut wr, FrameKind::Request, 0, &wire::encode(&hello), &[]).await?;
             let frame = read_frame(&mut rd, &DEFAULT_LIMITS, pool::global())
@@ -227,11 +236,7 @@ impl Drop for ClientInner {
     }
 }
 
-async fn read_responses(
-    inner: std::sync::Weak<ClientInner>,
-    mut rd: OwnedReadHalf,
-    notify: Option<mpsc::Sender<Frame>>,
-) {
+async fn read_responses(inner: std::sync::Weak<ClientInner>, mut rd: Reader, notify: Option<mpsc::Sender<Frame>>) {
     loop {
         let result = read_frame(&mut rd, &DEFAULT_LIMITS, pool::global()).await;
         let Some(inner) = inner.upgrade() else { return };
@@ -378,7 +383,8 @@ async fn serve_conn<H: Handler>(
     handler: Arc<H>,
     opts: Arc<ServeOptions>,
 ) {
-    let (mut rd, wr) = stream.into_split();
+    let (rd, wr) = stream.into_split();
+    let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
     let writer = Arc::new(tokio::sync::Mutex::new(wr));
     let peer = match handshake(&mut rd, &writer, addr, conn_id, &opts).await {
         Ok(p) => p,
@@ -440,7 +446,7 @@ async fn send_reply(writer: &tokio::sync::Mutex<OwnedWriteHalf>, id: u64, reply:
 }
 
 async fn handshake(
-    rd: &mut OwnedReadHalf,
+    rd: &mut Reader,
     writer: &Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
     addr: SocketAddr,
     conn_id: u64,

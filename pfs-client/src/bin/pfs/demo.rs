@@ -9,6 +9,15 @@ use std::io::Write;
 use std::time::Instant;
 
 pub async fn run(size: u64, servers: u32) -> Result<()> {
+    // On Ctrl-C the demo future is dropped, and with it the cluster: daemons killed, the
+    // temporary directory removed.
+    tokio::select! {
+        r = demo(size, servers) => r,
+        _ = tokio::signal::ctrl_c() => Err(PfsError::new(pfs_common::ErrorCode::Invalid, "interrupted; cluster stopped and removed")),
+    }
+}
+
+async fn demo(size: u64, servers: u32) -> Result<()> {
     println!("Starting an embedded cluster: 1 pfs-meta + {servers} pfs-storage on 127.0.0.1 ...");
     let t = Instant::now();
     let cluster = LocalCluster::start(servers).await?;
