@@ -11,6 +11,7 @@ pub mod layout;
 pub mod logging;
 pub mod pool;
 pub mod rpc;
+pub mod token;
 pub mod wire;
 
 pub use error::{ErrorCode, PfsError, Result};

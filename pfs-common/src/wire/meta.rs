@@ -3,6 +3,7 @@
 
 use crate::ids::{ChunkIndex, FileId, ServerId, Sha256Digest};
 use crate::layout::Layout;
+use crate::token::{ByteRange, Mode, RevokeId, SessionId};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 
@@ -42,6 +43,23 @@ pub enum MetaRequest {
     Register { id: ServerId, address: SocketAddr, capacity_bytes: u64, free_bytes: u64 },
     /// A storage server is alive.
     Heartbeat { id: ServerId, capacity_bytes: u64, free_bytes: u64 },
+    /// Open a client session (the holder of tokens). Answered with `Session`.
+    OpenSession,
+    /// Keep a session's lease alive; clients send it every third of the lease. Errors: Evicted.
+    KeepAlive { session: SessionId },
+    /// Ask for a token on `file`: `required` is what this call needs, `desired` (⊇ required)
+    /// what the client would like (to end of file for sequential access). Answered with
+    /// `Granted` once granted, which may wait for revokes of other holders. Errors: Evicted,
+    /// Invalid (empty range, required ⊄ desired), NotFound (file).
+    Acquire { session: SessionId, file: FileId, mode: Mode, required: ByteRange, desired: ByteRange },
+    /// The holder wrote back (or dropped) what revoke `revoke` asked for.
+    RevokeDone { session: SessionId, revoke: RevokeId },
+    /// Give back tokens of `file` in `range` (dirty data already written back).
+    Release { session: SessionId, file: FileId, range: ByteRange },
+    /// End a session cleanly: its tokens are dropped.
+    CloseSession { session: SessionId },
+    /// A storage server confirms it now refuses writes of these sessions.
+    Fenced { id: ServerId, sessions: Vec<SessionId> },
     /// Chunk changes on a storage server. `full` marks the last page of a complete listing
     /// sent after (re-)registration: chunks of that server not listed since registration are
     /// then dropped from the holder map.
@@ -68,6 +86,15 @@ pub enum MetaResponse {
     },
     Chunks(Vec<ChunkInfo>),
     Servers(Vec<ServerStatus>),
+    /// Answer to `OpenSession`: the session id and its lease, ms.
+    Session { session: SessionId, lease_ms: u64 },
+    /// Answer to `Acquire`: the token granted (its range contains the required range) and the
+    /// file's size as pfs-meta knows it at the grant, bytes.
+    Granted { mode: Mode, range: ByteRange, size: u64 },
+    /// Answer to `Register`: chunks to delete, and the fencing state a storage server must
+    /// enforce: refuse writes of sessions below `fence_below` (older pfs-meta boots) and of
+    /// the `fenced` (evicted) sessions.
+    Registered { orphans: Vec<FileId>, fence_below: SessionId, fenced: Vec<SessionId> },
     /// Answer to `ChunkReport` and `Register`: file ids the server holds chunks of that no
     /// longer exist (unlinked while it was away); it should delete them.
     Orphans(Vec<FileId>),
@@ -159,3 +186,15 @@ pub const CHUNK_REPORT_PAGE: usize = 4096;
 pub const READDIR_PAGE_MAX: u32 = 4096;
 /// Most chunks one `GetChunks` returns.
 pub const GET_CHUNKS_MAX: u32 = 4096;
+
+/// One-way messages pfs-meta pushes to a client on its connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientNotify {
+    /// Give up `range` of `file`: write back dirty bytes in it; with `wanted == Write` drop
+    /// the cached bytes and the token there, with `wanted == Read` keep them but downgrade a
+    /// write token to read. Then answer `RevokeDone { revoke }` within the revoke timeout.
+    Revoke { revoke: RevokeId, file: FileId, range: ByteRange, wanted: Mode },
+    /// The session was evicted (missed lease or revoke); its tokens are gone and storage
+    /// servers refuse its writes.
+    Evicted { session: SessionId, reason: String },
+}

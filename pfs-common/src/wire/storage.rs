@@ -2,6 +2,7 @@
 //! fsync, and the notifications pfs-meta pushes to storage servers.
 
 use crate::ids::{ChunkIndex, FileId, ServerId};
+use crate::token::SessionId;
 use serde::{Deserialize, Serialize};
 
 /// Requests to a storage server. Data travels as the frame payload, never in the body.
@@ -9,7 +10,9 @@ use serde::{Deserialize, Serialize};
 pub enum StorageRequest {
     /// Write the payload at `offset` (bytes) inside chunk `chunk` of `file`, creating the
     /// chunk file if needed. `chunk_size` bounds `offset + len`. Not durable until `Fsync`.
-    Write { file: FileId, chunk: ChunkIndex, offset: u64, chunk_size: u64 },
+    /// `session` is the writer's session; writes of a fenced (evicted) session are refused
+    /// with Evicted, so a late write cannot land over newer data.
+    Write { file: FileId, chunk: ChunkIndex, offset: u64, chunk_size: u64, session: SessionId },
     /// Read up to `len` bytes at `offset` inside a chunk. The payload of the answer is shorter
     /// when the chunk file ends earlier, and empty when it does not exist (a hole).
     Read { file: FileId, chunk: ChunkIndex, offset: u64, len: u32 },
@@ -56,4 +59,7 @@ pub struct StorageStatus {
 pub enum StorageNotify {
     /// These files were unlinked: remove their chunks.
     RemoveFiles(Vec<FileId>),
+    /// Refuse writes of these (evicted) sessions from now on, then answer with
+    /// `MetaRequest::Fenced`.
+    Fence(Vec<SessionId>),
 }

@@ -1,0 +1,110 @@
+//! Token vocabulary shared by the token manager (pfs-meta), clients and storage servers:
+//! modes, byte ranges, session and revoke ids.
+
+use serde::{Deserialize, Serialize};
+use std::fmt;
+
+/// A client session: the holder of tokens. Unique across pfs-meta restarts: the high 32 bits
+/// are pfs-meta's boot epoch (persisted, bumped at every start), the low 32 a counter. Storage
+/// servers fence by it: writes carrying an evicted session, or one from an older epoch, are
+/// refused.
+pub type SessionId = u64;
+
+/// The id of one revoke, echoed by the holder's acknowledgement.
+pub type RevokeId = u64;
+
+/// The boot epoch a session id belongs to.
+pub fn session_epoch(session: SessionId) -> u32 {
+    (session >> 32) as u32
+}
+
+/// Token mode: shared read or exclusive write.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Mode {
+    /// Shared: any number of sessions may hold overlapping read tokens.
+    Read,
+    /// Exclusive: overlaps no token of another session. Implies read.
+    Write,
+}
+
+/// A byte range `[start, end)` of a file; `end == u64::MAX` means "to infinity" (past any
+/// end of file, as a sequential writer's desired range is).
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// `[start, end)`.
+    pub const fn new(start: u64, end: u64) -> ByteRange {
+        ByteRange { start, end }
+    }
+
+    /// `[start, ∞)`.
+    pub const fn from(start: u64) -> ByteRange {
+        ByteRange { start, end: u64::MAX }
+    }
+
+    /// The whole file.
+    pub const ALL: ByteRange = ByteRange { start: 0, end: u64::MAX };
+
+    /// Length in bytes (saturating for open-ended ranges).
+    pub fn len(&self) -> u64 {
+        self.end.saturating_sub(self.start)
+    }
+
+    /// True when it holds no byte.
+    pub fn is_empty(&self) -> bool {
+        self.start >= self.end
+    }
+
+    /// True when the two share at least one byte.
+    pub fn overlaps(&self, other: &ByteRange) -> bool {
+        self.start < other.end && other.start < self.end
+    }
+
+    /// True when every byte of `other` is in `self`.
+    pub fn contains(&self, other: &ByteRange) -> bool {
+        self.start <= other.start && other.end <= self.end
+    }
+
+    /// The bytes in both, if any.
+    pub fn intersect(&self, other: &ByteRange) -> Option<ByteRange> {
+        let r = ByteRange { start: self.start.max(other.start), end: self.end.min(other.end) };
+        (!r.is_empty()).then_some(r)
+    }
+}
+
+impl fmt::Debug for ByteRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.end == u64::MAX {
+            write!(f, "[{}, ∞)", self.start)
+        } else {
+            write!(f, "[{}, {})", self.start, self.end)
+        }
+    }
+}
+
+impl fmt::Display for ByteRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn range_relations() {
+        let a = ByteRange::new(10, 20);
+        assert!(a.overlaps(&ByteRange::new(19, 30)));
+        assert!(!a.overlaps(&ByteRange::new(20, 30)));
+        assert!(ByteRange::from(5).contains(&a));
+        assert_eq!(a.intersect(&ByteRange::new(15, 99)), Some(ByteRange::new(15, 20)));
+        assert_eq!(a.intersect(&ByteRange::new(20, 99)), None);
+        assert_eq!(format!("{:?}", ByteRange::from(3)), "[3, ∞)");
+        assert_eq!(session_epoch((7 << 32) | 9), 7);
+    }
+}
