@@ -108,6 +108,7 @@ impl File {
             chunk: p.chunk,
             offset: p.chunk_offset,
             chunk_size: self.inner.layout.chunk_size(),
+            session: 0,
         };
         let what = || format!("writing {} chunk {} on {target}", self.inner.path, p.chunk);
         match self.inner.client.storage(target, &req, data).await.map_err(|e| e.context(what()))?.0 {

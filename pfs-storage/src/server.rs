@@ -25,7 +25,7 @@ impl Handler for StorageHandler {
     async fn handle(self: Arc<Self>, _peer: Peer, req: StorageRequest, payload: PooledBuf) -> Reply {
         let store = &self.store;
         match req {
-            StorageRequest::Write { file, chunk, offset, chunk_size } => Reply::from_result(
+            StorageRequest::Write { file, chunk, offset, chunk_size, session: _ } => Reply::from_result(
                 store.write(file, chunk, offset, chunk_size, payload).await.map(|len| StorageResponse::Written { len }),
             ),
             StorageRequest::Read { file, chunk, offset, len } => match store.read(file, chunk, offset, len).await {

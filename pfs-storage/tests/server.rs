@@ -52,7 +52,7 @@ async fn connect(addr: SocketAddr) -> RpcClient {
 }
 
 async fn write(c: &RpcClient, file: u64, chunk: u64, offset: u64, data: &[u8]) -> pfs_common::Result<()> {
-    let req = StorageRequest::Write { file: FileId(file), chunk, offset, chunk_size: CS };
+    let req = StorageRequest::Write { file: FileId(file), chunk, offset, chunk_size: CS, session: 0 };
     let (resp, _) = c.call::<_, StorageResponse>(&req, data).await?;
     assert_eq!(resp, StorageResponse::Written { len: data.len() as u32 });
     Ok(())
