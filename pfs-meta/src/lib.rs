@@ -9,6 +9,7 @@ pub mod namespace;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod tokens;
 pub mod wal;
 
 use pfs_common::config::Config;

@@ -1,0 +1,873 @@
+//! The byte-range token manager (DESIGN.md §5) as a sans-IO state machine: the caller feeds
+//! [`Input`]s (with the current time in ms) to [`TokenManager::handle`] and sends the returned
+//! [`Output`]s over sockets. No clocks, no timers: the caller calls `handle(Input::Tick)` at
+//! [`TokenManager::next_deadline`].
+//!
+//! # Tokens
+//! A token is (file, byte range `[start, end)`, [`Mode`], session). Read tokens of different
+//! sessions may overlap; a Write token overlaps no token of another session. Ranges are
+//! byte-exact: unlike GPFS, which rounds tokens to whole blocks (so small strided writers of a
+//! shared file falsely conflict), nothing here is rounded. A session's own tokens never
+//! conflict with its own requests: a Write grant over its own Read upgrades it, a Read grant
+//! inside its own Write leaves the Write as it is.
+//!
+//! # Required and desired ranges, expansion (GPFS)
+//! An [`Input::Acquire`] names the range the call needs (`required`) and the range the client
+//! would like (`desired` ⊇ `required`, e.g. to end of file, `u64::MAX`, for a sequential
+//! stream). As in the GPFS token manager, the grant is the largest part of `desired` that
+//! contains `required` and is free of conflicts, so one sequential reader or writer talks to
+//! the manager once per file. "Free of conflicts" excludes other sessions' incompatible
+//! tokens, other sessions' incompatible queued requests (their `required` ranges) and the
+//! requester's own ranges under an outstanding revoke.
+//!
+//! # Contention: no expansion (Lustre's lesson)
+//! Lustre found that expanded extent locks make strided shared-file writers ping-pong (each
+//! writer's expanded lock is revoked by the next writer); it added lockahead and a
+//! no-expansion mode. Policy here: a file is *contended* for
+//! [`TokenConfig::contention_window_ms`] after any request on it could not be granted at once
+//! (it needed a revoke, or it queued behind an incompatible earlier request); the window is
+//! renewed every time the queue is evaluated and a request is still blocked. While a file is
+//! contended, grants are exactly `required`. The state is per file and is forgotten when a
+//! file has no tokens, requests or revokes left.
+//!
+//! # Conflicts and revokes
+//! A request that overlaps an incompatible token of another session makes the manager send
+//! [`Output::Revoke`] to that holder, for the hull of the conflicting bytes within `required`,
+//! with `wanted` = the requested mode. The holder writes back dirty bytes (Write token) or
+//! drops cached bytes (Read token) in that range, keeps the rest of its tokens (the token is
+//! split) and acks with [`Input::RevokeAck`]. On the ack the holder's tokens in the range are
+//! removed (`wanted` = Write) or its Write tokens there become Read (`wanted` = Read: a
+//! downgrade, the holder keeps its cache for reading). A revoke already outstanding to the
+//! same holder that covers the range at least as strongly is not sent again.
+//!
+//! While a revoke to a session is outstanding, that session is granted nothing that overlaps
+//! the revoked range (its request waits for its own ack). Otherwise a grant sent after the
+//! Revoke but before the ack arrives would be undone by the ack.
+//!
+//! # Fairness
+//! Waiters are served in FIFO order per file: a request waits not only for conflicting
+//! holders but also behind any earlier queued request of another session whose `required`
+//! range overlaps with incompatible modes (at least one Write). So a stream of readers cannot
+//! starve a writer. A request blocked only by earlier waiters sends no revokes yet. Every input
+//! that frees something (ack, release, close, eviction) re-evaluates the queue of each affected
+//! file in order.
+//!
+//! # Sessions, leases, eviction
+//! A session is opened with [`Input::OpenSession`] and renews its lease with any input it sends
+//! (heartbeats, acquires, acks, releases). A session not heard from for
+//! [`TokenConfig::lease_ms`], or that has not acked a revoke [`TokenConfig::revoke_timeout_ms`]
+//! after it was sent, is evicted: its tokens, queued requests and outstanding revokes are
+//! dropped, [`Output::Evict`] is emitted (the caller fences the session at the storage servers)
+//! and every later input from it is refused with `ErrorCode::Evicted`. Deadlines are inclusive:
+//! at `now_ms >= last_heard + lease_ms` the session is gone. Every input first expires what is
+//! due at its `now_ms`, so a late heartbeat cannot revive a session whose lease already ran
+//! out. Time never goes backwards: an input with an older `now_ms` is treated as the latest
+//! time seen. A session closed with [`Input::CloseSession`] is forgotten; later inputs from it
+//! (like from a session never opened) are refused with `ErrorCode::Evicted` too, as the client
+//! must open a new session either way.
+//!
+//! # Memory
+//! Each holder's tokens in a file live in a `BTreeMap<u64, Extent>` (start → end, mode), with
+//! adjacent or overlapping ranges of the same mode coalesced, so a session that holds a file
+//! sequentially costs one entry however many grants it received. An entry is 24 bytes (8-byte
+//! key + 16-byte [`Extent`]); with B-tree leaf nodes of 11 entries (~280 bytes, at least half
+//! full) that is 25-56 bytes per token. Each (file, holder) adds about 80 bytes (the map
+//! header plus its entry in the file's holder map), each queued request 64 bytes
+//! ([`Waiter`]), each outstanding revoke 48 bytes plus its 16-byte id→file index entry
+//! ([`PendingRevoke`]), and each evicted session id 8 bytes (kept to refuse it).
+//! `tests::memory_per_token` checks these sizes.
+//!
+//! # Complexity
+//! Simple before fast: evaluating a file's queue is O(waiters² + waiters × holders × tokens
+//! in range), eviction scans every file. Fine for the dozens of sessions per file this is
+//! meant for; an interval tree over all holders would be the next step.
+
+use pfs_common::{ErrorCode, FileId, PfsError};
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::fmt;
+
+/// A client session, unique for the life of the cluster; assigned by the caller.
+pub type SessionId = u64;
+/// The caller's id of an [`Input::Acquire`], echoed in [`Output::Grant`].
+pub type RequestId = u64;
+/// The manager's id of an [`Output::Revoke`], echoed in [`Input::RevokeAck`].
+pub type RevokeId = u64;
+
+/// The mode of a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+pub enum Mode {
+    /// Shared: the holder may cache the bytes for reading.
+    Read,
+    /// Exclusive: the holder may cache the bytes and write them back later.
+    Write,
+}
+
+impl Mode {
+    /// True if tokens of modes `self` and `other`, held by different sessions over
+    /// overlapping bytes, conflict: unless both are Read.
+    pub fn conflicts_with(self, other: Mode) -> bool {
+        self == Mode::Write || other == Mode::Write
+    }
+}
+
+/// A byte range `[start, end)` of a file, in bytes. `end = u64::MAX` means "to infinity".
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ByteRange {
+    pub start: u64,
+    pub end: u64,
+}
+
+impl ByteRange {
+    /// The whole file, `[0, ∞)`.
+    pub const ALL: ByteRange = ByteRange { start: 0, end: u64::MAX };
+
+    /// `[start, end)`.
+    pub const fn new(start: u64, end: u64) -> ByteRange {
+        ByteRange { start, end }
+    }
+
+    /// True if the range holds no byte (`start >= end`).
+    pub fn is_empty(&self) -> bool {
+        self.start >= self.end
+    }
+
+    /// True if the two ranges share at least one byte.
+    pub fn overlaps(&self, other: &ByteRange) -> bool {
+        self.start < other.end && other.start < self.end && !self.is_empty() && !other.is_empty()
+    }
+
+    /// True if every byte of `other` is in `self`.
+    pub fn contains(&self, other: &ByteRange) -> bool {
+        self.start <= other.start && other.end <= self.end
+    }
+
+    /// The common bytes, if any.
+    pub fn intersect(&self, other: &ByteRange) -> Option<ByteRange> {
+        let r = ByteRange { start: self.start.max(other.start), end: self.end.min(other.end) };
+        (!r.is_empty()).then_some(r)
+    }
+
+    /// The smallest range holding both.
+    fn hull(&self, other: &ByteRange) -> ByteRange {
+        ByteRange { start: self.start.min(other.start), end: self.end.max(other.end) }
+    }
+}
+
+impl fmt::Display for ByteRange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.end == u64::MAX {
+            write!(f, "[{}, ∞)", self.start)
+        } else {
+            write!(f, "[{}, {})", self.start, self.end)
+        }
+    }
+}
+
+/// Timeouts of the token manager, all in ms.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TokenConfig {
+    /// A session not heard from for this long is evicted, ms.
+    pub lease_ms: u64,
+    /// A session that has not acked a revoke this long after it was sent is evicted, ms.
+    pub revoke_timeout_ms: u64,
+    /// A file stays contended (grants not expanded) this long after a request on it had to
+    /// wait, ms.
+    pub contention_window_ms: u64,
+}
+
+/// What the caller feeds in. Every input carries the current time, ms (any epoch, but the
+/// same for all inputs).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// A new client session (or, for an open one, a heartbeat).
+    OpenSession { session: SessionId, now_ms: u64 },
+    /// Renews the session's lease.
+    Heartbeat { session: SessionId, now_ms: u64 },
+    /// Asks for a token over `required` (at least) and `desired` (at most), `required` ⊆
+    /// `desired`, both non-empty.
+    Acquire {
+        session: SessionId,
+        request: RequestId,
+        file: FileId,
+        mode: Mode,
+        required: ByteRange,
+        desired: ByteRange,
+        now_ms: u64,
+    },
+    /// The session has written back / dropped the range of revoke `revoke`.
+    RevokeAck { session: SessionId, revoke: RevokeId, now_ms: u64 },
+    /// The session gives back its tokens over `range` of `file` (close: [`ByteRange::ALL`]).
+    Release { session: SessionId, file: FileId, range: ByteRange, now_ms: u64 },
+    /// Clean goodbye: tokens and queued requests dropped, no [`Output::Evict`].
+    CloseSession { session: SessionId, now_ms: u64 },
+    /// Expires leases and overdue revokes.
+    Tick { now_ms: u64 },
+}
+
+impl Input {
+    /// The time the input carries, ms.
+    pub fn now_ms(&self) -> u64 {
+        match *self {
+            Input::OpenSession { now_ms, .. }
+            | Input::Heartbeat { now_ms, .. }
+            | Input::Acquire { now_ms, .. }
+            | Input::RevokeAck { now_ms, .. }
+            | Input::Release { now_ms, .. }
+            | Input::CloseSession { now_ms, .. }
+            | Input::Tick { now_ms } => now_ms,
+        }
+    }
+}
+
+/// What the caller must send.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// Session `session` now holds `mode` over `range` of `file` (`required` ⊆ `range` ⊆
+    /// `desired` of request `request`).
+    Grant { session: SessionId, request: RequestId, file: FileId, mode: Mode, range: ByteRange },
+    /// Session `session` must write back (holds Write) or drop (holds Read) `range` of `file`
+    /// and ack with `revoke`. `wanted` = Read: it keeps a Read token over its Write bytes there.
+    Revoke { session: SessionId, revoke: RevokeId, file: FileId, range: ByteRange, wanted: Mode },
+    /// The session lost its lease or failed to ack a revoke in time; fence it.
+    Evict { session: SessionId, reason: String },
+    /// The input was refused: Evicted (unknown, closed or evicted session) or Invalid (bad range).
+    Refuse { session: SessionId, request: Option<RequestId>, error: PfsError },
+}
+
+/// Counts for monitoring: current sizes and totals since start.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TokenStats {
+    /// Open sessions.
+    pub sessions: usize,
+    /// Token entries (coalesced ranges) over all files and holders.
+    pub tokens: usize,
+    /// Queued requests.
+    pub waiters: usize,
+    /// Revokes sent and not yet acked.
+    pub outstanding_revokes: usize,
+    /// Grants sent since start.
+    pub grants: u64,
+    /// Revokes sent since start.
+    pub revokes: u64,
+    /// Sessions evicted since start.
+    pub evictions: u64,
+}
+
+/// The end and mode of one token entry; the start is the map key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Extent {
+    end: u64,
+    mode: Mode,
+}
+
+/// One holder's tokens in one file: start → extent, disjoint, sorted, and coalesced (no two
+/// entries that touch have the same mode).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct RangeMap {
+    map: BTreeMap<u64, Extent>,
+}
+
+impl RangeMap {
+    fn iter(&self) -> impl Iterator<Item = (ByteRange, Mode)> + '_ {
+        self.map.iter().map(|(&start, e)| (ByteRange { start, end: e.end }, e.mode))
+    }
+
+    /// The entries sharing a byte with `r` (not clipped), in order.
+    fn overlapping(&self, r: ByteRange) -> Vec<(ByteRange, Mode)> {
+        if r.is_empty() {
+            return Vec::new();
+        }
+        // Entries are disjoint, so by descending start their ends descend too.
+        let mut v: Vec<_> = self
+            .map
+            .range(..r.end)
+            .rev()
+            .take_while(|(_, e)| e.end > r.start)
+            .map(|(&start, e)| (ByteRange { start, end: e.end }, e.mode))
+            .collect();
+        v.reverse();
+        v
+    }
+
+    /// The Write bytes within `r`, clipped to it.
+    fn writes_within(&self, r: ByteRange) -> Vec<ByteRange> {
+        self.overlapping(r).into_iter().filter(|(_, m)| *m == Mode::Write).filter_map(|(t, _)| t.intersect(&r)).collect()
+    }
+
+    /// Drops every byte of `r`, splitting entries that stick out.
+    fn remove(&mut self, r: ByteRange) {
+        for (t, mode) in self.overlapping(r) {
+            self.map.remove(&t.start);
+            if t.start < r.start {
+                self.map.insert(t.start, Extent { end: r.start, mode });
+            }
+            if t.end > r.end {
+                self.map.insert(r.end, Extent { end: t.end, mode });
+            }
+        }
+    }
+
+    /// Sets every byte of `r` to `mode`, coalescing with neighbours.
+    fn set(&mut self, r: ByteRange, mode: Mode) {
+        if r.is_empty() {
+            return;
+        }
+        self.remove(r);
+        let mut start = r.start;
+        let mut end = r.end;
+        if let Some((&ps, pe)) = self.map.range(..start).next_back() {
+            if pe.end == start && pe.mode == mode {
+                start = ps;
+                self.map.remove(&ps);
+            }
+        }
+        if let Some(ne) = self.map.get(&end).copied() {
+            if ne.mode == mode {
+                self.map.remove(&end);
+                end = ne.end;
+            }
+        }
+        self.map.insert(start, Extent { end, mode });
+    }
+
+    /// Read over `r`, except bytes already held Write stay Write.
+    fn set_read_keep_write(&mut self, r: ByteRange) {
+        let writes = self.writes_within(r);
+        self.set(r, Mode::Read);
+        for w in writes {
+            self.set(w, Mode::Write);
+        }
+    }
+
+    /// Write bytes within `r` become Read.
+    fn downgrade(&mut self, r: ByteRange) {
+        for w in self.writes_within(r) {
+            self.set(w, Mode::Read);
+        }
+    }
+
+    fn len(&self) -> usize {
+        self.map.len()
+    }
+
+    fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+
+    /// Checks disjoint, sorted, non-empty, coalesced.
+    fn check(&self) -> Result<(), String> {
+        let mut prev: Option<(ByteRange, Mode)> = None;
+        for (r, m) in self.iter() {
+            if r.is_empty() {
+                return Err(format!("empty token {r}"));
+            }
+            if let Some((p, pm)) = prev {
+                if p.end > r.start {
+                    return Err(format!("tokens {p} and {r} overlap"));
+                }
+                if p.end == r.start && pm == m {
+                    return Err(format!("tokens {p} and {r} of mode {m:?} are not coalesced"));
+                }
+            }
+            prev = Some((r, m));
+        }
+        Ok(())
+    }
+}
+
+/// A queued request.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct Waiter {
+    session: SessionId,
+    request: RequestId,
+    mode: Mode,
+    required: ByteRange,
+    desired: ByteRange,
+}
+
+impl Waiter {
+    /// True if `self`, queued earlier, must be served before `later`.
+    fn blocks(&self, later: &Waiter) -> bool {
+        self.session != later.session && self.mode.conflicts_with(later.mode) && self.required.overlaps(&later.required)
+    }
+}
+
+/// A revoke sent and not yet acked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+struct PendingRevoke {
+    session: SessionId,
+    range: ByteRange,
+    wanted: Mode,
+    /// Sent at, ms.
+    sent_ms: u64,
+    /// The holder is evicted at this time if it has not acked, ms.
+    deadline_ms: u64,
+}
+
+impl PendingRevoke {
+    /// True if acking `self` removes at least what a revoke of `range` with `wanted` would.
+    fn covers(&self, range: &ByteRange, wanted: Mode) -> bool {
+        self.range.contains(range) && (self.wanted == Mode::Write || wanted == Mode::Read)
+    }
+}
+
+/// Token state of one file.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+struct FileState {
+    holders: BTreeMap<SessionId, RangeMap>,
+    /// FIFO.
+    waiters: VecDeque<Waiter>,
+    revokes: BTreeMap<RevokeId, PendingRevoke>,
+    /// Grants are not expanded before this time, ms.
+    contended_until_ms: u64,
+}
+
+impl FileState {
+    fn is_idle(&self) -> bool {
+        self.holders.is_empty() && self.waiters.is_empty() && self.revokes.is_empty()
+    }
+
+    /// Per other session holding tokens incompatible with `mode` over `range`: the hull of the
+    /// conflicting bytes within `range`.
+    fn conflicts(&self, session: SessionId, mode: Mode, range: ByteRange) -> Vec<(SessionId, ByteRange)> {
+        let mut out = Vec::new();
+        for (&holder, map) in &self.holders {
+            if holder == session {
+                continue;
+            }
+            let hull = map
+                .overlapping(range)
+                .into_iter()
+                .filter(|(_, m)| m.conflicts_with(mode))
+                .filter_map(|(t, _)| t.intersect(&range))
+                .reduce(|a, b| a.hull(&b));
+            if let Some(h) = hull {
+                out.push((holder, h));
+            }
+        }
+        out
+    }
+
+    /// True if a revoke to `session` overlapping `range` is outstanding.
+    fn own_revoke_pending(&self, session: SessionId, range: &ByteRange) -> bool {
+        self.revokes.values().any(|r| r.session == session && r.range.overlaps(range))
+    }
+
+    /// True if the waiter at `i` must wait behind an earlier one.
+    fn behind_earlier(&self, i: usize) -> bool {
+        let w = &self.waiters[i];
+        self.waiters.iter().take(i).any(|e| e.blocks(w))
+    }
+
+    /// The largest range within `w.desired` containing `w.required` that overlaps no
+    /// obstacle: other sessions' incompatible tokens, other sessions' incompatible queued
+    /// requests, and `w.session`'s own ranges under revoke. `w` is the waiter at `i`.
+    fn expand(&self, w: &Waiter, i: usize) -> ByteRange {
+        let mut obstacles: Vec<ByteRange> = Vec::new();
+        for (&holder, map) in &self.holders {
+            if holder != w.session {
+                obstacles.extend(map.overlapping(w.desired).into_iter().filter(|(_, m)| m.conflicts_with(w.mode)).map(|(t, _)| t));
+            }
+        }
+        for (j, o) in self.waiters.iter().enumerate() {
+            if j != i && o.session != w.session && o.mode.conflicts_with(w.mode) {
+                obstacles.push(o.required);
+            }
+        }
+        obstacles.extend(self.revokes.values().filter(|r| r.session == w.session).map(|r| r.range));
+        let (req, mut lo, mut hi) = (w.required, w.desired.start, w.desired.end);
+        for o in obstacles {
+            // Only the parts of an obstacle outside `required` limit the expansion (the
+            // caller made sure the parts inside are not in the way of the grant).
+            if o.start < req.start {
+                lo = lo.max(o.end.min(req.start));
+            }
+            if o.end > req.end {
+                hi = hi.min(o.start.max(req.end));
+            }
+        }
+        ByteRange { start: lo, end: hi }
+    }
+}
+
+/// An open session.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Session {
+    /// Last input from it, ms.
+    last_heard_ms: u64,
+}
+
+/// The token manager of all files. See the module documentation for the rules.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct TokenManager {
+    cfg: TokenConfig,
+    /// The latest time seen, ms.
+    now_ms: u64,
+    sessions: BTreeMap<SessionId, Session>,
+    /// Evicted sessions, refused forever.
+    evicted: BTreeSet<SessionId>,
+    /// Files with tokens, waiters or outstanding revokes.
+    files: BTreeMap<FileId, FileState>,
+    /// Which file each outstanding revoke is about.
+    revoke_file: BTreeMap<RevokeId, FileId>,
+    next_revoke: RevokeId,
+    grants: u64,
+    revokes_sent: u64,
+    evictions: u64,
+}
+
+impl TokenManager {
+    /// An empty manager.
+    pub fn new(cfg: TokenConfig) -> Self {
+        TokenManager {
+            cfg,
+            now_ms: 0,
+            sessions: BTreeMap::new(),
+            evicted: BTreeSet::new(),
+            files: BTreeMap::new(),
+            revoke_file: BTreeMap::new(),
+            next_revoke: 1,
+            grants: 0,
+            revokes_sent: 0,
+            evictions: 0,
+        }
+    }
+
+    /// Applies one input and returns what to send, in order (evictions first).
+    pub fn handle(&mut self, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        self.now_ms = self.now_ms.max(input.now_ms());
+        self.expire(&mut out);
+        match input {
+            Input::OpenSession { session, .. } => {
+                if self.evicted.contains(&session) {
+                    out.push(self.refusal(session, None));
+                } else {
+                    self.sessions.insert(session, Session { last_heard_ms: self.now_ms });
+                }
+            }
+            Input::Heartbeat { session, .. } => {
+                if !self.touch(session) {
+                    out.push(self.refusal(session, None));
+                }
+            }
+            Input::Acquire { session, request, file, mode, required, desired, .. } => {
+                if !self.touch(session) {
+                    out.push(self.refusal(session, Some(request)));
+                } else if let Err(error) = check_acquire(required, desired) {
+                    let error = error.context(format!("acquire {request} of session {session} on {file}"));
+                    out.push(Output::Refuse { session, request: Some(request), error });
+                } else {
+                    let w = Waiter { session, request, mode, required, desired };
+                    self.files.entry(file).or_default().waiters.push_back(w);
+                    self.process_file(file, &mut out);
+                }
+            }
+            Input::RevokeAck { session, revoke, .. } => {
+                if !self.touch(session) {
+                    out.push(self.refusal(session, None));
+                } else if let Some(&file) = self.revoke_file.get(&revoke) {
+                    let fs = self.files.get_mut(&file).expect("revoke index names a live file");
+                    // An ack from another session than the revoked one is ignored.
+                    if fs.revokes.get(&revoke).is_some_and(|r| r.session == session) {
+                        let r = fs.revokes.remove(&revoke).expect("checked");
+                        self.revoke_file.remove(&revoke);
+                        if let Some(map) = fs.holders.get_mut(&session) {
+                            match r.wanted {
+                                Mode::Write => map.remove(r.range),
+                                Mode::Read => map.downgrade(r.range),
+                            }
+                        }
+                        self.process_file(file, &mut out);
+                    }
+                }
+            }
+            Input::Release { session, file, range, .. } => {
+                if !self.touch(session) {
+                    out.push(self.refusal(session, None));
+                } else if range.is_empty() {
+                    let error = PfsError::new(
+                        ErrorCode::Invalid,
+                        format!("release by session {session} of {file}: empty range {range}"),
+                    );
+                    out.push(Output::Refuse { session, request: None, error });
+                } else if let Some(fs) = self.files.get_mut(&file) {
+                    if let Some(map) = fs.holders.get_mut(&session) {
+                        map.remove(range);
+                    }
+                    self.process_file(file, &mut out);
+                }
+            }
+            Input::CloseSession { session, .. } => {
+                if self.sessions.contains_key(&session) {
+                    let files = self.drop_session(session);
+                    for f in files {
+                        self.process_file(f, &mut out);
+                    }
+                } else {
+                    out.push(self.refusal(session, None));
+                }
+            }
+            Input::Tick { .. } => {}
+        }
+        out
+    }
+
+    /// The earliest time at which a Tick would evict someone (a lease or revoke deadline), ms.
+    pub fn next_deadline(&self) -> Option<u64> {
+        let leases = self.sessions.values().map(|s| s.last_heard_ms.saturating_add(self.cfg.lease_ms));
+        let revokes = self.files.values().flat_map(|f| f.revokes.values().map(|r| r.deadline_ms));
+        leases.chain(revokes).min()
+    }
+
+    /// The tokens `session` holds in `file`, in byte order, coalesced.
+    pub fn tokens(&self, session: SessionId, file: FileId) -> Vec<(ByteRange, Mode)> {
+        self.files.get(&file).and_then(|f| f.holders.get(&session)).map(|m| m.iter().collect()).unwrap_or_default()
+    }
+
+    /// Current sizes and totals.
+    pub fn stats(&self) -> TokenStats {
+        TokenStats {
+            sessions: self.sessions.len(),
+            tokens: self.files.values().flat_map(|f| f.holders.values()).map(RangeMap::len).sum(),
+            waiters: self.files.values().map(|f| f.waiters.len()).sum(),
+            outstanding_revokes: self.revoke_file.len(),
+            grants: self.grants,
+            revokes: self.revokes_sent,
+            evictions: self.evictions,
+        }
+    }
+
+    /// Checks the invariants; the error names the first broken one.
+    ///
+    /// - No two sessions hold overlapping tokens of which one is Write; each holder's tokens
+    ///   are disjoint and coalesced; only open sessions hold, wait or are revoked.
+    /// - Every queued request is blocked (behind an earlier incompatible request, by its own
+    ///   outstanding revoke, or by a conflicting holder), and a request not behind another has
+    ///   each conflict covered by an outstanding revoke (so it will make progress).
+    /// - No lease or revoke deadline has passed (expiry runs on every input).
+    /// - The revoke index matches the files; no idle file state is kept.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let now = self.now_ms;
+        for (id, s) in &self.sessions {
+            if self.evicted.contains(id) {
+                return Err(format!("session {id} is both open and evicted"));
+            }
+            if now >= s.last_heard_ms.saturating_add(self.cfg.lease_ms) {
+                return Err(format!("session {id} outlived its lease (last heard {} ms, now {now} ms)", s.last_heard_ms));
+            }
+        }
+        let mut indexed = 0;
+        for (file, fs) in &self.files {
+            if fs.is_idle() {
+                return Err(format!("{file}: idle state kept"));
+            }
+            for (h, map) in &fs.holders {
+                if !self.sessions.contains_key(h) {
+                    return Err(format!("{file}: session {h} holds tokens but is not open"));
+                }
+                if map.is_empty() {
+                    return Err(format!("{file}: empty token map of session {h}"));
+                }
+                map.check().map_err(|e| format!("{file}, session {h}: {e}"))?;
+            }
+            let holders: Vec<_> = fs.holders.iter().collect();
+            for (i, (a, amap)) in holders.iter().enumerate() {
+                for (b, bmap) in &holders[i + 1..] {
+                    for (r, m) in amap.iter() {
+                        for (r2, m2) in bmap.overlapping(r) {
+                            if m.conflicts_with(m2) {
+                                return Err(format!("{file}: session {a} holds {m:?} {r}, session {b} holds {m2:?} {r2}"));
+                            }
+                        }
+                    }
+                }
+            }
+            for (id, r) in &fs.revokes {
+                indexed += 1;
+                if self.revoke_file.get(id) != Some(file) {
+                    return Err(format!("{file}: revoke {id} missing from the index"));
+                }
+                if !self.sessions.contains_key(&r.session) {
+                    return Err(format!("{file}: revoke {id} to session {} that is not open", r.session));
+                }
+                if r.range.is_empty() || now >= r.deadline_ms {
+                    return Err(format!("{file}: revoke {id} has an empty range or is overdue"));
+                }
+            }
+            for (i, w) in fs.waiters.iter().enumerate() {
+                if !self.sessions.contains_key(&w.session) {
+                    return Err(format!("{file}: request {} of session {} queued but not open", w.request, w.session));
+                }
+                if check_acquire(w.required, w.desired).is_err() {
+                    return Err(format!("{file}: request {} queued with bad ranges", w.request));
+                }
+                if fs.behind_earlier(i) {
+                    continue;
+                }
+                let conflicts = fs.conflicts(w.session, w.mode, w.required);
+                if conflicts.is_empty() && !fs.own_revoke_pending(w.session, &w.required) {
+                    return Err(format!("{file}: request {} of session {} could be granted but waits", w.request, w.session));
+                }
+                for (holder, range) in conflicts {
+                    if !fs.revokes.values().any(|r| r.session == holder && r.covers(&range, w.mode)) {
+                        return Err(format!(
+                            "{file}: request {} waits for session {holder} over {range} but no revoke is out",
+                            w.request
+                        ));
+                    }
+                }
+            }
+        }
+        if indexed != self.revoke_file.len() {
+            return Err(format!("revoke index has {} entries, files have {indexed} revokes", self.revoke_file.len()));
+        }
+        Ok(())
+    }
+
+    /// Records that `session` was heard from; false if it is not open.
+    fn touch(&mut self, session: SessionId) -> bool {
+        match self.sessions.get_mut(&session) {
+            Some(s) => {
+                s.last_heard_ms = self.now_ms;
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn refusal(&self, session: SessionId, request: Option<RequestId>) -> Output {
+        let message = if self.evicted.contains(&session) {
+            format!("session {session} was evicted")
+        } else {
+            format!("session {session} is not open")
+        };
+        Output::Refuse { session, request, error: PfsError::new(ErrorCode::Evicted, message) }
+    }
+
+    /// Evicts sessions whose lease or revoke deadline has come, then re-evaluates the files
+    /// they were in.
+    fn expire(&mut self, out: &mut Vec<Output>) {
+        let now = self.now_ms;
+        let mut doomed: BTreeMap<SessionId, String> = BTreeMap::new();
+        for (&id, s) in &self.sessions {
+            if now >= s.last_heard_ms.saturating_add(self.cfg.lease_ms) {
+                let reason = format!(
+                    "lease expired: not heard from for {} ms (lease {} ms)",
+                    now - s.last_heard_ms,
+                    self.cfg.lease_ms
+                );
+                doomed.insert(id, reason);
+            }
+        }
+        for (file, fs) in &self.files {
+            for (id, r) in &fs.revokes {
+                if now >= r.deadline_ms {
+                    let reason = format!(
+                        "revoke {id} of {file} {} not acked within {} ms",
+                        r.range,
+                        now.saturating_sub(r.sent_ms)
+                    );
+                    doomed.entry(r.session).or_insert(reason);
+                }
+            }
+        }
+        if doomed.is_empty() {
+            return;
+        }
+        let mut affected = BTreeSet::new();
+        for (session, reason) in doomed {
+            affected.extend(self.drop_session(session));
+            self.evicted.insert(session);
+            self.evictions += 1;
+            out.push(Output::Evict { session, reason });
+        }
+        for f in affected {
+            self.process_file(f, out);
+        }
+    }
+
+    /// Forgets an open session's tokens, requests and revokes; returns the files it was in.
+    fn drop_session(&mut self, session: SessionId) -> Vec<FileId> {
+        self.sessions.remove(&session);
+        let mut affected = Vec::new();
+        for (&file, fs) in self.files.iter_mut() {
+            let mut touched = fs.holders.remove(&session).is_some();
+            let n = fs.waiters.len();
+            fs.waiters.retain(|w| w.session != session);
+            touched |= fs.waiters.len() != n;
+            let gone: Vec<RevokeId> =
+                fs.revokes.iter().filter(|(_, r)| r.session == session).map(|(&id, _)| id).collect();
+            for id in &gone {
+                fs.revokes.remove(id);
+                self.revoke_file.remove(id);
+            }
+            if touched || !gone.is_empty() {
+                affected.push(file);
+            }
+        }
+        affected
+    }
+
+    /// Serves the queue of `file` in FIFO order: grants what can be granted, sends revokes for
+    /// the conflicts of requests not queued behind others, and drops the file's state if idle.
+    fn process_file(&mut self, file: FileId, out: &mut Vec<Output>) {
+        let Some(fs) = self.files.get_mut(&file) else { return };
+        let now = self.now_ms;
+        fs.holders.retain(|_, m| !m.is_empty());
+        let mut i = 0;
+        while i < fs.waiters.len() {
+            let w = fs.waiters[i];
+            if fs.behind_earlier(i) {
+                fs.contended_until_ms = now.saturating_add(self.cfg.contention_window_ms);
+                i += 1;
+                continue;
+            }
+            let conflicts = fs.conflicts(w.session, w.mode, w.required);
+            if !conflicts.is_empty() || fs.own_revoke_pending(w.session, &w.required) {
+                fs.contended_until_ms = now.saturating_add(self.cfg.contention_window_ms);
+                for (holder, range) in conflicts {
+                    if fs.revokes.values().any(|r| r.session == holder && r.covers(&range, w.mode)) {
+                        continue;
+                    }
+                    let id = self.next_revoke;
+                    self.next_revoke += 1;
+                    self.revokes_sent += 1;
+                    let deadline_ms = now.saturating_add(self.cfg.revoke_timeout_ms);
+                    fs.revokes.insert(
+                        id,
+                        PendingRevoke { session: holder, range, wanted: w.mode, sent_ms: now, deadline_ms },
+                    );
+                    self.revoke_file.insert(id, file);
+                    out.push(Output::Revoke { session: holder, revoke: id, file, range, wanted: w.mode });
+                }
+                i += 1;
+                continue;
+            }
+            let range = if now < fs.contended_until_ms { w.required } else { fs.expand(&w, i) };
+            let map = fs.holders.entry(w.session).or_default();
+            match w.mode {
+                Mode::Write => map.set(range, Mode::Write),
+                Mode::Read => map.set_read_keep_write(range),
+            }
+            fs.waiters.remove(i);
+            self.grants += 1;
+            out.push(Output::Grant { session: w.session, request: w.request, file, mode: w.mode, range });
+        }
+        if fs.is_idle() {
+            self.files.remove(&file);
+        }
+    }
+}
+
+/// Errors with Invalid unless both ranges are non-empty and `required` ⊆ `desired`.
+fn check_acquire(required: ByteRange, desired: ByteRange) -> Result<(), PfsError> {
+    if required.is_empty() || desired.is_empty() {
+        return Err(PfsError::new(ErrorCode::Invalid, format!("empty range (required {required}, desired {desired})")));
+    }
+    if !desired.contains(&required) {
+        return Err(PfsError::new(ErrorCode::Invalid, format!("required {required} is not within desired {desired}")));
+    }
+    Ok(())
+}
