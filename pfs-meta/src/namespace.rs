@@ -295,7 +295,14 @@ impl Namespace {
             | MetaRequest::ListServers
             | MetaRequest::Register { .. }
             | MetaRequest::Heartbeat { .. }
-            | MetaRequest::ChunkReport { .. } => {
+            | MetaRequest::ChunkReport { .. }
+            | MetaRequest::OpenSession
+            | MetaRequest::KeepAlive { .. }
+            | MetaRequest::Acquire { .. }
+            | MetaRequest::RevokeDone { .. }
+            | MetaRequest::Release { .. }
+            | MetaRequest::CloseSession { .. }
+            | MetaRequest::Fenced { .. } => {
                 Err(PfsError::new(ErrorCode::Invalid, "not a namespace operation".to_string()))
             }
         }

@@ -200,6 +200,10 @@ async fn drain_notifications(store: Arc<Store>, mut rx: mpsc::Receiver<pfs_commo
                 debug!("{}: pfs-meta asks to remove {} files", store.id, ids.len());
                 remove_files(&store, ids);
             }
+            Ok(StorageNotify::Fence(sessions)) => {
+                // Wired up with the token manager; until then nothing is fenced.
+                debug!("{}: pfs-meta fences sessions {sessions:?}", store.id);
+            }
             Err(e) => warn!("{}: {e}", store.id),
         }
     }
