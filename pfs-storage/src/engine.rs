@@ -4,6 +4,24 @@
 //!
 //! Both share [`ChunkFiles`]: the data directory and a bounded cache of open chunk files, so a
 //! stream of writes to one chunk does not reopen it for every request.
+//!
+//! # Direct I/O
+//!
+//! Each chunk may have two open files: a buffered one and an `O_DIRECT` one. An operation
+//! whose buffer address, chunk offset and length are all multiples of [`DIRECT_ALIGN`] (4096
+//! bytes, what `O_DIRECT` requires) goes through the `O_DIRECT` file; anything else (the
+//! partial tail chunk of a file, small unaligned writes) through the buffered one. Direct I/O
+//! matters on the reference VM: fresh memory, fresh page-cache pages included, is slow on
+//! first touch (~0.4 GiB/s), so buffered writes followed by fdatasync reach about 0.6 GB/s
+//! where `O_DIRECT` writes reach 2.3 GB/s (reads: 3.0 GB/s).
+//!
+//! Linux keeps the two coherent on one inode: a direct read first writes back dirty cached
+//! pages of its range, and a direct write invalidates cached pages of its range. fdatasync
+//! through either file flushes the inode's data (and the metadata needed to read it, such as
+//! block allocations of direct appends), so syncing one of them is enough.
+//!
+//! When the file system refuses `O_DIRECT` (EINVAL at open, e.g. some tmpfs), [`ChunkFiles`]
+//! remembers it and uses buffered I/O for the rest of its life.
 
 pub mod pread;
 pub mod uring;
@@ -16,8 +34,10 @@ use pfs_common::{ChunkIndex, ErrorCode, FileId, PfsError, Result};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tracing::{info, warn};
 
@@ -27,8 +47,28 @@ pub type ChunkKey = (FileId, ChunkIndex);
 /// A boxed future of an engine operation (object-safe async).
 pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
-/// Most chunk files kept open at once by [`ChunkFiles`].
+/// Most chunk files kept open at once by [`ChunkFiles`] (buffered and direct ones together).
 pub const FD_CACHE_MAX: usize = 1024;
+
+/// Alignment, in bytes, that `O_DIRECT` requires of the buffer address, the file offset and
+/// the length (the logical block size of ordinary disks and the page size; pooled buffers are
+/// aligned to it).
+pub const DIRECT_ALIGN: usize = pfs_common::pool::ALIGN;
+
+/// Whether an I/O of `len` bytes at `offset` from/to memory at `ptr` may use `O_DIRECT`: all
+/// three are multiples of [`DIRECT_ALIGN`] and `len` is not 0.
+pub fn direct_eligible(ptr: *const u8, offset: u64, len: usize) -> bool {
+    let a = DIRECT_ALIGN;
+    len > 0 && (ptr as usize).is_multiple_of(a) && offset.is_multiple_of(a as u64) && len.is_multiple_of(a)
+}
+
+/// An open chunk file and whether it was opened with `O_DIRECT`.
+#[derive(Clone, Debug)]
+pub struct ChunkFd {
+    pub file: Arc<File>,
+    /// Opened with `O_DIRECT`: every transfer must be [`DIRECT_ALIGN`]-aligned.
+    pub direct: bool,
+}
 
 /// Chunk I/O on one data directory. Every error names the chunk file involved.
 pub trait Engine: Send + Sync + 'static {
@@ -82,15 +122,22 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + 
         .unwrap_or_else(|e| Err(PfsError::new(ErrorCode::Io, format!("blocking file task failed: {e}"))))
 }
 
-/// The data directory plus a bounded cache of open chunk files.
+/// The data directory plus a bounded cache of open chunk files (buffered and `O_DIRECT`).
 pub struct ChunkFiles {
     dir: PathBuf,
     cache: Mutex<FdCache>,
+    /// The file system refused `O_DIRECT` once: buffered I/O only from then on.
+    no_direct: AtomicBool,
+    /// Reads and writes done through `O_DIRECT` files (for tests and measurements).
+    direct_ops: AtomicU64,
+    /// Reads and writes done through buffered files.
+    buffered_ops: AtomicU64,
 }
 
 #[derive(Default)]
 struct FdCache {
-    open: HashMap<ChunkKey, (Arc<File>, u64)>,
+    /// Keyed by chunk and "opened with `O_DIRECT`".
+    open: HashMap<(ChunkKey, bool), (Arc<File>, u64)>,
     /// Use clock: the entry with the smallest stamp is evicted first (LRU-ish).
     clock: u64,
     /// Bumped by every removal, so an open that raced with a removal is not cached.
@@ -100,7 +147,40 @@ struct FdCache {
 impl ChunkFiles {
     /// Chunk files of `dir` (which must exist).
     pub fn new(dir: &Path) -> Arc<ChunkFiles> {
-        Arc::new(ChunkFiles { dir: dir.to_path_buf(), cache: Mutex::new(FdCache::default()) })
+        Arc::new(ChunkFiles {
+            dir: dir.to_path_buf(),
+            cache: Mutex::new(FdCache::default()),
+            no_direct: AtomicBool::new(false),
+            direct_ops: AtomicU64::new(0),
+            buffered_ops: AtomicU64::new(0),
+        })
+    }
+
+    /// Whether `O_DIRECT` is (still believed to be) supported on the directory.
+    pub fn direct_supported(&self) -> bool {
+        !self.no_direct.load(Ordering::Relaxed)
+    }
+
+    /// Reads and writes done so far through `O_DIRECT` files.
+    pub fn direct_ops(&self) -> u64 {
+        self.direct_ops.load(Ordering::Relaxed)
+    }
+
+    /// Reads and writes done so far through buffered files.
+    pub fn buffered_ops(&self) -> u64 {
+        self.buffered_ops.load(Ordering::Relaxed)
+    }
+
+    /// Behaves as if the file system had refused `O_DIRECT` (tests of the fallback).
+    #[cfg(test)]
+    pub(crate) fn forbid_direct(&self) {
+        self.no_direct.store(true, Ordering::Relaxed);
+    }
+
+    /// Counts one read or write through `fd` (engines call this).
+    pub(crate) fn count_op(&self, fd: &ChunkFd) {
+        let c = if fd.direct { &self.direct_ops } else { &self.buffered_ops };
+        c.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The data directory.
@@ -118,22 +198,38 @@ impl ChunkFiles {
         format!("chunk {} of file {}", key.1, key.0)
     }
 
-    /// The open chunk file, from the cache or opened now (blocking: call from a blocking
-    /// context or accept a short open). `None` when it does not exist and `create` is false.
+    /// The open buffered chunk file, from the cache or opened now (blocking: call from a
+    /// blocking context or accept a short open). `None` when it does not exist and `create` is
+    /// false. Errors: Io naming the chunk.
     pub fn open(&self, key: ChunkKey, create: bool) -> Result<Option<Arc<File>>> {
-        let removals = {
-            let mut c = self.cache.lock();
-            c.clock += 1;
-            let now = c.clock;
-            if let Some((f, stamp)) = c.open.get_mut(&key) {
-                *stamp = now;
-                return Ok(Some(f.clone()));
-            }
-            c.removals
-        };
-        let file = match OpenOptions::new().read(true).write(true).create(create).open(self.path(key)) {
+        Ok(self.open_as(key, create, false)?.map(|fd| fd.file))
+    }
+
+    /// The open chunk file of the wanted kind (`direct`: with `O_DIRECT`), from the cache or
+    /// opened now (blocking). A direct file is only returned while the file system supports
+    /// `O_DIRECT`; otherwise (and after the first EINVAL at open, logged once) the buffered
+    /// file is returned, so check [`ChunkFd::direct`]. `None` when the chunk file does not
+    /// exist and `create` is false. Errors: Io naming the chunk.
+    pub fn open_as(&self, key: ChunkKey, create: bool, direct: bool) -> Result<Option<ChunkFd>> {
+        let direct = direct && self.direct_supported();
+        if let Some(fd) = self.cached_as(key, direct) {
+            return Ok(Some(fd));
+        }
+        let removals = self.cache.lock().removals;
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(true).create(create);
+        if direct {
+            opts.custom_flags(libc::O_DIRECT);
+        }
+        let file = match opts.open(self.path(key)) {
             Ok(f) => Arc::new(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(None),
+            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+                if !self.no_direct.swap(true, Ordering::Relaxed) {
+                    info!("{}: the file system does not support O_DIRECT; using buffered I/O", self.dir.display());
+                }
+                return self.open_as(key, create, false);
+            }
             Err(e) => return Err(PfsError::io(format!("opening {}", Self::describe(key)), e)),
         };
         let mut c = self.cache.lock();
@@ -144,21 +240,44 @@ impl ChunkFiles {
                 }
             }
             let stamp = c.clock;
-            let entry = c.open.entry(key).or_insert((file, stamp));
-            return Ok(Some(entry.0.clone()));
+            let entry = c.open.entry((key, direct)).or_insert((file, stamp));
+            return Ok(Some(ChunkFd { file: entry.0.clone(), direct }));
         }
-        Ok(Some(file))
+        Ok(Some(ChunkFd { file, direct }))
     }
 
-    /// The chunk file if it is in the cache (never blocks on the file system).
+    /// The buffered chunk file if it is in the cache (never blocks on the file system).
     pub fn cached_file(&self, key: ChunkKey) -> Option<Arc<File>> {
+        self.cached_as(key, false).map(|fd| fd.file)
+    }
+
+    /// The chunk file of the wanted kind if it is in the cache (never blocks on the file
+    /// system). Asking for a direct file once `O_DIRECT` is known unsupported looks up the
+    /// buffered one.
+    pub fn cached_as(&self, key: ChunkKey, direct: bool) -> Option<ChunkFd> {
+        let direct = direct && self.direct_supported();
         let mut c = self.cache.lock();
         c.clock += 1;
         let now = c.clock;
-        c.open.get_mut(&key).map(|(f, stamp)| {
+        c.open.get_mut(&(key, direct)).map(|(f, stamp)| {
             *stamp = now;
-            f.clone()
+            ChunkFd { file: f.clone(), direct }
         })
+    }
+
+    /// A file to fdatasync the chunk through: either cached kind (both are the same inode,
+    /// so fdatasync on one flushes the data written through both), else the buffered file
+    /// opened now. `None` when the chunk file does not exist. Blocking on a cache miss.
+    pub fn open_for_sync(&self, key: ChunkKey) -> Result<Option<Arc<File>>> {
+        if let Some(fd) = self.cached_any(key) {
+            return Ok(Some(fd));
+        }
+        self.open(key, false)
+    }
+
+    /// Either cached file of the chunk (direct preferred), without blocking.
+    pub fn cached_any(&self, key: ChunkKey) -> Option<Arc<File>> {
+        self.cached_as(key, true).or_else(|| self.cached_as(key, false)).map(|fd| fd.file)
     }
 
     /// Open chunk files in the cache (for tests and status).
@@ -167,6 +286,7 @@ impl ChunkFiles {
     }
 
     fn truncate(&self, key: ChunkKey, len: u64) -> Result<()> {
+        // set_len acts on the inode, so the cached files of both kinds stay valid.
         match self.open(key, false)? {
             Some(f) => f.set_len(len).map_err(|e| PfsError::io(format!("truncating {}", Self::describe(key)), e)),
             None => Ok(()),
@@ -177,7 +297,9 @@ impl ChunkFiles {
         {
             let mut c = self.cache.lock();
             c.removals += 1;
-            c.open.remove(&key);
+            // Both kinds: a later create must not write into the unlinked inode.
+            c.open.remove(&(key, false));
+            c.open.remove(&(key, true));
         }
         match std::fs::remove_file(self.path(key)) {
             Ok(()) => Ok(()),

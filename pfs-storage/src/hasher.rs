@@ -1,47 +1,56 @@
 //! SHA-256 of chunks, computed after they change, coalesced and off the request path.
 //!
-//! Writes only mark a chunk dirty (a map keyed by chunk, so ten writes to one chunk cause one
-//! hash). The background task [`run`] hashes chunks that have been quiet for
+//! Writes mark a chunk dirty (a map keyed by chunk, so ten writes to one chunk cause one
+//! hash). Sequential appends from offset 0 also feed the chunk's running hash (see
+//! `store::Running`); when it covers the whole chunk file, hashing the chunk only finalizes a
+//! copy of it. Otherwise the chunk file is re-read, with `O_DIRECT` where possible so that the
+//! read does not fill (slow, on the reference VM) fresh page cache. The background task [`run`] hashes chunks that have been quiet for
 //! `StoreOptions::hash_quiet`, and sends the resulting chunk states to pfs-meta. `Fsync`
 //! calls [`hash_file_now`] to hash its file's chunks at once.
 //!
 //! A chunk's `version` is read before hashing and compared after: a hash computed across a
 //! concurrent change is discarded (the change marked the chunk dirty again).
 
-use crate::engine::{blocking, ChunkFiles, ChunkKey};
-use crate::store::Store;
+use crate::engine::{blocking, ChunkFiles, ChunkKey, DIRECT_ALIGN};
+use crate::store::{Running, Store};
 use pfs_common::ids::Sha256Digest;
 use pfs_common::pool;
 use pfs_common::wire::meta::ChunkState;
 use pfs_common::{ErrorCode, FileId, PfsError, Result};
 use sha2::{Digest, Sha256};
-use std::io::Read;
+use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::{debug, warn};
 
-/// Bytes read per step while hashing a chunk file (one reused pooled buffer).
+/// Bytes read per step while hashing a chunk file (one reused pooled buffer). A multiple of
+/// [`DIRECT_ALIGN`], so every piece starts at an offset `O_DIRECT` accepts.
 pub const HASH_PIECE: usize = 1 << 20;
+const _: () = assert!(HASH_PIECE.is_multiple_of(DIRECT_ALIGN));
 
 /// SHA-256 and length (bytes) of a chunk file, read in pieces of [`HASH_PIECE`] bytes into
-/// one pooled buffer. `None` if the file does not exist. Blocking.
+/// one pooled (4096-aligned) buffer, through the chunk's `O_DIRECT` file where the file system
+/// supports it (a direct read of the range first writes back dirty cached pages, e.g. of an
+/// unaligned tail written buffered, so it sees every completed write). `None` if the file
+/// does not exist. Blocking. Errors: Io naming the chunk.
 pub fn hash_chunk_file(files: &ChunkFiles, key: ChunkKey) -> Result<Option<(Sha256Digest, u64)>> {
     let what = || format!("hashing {}", ChunkFiles::describe(key));
-    let mut f = match std::fs::File::open(files.path(key)) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
-        Err(e) => return Err(PfsError::io(what(), e)),
-    };
+    let Some(fd) = files.open_as(key, false, true)? else { return Ok(None) };
     let mut buf = pool::global().get(HASH_PIECE);
     let mut h = Sha256::new();
     let mut len = 0u64;
     loop {
-        match f.read(&mut buf) {
+        match fd.file.read_at(&mut buf, len) {
             Ok(0) => break,
             Ok(n) => {
                 h.update(&buf[..n]);
                 len += n as u64;
+                // A direct read ending unaligned has reached the end of file; reading on at an
+                // unaligned offset would fail with EINVAL.
+                if fd.direct && !n.is_multiple_of(DIRECT_ALIGN) {
+                    break;
+                }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(PfsError::io(what(), e)),
@@ -58,13 +67,28 @@ async fn hash_one(store: &Arc<Store>, key: ChunkKey) {
             st.dirty.remove(&key);
             return;
         };
-        let v = entry.version;
+        let (v, len) = (entry.version, entry.len);
         st.dirty.remove(&key);
+        // The running hash covers the whole chunk file: finalize a copy (two compressions at
+        // most), keep the original for further appends.
+        if let Some(Running::Ready { hasher, hashed_len }) = st.running.get(&key) {
+            if *hashed_len == len {
+                let digest = Sha256Digest((**hasher).clone().finalize().into());
+                if let Some(entry) = st.index.get_mut(&key.0).and_then(|m| m.get_mut(&key.1)) {
+                    entry.sha256 = Some(digest);
+                }
+                st.outbox
+                    .insert(key, ChunkState { file: key.0, chunk: key.1, len, sha256: Some(digest), removed: false });
+                store.hashes_done.fetch_add(1, Ordering::Relaxed);
+                return;
+            }
+        }
         v
     };
     let files = store.engine.files().clone();
     let result = blocking(move || hash_chunk_file(&files, key)).await;
     store.hashes_done.fetch_add(1, Ordering::Relaxed);
+    store.hash_rereads.fetch_add(1, Ordering::Relaxed);
     match result {
         Ok(Some((digest, len))) => {
             let mut st = store.state.lock();

@@ -15,6 +15,7 @@ use pfs_common::pool::{self, PooledBuf};
 use pfs_common::wire::meta::ChunkState;
 use pfs_common::wire::storage::StorageStatus;
 use pfs_common::{ChunkIndex, ErrorCode, FileId, PfsError, Result, ServerId};
+use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -48,6 +49,20 @@ pub(crate) struct ChunkEntry {
     pub version: u64,
 }
 
+/// The incremental SHA-256 of one chunk, fed by sequential appends from offset 0 as they
+/// are written, so a client streaming a file does not make the store re-read its chunks.
+pub(crate) enum Running {
+    /// Covers bytes `0..hashed_len` of the chunk file, which is the whole file: every write
+    /// so far was an append at `hashed_len` and has been fed in.
+    Ready { hasher: Box<Sha256>, hashed_len: u64 },
+    /// Taken out by an append that is being written and fed (outside the store's mutex).
+    /// Another change meanwhile turns it into `Invalid`, and the append does not put it back.
+    Busy,
+    /// Some change was not a sequential append (overwrite, gap, concurrent writes, truncate,
+    /// a failed write, or the chunk predates this process): hash by re-reading the file.
+    Invalid,
+}
+
 /// The state behind the store's mutex.
 #[derive(Default)]
 pub(crate) struct State {
@@ -58,6 +73,40 @@ pub(crate) struct State {
     pub unsynced: HashSet<ChunkKey>,
     /// Chunk states not yet acknowledged by pfs-meta (latest state per chunk wins).
     pub outbox: BTreeMap<ChunkKey, ChunkState>,
+    /// Running hashes. No entry: `Invalid` for a chunk in `index`; for a chunk not in it,
+    /// nothing has been written yet (a write at offset 0 starts a fresh hash).
+    pub running: HashMap<ChunkKey, Running>,
+}
+
+impl State {
+    /// Called under the mutex as a write of `len` bytes at `offset` starts: takes the running
+    /// hash out (leaving `Busy`) when the write is the next sequential append, otherwise marks
+    /// the running hash invalid. Returns the hash to feed the written bytes into.
+    fn start_write(&mut self, key: ChunkKey, existed: bool, offset: u64) -> Option<Box<Sha256>> {
+        let slot = match self.running.entry(key) {
+            std::collections::hash_map::Entry::Occupied(o) => o.into_mut(),
+            // Nothing written yet (not in the index, no write in progress): a first write at
+            // offset 0 starts a fresh hash.
+            std::collections::hash_map::Entry::Vacant(v) if !existed && offset == 0 => {
+                v.insert(Running::Busy);
+                return Some(Box::new(Sha256::new()));
+            }
+            std::collections::hash_map::Entry::Vacant(v) => v.insert(Running::Invalid),
+        };
+        match slot {
+            Running::Ready { hashed_len, .. } if *hashed_len == offset => {
+                match std::mem::replace(slot, Running::Busy) {
+                    Running::Ready { hasher, .. } => Some(hasher),
+                    _ => unreachable!("matched Ready above"),
+                }
+            }
+            // Out of order, a gap, an overwrite, or another write still in progress.
+            other => {
+                *other = Running::Invalid;
+                None
+            }
+        }
+    }
 }
 
 /// One storage target's chunk store. Shared (`Arc`) by the request handler, the hasher and
@@ -73,8 +122,10 @@ pub struct Store {
     pub(crate) hasher_wake: Notify,
     /// Serialises hashing, so `Fsync` waits for a hash the background task has in progress.
     pub(crate) hash_lock: tokio::sync::Mutex<()>,
-    /// Chunk hashes computed since start (for tests and logs).
+    /// Chunk hashes computed since start (for tests and logs), however computed.
     pub(crate) hashes_done: AtomicU64,
+    /// Of those, the ones that had to re-read the chunk file (no running hash covered it).
+    pub(crate) hash_rereads: AtomicU64,
     /// The pfs-meta session's report channel.
     pub(crate) reporter: Reporter,
 }
@@ -107,6 +158,7 @@ impl Store {
             hasher_wake: Notify::new(),
             hash_lock: tokio::sync::Mutex::new(()),
             hashes_done: AtomicU64::new(0),
+            hash_rereads: AtomicU64::new(0),
             reporter: Reporter::new(id),
         }))
     }
@@ -129,6 +181,12 @@ impl Store {
     /// Chunk hashes computed since start.
     pub fn hashes_done(&self) -> u64 {
         self.hashes_done.load(Ordering::Relaxed)
+    }
+
+    /// Chunk hashes since start that re-read the chunk file (the others came from the running
+    /// hash fed by sequential writes).
+    pub fn hash_rereads(&self) -> u64 {
+        self.hash_rereads.load(Ordering::Relaxed)
     }
 
     /// The current SHA-256 of a chunk, if it is hashed and unchanged since.
@@ -182,13 +240,39 @@ impl Store {
                 ),
             ));
         }
-        let existed = self.state.lock().index.get(&file).is_some_and(|m| m.contains_key(&chunk));
-        self.engine.write(key, offset, data).await.map_err(|e| self.err(e, key))?;
+        let (existed, running) = {
+            let mut st = self.state.lock();
+            let existed = st.index.get(&file).is_some_and(|m| m.contains_key(&chunk));
+            (existed, st.start_write(key, existed, offset))
+        };
+        let data = match self.engine.write(key, offset, data).await {
+            Ok(data) => data,
+            Err(e) => {
+                if running.is_some() {
+                    // Part of it may be on disk: only a re-read knows the contents now.
+                    self.state.lock().running.insert(key, Running::Invalid);
+                }
+                return Err(self.err(e, key));
+            }
+        };
+        // Feed the append into the running hash while its bytes are still in cache (SHA-NI:
+        // about 0.5 ms per MiB, inline on this task), instead of re-reading the chunk later.
+        let fed = running.map(|mut h| {
+            h.update(&data[..]);
+            h
+        });
+        drop(data);
         if !existed {
             self.dir_dirty.store(true, Ordering::Release);
         }
         {
             let mut st = self.state.lock();
+            if let Some(hasher) = fed {
+                // Still ours (no other change began meanwhile)? Then it covers the whole file.
+                if let Some(slot @ Running::Busy) = st.running.get_mut(&key) {
+                    *slot = Running::Ready { hasher, hashed_len: offset + len };
+                }
+            }
             let entry = st.index.entry(file).or_default().entry(chunk).or_insert(ChunkEntry {
                 len: 0,
                 sha256: None,
@@ -256,6 +340,7 @@ impl Store {
                 self.engine.truncate(key, new_len).await.map_err(|e| self.err(e, key))?;
                 self.engine.sync(key).await.map_err(|e| self.err(e, key))?;
                 let mut st = self.state.lock();
+                st.running.insert(key, Running::Invalid);
                 if let Some(entry) = st.index.get_mut(&file).and_then(|m| m.get_mut(&chunk)) {
                     entry.len = new_len;
                     entry.version += 1;
@@ -308,6 +393,7 @@ impl Store {
             }
             st.dirty.remove(&key);
             st.unsynced.remove(&key);
+            st.running.remove(&key);
             st.outbox.insert(key, ChunkState { file, chunk, len: 0, sha256: None, removed: true });
         }
         self.dir_dirty.store(true, Ordering::Release);

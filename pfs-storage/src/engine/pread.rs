@@ -1,6 +1,8 @@
 //! The fallback engine: pread/pwrite (`FileExt`) on tokio's blocking pool.
+//!
+//! Aligned transfers go through the chunk's `O_DIRECT` file (see [`super`]'s "Direct I/O").
 
-use super::{blocking, ChunkFiles, ChunkKey, Engine, IoFuture};
+use super::{blocking, direct_eligible, ChunkFiles, ChunkKey, Engine, IoFuture, DIRECT_ALIGN};
 use pfs_common::pool::PooledBuf;
 use pfs_common::{PfsError, Result};
 use std::os::unix::fs::FileExt;
@@ -30,11 +32,18 @@ impl Engine for PreadEngine {
     fn read(&self, key: ChunkKey, offset: u64, mut buf: PooledBuf) -> IoFuture<'_, Option<PooledBuf>> {
         let files = self.files.clone();
         Box::pin(blocking(move || {
-            let Some(f) = files.open(key, false)? else { return Ok(None) };
+            let direct = direct_eligible(buf.as_ptr(), offset, buf.len());
+            let Some(fd) = files.open_as(key, false, direct)? else { return Ok(None) };
+            if buf.is_empty() {
+                return Ok(Some(buf));
+            }
+            files.count_op(&fd);
             let mut done = 0;
-            // Loop: pread may return less than asked before the end of file.
-            while done < buf.len() {
-                match f.read_at(&mut buf[done..], offset + done as u64) {
+            // Loop: pread may return less than asked before the end of file. A direct read
+            // that stops at an unaligned length has hit the end of file (and continuing at an
+            // unaligned offset would fail with EINVAL).
+            while done < buf.len() && (!fd.direct || done.is_multiple_of(DIRECT_ALIGN)) {
+                match fd.file.read_at(&mut buf[done..], offset + done as u64) {
                     Ok(0) => break,
                     Ok(n) => done += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -51,8 +60,14 @@ impl Engine for PreadEngine {
     fn write(&self, key: ChunkKey, offset: u64, buf: PooledBuf) -> IoFuture<'_, PooledBuf> {
         let files = self.files.clone();
         Box::pin(blocking(move || -> Result<PooledBuf> {
-            let f = files.open(key, true)?.expect("open with create returns a file");
-            f.write_all_at(&buf, offset)
+            let direct = direct_eligible(buf.as_ptr(), offset, buf.len());
+            let fd = files.open_as(key, true, direct)?.expect("open with create returns a file");
+            if buf.is_empty() {
+                return Ok(buf);
+            }
+            files.count_op(&fd);
+            fd.file
+                .write_all_at(&buf, offset)
                 .map_err(|e| PfsError::io(format!("writing {} at {offset}", ChunkFiles::describe(key)), e))?;
             Ok(buf)
         }))
@@ -61,7 +76,8 @@ impl Engine for PreadEngine {
     fn sync(&self, key: ChunkKey) -> IoFuture<'_, ()> {
         let files = self.files.clone();
         Box::pin(blocking(move || {
-            let Some(f) = files.open(key, false)? else { return Ok(()) };
+            // Either kind of file: fdatasync flushes the inode's data written through both.
+            let Some(f) = files.open_for_sync(key)? else { return Ok(()) };
             f.sync_data().map_err(|e| PfsError::io(format!("syncing {}", ChunkFiles::describe(key)), e))
         }))
     }

@@ -85,22 +85,149 @@ async fn conformance(e: Arc<dyn Engine>) {
     // Stray files are not chunks.
     std::fs::write(dir.join("notes.txt"), b"x").unwrap();
     assert_eq!(e.list().await.unwrap().len(), 2 + 8);
+    // Nothing above was aligned in offset and length both: all buffered.
+    assert_eq!(e.files().direct_ops(), 0);
+    assert!(e.files().buffered_ops() > 0);
+}
+
+/// Deterministic bytes for the aligned suite.
+fn pattern(len: usize, seed: u32) -> Vec<u8> {
+    (0..len as u32).map(|i| (i.wrapping_add(seed).wrapping_mul(2654435761) >> 11) as u8).collect()
+}
+
+/// The conformance suite's aligned half: 4096-aligned buffers, offsets and lengths go through
+/// `O_DIRECT` (where supported), mixed with unaligned ones on the same chunk, which must stay
+/// coherent with them.
+async fn conformance_aligned(e: Arc<dyn Engine>) {
+    const A: usize = DIRECT_ALIGN;
+    let files = e.files().clone();
+    let dir = files.dir().to_path_buf();
+    let direct = files.direct_supported();
+    let c: ChunkKey = (FileId(0xd1), 0);
+    let d: ChunkKey = (FileId(0xd1), 1);
+    let ops = |f: &ChunkFiles| (f.direct_ops(), f.buffered_ops());
+    // (direct, buffered) op counts expected after one more op of the given kind.
+    let step = |(dir_ops, buf_ops): (u64, u64), aligned: bool| {
+        if aligned && direct {
+            (dir_ops + 1, buf_ops)
+        } else {
+            (dir_ops, buf_ops + 1)
+        }
+    };
+
+    let mut want = pattern(3 * A, 1);
+    let mut n = ops(&files);
+    e.write(c, 0, buf(&want)).await.unwrap();
+    n = step(n, true);
+    assert_eq!(ops(&files), n, "aligned write goes direct");
+    assert_eq!(files.cached_as(c, true).map(|fd| fd.direct), Some(direct), "direct fd cached if supported");
+
+    // Overwrite in the middle (direct), then an unaligned tail (buffered, dirty in the cache).
+    let mid = pattern(A, 2);
+    e.write(c, 2 * A as u64, buf(&mid)).await.unwrap();
+    want[2 * A..3 * A].copy_from_slice(&mid);
+    n = step(n, true);
+    let tail = pattern(100, 3);
+    e.write(c, 3 * A as u64, buf(&tail)).await.unwrap();
+    want.extend_from_slice(&tail);
+    n = step(n, false);
+    assert_eq!(ops(&files), n, "unaligned length goes buffered");
+    let unaligned_at = pattern(A, 4);
+    e.write(c, 10, buf(&unaligned_at)).await.unwrap();
+    want[10..10 + A].copy_from_slice(&unaligned_at);
+    n = step(n, false);
+    assert_eq!(ops(&files), n, "unaligned offset goes buffered");
+
+    // A direct read sees the buffered writes (the kernel writes back the range first), and
+    // stops short at the unaligned end of file.
+    assert!(read(&*e, c, 0, 4 * A).await.unwrap() == want, "direct read of mixed writes");
+    n = step(n, true);
+    assert!(read(&*e, c, A as u64, A).await.unwrap() == want[A..2 * A]);
+    n = step(n, true);
+    assert!(read(&*e, c, 5, 100).await.unwrap() == want[5..105]);
+    n = step(n, false);
+    assert_eq!(read(&*e, c, 4 * A as u64, A).await.unwrap(), b"", "past the end");
+    n = step(n, true);
+    assert_eq!(ops(&files), n);
+    assert!(std::fs::read(dir.join("00000000000000d1_chunk_0")).unwrap() == want);
+
+    // A large aligned write at an aligned offset into a fresh chunk; sync with only its direct
+    // file open.
+    let big = pattern(4 << 20, 5);
+    e.write(d, 1 << 20, buf(&big)).await.unwrap();
+    e.sync(d).await.unwrap();
+    let back = read(&*e, d, 1 << 20, (4 << 20) + A).await.unwrap();
+    assert!(back == big, "big aligned write reads back");
+    assert!(read(&*e, d, 0, A).await.unwrap().iter().all(|&x| x == 0), "hole before it reads as zeros");
+    e.sync(c).await.unwrap();
+
+    // Removal drops both cached files; recreating writes a new file, not the unlinked inode.
+    e.remove(c).await.unwrap();
+    assert!(files.cached_as(c, true).is_none() && files.cached_as(c, false).is_none());
+    assert_eq!(read(&*e, c, 0, A).await, None);
+    let again = pattern(A, 6);
+    e.write(c, 0, buf(&again)).await.unwrap();
+    assert!(std::fs::read(dir.join("00000000000000d1_chunk_0")).unwrap() == again);
+    assert!(read(&*e, c, 0, 2 * A).await.unwrap() == again);
+
+    // Truncate through either kind keeps both coherent.
+    e.truncate(d, (1 << 20) + 10).await.unwrap();
+    assert!(read(&*e, d, 1 << 20, A).await.unwrap() == big[..10]);
+    assert_eq!(e.list().await.unwrap(), vec![(c, A as u64), (d, (1 << 20) + 10)]);
+    if direct {
+        assert!(files.direct_ops() >= 8);
+    } else {
+        assert_eq!(files.direct_ops(), 0);
+    }
+}
+
+/// Both halves of the suite, on fresh directories, with `O_DIRECT` and with it refused.
+async fn conformance_all(make: impl Fn(&Path) -> Arc<dyn Engine>) {
+    let dir = tempfile::tempdir().unwrap();
+    conformance(make(dir.path())).await;
+    let dir = tempfile::tempdir().unwrap();
+    conformance_aligned(make(dir.path())).await;
+    let dir = tempfile::tempdir().unwrap();
+    let e = make(dir.path());
+    e.files().forbid_direct();
+    conformance_aligned(e).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn pread_engine_conforms() {
-    let dir = tempfile::tempdir().unwrap();
-    conformance(open(EngineChoice::Pread, dir.path()).unwrap()).await;
+    conformance_all(|dir| open(EngineChoice::Pread, dir).unwrap()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn uring_engine_conforms() {
-    let dir = tempfile::tempdir().unwrap();
-    match uring::UringEngine::new(ChunkFiles::new(dir.path())) {
-        Ok(e) => conformance(Arc::new(e)).await,
+    let probe = tempfile::tempdir().unwrap();
+    if let Err(e) = uring::UringEngine::new(ChunkFiles::new(probe.path())) {
         // The suite cannot run where the kernel refuses io_uring; say so loudly.
-        Err(e) => eprintln!("SKIPPED: io_uring unavailable here: {e}"),
+        eprintln!("SKIPPED: io_uring unavailable here: {e}");
+        return;
     }
+    conformance_all(|dir| Arc::new(uring::UringEngine::new(ChunkFiles::new(dir)).unwrap())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_io_is_used_on_a_disk_file_system() {
+    // /work is ext4 on this VM (tempdirs under /tmp too); where O_DIRECT is refused the
+    // fallback is what gets tested.
+    let dir = tempfile::tempdir().unwrap();
+    let e = open(EngineChoice::Auto, dir.path()).unwrap();
+    e.write((FileId(2), 0), 0, buf(&[7; DIRECT_ALIGN])).await.unwrap();
+    e.write((FileId(2), 0), DIRECT_ALIGN as u64, buf(&[8; 100])).await.unwrap();
+    if e.files().direct_supported() {
+        assert_eq!((e.files().direct_ops(), e.files().buffered_ops()), (1, 1));
+    } else {
+        eprintln!("NOTE: O_DIRECT unsupported on {}", dir.path().display());
+        assert_eq!((e.files().direct_ops(), e.files().buffered_ops()), (0, 2));
+    }
+    assert!(direct_eligible(DIRECT_ALIGN as *const u8, 0, DIRECT_ALIGN));
+    assert!(!direct_eligible(DIRECT_ALIGN as *const u8, 0, 0));
+    assert!(!direct_eligible((DIRECT_ALIGN + 1) as *const u8, 0, DIRECT_ALIGN));
+    assert!(!direct_eligible(DIRECT_ALIGN as *const u8, 512, DIRECT_ALIGN));
+    assert!(!direct_eligible(DIRECT_ALIGN as *const u8, 0, DIRECT_ALIGN + 512));
 }
 
 #[tokio::test]

@@ -5,8 +5,10 @@
 //! Buffers and files are owned by the operation (`PooledBuf`, `Arc<File>`) and stay in the
 //! thread's slot table until the kernel has completed the operation, so nothing the kernel
 //! writes into can dangle, even if the caller gave up waiting.
+//!
+//! Aligned transfers go through the chunk's `O_DIRECT` file (see [`super`]'s "Direct I/O").
 
-use super::{blocking, ChunkFiles, ChunkKey, Engine, IoFuture};
+use super::{blocking, direct_eligible, ChunkFd, ChunkFiles, ChunkKey, Engine, IoFuture, DIRECT_ALIGN};
 use io_uring::{opcode, types, IoUring};
 use pfs_common::pool::PooledBuf;
 use pfs_common::{ErrorCode, PfsError, Result};
@@ -34,6 +36,9 @@ enum Kind {
 struct Op {
     kind: Kind,
     file: Arc<File>,
+    /// `file` was opened with `O_DIRECT`: a read that stops at an unaligned length has hit the
+    /// end of file and is complete (a resubmission at an unaligned offset would fail).
+    direct: bool,
     offset: u64,
     buf: PooledBuf,
     done: usize,
@@ -58,25 +63,29 @@ impl UringEngine {
         Ok(UringEngine { files, ops: tx })
     }
 
-    async fn file(&self, key: ChunkKey, create: bool) -> Result<Option<Arc<File>>> {
+    /// The chunk file of the wanted kind (see [`ChunkFiles::open_as`]).
+    async fn file(&self, key: ChunkKey, create: bool, direct: bool) -> Result<Option<ChunkFd>> {
         // Fast path without a thread hop; an actual open() goes to the blocking pool.
-        if let Some(f) = self.files.cached_file(key) {
-            return Ok(Some(f));
+        if let Some(fd) = self.files.cached_as(key, direct) {
+            return Ok(Some(fd));
         }
         let files = self.files.clone();
-        blocking(move || files.open(key, create)).await
+        blocking(move || files.open_as(key, create, direct)).await
     }
 
     async fn submit(
         &self,
         kind: Kind,
         key: ChunkKey,
-        file: Arc<File>,
+        fd: ChunkFd,
         offset: u64,
         buf: PooledBuf,
     ) -> Result<(PooledBuf, usize)> {
+        if kind != Kind::Fsync {
+            self.files.count_op(&fd);
+        }
         let (tx, rx) = oneshot::channel();
-        let op = Op { kind, file, offset, buf, done: 0, reply: tx };
+        let op = Op { kind, file: fd.file, direct: fd.direct, offset, buf, done: 0, reply: tx };
         let gone = || PfsError::new(ErrorCode::Io, "the io_uring thread has stopped");
         self.ops.send(op).await.map_err(|_| gone())?;
         let what = match kind {
@@ -99,11 +108,12 @@ impl Engine for UringEngine {
 
     fn read(&self, key: ChunkKey, offset: u64, buf: PooledBuf) -> IoFuture<'_, Option<PooledBuf>> {
         Box::pin(async move {
-            let Some(file) = self.file(key, false).await? else { return Ok(None) };
+            let direct = direct_eligible(buf.as_ptr(), offset, buf.len());
+            let Some(fd) = self.file(key, false, direct).await? else { return Ok(None) };
             if buf.is_empty() {
                 return Ok(Some(buf));
             }
-            let (mut buf, n) = self.submit(Kind::Read, key, file, offset, buf).await?;
+            let (mut buf, n) = self.submit(Kind::Read, key, fd, offset, buf).await?;
             buf.truncate(n);
             Ok(Some(buf))
         })
@@ -111,18 +121,28 @@ impl Engine for UringEngine {
 
     fn write(&self, key: ChunkKey, offset: u64, buf: PooledBuf) -> IoFuture<'_, PooledBuf> {
         Box::pin(async move {
-            let file = self.file(key, true).await?.expect("open with create returns a file");
+            let direct = direct_eligible(buf.as_ptr(), offset, buf.len());
+            let fd = self.file(key, true, direct).await?.expect("open with create returns a file");
             if buf.is_empty() {
                 return Ok(buf);
             }
-            Ok(self.submit(Kind::Write, key, file, offset, buf).await?.0)
+            Ok(self.submit(Kind::Write, key, fd, offset, buf).await?.0)
         })
     }
 
     fn sync(&self, key: ChunkKey) -> IoFuture<'_, ()> {
         Box::pin(async move {
-            let Some(file) = self.file(key, false).await? else { return Ok(()) };
-            self.submit(Kind::Fsync, key, file, 0, PooledBuf::empty()).await.map(|_| ())
+            // Either kind of file: fdatasync flushes the inode's data written through both.
+            let file = match self.files.cached_any(key) {
+                Some(f) => Some(f),
+                None => {
+                    let files = self.files.clone();
+                    blocking(move || files.open(key, false)).await?
+                }
+            };
+            let Some(file) = file else { return Ok(()) };
+            let fd = ChunkFd { file, direct: false };
+            self.submit(Kind::Fsync, key, fd, 0, PooledBuf::empty()).await.map(|_| ())
         })
     }
 }
@@ -223,7 +243,8 @@ fn ring_loop(mut ring: IoUring, mut rx: mpsc::Receiver<Op>) {
                     Kind::Write if n == 0 => Some(Err(io::Error::from(io::ErrorKind::WriteZero))),
                     _ => {
                         op.done += n;
-                        (op.done >= op.buf.len()).then_some(Ok(()))
+                        let eof = op.kind == Kind::Read && op.direct && !op.done.is_multiple_of(DIRECT_ALIGN);
+                        (op.done >= op.buf.len() || eof).then_some(Ok(()))
                     }
                 }
             };

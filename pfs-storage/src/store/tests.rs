@@ -103,6 +103,111 @@ async fn background_hasher_hashes_quiet_chunks() {
     crate::hasher::wait_for(Duration::from_secs(10), || s.chunk_hash(FileId(6), 0) == Some(want)).await.unwrap();
 }
 
+/// The file's bytes on disk and the store's hash of them after an fsync.
+async fn fsynced_hash(s: &Arc<Store>, file: FileId, chunk: ChunkIndex) -> (Option<Sha256Digest>, Sha256Digest) {
+    s.fsync(file).await.unwrap();
+    let bytes = std::fs::read(s.chunk_path(file, chunk)).unwrap();
+    (s.chunk_hash(file, chunk), Sha256Digest::of(&bytes))
+}
+
+#[tokio::test]
+async fn sequential_appends_are_hashed_as_they_arrive() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    let f = FileId(0x51);
+    // Aligned appends (direct I/O where supported) then an unaligned tail (buffered).
+    let mut all = Vec::new();
+    for i in 0..4u8 {
+        let piece = vec![i + 1; 256 << 10];
+        s.write(f, 0, all.len() as u64, 4 << 20, buf(&piece)).await.unwrap();
+        all.extend_from_slice(&piece);
+    }
+    let tail: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
+    s.write(f, 0, all.len() as u64, 4 << 20, buf(&tail)).await.unwrap();
+    all.extend_from_slice(&tail);
+    let (got, on_disk) = fsynced_hash(&s, f, 0).await;
+    assert_eq!(on_disk, Sha256Digest::of(&all));
+    assert_eq!(got, Some(on_disk));
+    assert_eq!((s.hashes_done(), s.hash_rereads()), (1, 0), "hashed from the running state, no re-read");
+    let files = s.engine.files();
+    if files.direct_supported() {
+        assert_eq!((files.direct_ops(), files.buffered_ops()), (4, 1));
+    }
+    // Appending after an fsync continues the same running hash.
+    s.write(f, 0, all.len() as u64, 4 << 20, buf(b"more")).await.unwrap();
+    all.extend_from_slice(b"more");
+    let (got, on_disk) = fsynced_hash(&s, f, 0).await;
+    assert_eq!((got, on_disk), (Some(Sha256Digest::of(&all)), Sha256Digest::of(&all)));
+    assert_eq!((s.hashes_done(), s.hash_rereads()), (2, 0));
+    // The report queued for pfs-meta carries it.
+    assert_eq!(s.state.lock().outbox.get(&(f, 0)).and_then(|c| c.sha256), Some(Sha256Digest::of(&all)));
+}
+
+#[tokio::test]
+async fn out_of_order_writes_fall_back_to_rereading() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    let f = FileId(0x52);
+    // Second half first: no running hash for this chunk.
+    s.write(f, 0, 8192, CS, buf(&[2; 8192])).await.unwrap();
+    s.write(f, 0, 0, CS, buf(&[1; 8192])).await.unwrap();
+    let (got, on_disk) = fsynced_hash(&s, f, 0).await;
+    assert_eq!(got, Some(on_disk));
+    assert_eq!(s.hash_rereads(), 1);
+    // Later appends to it cannot use a running hash either.
+    s.write(f, 0, 16384, CS, buf(&[3; 100])).await.unwrap();
+    let (got, on_disk) = fsynced_hash(&s, f, 0).await;
+    assert_eq!(got, Some(on_disk));
+    assert_eq!(s.hash_rereads(), 2);
+
+    // Sequential, then an overwrite: falls back too.
+    s.write(f, 1, 0, CS, buf(&[4; 4096])).await.unwrap();
+    s.write(f, 1, 4096, CS, buf(&[5; 4096])).await.unwrap();
+    let (got, on_disk) = fsynced_hash(&s, f, 1).await;
+    assert_eq!((got, s.hash_rereads()), (Some(on_disk), 2));
+    s.write(f, 1, 100, CS, buf(&[6; 10])).await.unwrap();
+    let (got, on_disk) = fsynced_hash(&s, f, 1).await;
+    assert_eq!((got, s.hash_rereads()), (Some(on_disk), 3));
+
+    // Sequential, then a truncate: falls back.
+    s.write(f, 2, 0, CS, buf(&[7; 5000])).await.unwrap();
+    s.truncate(f, 2 * CS + 3000, CS).await.unwrap();
+    let (got, on_disk) = fsynced_hash(&s, f, 2).await;
+    assert_eq!(on_disk, Sha256Digest::of(&[7; 3000]));
+    assert_eq!((got, s.hash_rereads()), (Some(on_disk), 4));
+
+    // Removed and rewritten from 0: a fresh running hash again.
+    s.remove(f).await.unwrap();
+    s.write(f, 0, 0, CS, buf(&[8; 4096])).await.unwrap();
+    let (got, on_disk) = fsynced_hash(&s, f, 0).await;
+    assert_eq!((got, on_disk, s.hash_rereads()), (Some(on_disk), Sha256Digest::of(&[8; 4096]), 4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writes_to_one_chunk_end_with_the_right_hash() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    let f = FileId(0x53);
+    for round in 0..20u64 {
+        let chunk = round;
+        // Sixteen appends in order but in flight at once: whichever overlap invalidate the
+        // running hash, the others feed it; the result must be right either way.
+        let tasks: Vec<_> = (0..16u64)
+            .map(|i| {
+                let s = s.clone();
+                tokio::spawn(async move { s.write(f, chunk, i * 4096, CS, buf(&[i as u8 + 1; 4096])).await.unwrap() })
+            })
+            .collect();
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let (got, on_disk) = fsynced_hash(&s, f, chunk).await;
+        assert_eq!(got, Some(on_disk), "round {round}");
+        let want: Vec<u8> = (0..16u8).flat_map(|i| [i + 1; 4096]).collect();
+        assert_eq!(on_disk, Sha256Digest::of(&want));
+    }
+}
+
 #[tokio::test]
 async fn truncate_and_remove() {
     let dir = tempfile::tempdir().unwrap();
