@@ -17,6 +17,7 @@
 //! ```
 
 pub mod blocking;
+pub mod cache;
 mod client;
 pub mod cluster;
 pub mod copy;
