@@ -1,10 +1,13 @@
 //! [`Client`]: connections to pfs-meta and the storage servers, and the namespace operations.
 
-use crate::file::File;
+use crate::cache::CacheStats;
+use crate::file::{File, FileState};
 use pfs_common::config::Config;
 use pfs_common::error::{ErrorCode, PfsError, Result};
 use pfs_common::ids::{ChunkIndex, FileId, ServerId};
 use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::token::{ByteRange, Mode, SessionId};
+use pfs_common::wire::meta::ClientNotify;
 use pfs_common::wire::meta::{
     Attr, ChunkInfo, DirEntry, LayoutRequest, MetaRequest, MetaResponse, ServerStatus, READDIR_PAGE_MAX,
 };
@@ -12,8 +15,12 @@ use pfs_common::wire::storage::{StorageRequest, StorageResponse, StorageStatus};
 use pfs_common::wire::Role;
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::sync::Weak;
 use std::time::Duration;
+use std::time::Instant;
+use tokio::sync::mpsc;
 use tokio::sync::Semaphore;
 
 /// Layout choices for a new file; `None` inherits the parent directory's (or cluster's) default.
@@ -46,6 +53,51 @@ pub(crate) struct Inner {
     /// Payload bytes in flight to storage servers (DESIGN.md §7: bounded bytes in flight).
     pub(crate) inflight: Arc<Semaphore>,
     pub(crate) inflight_max: u32,
+    session: SessionState,
+    /// Open files by id: the revoke handler finds a file's state here.
+    files: parking_lot::Mutex<HashMap<FileId, Arc<FileState>>>,
+    /// Cache counters of files already closed.
+    closed_stats: parking_lot::Mutex<CacheStats>,
+    on_revoke: parking_lot::RwLock<Option<RevokeCallback>>,
+    pub(crate) counters: Counters,
+}
+
+/// Called after the library has written back or dropped a revoked range and before it
+/// acknowledges the revoke; runs on a tokio worker thread of the client's runtime.
+pub type RevokeCallback = Arc<dyn Fn(&RevokeEvent) + Send + Sync>;
+
+/// What a revoke asked of this client.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RevokeEvent {
+    pub file: FileId,
+    /// The byte range given up (Write wanted) or downgraded to read (Read wanted).
+    pub range: ByteRange,
+    pub wanted: Mode,
+}
+
+#[derive(Default)]
+pub(crate) struct Counters {
+    /// Acquire round trips to the token manager.
+    pub(crate) acquires: AtomicU64,
+    /// Revokes handled.
+    pub(crate) revokes: AtomicU64,
+}
+
+/// Counters of one client: the block cache (like the seed's `pfs_execstat`) and token traffic.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ClientStats {
+    pub cache: CacheStats,
+    /// Acquire round trips to the token manager.
+    pub token_acquires: u64,
+    /// Revokes this client handled.
+    pub revokes: u64,
+}
+
+struct SessionState {
+    id: SessionId,
+    lease_ms: u64,
+    evicted: parking_lot::Mutex<Option<PfsError>>,
+    renewed: parking_lot::Mutex<Instant>,
 }
 
 impl Client {
@@ -62,20 +114,125 @@ impl Client {
         };
         let addresses = config.storage.iter().map(|s| (s.id, s.address)).collect();
         let inflight_max = config.client.max_inflight_bytes.clamp(1 << 20, u32::MAX as u64 >> 1) as u32;
+        // The session lives on this connection: pfs-meta pushes revokes on it, and evicts the
+        // session when it closes.
+        let (notify_tx, notify_rx) = mpsc::channel(256);
+        let meta = RpcClient::connect(config.meta.address, "pfs-meta", &opts, Some(notify_tx)).await?;
+        let (session, lease_ms) = match meta.call::<_, MetaResponse>(&MetaRequest::OpenSession, &[]).await?.0 {
+            MetaResponse::Session { session, lease_ms } => (session, lease_ms),
+            other => return Err(unexpected(&other)),
+        };
         let client = Client {
             inner: Arc::new(Inner {
                 opts,
-                meta: tokio::sync::Mutex::new(None),
+                meta: tokio::sync::Mutex::new(Some(meta)),
                 storage: parking_lot::Mutex::new(HashMap::new()),
                 storage_connecting: tokio::sync::Mutex::new(()),
                 addresses: parking_lot::Mutex::new(addresses),
                 inflight: Arc::new(Semaphore::new(inflight_max as usize)),
                 inflight_max,
                 config,
+                session: SessionState {
+                    id: session,
+                    lease_ms,
+                    evicted: parking_lot::Mutex::new(None),
+                    renewed: parking_lot::Mutex::new(Instant::now()),
+                },
+                files: parking_lot::Mutex::new(HashMap::new()),
+                closed_stats: parking_lot::Mutex::new(CacheStats::default()),
+                on_revoke: parking_lot::RwLock::new(None),
+                counters: Counters::default(),
             }),
         };
-        client.meta_conn().await?;
+        tokio::spawn(notifications(Arc::downgrade(&client.inner), notify_rx));
+        tokio::spawn(keep_alive(Arc::downgrade(&client.inner)));
         Ok(client)
+    }
+
+    /// This client's session id (the holder of its tokens).
+    ///
+    /// Errors: Evicted, with the reason, once the session lost its lease or its connection.
+    pub fn session(&self) -> Result<SessionId> {
+        if let Some(e) = self.inner.session.evicted.lock().as_ref() {
+            return Err(e.clone());
+        }
+        // Tokens are only as good as the lease: past it, pfs-meta may have handed them on.
+        let renewed = *self.inner.session.renewed.lock();
+        if renewed.elapsed() > Duration::from_millis(self.inner.session.lease_ms) {
+            let e = PfsError::new(
+                ErrorCode::Evicted,
+                format!(
+                    "session {:x}: lease of {} ms expired without renewal",
+                    self.inner.session.id, self.inner.session.lease_ms
+                ),
+            );
+            self.mark_evicted(e.clone());
+            return Err(e);
+        }
+        Ok(self.inner.session.id)
+    }
+
+    pub(crate) fn mark_evicted(&self, e: PfsError) {
+        mark_evicted(&self.inner, e);
+    }
+
+    /// Registers `f` to be called for every revoke this client handles, after the revoked
+    /// range was written back (Write held) and dropped or downgraded, before the revoke is
+    /// acknowledged. It runs on a tokio worker thread; keep it short and do not block.
+    pub fn on_revoke(&self, f: impl Fn(&RevokeEvent) + Send + Sync + 'static) {
+        *self.inner.on_revoke.write() = Some(Arc::new(f));
+    }
+
+    /// Cache counters (all files, open and closed) and token traffic of this client.
+    pub fn stats(&self) -> ClientStats {
+        let mut cache = *self.inner.closed_stats.lock();
+        for f in self.inner.files.lock().values() {
+            add_stats(&mut cache, &f.cache_stats());
+        }
+        ClientStats {
+            cache,
+            token_acquires: self.inner.counters.acquires.load(Ordering::Relaxed),
+            revokes: self.inner.counters.revokes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Ends the session cleanly (tokens given back). Open files should be closed first: their
+    /// dirty cached bytes are not written back here.
+    pub async fn close(&self) -> Result<()> {
+        let session = self.session()?;
+        let r = self.meta(MetaRequest::CloseSession { session }).await.and_then(expect_done);
+        self.mark_evicted(PfsError::new(ErrorCode::Evicted, format!("session {session:x} was closed")));
+        r
+    }
+
+    /// Waits for a payload-bytes-in-flight permit for `len` bytes.
+    pub(crate) async fn inflight(&self, len: usize) -> tokio::sync::SemaphorePermit<'_> {
+        let n = (len as u64).clamp(1, self.inner.inflight_max as u64) as u32;
+        self.inner.inflight.acquire_many(n).await.expect("the in-flight semaphore is never closed")
+    }
+
+    /// The shared state of file `attr`, made on first open in this client.
+    fn file_state(&self, path: &str, attr: Attr) -> Result<Arc<FileState>> {
+        let mut files = self.inner.files.lock();
+        let state = match files.get(&attr.id) {
+            Some(s) => s.clone(),
+            None => {
+                let s = Arc::new(FileState::new(self.clone(), path.to_string(), attr)?);
+                files.insert(s.id, s.clone());
+                s
+            }
+        };
+        state.handles.fetch_add(1, Ordering::AcqRel);
+        Ok(state)
+    }
+
+    /// The last handle of a file closed.
+    pub(crate) fn forget_file(&self, state: &FileState) {
+        let mut files = self.inner.files.lock();
+        if state.handles.load(Ordering::Acquire) == 0 {
+            files.remove(&state.id);
+            add_stats(&mut self.inner.closed_stats.lock(), &state.cache_stats());
+        }
     }
 
     /// The configuration this client was made with.
@@ -181,7 +338,7 @@ impl Client {
         let attr = expect_attr(
             self.meta(MetaRequest::Create { path: path.to_string(), layout, exclusive: opts.exclusive }).await?,
         )?;
-        let file = File::new(self.clone(), path.to_string(), attr)?;
+        let file = File { state: self.file_state(path, attr)? };
         if file.size() > 0 {
             file.truncate(0).await?;
         }
@@ -191,7 +348,7 @@ impl Client {
     /// Opens an existing file. Errors: NotFound, IsDir.
     pub async fn open(&self, path: &str) -> Result<File> {
         let attr = self.stat(path).await?;
-        File::new(self.clone(), path.to_string(), attr)
+        Ok(File { state: self.file_state(path, attr)? })
     }
 
     /// Attributes of `path`. Errors: NotFound, NotDir.
@@ -317,5 +474,87 @@ pub(crate) fn expect_attr(r: MetaResponse) -> Result<Attr> {
     match r {
         MetaResponse::Attr(a) => Ok(a),
         other => Err(unexpected(&other)),
+    }
+}
+
+fn add_stats(into: &mut CacheStats, s: &CacheStats) {
+    into.read_hits += s.read_hits;
+    into.read_misses += s.read_misses;
+    into.write_hits += s.write_hits;
+    into.evictions += s.evictions;
+    into.writebacks += s.writebacks;
+    into.invalidations += s.invalidations;
+    into.close_writebacks += s.close_writebacks;
+    into.close_evictions += s.close_evictions;
+}
+
+fn mark_evicted(inner: &Inner, e: PfsError) {
+    let mut ev = inner.session.evicted.lock();
+    if ev.is_none() {
+        tracing::warn!("{e}");
+        *ev = Some(e);
+    }
+}
+
+/// Renews the lease every third of it until the client is dropped or evicted.
+async fn keep_alive(inner: Weak<Inner>) {
+    loop {
+        let lease_ms = match inner.upgrade() {
+            Some(i) => i.session.lease_ms,
+            None => return,
+        };
+        tokio::time::sleep(Duration::from_millis((lease_ms / 3).max(1))).await;
+        let Some(inner) = inner.upgrade() else { return };
+        if inner.session.evicted.lock().is_some() {
+            return;
+        }
+        let client = Client { inner };
+        let session = client.inner.session.id;
+        match client.meta(MetaRequest::KeepAlive { session }).await {
+            Ok(_) => *client.inner.session.renewed.lock() = Instant::now(),
+            Err(e) if e.code == ErrorCode::Evicted => client.mark_evicted(e),
+            // Transient: the lease check in `session()` decides when it is too late.
+            Err(e) => tracing::debug!("keep-alive of session {session:x} failed: {e}"),
+        }
+    }
+}
+
+/// Handles pfs-meta's pushes (revokes, eviction) until the connection ends; then the session
+/// is gone (pfs-meta evicts the sessions of a closed connection).
+async fn notifications(inner: Weak<Inner>, mut rx: mpsc::Receiver<pfs_common::wire::frame::Frame>) {
+    while let Some(frame) = rx.recv().await {
+        let Some(strong) = inner.upgrade() else { return };
+        let client = Client { inner: strong };
+        match pfs_common::wire::decode::<ClientNotify>(&frame.body, "client notification") {
+            Ok(ClientNotify::Revoke { revoke, file, range, wanted }) => {
+                // Concurrently: one slow write-back must not hold up revokes of other files.
+                tokio::spawn(handle_revoke(client, revoke, file, range, wanted));
+            }
+            Ok(ClientNotify::Evicted { session, reason }) => client.mark_evicted(PfsError::new(
+                ErrorCode::Evicted,
+                format!("session {session:x} was evicted by pfs-meta: {reason}"),
+            )),
+            Err(e) => tracing::warn!("pfs-meta sent {e}"),
+        }
+    }
+    if let Some(inner) = inner.upgrade() {
+        let id = inner.session.id;
+        mark_evicted(&inner, PfsError::new(ErrorCode::Evicted, format!("session {id:x}: connection to pfs-meta lost")));
+    }
+}
+
+async fn handle_revoke(client: Client, revoke: u64, file: FileId, range: ByteRange, wanted: Mode) {
+    let state = client.inner.files.lock().get(&file).cloned();
+    if let Some(state) = state {
+        state.revoke(range, wanted).await;
+    }
+    client.inner.counters.revokes.fetch_add(1, Ordering::Relaxed);
+    let callback = client.inner.on_revoke.read().clone();
+    if let Some(cb) = callback {
+        cb(&RevokeEvent { file, range, wanted });
+    }
+    let session = client.inner.session.id;
+    if let Err(e) = client.meta(MetaRequest::RevokeDone { session, revoke }).await {
+        tracing::warn!("acknowledging revoke {revoke} of file {file}: {e}");
     }
 }

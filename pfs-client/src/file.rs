@@ -1,40 +1,92 @@
-//! [`File`]: reads and writes of one striped file.
+//! [`File`]: coherent reads and writes of one striped file.
+//!
+//! Every read or write first makes sure this client's session holds a token covering the
+//! bytes (Read for reads, Write for writes), asking pfs-meta when it does not, then works on
+//! the file's block cache and the storage servers.
+//!
+//! * Small I/O goes through the file's [`BlockCache`]: writes are cached as dirty byte extents
+//!   (write-back), reads fill it block by block.
+//! * Large I/O (at least one chunk) bypasses it: a write goes straight to the storage servers
+//!   (dropping cached bytes it supersedes), a read first writes back our own dirty bytes in
+//!   its range and then reads the storage servers. A striped copy then moves data once.
+//! * A revoke (see [`crate::Client`]) takes the file's lock exclusively, so it waits for I/O in
+//!   flight, writes back the dirty bytes of the revoked range, records the new size on pfs-meta,
+//!   drops (Write wanted) or keeps (Read wanted) the cached bytes, and updates the token table.
+//!
+//! Grants and revokes can cross on the wire (a revoke notification overtaking the answer to
+//! an `Acquire`), so a grant that arrives after revokes that were applied while it was in
+//! flight has those revokes applied to it again: we may believe we hold less than we do
+//! (costing a round trip), never more.
 
+use crate::cache::{BlockCache, CacheStats, Run};
 use crate::client::{expect_attr, expect_done, Client};
+use crate::held::HeldTokens;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pfs_common::error::{ErrorCode, PfsError, Result};
 use pfs_common::ids::{FileId, ServerId};
 use pfs_common::layout::{Layout, Piece};
-use pfs_common::wire::meta::{Attr, FileKind, MetaRequest};
+use pfs_common::pool::{self, PooledBuf};
+use pfs_common::token::{ByteRange, Mode};
+use pfs_common::wire::meta::{Attr, FileKind, MetaRequest, MetaResponse};
 use pfs_common::wire::storage::{StorageRequest, StorageResponse};
 use std::collections::BTreeSet;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// An open pfs file. Cheap to clone; clones share state (size, what is unsynced).
-///
-/// Writes go straight to the storage servers (no client cache yet) but are durable only after
-/// [`File::fsync`] or [`File::close`], which also make the new size durable on pfs-meta.
+/// An open pfs file. Cheap to clone; clones (and other handles of the same file in the same
+/// client) share its tokens, cache and size.
 #[derive(Clone)]
 pub struct File {
-    inner: Arc<FileInner>,
+    pub(crate) state: Arc<FileState>,
 }
 
-struct FileInner {
-    client: Client,
-    path: String,
-    id: FileId,
-    layout: Layout,
-    /// Largest of: size at open, end of our writes, size we truncated to (bytes).
+/// Per-file state shared by every handle of a file within one client.
+pub(crate) struct FileState {
+    pub(crate) client: Client,
+    pub(crate) path: String,
+    pub(crate) id: FileId,
+    pub(crate) layout: Layout,
+    /// Shared by reads and writes, exclusive for revokes, fsync and close.
+    lock: tokio::sync::RwLock<()>,
+    tokens: parking_lot::Mutex<TokenTable>,
+    cache: Option<parking_lot::Mutex<BlockCache>>,
+    /// Largest of: size from pfs-meta (open, grants), end of our writes, our truncates (bytes).
     size: AtomicU64,
-    /// Our writes or truncates changed the size and pfs-meta does not know yet.
+    /// Our writes grew the size and pfs-meta does not know yet.
     size_dirty: AtomicBool,
     /// Storage targets written since the last fsync.
     unsynced: parking_lot::Mutex<BTreeSet<ServerId>>,
+    /// Bumped by every write, so a read does not fill the cache with bytes fetched before a
+    /// concurrent write of ours changed them.
+    write_seq: AtomicU64,
+    /// A write-back during a revoke failed; reported by the next fsync or close.
+    writeback_error: parking_lot::Mutex<Option<PfsError>>,
+    /// Open handles (`Client::open`/`create` calls not yet closed).
+    pub(crate) handles: AtomicUsize,
 }
 
-impl File {
-    pub(crate) fn new(client: Client, path: String, attr: Attr) -> Result<File> {
+#[derive(Default)]
+struct TokenTable {
+    held: HeldTokens,
+    /// Revokes applied so far (a sequence number).
+    seq: u64,
+    /// Acquires in flight.
+    acquiring: u32,
+    /// Revokes applied while acquires were in flight: (seq, range, wanted).
+    recent: Vec<(u64, ByteRange, Mode)>,
+}
+
+impl TokenTable {
+    fn apply_revoke(&mut self, range: ByteRange, wanted: Mode) {
+        match wanted {
+            Mode::Write => self.held.remove(range),
+            Mode::Read => self.held.downgrade(range),
+        }
+    }
+}
+
+impl FileState {
+    pub(crate) fn new(client: Client, path: String, attr: Attr) -> Result<FileState> {
         if attr.kind == FileKind::Dir {
             return Err(PfsError::new(ErrorCode::IsDir, format!("{path} is a directory")));
         }
@@ -42,101 +94,176 @@ impl File {
             .layout
             .ok_or_else(|| PfsError::new(ErrorCode::Protocol, format!("pfs-meta sent no layout for {path}")))?;
         layout.validate().map_err(|e| e.context(format!("layout of {path}")))?;
-        Ok(File {
-            inner: Arc::new(FileInner {
-                client,
-                path,
-                id: attr.id,
-                layout,
-                size: AtomicU64::new(attr.size),
-                size_dirty: AtomicBool::new(false),
-                unsynced: parking_lot::Mutex::new(BTreeSet::new()),
-            }),
+        let blocks = client.inner.config.client.cache_blocks;
+        let cache = (blocks > 0).then(|| parking_lot::Mutex::new(BlockCache::new(layout.block_size as usize, blocks)));
+        Ok(FileState {
+            client,
+            path,
+            id: attr.id,
+            layout,
+            lock: tokio::sync::RwLock::new(()),
+            tokens: parking_lot::Mutex::new(TokenTable::default()),
+            cache,
+            size: AtomicU64::new(attr.size),
+            size_dirty: AtomicBool::new(false),
+            unsynced: parking_lot::Mutex::new(BTreeSet::new()),
+            write_seq: AtomicU64::new(0),
+            writeback_error: parking_lot::Mutex::new(None),
+            handles: AtomicUsize::new(0),
         })
     }
 
-    /// The file's id.
-    pub fn id(&self) -> FileId {
-        self.inner.id
+    pub(crate) fn cache_stats(&self) -> CacheStats {
+        self.cache.as_ref().map(|c| c.lock().stats()).unwrap_or_default()
     }
 
-    /// The path it was opened by.
-    pub fn path(&self) -> &str {
-        &self.inner.path
-    }
-
-    /// Its stripe layout.
-    pub fn layout(&self) -> &Layout {
-        &self.inner.layout
-    }
-
-    /// Size in bytes as this handle knows it: the size at open, grown by our writes.
-    pub fn size(&self) -> u64 {
-        self.inner.size.load(Ordering::Acquire)
-    }
-
-    /// Writes `buf` at byte `offset`. The pieces go to their storage targets in parallel.
-    /// Returns `buf.len()`: a write either completes whole or fails.
-    ///
-    /// Errors: the first failing piece's error, naming the path, chunk and storage server
-    /// (Unavailable, TimedOut, NoSpace, Io).
-    pub async fn write_at(&self, offset: u64, buf: &[u8]) -> Result<usize> {
-        if buf.is_empty() {
-            return Ok(0);
+    /// Makes sure the session holds `mode` over `required`, asking for `desired`.
+    async fn ensure(&self, mode: Mode, required: ByteRange, desired: ByteRange) -> Result<()> {
+        loop {
+            let start_seq = {
+                let mut t = self.tokens.lock();
+                if t.held.covers(required, mode) {
+                    return Ok(());
+                }
+                t.acquiring += 1;
+                t.seq
+            };
+            let session = self.client.session()?;
+            let req = MetaRequest::Acquire { session, file: self.id, mode, required, desired };
+            let answer = self.client.meta(req).await;
+            let mut t = self.tokens.lock();
+            t.acquiring -= 1;
+            let granted = match answer {
+                Ok(MetaResponse::Granted { mode, range, size }) => (mode, range, size),
+                Ok(other) => return Err(crate::client::unexpected(&other)),
+                Err(e) => {
+                    if e.code == ErrorCode::Evicted {
+                        self.client.mark_evicted(e.clone());
+                    }
+                    return Err(e.context(format!("token for {} {required} of {}", mode_name(mode), self.path)));
+                }
+            };
+            t.held.grant(granted.1, granted.0);
+            let crossed: Vec<(ByteRange, Mode)> =
+                t.recent.iter().filter(|(s, _, _)| *s > start_seq).map(|(_, r, w)| (*r, *w)).collect();
+            for (range, wanted) in crossed {
+                t.apply_revoke(range, wanted);
+            }
+            if t.acquiring == 0 {
+                t.recent.clear();
+            }
+            drop(t);
+            self.size.fetch_max(granted.2, Ordering::AcqRel);
+            self.client.inner.counters.acquires.fetch_add(1, Ordering::Relaxed);
         }
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .ok_or_else(|| PfsError::new(ErrorCode::Invalid, format!("{}: write past 2^64 bytes", self.inner.path)))?;
+    }
+
+    fn holds(&self, range: ByteRange, mode: Mode) -> bool {
+        self.tokens.lock().held.covers(range, mode)
+    }
+
+    /// Handles a revoke of `range` (see the module doc). Errors are kept for the next fsync.
+    pub(crate) async fn revoke(&self, range: ByteRange, wanted: Mode) {
+        let _excl = self.lock.write().await;
+        {
+            let mut t = self.tokens.lock();
+            t.seq += 1;
+            let seq = t.seq;
+            if t.acquiring > 0 {
+                t.recent.push((seq, range, wanted));
+            }
+            t.apply_revoke(range, wanted);
+        }
+        let result = async {
+            self.write_back(range, false).await?;
+            self.record_size().await
+        }
+        .await;
+        if let Err(e) = result {
+            tracing::warn!("write-back of {} {range} for a revoke failed: {e}", self.path);
+            self.writeback_error.lock().get_or_insert(e);
+        }
+        if wanted == Mode::Write {
+            if let Some(c) = &self.cache {
+                c.lock().invalidate(self.id, range.start..range.end, false);
+            }
+        }
+    }
+
+    /// Writes back our dirty cached bytes within `range`.
+    async fn write_back(&self, range: ByteRange, closing: bool) -> Result<()> {
+        let runs = match &self.cache {
+            Some(c) => c.lock().take_dirty(self.id, range.start..range.end, closing),
+            None => return Ok(()),
+        };
+        self.write_runs(runs).await
+    }
+
+    async fn write_runs(&self, runs: Vec<Run>) -> Result<()> {
+        for run in runs {
+            if let Err(e) = self.write_through(run.offset, &run.data).await {
+                // Keep the bytes: re-dirty them so a later fsync retries.
+                if let Some(c) = &self.cache {
+                    if !c.lock().write(self.id, run.offset, &run.data).is_empty() {
+                        // Re-dirtying pushed other dirty bytes out that cannot be written either.
+                        let lost = PfsError::new(e.code, format!("{}: dirty data lost: {e}", self.path));
+                        self.writeback_error.lock().get_or_insert(lost);
+                    }
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells pfs-meta the size our writes reached, if it grew.
+    async fn record_size(&self) -> Result<()> {
+        if self.size_dirty.swap(false, Ordering::AcqRel) {
+            let size = self.size.load(Ordering::Acquire);
+            let r = self.client.meta(MetaRequest::SetSize { file: self.id, size }).await.and_then(expect_done);
+            if let Err(e) = r {
+                self.size_dirty.store(true, Ordering::Release);
+                return Err(e.context(format!("recording the size of {}", self.path)));
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `buf` at `offset` straight to the storage servers, all pieces in parallel.
+    async fn write_through(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        let session = self.client.session()?;
         let mut pending: FuturesUnordered<_> =
-            self.inner.layout.pieces(offset, buf.len()).map(|p| self.write_piece(p, buf)).collect();
+            self.layout.pieces(offset, buf.len()).map(|p| self.write_piece(p, buf, session)).collect();
         while let Some(r) = pending.next().await {
             r?;
         }
-        if self.inner.size.fetch_max(end, Ordering::AcqRel) < end {
-            self.inner.size_dirty.store(true, Ordering::Release);
-        }
-        Ok(buf.len())
+        Ok(())
     }
 
-    async fn write_piece(&self, p: Piece, buf: &[u8]) -> Result<()> {
+    async fn write_piece(&self, p: Piece, buf: &[u8], session: u64) -> Result<()> {
         let data = &buf[p.buf_offset..p.buf_offset + p.len];
-        let target = self.inner.layout.target(p.chunk);
-        let _permit = self.inflight(p.len).await;
-        self.inner.unsynced.lock().insert(target);
+        let target = self.layout.target(p.chunk);
+        let _permit = self.client.inflight(p.len).await;
+        self.unsynced.lock().insert(target);
         let req = StorageRequest::Write {
-            file: self.inner.id,
+            file: self.id,
             chunk: p.chunk,
             offset: p.chunk_offset,
-            chunk_size: self.inner.layout.chunk_size(),
-            session: 0,
+            chunk_size: self.layout.chunk_size(),
+            session,
         };
-        let what = || format!("writing {} chunk {} on {target}", self.inner.path, p.chunk);
-        match self.inner.client.storage(target, &req, data).await.map_err(|e| e.context(what()))?.0 {
+        let what = || format!("writing {} chunk {} on {target}", self.path, p.chunk);
+        match self.client.storage(target, &req, data).await.map_err(|e| e.context(what()))?.0 {
             StorageResponse::Written { len } if len as usize == p.len => Ok(()),
             other => Err(PfsError::new(ErrorCode::Io, format!("{}: short or odd answer {other:?}", what()))),
         }
     }
 
-    async fn inflight(&self, len: usize) -> tokio::sync::SemaphorePermit<'_> {
-        let n = (len as u64).clamp(1, self.inner.client.inner.inflight_max as u64) as u32;
-        self.inner.client.inner.inflight.acquire_many(n).await.expect("the in-flight semaphore is never closed")
-    }
-
-    /// Reads into `buf` from byte `offset`. Returns the bytes read: fewer than `buf.len()` only
-    /// at end of file (0 at or past it). Holes (never written ranges) read as zeros.
-    ///
-    /// Errors: the first failing piece's error, naming the path, chunk and storage server.
-    pub async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
-        let size = self.size();
-        if offset >= size || buf.is_empty() {
-            return Ok(0);
-        }
-        let len = ((size - offset).min(buf.len() as u64)) as usize;
-        let buf = &mut buf[..len];
-        // Each piece borrows its own disjoint slice of `buf`.
+    /// Reads `buf.len()` bytes at `offset` from the storage servers (holes read as zeros).
+    async fn read_direct(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
         let mut pending = FuturesUnordered::new();
         let mut rest: &mut [u8] = buf;
-        for p in self.inner.layout.pieces(offset, len) {
+        for p in self.layout.pieces(offset, rest.len()) {
             let (mine, tail) = rest.split_at_mut(p.len);
             rest = tail;
             pending.push(self.read_piece(p, mine));
@@ -144,16 +271,15 @@ impl File {
         while let Some(r) = pending.next().await {
             r?;
         }
-        Ok(len)
+        Ok(())
     }
 
     async fn read_piece(&self, p: Piece, out: &mut [u8]) -> Result<()> {
-        let target = self.inner.layout.target(p.chunk);
-        let _permit = self.inflight(p.len).await;
-        let req =
-            StorageRequest::Read { file: self.inner.id, chunk: p.chunk, offset: p.chunk_offset, len: p.len as u32 };
-        let what = || format!("reading {} chunk {} from {target}", self.inner.path, p.chunk);
-        let (answer, data) = self.inner.client.storage(target, &req, &[]).await.map_err(|e| e.context(what()))?;
+        let target = self.layout.target(p.chunk);
+        let _permit = self.client.inflight(p.len).await;
+        let req = StorageRequest::Read { file: self.id, chunk: p.chunk, offset: p.chunk_offset, len: p.len as u32 };
+        let what = || format!("reading {} chunk {} from {target}", self.path, p.chunk);
+        let (answer, data) = self.client.storage(target, &req, &[]).await.map_err(|e| e.context(what()))?;
         match answer {
             StorageResponse::Read { .. } if data.len() <= out.len() => {
                 out[..data.len()].copy_from_slice(&data);
@@ -165,19 +291,75 @@ impl File {
         }
     }
 
-    /// Makes every completed write durable on the storage servers, then the size durable on
-    /// pfs-meta. Errors name the storage server that failed.
-    pub async fn fsync(&self) -> Result<()> {
-        let targets: Vec<ServerId> = std::mem::take(&mut *self.inner.unsynced.lock()).into_iter().collect();
+    /// I/O of at least this many bytes bypasses the cache.
+    fn bypass(&self, len: usize) -> bool {
+        self.cache.is_none() || len as u64 >= self.layout.chunk_size()
+    }
+
+    /// Reads under a held Read token, with the shared lock held.
+    async fn read_locked(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+        let end = offset + buf.len() as u64;
+        if self.bypass(buf.len()) {
+            // Our own dirty bytes must be visible to our reads.
+            self.write_back(ByteRange::new(offset, end), false).await?;
+            return self.read_direct(offset, buf).await;
+        }
+        let cache = self.cache.as_ref().expect("not bypassing, so cached");
+        let missing = cache.lock().read(self.id, offset, buf);
+        let bs = self.layout.block_size as u64;
+        let size = self.size.load(Ordering::Acquire);
+        for m in missing {
+            // Whole blocks (up to end of file) so neighbours are cached too.
+            let fs = m.start / bs * bs;
+            let fe = (m.end.div_ceil(bs) * bs).min(size.max(m.end));
+            let seq = self.write_seq.load(Ordering::Acquire);
+            let mut tmp = pool::global().get((fe - fs) as usize);
+            self.read_direct(fs, &mut tmp).await?;
+            let (a, b) = ((m.start - fs) as usize, (m.end - fs) as usize);
+            buf[(m.start - offset) as usize..(m.end - offset) as usize].copy_from_slice(&tmp[a..b]);
+            if self.write_seq.load(Ordering::Acquire) == seq {
+                let evicted = cache.lock().fill(self.id, fs, &tmp);
+                self.write_runs(evicted).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes under a held Write token, with the shared lock held.
+    async fn write_locked(&self, offset: u64, buf: &[u8]) -> Result<()> {
+        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        let end = offset + buf.len() as u64;
+        if self.bypass(buf.len()) {
+            if let Some(c) = &self.cache {
+                // These bytes are superseded by the write (dirty ones included).
+                c.lock().invalidate(self.id, offset..end, false);
+            }
+            self.write_through(offset, buf).await?;
+        } else {
+            let evicted = self.cache.as_ref().expect("not bypassing, so cached").lock().write(self.id, offset, buf);
+            self.write_runs(evicted).await?;
+        }
+        if self.size.fetch_max(end, Ordering::AcqRel) < end {
+            self.size_dirty.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// Write-back of everything dirty, fdatasync on every storage target written, then the size
+    /// on pfs-meta. Takes the lock exclusively.
+    async fn sync(&self, closing: bool) -> Result<()> {
+        let _excl = self.lock.write().await;
+        self.client.session()?;
+        self.write_back(ByteRange::ALL, closing).await?;
+        if let Some(e) = self.writeback_error.lock().take() {
+            return Err(e.context(format!("{}: an earlier write-back failed", self.path)));
+        }
+        let targets: Vec<ServerId> = std::mem::take(&mut *self.unsynced.lock()).into_iter().collect();
         let mut pending: FuturesUnordered<_> = targets
             .iter()
             .map(|&t| async move {
-                let req = StorageRequest::Fsync { file: self.inner.id };
-                self.inner
-                    .client
-                    .storage(t, &req, &[])
-                    .await
-                    .map_err(|e| e.context(format!("fsync of {} on {t}", self.inner.path)))
+                let req = StorageRequest::Fsync { file: self.id };
+                self.client.storage(t, &req, &[]).await.map_err(|e| e.context(format!("fsync of {} on {t}", self.path)))
             })
             .collect();
         let mut failed = None;
@@ -187,75 +369,204 @@ impl File {
             }
         }
         if let Some(e) = failed {
-            // Keep them marked: a later fsync retries.
-            self.inner.unsynced.lock().extend(targets);
+            self.unsynced.lock().extend(targets);
             return Err(e);
         }
-        if self.inner.size_dirty.swap(false, Ordering::AcqRel) {
-            let size = self.size();
-            let r =
-                self.inner.client.meta(MetaRequest::SetSize { file: self.inner.id, size }).await.and_then(expect_done);
-            if let Err(e) = r {
-                self.inner.size_dirty.store(true, Ordering::Release);
-                return Err(e.context(format!("recording the size of {}", self.inner.path)));
-            }
-        }
-        Ok(())
+        self.record_size().await
+    }
+}
+
+fn mode_name(m: Mode) -> &'static str {
+    match m {
+        Mode::Read => "read",
+        Mode::Write => "write",
+    }
+}
+
+impl File {
+    /// The file's id.
+    pub fn id(&self) -> FileId {
+        self.state.id
     }
 
-    /// Sets the file size to `size` bytes: chunks past it are cut on every storage target
-    /// (durably), then the size is recorded on pfs-meta. Growing leaves a hole (zeros).
+    /// The path it was opened by.
+    pub fn path(&self) -> &str {
+        &self.state.path
+    }
+
+    /// Its stripe layout.
+    pub fn layout(&self) -> &Layout {
+        &self.state.layout
+    }
+
+    /// Size in bytes as this client knows it: from pfs-meta at open and at every token grant,
+    /// grown by our own writes.
+    pub fn size(&self) -> u64 {
+        self.state.size.load(Ordering::Acquire)
+    }
+
+    /// Tokens this client holds on the file (for diagnostics and tests).
+    pub fn tokens(&self) -> Vec<(ByteRange, Mode)> {
+        self.state.tokens.lock().held.list()
+    }
+
+    /// Writes `buf` at byte `offset` under a Write token. Returns `buf.len()`: a write either
+    /// completes whole or fails. Small writes are cached (write-back) until fsync, close, a
+    /// revoke or eviction from the cache; large ones go to the storage servers at once.
+    ///
+    /// Errors: Evicted (the session lost its lease), or the first failing piece's error naming
+    /// the path, chunk and storage server (Unavailable, TimedOut, NoSpace, Io).
+    pub async fn write_at(&self, offset: u64, buf: &[u8]) -> Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let s = &self.state;
+        let end = offset
+            .checked_add(buf.len() as u64)
+            .filter(|e| *e < u64::MAX)
+            .ok_or_else(|| PfsError::new(ErrorCode::Invalid, format!("{}: write past 2^64 bytes", s.path)))?;
+        let required = ByteRange::new(offset, end);
+        loop {
+            s.ensure(Mode::Write, required, ByteRange::from(offset)).await?;
+            let _shared = s.lock.read().await;
+            if !s.holds(required, Mode::Write) {
+                continue; // revoked between the grant and the lock: ask again
+            }
+            s.client.session()?;
+            s.write_locked(offset, buf).await?;
+            return Ok(buf.len());
+        }
+    }
+
+    /// Reads into `buf` from byte `offset` under a Read token. Returns the bytes read: fewer
+    /// than `buf.len()` only at end of file (0 at or past it). Holes read as zeros. Sees every
+    /// write any client completed before this client's token was granted.
+    ///
+    /// Errors: Evicted, or the first failing piece's error naming the path, chunk and server.
+    pub async fn read_at(&self, offset: u64, buf: &mut [u8]) -> Result<usize> {
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        let s = &self.state;
+        let end = offset.saturating_add(buf.len() as u64).min(u64::MAX - 1);
+        let required = ByteRange::new(offset, end);
+        loop {
+            s.ensure(Mode::Read, required, ByteRange::ALL).await?;
+            let _shared = s.lock.read().await;
+            if !s.holds(required, Mode::Read) {
+                continue;
+            }
+            s.client.session()?;
+            let size = self.size();
+            if offset >= size {
+                return Ok(0);
+            }
+            let n = (size - offset).min(buf.len() as u64) as usize;
+            s.read_locked(offset, &mut buf[..n]).await?;
+            return Ok(n);
+        }
+    }
+
+    /// Writes back this client's dirty bytes of the file, makes every write durable on the
+    /// storage servers, then the size durable on pfs-meta. Errors name the server that failed,
+    /// or an earlier write-back (during a revoke) that failed.
+    pub async fn fsync(&self) -> Result<()> {
+        self.state.sync(false).await
+    }
+
+    /// Sets the file size to `size` bytes under a Write token over everything from the new (or
+    /// old) end on: chunks past it are cut on every storage target (durably), then the size is
+    /// recorded on pfs-meta. Growing leaves a hole (zeros).
     pub async fn truncate(&self, size: u64) -> Result<()> {
-        let chunk_size = self.inner.layout.chunk_size();
-        let mut pending: FuturesUnordered<_> = self
-            .inner
+        let s = &self.state;
+        let from = size.min(self.size());
+        s.ensure(Mode::Write, ByteRange::from(from), ByteRange::from(from)).await?;
+        let _excl = s.lock.write().await;
+        if let Some(c) = &s.cache {
+            c.lock().invalidate(s.id, size..u64::MAX, false);
+        }
+        let chunk_size = s.layout.chunk_size();
+        let mut pending: FuturesUnordered<_> = s
             .layout
             .targets
             .iter()
             .map(|&t| async move {
-                let req = StorageRequest::Truncate { file: self.inner.id, size, chunk_size };
-                self.inner
-                    .client
-                    .storage(t, &req, &[])
-                    .await
-                    .map_err(|e| e.context(format!("truncating {} on {t}", self.inner.path)))
+                let req = StorageRequest::Truncate { file: s.id, size, chunk_size };
+                s.client.storage(t, &req, &[]).await.map_err(|e| e.context(format!("truncating {} on {t}", s.path)))
             })
             .collect();
         while let Some(r) = pending.next().await {
             r?;
         }
-        let req = MetaRequest::Truncate { file: self.inner.id, size, expected_generation: None };
-        expect_attr_or_done(self.inner.client.meta(req).await?)?;
-        self.inner.size.store(size, Ordering::Release);
-        self.inner.size_dirty.store(false, Ordering::Release);
+        let req = MetaRequest::Truncate { file: s.id, size, expected_generation: None };
+        match s.client.meta(req).await? {
+            MetaResponse::Attr(_) | MetaResponse::Done => {}
+            other => return Err(crate::client::unexpected(&other)),
+        }
+        s.size.store(size, Ordering::Release);
+        s.size_dirty.store(false, Ordering::Release);
         Ok(())
     }
 
-    /// Fresh attributes from pfs-meta; also refreshes the size this handle reads against
-    /// (never below the end of our own unsynced writes).
+    /// Fresh attributes from pfs-meta; also raises the size this client reads against.
     pub async fn stat(&self) -> Result<Attr> {
-        let attr = expect_attr(self.inner.client.meta(MetaRequest::Stat { file: self.inner.id }).await?)?;
-        self.inner.size.fetch_max(attr.size, Ordering::AcqRel);
+        let attr = expect_attr(self.state.client.meta(MetaRequest::Stat { file: self.state.id }).await?)?;
+        self.state.size.fetch_max(attr.size, Ordering::AcqRel);
         Ok(attr)
     }
 
-    /// [`File::fsync`], then the handle is gone. Errors as fsync; on error nothing is lost
-    /// that was not already lost, but the caller must not assume the data is durable.
+    /// Cache counters of this file in this client.
+    pub fn cache_stats(&self) -> CacheStats {
+        self.state.cache_stats()
+    }
+
+    /// Flushes like [`File::fsync`]; when this is the client's last handle of the file, also
+    /// drops its cached blocks and gives its tokens back. On error the data may not be durable.
     pub async fn close(self) -> Result<()> {
-        self.fsync().await
+        let s = &self.state;
+        let last = s.handles.fetch_sub(1, Ordering::AcqRel) == 1;
+        let synced = s.sync(last).await;
+        if last {
+            if let Some(c) = &s.cache {
+                c.lock().invalidate(s.id, 0..u64::MAX, true);
+            }
+            s.client.forget_file(s);
+            if let Ok(session) = s.client.session() {
+                let _ = s.client.meta(MetaRequest::Release { session, file: s.id, range: ByteRange::ALL }).await;
+            }
+        }
+        synced
     }
-}
 
-fn expect_attr_or_done(r: pfs_common::wire::meta::MetaResponse) -> Result<()> {
-    match r {
-        pfs_common::wire::meta::MetaResponse::Attr(_) => Ok(()),
-        other => expect_done(other),
+    /// Starts a read of `len` bytes at `offset` in the background and calls `done` with the
+    /// bytes read (short at end of file) or the error. `done` runs on a tokio worker thread of
+    /// the client's runtime when the read completes. The returned handle can be awaited.
+    pub fn read_async(
+        &self,
+        offset: u64,
+        len: usize,
+        done: impl FnOnce(Result<PooledBuf>) + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let f = self.clone();
+        tokio::spawn(async move {
+            let mut buf = pool::global().get(len);
+            let r = f.read_at(offset, &mut buf).await.map(|n| {
+                buf.truncate(n);
+                buf
+            });
+            done(r)
+        })
     }
-}
 
-#[allow(dead_code)]
-fn _assert_send(f: &File) {
-    fn is_send<T: Send>(_: T) {}
-    is_send(f.write_at(0, &[]));
-    is_send(f.fsync());
+    /// Starts a write of `data` at `offset` in the background and calls `done` with the bytes
+    /// written or the error, on a tokio worker thread, when it completes.
+    pub fn write_async(
+        &self,
+        offset: u64,
+        data: Vec<u8>,
+        done: impl FnOnce(Result<usize>) + Send + 'static,
+    ) -> tokio::task::JoinHandle<()> {
+        let f = self.clone();
+        tokio::spawn(async move { done(f.write_at(offset, &data).await) })
+    }
 }

@@ -22,10 +22,13 @@ mod client;
 pub mod cluster;
 pub mod copy;
 mod file;
+mod held;
 pub mod path;
 pub mod tool;
 
-pub use client::{Client, CreateOptions};
+pub use cache::CacheStats;
+pub use client::{Client, ClientStats, CreateOptions, RevokeCallback, RevokeEvent};
 pub use file::File;
+pub use pfs_common::token::{ByteRange, Mode};
 pub use pfs_common::wire::meta::{Attr, ChunkInfo, DirEntry, FileKind, ServerStatus};
 pub use pfs_common::{ErrorCode, PfsError, Result};

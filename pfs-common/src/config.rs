@@ -27,6 +27,26 @@ pub struct Config {
     pub timeouts: Timeouts,
     #[serde(default)]
     pub client: ClientConfig,
+    #[serde(default)]
+    pub tokens: TokenTimeouts,
+}
+
+/// Token manager timing, all in milliseconds.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TokenTimeouts {
+    /// A client session not heard from for this long is evicted and fenced.
+    pub lease_ms: u64,
+    /// A holder that does not acknowledge a revoke within this long is evicted and fenced.
+    pub revoke_timeout_ms: u64,
+    /// After a conflict on a file, grants on it are not expanded for this long.
+    pub contention_window_ms: u64,
+}
+
+impl Default for TokenTimeouts {
+    fn default() -> Self {
+        TokenTimeouts { lease_ms: 5_000, revoke_timeout_ms: 5_000, contention_window_ms: 1_000 }
+    }
 }
 
 /// The metadata server.
@@ -99,11 +119,14 @@ impl Default for Timeouts {
 pub struct ClientConfig {
     /// Upper bound on payload bytes one client has in flight to storage servers.
     pub max_inflight_bytes: u64,
+    /// Blocks (of each file's block size) the client cache holds (the seed's
+    /// CLIENT_CACHE_BLOCKS); 0 disables caching.
+    pub cache_blocks: usize,
 }
 
 impl Default for ClientConfig {
     fn default() -> Self {
-        ClientConfig { max_inflight_bytes: 64 << 20 }
+        ClientConfig { max_inflight_bytes: 64 << 20, cache_blocks: 1024 }
     }
 }
 
@@ -154,6 +177,13 @@ impl Config {
         if self.layout.chunk_size() > MAX_CHUNK_SIZE {
             return Err(PfsError::new(ErrorCode::Invalid, "chunk size above 64 MiB"));
         }
+        let t = &self.tokens;
+        if t.lease_ms < 3 || t.revoke_timeout_ms == 0 || t.revoke_timeout_ms >= self.timeouts.request_ms {
+            return Err(PfsError::new(
+                ErrorCode::Invalid,
+                "tokens: lease_ms must be at least 3 and revoke_timeout_ms between 1 and timeouts.request_ms",
+            ));
+        }
         if self.timeouts.heartbeat_ms == 0 || self.timeouts.server_down_ms <= self.timeouts.heartbeat_ms {
             return Err(PfsError::new(ErrorCode::Invalid, "timeouts: server_down_ms must exceed heartbeat_ms > 0"));
         }
@@ -201,6 +231,7 @@ impl Config {
             layout: LayoutPolicy::default(),
             timeouts: Timeouts::default(),
             client: ClientConfig::default(),
+            tokens: TokenTimeouts::default(),
         }
     }
 }
