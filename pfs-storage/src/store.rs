@@ -24,6 +24,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::Notify;
 use tracing::{debug, info, warn};
 
+/// Most chunk fdatasyncs one `Fsync` has in flight at once.
+pub const SYNCS_AT_ONCE: usize = 16;
+
 /// Tunables of a [`Store`].
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
@@ -426,12 +429,30 @@ impl Store {
             }
             keys
         };
-        for (i, &key) in keys.iter().enumerate() {
-            if let Err(e) = self.engine.sync(key).await {
-                // Not synced: keep them marked so a retry syncs them again.
-                self.state.lock().unsynced.extend(keys[i..].iter().copied());
-                return Err(self.err(e, key));
+        // Several fdatasyncs at once, so the file system can commit their metadata (block
+        // allocations of O_DIRECT appends) in shared journal transactions rather than one
+        // commit per chunk in turn.
+        let mut syncing = tokio::task::JoinSet::new();
+        let mut failed: Option<PfsError> = None;
+        let mut next = keys.iter().copied();
+        loop {
+            while syncing.len() < SYNCS_AT_ONCE {
+                let Some(key) = next.next() else { break };
+                let engine = self.engine.clone();
+                syncing.spawn(async move { engine.sync(key).await.map_err(|e| (key, e)) });
             }
+            let Some(done) = syncing.join_next().await else { break };
+            let err = match done {
+                Ok(Ok(())) => continue,
+                Ok(Err((key, e))) => self.err(e, key),
+                Err(e) => PfsError::new(ErrorCode::Io, format!("{}: sync task failed: {e}", self.id)),
+            };
+            failed.get_or_insert(err);
+        }
+        if let Some(e) = failed {
+            // Not all synced: keep them all marked so a retry syncs them again.
+            self.state.lock().unsynced.extend(keys.iter().copied());
+            return Err(e);
         }
         self.sync_dir().await?;
         crate::hasher::hash_file_now(self, file).await;
