@@ -317,9 +317,15 @@ impl FileState {
             self.read_direct(fs, &mut tmp).await?;
             let (a, b) = ((m.start - fs) as usize, (m.end - fs) as usize);
             buf[(m.start - offset) as usize..(m.end - offset) as usize].copy_from_slice(&tmp[a..b]);
-            if self.write_seq.load(Ordering::Acquire) == seq {
-                let evicted = cache.lock().fill(self.id, fs, &tmp);
-                self.write_runs(evicted).await?;
+            // Cache only bytes under our token: the rest of the block may be changing in
+            // another client's cache right now, and caching it would serve it stale later.
+            let span = self.tokens.lock().held.span(m.start, Mode::Read);
+            if let (Some(span), true) = (span, self.write_seq.load(Ordering::Acquire) == seq) {
+                let (cs, ce) = (span.start.max(fs), span.end.min(fe));
+                if cs < ce {
+                    let evicted = cache.lock().fill(self.id, cs, &tmp[(cs - fs) as usize..(ce - fs) as usize]);
+                    self.write_runs(evicted).await?;
+                }
             }
         }
         Ok(())

@@ -86,6 +86,26 @@ impl HeldTokens {
         self.merge();
     }
 
+    /// The largest contiguous range held in `mode` or stronger that contains byte `pos`.
+    pub fn span(&self, pos: u64, mode: Mode) -> Option<ByteRange> {
+        let list = self.list();
+        let i = list.iter().position(|(r, m)| r.start <= pos && pos < r.end && *m >= mode)?;
+        let (mut start, mut end) = (list[i].0.start, list[i].0.end);
+        for (r, m) in list[..i].iter().rev() {
+            if r.end != start || *m < mode {
+                break;
+            }
+            start = r.start;
+        }
+        for (r, m) in &list[i + 1..] {
+            if r.start != end || *m < mode {
+                break;
+            }
+            end = r.end;
+        }
+        Some(ByteRange::new(start, end))
+    }
+
     /// Every held range with its mode, in order.
     pub fn list(&self) -> Vec<(ByteRange, Mode)> {
         self.ranges.iter().map(|(&s, &(e, m))| (ByteRange::new(s, e), m)).collect()
@@ -156,6 +176,9 @@ mod tests {
         assert_eq!(h.list()[2], (r(60, 70), Mode::Write));
         assert!(h.covers(r(0, 200), Mode::Read));
         assert!(!h.covers(r(0, 200), Mode::Write));
+        assert_eq!(h.span(65, Mode::Read), Some(r(0, 200)));
+        assert_eq!(h.span(65, Mode::Write), Some(r(60, 70)));
+        assert_eq!(h.span(500, Mode::Read), None);
         h.grant(r(20, u64::MAX), Mode::Write);
         assert_eq!(h.list(), vec![(r(0, u64::MAX), Mode::Write)]);
     }

@@ -4,6 +4,7 @@
 //! request path, and a session with pfs-meta (register, heartbeats, chunk reports).
 
 pub mod engine;
+pub mod fence;
 pub mod hasher;
 pub mod meta_link;
 pub mod server;

@@ -164,11 +164,17 @@ async fn session(config: &Config, id: ServerId, store: &Arc<Store>, registered: 
         };
         let (notify_tx, notify_rx) = mpsc::channel(64);
         let client = RpcClient::connect(config.meta.address, "pfs-meta", &opts, Some(notify_tx)).await?;
-        tokio::spawn(drain_notifications(store.clone(), notify_rx));
+        tokio::spawn(drain_notifications(store.clone(), notify_rx, client.clone()));
         let (capacity_bytes, free_bytes) = disk_space(store.dir())?;
         let req = MetaRequest::Register { id, address: me.address, capacity_bytes, free_bytes };
         let (resp, _) = client.call::<_, MetaResponse>(&req, &[]).await?;
-        remove_orphans(store, resp);
+        match resp {
+            MetaResponse::Registered { orphans, fence_below, fenced } => {
+                store.fence.reset(fence_below, &fenced).await;
+                remove_orphans(store, MetaResponse::Orphans(orphans));
+            }
+            other => remove_orphans(store, other),
+        }
         info!("{id}: registered with pfs-meta at {}", config.meta.address);
         *registered = true;
         store.reporter.full_report(store, &client).await?;
@@ -193,7 +199,11 @@ async fn session(config: &Config, id: ServerId, store: &Arc<Store>, registered: 
 }
 
 /// Handles pfs-meta's one-way frames until the connection ends.
-async fn drain_notifications(store: Arc<Store>, mut rx: mpsc::Receiver<pfs_common::wire::frame::Frame>) {
+async fn drain_notifications(
+    store: Arc<Store>,
+    mut rx: mpsc::Receiver<pfs_common::wire::frame::Frame>,
+    meta: RpcClient,
+) {
     while let Some(frame) = rx.recv().await {
         match wire::decode::<StorageNotify>(&frame.body, "storage notification") {
             Ok(StorageNotify::RemoveFiles(ids)) => {
@@ -201,8 +211,12 @@ async fn drain_notifications(store: Arc<Store>, mut rx: mpsc::Receiver<pfs_commo
                 remove_files(&store, ids);
             }
             Ok(StorageNotify::Fence(sessions)) => {
-                // Wired up with the token manager; until then nothing is fenced.
-                debug!("{}: pfs-meta fences sessions {sessions:?}", store.id);
+                store.fence.fence(&sessions).await;
+                info!("{}: fenced sessions {sessions:x?}", store.id);
+                let req = MetaRequest::Fenced { id: store.id, sessions };
+                if let Err(e) = meta.call::<_, MetaResponse>(&req, &[]).await {
+                    warn!("{}: confirming a fence to pfs-meta: {e}", store.id);
+                }
             }
             Err(e) => warn!("{}: {e}", store.id),
         }

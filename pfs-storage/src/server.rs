@@ -25,9 +25,17 @@ impl Handler for StorageHandler {
     async fn handle(self: Arc<Self>, _peer: Peer, req: StorageRequest, payload: PooledBuf) -> Reply {
         let store = &self.store;
         match req {
-            StorageRequest::Write { file, chunk, offset, chunk_size, session: _ } => Reply::from_result(
-                store.write(file, chunk, offset, chunk_size, payload).await.map(|len| StorageResponse::Written { len }),
-            ),
+            StorageRequest::Write { file, chunk, offset, chunk_size, session } => {
+                let admitted = match store.fence.admit(session).await {
+                    Ok(guard) => guard,
+                    Err(e) => {
+                        return Reply::error(e.context(format!("{}: write to chunk {chunk} of file {file}", store.id)))
+                    }
+                };
+                let r = store.write(file, chunk, offset, chunk_size, payload).await;
+                drop(admitted);
+                Reply::from_result(r.map(|len| StorageResponse::Written { len }))
+            }
             StorageRequest::Read { file, chunk, offset, len } => match store.read(file, chunk, offset, len).await {
                 Ok((data, chunk_len)) => Reply::from_result(Ok(StorageResponse::Read { chunk_len })).with_payload(data),
                 Err(e) => Reply::error(e),

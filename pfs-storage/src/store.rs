@@ -131,6 +131,8 @@ pub struct Store {
     pub(crate) hash_rereads: AtomicU64,
     /// The pfs-meta session's report channel.
     pub(crate) reporter: Reporter,
+    /// Sessions whose writes are refused.
+    pub fence: crate::fence::Fence,
 }
 
 impl Store {
@@ -163,6 +165,7 @@ impl Store {
             hashes_done: AtomicU64::new(0),
             hash_rereads: AtomicU64::new(0),
             reporter: Reporter::new(id),
+            fence: crate::fence::Fence::default(),
         }))
     }
 

@@ -1,0 +1,167 @@
+//! Byte-range tokens across separate client processes (`pfs-probe`) on a real cluster.
+
+mod common;
+
+use common::{sha256_hex, Probe};
+use pfs_client::cluster::LocalCluster;
+use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::wire::storage::{StorageRequest, StorageResponse};
+use pfs_common::wire::Role;
+use pfs_common::ErrorCode;
+use std::time::Duration;
+
+const PROBE: &str = env!("CARGO_BIN_EXE_pfs-probe");
+
+fn hex_of(byte: u8, n: usize) -> String {
+    hex::encode(vec![byte; n])
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_cached_reader_sees_a_later_remote_write() {
+    let cluster = LocalCluster::start(4).await.unwrap();
+    let cfg = cluster.config_path();
+    let mut c1 = Probe::start(PROBE, cfg);
+    let mut c2 = Probe::start(PROBE, cfg);
+    c1.ok("create /f");
+    c1.ok("write 0 200 1");
+    c1.ok("fsync");
+    // Client 1 reads bytes 40..70 and keeps them cached.
+    assert_eq!(c1.ok("read 40 30"), hex_of(1, 30));
+    assert_eq!(c1.ok("read 40 30"), hex_of(1, 30));
+    assert!(c1.stat("read_hits") >= 1, "the second read should be served from the cache");
+    // Client 2 writes 60..80 (cached in client 2 under its write token).
+    c2.ok("open /f");
+    c2.ok("write 60 20 2");
+    // Client 1's next read of 40..70 sees client 2's bytes for 60..70.
+    let want = format!("{}{}", hex_of(1, 20), hex_of(2, 10));
+    assert_eq!(c1.ok("read 40 30"), want);
+    assert!(c2.stat("revokes") >= 1 && c1.stat("revokes") >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn four_writers_share_one_file() {
+    const REC: u64 = 47008;
+    const PER: u64 = 6;
+    let cluster = LocalCluster::start(4).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let client = cluster.client().await.unwrap();
+    client.create("/interleaved", &Default::default()).await.unwrap().close().await.unwrap();
+    client.create("/segmented", &Default::default()).await.unwrap().close().await.unwrap();
+    let mut probes: Vec<Probe> = (0..4).map(|_| Probe::start(PROBE, &cfg)).collect();
+
+    // Interleaved records: record k belongs to writer k % 4; writers take turns record by
+    // record, so every write conflicts with a neighbour's token.
+    for p in &mut probes {
+        p.ok("open /interleaved");
+    }
+    for k in 0..4 * PER {
+        let p = &mut probes[(k % 4) as usize];
+        p.ok(&format!("write {} {REC} {}", k * REC, k + 1));
+    }
+    for p in &mut probes {
+        p.ok("fsync");
+    }
+    for i in 0..4usize {
+        let neighbour = (i + 1) % 4;
+        for k in (0..4 * PER).filter(|k| k % 4 == neighbour as u64) {
+            let got = probes[i].ok(&format!("readsum {} {REC}", k * REC));
+            assert_eq!(
+                got,
+                format!("{REC} {}", sha256_hex(&vec![(k + 1) as u8; REC as usize])),
+                "writer {i} record {k}"
+            );
+        }
+    }
+    for p in &mut probes {
+        p.ok("close");
+    }
+
+    // Disjoint sequential ranges: writer i writes its own segment record by record.
+    let before: Vec<u64> = probes.iter_mut().map(|p| p.stat("acquires")).collect();
+    for p in &mut probes {
+        p.ok("open /segmented");
+    }
+    for r in 0..PER {
+        for (i, p) in probes.iter_mut().enumerate() {
+            let k = i as u64 * PER + r;
+            p.ok(&format!("write {} {REC} {}", k * REC, k + 1));
+        }
+    }
+    for (i, p) in probes.iter_mut().enumerate() {
+        p.ok("fsync");
+        let trips = p.stat("acquires") - before[i];
+        assert!(trips <= 2, "writer {i} needed {trips} token round trips for its own segment");
+    }
+    let neighbour_ok = (0..4usize).all(|i| {
+        let n = (i + 1) % 4;
+        (0..PER).all(|r| {
+            let k = n as u64 * PER + r;
+            probes[i].ok(&format!("readsum {} {REC}", k * REC))
+                == format!("{REC} {}", sha256_hex(&vec![(k + 1) as u8; REC as usize]))
+        })
+    });
+    assert!(neighbour_ok, "a neighbour's segment read back wrong");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_writer_is_evicted_and_fenced() {
+    let cluster = LocalCluster::start(2).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let mut dead = Probe::start(PROBE, &cfg);
+    dead.ok("create /k");
+    dead.ok("write 0 4096 7");
+    dead.ok("fsync");
+    dead.ok("write 0 4096 9"); // dirty in its cache only
+    let session = u64::from_str_radix(&dead.ok("session"), 16).unwrap();
+    dead.child.kill().unwrap();
+    dead.child.wait().unwrap();
+
+    // Another client gets the token and reads what was written back.
+    let mut alive = Probe::start(PROBE, &cfg);
+    alive.ok("open /k");
+    assert_eq!(alive.ok("read 0 4096"), hex_of(7, 4096));
+
+    // A write carrying the dead session is refused by the storage server.
+    let client = cluster.client().await.unwrap();
+    let attr = client.stat("/k").await.unwrap();
+    let layout = attr.layout.unwrap();
+    let target = cluster.config().storage(layout.target(0)).unwrap();
+    let opts = ConnectOptions {
+        role: Role::Client,
+        name: "late writer".into(),
+        connect_timeout: Duration::from_secs(5),
+        request_timeout: Duration::from_secs(5),
+    };
+    let conn = RpcClient::connect(target.address, "storage", &opts, None).await.unwrap();
+    let req = StorageRequest::Write { file: attr.id, chunk: 0, offset: 0, chunk_size: layout.chunk_size(), session };
+    let err = conn.call::<_, StorageResponse>(&req, &[9u8; 4096]).await.unwrap_err();
+    assert_eq!(err.code, ErrorCode::Evicted, "{err}");
+    assert_eq!(alive.ok("read 0 4096"), hex_of(7, 4096), "the late write must not land");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn readers_never_see_a_torn_write() {
+    const LEN: usize = 8192;
+    const ROUNDS: usize = 150;
+    let cluster = LocalCluster::start(4).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let mut w = Probe::start(PROBE, &cfg);
+    w.ok("create /t");
+    w.ok(&format!("write 0 {LEN} 1"));
+    w.ok("fsync");
+    let writer = std::thread::spawn(move || {
+        for v in 0..ROUNDS {
+            // Unaligned, straddling two blocks of the reader's range.
+            w.ok(&format!("write 100 {LEN} {}", (v % 250) + 2));
+        }
+        w.ok("close");
+    });
+    let mut r = Probe::start(PROBE, &cfg);
+    r.ok("open /t");
+    for _ in 0..ROUNDS {
+        let got = hex::decode(r.ok(&format!("read 100 {LEN}"))).unwrap();
+        assert_eq!(got.len(), LEN);
+        assert!(got.iter().all(|b| *b == got[0]), "torn read: {:?} .. {:?}", &got[..8], &got[LEN - 8..]);
+    }
+    writer.join().unwrap();
+}
