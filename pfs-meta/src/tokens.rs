@@ -1819,7 +1819,7 @@ mod proptests {
     #[test]
     fn random_sessions_against_a_client_model() {
         let cases = std::env::var("PFS_TOKEN_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(600);
-        let mut runner = TestRunner::new(Config { cases, ..Config::default() });
+        let mut runner = TestRunner::new(Config { cases, failure_persistence: None, ..Config::default() });
         let strategy = proptest::collection::vec(step(), 1..60);
         runner
             .run(&strategy, |steps| {
@@ -1841,5 +1841,269 @@ mod proptests {
             REVOKES.load(Relaxed),
             EVICTIONS.load(Relaxed)
         );
+    }
+}
+
+/// Exhaustive model check (stateright) of small configurations: one file, ranges within
+/// [0, 4) (desired may reach ∞), each session acquires up to twice (one request at a time) and
+/// may release, acks arrive in any order, and one session may crash.
+#[cfg(test)]
+mod model_check {
+    use super::*;
+    use stateright::{Checker, Model, Property};
+
+    const F: FileId = FileId(1);
+
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    struct St {
+        m: TokenManager,
+        now: u64,
+        /// Per session slot: revokes received and not acked.
+        inbox: Vec<BTreeSet<RevokeId>>,
+        crashed: Option<usize>,
+        acquires_left: Vec<u8>,
+        /// Per slot: the outstanding request (id, required, desired).
+        pending: Vec<Option<(RequestId, ByteRange, ByteRange)>>,
+        next_req: RequestId,
+        /// Set if an output broke the client's expectations.
+        bad: bool,
+    }
+
+    #[derive(Clone, Debug, PartialEq, Eq, Hash)]
+    enum Act {
+        Acquire(usize, Mode, ByteRange, ByteRange),
+        Ack(usize, RevokeId),
+        Release(usize),
+        Crash(usize),
+        /// Live clients heartbeat while a lease passes; the crashed one is evicted.
+        Timeout,
+    }
+
+    struct TokModel {
+        sessions: usize,
+        crash: bool,
+        requireds: Vec<ByteRange>,
+        /// Offer `desired` = ∞ as well as `desired` = `required`.
+        expand: bool,
+        /// Acquires per session.
+        acquires: u8,
+        /// Offer whole-file releases.
+        release: bool,
+        cfg: TokenConfig,
+    }
+
+    fn sid(slot: usize) -> SessionId {
+        slot as SessionId + 1
+    }
+
+    fn alive(st: &St, slot: usize) -> bool {
+        st.m.sessions.contains_key(&sid(slot))
+    }
+
+    /// No message in flight that a live client would act on, and no eviction due.
+    fn quiescent(st: &St) -> bool {
+        let crashed_alive = st.crashed.is_some_and(|c| alive(st, c));
+        !crashed_alive && (0..st.inbox.len()).all(|s| !alive(st, s) || st.inbox[s].is_empty())
+    }
+
+    impl TokModel {
+        fn apply(&self, st: &mut St, input: Input) {
+            for o in st.m.handle(input) {
+                match o {
+                    Output::Grant { session, request, range, .. } => {
+                        let s = (session - 1) as usize;
+                        match st.pending[s].take() {
+                            Some((q, req, des)) if q == request && range.contains(&req) && des.contains(&range) => {}
+                            _ => st.bad = true,
+                        }
+                    }
+                    Output::Revoke { session, revoke, .. } => {
+                        st.inbox[(session - 1) as usize].insert(revoke);
+                    }
+                    Output::Evict { session, .. } => {
+                        let s = (session - 1) as usize;
+                        st.inbox[s].clear();
+                        st.pending[s] = None;
+                        if st.crashed != Some(s) {
+                            st.bad = true;
+                        }
+                    }
+                    Output::Refuse { .. } => st.bad = true,
+                }
+            }
+        }
+    }
+
+    impl Model for TokModel {
+        type State = St;
+        type Action = Act;
+
+        fn init_states(&self) -> Vec<St> {
+            let mut m = TokenManager::new(self.cfg);
+            for s in 0..self.sessions {
+                m.handle(Input::OpenSession { session: sid(s), now_ms: 0 });
+            }
+            vec![St {
+                m,
+                now: 0,
+                inbox: vec![BTreeSet::new(); self.sessions],
+                crashed: None,
+                acquires_left: vec![self.acquires; self.sessions],
+                pending: vec![None; self.sessions],
+                next_req: 1,
+                bad: false,
+            }]
+        }
+
+        fn actions(&self, st: &St, actions: &mut Vec<Act>) {
+            for s in 0..self.sessions {
+                if !alive(st, s) || st.crashed == Some(s) {
+                    continue;
+                }
+                if st.pending[s].is_none() && st.acquires_left[s] > 0 {
+                    for mode in [Mode::Read, Mode::Write] {
+                        for &req in &self.requireds {
+                            actions.push(Act::Acquire(s, mode, req, req));
+                            if self.expand {
+                                actions.push(Act::Acquire(s, mode, req, ByteRange::new(req.start, u64::MAX)));
+                            }
+                        }
+                    }
+                }
+                for &id in &st.inbox[s] {
+                    actions.push(Act::Ack(s, id));
+                }
+                if self.release && st.pending[s].is_none() && !st.m.tokens(sid(s), F).is_empty() {
+                    actions.push(Act::Release(s));
+                }
+                if self.crash && st.crashed.is_none() {
+                    actions.push(Act::Crash(s));
+                }
+            }
+            if let Some(c) = st.crashed {
+                let acks_due = (0..self.sessions).any(|s| s != c && alive(st, s) && !st.inbox[s].is_empty());
+                if alive(st, c) && !acks_due {
+                    actions.push(Act::Timeout);
+                }
+            }
+        }
+
+        fn next_state(&self, st: &St, act: Act) -> Option<St> {
+            let mut n = st.clone();
+            let now_ms = n.now;
+            match act {
+                Act::Acquire(s, mode, required, desired) => {
+                    let request = n.next_req;
+                    n.next_req += 1;
+                    n.acquires_left[s] -= 1;
+                    n.pending[s] = Some((request, required, desired));
+                    let input = Input::Acquire { session: sid(s), request, file: F, mode, required, desired, now_ms };
+                    self.apply(&mut n, input);
+                }
+                Act::Ack(s, revoke) => {
+                    n.inbox[s].remove(&revoke);
+                    self.apply(&mut n, Input::RevokeAck { session: sid(s), revoke, now_ms });
+                }
+                Act::Release(s) => {
+                    self.apply(&mut n, Input::Release { session: sid(s), file: F, range: ByteRange::ALL, now_ms })
+                }
+                Act::Crash(s) => n.crashed = Some(s),
+                Act::Timeout => {
+                    for t in [n.now + self.cfg.lease_ms / 2, n.now + self.cfg.lease_ms] {
+                        n.now = t;
+                        for s in 0..self.sessions {
+                            if Some(s) != n.crashed && alive(&n, s) {
+                                self.apply(&mut n, Input::Heartbeat { session: sid(s), now_ms: t });
+                            }
+                        }
+                    }
+                }
+            }
+            Some(n)
+        }
+
+        fn properties(&self) -> Vec<Property<Self>> {
+            vec![
+                Property::always("never two conflicting tokens (invariants hold)", |_, st: &St| {
+                    st.m.check_invariants().is_ok()
+                }),
+                Property::always("outputs as the clients expect", |_, st: &St| !st.bad),
+                Property::always("quiescent: every live request granted", |_, st: &St| {
+                    !quiescent(st)
+                        || (st.m.stats().waiters == 0
+                            && (0..st.pending.len()).all(|s| !alive(st, s) || st.pending[s].is_none()))
+                }),
+                Property::sometimes("a revoke was acked and its request granted", |_, st: &St| {
+                    st.m.stats().revokes > 0 && st.m.stats().outstanding_revokes == 0 && st.m.stats().waiters == 0
+                }),
+                Property::sometimes("a crashed holder was evicted", |_, st: &St| {
+                    st.m.stats().evictions > 0 && st.m.stats().tokens > 0
+                }),
+            ]
+        }
+    }
+
+    fn check(model: TokModel, name: &str) {
+        let crash = model.crash;
+        // A guard against a configuration too large for a test run; the checks below are
+        // exhaustive only if it was not reached.
+        const CAP: usize = 3_000_000;
+        let checker = model.checker().threads(2).target_state_count(CAP).spawn_bfs().join();
+        assert!(checker.unique_state_count() < CAP, "state space not exhausted");
+        println!(
+            "stateright {name}: {} unique states ({} visited), max depth {}",
+            checker.unique_state_count(),
+            checker.state_count(),
+            checker.max_depth()
+        );
+        checker.assert_no_discovery("never two conflicting tokens (invariants hold)");
+        checker.assert_no_discovery("outputs as the clients expect");
+        checker.assert_no_discovery("quiescent: every live request granted");
+        checker.assert_any_discovery("a revoke was acked and its request granted");
+        if crash {
+            checker.assert_any_discovery("a crashed holder was evicted");
+        }
+    }
+
+    const R3: [ByteRange; 3] = [ByteRange::new(0, 2), ByteRange::new(1, 3), ByteRange::new(2, 4)];
+
+    #[test]
+    fn two_sessions_with_expansion_and_crash() {
+        let cfg = TokenConfig { lease_ms: 100, revoke_timeout_ms: 100, contention_window_ms: 0 };
+        let model = TokModel {
+            sessions: 2,
+            crash: true,
+            requireds: R3.to_vec(),
+            expand: true,
+            acquires: 2,
+            release: true,
+            cfg,
+        };
+        check(model, "2 sessions, expansion on, crash");
+    }
+
+    #[test]
+    fn three_sessions_contended_with_crash() {
+        let cfg = TokenConfig { lease_ms: 100, revoke_timeout_ms: 100, contention_window_ms: 10 };
+        // Two overlapping required ranges, no expansion, no release: with all of R3 and
+        // expansion, 3 sessions × 2 acquires exceed 24 GB of checker memory.
+        let requireds = R3[..2].to_vec();
+        let model = TokModel { sessions: 3, crash: true, requireds, expand: false, acquires: 2, release: false, cfg };
+        check(model, "3 sessions, 2 acquires each, contention window, crash");
+    }
+
+    #[test]
+    fn three_sessions_one_acquire_each_with_expansion_release_and_crash() {
+        let cfg = TokenConfig { lease_ms: 100, revoke_timeout_ms: 100, contention_window_ms: 0 };
+        let model = TokModel {
+            sessions: 3,
+            crash: true,
+            requireds: R3.to_vec(),
+            expand: true,
+            acquires: 1,
+            release: true,
+            cfg,
+        };
+        check(model, "3 sessions, 1 acquire each, expansion, release, crash");
     }
 }
