@@ -43,6 +43,8 @@
 //! While a revoke to a session is outstanding, that session is granted nothing that overlaps
 //! the revoked range (its request waits for its own ack). Otherwise a grant sent after the
 //! Revoke but before the ack arrives would be undone by the ack.
+//! A revoke stays outstanding (and its deadline stands) even if the request that caused it
+//! goes away (closed or evicted): the holder may already be flushing.
 //!
 //! # Fairness
 //! Waiters are served in FIFO order per file: a request waits not only for conflicting
@@ -1631,13 +1633,8 @@ mod proptests {
                     // it believes more only while a revoke is unacked.
                     let mgr = cells_of(&self.m.tokens(c.id, *file));
                     if c.inbox.iter().any(|r| r.f == f) {
-                        for x in 0..CELLS {
-                            assert!(
-                                c.cells[f][x] <= mgr[x],
-                                "session {} holds {:?} at {x} in {file}",
-                                c.id,
-                                c.cells[f]
-                            );
+                        for (x, (mine, theirs)) in c.cells[f].iter().zip(&mgr).enumerate() {
+                            assert!(mine <= theirs, "session {} holds {:?} at {x} in {file}", c.id, c.cells[f]);
                         }
                     } else {
                         assert_eq!(mgr, c.cells[f], "tokens of {} in {file}", c.id);
