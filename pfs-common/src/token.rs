@@ -27,6 +27,14 @@ pub enum Mode {
     Write,
 }
 
+impl Mode {
+    /// True if tokens of modes `self` and `other`, held by different sessions over
+    /// overlapping bytes, conflict: unless both are Read.
+    pub fn conflicts_with(self, other: Mode) -> bool {
+        self == Mode::Write || other == Mode::Write
+    }
+}
+
 /// A byte range `[start, end)` of a file; `end == u64::MAX` means "to infinity" (past any
 /// end of file, as a sequential writer's desired range is).
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -61,7 +69,12 @@ impl ByteRange {
 
     /// True when the two share at least one byte.
     pub fn overlaps(&self, other: &ByteRange) -> bool {
-        self.start < other.end && other.start < self.end
+        self.start < other.end && other.start < self.end && !self.is_empty() && !other.is_empty()
+    }
+
+    /// The smallest range holding both.
+    pub fn hull(&self, other: &ByteRange) -> ByteRange {
+        ByteRange { start: self.start.min(other.start), end: self.end.max(other.end) }
     }
 
     /// True when every byte of `other` is in `self`.

@@ -9,6 +9,7 @@ pub mod namespace;
 pub mod registry;
 pub mod server;
 pub mod store;
+pub mod token_service;
 pub mod tokens;
 pub mod wal;
 
@@ -33,6 +34,7 @@ pub async fn run(config: Arc<Config>) -> Result<()> {
         ServeOptions { name: "pfs-meta".into(), roles: vec![Role::Client, Role::Storage], limits: DEFAULT_LIMITS };
     tokio::select! {
         _ = rpc::serve(listener, server.clone(), opts) => Ok(()),
+        _ = server.run_token_ticks() => Ok(()),
         failed = durable.wait_for(|d| d.failed.is_some()) => {
             // The state in memory may be ahead of the disk: stop rather than serve it.
             match failed {

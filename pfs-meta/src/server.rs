@@ -8,6 +8,8 @@
 use crate::holders::Holders;
 use crate::registry::Registry;
 use crate::store::Store;
+use crate::token_service::{StorageLinks, TokenService};
+use crate::tokens::TokenConfig;
 use parking_lot::Mutex;
 use pfs_common::config::Config;
 use pfs_common::pool::PooledBuf;
@@ -32,6 +34,9 @@ struct Cluster {
 pub struct MetaServer {
     store: Store,
     cluster: Mutex<Cluster>,
+    tokens: Arc<TokenService>,
+    /// Storage servers' connections, for fencing.
+    links: StorageLinks,
 }
 
 impl MetaServer {
@@ -40,8 +45,19 @@ impl MetaServer {
     /// Errors: Io naming the file and byte offset of a corrupt log.
     pub fn open(config: &Config) -> Result<MetaServer> {
         let store = Store::open(&config.meta_dir(), config.meta.checkpoint_records, config.layout)?;
+        let t = &config.tokens;
+        let tokens = TokenService::open(
+            &config.meta_dir(),
+            TokenConfig {
+                lease_ms: t.lease_ms,
+                revoke_timeout_ms: t.revoke_timeout_ms,
+                contention_window_ms: t.contention_window_ms,
+            },
+        )?;
         Ok(MetaServer {
             store,
+            tokens: Arc::new(tokens),
+            links: StorageLinks::default(),
             cluster: Mutex::new(Cluster {
                 registry: Registry::new(config),
                 holders: Holders::new(),
@@ -53,6 +69,11 @@ impl MetaServer {
     /// The durable namespace.
     pub fn store(&self) -> &Store {
         &self.store
+    }
+
+    /// Runs the token manager's timers (lease and revoke expiry) forever.
+    pub async fn run_token_ticks(&self) {
+        self.tokens.clone().run_ticks(self.links.clone()).await
     }
 
     /// Handles one request from `peer`.
@@ -68,7 +89,42 @@ impl MetaServer {
                 c.registry.register(id, address, capacity_bytes, free_bytes, peer.conn_id, now);
                 c.holders.begin_listing(id);
                 c.notifiers.insert(id, (peer.conn_id, peer.notifier.clone()));
-                Ok(MetaResponse::Orphans(Vec::new()))
+                self.links.set(id, peer.notifier.clone());
+                Ok(MetaResponse::Registered {
+                    orphans: Vec::new(),
+                    fence_below: self.tokens.fence_below(),
+                    fenced: self.tokens.fenced(),
+                })
+            }
+            MetaRequest::Fenced { id, sessions } => {
+                require_storage(peer, id)?;
+                self.tokens.fenced_by(id, &sessions);
+                Ok(MetaResponse::Done)
+            }
+            MetaRequest::OpenSession => {
+                let (session, lease_ms) =
+                    self.tokens.open_session(peer.conn_id, peer.notifier.clone(), &self.links).await;
+                Ok(MetaResponse::Session { session, lease_ms })
+            }
+            MetaRequest::KeepAlive { session } => {
+                self.tokens.keep_alive(session, &self.links).await.map(|()| MetaResponse::Done)
+            }
+            MetaRequest::Acquire { session, file, mode, required, desired } => {
+                // Tokens exist for files only; the size answered is the one at the grant, after
+                // every conflicting holder wrote back and recorded its size.
+                self.file_size(file).await?;
+                let g = self.tokens.acquire(session, file, mode, required, desired, &self.links).await?;
+                let size = self.file_size(file).await?;
+                Ok(MetaResponse::Granted { mode: g.mode, range: g.range, size })
+            }
+            MetaRequest::RevokeDone { session, revoke } => {
+                self.tokens.revoke_done(session, revoke, &self.links).await.map(|()| MetaResponse::Done)
+            }
+            MetaRequest::Release { session, file, range } => {
+                self.tokens.release(session, file, range, &self.links).await.map(|()| MetaResponse::Done)
+            }
+            MetaRequest::CloseSession { session } => {
+                self.tokens.close_session(session, &self.links).await.map(|()| MetaResponse::Done)
             }
             MetaRequest::Heartbeat { id, capacity_bytes, free_bytes } => {
                 require_storage(peer, id)?;
@@ -141,13 +197,32 @@ impl MetaServer {
         }
     }
 
-    /// A connection closed: a storage server on it is down.
-    pub fn disconnected(&self, peer: &Peer) {
-        let mut c = self.cluster.lock();
-        if let Some(id) = c.registry.disconnected(peer.conn_id) {
-            if c.notifiers.get(&id).is_some_and(|(conn, _)| *conn == peer.conn_id) {
-                c.notifiers.remove(&id);
+    /// Size in bytes of a regular file, from durable state. Errors: NotFound, IsDir.
+    async fn file_size(&self, file: FileId) -> Result<u64> {
+        let (attr, lsn) = self.store.read(|ns| ns.get(file).map(|i| i.attr()));
+        self.store.wait_durable(lsn).await?;
+        match attr {
+            None => Err(PfsError::new(ErrorCode::NotFound, format!("file {file} does not exist"))),
+            Some(a) if a.kind == pfs_common::wire::meta::FileKind::Dir => {
+                Err(PfsError::new(ErrorCode::IsDir, format!("{file} is a directory; tokens cover files")))
             }
+            Some(a) => Ok(a.size),
+        }
+    }
+
+    /// A connection closed: a storage server on it is down; a client's sessions are evicted.
+    pub async fn disconnected(&self, peer: &Peer) {
+        {
+            let mut c = self.cluster.lock();
+            if let Some(id) = c.registry.disconnected(peer.conn_id) {
+                if c.notifiers.get(&id).is_some_and(|(conn, _)| *conn == peer.conn_id) {
+                    c.notifiers.remove(&id);
+                    self.links.remove(id);
+                }
+            }
+        }
+        if peer.role == Role::Client {
+            self.tokens.connection_lost(peer.conn_id, &self.links).await;
         }
     }
 }
@@ -170,6 +245,6 @@ impl Handler for MetaServer {
     }
 
     async fn disconnected(self: Arc<Self>, peer: Peer) {
-        MetaServer::disconnected(&self, &peer);
+        MetaServer::disconnected(&self, &peer).await;
     }
 }

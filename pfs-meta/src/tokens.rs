@@ -23,22 +23,26 @@
 //! # Contention: no expansion (Lustre's lesson)
 //! Lustre found that expanded extent locks make strided shared-file writers ping-pong (each
 //! writer's expanded lock is revoked by the next writer); it added lockahead and a
-//! no-expansion mode. Policy here: a file is *contended* for
-//! [`TokenConfig::contention_window_ms`] after any request on it could not be granted at once
-//! (it needed a revoke, or it queued behind an incompatible earlier request); the window is
-//! renewed every time the queue is evaluated and a request is still blocked. While a file is
-//! contended, grants are exactly `required`. The state is per file and is forgotten when a
-//! file has no tokens, requests or revokes left.
+//! no-expansion mode. Policy here: a file becomes *contended* for
+//! [`TokenConfig::contention_window_ms`] when a session asks again, within the window, for
+//! bytes that were revoked from it (the ping-pong itself), or when a request has to queue
+//! behind another one. While a file is contended, grants are exactly `required` and revokes
+//! take only the conflicting bytes within `required`. While it is not, a revoke takes the
+//! holder's conflicting bytes within the whole `desired` range, so writers of disjoint
+//! segments (each its own contiguous part, each asking to the end of file) settle after one
+//! exchange each: the first writer's token `[0, ∞)` is cut at the second writer's start, and
+//! so on. The state is per file and is forgotten when a file has no tokens, requests or
+//! revokes left; the last [`LOST_MAX`] revokes per file are remembered for the detection.
 //!
 //! # Conflicts and revokes
 //! A request that overlaps an incompatible token of another session makes the manager send
-//! [`Output::Revoke`] to that holder, for the hull of the conflicting bytes within `required`,
-//! with `wanted` = the requested mode. The holder writes back dirty bytes (Write token) or
-//! drops cached bytes (Read token) in that range, keeps the rest of its tokens (the token is
-//! split) and acks with [`Input::RevokeAck`]. On the ack the holder's tokens in the range are
-//! removed (`wanted` = Write) or its Write tokens there become Read (`wanted` = Read: a
-//! downgrade, the holder keeps its cache for reading). A revoke already outstanding to the
-//! same holder that covers the range at least as strongly is not sent again.
+//! [`Output::Revoke`] to that holder, for the hull of the conflicting bytes (within `desired`
+//! or, contended, `required`), with `wanted` = the requested mode. The holder writes back dirty
+//! bytes (Write token) or drops cached bytes (Read token) in that range, keeps the rest of its
+//! tokens (the token is split) and acks with [`Input::RevokeAck`]. On the ack the holder's
+//! tokens in the range are removed (`wanted` = Write) or its Write tokens there become Read
+//! (`wanted` = Read: a downgrade, the holder keeps its cache for reading). A revoke already
+//! outstanding to the same holder that covers the range at least as strongly is not sent again.
 //!
 //! While a revoke to a session is outstanding, that session is granted nothing that overlaps
 //! the revoked range (its request waits for its own ack). Otherwise a grant sent after the
@@ -85,86 +89,11 @@
 //! meant for; an interval tree over all holders would be the next step.
 
 use pfs_common::{ErrorCode, FileId, PfsError};
-use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::fmt;
 
-/// A client session, unique for the life of the cluster; assigned by the caller.
-pub type SessionId = u64;
+pub use pfs_common::token::{ByteRange, Mode, RevokeId, SessionId};
 /// The caller's id of an [`Input::Acquire`], echoed in [`Output::Grant`].
 pub type RequestId = u64;
-/// The manager's id of an [`Output::Revoke`], echoed in [`Input::RevokeAck`].
-pub type RevokeId = u64;
-
-/// The mode of a token.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
-pub enum Mode {
-    /// Shared: the holder may cache the bytes for reading.
-    Read,
-    /// Exclusive: the holder may cache the bytes and write them back later.
-    Write,
-}
-
-impl Mode {
-    /// True if tokens of modes `self` and `other`, held by different sessions over
-    /// overlapping bytes, conflict: unless both are Read.
-    pub fn conflicts_with(self, other: Mode) -> bool {
-        self == Mode::Write || other == Mode::Write
-    }
-}
-
-/// A byte range `[start, end)` of a file, in bytes. `end = u64::MAX` means "to infinity".
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
-pub struct ByteRange {
-    pub start: u64,
-    pub end: u64,
-}
-
-impl ByteRange {
-    /// The whole file, `[0, ∞)`.
-    pub const ALL: ByteRange = ByteRange { start: 0, end: u64::MAX };
-
-    /// `[start, end)`.
-    pub const fn new(start: u64, end: u64) -> ByteRange {
-        ByteRange { start, end }
-    }
-
-    /// True if the range holds no byte (`start >= end`).
-    pub fn is_empty(&self) -> bool {
-        self.start >= self.end
-    }
-
-    /// True if the two ranges share at least one byte.
-    pub fn overlaps(&self, other: &ByteRange) -> bool {
-        self.start < other.end && other.start < self.end && !self.is_empty() && !other.is_empty()
-    }
-
-    /// True if every byte of `other` is in `self`.
-    pub fn contains(&self, other: &ByteRange) -> bool {
-        self.start <= other.start && other.end <= self.end
-    }
-
-    /// The common bytes, if any.
-    pub fn intersect(&self, other: &ByteRange) -> Option<ByteRange> {
-        let r = ByteRange { start: self.start.max(other.start), end: self.end.min(other.end) };
-        (!r.is_empty()).then_some(r)
-    }
-
-    /// The smallest range holding both.
-    fn hull(&self, other: &ByteRange) -> ByteRange {
-        ByteRange { start: self.start.min(other.start), end: self.end.max(other.end) }
-    }
-}
-
-impl fmt::Display for ByteRange {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.end == u64::MAX {
-            write!(f, "[{}, ∞)", self.start)
-        } else {
-            write!(f, "[{}, {})", self.start, self.end)
-        }
-    }
-}
 
 /// Timeouts of the token manager, all in ms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -427,7 +356,13 @@ struct FileState {
     revokes: BTreeMap<RevokeId, PendingRevoke>,
     /// Grants are not expanded before this time, ms.
     contended_until_ms: u64,
+    /// Recent revokes: (holder, range taken, time sent ms), at most [`LOST_MAX`], for
+    /// ping-pong detection.
+    lost: VecDeque<(SessionId, ByteRange, u64)>,
 }
+
+/// Recent revokes remembered per file for ping-pong detection.
+const LOST_MAX: usize = 32;
 
 impl FileState {
     fn is_idle(&self) -> bool {
@@ -453,6 +388,12 @@ impl FileState {
             }
         }
         out
+    }
+
+    /// True if `session` asks again, within the contention window, for bytes that were just
+    /// revoked from it: the signature of writers ping-ponging a token.
+    fn ping_pong(&self, session: SessionId, range: &ByteRange, now: u64, window_ms: u64) -> bool {
+        self.lost.iter().any(|(s, r, t)| *s == session && r.overlaps(range) && now < t.saturating_add(window_ms))
     }
 
     /// True if a revoke to `session` overlapping `range` is outstanding.
@@ -835,14 +776,24 @@ impl TokenManager {
         let mut i = 0;
         while i < fs.waiters.len() {
             let w = fs.waiters[i];
+            let window = self.cfg.contention_window_ms;
             if fs.behind_earlier(i) {
-                fs.contended_until_ms = now.saturating_add(self.cfg.contention_window_ms);
+                fs.contended_until_ms = now.saturating_add(window);
                 i += 1;
                 continue;
             }
-            let conflicts = fs.conflicts(w.session, w.mode, w.required);
-            if !conflicts.is_empty() || fs.own_revoke_pending(w.session, &w.required) {
-                fs.contended_until_ms = now.saturating_add(self.cfg.contention_window_ms);
+            if fs.ping_pong(w.session, &w.required, now, window) {
+                fs.contended_until_ms = now.saturating_add(window);
+            }
+            let blocked = !fs.conflicts(w.session, w.mode, w.required).is_empty()
+                || fs.own_revoke_pending(w.session, &w.required);
+            if blocked {
+                // Uncontended, take the conflicting bytes of the whole desired range from each
+                // holder, so segmented writers settle after one exchange each; contended, only
+                // what this request needs.
+                let contended = now < fs.contended_until_ms;
+                let wanted_range = if contended { w.required } else { w.desired };
+                let conflicts = fs.conflicts(w.session, w.mode, wanted_range);
                 for (holder, range) in conflicts {
                     if fs.revokes.values().any(|r| r.session == holder && r.covers(&range, w.mode)) {
                         continue;
@@ -856,6 +807,10 @@ impl TokenManager {
                         PendingRevoke { session: holder, range, wanted: w.mode, sent_ms: now, deadline_ms },
                     );
                     self.revoke_file.insert(id, file);
+                    if fs.lost.len() == LOST_MAX {
+                        fs.lost.pop_front();
+                    }
+                    fs.lost.push_back((holder, range, now));
                     out.push(Output::Revoke { session: holder, revoke: id, file, range, wanted: w.mode });
                 }
                 i += 1;
@@ -1024,25 +979,29 @@ mod tests {
     fn revoke_splits_the_holders_token() {
         let mut h = H::new(CFG, &[A, B]);
         h.acq(A, W, r(0, 10), ByteRange::ALL);
+        // Uncontended: the revoke takes the conflicting bytes of B's whole desired range, so a
+        // writer of the next segment settles after one exchange.
         let (q, out) = h.acq(B, W, r(10, 20), r(10, INF));
         assert!(grants(&out).is_empty());
         let rv = revokes(&out);
         assert_eq!(rv.len(), 1);
         let (s, id, range, wanted) = rv[0];
-        assert_eq!((s, range, wanted), (A, r(10, 20), W));
+        assert_eq!((s, range, wanted), (A, r(10, INF), W));
         assert_eq!(h.m.stats().waiters, 1);
         let out = h.ack(A, id);
-        // Contended: exactly the required range.
-        assert_eq!(grants(&out), vec![(B, q, W, r(10, 20))]);
-        assert_eq!(h.tokens(A), vec![(r(0, 10), W), (r(20, INF), W)]);
-        assert_eq!(h.tokens(B), vec![(r(10, 20), W)]);
+        assert_eq!(grants(&out), vec![(B, q, W, r(10, INF))]);
+        assert_eq!(h.tokens(A), vec![(r(0, 10), W)]);
+        assert_eq!(h.tokens(B), vec![(r(10, INF), W)]);
+        // A's own segment still needs no round trip; B's next record neither.
+        let (_, out) = h.acq(A, W, r(5, 8), r(5, INF));
+        assert!(!grants(&out).is_empty() && revokes(&out).is_empty());
     }
 
     #[test]
     fn read_conflict_downgrades_write_to_read() {
         let mut h = H::new(CFG, &[A, B]);
         h.acq(A, W, r(0, 10), ByteRange::ALL);
-        let (q, out) = h.acq(B, R, r(10, 20), ByteRange::ALL);
+        let (q, out) = h.acq(B, R, r(10, 20), r(10, 20));
         let rv = revokes(&out);
         assert_eq!(rv.iter().map(|x| (x.0, x.2, x.3)).collect::<Vec<_>>(), vec![(A, r(10, 20), R)]);
         let out = h.ack(A, rv[0].1);
@@ -1051,23 +1010,33 @@ mod tests {
     }
 
     #[test]
-    fn no_expansion_while_contended_then_expansion_again() {
+    fn ping_pong_stops_expansion_then_expansion_again() {
         let mut h = H::new(CFG, &[A, B]);
-        h.acq(A, W, r(0, 10), r(0, 10));
-        let (q, out) = h.acq(B, W, r(5, 15), r(5, INF));
+        // Strided writers: A takes everything, B takes A's tail, A comes back for bytes that
+        // were revoked from it: that is the ping-pong, and the file becomes contended.
+        h.acq(A, W, r(0, 10), r(0, INF));
+        let (qb, out) = h.acq(B, W, r(10, 20), r(10, INF));
         let rv = revokes(&out);
-        assert_eq!(rv.len(), 1);
+        assert_eq!(rv.iter().map(|x| (x.0, x.2)).collect::<Vec<_>>(), vec![(A, r(10, INF))]);
         h.now = 10;
-        assert_eq!(grants(&h.ack(A, rv[0].1)), vec![(B, q, W, r(5, 15))]);
-        // Still within the contention window (200 ms after the conflict): no expansion even
-        // without any conflict for this request.
+        assert_eq!(grants(&h.ack(A, rv[0].1)), vec![(B, qb, W, r(10, INF))]);
+        let (qa, out) = h.acq(A, W, r(20, 30), r(20, INF));
+        let rv = revokes(&out);
+        // Contended now: only the required bytes are revoked and granted.
+        assert_eq!(rv.iter().map(|x| (x.0, x.2)).collect::<Vec<_>>(), vec![(B, r(20, 30))]);
+        assert_eq!(grants(&h.ack(B, rv[0].1)), vec![(A, qa, W, r(20, 30))]);
+        // Still within the window: only the required bytes, though more were desired.
         h.now = 150;
-        let (q, out) = h.acq(A, W, r(100, 110), ByteRange::ALL);
-        assert_eq!(grants(&out), vec![(A, q, W, r(100, 110))]);
-        // Window over (the conflict was last seen at 0 ms): expanded again.
-        h.now = 201;
-        let (q, out) = h.acq(B, W, r(200, 210), ByteRange::ALL);
-        assert_eq!(grants(&out), vec![(B, q, W, r(110, INF))]);
+        let (q, out) = h.acq(A, W, r(1000, 1010), r(1000, 1100));
+        let rv = revokes(&out);
+        assert_eq!(rv.iter().map(|x| (x.0, x.2)).collect::<Vec<_>>(), vec![(B, r(1000, 1010))]);
+        assert_eq!(grants(&h.ack(B, rv[0].1)), vec![(A, q, W, r(1000, 1010))]);
+        // Window over (last blocked at 150 ms, window 200 ms): the desired range again.
+        h.now = 500;
+        let (q, out) = h.acq(A, W, r(2000, 2010), r(2000, INF));
+        let rv = revokes(&out);
+        assert_eq!(rv.iter().map(|x| (x.0, x.2)).collect::<Vec<_>>(), vec![(B, r(2000, INF))]);
+        assert_eq!(grants(&h.ack(B, rv[0].1)), vec![(A, q, W, r(2000, INF))]);
     }
 
     #[test]

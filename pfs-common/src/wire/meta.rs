@@ -87,14 +87,25 @@ pub enum MetaResponse {
     Chunks(Vec<ChunkInfo>),
     Servers(Vec<ServerStatus>),
     /// Answer to `OpenSession`: the session id and its lease, ms.
-    Session { session: SessionId, lease_ms: u64 },
+    Session {
+        session: SessionId,
+        lease_ms: u64,
+    },
     /// Answer to `Acquire`: the token granted (its range contains the required range) and the
     /// file's size as pfs-meta knows it at the grant, bytes.
-    Granted { mode: Mode, range: ByteRange, size: u64 },
+    Granted {
+        mode: Mode,
+        range: ByteRange,
+        size: u64,
+    },
     /// Answer to `Register`: chunks to delete, and the fencing state a storage server must
     /// enforce: refuse writes of sessions below `fence_below` (older pfs-meta boots) and of
     /// the `fenced` (evicted) sessions.
-    Registered { orphans: Vec<FileId>, fence_below: SessionId, fenced: Vec<SessionId> },
+    Registered {
+        orphans: Vec<FileId>,
+        fence_below: SessionId,
+        fenced: Vec<SessionId>,
+    },
     /// Answer to `ChunkReport` and `Register`: file ids the server holds chunks of that no
     /// longer exist (unlinked while it was away); it should delete them.
     Orphans(Vec<FileId>),
