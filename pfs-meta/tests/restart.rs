@@ -92,7 +92,14 @@ async fn fake_storage(addr: SocketAddr) -> RpcClient {
         capacity_bytes: 1 << 30,
         free_bytes: 1 << 29,
     };
-    assert_eq!(call(&s, reg).await.unwrap(), MetaResponse::Orphans(vec![]));
+    match call(&s, reg).await.unwrap() {
+        MetaResponse::Registered { orphans, fence_below, fenced } => {
+            assert!(orphans.is_empty() && fenced.is_empty());
+            // Sessions of earlier boots are fenced: the boot epoch is at least 1.
+            assert!(fence_below >= 1 << 32, "{fence_below:x}");
+        }
+        other => panic!("Register answered {other:?}"),
+    }
     s
 }
 
