@@ -205,6 +205,34 @@ impl Client {
         r
     }
 
+    /// Asks the token manager for a token directly, outside any file handle: the raw protocol
+    /// for benchmarks and diagnostics (file I/O acquires its tokens itself). Returns the range
+    /// granted (⊇ `required`, ⊆ `desired`).
+    ///
+    /// Errors: Evicted, Invalid (empty range, required ⊄ desired), NotFound (file).
+    pub async fn acquire_token(
+        &self,
+        file: FileId,
+        mode: Mode,
+        required: ByteRange,
+        desired: ByteRange,
+    ) -> Result<ByteRange> {
+        let session = self.session()?;
+        match self.meta(MetaRequest::Acquire { session, file, mode, required, desired }).await? {
+            MetaResponse::Granted { range, .. } => {
+                self.inner.counters.acquires.fetch_add(1, Ordering::Relaxed);
+                Ok(range)
+            }
+            other => Err(unexpected(&other)),
+        }
+    }
+
+    /// Gives back tokens taken with [`Client::acquire_token`].
+    pub async fn release_token(&self, file: FileId, range: ByteRange) -> Result<()> {
+        let session = self.session()?;
+        expect_done(self.meta(MetaRequest::Release { session, file, range }).await?)
+    }
+
     /// Waits for a payload-bytes-in-flight permit for `len` bytes.
     pub(crate) async fn inflight(&self, len: usize) -> tokio::sync::SemaphorePermit<'_> {
         let n = (len as u64).clamp(1, self.inner.inflight_max as u64) as u32;
