@@ -1,3 +1,11 @@
-//! Measurement programs for pfs. `pfs-ior` and `pfs-mdtest` (IOR/mdtest command lines over the
-//! client library) arrive with the benchmarks issue; until then `pfs demo` and `pfs-cp --stats`
-//! measure the data path.
+//! Measurement programs for pfs: `pfs-ior` ([`ior`]) and `pfs-mdtest` ([`mdtest`]) take IOR's and
+//! mdtest's command lines and print their output layouts, over pfs or over local files (the
+//! POSIX baseline). `--np N` runs N rank processes on this host, joined by a small coordinator
+//! ([`comm`]); without `--config` they run against an embedded cluster ([`launch`]).
+
+pub mod comm;
+pub mod ior;
+pub mod launch;
+pub mod mdtest;
+pub mod pattern;
+pub mod store;
