@@ -538,8 +538,11 @@ async fn keep_alive(inner: Weak<Inner>) {
         }
         let client = Client { inner };
         let session = client.inner.session.id;
+        // The lease runs from when pfs-meta hears us, which is after we send: counting from
+        // the send keeps our view of the lease ending no later than pfs-meta's.
+        let sent = Instant::now();
         match client.meta(MetaRequest::KeepAlive { session }).await {
-            Ok(_) => *client.inner.session.renewed.lock() = Instant::now(),
+            Ok(_) => *client.inner.session.renewed.lock() = sent,
             Err(e) if e.code == ErrorCode::Evicted => client.mark_evicted(e),
             // Transient: the lease check in `session()` decides when it is too late.
             Err(e) => tracing::debug!("keep-alive of session {session:x} failed: {e}"),

@@ -253,7 +253,14 @@ impl FileState {
             session,
         };
         let what = || format!("writing {} chunk {} on {target}", self.path, p.chunk);
-        match self.client.storage(target, &req, data).await.map_err(|e| e.context(what()))?.0 {
+        let answer = self.client.storage(target, &req, data).await.map_err(|e| {
+            if e.code == ErrorCode::Evicted {
+                // Fenced: the session is gone, whatever we have heard from pfs-meta so far.
+                self.client.mark_evicted(e.clone());
+            }
+            e.context(what())
+        })?;
+        match answer.0 {
             StorageResponse::Written { len } if len as usize == p.len => Ok(()),
             other => Err(PfsError::new(ErrorCode::Io, format!("{}: short or odd answer {other:?}", what()))),
         }

@@ -43,8 +43,17 @@ async fn acknowledged_state_survives_a_killed_metadata_server() {
     }
     assert_eq!(client.stat("/proj/run1/f0").await.unwrap_err().code, pfs_common::ErrorCode::NotFound);
 
-    // Chunk holders are rebuilt from the storage servers' reports after the restart.
+    // Chunk holders are rebuilt from the storage servers' full reports, which follow their
+    // registration: wait for them with a deadline.
     let f = client.open("/proj/last").await.unwrap();
-    let chunks = client.chunks(f.id(), f.layout().chunk_count(f.size())).await.unwrap();
-    assert!(chunks.iter().all(|c| !c.holders.is_empty()), "{chunks:?}");
+    let count = f.layout().chunk_count(f.size());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let chunks = client.chunks(f.id(), count).await.unwrap();
+        if chunks.len() as u64 == count && chunks.iter().all(|c| !c.holders.is_empty()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "holders not rebuilt: {chunks:?}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
 }

@@ -165,3 +165,36 @@ async fn readers_never_see_a_torn_write() {
     }
     writer.join().unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stalled_holder_is_evicted_and_learns_it() {
+    let cluster = LocalCluster::start_with(2, |c| {
+        c.tokens.revoke_timeout_ms = 300;
+        c.tokens.lease_ms = 3000;
+    })
+    .await
+    .unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let mut stalled = Probe::start(PROBE, &cfg);
+    stalled.ok("create /s");
+    stalled.ok("write 0 100 5"); // dirty in its cache, size not recorded yet
+    let pid = stalled.child.id() as i32;
+    // SAFETY: signals to our own child process.
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+
+    // The reader's token needs a revoke the stopped holder cannot answer: after the revoke
+    // timeout it is evicted and fenced, and the reader proceeds. The holder's cached bytes
+    // were never written back, so the file is still empty.
+    let mut reader = Probe::start(PROBE, &cfg);
+    reader.ok("open /s");
+    assert_eq!(reader.ok("read 0 100"), "");
+
+    // Woken up, its late write-back is refused (fenced), and from then on every call says
+    // it was evicted.
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    let sync = stalled.cmd("fsync");
+    assert!(sync.starts_with("err Evicted"), "{sync}");
+    let again = stalled.cmd("read 0 100");
+    assert!(again.starts_with("err Evicted"), "{again}");
+    assert_eq!(reader.ok("read 0 100"), "", "the fenced write must not have landed");
+}
