@@ -197,7 +197,7 @@ impl IorArgs {
         if p.transfer == 0 || p.block == 0 || p.segments == 0 {
             return Err("-b, -t and -s must be positive".into());
         }
-        if p.block % p.transfer != 0 {
+        if p.block / p.transfer * p.transfer != p.block {
             return Err(format!("block size {} must be a multiple of transfer size {}", p.block, p.transfer));
         }
         if p.transfer > 1 << 30 {
@@ -441,7 +441,7 @@ fn row_line(r: &Row, p: &Params) -> String {
 
 fn human(bytes: u64) -> String {
     for (unit, name) in [(1u64 << 40, "TiB"), (1 << 30, "GiB"), (1 << 20, "MiB"), (1 << 10, "KiB")] {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes / unit * unit == bytes {
             return format!("{} {name}", bytes / unit);
         }
     }
@@ -509,7 +509,7 @@ async fn run(
         let mut res = ApiResults { api, path: base.clone(), rows: Vec::new() };
         let mut buf = vec![0u8; p.transfer as usize];
         let reader_owner = if p.reorder { (rank + 1) % ranks } else { rank };
-        let deadline = |t: f64| (p.stonewall > 0).then(|| t + p.stonewall as f64);
+        let deadline = |t: f64| (p.stonewall > 0).then_some(t + p.stonewall as f64);
         for iter in 0..p.reps {
             // Transfers each rank completed in this iteration's write stage (stonewalling).
             let mut written: Option<Vec<u64>> = None;

@@ -6,8 +6,12 @@
 /// The 8-byte word at word index `word_index` (= offset / 8) of `owner`'s data.
 #[inline]
 pub fn word(owner: usize, word_index: u64) -> u64 {
-    // Multiplying by an odd constant is a bijection, so distinct (owner, offset) words differ.
-    (word_index ^ ((owner as u64 + 1) << 48)).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0x5851_F42D_4C95_7F2D
+    // murmur3's 64-bit finaliser: a bijection (distinct (owner, offset) words differ) that
+    // spreads every input bit over every byte, so another rank's bytes differ almost everywhere.
+    let mut z = word_index ^ ((owner as u64 + 1) << 48);
+    z = (z ^ (z >> 33)).wrapping_mul(0xFF51_AFD7_ED55_8CCD);
+    z = (z ^ (z >> 33)).wrapping_mul(0xC4CE_B9FE_1A85_EC53);
+    z ^ (z >> 33)
 }
 
 /// The byte at file offset `offset` of `owner`'s data.
