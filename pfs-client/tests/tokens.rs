@@ -61,10 +61,10 @@ async fn four_writers_share_one_file() {
     for p in &mut probes {
         p.ok("fsync");
     }
-    for i in 0..4usize {
+    for (i, probe) in probes.iter_mut().enumerate() {
         let neighbour = (i + 1) % 4;
         for k in (0..4 * PER).filter(|k| k % 4 == neighbour as u64) {
-            let got = probes[i].ok(&format!("readsum {} {REC}", k * REC));
+            let got = probe.ok(&format!("readsum {} {REC}", k * REC));
             assert_eq!(
                 got,
                 format!("{REC} {}", sha256_hex(&vec![(k + 1) as u8; REC as usize])),

@@ -155,7 +155,7 @@ async fn df(client: &Client) -> Result<()> {
     let (mut cap, mut free) = (0u64, 0u64);
     for s in &servers {
         let used = s.capacity_bytes.saturating_sub(s.free_bytes);
-        let pct = if s.capacity_bytes > 0 { used * 100 / s.capacity_bytes } else { 0 };
+        let pct = (used * 100).checked_div(s.capacity_bytes).unwrap_or(0);
         println!(
             "{:<12} {:<22} {:<5} {:>10} {:>10} {:>10} {:>4}% {:>8}",
             s.id.to_string(),
