@@ -201,7 +201,10 @@ impl Client {
     pub async fn close(&self) -> Result<()> {
         let session = self.session()?;
         let r = self.meta(MetaRequest::CloseSession { session }).await.and_then(expect_done);
-        self.mark_evicted(PfsError::new(ErrorCode::Evicted, format!("session {session:x} was closed")));
+        // Deliberate: recorded so later calls say why they fail, but not logged as a warning.
+        self.inner.session.evicted.lock().get_or_insert_with(|| {
+            PfsError::new(ErrorCode::Evicted, format!("session {session:x} was closed by this client"))
+        });
         r
     }
 

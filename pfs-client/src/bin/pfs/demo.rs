@@ -72,6 +72,7 @@ async fn demo(size: u64, servers: u32) -> Result<()> {
         return Err(PfsError::new(pfs_common::ErrorCode::Io, format!("MISMATCH: wrote sha256 {a}, read back {b}")));
     }
     println!("Verified:    sha256 {a} on both sides");
+    client.close().await?;
     let dir = cluster.dir().to_path_buf();
     cluster.stop();
     println!("Stopped the cluster and removed {}", dir.display());
