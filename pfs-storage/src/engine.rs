@@ -126,6 +126,8 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + 
 pub struct ChunkFiles {
     dir: PathBuf,
     cache: Mutex<FdCache>,
+    /// Empty files made ahead of time, renamed into place at a chunk's first write.
+    precreated: Option<Arc<crate::precreate::Precreated>>,
     /// The file system refused `O_DIRECT` once: buffered I/O only from then on.
     no_direct: AtomicBool,
     /// Reads and writes done through `O_DIRECT` files (for tests and measurements).
@@ -150,6 +152,7 @@ impl ChunkFiles {
         Arc::new(ChunkFiles {
             dir: dir.to_path_buf(),
             cache: Mutex::new(FdCache::default()),
+            precreated: crate::precreate::Precreated::start(dir),
             no_direct: AtomicBool::new(false),
             direct_ops: AtomicU64::new(0),
             buffered_ops: AtomicU64::new(0),
@@ -216,6 +219,16 @@ impl ChunkFiles {
             return Ok(Some(fd));
         }
         let removals = self.cache.lock().removals;
+        let mut create = create;
+        if create {
+            if let Some(pool) = &self.precreated {
+                // A first write: take a precreated file (a rename) rather than allocating an
+                // inode now. If the chunk exists already, the rename refuses and we open it.
+                if pool.adopt(&self.path(key)) {
+                    create = false;
+                }
+            }
+        }
         let mut opts = OpenOptions::new();
         opts.read(true).write(true).create(create);
         if direct {
@@ -330,7 +343,12 @@ impl ChunkFiles {
 
     fn sync_dir(&self) -> Result<()> {
         let what = || format!("syncing directory {}", self.dir.display());
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| PfsError::io(what(), e))
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| PfsError::io(what(), e))?;
+        // Chunks renamed out of the pool must not reappear there after a crash.
+        if let Some(pool) = &self.precreated {
+            pool.sync().map_err(|e| PfsError::io(format!("syncing {}", crate::precreate::POOL_DIR), e))?;
+        }
+        Ok(())
     }
 }
 

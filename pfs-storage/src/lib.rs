@@ -7,6 +7,7 @@ pub mod engine;
 pub mod fence;
 pub mod hasher;
 pub mod meta_link;
+pub mod precreate;
 pub mod server;
 pub mod store;
 
