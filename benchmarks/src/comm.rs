@@ -8,24 +8,52 @@
 //! line of space-separated numbers. When every rank's line of a round has arrived the
 //! coordinator sends all N lines, in rank order, to every rank. A rank that disconnects ends the
 //! coordinator, so the other ranks fail instead of hanging, and the launcher stops them.
+//!
+//! Built with the cargo feature `mpi` and started by `mpirun`, the same [`Comm`] is backed by
+//! MPI instead ([`crate::mpirun`]): rank and size from `MPI_COMM_WORLD`, native barriers and
+//! reductions, and allgathers with `MPI_Allgather`.
 
 use std::io::{BufRead, BufReader, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+/// Seconds to add to this host's clock to get rank 0's (bits of an f64; 0 unless an MPI job
+/// spans hosts, see [`set_clock_offset`]).
+static CLOCK_OFFSET: AtomicU64 = AtomicU64::new(0);
+
 /// Seconds since the Unix epoch: one clock for every rank process of this host, so that "time
-/// from the first rank's start to the last rank's end" can be computed across processes.
+/// from the first rank's start to the last rank's end" can be computed across processes. In an
+/// MPI job across hosts, corrected to rank 0's clock.
 pub fn now() -> f64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+    let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
+    t + f64::from_bits(CLOCK_OFFSET.load(Ordering::Relaxed))
+}
+
+/// Sets the correction [`now`] applies to this host's clock.
+pub fn set_clock_offset(seconds: f64) {
+    CLOCK_OFFSET.store(seconds.to_bits(), Ordering::Relaxed);
 }
 
 /// This rank's view of the job.
 pub struct Comm {
     rank: usize,
     size: usize,
-    conn: Option<(BufReader<TcpStream>, TcpStream)>,
+    nodes: usize,
+    link: Link,
+}
+
+/// How the ranks reach each other.
+enum Link {
+    /// A job of one rank.
+    Solo,
+    /// `--np`: the launcher's coordinator over loopback TCP.
+    Tcp(BufReader<TcpStream>, TcpStream),
+    /// `mpirun`.
+    #[cfg(feature = "mpi")]
+    Mpi(crate::mpirun::MpiLink),
 }
 
 /// A broken job: the coordinator or another rank went away.
@@ -43,7 +71,13 @@ impl std::error::Error for CommError {}
 impl Comm {
     /// A job of one rank; collectives are local.
     pub fn solo() -> Comm {
-        Comm { rank: 0, size: 1, conn: None }
+        Comm { rank: 0, size: 1, nodes: 1, link: Link::Solo }
+    }
+
+    /// An MPI job's view: rank `rank` of `size` on `nodes` hosts.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn mpi(rank: usize, size: usize, nodes: usize, link: crate::mpirun::MpiLink) -> Comm {
+        Comm { rank, size, nodes, link: Link::Mpi(link) }
     }
 
     /// Joins the job at coordinator `addr` as rank `rank` of `size`.
@@ -53,7 +87,7 @@ impl Comm {
         stream.set_nodelay(true).map_err(err)?;
         let mut w = stream.try_clone().map_err(err)?;
         writeln!(w, "{rank}").map_err(err)?;
-        Ok(Comm { rank, size, conn: Some((BufReader::new(stream), w)) })
+        Ok(Comm { rank, size, nodes: 1, link: Link::Tcp(BufReader::new(stream), w) })
     }
 
     pub fn rank(&self) -> usize {
@@ -64,10 +98,37 @@ impl Comm {
         self.size
     }
 
-    /// Every rank's `values`, indexed by rank.
+    /// Hosts the ranks run on (1 unless an MPI job spans hosts).
+    pub fn nodes(&self) -> usize {
+        self.nodes
+    }
+
+    /// The MPI link of an MPI job's comm.
+    #[cfg(feature = "mpi")]
+    pub(crate) fn into_mpi(self) -> Option<crate::mpirun::MpiLink> {
+        match self.link {
+            Link::Mpi(m) => Some(m),
+            _ => None,
+        }
+    }
+
+    /// Whether the ranks are MPI processes (started by `mpirun`).
+    pub fn is_mpi(&self) -> bool {
+        match self.link {
+            #[cfg(feature = "mpi")]
+            Link::Mpi(_) => true,
+            _ => false,
+        }
+    }
+
+    /// Every rank's `values`, indexed by rank. Every rank of a round passes the same number
+    /// of values (MPI_Allgather's rule; all callers do).
     pub fn allgather(&mut self, values: &[f64]) -> Result<Vec<Vec<f64>>, CommError> {
-        let Some((r, w)) = &mut self.conn else {
-            return Ok(vec![values.to_vec()]);
+        let (r, w) = match &mut self.link {
+            Link::Solo => return Ok(vec![values.to_vec()]),
+            #[cfg(feature = "mpi")]
+            Link::Mpi(m) => return Ok(m.allgather(values)),
+            Link::Tcp(r, w) => (r, w),
         };
         let rank = self.rank;
         let lost = |what: &str| CommError(format!("rank {rank}: lost the coordinator ({what}); another rank failed"));
@@ -90,19 +151,36 @@ impl Comm {
 
     /// Waits until every rank has arrived.
     pub fn barrier(&mut self) -> Result<(), CommError> {
+        #[cfg(feature = "mpi")]
+        if let Link::Mpi(m) = &self.link {
+            m.barrier();
+            return Ok(());
+        }
         self.allgather(&[]).map(|_| ())
     }
 
-    /// Element-wise reductions of an allgather.
+    /// Reductions over all ranks (MPI_Allreduce under MPI, else of an allgather).
     pub fn min(&mut self, v: f64) -> Result<f64, CommError> {
+        #[cfg(feature = "mpi")]
+        if let Link::Mpi(m) = &self.link {
+            return Ok(m.reduce(v, crate::mpirun::Reduce::Min));
+        }
         Ok(self.allgather(&[v])?.iter().map(|x| x[0]).fold(f64::INFINITY, f64::min))
     }
 
     pub fn max(&mut self, v: f64) -> Result<f64, CommError> {
+        #[cfg(feature = "mpi")]
+        if let Link::Mpi(m) = &self.link {
+            return Ok(m.reduce(v, crate::mpirun::Reduce::Max));
+        }
         Ok(self.allgather(&[v])?.iter().map(|x| x[0]).fold(f64::NEG_INFINITY, f64::max))
     }
 
     pub fn sum(&mut self, v: f64) -> Result<f64, CommError> {
+        #[cfg(feature = "mpi")]
+        if let Link::Mpi(m) = &self.link {
+            return Ok(m.reduce(v, crate::mpirun::Reduce::Sum));
+        }
         Ok(self.allgather(&[v])?.iter().map(|x| x[0]).sum())
     }
 }

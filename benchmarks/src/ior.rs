@@ -10,6 +10,7 @@
 
 use crate::comm::{now, Comm};
 use crate::launch;
+use crate::mpirun;
 use crate::pattern;
 use crate::store::{self, Api, Handle, Store};
 use clap::{Parser, ValueEnum};
@@ -226,14 +227,21 @@ pub fn main() -> i32 {
     if let Some(rank) = args.rank {
         return rank_main(&args, &params, rank);
     }
-    launch::run(launch::Launch {
+    let l = launch::Launch {
         tool: "pfs-ior",
         np: args.np.unwrap_or(1),
         uses_pfs: params.apis.contains(&Api::Pfs),
         uses_posix: params.apis.contains(&Api::Posix),
         config: args.config.clone(),
         posix_dir: args.posix_dir.clone(),
-    })
+    };
+    // Started by mpirun: this process is one MPI rank.
+    if let Some(status) = mpirun::dispatch(l.clone(), args.np.is_some(), |comm, config, posix_dir| {
+        rank_job(comm, &args, &params, config, posix_dir)
+    }) {
+        return status;
+    }
+    launch::run(l)
 }
 
 type DynResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -250,6 +258,13 @@ fn rank_main(args: &IorArgs, p: &Params, rank: usize) -> i32 {
         },
         None => Comm::solo(),
     };
+    let posix_dir = args.rank_posix_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    rank_job(&mut comm, args, p, args.rank_config.as_deref(), &posix_dir)
+}
+
+/// One rank's job, whoever started it (the `--np` launcher or mpirun).
+fn rank_job(comm: &mut Comm, args: &IorArgs, p: &Params, config: Option<&Path>, posix_dir: &Path) -> i32 {
+    let rank = comm.rank();
     let rt = match pfs_client::tool::runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -257,8 +272,7 @@ fn rank_main(args: &IorArgs, p: &Params, rank: usize) -> i32 {
             return 1;
         }
     };
-    let posix_dir = args.rank_posix_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    match rt.block_on(run(&mut comm, p, args.rank_config.as_deref(), &posix_dir, args.json.as_deref())) {
+    match rt.block_on(run(comm, p, config, posix_dir, args.json.as_deref())) {
         Ok(0) => 0,
         Ok(_) => 2,
         Err(e) => {
@@ -491,7 +505,11 @@ async fn run(
     let mut results = Vec::new();
     if lead {
         let cmd: Vec<String> = std::env::args().take_while(|a| a != "--rank").collect();
-        println!("pfs-ior: MPI-style coordinated test of parallel I/O ({ranks} rank processes)");
+        if comm.is_mpi() {
+            println!("pfs-ior: MPI coordinated test of parallel I/O ({ranks} MPI ranks on {} node(s))", comm.nodes());
+        } else {
+            println!("pfs-ior: MPI-style coordinated test of parallel I/O ({ranks} rank processes)");
+        }
         println!("{:<20}: {}", "Command line", cmd.join(" "));
     }
     for &api in &p.apis {
@@ -504,7 +522,7 @@ async fn run(
             Api::Posix => (Store::Posix, store::posix_path(&p.test_file, posix_dir)),
         };
         if lead {
-            print_options(p, api, &base, ranks);
+            print_options(p, api, &base, ranks, comm.nodes());
         }
         let mut res = ApiResults { api, path: base.clone(), rows: Vec::new() };
         let mut buf = vec![0u8; p.transfer as usize];
@@ -611,7 +629,7 @@ async fn run(
             std::fs::write(path, to_json(&results, p, ranks, errors_total))
                 .map_err(|e| format!("writing {}: {e}", path.display()))?;
         }
-        println!("Finished            : {} rank processes", ranks);
+        println!("Finished            : {} {}", ranks, if comm.is_mpi() { "MPI ranks" } else { "rank processes" });
     }
     Ok(errors_total)
 }
@@ -641,7 +659,7 @@ async fn check(
     Ok(errors)
 }
 
-fn print_options(p: &Params, api: Api, path: &str, ranks: usize) {
+fn print_options(p: &Params, api: Api, path: &str, ranks: usize, nodes: usize) {
     let line = |k: &str, v: String| println!("{k:<20}: {v}");
     println!("\nOptions: ");
     line("api", api.name().to_string());
@@ -654,9 +672,9 @@ fn print_options(p: &Params, api: Api, path: &str, ranks: usize) {
     if p.reorder {
         line("task offset", "1".into());
     }
-    line("nodes", "1".into());
+    line("nodes", nodes.to_string());
     line("tasks", ranks.to_string());
-    line("clients per node", ranks.to_string());
+    line("clients per node", ranks.div_ceil(nodes.max(1)).to_string());
     line("repetitions", p.reps.to_string());
     line("xfersize", human(p.transfer));
     line("blocksize", human(p.block));

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 pub const EMBEDDED_STORAGE: u32 = 4;
 
 /// What the launcher needs to know.
+#[derive(Clone, Debug)]
 pub struct Launch<'a> {
     pub tool: &'a str,
     pub np: usize,

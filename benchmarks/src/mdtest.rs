@@ -7,6 +7,7 @@
 
 use crate::comm::{now, Comm};
 use crate::launch;
+use crate::mpirun;
 use crate::pattern;
 use crate::store::{self, Api, Store};
 use clap::{Parser, ValueEnum};
@@ -170,14 +171,21 @@ pub fn main() -> i32 {
     if let Some(rank) = args.rank {
         return rank_main(&args, &params, rank);
     }
-    launch::run(launch::Launch {
+    let l = launch::Launch {
         tool: "pfs-mdtest",
         np: args.np.unwrap_or(1),
         uses_pfs: params.apis.contains(&Api::Pfs),
         uses_posix: params.apis.contains(&Api::Posix),
         config: args.config.clone(),
         posix_dir: args.posix_dir.clone(),
-    })
+    };
+    // Started by mpirun: this process is one MPI rank.
+    if let Some(status) = mpirun::dispatch(l.clone(), args.np.is_some(), |comm, config, posix_dir| {
+        rank_job(comm, &params, config, posix_dir)
+    }) {
+        return status;
+    }
+    launch::run(l)
 }
 
 type DynResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
@@ -194,6 +202,13 @@ fn rank_main(args: &MdtestArgs, p: &Params, rank: usize) -> i32 {
         },
         None => Comm::solo(),
     };
+    let posix_dir = args.rank_posix_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+    rank_job(&mut comm, p, args.rank_config.as_deref(), &posix_dir)
+}
+
+/// One rank's job, whoever started it (the `--np` launcher or mpirun).
+fn rank_job(comm: &mut Comm, p: &Params, config: Option<&Path>, posix_dir: &Path) -> i32 {
+    let rank = comm.rank();
     let rt = match pfs_client::tool::runtime() {
         Ok(rt) => rt,
         Err(e) => {
@@ -201,8 +216,7 @@ fn rank_main(args: &MdtestArgs, p: &Params, rank: usize) -> i32 {
             return 1;
         }
     };
-    let posix_dir = args.rank_posix_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    match rt.block_on(run(&mut comm, p, args.rank_config.as_deref(), &posix_dir)) {
+    match rt.block_on(run(comm, p, config, posix_dir)) {
         Ok(()) => 0,
         Err(e) => {
             eprintln!("pfs-mdtest: rank {rank}: error: {e}");
@@ -349,7 +363,7 @@ async fn run(comm: &mut Comm, p: &Params, config: Option<&Path>, posix_dir: &Pat
         if lead {
             let cmd: Vec<String> = std::env::args().take_while(|a| a != "--rank").collect();
             println!("-- started at {:.0} (unix seconds) --\n", now());
-            println!("pfs-mdtest was launched with {ranks} total task(s) on 1 node(s)");
+            println!("pfs-mdtest was launched with {ranks} total task(s) on {} node(s)", comm.nodes());
             println!("Command line used: {}", cmd.join(" "));
             println!("Path: {top}");
             println!("API: {}", api.name());
