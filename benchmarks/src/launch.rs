@@ -2,9 +2,75 @@
 //! `--config` is given and the run uses pfs), makes the POSIX baseline's directory, starts the
 //! rank processes ([`crate::comm::launch`]) and cleans up.
 
-use crate::comm::{self, RankArgs};
+use crate::comm::{self, Comm, RankArgs};
+use crate::mpirun;
 use pfs_client::cluster::LocalCluster;
-use std::path::PathBuf;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+/// The options of `pfs-ior` and `pfs-mdtest` that say where and as what the process runs:
+/// the launcher (`--np`, `--config`, `--posix-dir`) or one of its ranks (the hidden ones).
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct LaunchArgs {
+    /// Rank processes to run on this host.
+    #[arg(long)]
+    pub np: Option<usize>,
+    /// Cluster configuration file (default: an embedded cluster started for this run).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Directory of relative POSIX test files (default: a new temporary directory, removed after).
+    #[arg(long)]
+    pub posix_dir: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    pub rank: Option<usize>,
+    #[arg(long, hide = true)]
+    pub ranks: Option<usize>,
+    #[arg(long, hide = true)]
+    pub coord: Option<SocketAddr>,
+    #[arg(long, hide = true)]
+    pub rank_config: Option<PathBuf>,
+    #[arg(long, hide = true)]
+    pub rank_posix_dir: Option<PathBuf>,
+}
+
+/// Runs this process's part of a benchmark and returns its exit status: one rank of the `--np`
+/// launcher, one rank of mpirun, or the launcher itself. `job` is a rank's work, given its
+/// communicator, the cluster configuration (if it uses pfs) and the POSIX directory.
+pub fn main(
+    tool: &'static str,
+    args: &LaunchArgs,
+    uses_pfs: bool,
+    uses_posix: bool,
+    job: impl FnOnce(&mut Comm, Option<&Path>, &Path) -> i32,
+) -> i32 {
+    if let Some(rank) = args.rank {
+        let mut comm = match args.coord {
+            Some(addr) => match Comm::connect(rank, args.ranks.unwrap_or(1), addr) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("{tool}: error: {e}");
+                    return 1;
+                }
+            },
+            None => Comm::solo(),
+        };
+        let posix_dir = args.rank_posix_dir.clone().unwrap_or_else(|| PathBuf::from("."));
+        return job(&mut comm, args.rank_config.as_deref(), &posix_dir);
+    }
+    let l = Launch {
+        tool,
+        np: args.np.unwrap_or(1),
+        uses_pfs,
+        uses_posix,
+        config: args.config.clone(),
+        posix_dir: args.posix_dir.clone(),
+    };
+    // Started by mpirun: this process is one MPI rank.
+    if let Some(status) = mpirun::dispatch(l.clone(), args.np.is_some(), job) {
+        return status;
+    }
+    run(l)
+}
 
 /// Storage servers of the embedded cluster.
 pub const EMBEDDED_STORAGE: u32 = 4;

@@ -7,12 +7,10 @@
 
 use crate::comm::{now, Comm};
 use crate::launch;
-use crate::mpirun;
 use crate::pattern;
 use crate::store::{self, Api, Store};
 use clap::{Parser, ValueEnum};
-use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 /// mdtest presets (io500's names).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -60,31 +58,14 @@ pub struct MdtestArgs {
     /// Bytes read from each file in the read phase (k/m suffixes).
     #[arg(short = 'e', value_parser = parse_count)]
     pub read_bytes: Option<u64>,
-    /// Rank processes to run on this host.
-    #[arg(long)]
-    pub np: Option<usize>,
-    /// Cluster configuration file (default: an embedded cluster started for this run).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    #[command(flatten)]
+    pub launch: launch::LaunchArgs,
     /// io500-style preset; explicit options override its values.
     #[arg(long, value_enum)]
     pub preset: Option<Preset>,
     /// Items per rank for a preset (k suffix: 10k = 10240).
     #[arg(long, value_parser = parse_count)]
     pub size: Option<u64>,
-    /// Directory of a relative POSIX -d (default: a new temporary directory, removed after).
-    #[arg(long)]
-    pub posix_dir: Option<PathBuf>,
-    #[arg(long, hide = true)]
-    pub rank: Option<usize>,
-    #[arg(long, hide = true)]
-    pub ranks: Option<usize>,
-    #[arg(long, hide = true)]
-    pub coord: Option<SocketAddr>,
-    #[arg(long, hide = true)]
-    pub rank_config: Option<PathBuf>,
-    #[arg(long, hide = true)]
-    pub rank_posix_dir: Option<PathBuf>,
 }
 
 fn parse_api(s: &str) -> Result<crate::ior::ApiList, String> {
@@ -168,43 +149,13 @@ pub fn main() -> i32 {
             return 1;
         }
     };
-    if let Some(rank) = args.rank {
-        return rank_main(&args, &params, rank);
-    }
-    let l = launch::Launch {
-        tool: "pfs-mdtest",
-        np: args.np.unwrap_or(1),
-        uses_pfs: params.apis.contains(&Api::Pfs),
-        uses_posix: params.apis.contains(&Api::Posix),
-        config: args.config.clone(),
-        posix_dir: args.posix_dir.clone(),
-    };
-    // Started by mpirun: this process is one MPI rank.
-    if let Some(status) = mpirun::dispatch(l.clone(), args.np.is_some(), |comm, config, posix_dir| {
+    let (pfs, posix) = (params.apis.contains(&Api::Pfs), params.apis.contains(&Api::Posix));
+    launch::main("pfs-mdtest", &args.launch, pfs, posix, |comm, config, posix_dir| {
         rank_job(comm, &params, config, posix_dir)
-    }) {
-        return status;
-    }
-    launch::run(l)
+    })
 }
 
 type DynResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
-fn rank_main(args: &MdtestArgs, p: &Params, rank: usize) -> i32 {
-    let ranks = args.ranks.unwrap_or(1);
-    let mut comm = match args.coord {
-        Some(addr) => match Comm::connect(rank, ranks, addr) {
-            Ok(c) => c,
-            Err(e) => {
-                eprintln!("pfs-mdtest: error: {e}");
-                return 1;
-            }
-        },
-        None => Comm::solo(),
-    };
-    let posix_dir = args.rank_posix_dir.clone().unwrap_or_else(|| PathBuf::from("."));
-    rank_job(&mut comm, p, args.rank_config.as_deref(), &posix_dir)
-}
 
 /// One rank's job, whoever started it (the `--np` launcher or mpirun).
 fn rank_job(comm: &mut Comm, p: &Params, config: Option<&Path>, posix_dir: &Path) -> i32 {
