@@ -27,6 +27,9 @@ static CLOCK_OFFSET: AtomicU64 = AtomicU64::new(0);
 /// Seconds since the Unix epoch: one clock for every rank process of this host, so that "time
 /// from the first rank's start to the last rank's end" can be computed across processes. In an
 /// MPI job across hosts, corrected to rank 0's clock.
+/// Exit status of every rank when a data check found mismatched bytes (IOR's `-W`/`-R`).
+pub const DATA_CHECK_FAILED: i32 = 2;
+
 pub fn now() -> f64 {
     let t = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0);
     t + f64::from_bits(CLOCK_OFFSET.load(Ordering::Relaxed))
@@ -277,8 +280,10 @@ pub fn launch(np: usize, extra: &RankArgs) -> std::io::Result<i32> {
                 }
             }
         }
-        if status != 0 {
-            // A failed rank: the others may be waiting for it at a barrier.
+        if status != 0 && status != DATA_CHECK_FAILED {
+            // A failed rank: the others may be waiting for it at a barrier. (A failed data
+            // check is known to every rank, which all finish by themselves; rank 0 still has
+            // its report to print.)
             stop_all(&mut children);
             break;
         }

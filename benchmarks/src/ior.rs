@@ -225,7 +225,7 @@ fn rank_job(comm: &mut Comm, args: &IorArgs, p: &Params, config: Option<&Path>, 
     };
     match rt.block_on(run(comm, p, config, posix_dir, args.json.as_deref())) {
         Ok(0) => 0,
-        Ok(_) => 2,
+        Ok(_) => crate::comm::DATA_CHECK_FAILED,
         Err(e) => {
             eprintln!("pfs-ior: rank {rank}: error: {e}");
             1
