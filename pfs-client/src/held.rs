@@ -87,21 +87,24 @@ impl HeldTokens {
     }
 
     /// The largest contiguous range held in `mode` or stronger that contains byte `pos`.
+    /// Walks the map outwards from `pos`; no allocation (it runs on every cache miss).
     pub fn span(&self, pos: u64, mode: Mode) -> Option<ByteRange> {
-        let list = self.list();
-        let i = list.iter().position(|(r, m)| r.start <= pos && pos < r.end && *m >= mode)?;
-        let (mut start, mut end) = (list[i].0.start, list[i].0.end);
-        for (r, m) in list[..i].iter().rev() {
-            if r.end != start || *m < mode {
-                break;
-            }
-            start = r.start;
+        let (&s, &(e, m)) = self.ranges.range(..=pos).next_back()?;
+        if pos >= e || m < mode {
+            return None;
         }
-        for (r, m) in &list[i + 1..] {
-            if r.start != end || *m < mode {
+        let (mut start, mut end) = (s, e);
+        for (&ps, &(pe, pm)) in self.ranges.range(..s).rev() {
+            if pe != start || pm < mode {
                 break;
             }
-            end = r.end;
+            start = ps;
+        }
+        for (&ns, &(ne, nm)) in self.ranges.range(e..) {
+            if ns != end || nm < mode {
+                break;
+            }
+            end = ne;
         }
         Some(ByteRange::new(start, end))
     }
@@ -207,6 +210,18 @@ mod tests {
                         let want_w = (a..b).all(|i| model[i as usize] == Some(Mode::Write));
                         prop_assert_eq!(h.covers(r(a, b), Mode::Read), want_r);
                         prop_assert_eq!(h.covers(r(a, b), Mode::Write), want_w);
+                    }
+                }
+                // span: the maximal run of bytes held at least in `m` around each byte.
+                for pos in 0..64u64 {
+                    for m in [Mode::Read, Mode::Write] {
+                        let ok = |i: u64| model[i as usize].is_some_and(|h| h >= m);
+                        let want = ok(pos).then(|| {
+                            let s = (0..=pos).rev().take_while(|&i| ok(i)).last().unwrap();
+                            let e = (pos..64).take_while(|&i| ok(i)).last().unwrap() + 1;
+                            r(s, e)
+                        });
+                        prop_assert_eq!(h.span(pos, m), want);
                     }
                 }
                 // Coalesced: no two adjacent segments of one mode.
