@@ -86,6 +86,7 @@ pub(crate) struct Counters {
 /// Counters of one client: the block cache (like the seed's `pfs_execstat`) and token traffic.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct ClientStats {
+    /// Block cache counters summed over every file this client opened (counts are blocks).
     pub cache: CacheStats,
     /// Acquire round trips to the token manager.
     pub token_acquires: u64,

@@ -32,7 +32,9 @@ use tracing::{info, warn};
 
 /// A granted token as the service answers it.
 pub struct Granted {
+    /// The mode granted (the one requested).
     pub mode: Mode,
+    /// The byte range granted: contains the request's required range, within its desired one.
     pub range: ByteRange,
 }
 
