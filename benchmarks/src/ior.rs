@@ -28,7 +28,7 @@ fn parse_api(s: &str) -> Result<ApiList, String> {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    pfs_client::tool::parse_size(s)
+    pfs_common::units::parse_size(s)
 }
 
 /// IOR presets (io500's names).
@@ -216,7 +216,7 @@ type DynResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// One rank's job, whoever started it (the `--np` launcher or mpirun).
 fn rank_job(comm: &mut Comm, args: &IorArgs, p: &Params, config: Option<&Path>, posix_dir: &Path) -> i32 {
     let rank = comm.rank();
-    let rt = match pfs_client::tool::runtime() {
+    let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pfs-ior: rank {rank}: error: {e}");
@@ -467,8 +467,7 @@ async fn run(
         let (store, base) = match api {
             Api::Pfs => {
                 let path = config.ok_or("no cluster configuration passed to the rank")?;
-                let cfg = pfs_client::tool::load_config(Some(path.to_path_buf()))?;
-                (Store::Pfs(pfs_client::Client::connect(cfg).await?), store::pfs_path(&p.test_file)?)
+                (Store::Pfs(crate::connect(path).await?), store::pfs_path(&p.test_file)?)
             }
             Api::Posix => (Store::Posix, store::posix_path(&p.test_file, posix_dir)),
         };

@@ -4,7 +4,7 @@
 
 use crate::comm::{self, Comm, RankArgs};
 use crate::mpirun;
-use pfs_client::cluster::LocalCluster;
+use pfs_testkit::LocalCluster;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -93,7 +93,7 @@ pub fn run(l: Launch) -> i32 {
         eprintln!("{tool}: error: --np must be at least 1");
         return 1;
     }
-    let rt = match pfs_client::tool::runtime() {
+    let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("{tool}: error: {e}");

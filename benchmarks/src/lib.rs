@@ -11,3 +11,20 @@ pub mod mdtest;
 pub mod mpirun;
 pub mod pattern;
 pub mod store;
+
+use pfs_common::Result;
+use std::path::Path;
+
+/// A multi-threaded runtime for a benchmark process or rank.
+pub fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| pfs_common::PfsError::io("starting the tokio runtime", e))
+}
+
+/// A client of the cluster that configuration file `path` describes.
+pub async fn connect(path: &Path) -> Result<pfs_client::Client> {
+    let config = pfs_common::config::Config::load(path)?;
+    pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)).await
+}

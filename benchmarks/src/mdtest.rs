@@ -73,7 +73,7 @@ fn parse_api(s: &str) -> Result<crate::ior::ApiList, String> {
 }
 
 fn parse_count(s: &str) -> Result<u64, String> {
-    pfs_client::tool::parse_size(s)
+    pfs_common::units::parse_size(s)
 }
 
 /// Resolved parameters.
@@ -160,7 +160,7 @@ type DynResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
 /// One rank's job, whoever started it (the `--np` launcher or mpirun).
 fn rank_job(comm: &mut Comm, p: &Params, config: Option<&Path>, posix_dir: &Path) -> i32 {
     let rank = comm.rank();
-    let rt = match pfs_client::tool::runtime() {
+    let rt = match crate::runtime() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("pfs-mdtest: rank {rank}: error: {e}");
@@ -306,8 +306,7 @@ async fn run(comm: &mut Comm, p: &Params, config: Option<&Path>, posix_dir: &Pat
         let (store, top) = match api {
             Api::Pfs => {
                 let path = config.ok_or("no cluster configuration passed to the rank")?;
-                let cfg = pfs_client::tool::load_config(Some(path.to_path_buf()))?;
-                (Store::Pfs(pfs_client::Client::connect(cfg).await?), store::pfs_path(&p.dir)?)
+                (Store::Pfs(crate::connect(path).await?), store::pfs_path(&p.dir)?)
             }
             Api::Posix => (Store::Posix, store::posix_path(&p.dir, posix_dir)),
         };

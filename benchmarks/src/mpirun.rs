@@ -80,7 +80,7 @@ mod imp {
     use mpi::topology::SimpleCommunicator;
     use mpi::traits::*;
     use mpi::Threading;
-    use pfs_client::cluster::LocalCluster;
+    use pfs_testkit::LocalCluster;
     use std::path::PathBuf;
 
     /// The reductions [`Comm`] needs.
@@ -210,7 +210,7 @@ mod imp {
             return 1;
         }
 
-        let rt = match pfs_client::tool::runtime() {
+        let rt = match crate::runtime() {
             Ok(rt) => rt,
             Err(e) => {
                 eprintln!("{tool}: rank {rank}: error: {e}");

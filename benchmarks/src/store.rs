@@ -195,7 +195,7 @@ impl Handle {
 pub fn pfs_path(arg: &str) -> Result<String> {
     let a = arg.strip_prefix("pfs:").unwrap_or(arg);
     let a = if a.starts_with('/') { a.to_string() } else { format!("/{a}") };
-    pfs_client::tool::pfs_path(&a)
+    pfs_client::path::pfs_path(&a)
 }
 
 /// A local path from an IOR/mdtest path argument: absolute as given, relative under `dir`.

@@ -5,7 +5,7 @@
 //! (4 ranks on fewer cores); running as root is allowed through Open MPI's environment.
 #![cfg(feature = "mpi")]
 
-use pfs_client::cluster::LocalCluster;
+use pfs_testkit::LocalCluster;
 use std::io::Read;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};

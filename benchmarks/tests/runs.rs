@@ -1,7 +1,7 @@
 //! pfs-ior and pfs-mdtest as users run them: real rank processes, a real cluster, real files.
 //! They assert behaviour (exit status, checks, output layout), never timings.
 
-use pfs_client::cluster::LocalCluster;
+use pfs_testkit::LocalCluster;
 use std::process::{Command, Output};
 
 const IOR: &str = env!("CARGO_BIN_EXE_pfs-ior");

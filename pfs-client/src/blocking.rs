@@ -3,8 +3,7 @@
 //! Each [`Client`] owns a small multi-threaded runtime; calls block the calling thread until
 //! the async operation completes. Do not call these from inside an async context.
 
-use crate::{Attr, CreateOptions, DirEntry};
-use pfs_common::config::Config;
+use crate::{Attr, ClientOptions, CreateOptions, DirEntry};
 use pfs_common::error::{PfsError, Result};
 use std::sync::Arc;
 
@@ -24,14 +23,14 @@ pub struct File {
 
 impl Client {
     /// Starts a runtime and connects; see [`crate::Client::connect`].
-    pub fn connect(config: Arc<Config>) -> Result<Client> {
+    pub fn connect(options: ClientOptions) -> Result<Client> {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
             .enable_all()
             .thread_name("pfs-client")
             .build()
             .map_err(|e| PfsError::io("starting the client runtime", e))?;
-        let inner = rt.block_on(crate::Client::connect(config))?;
+        let inner = rt.block_on(crate::Client::connect(options))?;
         Ok(Client { rt: Arc::new(rt), inner })
     }
 

@@ -2,7 +2,7 @@
 
 use crate::cache::CacheStats;
 use crate::file::{File, FileState};
-use pfs_common::config::Config;
+use crate::options::ClientOptions;
 use pfs_common::error::{ErrorCode, PfsError, Result};
 use pfs_common::ids::{ChunkIndex, FileId, ServerId};
 use pfs_common::rpc::{ConnectOptions, RpcClient};
@@ -43,7 +43,7 @@ pub struct Client {
 }
 
 pub(crate) struct Inner {
-    pub(crate) config: Arc<Config>,
+    pub(crate) options: ClientOptions,
     opts: ConnectOptions,
     meta: tokio::sync::Mutex<Option<RpcClient>>,
     storage: parking_lot::Mutex<HashMap<ServerId, RpcClient>>,
@@ -102,23 +102,22 @@ struct SessionState {
 }
 
 impl Client {
-    /// Connects to the cluster's pfs-meta. Storage servers are connected on first use, at the
-    /// addresses they registered with pfs-meta (falling back to the configuration).
+    /// Connects to pfs-meta at `options.meta_address` and opens a session. Storage servers
+    /// are connected on first use, at the addresses they registered with pfs-meta.
     ///
     /// Errors: Unavailable or TimedOut naming pfs-meta's address.
-    pub async fn connect(config: Arc<Config>) -> Result<Client> {
+    pub async fn connect(options: ClientOptions) -> Result<Client> {
         let opts = ConnectOptions {
             role: Role::Client,
-            name: format!("{} {}", process_name(), std::process::id()),
-            connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
-            request_timeout: Duration::from_millis(config.timeouts.request_ms),
+            name: options.name.clone(),
+            connect_timeout: Duration::from_millis(options.connect_timeout_ms),
+            request_timeout: Duration::from_millis(options.request_timeout_ms),
         };
-        let addresses = config.storage.iter().map(|s| (s.id, s.address)).collect();
-        let inflight_max = config.client.max_inflight_bytes.clamp(1 << 20, u32::MAX as u64 >> 1) as u32;
+        let inflight_max = options.max_inflight_bytes.clamp(1 << 20, u32::MAX as u64 >> 1) as u32;
         // The session lives on this connection: pfs-meta pushes revokes on it, and evicts the
         // session when it closes.
         let (notify_tx, notify_rx) = mpsc::channel(256);
-        let meta = RpcClient::connect(config.meta.address, "pfs-meta", &opts, Some(notify_tx)).await?;
+        let meta = RpcClient::connect(options.meta_address, "pfs-meta", &opts, Some(notify_tx)).await?;
         let (session, lease_ms) = match meta.call::<_, MetaResponse>(&MetaRequest::OpenSession, &[]).await?.0 {
             MetaResponse::Session { session, lease_ms } => (session, lease_ms),
             other => return Err(unexpected(&other)),
@@ -129,10 +128,10 @@ impl Client {
                 meta: tokio::sync::Mutex::new(Some(meta)),
                 storage: parking_lot::Mutex::new(HashMap::new()),
                 storage_connecting: tokio::sync::Mutex::new(()),
-                addresses: parking_lot::Mutex::new(addresses),
+                addresses: parking_lot::Mutex::new(HashMap::new()),
                 inflight: Arc::new(Semaphore::new(inflight_max as usize)),
                 inflight_max,
-                config,
+                options,
                 session: SessionState {
                     id: session,
                     lease_ms,
@@ -267,9 +266,9 @@ impl Client {
         }
     }
 
-    /// The configuration this client was made with.
-    pub fn config(&self) -> &Arc<Config> {
-        &self.inner.config
+    /// The options this client was made with.
+    pub fn options(&self) -> &ClientOptions {
+        &self.inner.options
     }
 
     async fn meta_conn(&self) -> Result<RpcClient> {
@@ -277,7 +276,7 @@ impl Client {
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let c = RpcClient::connect(self.inner.config.meta.address, "pfs-meta", &self.inner.opts, None).await?;
+        let c = RpcClient::connect(self.inner.options.meta_address, "pfs-meta", &self.inner.opts, None).await?;
         *slot = Some(c.clone());
         Ok(c)
     }
@@ -302,9 +301,12 @@ impl Client {
             Some(a) => a,
             None => {
                 self.refresh_addresses().await?;
-                self.inner.addresses.lock().get(&id).copied().ok_or_else(|| {
-                    PfsError::new(ErrorCode::NotFound, format!("{id} is neither registered nor configured"))
-                })?
+                self.inner
+                    .addresses
+                    .lock()
+                    .get(&id)
+                    .copied()
+                    .ok_or_else(|| PfsError::new(ErrorCode::NotFound, format!("{id} is not known to pfs-meta")))?
             }
         };
         let c = RpcClient::connect(addr, &id.to_string(), &self.inner.opts, None).await?;
@@ -366,7 +368,7 @@ impl Client {
     /// Errors: Exists (exclusive), NotFound (parent), IsDir, Invalid (layout), Unavailable
     /// (no storage server up).
     pub async fn create(&self, path: &str, opts: &CreateOptions) -> Result<File> {
-        let layout = layout_request(opts, &self.inner.config)?;
+        let layout = layout_request(opts)?;
         let attr = expect_attr(
             self.meta(MetaRequest::Create { path: path.to_string(), layout, exclusive: opts.exclusive }).await?,
         )?;
@@ -464,31 +466,8 @@ impl Client {
     }
 }
 
-fn layout_request(opts: &CreateOptions, config: &Config) -> Result<LayoutRequest> {
-    let block_size = opts.block_size;
-    let stripe_blocks = match opts.chunk_size {
-        None => None,
-        Some(cs) => {
-            let bs = block_size.unwrap_or(config.layout.block_size) as u64;
-            if cs == 0 || cs % bs != 0 {
-                return Err(PfsError::new(
-                    ErrorCode::Invalid,
-                    format!("chunk size {cs} is not a positive multiple of the block size {bs}"),
-                ));
-            }
-            Some(u32::try_from(cs / bs).map_err(|_| PfsError::new(ErrorCode::Invalid, format!("chunk size {cs}")))?)
-        }
-    };
-    Ok(LayoutRequest { block_size, stripe_blocks, stripe_count: opts.stripe_count })
-}
-
-fn process_name() -> String {
-    std::env::args()
-        .next()
-        .as_deref()
-        .map(crate::path::file_name)
-        .map(str::to_string)
-        .unwrap_or_else(|| "pfs-client".to_string())
+fn layout_request(opts: &CreateOptions) -> Result<LayoutRequest> {
+    Ok(LayoutRequest { block_size: opts.block_size, chunk_size: opts.chunk_size, stripe_count: opts.stripe_count })
 }
 
 pub(crate) fn unexpected(r: &MetaResponse) -> PfsError {

@@ -94,7 +94,7 @@ impl FileState {
             .layout
             .ok_or_else(|| PfsError::new(ErrorCode::Protocol, format!("pfs-meta sent no layout for {path}")))?;
         layout.validate().map_err(|e| e.context(format!("layout of {path}")))?;
-        let blocks = client.inner.config.client.cache_blocks;
+        let blocks = client.inner.options.cache_blocks;
         let cache = (blocks > 0).then(|| parking_lot::Mutex::new(BlockCache::new(layout.block_size as usize, blocks)));
         Ok(FileState {
             client,

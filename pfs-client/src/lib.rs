@@ -8,8 +8,8 @@
 //!
 //! ```no_run
 //! # async fn demo() -> pfs_common::Result<()> {
-//! let config = std::sync::Arc::new(pfs_common::config::Config::load("config/local.toml".as_ref())?);
-//! let client = pfs_client::Client::connect(config).await?;
+//! use pfs_client::{Client, ClientOptions};
+//! let client = Client::connect(ClientOptions::new("127.0.0.1:7400".parse().unwrap())).await?;
 //! let file = client.create("/hello.txt", &Default::default()).await?;
 //! file.write_at(0, b"hello, striped world").await?;
 //! file.close().await?; // durable on the storage servers, size durable on pfs-meta
@@ -19,16 +19,15 @@
 pub mod blocking;
 pub mod cache;
 mod client;
-pub mod cluster;
-pub mod copy;
 mod file;
 mod held;
+mod options;
 pub mod path;
-pub mod tool;
 
 pub use cache::CacheStats;
 pub use client::{Client, ClientStats, CreateOptions, RevokeCallback, RevokeEvent};
 pub use file::File;
+pub use options::ClientOptions;
 pub use pfs_common::token::{ByteRange, Mode};
 pub use pfs_common::wire::meta::{Attr, ChunkInfo, DirEntry, FileKind, ServerStatus};
 pub use pfs_common::{ErrorCode, PfsError, Result};

@@ -29,6 +29,18 @@ pub fn file_name(p: &str) -> &str {
     p.rsplit('/').next().unwrap_or("")
 }
 
+/// A pfs path argument: must be absolute; `pfs:` prefix accepted.
+pub fn pfs_path(arg: &str) -> pfs_common::Result<String> {
+    let p = parse_pfs_arg(arg).unwrap_or_else(|| arg.to_string());
+    if !p.starts_with('/') {
+        return Err(pfs_common::PfsError::new(
+            pfs_common::ErrorCode::Invalid,
+            format!("{arg}: pfs paths are absolute, like /dir/file"),
+        ));
+    }
+    Ok(normalize(&p))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1,12 +1,10 @@
 //! The client's data path on a real cluster: chunk boundaries, holes, short reads at end of
 //! file, truncate, and a storage server that dies.
 
-mod common;
-
-use common::random_bytes;
-use pfs_client::cluster::{LocalCluster, Role};
 use pfs_client::CreateOptions;
 use pfs_common::{ErrorCode, ServerId};
+use pfs_testkit::random_bytes;
+use pfs_testkit::{DaemonKind, LocalCluster};
 
 fn small_chunks() -> CreateOptions {
     // 4 KiB blocks x 2 = 8 KiB chunks: many boundaries in little data.
@@ -61,7 +59,7 @@ async fn a_dead_storage_server_is_named_promptly() {
     f.write_at(0, &data).await.unwrap();
     f.close().await.unwrap();
 
-    cluster.kill(Role::Storage(ServerId(3)));
+    cluster.kill(DaemonKind::Storage(ServerId(3)));
     let g = client.open("/g").await.unwrap();
     let mut buf = vec![0u8; data.len()];
     let err = g.read_at(0, &mut buf).await.unwrap_err();
@@ -76,32 +74,4 @@ async fn a_dead_storage_server_is_named_promptly() {
     let off = l.file_offset(healthy, 0);
     g.read_at(off, &mut one).await.unwrap();
     assert!(one[..] == data[off as usize..off as usize + one.len()]);
-}
-
-#[tokio::test(flavor = "multi_thread")]
-async fn namespace_through_the_pfs_tool() {
-    use common::{ok, tool};
-    const PFS: &str = env!("CARGO_BIN_EXE_pfs");
-    let cluster = LocalCluster::start(2).await.unwrap();
-    let cfg = cluster.config_path().to_path_buf();
-    ok(tool(PFS, &cfg, &["mkdir", "-p", "/a/b/c"]));
-    ok(tool(PFS, &cfg, &["mv", "/a/b", "/a/renamed"]));
-    assert_eq!(ok(tool(PFS, &cfg, &["ls", "/a"])), "renamed/\n");
-    let again = tool(PFS, &cfg, &["mkdir", "/a"]);
-    assert!(!again.status.success());
-    assert!(String::from_utf8_lossy(&again.stderr).contains("/a"));
-    let rm_dir = tool(PFS, &cfg, &["rm", "/a"]);
-    assert!(String::from_utf8_lossy(&rm_dir.stderr).contains("is a directory"));
-    ok(tool(PFS, &cfg, &["rm", "-r", "/a"]));
-    assert_eq!(ok(tool(PFS, &cfg, &["ls", "/"])), "");
-    let df = ok(tool(PFS, &cfg, &["df"]));
-    assert!(df.contains("storage-1") && df.contains("storage-2") && df.contains("2 of 2 servers up"), "{df}");
-
-    let client = cluster.client().await.unwrap();
-    let f = client.create("/hello", &CreateOptions::default()).await.unwrap();
-    f.write_at(0, b"hello, striped world\n").await.unwrap();
-    f.close().await.unwrap();
-    assert_eq!(ok(tool(PFS, &cfg, &["cat", "/hello"])), "hello, striped world\n");
-    let stat = ok(tool(PFS, &cfg, &["stat", "/hello"]));
-    assert!(stat.contains("size        21 bytes"), "{stat}");
 }

@@ -1,11 +1,9 @@
 //! SIGKILL pfs-meta after acknowledged writes and restart it: the tree, sizes and contents are
 //! intact.
 
-mod common;
-
-use common::random_bytes;
-use pfs_client::cluster::{LocalCluster, Role};
 use pfs_client::{CreateOptions, FileKind};
+use pfs_testkit::random_bytes;
+use pfs_testkit::{DaemonKind, LocalCluster};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn acknowledged_state_survives_a_killed_metadata_server() {
@@ -27,7 +25,7 @@ async fn acknowledged_state_survives_a_killed_metadata_server() {
     expect.remove(0);
     let before = client.stat("/proj/last").await.unwrap();
 
-    let client = cluster.restart(Role::Meta).await.unwrap();
+    let client = cluster.restart(DaemonKind::Meta).await.unwrap();
 
     let names: Vec<String> = client.readdir("/proj/run1").await.unwrap().into_iter().map(|e| e.name).collect();
     assert_eq!(names, ["f1", "f2", "f3"]);

@@ -12,6 +12,7 @@ pub mod logging;
 pub mod pool;
 pub mod rpc;
 pub mod token;
+pub mod units;
 pub mod wire;
 
 pub use error::{ErrorCode, PfsError, Result};

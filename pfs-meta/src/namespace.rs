@@ -349,7 +349,16 @@ impl Namespace {
 
     fn choose_layout(&self, path: &str, req: &LayoutRequest, policy: &LayoutPolicy, up: &[ServerId]) -> Result<Layout> {
         let block_size = req.block_size.unwrap_or(policy.block_size);
-        let stripe_blocks = req.stripe_blocks.unwrap_or(policy.stripe_blocks);
+        let chunk_size = req.chunk_size.unwrap_or(policy.chunk_size());
+        let stripe_blocks = match chunk_size.checked_div(block_size as u64) {
+            Some(n) if n > 0 && chunk_size % block_size as u64 == 0 => u32::try_from(n).unwrap_or(u32::MAX),
+            _ => return Err(PfsError::new(
+                ErrorCode::Invalid,
+                format!(
+                    "{path}: chunk size {chunk_size} bytes is not a positive multiple of the block size {block_size}"
+                ),
+            )),
+        };
         let mut servers = up.to_vec();
         servers.sort();
         servers.dedup();
@@ -671,7 +680,7 @@ mod tests {
         assert_eq!(b.targets, vec![ServerId(2), ServerId(3)]);
         let req = MetaRequest::Create {
             path: "/c".into(),
-            layout: LayoutRequest { block_size: Some(8192), stripe_blocks: None, stripe_count: Some(99) },
+            layout: LayoutRequest { block_size: Some(8192), chunk_size: None, stripe_count: Some(99) },
             exclusive: true,
         };
         let c = attr(run(&mut ns, req).unwrap()).layout.unwrap();

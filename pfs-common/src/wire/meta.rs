@@ -69,8 +69,10 @@ pub enum MetaRequest {
 /// Layout fields for a new file; `None` takes the parent directory's (or cluster's) default.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LayoutRequest {
+    /// Block size in bytes (the cache unit): a power of two of at least 512.
     pub block_size: Option<u32>,
-    pub stripe_blocks: Option<u32>,
+    /// Chunk size in bytes: a multiple of the block size (`block_size × stripe_blocks`).
+    pub chunk_size: Option<u64>,
     /// Storage targets to span; clamped to the number of servers that are up.
     pub stripe_count: Option<u32>,
 }

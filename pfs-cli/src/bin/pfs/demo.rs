@@ -1,9 +1,9 @@
 //! `pfs demo`: a throw-away cluster on loopback, one file striped over it and read back.
 
-use pfs_client::cluster::LocalCluster;
-use pfs_client::copy::{copy, sha256_of, CopyOptions, Endpoint};
-use pfs_client::tool::human;
+use pfs_cli::copy::{copy, sha256_of, CopyOptions, Endpoint};
 use pfs_common::error::{PfsError, Result};
+use pfs_common::units::human;
+use pfs_testkit::LocalCluster;
 use rand::{RngCore, SeedableRng};
 use std::io::Write;
 use std::time::Instant;

@@ -1,13 +1,11 @@
 //! Byte-range tokens across separate client processes (`pfs-probe`) on a real cluster.
 
-mod common;
-
-use common::{sha256_hex, Probe};
-use pfs_client::cluster::LocalCluster;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::wire::storage::{StorageRequest, StorageResponse};
 use pfs_common::wire::Role;
 use pfs_common::ErrorCode;
+use pfs_testkit::LocalCluster;
+use pfs_testkit::{sha256_hex, Probe};
 use std::time::Duration;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_pfs-probe");

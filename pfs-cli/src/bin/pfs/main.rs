@@ -6,7 +6,7 @@ mod daemons;
 mod demo;
 
 use clap::{Parser, Subcommand};
-use pfs_client::tool;
+use pfs_cli::tool;
 use std::path::PathBuf;
 
 /// pfs: a striped parallel file system. pfs paths are written /dir/file.
@@ -29,7 +29,7 @@ enum Cmd {
     /// Start a throw-away cluster, stripe a file over it, read it back, verify, measure.
     Demo {
         /// Size of the demo file, e.g. 256m.
-        #[arg(long, default_value = "256m", value_parser = tool::parse_size)]
+        #[arg(long, default_value = "256m", value_parser = pfs_common::units::parse_size)]
         size: u64,
         /// Storage servers in the demo cluster.
         #[arg(long, default_value_t = 4)]
@@ -115,7 +115,7 @@ fn run(args: Args) -> pfs_common::Result<()> {
         cmd => {
             let config = tool::load_config(args.config)?;
             rt.block_on(async move {
-                let client = pfs_client::Client::connect(config).await?;
+                let client = pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)).await?;
                 commands::run(&client, cmd).await
             })
         }

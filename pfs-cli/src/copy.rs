@@ -7,8 +7,9 @@
 //! memory stays at `2 × DEPTH` segments whatever the file size. Segments are hashed in file
 //! order as they pass, for `verify`.
 
-use crate::{Client, CreateOptions, File, FileKind};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use pfs_client::path;
+use pfs_client::{Client, CreateOptions, File, FileKind};
 use pfs_common::error::{ErrorCode, PfsError, Result};
 use pfs_common::pool::{self, PooledBuf};
 use sha2::{Digest, Sha256};
@@ -34,7 +35,7 @@ pub enum Endpoint {
 impl Endpoint {
     /// `pfs:/a/b` is a pfs path, anything else a local one.
     pub fn parse(arg: &str) -> Endpoint {
-        match crate::path::parse_pfs_arg(arg) {
+        match path::parse_pfs_arg(arg) {
             Some(p) => Endpoint::Pfs(p),
             None => Endpoint::Local(PathBuf::from(arg)),
         }
@@ -127,14 +128,14 @@ async fn exists_as_dir(client: &Client, e: &Endpoint) -> Result<bool> {
 fn base_name(e: &Endpoint) -> String {
     match e {
         Endpoint::Local(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
-        Endpoint::Pfs(p) => crate::path::file_name(p).to_string(),
+        Endpoint::Pfs(p) => path::file_name(p).to_string(),
     }
 }
 
 fn child(e: &Endpoint, name: &str) -> Endpoint {
     match e {
         Endpoint::Local(p) => Endpoint::Local(p.join(name)),
-        Endpoint::Pfs(p) => Endpoint::Pfs(crate::path::join(p, name)),
+        Endpoint::Pfs(p) => Endpoint::Pfs(path::join(p, name)),
     }
 }
 

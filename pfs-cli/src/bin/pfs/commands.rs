@@ -1,30 +1,32 @@
 //! The namespace commands of `pfs`.
 
 use crate::Cmd;
-use pfs_client::{tool, Client, FileKind};
+use pfs_client::path::pfs_path;
+use pfs_client::{Client, FileKind};
 use pfs_common::error::{ErrorCode, PfsError, Result};
 use pfs_common::ids::Sha256Digest;
 use pfs_common::pool;
+use pfs_common::units::human;
 use std::io::Write;
 
 pub async fn run(client: &Client, cmd: Cmd) -> Result<()> {
     match cmd {
-        Cmd::Ls { long, path } => ls(client, &tool::pfs_path(&path)?, long).await,
-        Cmd::Stat { path } => stat(client, &tool::pfs_path(&path)?).await,
+        Cmd::Ls { long, path } => ls(client, &pfs_path(&path)?, long).await,
+        Cmd::Stat { path } => stat(client, &pfs_path(&path)?).await,
         Cmd::Mkdir { parents, path } => {
-            let p = tool::pfs_path(&path)?;
+            let p = pfs_path(&path)?;
             if parents {
                 client.mkdir_all(&p).await
             } else {
                 client.mkdir(&p).await
             }
         }
-        Cmd::Rm { recursive, path } => rm(client, &tool::pfs_path(&path)?, recursive).await,
-        Cmd::Rmdir { path } => client.rmdir(&tool::pfs_path(&path)?).await,
-        Cmd::Mv { from, to } => client.rename(&tool::pfs_path(&from)?, &tool::pfs_path(&to)?).await,
-        Cmd::Cat { path } => cat(client, &tool::pfs_path(&path)?).await,
+        Cmd::Rm { recursive, path } => rm(client, &pfs_path(&path)?, recursive).await,
+        Cmd::Rmdir { path } => client.rmdir(&pfs_path(&path)?).await,
+        Cmd::Mv { from, to } => client.rename(&pfs_path(&from)?, &pfs_path(&to)?).await,
+        Cmd::Cat { path } => cat(client, &pfs_path(&path)?).await,
         Cmd::Df => df(client).await,
-        Cmd::Getstripe { path, verify } => getstripe(client, &tool::pfs_path(&path)?, verify).await,
+        Cmd::Getstripe { path, verify } => getstripe(client, &pfs_path(&path)?, verify).await,
         Cmd::Up | Cmd::Down | Cmd::Demo { .. } | Cmd::Serve { .. } => unreachable!("handled in main"),
     }
 }
@@ -82,19 +84,14 @@ async fn stat(client: &Client, path: &str) -> Result<()> {
     if a.kind == FileKind::Dir {
         println!("entries     {}", a.entries);
     } else {
-        println!("size        {} bytes ({})", a.size, tool::human(a.size));
+        println!("size        {} bytes ({})", a.size, human(a.size));
     }
     println!("generation  {}", a.generation);
     println!("mtime       {} UTC", mtime(a.mtime_ms));
     println!("ctime       {} UTC", mtime(a.ctime_ms));
     if let Some(l) = &a.layout {
         let targets: Vec<String> = l.targets.iter().map(|t| t.to_string()).collect();
-        println!(
-            "chunk size  {} bytes ({} blocks of {})",
-            l.chunk_size(),
-            l.stripe_blocks,
-            tool::human(l.block_size as u64)
-        );
+        println!("chunk size  {} bytes ({} blocks of {})", l.chunk_size(), l.stripe_blocks, human(l.block_size as u64));
         println!("stripe      {} target(s): {}", l.stripe_count(), targets.join(" "));
     }
     Ok(())
@@ -161,9 +158,9 @@ async fn df(client: &Client) -> Result<()> {
             s.id.to_string(),
             s.address.to_string(),
             if s.up { "up" } else { "DOWN" },
-            tool::human(s.capacity_bytes),
-            tool::human(used),
-            tool::human(s.free_bytes),
+            human(s.capacity_bytes),
+            human(used),
+            human(s.free_bytes),
             pct,
             s.chunks
         );
@@ -176,8 +173,8 @@ async fn df(client: &Client) -> Result<()> {
         "{} of {} servers up; {} free of {}",
         servers.iter().filter(|s| s.up).count(),
         servers.len(),
-        tool::human(free),
-        tool::human(cap)
+        human(free),
+        human(cap)
     );
     Ok(())
 }
@@ -189,7 +186,7 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
     let targets: Vec<String> = l.targets.iter().map(|t| t.to_string()).collect();
     println!("{path}");
     println!("  file id       {}", f.id());
-    println!("  size          {size} bytes ({})", tool::human(size));
+    println!("  size          {size} bytes ({})", human(size));
     println!("  chunk size    {} bytes ({} x {} byte blocks)", l.chunk_size(), l.stripe_blocks, l.block_size);
     println!("  stripe count  {}", l.stripe_count());
     println!("  targets       {}", targets.join(" "));

@@ -1,19 +1,4 @@
-//! Helpers shared by the command-line tools: finding the configuration, parsing and printing
-//! sizes, reporting errors as one line.
-
-use pfs_common::config::Config;
-use pfs_common::error::{ErrorCode, PfsError, Result};
-use std::path::PathBuf;
-use std::sync::Arc;
-
-/// The default configuration file, relative to the working directory.
-pub const DEFAULT_CONFIG: &str = "config/local.toml";
-
-/// Loads `--config FILE` (clap also fills it from `PFS_CONFIG`), or `config/local.toml`.
-pub fn load_config(arg: Option<PathBuf>) -> Result<Arc<Config>> {
-    let path = arg.unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG));
-    Ok(Arc::new(Config::load(&path)?))
-}
+//! Sizes as people write them: `4m`, `64k`, `2GiB` (powers of 1024), and back.
 
 /// Parses a size with an optional k/m/g/t suffix (powers of 1024): `4m` = 4194304.
 pub fn parse_size(s: &str) -> std::result::Result<u64, String> {
@@ -44,29 +29,6 @@ pub fn human(bytes: u64) -> String {
     } else {
         format!("{v:.1} {}", UNITS[u])
     }
-}
-
-/// Prints `tool: error: message` on stderr and exits with status 1.
-pub fn die(tool: &str, e: &PfsError) -> ! {
-    eprintln!("{tool}: error: {e}");
-    std::process::exit(1)
-}
-
-/// A multi-threaded runtime for a tool.
-pub fn runtime() -> Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .map_err(|e| PfsError::io("starting the tokio runtime", e))
-}
-
-/// A pfs path argument: must be absolute; `pfs:` prefix accepted.
-pub fn pfs_path(arg: &str) -> Result<String> {
-    let p = crate::path::parse_pfs_arg(arg).unwrap_or_else(|| arg.to_string());
-    if !p.starts_with('/') {
-        return Err(PfsError::new(ErrorCode::Invalid, format!("{arg}: pfs paths are absolute, like /dir/file")));
-    }
-    Ok(crate::path::normalize(&p))
 }
 
 #[cfg(test)]

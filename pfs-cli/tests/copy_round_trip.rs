@@ -1,11 +1,9 @@
 //! `pfs-cp` on a real cluster: a 64 MiB random file in and out, byte-identical, striped over
 //! all four storage servers with the right chunk files and SHA-256 values.
 
-mod common;
-
-use common::{ok, random_bytes, sha256_hex, tool};
-use pfs_client::cluster::LocalCluster;
 use pfs_common::ids::chunk_file_name;
+use pfs_testkit::LocalCluster;
+use pfs_testkit::{ok, random_bytes, run_tool, sha256_hex};
 
 const PFS: &str = env!("CARGO_BIN_EXE_pfs");
 const PFS_CP: &str = env!("CARGO_BIN_EXE_pfs-cp");
@@ -18,9 +16,9 @@ async fn a_64_mib_file_round_trips_through_pfs_cp() {
     let src = cluster.dir().join("in.bin");
     std::fs::write(&src, &data).unwrap();
 
-    ok(tool(PFS_CP, &cfg, &["--verify", src.to_str().unwrap(), "pfs:/in.bin"]));
+    ok(run_tool(PFS_CP, &cfg, &["--verify", src.to_str().unwrap(), "pfs:/in.bin"]));
     let back = cluster.dir().join("out.bin");
-    ok(tool(PFS_CP, &cfg, &["--verify", "pfs:/in.bin", back.to_str().unwrap()]));
+    ok(run_tool(PFS_CP, &cfg, &["--verify", "pfs:/in.bin", back.to_str().unwrap()]));
     assert!(std::fs::read(&back).unwrap() == data, "read back bytes differ");
 
     // Striped over all four targets, every chunk on its round-robin target, chunk files named
@@ -46,7 +44,7 @@ async fn a_64_mib_file_round_trips_through_pfs_cp() {
     }
 
     // The tool shows the same and checks the bytes against the hashes.
-    let out = ok(tool(PFS, &cfg, &["getstripe", "--verify", "/in.bin"]));
+    let out = ok(run_tool(PFS, &cfg, &["getstripe", "--verify", "/in.bin"]));
     assert!(out.contains("stripe count  4"), "{out}");
     for id in 1..=4 {
         assert!(out.contains(&format!("storage-{id}")), "{out}");
@@ -64,16 +62,20 @@ async fn layout_options_and_directories_copy_recursively() {
     for (name, len, seed) in files {
         std::fs::write(tree.join(name), random_bytes(len, seed)).unwrap();
     }
-    ok(tool(PFS_CP, &cfg, &["-r", "--stripe-count", "2", "--chunk-size", "128k", tree.to_str().unwrap(), "pfs:/t"]));
+    ok(run_tool(
+        PFS_CP,
+        &cfg,
+        &["-r", "--stripe-count", "2", "--chunk-size", "128k", tree.to_str().unwrap(), "pfs:/t"],
+    ));
     let client = cluster.client().await.unwrap();
     let a = client.stat("/t/a.bin").await.unwrap();
     let l = a.layout.unwrap();
     assert_eq!((l.stripe_count(), l.chunk_size()), (2, 128 << 10));
 
     // pfs -> pfs, then back out, and compare every file.
-    ok(tool(PFS_CP, &cfg, &["-r", "pfs:/t", "pfs:/copy"]));
+    ok(run_tool(PFS_CP, &cfg, &["-r", "pfs:/t", "pfs:/copy"]));
     let out = cluster.dir().join("out");
-    ok(tool(PFS_CP, &cfg, &["-r", "pfs:/copy", out.to_str().unwrap()]));
+    ok(run_tool(PFS_CP, &cfg, &["-r", "pfs:/copy", out.to_str().unwrap()]));
     for (name, len, seed) in files {
         assert_eq!(std::fs::read(out.join(name)).unwrap(), random_bytes(len, seed), "{name}");
     }
@@ -84,12 +86,12 @@ async fn copy_failures_are_one_clear_line_and_non_zero() {
     let mut cluster = LocalCluster::start(2).await.unwrap();
     let cfg = cluster.config_path().to_path_buf();
 
-    let missing = tool(PFS_CP, &cfg, &["/definitely/not/here.bin", "pfs:/x"]);
+    let missing = run_tool(PFS_CP, &cfg, &["/definitely/not/here.bin", "pfs:/x"]);
     assert!(!missing.status.success());
     let err = String::from_utf8_lossy(&missing.stderr);
     assert!(err.contains("/definitely/not/here.bin") && err.lines().count() == 1, "{err}");
 
-    let missing = tool(PFS_CP, &cfg, &["pfs:/nope", cluster.dir().join("x").to_str().unwrap()]);
+    let missing = run_tool(PFS_CP, &cfg, &["pfs:/nope", cluster.dir().join("x").to_str().unwrap()]);
     assert!(!missing.status.success());
     assert!(String::from_utf8_lossy(&missing.stderr).contains("/nope"));
 
@@ -97,10 +99,10 @@ async fn copy_failures_are_one_clear_line_and_non_zero() {
     // partial destination is not left behind looking complete.
     let src = cluster.dir().join("in.bin");
     std::fs::write(&src, random_bytes(8 << 20, 9)).unwrap();
-    ok(tool(PFS_CP, &cfg, &[src.to_str().unwrap(), "pfs:/in.bin"]));
-    cluster.kill(pfs_client::cluster::Role::Storage(pfs_common::ServerId(2)));
+    ok(run_tool(PFS_CP, &cfg, &[src.to_str().unwrap(), "pfs:/in.bin"]));
+    cluster.kill(pfs_testkit::DaemonKind::Storage(pfs_common::ServerId(2)));
     let out = cluster.dir().join("out.bin");
-    let down = tool(PFS_CP, &cfg, &["pfs:/in.bin", out.to_str().unwrap()]);
+    let down = run_tool(PFS_CP, &cfg, &["pfs:/in.bin", out.to_str().unwrap()]);
     assert!(!down.status.success());
     let err = String::from_utf8_lossy(&down.stderr);
     assert!(err.contains("storage-2") && err.lines().count() == 1, "{err}");

@@ -8,8 +8,8 @@
 //! ```
 
 use clap::Parser;
-use pfs_client::copy::{copy, total_bytes, CopyOptions, Endpoint};
-use pfs_client::tool;
+use pfs_cli::copy::{copy, total_bytes, CopyOptions, Endpoint};
+use pfs_cli::tool;
 use pfs_client::CreateOptions;
 use std::io::IsTerminal;
 use std::path::PathBuf;
@@ -28,7 +28,7 @@ struct Args {
     #[arg(long)]
     stripe_count: Option<u32>,
     /// Chunk size of new pfs files, e.g. 1m, 4m (a multiple of the block size).
-    #[arg(long, value_parser = tool::parse_size)]
+    #[arg(long, value_parser = pfs_common::units::parse_size)]
     chunk_size: Option<u64>,
     /// Compare SHA-256 of source and destination after copying.
     #[arg(long)]
@@ -54,7 +54,7 @@ fn run(args: Args) -> pfs_common::Result<()> {
     let config = tool::load_config(args.config)?;
     let rt = tool::runtime()?;
     rt.block_on(async {
-        let client = pfs_client::Client::connect(config).await?;
+        let client = pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)).await?;
         let (src, dst) = (Endpoint::parse(&args.src), Endpoint::parse(&args.dst));
         let progress = if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(total_bytes(&client, &src).await?);

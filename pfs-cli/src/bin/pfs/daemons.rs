@@ -1,9 +1,9 @@
 //! `pfs up` and `pfs down`: daemons of this host, with logs under `<data_dir>/logs` and pid
 //! files under `<data_dir>/run`.
 
-use pfs_client::cluster::{self, Daemon, Role};
 use pfs_common::config::Config;
 use pfs_common::error::{ErrorCode, PfsError, Result};
+use pfs_testkit::{daemon, Daemon, DaemonKind};
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -14,20 +14,20 @@ fn is_local(addr: SocketAddr) -> bool {
     addr.ip().is_loopback() || std::net::TcpListener::bind(SocketAddr::new(addr.ip(), 0)).is_ok()
 }
 
-fn local_roles(config: &Config) -> Vec<(Role, IpAddr)> {
+fn local_roles(config: &Config) -> Vec<(DaemonKind, IpAddr)> {
     let mut roles = Vec::new();
     if is_local(config.meta.address) {
-        roles.push((Role::Meta, config.meta.address.ip()));
+        roles.push((DaemonKind::Meta, config.meta.address.ip()));
     }
     for s in &config.storage {
         if is_local(s.address) {
-            roles.push((Role::Storage(s.id), s.address.ip()));
+            roles.push((DaemonKind::Storage(s.id), s.address.ip()));
         }
     }
     roles
 }
 
-fn pid_file(config: &Config, role: Role) -> PathBuf {
+fn pid_file(config: &Config, role: DaemonKind) -> PathBuf {
     config.data_dir.join("run").join(format!("{}.pid", role.name()))
 }
 
@@ -57,14 +57,14 @@ pub async fn up(config: &std::sync::Arc<Config>, config_path: &Path) -> Result<(
             continue;
         }
         let log = config.data_dir.join("logs").join(format!("{}.log", role.name()));
-        let d = cluster::spawn(*role, &config_path, &log, true)?;
+        let d = daemon::spawn(*role, &config_path, &log, true)?;
         fs::create_dir_all(pidf.parent().expect("pid file has a parent"))
             .and_then(|_| fs::write(&pidf, format!("{}\n", d.child.id())))
             .map_err(|e| PfsError::io(pidf.display(), e))?;
         started.push(d);
     }
-    if roles.iter().any(|(r, _)| *r == Role::Meta) {
-        cluster::wait_ready(config, &mut started, cluster::READY_TIMEOUT).await?;
+    if roles.iter().any(|(r, _)| *r == DaemonKind::Meta) {
+        pfs_testkit::wait_ready(config, &mut started, pfs_testkit::READY_TIMEOUT).await?;
     }
     println!(
         "pfs is up: pfs-meta at {}, {} storage server(s); logs in {}",

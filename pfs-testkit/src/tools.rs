@@ -1,5 +1,5 @@
-//! Shared helpers of the end-to-end tests: random data, running the tools.
-#![allow(dead_code)]
+//! Helpers of the end-to-end tests: reproducible random data, running the command-line tools
+//! and driving `pfs-probe` client processes line by line.
 
 use rand::{RngCore, SeedableRng};
 use std::path::Path;
@@ -12,8 +12,9 @@ pub fn random_bytes(len: usize, seed: u64) -> Vec<u8> {
     v
 }
 
-/// Runs one of this package's tools (`pfs`, `pfs-cp`) with `--config`.
-pub fn tool(exe: &str, config: &Path, args: &[&str]) -> Output {
+/// Runs a tool (`pfs`, `pfs-cp`, given by its executable path) with `--config CONFIG` and
+/// `args`, logging at warn level; returns its output.
+pub fn run_tool(exe: &str, config: &Path, args: &[&str]) -> Output {
     let mut cmd = Command::new(exe);
     cmd.arg("--config").arg(config).args(args);
     cmd.env("PFS_LOG", "warn");
@@ -32,6 +33,7 @@ pub fn ok(out: Output) -> String {
     String::from_utf8(out.stdout).expect("utf-8 output")
 }
 
+/// SHA-256 of `data` as 64 hex digits.
 pub fn sha256_hex(data: &[u8]) -> String {
     pfs_common::ids::Sha256Digest::of(data).to_string()
 }

@@ -4,10 +4,8 @@
 //! The small target is a 4 MiB tmpfs, which needs root (CI runs as root). Without the
 //! privilege to mount, the test says so and returns.
 
-mod common;
-
-use common::{ok, random_bytes, tool};
-use pfs_client::cluster::LocalCluster;
+use pfs_testkit::LocalCluster;
+use pfs_testkit::{ok, random_bytes, run_tool};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -41,7 +39,7 @@ async fn a_full_storage_target_fails_the_copy_cleanly() {
     let src = cluster.dir().join("in.bin");
     std::fs::write(&src, random_bytes(32 << 20, 3)).unwrap();
 
-    let out = tool(PFS_CP, &cfg, &["--stripe-count", "2", src.to_str().unwrap(), "pfs:/big.bin"]);
+    let out = run_tool(PFS_CP, &cfg, &["--stripe-count", "2", src.to_str().unwrap(), "pfs:/big.bin"]);
     assert!(!out.status.success(), "a copy onto a full target must fail");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(err.lines().count(), 1, "{err}");
@@ -52,6 +50,6 @@ async fn a_full_storage_target_fails_the_copy_cleanly() {
     // The cluster still works for what fits.
     let small_src = cluster.dir().join("small.bin");
     std::fs::write(&small_src, random_bytes(1 << 20, 4)).unwrap();
-    ok(tool(PFS_CP, &cfg, &["--verify", small_src.to_str().unwrap(), "pfs:/small.bin"]));
+    ok(run_tool(PFS_CP, &cfg, &["--verify", small_src.to_str().unwrap(), "pfs:/small.bin"]));
     drop(cluster);
 }

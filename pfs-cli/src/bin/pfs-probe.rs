@@ -17,7 +17,8 @@
 //! Errors answer `err <code> <message>`. Revokes handled are reported on standard error.
 
 use clap::Parser;
-use pfs_client::{tool, Client, CreateOptions, File, Mode};
+use pfs_cli::tool;
+use pfs_client::{Client, ClientOptions, CreateOptions, File, Mode};
 use std::path::PathBuf;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -39,7 +40,7 @@ fn main() {
 }
 
 async fn run(args: Args) -> pfs_common::Result<()> {
-    let client = Client::connect(tool::load_config(args.config)?).await?;
+    let client = Client::connect(ClientOptions::from_config(&*tool::load_config(args.config)?)).await?;
     client.on_revoke(|ev| eprintln!("revoke file {} {} {:?}", ev.file, ev.range, ev.wanted));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut out = tokio::io::stdout();

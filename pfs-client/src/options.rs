@@ -1,0 +1,59 @@
+//! [`ClientOptions`]: what a client needs to know to reach a cluster, nothing more.
+
+use pfs_common::config::{ClientConfig, Config, Timeouts};
+use std::net::SocketAddr;
+
+/// Settings of [`crate::Client::connect`]: pfs-meta's address and the client's own limits.
+/// Storage servers are found through pfs-meta (the addresses they registered with), so a
+/// client needs no list of them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ClientOptions {
+    /// Where pfs-meta listens.
+    pub meta_address: SocketAddr,
+    /// Name of this client in the servers' logs ("pfs-cp 1234"); defaults to the process
+    /// name and pid.
+    pub name: String,
+    /// Deadline for connecting to a server, handshake included, ms.
+    pub connect_timeout_ms: u64,
+    /// Deadline for one request's answer, ms.
+    pub request_timeout_ms: u64,
+    /// Upper bound on payload bytes in flight to storage servers.
+    pub max_inflight_bytes: u64,
+    /// Blocks (of each file's block size) the block cache holds per open file; 0 disables it.
+    pub cache_blocks: usize,
+}
+
+impl ClientOptions {
+    /// Defaults (those of an empty `[timeouts]` and `[client]` section) for pfs-meta at
+    /// `meta_address`.
+    pub fn new(meta_address: SocketAddr) -> ClientOptions {
+        let (t, c) = (Timeouts::default(), ClientConfig::default());
+        ClientOptions {
+            meta_address,
+            name: default_name(),
+            connect_timeout_ms: t.connect_ms,
+            request_timeout_ms: t.request_ms,
+            max_inflight_bytes: c.max_inflight_bytes,
+            cache_blocks: c.cache_blocks,
+        }
+    }
+
+    /// The client settings of a cluster configuration file: pfs-meta's address, `[timeouts]`
+    /// and `[client]`.
+    pub fn from_config(config: &Config) -> ClientOptions {
+        ClientOptions {
+            meta_address: config.meta.address,
+            name: default_name(),
+            connect_timeout_ms: config.timeouts.connect_ms,
+            request_timeout_ms: config.timeouts.request_ms,
+            max_inflight_bytes: config.client.max_inflight_bytes,
+            cache_blocks: config.client.cache_blocks,
+        }
+    }
+}
+
+fn default_name() -> String {
+    let exe = std::env::args().next().unwrap_or_default();
+    let name = crate::path::file_name(&exe);
+    format!("{} {}", if name.is_empty() { "pfs-client" } else { name }, std::process::id())
+}
