@@ -60,7 +60,7 @@ enum Link {
 }
 
 /// A broken job: the coordinator or another rank went away.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub struct CommError(pub String);
 
 impl std::fmt::Display for CommError {

@@ -11,7 +11,8 @@
 use crate::comm::{now, Comm};
 use crate::launch;
 use crate::pattern;
-use crate::store::{self, Api, Handle, Store};
+use crate::store::{self, Api, Backend, Handle};
+use crate::Error;
 use clap::{Parser, ValueEnum};
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
@@ -211,8 +212,6 @@ pub fn main() -> i32 {
     })
 }
 
-type DynResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
 /// One rank's job, whoever started it (the `--np` launcher or mpirun).
 fn rank_job(comm: &mut Comm, args: &IorArgs, p: &Params, config: Option<&Path>, posix_dir: &Path) -> i32 {
     let rank = comm.rank();
@@ -321,7 +320,7 @@ async fn transfers(
     limit: Option<u64>,
     deadline: Option<f64>,
     check: bool,
-) -> DynResult<Moved> {
+) -> crate::Result<Moved> {
     let mut m = Moved { bytes: 0, count: 0, mismatches: 0 };
     for (k, &off) in offsets(p, owner, ranks, iter).iter().enumerate() {
         if limit.is_some_and(|l| k as u64 >= l) || (k > 0 && deadline.is_some_and(|d| now() >= d)) {
@@ -449,7 +448,7 @@ async fn run(
     config: Option<&Path>,
     posix_dir: &Path,
     json: Option<&Path>,
-) -> DynResult<u64> {
+) -> crate::Result<u64> {
     let (rank, ranks) = (comm.rank(), comm.size());
     let lead = rank == 0;
     let mut errors_total = 0u64;
@@ -466,10 +465,11 @@ async fn run(
     for &api in &p.apis {
         let (store, base) = match api {
             Api::Pfs => {
-                let path = config.ok_or("no cluster configuration passed to the rank")?;
-                (Store::Pfs(crate::connect(path).await?), store::pfs_path(&p.test_file)?)
+                let path =
+                    config.ok_or_else(|| Error::Invalid("no cluster configuration passed to the rank".into()))?;
+                (Backend::Pfs(crate::connect(path).await?), store::pfs_path(&p.test_file)?)
             }
-            Api::Posix => (Store::Posix, store::posix_path(&p.test_file, posix_dir)),
+            Api::Posix => (Backend::Posix, store::posix_path(&p.test_file, posix_dir)),
         };
         if lead {
             print_options(p, api, &base, ranks, comm.nodes());
@@ -577,7 +577,7 @@ async fn run(
         }
         if let Some(path) = json {
             std::fs::write(path, to_json(&results, p, ranks, errors_total))
-                .map_err(|e| format!("writing {}: {e}", path.display()))?;
+                .map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
         }
         println!("Finished            : {} {}", ranks, if comm.is_mpi() { "MPI ranks" } else { "rank processes" });
     }
@@ -588,7 +588,7 @@ async fn run(
 #[allow(clippy::too_many_arguments)]
 async fn check(
     comm: &mut Comm,
-    store: &Store,
+    store: &Backend,
     p: &Params,
     base: &str,
     owner: usize,
@@ -596,7 +596,7 @@ async fn check(
     buf: &mut [u8],
     written: &Option<Vec<u64>>,
     what: &str,
-) -> DynResult<u64> {
+) -> crate::Result<u64> {
     comm.barrier()?;
     let h = store.open(&file_of(base, p, owner)).await?;
     let limit = written.as_ref().map(|w| w[owner]);

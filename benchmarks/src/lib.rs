@@ -5,6 +5,7 @@
 //! the cargo feature `mpi`, they also run as the ranks of `mpirun` ([`mpirun`]).
 
 pub mod comm;
+pub mod error;
 pub mod ior;
 pub mod launch;
 pub mod mdtest;
@@ -12,7 +13,8 @@ pub mod mpirun;
 pub mod pattern;
 pub mod store;
 
-use pfs_common::Result;
+pub use error::{Error, Result};
+
 use std::path::Path;
 
 /// A multi-threaded runtime for a benchmark process or rank.
@@ -20,11 +22,11 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| pfs_common::PfsError::io("starting the tokio runtime", e))
+        .map_err(|e| Error::io("starting the tokio runtime", e))
 }
 
 /// A client of the cluster that configuration file `path` describes.
 pub async fn connect(path: &Path) -> Result<pfs_client::Client> {
     let config = pfs_common::config::Config::load(path)?;
-    pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)).await
+    Ok(pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)).await?)
 }

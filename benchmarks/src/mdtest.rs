@@ -8,7 +8,8 @@
 use crate::comm::{now, Comm};
 use crate::launch;
 use crate::pattern;
-use crate::store::{self, Api, Store};
+use crate::store::{self, Api, Backend};
+use crate::Error;
 use clap::{Parser, ValueEnum};
 use std::path::Path;
 
@@ -155,8 +156,6 @@ pub fn main() -> i32 {
     })
 }
 
-type DynResult<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
-
 /// One rank's job, whoever started it (the `--np` launcher or mpirun).
 fn rank_job(comm: &mut Comm, p: &Params, config: Option<&Path>, posix_dir: &Path) -> i32 {
     let rank = comm.rank();
@@ -218,7 +217,7 @@ impl Op {
     }
 }
 
-async fn item_op(store: &Store, op: Op, path: &str, wbuf: &[u8], rbuf: &mut [u8]) -> DynResult<()> {
+async fn item_op(store: &Backend, op: Op, path: &str, wbuf: &[u8], rbuf: &mut [u8]) -> crate::Result<()> {
     match op {
         Op::DirCreate | Op::TreeCreate => store.mkdir(path).await?,
         Op::DirStat | Op::FileStat => {
@@ -237,7 +236,7 @@ async fn item_op(store: &Store, op: Op, path: &str, wbuf: &[u8], rbuf: &mut [u8]
             if !rbuf.is_empty() {
                 let n = h.read_at(0, rbuf).await?;
                 if n < rbuf.len() {
-                    return Err(format!("{path}: read {n} of {} bytes", rbuf.len()).into());
+                    return Err(Error::Check(format!("{path}: read {n} of {} bytes", rbuf.len())));
                 }
             }
             h.close().await?;
@@ -250,16 +249,16 @@ async fn item_op(store: &Store, op: Op, path: &str, wbuf: &[u8], rbuf: &mut [u8]
 /// Runs one timed phase of `paths` on every rank; returns the aggregate rate (ops/s).
 async fn phase(
     comm: &mut Comm,
-    store: &Store,
+    store: &Backend,
     op: Op,
     paths: &[String],
     wbuf: &[u8],
     rbuf: &mut [u8],
-) -> DynResult<f64> {
+) -> crate::Result<f64> {
     comm.barrier()?;
     let t0 = now();
     for path in paths {
-        item_op(store, op, path, wbuf, rbuf).await.map_err(|e| format!("{}: {e}", op.label()))?;
+        item_op(store, op, path, wbuf, rbuf).await.map_err(|e| Error::Check(format!("{}: {e}", op.label())))?;
     }
     let t1 = now();
     let all = comm.allgather(&[t0, t1, paths.len() as f64])?;
@@ -293,7 +292,7 @@ pub fn summary(rates: &[(Op, Vec<f64>)], iterations: u32) -> String {
     s
 }
 
-async fn run(comm: &mut Comm, p: &Params, config: Option<&Path>, posix_dir: &Path) -> DynResult<()> {
+async fn run(comm: &mut Comm, p: &Params, config: Option<&Path>, posix_dir: &Path) -> crate::Result<()> {
     let (rank, ranks) = (comm.rank(), comm.size());
     let lead = rank == 0;
     let wbuf = {
@@ -305,10 +304,11 @@ async fn run(comm: &mut Comm, p: &Params, config: Option<&Path>, posix_dir: &Pat
     for &api in &p.apis {
         let (store, top) = match api {
             Api::Pfs => {
-                let path = config.ok_or("no cluster configuration passed to the rank")?;
-                (Store::Pfs(crate::connect(path).await?), store::pfs_path(&p.dir)?)
+                let path =
+                    config.ok_or_else(|| Error::Invalid("no cluster configuration passed to the rank".into()))?;
+                (Backend::Pfs(crate::connect(path).await?), store::pfs_path(&p.dir)?)
             }
-            Api::Posix => (Store::Posix, store::posix_path(&p.dir, posix_dir)),
+            Api::Posix => (Backend::Posix, store::posix_path(&p.dir, posix_dir)),
         };
         if lead {
             let cmd: Vec<String> = std::env::args().take_while(|a| a != "--rank").collect();

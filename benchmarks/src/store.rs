@@ -1,8 +1,9 @@
 //! The two back ends a benchmark runs against: pfs through the client library (`-a PFS`) and
 //! plain files in a local directory (`-a POSIX`, the baseline on the same disk).
 
+use crate::error::{Error, Result};
 use pfs_client::{Client, CreateOptions, File};
-use pfs_common::error::{ErrorCode, PfsError, Result};
+use pfs_common::ErrorCode;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -42,7 +43,7 @@ impl Api {
 }
 
 /// A connected back end. Paths are pfs paths for `Pfs` and local paths for `Posix`.
-pub enum Store {
+pub enum Backend {
     Pfs(Client),
     Posix,
 }
@@ -53,16 +54,16 @@ pub enum Handle {
     Posix(std::fs::File, String),
 }
 
-fn posix_err(what: &str, path: &str, e: std::io::Error) -> PfsError {
-    PfsError::io(format!("{what} {path}"), e)
+fn posix_err(what: &str, path: &str, e: std::io::Error) -> Error {
+    Error::io(format!("{what} {path}"), e)
 }
 
-impl Store {
+impl Backend {
     /// Creates (or opens and truncates) a file for writing and reading.
     pub async fn create(&self, path: &str) -> Result<Handle> {
         match self {
-            Store::Pfs(c) => Ok(Handle::Pfs(c.create(path, &CreateOptions::default()).await?)),
-            Store::Posix => std::fs::OpenOptions::new()
+            Backend::Pfs(c) => Ok(Handle::Pfs(c.create(path, &CreateOptions::default()).await?)),
+            Backend::Posix => std::fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
@@ -76,8 +77,8 @@ impl Store {
     /// Opens an existing file.
     pub async fn open(&self, path: &str) -> Result<Handle> {
         match self {
-            Store::Pfs(c) => Ok(Handle::Pfs(c.open(path).await?)),
-            Store::Posix => std::fs::File::open(path)
+            Backend::Pfs(c) => Ok(Handle::Pfs(c.open(path).await?)),
+            Backend::Posix => std::fs::File::open(path)
                 .map(|f| Handle::Posix(f, path.to_string()))
                 .map_err(|e| posix_err("opening", path, e)),
         }
@@ -86,53 +87,55 @@ impl Store {
     /// Removes a file.
     pub async fn unlink(&self, path: &str) -> Result<()> {
         match self {
-            Store::Pfs(c) => c.unlink(path).await,
-            Store::Posix => std::fs::remove_file(path).map_err(|e| posix_err("removing", path, e)),
+            Backend::Pfs(c) => Ok(c.unlink(path).await?),
+            Backend::Posix => std::fs::remove_file(path).map_err(|e| posix_err("removing", path, e)),
         }
     }
 
     /// Removes a file if it exists.
     pub async fn unlink_if_exists(&self, path: &str) -> Result<()> {
         match self.unlink(path).await {
-            Err(e) if e.code == ErrorCode::NotFound => Ok(()),
+            Err(e) if e.code() == ErrorCode::NotFound => Ok(()),
             r => r,
         }
     }
 
     pub async fn mkdir(&self, path: &str) -> Result<()> {
         match self {
-            Store::Pfs(c) => c.mkdir(path).await,
-            Store::Posix => std::fs::create_dir(path).map_err(|e| posix_err("making directory", path, e)),
+            Backend::Pfs(c) => Ok(c.mkdir(path).await?),
+            Backend::Posix => std::fs::create_dir(path).map_err(|e| posix_err("making directory", path, e)),
         }
     }
 
     /// Makes a directory and its parents; existing ones are fine.
     pub async fn mkdir_all(&self, path: &str) -> Result<()> {
         match self {
-            Store::Pfs(c) => c.mkdir_all(path).await,
-            Store::Posix => std::fs::create_dir_all(path).map_err(|e| posix_err("making directory", path, e)),
+            Backend::Pfs(c) => Ok(c.mkdir_all(path).await?),
+            Backend::Posix => std::fs::create_dir_all(path).map_err(|e| posix_err("making directory", path, e)),
         }
     }
 
     pub async fn rmdir(&self, path: &str) -> Result<()> {
         match self {
-            Store::Pfs(c) => c.rmdir(path).await,
-            Store::Posix => std::fs::remove_dir(path).map_err(|e| posix_err("removing directory", path, e)),
+            Backend::Pfs(c) => Ok(c.rmdir(path).await?),
+            Backend::Posix => std::fs::remove_dir(path).map_err(|e| posix_err("removing directory", path, e)),
         }
     }
 
     /// Size of `path` (stat).
     pub async fn stat(&self, path: &str) -> Result<u64> {
         match self {
-            Store::Pfs(c) => Ok(c.stat(path).await?.size),
-            Store::Posix => std::fs::metadata(path).map(|m| m.len()).map_err(|e| posix_err("stat", path, e)),
+            Backend::Pfs(c) => Ok(c.stat(path).await?.size),
+            Backend::Posix => std::fs::metadata(path).map(|m| m.len()).map_err(|e| posix_err("stat", path, e)),
         }
     }
 
-    /// Ends the run. pfs: the session ends when the client's connection closes (on drop);
-    /// `Client::close` would end it explicitly but logs a warning about its own close.
+    /// Ends the run: pfs's session ends cleanly (no eviction, nothing to fence).
     pub async fn close(self) -> Result<()> {
-        Ok(())
+        match self {
+            Backend::Pfs(c) => Ok(c.close().await?),
+            Backend::Posix => Ok(()),
+        }
     }
 }
 
@@ -140,7 +143,7 @@ impl Handle {
     /// Writes all of `buf` at `offset`.
     pub async fn write_at(&self, offset: u64, buf: &[u8]) -> Result<()> {
         match self {
-            Handle::Pfs(f) => f.write_at(offset, buf).await.map(|_| ()),
+            Handle::Pfs(f) => Ok(f.write_at(offset, buf).await.map(|_| ())?),
             Handle::Posix(f, p) => f.write_all_at(buf, offset).map_err(|e| posix_err("writing", p, e)),
         }
     }
@@ -177,7 +180,7 @@ impl Handle {
     /// Makes written data durable.
     pub async fn fsync(&self) -> Result<()> {
         match self {
-            Handle::Pfs(f) => f.fsync().await,
+            Handle::Pfs(f) => Ok(f.fsync().await?),
             Handle::Posix(f, p) => f.sync_all().map_err(|e| posix_err("fsync", p, e)),
         }
     }
@@ -185,7 +188,7 @@ impl Handle {
     /// Closes the file. pfs: flushes (close is durable in pfs); POSIX: close(2) only.
     pub async fn close(self) -> Result<()> {
         match self {
-            Handle::Pfs(f) => f.close().await,
+            Handle::Pfs(f) => Ok(f.close().await?),
             Handle::Posix(..) => Ok(()),
         }
     }
@@ -195,7 +198,7 @@ impl Handle {
 pub fn pfs_path(arg: &str) -> Result<String> {
     let a = arg.strip_prefix("pfs:").unwrap_or(arg);
     let a = if a.starts_with('/') { a.to_string() } else { format!("/{a}") };
-    pfs_client::path::pfs_path(&a)
+    Ok(pfs_client::path::pfs_path(&a)?)
 }
 
 /// A local path from an IOR/mdtest path argument: absolute as given, relative under `dir`.

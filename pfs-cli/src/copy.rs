@@ -7,11 +7,12 @@
 //! memory stays at `2 × DEPTH` segments whatever the file size. Segments are hashed in file
 //! order as they pass, for `verify`.
 
+use crate::error::{Error, Result};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use pfs_client::path;
 use pfs_client::{Client, CreateOptions, File, FileKind};
-use pfs_common::error::{ErrorCode, PfsError, Result};
 use pfs_common::pool::{self, PooledBuf};
+use pfs_common::ErrorCode;
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -92,7 +93,7 @@ pub async fn copy(client: &Client, src: &Endpoint, dst: &Endpoint, opts: &CopyOp
     let dst = resolve_destination(client, src, dst).await?;
     if is_dir(client, src).await? {
         if !opts.recursive {
-            return Err(PfsError::new(ErrorCode::IsDir, format!("{src} is a directory (use -r)")));
+            return Err(Error::Usage(format!("{src} is a directory (use -r)")));
         }
         copy_tree(client, src, &dst, opts, &mut stats).await?;
     } else {
@@ -105,11 +106,11 @@ pub async fn copy(client: &Client, src: &Endpoint, dst: &Endpoint, opts: &CopyOp
 async fn is_dir(client: &Client, e: &Endpoint) -> Result<bool> {
     match e {
         Endpoint::Local(p) => {
-            let m = std::fs::metadata(p).map_err(|err| PfsError::io(p.display(), err))?;
+            let m = std::fs::metadata(p).map_err(|err| Error::io(p.display(), err))?;
             Ok(m.is_dir())
         }
         Endpoint::Pfs(p) => {
-            Ok(client.stat(p).await.map_err(|err| err.context(format!("pfs:{p}")))?.kind == FileKind::Dir)
+            Ok(client.stat(p).await.map_err(|err| Error::from(err).context(format!("pfs:{p}")))?.kind == FileKind::Dir)
         }
     }
 }
@@ -119,8 +120,8 @@ async fn exists_as_dir(client: &Client, e: &Endpoint) -> Result<bool> {
         Endpoint::Local(p) => Ok(p.is_dir()),
         Endpoint::Pfs(p) => match client.stat(p).await {
             Ok(a) => Ok(a.kind == FileKind::Dir),
-            Err(err) if err.code == ErrorCode::NotFound => Ok(false),
-            Err(err) => Err(err),
+            Err(err) if err.code() == ErrorCode::NotFound => Ok(false),
+            Err(err) => Err(err.into()),
         },
     }
 }
@@ -143,7 +144,7 @@ async fn resolve_destination(client: &Client, src: &Endpoint, dst: &Endpoint) ->
     if exists_as_dir(client, dst).await? {
         let name = base_name(src);
         if name.is_empty() {
-            return Err(PfsError::new(ErrorCode::Invalid, format!("{src} has no name to copy under {dst}")));
+            return Err(Error::Usage(format!("{src} has no name to copy under {dst}")));
         }
         return Ok(child(dst, &name));
     }
@@ -161,7 +162,7 @@ async fn copy_tree(
     let mut stack = vec![(src.clone(), dst.clone())];
     while let Some((s, d)) = stack.pop() {
         match &d {
-            Endpoint::Local(p) => std::fs::create_dir_all(p).map_err(|e| PfsError::io(p.display(), e))?,
+            Endpoint::Local(p) => std::fs::create_dir_all(p).map_err(|e| Error::io(p.display(), e))?,
             Endpoint::Pfs(p) => client.mkdir_all(p).await?,
         }
         for (name, dir) in list_dir(client, &s).await? {
@@ -180,9 +181,9 @@ async fn list_dir(client: &Client, e: &Endpoint) -> Result<Vec<(String, bool)>> 
     match e {
         Endpoint::Local(p) => {
             let mut out = Vec::new();
-            for entry in std::fs::read_dir(p).map_err(|err| PfsError::io(p.display(), err))? {
-                let entry = entry.map_err(|err| PfsError::io(p.display(), err))?;
-                let ft = entry.file_type().map_err(|err| PfsError::io(entry.path().display(), err))?;
+            for entry in std::fs::read_dir(p).map_err(|err| Error::io(p.display(), err))? {
+                let entry = entry.map_err(|err| Error::io(p.display(), err))?;
+                let ft = entry.file_type().map_err(|err| Error::io(entry.path().display(), err))?;
                 if ft.is_dir() || ft.is_file() {
                     out.push((entry.file_name().to_string_lossy().into_owned(), ft.is_dir()));
                 }
@@ -216,18 +217,18 @@ impl Source {
         match self {
             Source::Local(f, path) => tokio::task::spawn_blocking(move || {
                 f.read_exact_at(&mut buf, offset)
-                    .map_err(|e| PfsError::io(format!("reading {} at {offset}", path.display()), e))?;
+                    .map_err(|e| Error::io(format!("reading {} at {offset}", path.display()), e))?;
                 Ok(buf)
             })
             .await
-            .map_err(|e| PfsError::new(ErrorCode::Io, format!("read task failed: {e}")))?,
+            .map_err(|e| Error::Task(format!("a read task failed: {e}")))?,
             Source::Pfs(f) => {
                 let n = f.read_at(offset, &mut buf).await?;
                 if n != len {
-                    return Err(PfsError::new(
-                        ErrorCode::Io,
-                        format!("pfs:{} shrank while being copied (short read at {offset})", f.path()),
-                    ));
+                    return Err(Error::Mismatch(format!(
+                        "pfs:{} shrank while being copied (short read at {offset})",
+                        f.path()
+                    )));
                 }
                 Ok(buf)
             }
@@ -240,12 +241,12 @@ impl Sink {
         match self {
             Sink::Local(f, path) => tokio::task::spawn_blocking(move || {
                 f.write_all_at(&buf, offset)
-                    .map_err(|e| PfsError::io(format!("writing {} at {offset}", path.display()), e))?;
+                    .map_err(|e| Error::io(format!("writing {} at {offset}", path.display()), e))?;
                 Ok(buf.len())
             })
             .await
-            .map_err(|e| PfsError::new(ErrorCode::Io, format!("write task failed: {e}")))?,
-            Sink::Pfs(f) => f.write_at(offset, &buf).await,
+            .map_err(|e| Error::Task(format!("a write task failed: {e}")))?,
+            Sink::Pfs(f) => Ok(f.write_at(offset, &buf).await?),
         }
     }
 }
@@ -264,25 +265,27 @@ async fn copy_one(
 ) -> Result<()> {
     let (source, size, src_layout) = match src {
         Endpoint::Local(p) => {
-            let f = std::fs::File::open(p).map_err(|e| PfsError::io(p.display(), e))?;
-            let m = f.metadata().map_err(|e| PfsError::io(p.display(), e))?;
+            let f = std::fs::File::open(p).map_err(|e| Error::io(p.display(), e))?;
+            let m = f.metadata().map_err(|e| Error::io(p.display(), e))?;
             if m.is_dir() {
-                return Err(PfsError::new(ErrorCode::IsDir, format!("{} is a directory (use -r)", p.display())));
+                return Err(Error::Usage(format!("{} is a directory (use -r)", p.display())));
             }
             (Source::Local(Arc::new(f), p.clone()), m.len(), None)
         }
         Endpoint::Pfs(p) => {
-            let f = client.open(p).await.map_err(|e| e.context(format!("pfs:{p}")))?;
+            let f = client.open(p).await.map_err(|e| Error::from(e).context(format!("pfs:{p}")))?;
             let (size, layout) = (f.size(), f.layout().clone());
             (Source::Pfs(f), size, Some(layout))
         }
     };
     let sink = match dst {
         Endpoint::Local(p) => {
-            let f = std::fs::File::create(p).map_err(|e| PfsError::io(p.display(), e))?;
+            let f = std::fs::File::create(p).map_err(|e| Error::io(p.display(), e))?;
             Sink::Local(Arc::new(f), p.clone())
         }
-        Endpoint::Pfs(p) => Sink::Pfs(client.create(p, &opts.create).await.map_err(|e| e.context(format!("pfs:{p}")))?),
+        Endpoint::Pfs(p) => {
+            Sink::Pfs(client.create(p, &opts.create).await.map_err(|e| Error::from(e).context(format!("pfs:{p}")))?)
+        }
     };
     let seg = match &sink {
         Sink::Pfs(f) => segment_size(Some(f.layout())),
@@ -291,15 +294,14 @@ async fn copy_one(
     match pump(source, sink.clone(), size, seg, opts).await {
         Ok(digest) => {
             if let Sink::Pfs(f) = &sink {
-                f.fsync().await.map_err(|e| e.context(format!("{dst} (the copy is incomplete)")))?;
+                f.fsync().await.map_err(|e| Error::from(e).context(format!("{dst} (the copy is incomplete)")))?;
             }
             if let Some(src_sha) = digest {
                 let dst_sha = sha256_of(client, dst).await?;
                 if dst_sha != src_sha {
-                    return Err(PfsError::new(
-                        ErrorCode::Io,
-                        format!("verify failed: {src} has sha256 {src_sha}, {dst} has {dst_sha}"),
-                    ));
+                    return Err(Error::Mismatch(format!(
+                        "verify failed: {src} has sha256 {src_sha}, {dst} has {dst_sha}"
+                    )));
                 }
                 stats.sha256 = Some(dst_sha);
             }
@@ -332,7 +334,7 @@ async fn pump(source: Source, sink: Sink, size: u64, seg: u64, opts: &CopyOption
             next += len as u64;
         }
         let Some(joined) = reads.next().await else { break };
-        let (off, buf) = joined.map_err(|e| PfsError::new(ErrorCode::Io, format!("read task failed: {e}")))??;
+        let (off, buf) = joined.map_err(|e| Error::Task(format!("a read task failed: {e}")))??;
         if let Some(h) = hasher.as_mut() {
             h.update(&buf[..]);
         }
@@ -353,7 +355,7 @@ fn finish_write(
     opts: &CopyOptions,
 ) -> Result<()> {
     if let Some(w) = w {
-        let n = w.map_err(|e| PfsError::new(ErrorCode::Io, format!("write task failed: {e}")))??;
+        let n = w.map_err(|e| Error::Task(format!("a write task failed: {e}")))??;
         if let Some(p) = &opts.progress {
             p.inc(n as u64);
         }
@@ -368,12 +370,12 @@ pub async fn sha256_of(client: &Client, e: &Endpoint) -> Result<String> {
         Endpoint::Local(p) => {
             let p = p.clone();
             return tokio::task::spawn_blocking(move || {
-                let mut f = std::fs::File::open(&p).map_err(|e| PfsError::io(p.display(), e))?;
-                std::io::copy(&mut f, &mut h).map_err(|e| PfsError::io(p.display(), e))?;
+                let mut f = std::fs::File::open(&p).map_err(|e| Error::io(p.display(), e))?;
+                std::io::copy(&mut f, &mut h).map_err(|e| Error::io(p.display(), e))?;
                 Ok(hex::encode(h.finalize()))
             })
             .await
-            .map_err(|e| PfsError::new(ErrorCode::Io, format!("hash task failed: {e}")))?;
+            .map_err(|e| Error::Task(format!("a hash task failed: {e}")))?;
         }
         Endpoint::Pfs(p) => {
             let f = client.open(p).await?;
@@ -404,7 +406,7 @@ pub async fn total_bytes(client: &Client, e: &Endpoint) -> Result<u64> {
             }
         } else {
             total += match &cur {
-                Endpoint::Local(p) => std::fs::metadata(p).map_err(|err| PfsError::io(p.display(), err))?.len(),
+                Endpoint::Local(p) => std::fs::metadata(p).map_err(|err| Error::io(p.display(), err))?.len(),
                 Endpoint::Pfs(p) => client.stat(p).await?.size,
             };
         }

@@ -3,4 +3,7 @@
 //! `pfs` (cluster and namespace commands), `pfs-cp` and `pfs-probe`.
 
 pub mod copy;
+pub mod error;
 pub mod tool;
+
+pub use error::{Error, Result};

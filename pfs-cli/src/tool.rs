@@ -1,8 +1,8 @@
 //! Helpers shared by the command-line tools: finding the configuration, a runtime, reporting
 //! errors as one line.
 
+use crate::error::{Error, Result};
 use pfs_common::config::Config;
-use pfs_common::error::{PfsError, Result};
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -16,7 +16,7 @@ pub fn load_config(arg: Option<PathBuf>) -> Result<Arc<Config>> {
 }
 
 /// Prints `tool: error: message` on stderr and exits with status 1.
-pub fn die(tool: &str, e: &PfsError) -> ! {
+pub fn die(tool: &str, e: &Error) -> ! {
     eprintln!("{tool}: error: {e}");
     std::process::exit(1)
 }
@@ -26,5 +26,5 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| PfsError::io("starting the tokio runtime", e))
+        .map_err(|e| Error::io("starting the tokio runtime", e))
 }

@@ -1,8 +1,8 @@
 //! Byte-range tokens across separate client processes (`pfs-probe`) on a real cluster.
 
 use pfs_common::rpc::{ConnectOptions, RpcClient};
-use pfs_common::wire::storage::{StorageRequest, StorageResponse};
-use pfs_common::wire::Role;
+use pfs_common::wire::storage::{StorageRequest, WriteChunk};
+use pfs_common::wire::PeerRole;
 use pfs_common::ErrorCode;
 use pfs_testkit::LocalCluster;
 use pfs_testkit::{sha256_hex, Probe};
@@ -125,15 +125,15 @@ async fn a_killed_writer_is_evicted_and_fenced() {
     let layout = attr.layout.unwrap();
     let target = cluster.config().storage(layout.target(0)).unwrap();
     let opts = ConnectOptions {
-        role: Role::Client,
+        role: PeerRole::Client,
         name: "late writer".into(),
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(5),
     };
-    let conn = RpcClient::connect(target.address, "storage", &opts, None).await.unwrap();
-    let req = StorageRequest::Write { file: attr.id, chunk: 0, offset: 0, chunk_size: layout.chunk_size(), session };
-    let err = conn.call::<_, StorageResponse>(&req, &[9u8; 4096]).await.unwrap_err();
-    assert_eq!(err.code, ErrorCode::Evicted, "{err}");
+    let conn: RpcClient<StorageRequest> = RpcClient::connect(target.address, "storage", &opts, None).await.unwrap();
+    let req = WriteChunk { file: attr.id, chunk: 0, offset: 0, chunk_size: layout.chunk_size(), session };
+    let err = conn.call(req, &[9u8; 4096]).await.unwrap_err();
+    assert_eq!(err.code(), ErrorCode::Evicted, "{err}");
     assert_eq!(alive.ok("read 0 4096"), hex_of(7, 4096), "the late write must not land");
 }
 

@@ -3,8 +3,7 @@
 //! Each [`Client`] owns a small multi-threaded runtime; calls block the calling thread until
 //! the async operation completes. Do not call these from inside an async context.
 
-use crate::{Attr, ClientOptions, CreateOptions, DirEntry};
-use pfs_common::error::{PfsError, Result};
+use crate::{Attr, ClientOptions, CreateOptions, DirEntry, Error, Result};
 use std::sync::Arc;
 
 /// Blocking counterpart of [`crate::Client`].
@@ -29,7 +28,7 @@ impl Client {
             .enable_all()
             .thread_name("pfs-client")
             .build()
-            .map_err(|e| PfsError::io("starting the client runtime", e))?;
+            .map_err(|e| Error::Io { what: "starting the client runtime".into(), source: Arc::new(e) })?;
         let inner = rt.block_on(crate::Client::connect(options))?;
         Ok(Client { rt: Arc::new(rt), inner })
     }

@@ -1,18 +1,19 @@
 //! [`Client`]: connections to pfs-meta and the storage servers, and the namespace operations.
 
 use crate::cache::CacheStats;
-use crate::file::{File, FileState};
+use crate::error::{Error, Result};
+use crate::file::{File, OpenFile};
 use crate::options::ClientOptions;
-use pfs_common::error::{ErrorCode, PfsError, Result};
 use pfs_common::ids::{ChunkIndex, FileId, ServerId};
+use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::{ByteRange, Mode, SessionId};
-use pfs_common::wire::meta::ClientNotify;
-use pfs_common::wire::meta::{
-    Attr, ChunkInfo, DirEntry, LayoutRequest, MetaRequest, MetaResponse, ServerStatus, READDIR_PAGE_MAX,
-};
-use pfs_common::wire::storage::{StorageRequest, StorageResponse, StorageStatus};
-use pfs_common::wire::Role;
+use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, FileKind, READDIR_PAGE_MAX};
+use pfs_common::wire::registry::{ChunkInfo, GetChunks, ListServers, ServerStatus, GET_CHUNKS_MAX};
+use pfs_common::wire::storage::{GetStatus, StorageRequest, StorageStatus};
+use pfs_common::wire::tokens::{self as tok, ClientNotify};
+use pfs_common::wire::{Call, MetaRequest, PeerRole};
+use pfs_common::ErrorCode;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -45,8 +46,8 @@ pub struct Client {
 pub(crate) struct Inner {
     pub(crate) options: ClientOptions,
     opts: ConnectOptions,
-    meta: tokio::sync::Mutex<Option<RpcClient>>,
-    storage: parking_lot::Mutex<HashMap<ServerId, RpcClient>>,
+    meta: tokio::sync::Mutex<Option<RpcClient<MetaRequest>>>,
+    storage: parking_lot::Mutex<HashMap<ServerId, RpcClient<StorageRequest>>>,
     /// Serialises connection set-up per storage server so a burst of requests opens one socket.
     storage_connecting: tokio::sync::Mutex<()>,
     addresses: parking_lot::Mutex<HashMap<ServerId, SocketAddr>>,
@@ -55,7 +56,7 @@ pub(crate) struct Inner {
     pub(crate) inflight_max: u32,
     session: SessionState,
     /// Open files by id: the revoke handler finds a file's state here.
-    files: parking_lot::Mutex<HashMap<FileId, Arc<FileState>>>,
+    files: parking_lot::Mutex<HashMap<FileId, Arc<OpenFile>>>,
     /// Cache counters of files already closed.
     closed_stats: parking_lot::Mutex<CacheStats>,
     on_revoke: parking_lot::RwLock<Option<RevokeCallback>>,
@@ -97,7 +98,7 @@ pub struct ClientStats {
 struct SessionState {
     id: SessionId,
     lease_ms: u64,
-    evicted: parking_lot::Mutex<Option<PfsError>>,
+    evicted: parking_lot::Mutex<Option<Error>>,
     renewed: parking_lot::Mutex<Instant>,
 }
 
@@ -108,7 +109,7 @@ impl Client {
     /// Errors: Unavailable or TimedOut naming pfs-meta's address.
     pub async fn connect(options: ClientOptions) -> Result<Client> {
         let opts = ConnectOptions {
-            role: Role::Client,
+            role: PeerRole::Client,
             name: options.name.clone(),
             connect_timeout: Duration::from_millis(options.connect_timeout_ms),
             request_timeout: Duration::from_millis(options.request_timeout_ms),
@@ -118,10 +119,7 @@ impl Client {
         // session when it closes.
         let (notify_tx, notify_rx) = mpsc::channel(256);
         let meta = RpcClient::connect(options.meta_address, "pfs-meta", &opts, Some(notify_tx)).await?;
-        let (session, lease_ms) = match meta.call::<_, MetaResponse>(&MetaRequest::OpenSession, &[]).await?.0 {
-            MetaResponse::Session { session, lease_ms } => (session, lease_ms),
-            other => return Err(unexpected(&other)),
-        };
+        let tok::SessionGrant { session, lease_ms } = meta.ask(tok::OpenSession).await?;
         let client = Client {
             inner: Arc::new(Inner {
                 opts,
@@ -159,20 +157,17 @@ impl Client {
         // Tokens are only as good as the lease: past it, pfs-meta may have handed them on.
         let renewed = *self.inner.session.renewed.lock();
         if renewed.elapsed() > Duration::from_millis(self.inner.session.lease_ms) {
-            let e = PfsError::new(
-                ErrorCode::Evicted,
-                format!(
-                    "session {:x}: lease of {} ms expired without renewal",
-                    self.inner.session.id, self.inner.session.lease_ms
-                ),
-            );
+            let e = Error::Evicted {
+                session: self.inner.session.id,
+                reason: format!("its lease of {} ms expired without renewal", self.inner.session.lease_ms),
+            };
             self.mark_evicted(e.clone());
             return Err(e);
         }
         Ok(self.inner.session.id)
     }
 
-    pub(crate) fn mark_evicted(&self, e: PfsError) {
+    pub(crate) fn mark_evicted(&self, e: Error) {
         mark_evicted(&self.inner, e);
     }
 
@@ -200,11 +195,13 @@ impl Client {
     /// dirty cached bytes are not written back here.
     pub async fn close(&self) -> Result<()> {
         let session = self.session()?;
-        let r = self.meta(MetaRequest::CloseSession { session }).await.and_then(expect_done);
+        let r = self.meta(tok::CloseSession { session }).await;
         // Deliberate: recorded so later calls say why they fail, but not logged as a warning.
-        self.inner.session.evicted.lock().get_or_insert_with(|| {
-            PfsError::new(ErrorCode::Evicted, format!("session {session:x} was closed by this client"))
-        });
+        self.inner
+            .session
+            .evicted
+            .lock()
+            .get_or_insert_with(|| Error::Evicted { session, reason: "closed by this client".into() });
         r
     }
 
@@ -221,19 +218,15 @@ impl Client {
         desired: ByteRange,
     ) -> Result<ByteRange> {
         let session = self.session()?;
-        match self.meta(MetaRequest::Acquire { session, file, mode, required, desired }).await? {
-            MetaResponse::Granted { range, .. } => {
-                self.inner.counters.acquires.fetch_add(1, Ordering::Relaxed);
-                Ok(range)
-            }
-            other => Err(unexpected(&other)),
-        }
+        let granted = self.meta(tok::Acquire { session, file, mode, required, desired }).await?;
+        self.inner.counters.acquires.fetch_add(1, Ordering::Relaxed);
+        Ok(granted.range)
     }
 
     /// Gives back tokens taken with [`Client::acquire_token`].
     pub async fn release_token(&self, file: FileId, range: ByteRange) -> Result<()> {
         let session = self.session()?;
-        expect_done(self.meta(MetaRequest::Release { session, file, range }).await?)
+        self.meta(tok::Release { session, file, range }).await
     }
 
     /// Waits for a payload-bytes-in-flight permit for `len` bytes.
@@ -243,12 +236,12 @@ impl Client {
     }
 
     /// The shared state of file `attr`, made on first open in this client.
-    fn file_state(&self, path: &str, attr: Attr) -> Result<Arc<FileState>> {
+    fn file_state(&self, path: &str, attr: Attr) -> Result<Arc<OpenFile>> {
         let mut files = self.inner.files.lock();
         let state = match files.get(&attr.id) {
             Some(s) => s.clone(),
             None => {
-                let s = Arc::new(FileState::new(self.clone(), path.to_string(), attr)?);
+                let s = Arc::new(OpenFile::new(self.clone(), path.to_string(), attr)?);
                 files.insert(s.id, s.clone());
                 s
             }
@@ -258,7 +251,7 @@ impl Client {
     }
 
     /// The last handle of a file closed.
-    pub(crate) fn forget_file(&self, state: &FileState) {
+    pub(crate) fn forget_file(&self, state: &OpenFile) {
         let mut files = self.inner.files.lock();
         if state.handles.load(Ordering::Acquire) == 0 {
             files.remove(&state.id);
@@ -271,7 +264,7 @@ impl Client {
         &self.inner.options
     }
 
-    async fn meta_conn(&self) -> Result<RpcClient> {
+    async fn meta_conn(&self) -> Result<RpcClient<MetaRequest>> {
         let mut slot = self.inner.meta.lock().await;
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
@@ -281,14 +274,14 @@ impl Client {
         Ok(c)
     }
 
-    /// Sends one request to pfs-meta.
-    pub(crate) async fn meta(&self, req: MetaRequest) -> Result<MetaResponse> {
+    /// Sends one call to pfs-meta and returns its answer.
+    pub(crate) async fn meta<C: Call<Request = MetaRequest>>(&self, call: C) -> Result<C::Reply> {
         let conn = self.meta_conn().await?;
-        Ok(conn.call::<_, MetaResponse>(&req, &[]).await?.0)
+        Ok(conn.ask(call).await?)
     }
 
     /// The connection to storage server `id`, opened if needed.
-    pub(crate) async fn storage_conn(&self, id: ServerId) -> Result<RpcClient> {
+    pub(crate) async fn storage_conn(&self, id: ServerId) -> Result<RpcClient<StorageRequest>> {
         if let Some(c) = self.inner.storage.lock().get(&id).filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
@@ -301,12 +294,10 @@ impl Client {
             Some(a) => a,
             None => {
                 self.refresh_addresses().await?;
-                self.inner
-                    .addresses
-                    .lock()
-                    .get(&id)
-                    .copied()
-                    .ok_or_else(|| PfsError::new(ErrorCode::NotFound, format!("{id} is not known to pfs-meta")))?
+                self.inner.addresses.lock().get(&id).copied().ok_or_else(|| Error::Protocol {
+                    peer: "pfs-meta".into(),
+                    message: format!("a layout names {id}, which its registry does not list"),
+                })?
             }
         };
         let c = RpcClient::connect(addr, &id.to_string(), &self.inner.opts, None).await?;
@@ -323,22 +314,22 @@ impl Client {
         Ok(())
     }
 
-    /// Sends one request (with payload) to storage server `id`.
-    pub(crate) async fn storage(
+    /// Sends one call (with payload) to storage server `id`; returns its answer and payload.
+    pub(crate) async fn storage<C: Call<Request = StorageRequest>>(
         &self,
         id: ServerId,
-        req: &StorageRequest,
+        call: C,
         payload: &[u8],
-    ) -> Result<(StorageResponse, pfs_common::pool::PooledBuf)> {
+    ) -> Result<(C::Reply, pfs_common::pool::PooledBuf)> {
         let conn = self.storage_conn(id).await?;
-        conn.call(req, payload).await
+        Ok(conn.call(call, payload).await?)
     }
 
     // --- namespace --------------------------------------------------------------------
 
     /// Makes a directory. Errors: Exists, NotFound (parent), NotDir.
     pub async fn mkdir(&self, path: &str) -> Result<()> {
-        expect_done(self.meta(MetaRequest::Mkdir { path: path.to_string() }).await?)
+        self.meta(ns::Mkdir { path: path.to_string() }).await
     }
 
     /// Makes a directory and any missing parents; an existing directory is fine.
@@ -350,10 +341,9 @@ impl Client {
             cur.push_str(part);
             match self.mkdir(&cur).await {
                 Ok(()) => {}
-                Err(e) if e.code == ErrorCode::Exists => {
-                    let a = self.stat(&cur).await?;
-                    if a.kind != pfs_common::wire::meta::FileKind::Dir {
-                        return Err(PfsError::new(ErrorCode::NotDir, format!("{cur} exists and is not a directory")));
+                Err(e) if e.code() == ErrorCode::Exists => {
+                    if self.stat(&cur).await?.kind != FileKind::Dir {
+                        return Err(Error::NotDir { path: cur });
                     }
                 }
                 Err(e) => return Err(e),
@@ -368,10 +358,9 @@ impl Client {
     /// Errors: Exists (exclusive), NotFound (parent), IsDir, Invalid (layout), Unavailable
     /// (no storage server up).
     pub async fn create(&self, path: &str, opts: &CreateOptions) -> Result<File> {
-        let layout = layout_request(opts)?;
-        let attr = expect_attr(
-            self.meta(MetaRequest::Create { path: path.to_string(), layout, exclusive: opts.exclusive }).await?,
-        )?;
+        let layout =
+            LayoutChoice { block_size: opts.block_size, chunk_size: opts.chunk_size, stripe_count: opts.stripe_count };
+        let attr = self.meta(ns::Create { path: path.to_string(), layout, exclusive: opts.exclusive }).await?;
         let file = File { state: self.file_state(path, attr)? };
         if file.size() > 0 {
             file.truncate(0).await?;
@@ -387,12 +376,12 @@ impl Client {
 
     /// Attributes of `path`. Errors: NotFound, NotDir.
     pub async fn stat(&self, path: &str) -> Result<Attr> {
-        expect_attr(self.meta(MetaRequest::Lookup { path: path.to_string() }).await?)
+        self.meta(ns::Lookup { path: path.to_string() }).await
     }
 
     /// Attributes of a file by id. Errors: NotFound.
     pub async fn stat_id(&self, file: FileId) -> Result<Attr> {
-        expect_attr(self.meta(MetaRequest::Stat { file }).await?)
+        self.meta(ns::Stat { file }).await
     }
 
     /// Every entry of directory `path`, in name order (fetched in pages).
@@ -400,16 +389,12 @@ impl Client {
         let mut all = Vec::new();
         let mut after = None;
         loop {
-            let req = MetaRequest::Readdir { path: path.to_string(), after: after.clone(), limit: READDIR_PAGE_MAX };
-            match self.meta(req).await? {
-                MetaResponse::Entries { entries, more } => {
-                    after = entries.last().map(|e| e.name.clone());
-                    all.extend(entries);
-                    if !more || after.is_none() {
-                        return Ok(all);
-                    }
-                }
-                other => return Err(unexpected(&other)),
+            let req = ns::Readdir { path: path.to_string(), after: after.clone(), limit: READDIR_PAGE_MAX };
+            let page = self.meta(req).await?;
+            after = page.entries.last().map(|e| e.name.clone());
+            all.extend(page.entries);
+            if !page.more || after.is_none() {
+                return Ok(all);
             }
         }
     }
@@ -417,20 +402,17 @@ impl Client {
     /// Renames `from` to `to` (replacing a file at `to`). Metadata only: chunk files are
     /// named by file id, so no data moves.
     pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        expect_done(
-            self.meta(MetaRequest::Rename { from: from.to_string(), to: to.to_string(), expected_generation: None })
-                .await?,
-        )
+        self.meta(ns::Rename { from: from.to_string(), to: to.to_string(), expected_generation: None }).await
     }
 
     /// Removes a file; pfs-meta tells its storage servers to delete the chunks.
     pub async fn unlink(&self, path: &str) -> Result<()> {
-        expect_done(self.meta(MetaRequest::Unlink { path: path.to_string(), expected_generation: None }).await?)
+        self.meta(ns::Unlink { path: path.to_string(), expected_generation: None }).await
     }
 
     /// Removes an empty directory. Errors: NotEmpty, NotDir, NotFound.
     pub async fn rmdir(&self, path: &str) -> Result<()> {
-        expect_done(self.meta(MetaRequest::Rmdir { path: path.to_string(), expected_generation: None }).await?)
+        self.meta(ns::Rmdir { path: path.to_string(), expected_generation: None }).await
     }
 
     /// Holders, lengths and SHA-256 of every chunk of `file` that pfs-meta knows of, for
@@ -439,11 +421,8 @@ impl Client {
         let mut out = Vec::new();
         let mut first: ChunkIndex = 0;
         while first < chunk_count {
-            let count = (chunk_count - first).min(pfs_common::wire::meta::GET_CHUNKS_MAX as u64) as u32;
-            match self.meta(MetaRequest::GetChunks { file, first, count }).await? {
-                MetaResponse::Chunks(c) => out.extend(c),
-                other => return Err(unexpected(&other)),
-            }
+            let count = (chunk_count - first).min(GET_CHUNKS_MAX as u64) as u32;
+            out.extend(self.meta(GetChunks { file, first, count }).await?);
             first += count as u64;
         }
         Ok(out)
@@ -451,40 +430,12 @@ impl Client {
 
     /// The storage-server registry as pfs-meta sees it.
     pub async fn servers(&self) -> Result<Vec<ServerStatus>> {
-        match self.meta(MetaRequest::ListServers).await? {
-            MetaResponse::Servers(s) => Ok(s),
-            other => Err(unexpected(&other)),
-        }
+        self.meta(ListServers).await
     }
 
     /// Capacity and usage reported by storage server `id` itself.
     pub async fn storage_status(&self, id: ServerId) -> Result<StorageStatus> {
-        match self.storage(id, &StorageRequest::Status, &[]).await?.0 {
-            StorageResponse::Status(s) => Ok(s),
-            other => Err(PfsError::new(ErrorCode::Protocol, format!("{id} answered Status with {other:?}"))),
-        }
-    }
-}
-
-fn layout_request(opts: &CreateOptions) -> Result<LayoutRequest> {
-    Ok(LayoutRequest { block_size: opts.block_size, chunk_size: opts.chunk_size, stripe_count: opts.stripe_count })
-}
-
-pub(crate) fn unexpected(r: &MetaResponse) -> PfsError {
-    PfsError::new(ErrorCode::Protocol, format!("pfs-meta sent an unexpected answer: {r:?}"))
-}
-
-pub(crate) fn expect_done(r: MetaResponse) -> Result<()> {
-    match r {
-        MetaResponse::Done => Ok(()),
-        other => Err(unexpected(&other)),
-    }
-}
-
-pub(crate) fn expect_attr(r: MetaResponse) -> Result<Attr> {
-    match r {
-        MetaResponse::Attr(a) => Ok(a),
-        other => Err(unexpected(&other)),
+        Ok(self.storage(id, GetStatus, &[]).await?.0)
     }
 }
 
@@ -499,7 +450,7 @@ fn add_stats(into: &mut CacheStats, s: &CacheStats) {
     into.close_evictions += s.close_evictions;
 }
 
-fn mark_evicted(inner: &Inner, e: PfsError) {
+fn mark_evicted(inner: &Inner, e: Error) {
     let mut ev = inner.session.evicted.lock();
     if ev.is_none() {
         tracing::warn!("{e}");
@@ -524,9 +475,9 @@ async fn keep_alive(inner: Weak<Inner>) {
         // The lease runs from when pfs-meta hears us, which is after we send: counting from
         // the send keeps our view of the lease ending no later than pfs-meta's.
         let sent = Instant::now();
-        match client.meta(MetaRequest::KeepAlive { session }).await {
-            Ok(_) => *client.inner.session.renewed.lock() = sent,
-            Err(e) if e.code == ErrorCode::Evicted => client.mark_evicted(e),
+        match client.meta(tok::KeepAlive { session }).await {
+            Ok(()) => *client.inner.session.renewed.lock() = sent,
+            Err(e) if e.code() == ErrorCode::Evicted => client.mark_evicted(e),
             // Transient: the lease check in `session()` decides when it is too late.
             Err(e) => tracing::debug!("keep-alive of session {session:x} failed: {e}"),
         }
@@ -539,21 +490,20 @@ async fn notifications(inner: Weak<Inner>, mut rx: mpsc::Receiver<pfs_common::wi
     while let Some(frame) = rx.recv().await {
         let Some(strong) = inner.upgrade() else { return };
         let client = Client { inner: strong };
-        match pfs_common::wire::decode::<ClientNotify>(&frame.body, "client notification") {
+        match pfs_common::wire::decode::<ClientNotify>(&frame.body) {
             Ok(ClientNotify::Revoke { revoke, file, range, wanted }) => {
                 // Concurrently: one slow write-back must not hold up revokes of other files.
                 tokio::spawn(handle_revoke(client, revoke, file, range, wanted));
             }
-            Ok(ClientNotify::Evicted { session, reason }) => client.mark_evicted(PfsError::new(
-                ErrorCode::Evicted,
-                format!("session {session:x} was evicted by pfs-meta: {reason}"),
-            )),
-            Err(e) => tracing::warn!("pfs-meta sent {e}"),
+            Ok(ClientNotify::Evicted { session, reason }) => {
+                client.mark_evicted(Error::Evicted { session, reason: format!("evicted by pfs-meta: {reason}") })
+            }
+            Err(e) => tracing::warn!("pfs-meta sent an undecodable notification: {e}"),
         }
     }
     if let Some(inner) = inner.upgrade() {
         let id = inner.session.id;
-        mark_evicted(&inner, PfsError::new(ErrorCode::Evicted, format!("session {id:x}: connection to pfs-meta lost")));
+        mark_evicted(&inner, Error::Evicted { session: id, reason: "its connection to pfs-meta was lost".into() });
     }
 }
 
@@ -568,7 +518,7 @@ async fn handle_revoke(client: Client, revoke: u64, file: FileId, range: ByteRan
         cb(&RevokeEvent { file, range, wanted });
     }
     let session = client.inner.session.id;
-    if let Err(e) = client.meta(MetaRequest::RevokeDone { session, revoke }).await {
+    if let Err(e) = client.meta(tok::RevokeDone { session, revoke }).await {
         tracing::warn!("acknowledging revoke {revoke} of file {file}: {e}");
     }
 }

@@ -19,16 +19,18 @@
 //! (costing a round trip), never more.
 
 use crate::cache::{BlockCache, CacheStats, Run};
-use crate::client::{expect_attr, expect_done, Client};
-use crate::held::HeldTokens;
+use crate::client::Client;
+use crate::error::{Error, Result};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use pfs_common::error::{ErrorCode, PfsError, Result};
 use pfs_common::ids::{FileId, ServerId};
 use pfs_common::layout::{Layout, Piece};
 use pfs_common::pool::{self, PooledBuf};
+use pfs_common::range_map::RangeMap;
 use pfs_common::token::{ByteRange, Mode};
-use pfs_common::wire::meta::{Attr, FileKind, MetaRequest, MetaResponse};
-use pfs_common::wire::storage::{StorageRequest, StorageResponse};
+use pfs_common::wire::namespace::{self as ns, Attr, FileKind};
+use pfs_common::wire::storage::{FsyncFile, ReadChunk, TruncateFile, WriteChunk};
+use pfs_common::wire::tokens as tok;
+use pfs_common::ErrorCode;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -37,11 +39,11 @@ use std::sync::Arc;
 /// client) share its tokens, cache and size.
 #[derive(Clone)]
 pub struct File {
-    pub(crate) state: Arc<FileState>,
+    pub(crate) state: Arc<OpenFile>,
 }
 
 /// Per-file state shared by every handle of a file within one client.
-pub(crate) struct FileState {
+pub(crate) struct OpenFile {
     pub(crate) client: Client,
     pub(crate) path: String,
     pub(crate) id: FileId,
@@ -60,14 +62,20 @@ pub(crate) struct FileState {
     /// concurrent write of ours changed them.
     write_seq: AtomicU64,
     /// A write-back during a revoke failed; reported by the next fsync or close.
-    writeback_error: parking_lot::Mutex<Option<PfsError>>,
+    writeback_error: parking_lot::Mutex<Option<Error>>,
     /// Open handles (`Client::open`/`create` calls not yet closed).
     pub(crate) handles: AtomicUsize,
 }
 
+/// The tokens this client holds on the file, as it believes them to be.
+///
+/// The belief may lag the token manager in one direction only: a range can be believed lost
+/// while the manager still counts it as held (a revoke re-applied after a racing grant, see
+/// the module documentation), never the other way round. Under-claiming costs a round trip;
+/// over-claiming would break coherence.
 #[derive(Default)]
 struct TokenTable {
-    held: HeldTokens,
+    held: RangeMap,
     /// Revokes applied so far (a sequence number).
     seq: u64,
     /// Acquires in flight.
@@ -85,18 +93,17 @@ impl TokenTable {
     }
 }
 
-impl FileState {
-    pub(crate) fn new(client: Client, path: String, attr: Attr) -> Result<FileState> {
+impl OpenFile {
+    pub(crate) fn new(client: Client, path: String, attr: Attr) -> Result<OpenFile> {
         if attr.kind == FileKind::Dir {
-            return Err(PfsError::new(ErrorCode::IsDir, format!("{path} is a directory")));
+            return Err(Error::IsDir { path });
         }
-        let layout = attr
-            .layout
-            .ok_or_else(|| PfsError::new(ErrorCode::Protocol, format!("pfs-meta sent no layout for {path}")))?;
-        layout.validate().map_err(|e| e.context(format!("layout of {path}")))?;
+        let bad_layout = |message: String| Error::Protocol { peer: "pfs-meta".into(), message };
+        let layout = attr.layout.ok_or_else(|| bad_layout(format!("{path} has no layout")))?;
+        layout.validate().map_err(|e| bad_layout(format!("the layout of {path}: {e}")))?;
         let blocks = client.inner.options.cache_blocks;
         let cache = (blocks > 0).then(|| parking_lot::Mutex::new(BlockCache::new(layout.block_size as usize, blocks)));
-        Ok(FileState {
+        Ok(OpenFile {
             client,
             path,
             id: attr.id,
@@ -129,21 +136,19 @@ impl FileState {
                 t.seq
             };
             let session = self.client.session()?;
-            let req = MetaRequest::Acquire { session, file: self.id, mode, required, desired };
-            let answer = self.client.meta(req).await;
+            let answer = self.client.meta(tok::Acquire { session, file: self.id, mode, required, desired }).await;
             let mut t = self.tokens.lock();
             t.acquiring -= 1;
             let granted = match answer {
-                Ok(MetaResponse::Granted { mode, range, size }) => (mode, range, size),
-                Ok(other) => return Err(crate::client::unexpected(&other)),
+                Ok(g) => g,
                 Err(e) => {
-                    if e.code == ErrorCode::Evicted {
+                    if e.code() == ErrorCode::Evicted {
                         self.client.mark_evicted(e.clone());
                     }
-                    return Err(e.context(format!("token for {} {required} of {}", mode_name(mode), self.path)));
+                    return Err(e.on_file(format!("token for {} {required} of", mode_name(mode)), &self.path));
                 }
             };
-            t.held.grant(granted.1, granted.0);
+            t.held.grant(granted.range, granted.mode);
             let crossed: Vec<(ByteRange, Mode)> =
                 t.recent.iter().filter(|(s, _, _)| *s > start_seq).map(|(_, r, w)| (*r, *w)).collect();
             for (range, wanted) in crossed {
@@ -152,8 +157,9 @@ impl FileState {
             if t.acquiring == 0 {
                 t.recent.clear();
             }
+            debug_assert_eq!(t.held.check(), Ok(()), "held tokens of {}", self.path);
             drop(t);
-            self.size.fetch_max(granted.2, Ordering::AcqRel);
+            self.size.fetch_max(granted.size, Ordering::AcqRel);
             self.client.inner.counters.acquires.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -206,7 +212,7 @@ impl FileState {
                 if let Some(c) = &self.cache {
                     if !c.lock().write(self.id, run.offset, &run.data).is_empty() {
                         // Re-dirtying pushed other dirty bytes out that cannot be written either.
-                        let lost = PfsError::new(e.code, format!("{}: dirty data lost: {e}", self.path));
+                        let lost = e.clone().on_file("dirty cached data lost writing back", &self.path);
                         self.writeback_error.lock().get_or_insert(lost);
                     }
                 }
@@ -220,10 +226,9 @@ impl FileState {
     async fn record_size(&self) -> Result<()> {
         if self.size_dirty.swap(false, Ordering::AcqRel) {
             let size = self.size.load(Ordering::Acquire);
-            let r = self.client.meta(MetaRequest::SetSize { file: self.id, size }).await.and_then(expect_done);
-            if let Err(e) = r {
+            if let Err(e) = self.client.meta(ns::SetSize { file: self.id, size }).await {
                 self.size_dirty.store(true, Ordering::Release);
-                return Err(e.context(format!("recording the size of {}", self.path)));
+                return Err(e.on_file("recording the size of", &self.path));
             }
         }
         Ok(())
@@ -245,25 +250,32 @@ impl FileState {
         let target = self.layout.target(p.chunk);
         let _permit = self.client.inflight(p.len).await;
         self.unsynced.lock().insert(target);
-        let req = StorageRequest::Write {
+        let req = WriteChunk {
             file: self.id,
             chunk: p.chunk,
             offset: p.chunk_offset,
             chunk_size: self.layout.chunk_size(),
             session,
         };
-        let what = || format!("writing {} chunk {} on {target}", self.path, p.chunk);
-        let answer = self.client.storage(target, &req, data).await.map_err(|e| {
-            if e.code == ErrorCode::Evicted {
+        let on_chunk = |e: Error| Error::Chunk {
+            op: "writing",
+            path: self.path.clone(),
+            chunk: p.chunk,
+            server: target,
+            source: Box::new(e),
+        };
+        let (written, _) = self.client.storage(target, req, data).await.map_err(|e| {
+            if e.code() == ErrorCode::Evicted {
                 // Fenced: the session is gone, whatever we have heard from pfs-meta so far.
                 self.client.mark_evicted(e.clone());
             }
-            e.context(what())
+            on_chunk(e)
         })?;
-        match answer.0 {
-            StorageResponse::Written { len } if len as usize == p.len => Ok(()),
-            other => Err(PfsError::new(ErrorCode::Io, format!("{}: short or odd answer {other:?}", what()))),
+        if written.len as usize != p.len {
+            let message = format!("wrote {} of {} bytes", written.len, p.len);
+            return Err(on_chunk(Error::Protocol { peer: target.to_string(), message }));
         }
+        Ok(())
     }
 
     /// Reads `buf.len()` bytes at `offset` from the storage servers (holes read as zeros).
@@ -284,18 +296,23 @@ impl FileState {
     async fn read_piece(&self, p: Piece, out: &mut [u8]) -> Result<()> {
         let target = self.layout.target(p.chunk);
         let _permit = self.client.inflight(p.len).await;
-        let req = StorageRequest::Read { file: self.id, chunk: p.chunk, offset: p.chunk_offset, len: p.len as u32 };
-        let what = || format!("reading {} chunk {} from {target}", self.path, p.chunk);
-        let (answer, data) = self.client.storage(target, &req, &[]).await.map_err(|e| e.context(what()))?;
-        match answer {
-            StorageResponse::Read { .. } if data.len() <= out.len() => {
-                out[..data.len()].copy_from_slice(&data);
-                // Past the chunk file's end, below the file size: a hole, which reads as zeros.
-                out[data.len()..].fill(0);
-                Ok(())
-            }
-            other => Err(PfsError::new(ErrorCode::Io, format!("{}: odd answer {other:?}", what()))),
+        let req = ReadChunk { file: self.id, chunk: p.chunk, offset: p.chunk_offset, len: p.len as u32 };
+        let on_chunk = |e: Error| Error::Chunk {
+            op: "reading",
+            path: self.path.clone(),
+            chunk: p.chunk,
+            server: target,
+            source: Box::new(e),
+        };
+        let (_, data) = self.client.storage(target, req, &[]).await.map_err(on_chunk)?;
+        if data.len() > out.len() {
+            let message = format!("answered {} bytes to a read of {}", data.len(), out.len());
+            return Err(on_chunk(Error::Protocol { peer: target.to_string(), message }));
         }
+        out[..data.len()].copy_from_slice(&data);
+        // Past the chunk file's end, below the file size: a hole, which reads as zeros.
+        out[data.len()..].fill(0);
+        Ok(())
     }
 
     /// I/O of at least this many bytes bypasses the cache.
@@ -365,14 +382,16 @@ impl FileState {
         self.client.session()?;
         self.write_back(ByteRange::ALL, closing).await?;
         if let Some(e) = self.writeback_error.lock().take() {
-            return Err(e.context(format!("{}: an earlier write-back failed", self.path)));
+            return Err(e.on_file("an earlier write-back failed for", &self.path));
         }
         let targets: Vec<ServerId> = std::mem::take(&mut *self.unsynced.lock()).into_iter().collect();
         let mut pending: FuturesUnordered<_> = targets
             .iter()
             .map(|&t| async move {
-                let req = StorageRequest::Fsync { file: self.id };
-                self.client.storage(t, &req, &[]).await.map_err(|e| e.context(format!("fsync of {} on {t}", self.path)))
+                self.client
+                    .storage(t, FsyncFile { file: self.id }, &[])
+                    .await
+                    .map_err(|e| e.on_file(format!("fsync on {t} of"), &self.path))
             })
             .collect();
         let mut failed = None;
@@ -420,7 +439,7 @@ impl File {
 
     /// Tokens this client holds on the file (for diagnostics and tests).
     pub fn tokens(&self) -> Vec<(ByteRange, Mode)> {
-        self.state.tokens.lock().held.list()
+        self.state.tokens.lock().held.to_vec()
     }
 
     /// Writes `buf` at byte `offset` under a Write token. Returns `buf.len()`: a write either
@@ -437,7 +456,7 @@ impl File {
         let end = offset
             .checked_add(buf.len() as u64)
             .filter(|e| *e < u64::MAX)
-            .ok_or_else(|| PfsError::new(ErrorCode::Invalid, format!("{}: write past 2^64 bytes", s.path)))?;
+            .ok_or_else(|| Error::Invalid(format!("{}: write past 2^64 bytes", s.path)))?;
         let required = ByteRange::new(offset, end);
         loop {
             s.ensure(Mode::Write, required, ByteRange::from(offset)).await?;
@@ -504,18 +523,16 @@ impl File {
             .targets
             .iter()
             .map(|&t| async move {
-                let req = StorageRequest::Truncate { file: s.id, size, chunk_size };
-                s.client.storage(t, &req, &[]).await.map_err(|e| e.context(format!("truncating {} on {t}", s.path)))
+                s.client
+                    .storage(t, TruncateFile { file: s.id, size, chunk_size }, &[])
+                    .await
+                    .map_err(|e| e.on_file(format!("truncating on {t}"), &s.path))
             })
             .collect();
         while let Some(r) = pending.next().await {
             r?;
         }
-        let req = MetaRequest::Truncate { file: s.id, size, expected_generation: None };
-        match s.client.meta(req).await? {
-            MetaResponse::Attr(_) | MetaResponse::Done => {}
-            other => return Err(crate::client::unexpected(&other)),
-        }
+        s.client.meta(ns::Truncate { file: s.id, size, expected_generation: None }).await?;
         s.size.store(size, Ordering::Release);
         s.size_dirty.store(false, Ordering::Release);
         Ok(())
@@ -523,7 +540,7 @@ impl File {
 
     /// Fresh attributes from pfs-meta; also raises the size this client reads against.
     pub async fn stat(&self) -> Result<Attr> {
-        let attr = expect_attr(self.state.client.meta(MetaRequest::Stat { file: self.state.id }).await?)?;
+        let attr = self.state.client.meta(ns::Stat { file: self.state.id }).await?;
         self.state.size.fetch_max(attr.size, Ordering::AcqRel);
         Ok(attr)
     }
@@ -545,7 +562,7 @@ impl File {
             }
             s.client.forget_file(s);
             if let Ok(session) = s.client.session() {
-                let _ = s.client.meta(MetaRequest::Release { session, file: s.id, range: ByteRange::ALL }).await;
+                let _ = s.client.meta(tok::Release { session, file: s.id, range: ByteRange::ALL }).await;
             }
         }
         synced

@@ -7,7 +7,7 @@
 //! [`blocking`] wraps the async API for callers without a tokio runtime.
 //!
 //! ```no_run
-//! # async fn demo() -> pfs_common::Result<()> {
+//! # async fn demo() -> pfs_client::Result<()> {
 //! use pfs_client::{Client, ClientOptions};
 //! let client = Client::connect(ClientOptions::new("127.0.0.1:7400".parse().unwrap())).await?;
 //! let file = client.create("/hello.txt", &Default::default()).await?;
@@ -19,15 +19,17 @@
 pub mod blocking;
 pub mod cache;
 mod client;
+mod error;
 mod file;
-mod held;
 mod options;
 pub mod path;
 
 pub use cache::CacheStats;
 pub use client::{Client, ClientStats, CreateOptions, RevokeCallback, RevokeEvent};
+pub use error::{Error, Result};
 pub use file::File;
 pub use options::ClientOptions;
 pub use pfs_common::token::{ByteRange, Mode};
-pub use pfs_common::wire::meta::{Attr, ChunkInfo, DirEntry, FileKind, ServerStatus};
-pub use pfs_common::{ErrorCode, PfsError, Result};
+pub use pfs_common::wire::namespace::{Attr, DirEntry, FileKind};
+pub use pfs_common::wire::registry::{ChunkHolder, ChunkInfo, ServerStatus};
+pub use pfs_common::ErrorCode;

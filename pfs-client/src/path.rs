@@ -30,13 +30,10 @@ pub fn file_name(p: &str) -> &str {
 }
 
 /// A pfs path argument: must be absolute; `pfs:` prefix accepted.
-pub fn pfs_path(arg: &str) -> pfs_common::Result<String> {
+pub fn pfs_path(arg: &str) -> crate::Result<String> {
     let p = parse_pfs_arg(arg).unwrap_or_else(|| arg.to_string());
     if !p.starts_with('/') {
-        return Err(pfs_common::PfsError::new(
-            pfs_common::ErrorCode::Invalid,
-            format!("{arg}: pfs paths are absolute, like /dir/file"),
-        ));
+        return Err(crate::Error::Invalid(format!("{arg}: pfs paths are absolute, like /dir/file")));
     }
     Ok(normalize(&p))
 }

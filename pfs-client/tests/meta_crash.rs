@@ -39,7 +39,7 @@ async fn acknowledged_state_survives_a_killed_metadata_server() {
         assert_eq!(f.read_at(0, &mut buf).await.unwrap(), data.len());
         assert!(&buf == data, "{path} differs after the restart");
     }
-    assert_eq!(client.stat("/proj/run1/f0").await.unwrap_err().code, pfs_common::ErrorCode::NotFound);
+    assert_eq!(client.stat("/proj/run1/f0").await.unwrap_err().code(), pfs_common::ErrorCode::NotFound);
 
     // Chunk holders are rebuilt from the storage servers' full reports, which follow their
     // registration: wait for them with a deadline.

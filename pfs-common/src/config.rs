@@ -4,7 +4,7 @@
 //! storage target), layout defaults, timeouts and client limits. Every process reads the same
 //! file; a storage server picks its own section by `--id`.
 
-use crate::error::{ErrorCode, PfsError, Result};
+use crate::error::{Error, Result};
 use crate::ids::ServerId;
 use crate::layout::{LayoutPolicy, MAX_CHUNK_SIZE};
 use serde::{Deserialize, Serialize};
@@ -41,11 +41,20 @@ pub struct TokenTimeouts {
     pub revoke_timeout_ms: u64,
     /// After a conflict on a file, grants on it are not expanded for this long.
     pub contention_window_ms: u64,
+    /// A storage server that has not confirmed fencing an evicted session this long after it
+    /// was asked is declared down (the session's tokens are handed on once its storage lease,
+    /// `timeouts.server_down_ms`, has run out too).
+    pub fence_timeout_ms: u64,
 }
 
 impl Default for TokenTimeouts {
     fn default() -> Self {
-        TokenTimeouts { lease_ms: 5_000, revoke_timeout_ms: 5_000, contention_window_ms: 1_000 }
+        TokenTimeouts {
+            lease_ms: 5_000,
+            revoke_timeout_ms: 5_000,
+            contention_window_ms: 1_000,
+            fence_timeout_ms: 2_000,
+        }
     }
 }
 
@@ -103,7 +112,9 @@ pub struct Timeouts {
     pub request_ms: u64,
     /// How often storage servers heartbeat to pfs-meta.
     pub heartbeat_ms: u64,
-    /// A storage server silent for this long is marked down.
+    /// A storage server silent for this long is marked down. It is also the storage
+    /// servers' lease: a server refuses writes once half of it has passed since it sent the
+    /// last heartbeat pfs-meta accepted.
     pub server_down_ms: u64,
 }
 
@@ -134,23 +145,22 @@ impl Config {
     /// Reads and validates a configuration file. Errors name the file and what is wrong.
     pub fn load(path: &Path) -> Result<Config> {
         let text =
-            std::fs::read_to_string(path).map_err(|e| PfsError::io(format!("reading config {}", path.display()), e))?;
-        let mut cfg: Config = toml::from_str(&text).map_err(|e| {
-            PfsError::new(ErrorCode::Invalid, format!("config {}: {}", path.display(), toml_error(&text, &e)))
-        })?;
+            std::fs::read_to_string(path).map_err(|e| Error::io(format!("reading config {}", path.display()), e))?;
+        let mut cfg: Config = toml::from_str(&text)
+            .map_err(|e| Error::Config(format!("config {}: {}", path.display(), toml_error(&text, &e))))?;
         if cfg.data_dir.is_relative() {
             // A relative base directory is taken relative to the config file's directory.
             let base = path.parent().unwrap_or(Path::new("."));
             cfg.data_dir = base.join(&cfg.data_dir);
         }
-        cfg.validate().map_err(|e| e.context(format!("config {}", path.display())))?;
+        cfg.validate().map_err(|e| Error::Config(format!("config {}: {e}", path.display())))?;
         Ok(cfg)
     }
 
     /// Parses a configuration from TOML text; relative directories stay relative to `data_dir`.
     pub fn from_toml(text: &str) -> Result<Config> {
-        let cfg: Config = toml::from_str(text)
-            .map_err(|e| PfsError::new(ErrorCode::Invalid, format!("config: {}", toml_error(text, &e))))?;
+        let cfg: Config =
+            toml::from_str(text).map_err(|e| Error::Config(format!("config: {}", toml_error(text, &e))))?;
         cfg.validate()?;
         Ok(cfg)
     }
@@ -167,25 +177,27 @@ impl Config {
         addrs.insert(self.meta.address);
         for s in &self.storage {
             if !ids.insert(s.id) {
-                return Err(PfsError::new(ErrorCode::Invalid, format!("storage id {} appears twice", s.id.0)));
+                return Err(Error::Config(format!("storage id {} appears twice", s.id.0)));
             }
             if !addrs.insert(s.address) {
-                return Err(PfsError::new(ErrorCode::Invalid, format!("address {} is used twice", s.address)));
+                return Err(Error::Config(format!("address {} is used twice", s.address)));
             }
         }
-        self.layout.validate()?;
+        self.layout.validate().map_err(|e| Error::Config(format!("layout: {e}")))?;
         if self.layout.chunk_size() > MAX_CHUNK_SIZE {
-            return Err(PfsError::new(ErrorCode::Invalid, "chunk size above 64 MiB"));
+            return Err(Error::Config("layout: chunk size above 64 MiB".into()));
         }
         let t = &self.tokens;
         if t.lease_ms < 3 || t.revoke_timeout_ms == 0 || t.revoke_timeout_ms >= self.timeouts.request_ms {
-            return Err(PfsError::new(
-                ErrorCode::Invalid,
-                "tokens: lease_ms must be at least 3 and revoke_timeout_ms between 1 and timeouts.request_ms",
+            return Err(Error::Config(
+                "tokens: lease_ms must be at least 3 and revoke_timeout_ms between 1 and timeouts.request_ms".into(),
             ));
         }
+        if t.fence_timeout_ms == 0 {
+            return Err(Error::Config("tokens: fence_timeout_ms must be at least 1".into()));
+        }
         if self.timeouts.heartbeat_ms == 0 || self.timeouts.server_down_ms <= self.timeouts.heartbeat_ms {
-            return Err(PfsError::new(ErrorCode::Invalid, "timeouts: server_down_ms must exceed heartbeat_ms > 0"));
+            return Err(Error::Config("timeouts: server_down_ms must exceed heartbeat_ms > 0".into()));
         }
         Ok(())
     }
@@ -200,7 +212,7 @@ impl Config {
         self.storage
             .iter()
             .find(|s| s.id == id)
-            .ok_or_else(|| PfsError::new(ErrorCode::NotFound, format!("no storage server with id {} in config", id.0)))
+            .ok_or_else(|| Error::Config(format!("no storage server with id {} in the config", id.0)))
     }
 
     /// A storage server's data directory, resolved against `data_dir`.
@@ -268,14 +280,16 @@ mod tests {
         let mut cfg = Config::local(Path::new("/tmp/x"), 7400, 2);
         cfg.storage[1].id = ServerId(1);
         let err = Config::from_toml(&cfg.to_toml()).unwrap_err();
-        assert!(err.message.contains("appears twice"), "{err}");
+        assert!(matches!(err, Error::Config(_)), "{err}");
     }
 
     #[test]
     fn unknown_keys_are_named() {
         let err =
             Config::from_toml("data_dir='/x'\nbogus=1\n[meta]\naddress='127.0.0.1:1'\ndata_dir='m'\n").unwrap_err();
-        assert!(err.message.contains("bogus") && err.message.contains("line 2"), "{err}");
-        assert!(!err.message.contains('\n'), "one line: {err}");
+        // What a user reads: the key and where it is, on one line.
+        let shown = err.to_string();
+        assert!(shown.contains("bogus") && shown.contains("line 2"), "{shown}");
+        assert!(!shown.contains('\n'), "one line: {shown}");
     }
 }

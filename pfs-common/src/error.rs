@@ -1,7 +1,15 @@
-//! Error codes carried on the wire and the error type every pfs crate builds on.
+//! Errors: the errno-like [`ErrorCode`] that travels on the wire, the [`WireCode`] trait every
+//! crate's error type implements to cross that boundary, and [`Error`], the errors of this
+//! crate (connections, frames, configuration, layouts).
+//!
+//! Each pfs crate has its own typed error enum; the code is derived from the variant when an
+//! error is sent as an answer ([`WireError`]) and read back into a variant on the other side
+//! ([`Error::Remote`]). Decisions are made on variants and codes, never on message text.
 
 use serde::{Deserialize, Serialize};
 use std::fmt;
+use std::io;
+use std::sync::Arc;
 
 /// errno-like code of a failed operation; travels on the wire inside [`WireError`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -32,7 +40,7 @@ pub enum ErrorCode {
     NoSpace,
     /// The operation did not finish within its deadline.
     TimedOut,
-    /// The peer spoke another protocol version or role.
+    /// The peer spoke another protocol version or role, or sent something malformed.
     Protocol,
 }
 
@@ -56,6 +64,23 @@ impl ErrorCode {
             ErrorCode::Protocol => "protocol error",
         }
     }
+
+    /// The code of a local I/O error, by its kind: a full disk is NoSpace, a refused or
+    /// broken connection Unavailable, and so on.
+    pub fn of_io(e: &io::Error) -> ErrorCode {
+        match e.kind() {
+            io::ErrorKind::NotFound => ErrorCode::NotFound,
+            io::ErrorKind::TimedOut => ErrorCode::TimedOut,
+            io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => ErrorCode::NoSpace,
+            io::ErrorKind::ConnectionRefused
+            | io::ErrorKind::ConnectionReset
+            | io::ErrorKind::ConnectionAborted
+            | io::ErrorKind::NotConnected
+            | io::ErrorKind::BrokenPipe
+            | io::ErrorKind::UnexpectedEof => ErrorCode::Unavailable,
+            _ => ErrorCode::Io,
+        }
+    }
 }
 
 impl fmt::Display for ErrorCode {
@@ -72,58 +97,130 @@ pub struct WireError {
     pub message: String,
 }
 
-/// The error type of pfs operations: a code plus a human-readable message that names what
-/// was involved (a path, a server, an offset).
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct PfsError {
-    pub code: ErrorCode,
-    pub message: String,
-}
-
-/// Result alias for pfs operations.
-pub type Result<T, E = PfsError> = std::result::Result<T, E>;
-
-impl PfsError {
-    /// An error with `code` and `message`. The message should name the path, server or offset.
-    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
-        PfsError { code, message: message.into() }
-    }
-
-    /// Prefixes the message with `context` ("reading chunk 3 from storage-2: ...").
-    pub fn context(self, context: impl fmt::Display) -> Self {
-        PfsError { code: self.code, message: format!("{context}: {}", self.message) }
-    }
-
-    /// An I/O error, with `what` naming the file or operation.
-    pub fn io(what: impl fmt::Display, err: std::io::Error) -> Self {
-        let code = match err.kind() {
-            std::io::ErrorKind::NotFound => ErrorCode::NotFound,
-            std::io::ErrorKind::TimedOut => ErrorCode::TimedOut,
-            std::io::ErrorKind::ConnectionRefused
-            | std::io::ErrorKind::ConnectionReset
-            | std::io::ErrorKind::ConnectionAborted
-            | std::io::ErrorKind::BrokenPipe
-            | std::io::ErrorKind::UnexpectedEof => ErrorCode::Unavailable,
-            _ if err.raw_os_error() == Some(28) => ErrorCode::NoSpace,
-            _ => ErrorCode::Io,
-        };
-        PfsError { code, message: format!("{what}: {err}") }
-    }
+/// An error that can be answered on the wire: its code, and its `Display` as the message.
+pub trait WireCode: std::error::Error {
+    /// The errno-like code the peer will see.
+    fn code(&self) -> ErrorCode;
 
     /// The error as sent on the wire.
-    pub fn to_wire(&self) -> WireError {
-        WireError { code: self.code, message: self.message.clone() }
+    fn to_wire(&self) -> WireError {
+        WireError { code: self.code(), message: self.to_string() }
     }
 }
 
-impl From<WireError> for PfsError {
-    fn from(e: WireError) -> Self {
-        PfsError { code: e.code, message: e.message }
+/// An `io::Error` that can be cloned (errors are shared by every waiter of a failed
+/// connection, and kept to be reported again).
+pub type SharedIo = Arc<io::Error>;
+
+/// Errors of pfs-common: connections and frames (naming the peer), configuration files and
+/// layouts.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum Error {
+    /// A TCP connection to `peer` could not be made.
+    #[error("cannot connect to {peer}: {source}")]
+    Connect {
+        peer: String,
+        #[source]
+        source: SharedIo,
+    },
+    /// `peer` did not answer (or accept the connection) within `ms`.
+    #[error("{peer}: no {what} within {ms} ms")]
+    TimedOut { peer: String, what: &'static str, ms: u64 },
+    /// The connection to `peer` ended (closed by either side).
+    #[error("{peer}: connection closed")]
+    Closed { peer: String },
+    /// A socket error on the connection to `peer`.
+    #[error("{peer}: {source}")]
+    Socket {
+        peer: String,
+        #[source]
+        source: SharedIo,
+    },
+    /// A frame from `peer` broke the protocol (bad header, undecodable body, a version or
+    /// role refused).
+    #[error("{peer}: {message}")]
+    Protocol { peer: String, message: String },
+    /// A frame's length exceeds a limit; checked before anything is allocated.
+    #[error("{peer}: {what} of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { peer: String, what: &'static str, len: u64, limit: u64 },
+    /// `peer` answered the request with an error.
+    #[error("{message}")]
+    Remote { peer: String, code: ErrorCode, message: String },
+    /// A configuration file (or text) is invalid; the message names the file, line and
+    /// column or setting.
+    #[error("{0}")]
+    Config(String),
+    /// A layout (block size, chunk size, targets) is out of range.
+    #[error("{0}")]
+    Layout(String),
+    /// A local I/O operation (not a connection) failed.
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: SharedIo,
+    },
+}
+
+impl Error {
+    /// A local I/O error, with `what` naming the file or operation.
+    pub fn io(what: impl fmt::Display, source: io::Error) -> Error {
+        Error::Io { what: what.to_string(), source: Arc::new(source) }
+    }
+
+    /// The code of an error [`Error::Remote`] carries, or the code this side gives it.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            Error::Connect { source, .. } => match ErrorCode::of_io(source) {
+                ErrorCode::TimedOut => ErrorCode::TimedOut,
+                _ => ErrorCode::Unavailable,
+            },
+            Error::TimedOut { .. } => ErrorCode::TimedOut,
+            Error::Closed { .. } => ErrorCode::Unavailable,
+            Error::Socket { source, .. } => match ErrorCode::of_io(source) {
+                ErrorCode::TimedOut => ErrorCode::TimedOut,
+                _ => ErrorCode::Unavailable,
+            },
+            Error::Protocol { .. } => ErrorCode::Protocol,
+            Error::TooLarge { .. } => ErrorCode::TooLarge,
+            Error::Remote { code, .. } => *code,
+            Error::Config(_) | Error::Layout(_) => ErrorCode::Invalid,
+            Error::Io { source, .. } => ErrorCode::of_io(source),
+        }
+    }
+
+    /// True if the connection this error came from is gone (not an answer to one request).
+    pub fn is_connection_lost(&self) -> bool {
+        matches!(self, Error::Connect { .. } | Error::Closed { .. } | Error::Socket { .. } | Error::TimedOut { .. })
     }
 }
 
-/// Shorthand: `Err(PfsError::new(code, message))`.
-pub fn fail<T>(code: ErrorCode, message: impl Into<String>) -> Result<T> {
-    Err(PfsError::new(code, message))
+impl WireCode for Error {
+    fn code(&self) -> ErrorCode {
+        Error::code(self)
+    }
+}
+
+/// Result alias with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_kinds_map_to_codes() {
+        assert_eq!(ErrorCode::of_io(&io::Error::from(io::ErrorKind::StorageFull)), ErrorCode::NoSpace);
+        assert_eq!(ErrorCode::of_io(&io::Error::from_raw_os_error(libc_enospc())), ErrorCode::NoSpace);
+        assert_eq!(ErrorCode::of_io(&io::Error::from(io::ErrorKind::ConnectionReset)), ErrorCode::Unavailable);
+        assert_eq!(ErrorCode::of_io(&io::Error::from(io::ErrorKind::PermissionDenied)), ErrorCode::Io);
+        let e = Error::Remote { peer: "pfs-meta".into(), code: ErrorCode::Exists, message: "/a already exists".into() };
+        assert_eq!(e.code(), ErrorCode::Exists);
+        assert_eq!(e.to_wire(), WireError { code: ErrorCode::Exists, message: "/a already exists".into() });
+    }
+
+    /// ENOSPC on Linux, without a libc dependency here.
+    fn libc_enospc() -> i32 {
+        28
+    }
 }

@@ -6,7 +6,7 @@
 //! `targets` is stored already rotated to the file's first target, so the DESIGN's
 //! `targets[(first + x) mod stripe_count]` is `targets[x mod stripe_count]` here.
 
-use crate::error::{ErrorCode, PfsError, Result};
+use crate::error::{Error, Result};
 use crate::ids::{ChunkIndex, ServerId};
 use serde::{Deserialize, Serialize};
 
@@ -48,19 +48,29 @@ impl LayoutPolicy {
 
 fn check_sizes(block_size: u32, stripe_blocks: u32) -> Result<()> {
     if block_size < MIN_BLOCK_SIZE || !block_size.is_power_of_two() {
-        return Err(PfsError::new(
-            ErrorCode::Invalid,
-            format!("block size {block_size} must be a power of two of at least {MIN_BLOCK_SIZE} bytes"),
-        ));
+        return Err(Error::Layout(format!(
+            "block size {block_size} must be a power of two of at least {MIN_BLOCK_SIZE} bytes"
+        )));
     }
     let chunk = block_size as u64 * stripe_blocks as u64;
     if stripe_blocks == 0 || chunk > MAX_CHUNK_SIZE {
-        return Err(PfsError::new(
-            ErrorCode::Invalid,
-            format!("chunk size {block_size} x {stripe_blocks} must be between 1 block and {MAX_CHUNK_SIZE} bytes"),
-        ));
+        return Err(Error::Layout(format!(
+            "chunk size {block_size} x {stripe_blocks} must be between 1 block and {MAX_CHUNK_SIZE} bytes"
+        )));
     }
     Ok(())
+}
+
+/// What the creator of a file asks of its layout; `None` takes the parent directory's (or
+/// the cluster's) default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LayoutChoice {
+    /// Block size in bytes (the cache unit): a power of two of at least 512.
+    pub block_size: Option<u32>,
+    /// Chunk size in bytes: a multiple of the block size (`block_size × stripe_blocks`).
+    pub chunk_size: Option<u64>,
+    /// Storage targets to span; clamped to the number of servers that are up.
+    pub stripe_count: Option<u32>,
 }
 
 /// A file's layout, fixed when the file is created.
@@ -99,7 +109,7 @@ impl Layout {
     pub fn validate(&self) -> Result<()> {
         check_sizes(self.block_size, self.stripe_blocks)?;
         if self.targets.is_empty() {
-            return Err(PfsError::new(ErrorCode::Invalid, "a layout needs at least one storage target"));
+            return Err(Error::Layout("a layout needs at least one storage target".into()));
         }
         Ok(())
     }

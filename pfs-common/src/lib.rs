@@ -10,11 +10,12 @@ pub mod ids;
 pub mod layout;
 pub mod logging;
 pub mod pool;
+pub mod range_map;
 pub mod rpc;
 pub mod token;
 pub mod units;
 pub mod wire;
 
-pub use error::{ErrorCode, PfsError, Result};
+pub use error::{Error, ErrorCode, Result, WireCode};
 pub use ids::{ChunkIndex, FileId, ServerId};
 pub use layout::Layout;

@@ -7,22 +7,30 @@
 //! error answer and the connection is closed; a well-framed request whose body does not
 //! decode gets an error answer and the connection stays usable. Either way the server logs it
 //! and keeps serving everyone else.
+//!
+//! An [`RpcClient`] is typed by the request enum of the server's service(s), so only calls
+//! that server answers can be sent on it, and each call's answer decodes as [`Call::Reply`].
 
-use crate::error::{ErrorCode, PfsError, Result};
+use crate::error::{Error, Result, WireCode, WireError};
 use crate::pool::{self, PooledBuf};
-use crate::wire::frame::{read_frame, write_frame, Frame, FrameKind, Limits, DEFAULT_LIMITS};
-use crate::wire::{self, Hello, HelloReply, ResponseBody, Role, PROTOCOL_VERSION};
+use crate::wire::frame::{read_frame, write_frame, Frame, FrameError, FrameKind, Limits, DEFAULT_LIMITS};
+use crate::wire::{self, Call, Hello, HelloReply, PeerRole, ResponseBody, PEER_NAME_MAX, PROTOCOL_VERSION};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::collections::HashMap;
 use std::future::Future;
+use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::BufReader;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+use tokio::task::JoinHandle;
+use tracing::{debug, info, warn};
 
 /// Socket read buffer, bytes. Small frames (every metadata message) are parsed from it with
 /// one `read` syscall for several frames; a payload larger than it is read straight into its
@@ -30,27 +38,41 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 const READ_BUFFER: usize = 64 << 10;
 
 type Reader = BufReader<OwnedReadHalf>;
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{mpsc, oneshot, Semaphore};
-use tokio::task::JoinHandle;
-use tracing::{debug, info, warn};
 
 /// Requests one server connection runs at once; further requests wait (bounded memory).
 pub const MAX_INFLIGHT_PER_CONN: usize = 64;
 /// Time a new connection has to send its `Hello`.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A frame error on the connection to `peer`, as this crate's [`Error`].
+fn frame_error(peer: &str, e: FrameError) -> Error {
+    let peer = peer.to_string();
+    match e {
+        FrameError::Io(source) if source.kind() == std::io::ErrorKind::UnexpectedEof => Error::Closed { peer },
+        FrameError::Io(source) => Error::Socket { peer, source: Arc::new(source) },
+        FrameError::TooLarge { what, len, limit } => Error::TooLarge { peer, what, len, limit },
+        other => Error::Protocol { peer, message: other.to_string() },
+    }
+}
+
 // ---------------------------------------------------------------------------------------
 // Client side
 // ---------------------------------------------------------------------------------------
 
-/// One multiplexed connection to a pfs server. Cheap to clone; all clones share the socket.
+/// One multiplexed connection to a pfs server whose requests are `R` (a service's request
+/// enum). Cheap to clone; all clones share the socket.
 ///
 /// Once the connection fails (peer closed, socket error, a request timed out mid-write), every
 /// pending and later call fails with an error naming the peer; make a new connection then.
-#[derive(Clone)]
-pub struct RpcClient {
+pub struct RpcClient<R> {
     inner: Arc<ClientInner>,
+    _service: PhantomData<fn(R)>,
+}
+
+impl<R> Clone for RpcClient<R> {
+    fn clone(&self) -> Self {
+        RpcClient { inner: self.inner.clone(), _service: PhantomData }
+    }
 }
 
 struct ClientInner {
@@ -66,14 +88,14 @@ struct ClientInner {
 #[derive(Default)]
 struct Pending {
     waiting: HashMap<u64, oneshot::Sender<Result<Frame>>>,
-    closed: Option<PfsError>,
+    closed: Option<Error>,
 }
 
 /// Settings for [`RpcClient::connect`].
 #[derive(Clone, Debug)]
 pub struct ConnectOptions {
     /// Our role, sent in the handshake.
-    pub role: Role,
+    pub role: PeerRole,
     /// Our name, for the server's logs.
     pub name: String,
     /// Deadline for TCP connect plus handshake.
@@ -82,43 +104,48 @@ pub struct ConnectOptions {
     pub request_timeout: Duration,
 }
 
-impl RpcClient {
+impl<R: Serialize> RpcClient<R> {
     /// Connects to `addr` and performs the handshake. `peer` names the server in errors
     /// ("pfs-meta", "storage-2"). `notify` receives the server's one-way frames, if given.
     ///
-    /// Errors: Unavailable (refused, reset), TimedOut, Protocol (version or role refused).
+    /// Errors: Connect (refused, unreachable), TimedOut, Closed, Remote or Protocol (the
+    /// server refused our version or role); each names the peer and its address.
     pub async fn connect(
         addr: SocketAddr,
         peer: &str,
         opts: &ConnectOptions,
         notify: Option<mpsc::Sender<Frame>>,
-    ) -> Result<RpcClient> {
+    ) -> Result<RpcClient<R>> {
         let peer = format!("{peer} at {addr}");
         let setup = async {
-            let stream =
-                TcpStream::connect(addr).await.map_err(|e| PfsError::io(format!("cannot connect to {peer}"), e))?;
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| Error::Connect { peer: peer.clone(), source: Arc::new(e) })?;
             stream.set_nodelay(true).ok();
             let (rd, mut wr) = stream.into_split();
             let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
             let hello = Hello { version: PROTOCOL_VERSION, role: opts.role, name: opts.name.clone() };
-            write_frame(&mut wr, FrameKind::Request, 0, &wire::encode(&hello), &[]).await?;
+            write_frame(&mut wr, FrameKind::Request, 0, &wire::encode(&hello), &[])
+                .await
+                .map_err(|e| frame_error(&peer, e))?;
             let frame = read_frame(&mut rd, &DEFAULT_LIMITS, pool::global())
-                .await?
-                .ok_or_else(|| PfsError::new(ErrorCode::Unavailable, "closed the connection during the handshake"))?;
-            let reply: ResponseBody<HelloReply> = wire::decode(&frame.body, "handshake reply")?;
-            let reply = reply.map_err(PfsError::from)?;
+                .await
+                .map_err(|e| frame_error(&peer, e))?
+                .ok_or_else(|| Error::Closed { peer: peer.clone() })?;
+            let reply: ResponseBody<HelloReply> = decode_body(&peer, &frame.body)?;
+            let reply = reply.map_err(|e| remote(&peer, e))?;
             if reply.version != PROTOCOL_VERSION {
-                return Err(PfsError::new(ErrorCode::Protocol, format!("speaks protocol version {}", reply.version)));
+                return Err(Error::Protocol {
+                    peer: peer.clone(),
+                    message: format!("speaks protocol version {}, we speak {PROTOCOL_VERSION}", reply.version),
+                });
             }
-            Ok::<_, PfsError>((rd, wr))
+            Ok::<_, Error>((rd, wr))
         };
         let (rd, wr) = match tokio::time::timeout(opts.connect_timeout, setup).await {
-            Ok(r) => r.map_err(|e| if e.message.contains(&peer) { e } else { e.context(&peer) })?,
+            Ok(r) => r?,
             Err(_) => {
-                return Err(PfsError::new(
-                    ErrorCode::TimedOut,
-                    format!("{peer}: no connection within {} ms", opts.connect_timeout.as_millis()),
-                ))
+                return Err(Error::TimedOut { peer, what: "connection", ms: opts.connect_timeout.as_millis() as u64 })
             }
         };
         let inner = Arc::new(ClientInner {
@@ -131,7 +158,7 @@ impl RpcClient {
         });
         let task = tokio::spawn(read_responses(Arc::downgrade(&inner), rd, notify));
         *inner.reader.lock() = Some(task);
-        Ok(RpcClient { inner })
+        Ok(RpcClient { inner, _service: PhantomData })
     }
 
     /// The peer's name and address, as used in errors.
@@ -144,14 +171,22 @@ impl RpcClient {
         self.inner.pending.lock().closed.is_some()
     }
 
-    /// Sends `req` with `payload` (raw bytes, written from the caller's buffer) and waits for
-    /// the answer and its payload.
+    /// Sends `call` with no payload and waits for its answer.
     ///
-    /// Errors: the server's own error for the request, or Unavailable / TimedOut naming the
-    /// peer when the connection fails or no answer comes within the request timeout.
-    pub async fn call<Q: Serialize, A: DeserializeOwned>(&self, req: &Q, payload: &[u8]) -> Result<(A, PooledBuf)> {
+    /// Errors: as [`RpcClient::call`].
+    pub async fn ask<C: Call<Request = R>>(&self, call: C) -> Result<C::Reply> {
+        Ok(self.call(call, &[]).await?.0)
+    }
+
+    /// Sends `call` with `payload` (raw bytes, written from the caller's buffer) and waits
+    /// for the answer and its payload.
+    ///
+    /// Errors: Remote (the server's own error for the request), or Closed / Socket /
+    /// TimedOut naming the peer when the connection fails or no answer comes within the
+    /// request timeout; Protocol for an answer that does not decode.
+    pub async fn call<C: Call<Request = R>>(&self, call: C, payload: &[u8]) -> Result<(C::Reply, PooledBuf)> {
         let inner = &self.inner;
-        let body = wire::encode(req);
+        let body = wire::encode(&call.into_request());
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = oneshot::channel();
         {
@@ -170,7 +205,7 @@ impl RpcClient {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
                 // A half-written frame leaves the stream unusable: fail the whole connection.
-                let e = e.context(&inner.peer);
+                let e = frame_error(&inner.peer, e);
                 inner.fail(e.clone());
                 return Err(e);
             }
@@ -182,36 +217,44 @@ impl RpcClient {
         }
         let frame = match tokio::time::timeout_at(deadline.into(), rx).await {
             Ok(Ok(r)) => r?,
-            Ok(Err(_)) => {
-                return Err(PfsError::new(ErrorCode::Unavailable, format!("{}: connection closed", inner.peer)))
-            }
+            Ok(Err(_)) => return Err(Error::Closed { peer: inner.peer.clone() }),
             Err(_) => {
                 inner.pending.lock().waiting.remove(&id);
                 return Err(self.timeout_error());
             }
         };
-        let answer: ResponseBody<A> = wire::decode(&frame.body, "response").map_err(|e| e.context(&inner.peer))?;
+        let answer: ResponseBody<C::Reply> = decode_body(&inner.peer, &frame.body)?;
         match answer {
             Ok(a) => Ok((a, frame.payload)),
-            Err(e) => Err(PfsError::from(e)),
+            Err(e) => Err(remote(&inner.peer, e)),
         }
     }
 
-    fn timeout_error(&self) -> PfsError {
-        PfsError::new(
-            ErrorCode::TimedOut,
-            format!("{}: no answer within {} ms", self.inner.peer, self.inner.request_timeout.as_millis()),
-        )
+    fn timeout_error(&self) -> Error {
+        Error::TimedOut {
+            peer: self.inner.peer.clone(),
+            what: "answer",
+            ms: self.inner.request_timeout.as_millis() as u64,
+        }
     }
 
     /// Closes the connection; pending calls fail.
     pub fn close(&self) {
-        self.inner.fail(PfsError::new(ErrorCode::Unavailable, format!("{}: connection closed by us", self.inner.peer)));
+        self.inner.fail(Error::Closed { peer: self.inner.peer.clone() });
     }
 }
 
+fn decode_body<T: DeserializeOwned>(peer: &str, body: &[u8]) -> Result<T> {
+    wire::decode(body)
+        .map_err(|e| Error::Protocol { peer: peer.to_string(), message: format!("undecodable answer: {e}") })
+}
+
+fn remote(peer: &str, e: WireError) -> Error {
+    Error::Remote { peer: peer.to_string(), code: e.code, message: e.message }
+}
+
 impl ClientInner {
-    fn fail(&self, err: PfsError) {
+    fn fail(&self, err: Error) {
         let waiting = {
             let mut p = self.pending.lock();
             if p.closed.is_none() {
@@ -259,11 +302,11 @@ async fn read_responses(inner: std::sync::Weak<ClientInner>, mut rd: Reader, not
                     continue;
                 }
                 FrameKind::Request => {
-                    PfsError::new(ErrorCode::Protocol, format!("{} sent a request to a client", inner.peer))
+                    Error::Protocol { peer: inner.peer.clone(), message: "sent a request to a client".into() }
                 }
             },
-            Ok(None) => PfsError::new(ErrorCode::Unavailable, format!("{}: connection closed", inner.peer)),
-            Err(e) => e.context(&inner.peer),
+            Ok(None) => Error::Closed { peer: inner.peer.clone() },
+            Err(e) => frame_error(&inner.peer, e),
         };
         // Release our own handle first so fail() does not abort the task running it.
         inner.reader.lock().take();
@@ -282,7 +325,7 @@ pub struct Peer {
     /// Unique per accepted connection within this process.
     pub conn_id: u64,
     pub addr: SocketAddr,
-    pub role: Role,
+    pub role: PeerRole,
     pub name: String,
     /// Pushes one-way frames to this peer.
     pub notifier: Notifier,
@@ -292,13 +335,18 @@ pub struct Peer {
 #[derive(Clone)]
 pub struct Notifier {
     writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    peer: Arc<str>,
 }
 
 impl Notifier {
-    /// Sends `msg` to the peer. Errors if the connection is gone.
+    /// Sends `msg` to the peer.
+    ///
+    /// Errors: Socket or Closed naming the peer when the connection is gone.
     pub async fn notify<T: Serialize>(&self, msg: &T) -> Result<()> {
         let mut w = self.writer.lock().await;
-        write_frame(&mut *w, FrameKind::Notify, 0, &wire::encode(msg), &[]).await
+        write_frame(&mut *w, FrameKind::Notify, 0, &wire::encode(msg), &[])
+            .await
+            .map_err(|e| frame_error(&self.peer, e))
     }
 }
 
@@ -309,15 +357,21 @@ pub struct Reply {
 }
 
 impl Reply {
-    /// The answer to a request: `Ok(value)` or the error.
-    pub fn from_result<T: Serialize>(r: Result<T>) -> Reply {
+    /// The answer to call `C`: its reply, or the error with the error's code. The call type
+    /// ties the answer's type to what the caller decodes: `Reply::to::<Mkdir, _>(result)`.
+    pub fn to<C: Call, E: WireCode>(r: std::result::Result<C::Reply, E>) -> Reply {
+        Reply::result(r)
+    }
+
+    fn result<T: Serialize, E: WireCode>(r: std::result::Result<T, E>) -> Reply {
         let body: ResponseBody<T> = r.map_err(|e| e.to_wire());
         Reply { body: wire::encode(&body), payload: None }
     }
 
-    /// An error answer.
-    pub fn error(e: PfsError) -> Reply {
-        Reply::from_result::<()>(Err(e))
+    /// An error answer (to any call).
+    pub fn error(e: &impl WireCode) -> Reply {
+        let body: ResponseBody<()> = Err(e.to_wire());
+        Reply { body: wire::encode(&body), payload: None }
     }
 
     /// Attaches raw payload bytes.
@@ -352,7 +406,7 @@ pub struct ServeOptions {
     /// The server's name in handshake replies and logs.
     pub name: String,
     /// Roles allowed to connect.
-    pub roles: Vec<Role>,
+    pub roles: Vec<PeerRole>,
     pub limits: Limits,
 }
 
@@ -399,15 +453,15 @@ async fn serve_conn<H: Handler>(
         let frame = match read_frame(&mut rd, &opts.limits, pool::global()).await {
             Ok(Some(f)) => f,
             Ok(None) => break,
+            Err(FrameError::Io(e)) => {
+                debug!("{}: {addr} went away: {e}", opts.name);
+                break;
+            }
             Err(e) => {
-                if e.code == ErrorCode::Unavailable {
-                    debug!("{}: {addr} went away: {e}", opts.name);
-                } else {
-                    warn!("{}: bad frame from {} ({addr}), closing the connection: {e}", opts.name, peer.name);
-                    let reply = Reply::error(e);
-                    let mut w = writer.lock().await;
-                    let _ = write_frame(&mut *w, FrameKind::Response, 0, &reply.body, &[]).await;
-                }
+                warn!("{}: bad frame from {} ({addr}), closing the connection: {e}", opts.name, peer.name);
+                let reply = Reply::error(&e);
+                let mut w = writer.lock().await;
+                let _ = write_frame(&mut *w, FrameKind::Response, 0, &reply.body, &[]).await;
                 break;
             }
         };
@@ -418,7 +472,7 @@ async fn serve_conn<H: Handler>(
         let id = frame.header.request_id;
         let permit = slots.clone().acquire_owned().await.expect("semaphore is never closed");
         let reply_to = writer.clone();
-        match wire::decode::<H::Request>(&frame.body, "request") {
+        match wire::decode::<H::Request>(&frame.body) {
             Ok(req) => {
                 let handler = handler.clone();
                 let peer = peer.clone();
@@ -430,7 +484,8 @@ async fn serve_conn<H: Handler>(
             }
             Err(e) => {
                 warn!("{}: undecodable request from {} ({addr}): {e}", opts.name, peer.name);
-                send_reply(&reply_to, id, Reply::error(e)).await;
+                let e = Error::Protocol { peer: opts.name.clone(), message: format!("undecodable request: {e}") };
+                send_reply(&reply_to, id, Reply::error(&e)).await;
             }
         }
     }
@@ -445,6 +500,8 @@ async fn send_reply(writer: &tokio::sync::Mutex<OwnedWriteHalf>, id: u64, reply:
     }
 }
 
+/// Reads and checks the peer's [`Hello`], answers it, and returns the peer. A refused
+/// handshake is answered with the reason before the connection is closed.
 async fn handshake(
     rd: &mut Reader,
     writer: &Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
@@ -452,44 +509,47 @@ async fn handshake(
     conn_id: u64,
     opts: &ServeOptions,
 ) -> Result<Peer> {
-    let first = tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(rd, &opts.limits, pool::global()))
-        .await
-        .map_err(|_| PfsError::new(ErrorCode::TimedOut, "no handshake"))?;
+    let at = addr.to_string();
+    let first =
+        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(rd, &opts.limits, pool::global())).await.map_err(|_| {
+            Error::TimedOut { peer: at.clone(), what: "handshake", ms: HANDSHAKE_TIMEOUT.as_millis() as u64 }
+        })?;
+    let refuse = |message: String| Error::Protocol { peer: at.clone(), message };
     let result = match first {
-        Ok(Some(f)) if f.header.kind == FrameKind::Request => wire::decode::<Hello>(&f.body, "handshake"),
-        Ok(Some(_)) => Err(PfsError::new(ErrorCode::Protocol, "first frame is not a handshake request")),
-        Ok(None) => return Err(PfsError::new(ErrorCode::Unavailable, "closed before the handshake")),
-        Err(e) => Err(e),
+        Ok(Some(f)) if f.header.kind == FrameKind::Request => {
+            wire::decode::<Hello>(&f.body).map_err(|e| refuse(format!("undecodable handshake: {e}")))
+        }
+        Ok(Some(_)) => Err(refuse("the first frame is not a handshake request".into())),
+        Ok(None) => return Err(Error::Closed { peer: at }),
+        Err(e) => Err(frame_error(&at, e)),
     };
     let result = result.and_then(|hello| {
-        if hello.version != PROTOCOL_VERSION {
-            Err(PfsError::new(
-                ErrorCode::Protocol,
-                format!("{} speaks protocol version {}, this server {}", hello.name, hello.version, PROTOCOL_VERSION),
-            ))
+        if hello.name.len() > PEER_NAME_MAX {
+            Err(refuse(format!("a peer name of {} bytes (at most {PEER_NAME_MAX})", hello.name.len())))
+        } else if hello.version != PROTOCOL_VERSION {
+            Err(refuse(format!(
+                "{} speaks protocol version {}, {} speaks {PROTOCOL_VERSION}",
+                hello.name, hello.version, opts.name
+            )))
         } else if !opts.roles.contains(&hello.role) {
-            Err(PfsError::new(
-                ErrorCode::Protocol,
-                format!("{} does not accept {:?} connections", opts.name, hello.role),
-            ))
+            Err(refuse(format!("{} does not accept {:?} connections", opts.name, hello.role)))
         } else {
             Ok(hello)
         }
     });
-    let reply = Reply::from_result(
-        result
-            .as_ref()
-            .map(|_| HelloReply { version: PROTOCOL_VERSION, server: opts.name.clone() })
-            .map_err(Clone::clone),
-    );
+    let reply = match &result {
+        Ok(_) => Reply::result::<_, Error>(Ok(HelloReply { version: PROTOCOL_VERSION, server: opts.name.clone() })),
+        Err(e) => Reply::error(e),
+    };
     send_reply(writer, 0, reply).await;
     let hello = result?;
-    Ok(Peer { conn_id, addr, role: hello.role, name: hello.name, notifier: Notifier { writer: writer.clone() } })
+    let notifier = Notifier { writer: writer.clone(), peer: format!("{} at {addr}", hello.name).into() };
+    Ok(Peer { conn_id, addr, role: hello.role, name: hello.name, notifier })
 }
 
-/// Binds a listener, with an error naming the address.
+/// Binds a listener. Errors: Io naming the address.
 pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
-    let l = TcpListener::bind(addr).await.map_err(|e| PfsError::io(format!("{what}: binding {addr}"), e))?;
+    let l = TcpListener::bind(addr).await.map_err(|e| Error::io(format!("{what}: binding {addr}"), e))?;
     info!("{what} listening on {}", l.local_addr().map(|a| a.to_string()).unwrap_or_default());
     Ok(l)
 }

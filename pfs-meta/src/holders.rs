@@ -7,7 +7,7 @@
 //! server's chunks left from an older epoch (deleted while nobody was watching).
 
 use pfs_common::ids::Sha256Digest;
-use pfs_common::wire::meta::{ChunkHolder, ChunkInfo, ChunkState, GET_CHUNKS_MAX};
+use pfs_common::wire::registry::{ChunkHolder, ChunkInfo, ChunkState, GET_CHUNKS_MAX};
 use pfs_common::{ChunkIndex, FileId, ServerId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 

@@ -4,6 +4,7 @@
 //! The namespace ([`namespace`]) and registry/holder maps are plain state machines; the WAL
 //! ([`wal`]) and the RPC handler ([`server`]) put disks and sockets around them.
 
+pub mod error;
 pub mod holders;
 pub mod namespace;
 pub mod registry;
@@ -13,34 +14,39 @@ pub mod token_service;
 pub mod tokens;
 pub mod wal;
 
+pub use error::{MetaError, Result};
+
 use pfs_common::config::Config;
 use pfs_common::rpc::{self, ServeOptions};
 use pfs_common::wire::frame::DEFAULT_LIMITS;
-use pfs_common::wire::Role;
-use pfs_common::Result;
+use pfs_common::wire::PeerRole;
 use server::MetaServer;
 use std::sync::Arc;
 
 /// Runs the metadata server: recovers the WAL in `config.meta_dir()`, listens on
 /// `config.meta.address` and serves clients and storage servers until the WAL fails.
 ///
-/// Errors: Io naming the file and byte offset of a corrupt log; Io/Unavailable if the
-/// address cannot be bound; Io if a WAL write or fsync fails while serving.
+/// Errors: Corrupt naming the file and byte offset of a damaged log; Io if the address
+/// cannot be bound; WalFailed if a WAL write or fsync fails while serving.
 pub async fn run(config: Arc<Config>) -> Result<()> {
     let server = Arc::new(MetaServer::open(&config)?);
     let listener = rpc::bind(config.meta.address, "pfs-meta").await?;
     let mut durable = server.store().durable();
-    let opts =
-        ServeOptions { name: "pfs-meta".into(), roles: vec![Role::Client, Role::Storage], limits: DEFAULT_LIMITS };
+    let opts = ServeOptions {
+        name: "pfs-meta".into(),
+        roles: vec![PeerRole::Client, PeerRole::Storage],
+        limits: DEFAULT_LIMITS,
+    };
     tokio::select! {
         _ = rpc::serve(listener, server.clone(), opts) => Ok(()),
         _ = server.run_token_ticks() => Ok(()),
         failed = durable.wait_for(|d| d.failed.is_some()) => {
             // The state in memory may be ahead of the disk: stop rather than serve it.
-            match failed {
-                Ok(d) => Err(d.failed.clone().expect("waited for a failure")),
-                Err(_) => Err(pfs_common::PfsError::new(pfs_common::ErrorCode::Io, "the WAL writer stopped")),
-            }
+            let why = match failed {
+                Ok(d) => d.failed.clone().expect("waited for a failure"),
+                Err(_) => MetaError::io("the WAL writer", std::io::Error::other("stopped")),
+            };
+            Err(MetaError::WalFailed(Box::new(why)))
         }
     }
 }

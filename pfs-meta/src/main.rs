@@ -23,11 +23,11 @@ fn main() {
     }
 }
 
-fn start(args: &Args) -> pfs_common::Result<()> {
+fn start(args: &Args) -> pfs_meta::Result<()> {
     let config = Arc::new(Config::load(&args.config)?);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| pfs_common::PfsError::io("starting the tokio runtime", e))?;
+        .map_err(|e| pfs_meta::MetaError::io("starting the tokio runtime", e))?;
     runtime.block_on(pfs_meta::run(config))
 }

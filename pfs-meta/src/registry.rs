@@ -1,13 +1,15 @@
 //! The storage-server registry: who registered, from which connection, their capacity, and
 //! when they were last heard from. Pure state; the caller passes the current time.
 //!
-//! A server is up while its registering connection is open and its last heartbeat is less
-//! than `down_after` old. `up` is computed when asked, so no timer has to run for a silent
-//! server to be seen as down.
+//! A server is up while its registering connection is open, its last heartbeat is less than
+//! `down_after` old, and the token manager has not declared it down (a fence it did not
+//! confirm, a lease that ran out; see `tokens`). `up` is computed when asked, so no timer has
+//! to run for a silent server to be seen as down.
 
+use crate::error::{MetaError, Result};
 use pfs_common::config::Config;
-use pfs_common::wire::meta::ServerStatus;
-use pfs_common::{ErrorCode, PfsError, Result, ServerId};
+use pfs_common::wire::registry::ServerStatus;
+use pfs_common::ServerId;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -22,6 +24,8 @@ struct Entry {
     last_heard: Option<Instant>,
     /// The connection it registered on, while that connection is open.
     conn_id: Option<u64>,
+    /// Why it was declared down, until it registers again.
+    declared_down: Option<String>,
 }
 
 /// Every storage server known from the configuration or from registration.
@@ -39,7 +43,17 @@ impl Registry {
             .storage
             .iter()
             .map(|s| {
-                (s.id, Entry { address: s.address, capacity_bytes: 0, free_bytes: 0, last_heard: None, conn_id: None })
+                (
+                    s.id,
+                    Entry {
+                        address: s.address,
+                        capacity_bytes: 0,
+                        free_bytes: 0,
+                        last_heard: None,
+                        conn_id: None,
+                        declared_down: None,
+                    },
+                )
             })
             .collect();
         Registry { servers, down_after: Duration::from_millis(config.timeouts.server_down_ms) }
@@ -62,6 +76,7 @@ impl Registry {
             free_bytes,
             last_heard: None,
             conn_id: None,
+            declared_down: None,
         });
         if let Some(old) = e.conn_id {
             if old != conn_id {
@@ -71,12 +86,19 @@ impl Registry {
         if e.address != address {
             info!("{id} now at {address} (was {})", e.address);
         }
-        *e = Entry { address, capacity_bytes, free_bytes, last_heard: Some(now), conn_id: Some(conn_id) };
+        *e = Entry {
+            address,
+            capacity_bytes,
+            free_bytes,
+            last_heard: Some(now),
+            conn_id: Some(conn_id),
+            declared_down: None,
+        };
         info!("{id} registered from {address}: {capacity_bytes} bytes capacity, {free_bytes} free");
     }
 
-    /// Records a heartbeat. Errors: NotFound if `id` has not registered on this connection
-    /// (the server should register again).
+    /// Records a heartbeat. Errors (the server should register again): NotRegistered if `id`
+    /// has not registered on this connection, DeclaredDown if it was declared down since.
     pub fn heartbeat(
         &mut self,
         id: ServerId,
@@ -86,6 +108,9 @@ impl Registry {
         now: Instant,
     ) -> Result<()> {
         self.check_conn(id, conn_id)?;
+        if let Some(reason) = self.servers.get(&id).and_then(|e| e.declared_down.clone()) {
+            return Err(MetaError::DeclaredDown { server: id, reason });
+        }
         if let Some(e) = self.servers.get_mut(&id) {
             e.capacity_bytes = capacity_bytes;
             e.free_bytes = free_bytes;
@@ -94,11 +119,22 @@ impl Registry {
         Ok(())
     }
 
-    /// Errors with NotFound unless `id` is registered on connection `conn_id`.
+    /// Errors with NotRegistered unless `id` is registered on connection `conn_id`.
     pub fn check_conn(&self, id: ServerId, conn_id: u64) -> Result<()> {
         match self.servers.get(&id) {
             Some(e) if e.conn_id == Some(conn_id) => Ok(()),
-            _ => Err(PfsError::new(ErrorCode::NotFound, format!("{id} is not registered on this connection"))),
+            _ => Err(MetaError::NotRegistered { server: id }),
+        }
+    }
+
+    /// Declares `id` down (the token manager's verdict): not up, heartbeats refused, until it
+    /// registers again.
+    pub fn declare_down(&mut self, id: ServerId, reason: &str) {
+        if let Some(e) = self.servers.get_mut(&id) {
+            if e.declared_down.is_none() {
+                warn!("{id} declared down: {reason}; it must register again");
+                e.declared_down = Some(reason.to_string());
+            }
         }
     }
 
@@ -111,7 +147,9 @@ impl Registry {
     }
 
     fn is_up(&self, e: &Entry, now: Instant) -> bool {
-        e.conn_id.is_some() && e.last_heard.is_some_and(|t| now.saturating_duration_since(t) < self.down_after)
+        e.conn_id.is_some()
+            && e.declared_down.is_none()
+            && e.last_heard.is_some_and(|t| now.saturating_duration_since(t) < self.down_after)
     }
 
     /// True if `id` is registered, connected and heard from within the down timeout.
@@ -167,8 +205,14 @@ mod tests {
         assert!(!r.up(ServerId(1), t0 + down_after));
         r.heartbeat(ServerId(1), 100, 40, 7, t0 + down_after).unwrap();
         assert!(r.up(ServerId(1), t0 + down_after));
-        assert_eq!(r.heartbeat(ServerId(1), 1, 1, 99, t0).unwrap_err().code, ErrorCode::NotFound);
-        assert_eq!(r.heartbeat(ServerId(2), 1, 1, 7, t0).unwrap_err().code, ErrorCode::NotFound);
+        assert!(matches!(r.heartbeat(ServerId(1), 1, 1, 99, t0), Err(MetaError::NotRegistered { .. })));
+        assert!(matches!(r.heartbeat(ServerId(2), 1, 1, 7, t0), Err(MetaError::NotRegistered { .. })));
+        // Declared down: not up, heartbeats refused until it registers again.
+        r.declare_down(ServerId(1), "did not confirm a fence");
+        assert!(!r.up(ServerId(1), t0 + down_after));
+        assert!(matches!(r.heartbeat(ServerId(1), 1, 1, 7, t0 + down_after), Err(MetaError::DeclaredDown { .. })));
+        r.register(ServerId(1), addr, 100, 50, 10, t0 + down_after);
+        assert!(r.up(ServerId(1), t0 + down_after));
         assert_eq!(r.disconnected(8), Some(ServerId(9)));
         assert!(!r.up(ServerId(9), t0));
         assert_eq!(r.disconnected(8), None);

@@ -1,12 +1,12 @@
 //! The durable namespace: the [`Namespace`] state machine behind a lock, with every mutation
 //! logged through the [`Wal`] before it is acknowledged.
 
-use crate::namespace::{Applied, Context, Decision, Namespace};
+use crate::error::Result;
+use crate::namespace::{Applied, Context, Decision, Namespace, Op};
 use crate::wal::{encode_snapshot, frame_record, Durable, Record, Wal, WalMsg};
 use parking_lot::Mutex;
 use pfs_common::layout::LayoutPolicy;
-use pfs_common::wire::meta::MetaRequest;
-use pfs_common::{Result, ServerId};
+use pfs_common::ServerId;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -20,7 +20,7 @@ struct Inner {
 }
 
 /// The namespace plus its write-ahead log.
-pub struct Store {
+pub struct NamespaceStore {
     inner: Mutex<Inner>,
     wal: Wal,
     checkpoint_records: u64,
@@ -31,14 +31,14 @@ pub fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-impl Store {
+impl NamespaceStore {
     /// Opens (recovering) the log in `dir`; a checkpoint is taken every `checkpoint_records`
     /// records (at least 1). A new namespace's root gets `root_policy`.
     ///
     /// Errors: Io naming the file and byte offset of a corrupt log.
-    pub fn open(dir: &Path, checkpoint_records: u64, root_policy: LayoutPolicy) -> Result<Store> {
+    pub fn open(dir: &Path, checkpoint_records: u64, root_policy: LayoutPolicy) -> Result<NamespaceStore> {
         let (wal, recovered) = Wal::open(dir, root_policy)?;
-        Ok(Store {
+        Ok(NamespaceStore {
             inner: Mutex::new(Inner {
                 namespace: recovered.namespace,
                 applied_lsn: recovered.last_lsn,
@@ -49,27 +49,30 @@ impl Store {
         })
     }
 
-    /// Runs a namespace request: decides it, logs and applies a mutation, and answers once
-    /// the answer is durable. A read answers only after the state it saw is durable, so no
-    /// one sees a change that a crash could still undo. `up_servers` are the storage servers
-    /// new files may be striped over.
+    /// Runs a namespace operation: decides it, logs and applies a mutation, and answers once
+    /// the answer is durable. An operation that changes nothing answers only after the state
+    /// it saw is durable, so no one sees a change that a crash could still undo.
+    /// `up_servers` are the storage servers new files may be striped over.
     ///
-    /// Errors: the namespace's errors (see [`Namespace::prepare`]), or Io if the log failed.
-    pub async fn execute(&self, req: &MetaRequest, up_servers: &[ServerId]) -> Result<Applied> {
+    /// Errors: the namespace's errors (see [`Namespace::prepare`]), or WalFailed / Io if the
+    /// log failed.
+    pub async fn execute(&self, op: &Op, up_servers: &[ServerId]) -> Result<Applied> {
         let permit = self.wal.reserve().await?;
         let (applied, wait_lsn) = {
             let mut inner = self.inner.lock();
             let ctx = Context { now_ms: now_ms(), up_servers };
-            match inner.namespace.prepare(req, &ctx)? {
-                Decision::Reply(response) => {
+            match inner.namespace.prepare(op, &ctx)? {
+                Decision::Unchanged(inode) => {
                     drop(permit);
-                    (Applied { response, removed_files: Vec::new() }, inner.applied_lsn)
+                    (Applied { inode, removed_files: Vec::new() }, inner.applied_lsn)
                 }
                 Decision::Mutate(mutation) => {
                     let lsn = inner.applied_lsn + 1;
                     let record = Record { lsn, mutation };
+                    // Applied before it is logged (the lock orders both): a record that does
+                    // not apply is never logged.
+                    let applied = inner.namespace.apply(&record.mutation)?;
                     let framed = frame_record(&record);
-                    let applied = inner.namespace.apply(&record.mutation);
                     inner.applied_lsn = lsn;
                     permit.send(WalMsg::Record { lsn, framed });
                     if lsn - inner.checkpoint_lsn >= self.checkpoint_records {
@@ -89,7 +92,7 @@ impl Store {
     }
 
     /// Runs `f` on the current namespace and returns its result with the LSN it saw; pass the
-    /// LSN to [`Store::wait_durable`] before acting on the result outside this process.
+    /// LSN to [`NamespaceStore::wait_durable`] before acting on the result outside this process.
     pub fn read<R>(&self, f: impl FnOnce(&Namespace) -> R) -> (R, u64) {
         let inner = self.inner.lock();
         (f(&inner.namespace), inner.applied_lsn)

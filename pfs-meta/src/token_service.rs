@@ -5,38 +5,44 @@
 //!   restarts and storage servers can fence every session of an older boot at once.
 //! * `Acquire` waits on a oneshot until the manager grants; revokes go to the holder's
 //!   connection as [`ClientNotify::Revoke`]; `RevokeDone` feeds the ack back in.
-//! * Evictions (missed lease, revoke not acknowledged in time, connection lost) are fenced
-//!   before anything else happens: every connected storage server is told to refuse the
-//!   session's writes and must confirm (`Fenced`) before the grants that the eviction freed
-//!   are delivered. So a late write of a dead or partitioned client cannot land over the new
-//!   holder's data.
+//! * Storage servers: registration, heartbeats (their lease) and fence confirmations are
+//!   manager inputs too; [`Output::Fence`] goes to their connections as
+//!   [`StorageNotify::Fence`], and [`Output::ServerDown`] to the registry.
 //! * A tick task feeds `Tick` at the manager's next deadline.
 //!
-//! All manager inputs and the processing of their outputs happen under one async lock, in
-//! order; revoke notifications are sent from spawned tasks (their order does not matter, and
-//! a client with a full socket must not stall everyone).
+//! Every input is handled under one synchronous lock that is never held across an await: the
+//! outputs are turned into effects under it and carried out after it is released (grants and
+//! registry updates at once, in output order; notifications from spawned tasks, whose order
+//! does not matter and which must not let a client or storage server with a full socket stall
+//! anyone). So a storage server that never confirms a fence delays only the grants that fence
+//! holds back, never an unrelated acquire, keep-alive or namespace operation.
 
+use crate::error::{MetaError, Result};
 use crate::tokens::{Input, Output, RequestId, TokenConfig, TokenManager};
-use parking_lot::Mutex as SyncMutex;
+use parking_lot::Mutex;
 use pfs_common::rpc::Notifier;
 use pfs_common::token::{ByteRange, Mode, SessionId};
-use pfs_common::wire::meta::ClientNotify;
-use pfs_common::wire::storage::StorageNotify;
-use pfs_common::{ErrorCode, FileId, PfsError, Result, ServerId};
-use std::collections::{BTreeSet, HashMap};
+use pfs_common::wire::registry::StorageNotify;
+use pfs_common::wire::tokens::ClientNotify;
+use pfs_common::{FileId, ServerId};
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::sync::{oneshot, Mutex, Notify};
+use tokio::sync::{oneshot, Notify};
 use tracing::{info, warn};
 
 /// A granted token as the service answers it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Granted {
     /// The mode granted (the one requested).
     pub mode: Mode,
     /// The byte range granted: contains the request's required range, within its desired one.
     pub range: ByteRange,
 }
+
+/// Called (outside the service's lock) when the manager declares a storage server down.
+pub type ServerDownHook = Box<dyn Fn(ServerId, &str) + Send + Sync>;
 
 struct State {
     manager: TokenManager,
@@ -45,38 +51,45 @@ struct State {
     waiting: HashMap<RequestId, oneshot::Sender<Result<Granted>>>,
     /// The connection of each open session, for revokes and eviction notices.
     clients: HashMap<SessionId, (u64, Notifier)>,
+    /// The connection of each registered storage server, for fences.
+    storage: HashMap<ServerId, (u64, Notifier)>,
 }
 
-/// Sessions fenced at the storage servers, and confirmations awaited from them.
+/// What the outputs of one input ask for, to be done once the lock is released.
 #[derive(Default)]
-struct Fencing {
-    /// Evicted sessions of this boot (older boots are fenced wholesale by `fence_below`).
-    fenced: BTreeSet<SessionId>,
-    /// (server, session) → waiter for that server's `Fenced` confirmation.
-    awaiting: HashMap<(ServerId, SessionId), oneshot::Sender<()>>,
+struct Effects {
+    /// Grants and refusals of queued acquires, in output order.
+    answers: Vec<(oneshot::Sender<Result<Granted>>, Result<Granted>)>,
+    servers_down: Vec<(ServerId, String)>,
+    to_clients: Vec<(Notifier, ClientNotify)>,
+    /// Sessions to fence, per storage server connection.
+    fences: BTreeMap<ServerId, (Notifier, Vec<SessionId>)>,
+    /// A refusal addressed to the caller of the input itself.
+    refused: Option<MetaError>,
 }
 
 /// The token service of pfs-meta.
 pub struct TokenService {
     state: Mutex<State>,
-    fencing: SyncMutex<Fencing>,
     epoch: u32,
     started: Instant,
-    lease_ms: u64,
-    fence_timeout: Duration,
+    cfg: TokenConfig,
     wake: Notify,
+    server_down: ServerDownHook,
 }
 
 impl TokenService {
     /// Opens the service, bumping the boot epoch persisted in `dir/boot-epoch` (written to a
-    /// temporary file, fsynced, renamed, directory fsynced).
+    /// temporary file, fsynced, renamed, directory fsynced). `server_down` is told of every
+    /// storage server the manager declares down.
     ///
-    /// Errors: Io naming the file.
-    pub fn open(dir: &Path, cfg: TokenConfig) -> Result<TokenService> {
+    /// Errors: Io or Corrupt naming the epoch file.
+    pub fn open(dir: &Path, cfg: TokenConfig, server_down: ServerDownHook) -> Result<TokenService> {
         let epoch = bump_epoch(dir)?;
         info!(
-            "token service: boot epoch {epoch}, lease {} ms, revoke timeout {} ms",
-            cfg.lease_ms, cfg.revoke_timeout_ms
+            "token service: boot epoch {epoch}, lease {} ms, revoke timeout {} ms, storage lease {} ms, fence \
+             timeout {} ms",
+            cfg.lease_ms, cfg.revoke_timeout_ms, cfg.storage_lease_ms, cfg.fence_timeout_ms
         );
         Ok(TokenService {
             state: Mutex::new(State {
@@ -85,13 +98,13 @@ impl TokenService {
                 next_request: 1,
                 waiting: HashMap::new(),
                 clients: HashMap::new(),
+                storage: HashMap::new(),
             }),
-            fencing: SyncMutex::new(Fencing::default()),
             epoch,
             started: Instant::now(),
-            lease_ms: cfg.lease_ms,
-            fence_timeout: Duration::from_millis(cfg.revoke_timeout_ms),
+            cfg,
             wake: Notify::new(),
+            server_down,
         })
     }
 
@@ -104,25 +117,20 @@ impl TokenService {
         (self.epoch as u64) << 32
     }
 
-    /// Evicted sessions of this boot.
-    pub fn fenced(&self) -> Vec<SessionId> {
-        self.fencing.lock().fenced.iter().copied().collect()
-    }
-
     /// A new session on connection `conn`, with its lease in ms.
-    pub async fn open_session(&self, conn: u64, notifier: Notifier, storage: &StorageLinks) -> (SessionId, u64) {
-        let mut st = self.state.lock().await;
-        let session = ((self.epoch as u64) << 32) | st.next_session as u64;
-        st.next_session = st.next_session.wrapping_add(1).max(1);
-        st.clients.insert(session, (conn, notifier));
-        let out = st.manager.handle(Input::OpenSession { session, now_ms: self.now_ms() });
-        self.process(&mut st, out, storage).await;
-        (session, self.lease_ms)
+    pub fn open_session(&self, conn: u64, notifier: Notifier) -> (SessionId, u64) {
+        let session = self.step(|st, now_ms| {
+            let session = ((self.epoch as u64) << 32) | st.next_session as u64;
+            st.next_session = st.next_session.wrapping_add(1).max(1);
+            st.clients.insert(session, (conn, notifier));
+            (Input::OpenSession { session, now_ms }, session)
+        });
+        (session.0, self.cfg.lease_ms)
     }
 
     /// Renews a lease. Errors: Evicted.
-    pub async fn keep_alive(&self, session: SessionId, storage: &StorageLinks) -> Result<()> {
-        self.simple(Input::Heartbeat { session, now_ms: self.now_ms() }, session, storage).await
+    pub fn keep_alive(&self, session: SessionId) -> Result<()> {
+        self.simple(|now_ms| Input::Heartbeat { session, now_ms })
     }
 
     /// Waits for a token. Errors: Evicted, Invalid.
@@ -133,82 +141,85 @@ impl TokenService {
         mode: Mode,
         required: ByteRange,
         desired: ByteRange,
-        storage: &StorageLinks,
     ) -> Result<Granted> {
-        let rx = {
-            let mut st = self.state.lock().await;
+        let (rx, refused) = self.step(|st, now_ms| {
             let request = st.next_request;
             st.next_request += 1;
             let (tx, rx) = oneshot::channel();
             st.waiting.insert(request, tx);
-            let out = st.manager.handle(Input::Acquire {
-                session,
-                request,
-                file,
-                mode,
-                required,
-                desired,
-                now_ms: self.now_ms(),
-            });
-            self.process(&mut st, out, storage).await;
-            rx
-        };
-        self.wake.notify_one();
-        rx.await.unwrap_or_else(|_| Err(PfsError::new(ErrorCode::Evicted, format!("session {session:x} was evicted"))))
+            (Input::Acquire { session, request, file, mode, required, desired, now_ms }, rx)
+        });
+        if let Some(e) = refused {
+            return Err(e);
+        }
+        rx.await.unwrap_or(Err(MetaError::Evicted { session, state: crate::error::SessionState::Evicted }))
     }
 
     /// A holder acknowledges a revoke.
-    pub async fn revoke_done(&self, session: SessionId, revoke: u64, storage: &StorageLinks) -> Result<()> {
-        self.simple(Input::RevokeAck { session, revoke, now_ms: self.now_ms() }, session, storage).await
+    pub fn revoke_done(&self, session: SessionId, revoke: u64) -> Result<()> {
+        self.simple(|now_ms| Input::RevokeAck { session, revoke, now_ms })
     }
 
     /// A holder gives tokens back.
-    pub async fn release(
-        &self,
-        session: SessionId,
-        file: FileId,
-        range: ByteRange,
-        storage: &StorageLinks,
-    ) -> Result<()> {
-        self.simple(Input::Release { session, file, range, now_ms: self.now_ms() }, session, storage).await
+    pub fn release(&self, session: SessionId, file: FileId, range: ByteRange) -> Result<()> {
+        self.simple(|now_ms| Input::Release { session, file, range, now_ms })
     }
 
     /// A clean goodbye.
-    pub async fn close_session(&self, session: SessionId, storage: &StorageLinks) -> Result<()> {
-        let r = self.simple(Input::CloseSession { session, now_ms: self.now_ms() }, session, storage).await;
-        self.state.lock().await.clients.remove(&session);
+    pub fn close_session(&self, session: SessionId) -> Result<()> {
+        let r = self.simple(|now_ms| Input::CloseSession { session, now_ms });
+        self.state.lock().clients.remove(&session);
         r
     }
 
     /// Connection `conn` closed: its sessions are evicted and fenced (the client may still be
     /// alive behind a partition and able to reach storage servers).
-    pub async fn connection_lost(&self, conn: u64, storage: &StorageLinks) {
-        let mut st = self.state.lock().await;
-        let gone: Vec<SessionId> = st.clients.iter().filter(|(_, (c, _))| *c == conn).map(|(s, _)| *s).collect();
+    pub fn connection_lost(&self, conn: u64) {
+        let gone: Vec<SessionId> =
+            self.state.lock().clients.iter().filter(|(_, (c, _))| *c == conn).map(|(s, _)| *s).collect();
         for session in gone {
-            st.clients.remove(&session);
-            // The manager only evicts through its own rules; a lost connection is a closed
-            // session whose writes are fenced first.
-            self.fence(&[session], storage).await;
-            let out = st.manager.handle(Input::CloseSession { session, now_ms: self.now_ms() });
-            self.process(&mut st, out, storage).await;
+            let reason = "its connection to pfs-meta closed".to_string();
+            let _ = self.simple(|now_ms| Input::Evict { session, reason, now_ms });
         }
     }
 
+    /// Storage server `server` registered on connection `conn`: its lease starts. Returns what
+    /// it must enforce before accepting any write: sessions below [`Self::fence_below`] and
+    /// the evicted ones, and its lease in ms.
+    pub fn storage_registered(&self, server: ServerId, conn: u64, notifier: Notifier) -> (Vec<SessionId>, u64) {
+        let (fenced, _) = self.step(|st, now_ms| {
+            st.storage.insert(server, (conn, notifier));
+            // Read under the same lock as the input: a fence decided later is sent to the
+            // connection just recorded, one decided earlier is in this list.
+            (Input::StorageRegistered { server, now_ms }, st.manager.evicted_sessions())
+        });
+        (fenced, self.cfg.storage_lease_ms)
+    }
+
+    /// A storage server's heartbeat: renews its lease. Errors: NotRegistered, DeclaredDown
+    /// (it must register again).
+    pub fn storage_heartbeat(&self, server: ServerId) -> Result<()> {
+        self.simple(|now_ms| Input::StorageHeartbeat { server, now_ms })
+    }
+
     /// A storage server confirms it fences `sessions`.
-    pub fn fenced_by(&self, server: ServerId, sessions: &[SessionId]) {
-        let mut f = self.fencing.lock();
-        for s in sessions {
-            if let Some(tx) = f.awaiting.remove(&(server, *s)) {
-                let _ = tx.send(());
-            }
+    pub fn fenced_by(&self, server: ServerId, sessions: Vec<SessionId>) {
+        let _ = self.simple(|now_ms| Input::FenceConfirmed { server, sessions, now_ms });
+    }
+
+    /// Storage server `server`'s connection `conn` closed: fences are no longer sent there (its
+    /// lease decides when it stops counting).
+    pub fn storage_disconnected(&self, server: ServerId, conn: u64) {
+        let mut st = self.state.lock();
+        if st.storage.get(&server).is_some_and(|(c, _)| *c == conn) {
+            st.storage.remove(&server);
         }
     }
 
     /// Feeds `Tick` at every deadline of the manager, forever.
-    pub async fn run_ticks(self: Arc<Self>, storage: StorageLinks) {
+    pub async fn run_ticks(self: Arc<Self>) {
         loop {
-            let next = self.state.lock().await.manager.next_deadline();
+            let next = self.state.lock().manager.next_deadline();
             let wait = match next {
                 Some(at) => Duration::from_millis(at.saturating_sub(self.now_ms())),
                 None => Duration::from_secs(1),
@@ -217,124 +228,117 @@ impl TokenService {
                 _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
                 _ = self.wake.notified() => continue,
             }
-            let mut st = self.state.lock().await;
-            let out = st.manager.handle(Input::Tick { now_ms: self.now_ms() });
-            self.process(&mut st, out, &storage).await;
+            let _ = self.simple(|now_ms| Input::Tick { now_ms });
         }
     }
 
-    async fn simple(&self, input: Input, session: SessionId, storage: &StorageLinks) -> Result<()> {
-        let mut st = self.state.lock().await;
-        let out = st.manager.handle(input);
-        let refused = out.iter().find_map(|o| match o {
-            Output::Refuse { session: s, request: None, error } if *s == session => Some(error.clone()),
-            _ => None,
-        });
-        self.process(&mut st, out, storage).await;
-        drop(st);
-        self.wake.notify_one();
-        refused.map_or(Ok(()), Err)
+    /// Feeds the input `f` makes; returns the refusal addressed to its sender, if any.
+    fn simple(&self, f: impl FnOnce(u64) -> Input) -> Result<()> {
+        match self.step(|_, now| (f(now), ())).1 {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
-    /// Carries out the manager's outputs in order. Evictions are fenced at the storage
-    /// servers before any later output (a grant the eviction freed) is delivered.
-    async fn process(&self, st: &mut State, outputs: Vec<Output>, storage: &StorageLinks) {
+    /// Runs `f` under the lock to make the input (and a value for the caller), feeds it to the
+    /// manager, and carries out the outputs once the lock is released. Returns `f`'s value and
+    /// the refusal addressed to the input's sender, if any.
+    fn step<T>(&self, f: impl FnOnce(&mut State, u64) -> (Input, T)) -> (T, Option<MetaError>) {
+        let (value, effects) = {
+            let mut st = self.state.lock();
+            let (input, value) = f(&mut st, self.now_ms());
+            let outputs = st.manager.handle(input);
+            (value, Self::effects(&mut st, outputs))
+        };
+        // A new deadline (a revoke, a fence) may be earlier than the one the ticker sleeps to.
+        self.wake.notify_one();
+        let refused = effects.refused.clone();
+        self.carry_out(effects);
+        (value, refused)
+    }
+
+    /// Turns outputs into effects, under the lock (it owns the waiters and connections).
+    fn effects(st: &mut State, outputs: Vec<Output>) -> Effects {
+        let mut fx = Effects::default();
         for o in outputs {
             match o {
                 Output::Grant { request, mode, range, .. } => {
                     if let Some(tx) = st.waiting.remove(&request) {
-                        let _ = tx.send(Ok(Granted { mode, range }));
+                        fx.answers.push((tx, Ok(Granted { mode, range })));
                     }
                 }
                 Output::Refuse { request: Some(request), error, .. } => {
                     if let Some(tx) = st.waiting.remove(&request) {
-                        let _ = tx.send(Err(error));
+                        fx.answers.push((tx, Err(error)));
                     }
                 }
-                Output::Refuse { request: None, .. } => {}
+                Output::Refuse { request: None, error, .. } | Output::RefuseServer { error, .. } => {
+                    fx.refused = Some(error);
+                }
                 Output::Revoke { session, revoke, file, range, wanted } => {
+                    // A lost revoke ends in the holder's eviction at the revoke timeout.
                     if let Some((_, n)) = st.clients.get(&session) {
-                        let n = n.clone();
-                        tokio::spawn(async move {
-                            // A lost revoke ends in the holder's eviction at the revoke timeout.
-                            let _ = n.notify(&ClientNotify::Revoke { revoke, file, range, wanted }).await;
-                        });
+                        fx.to_clients.push((n.clone(), ClientNotify::Revoke { revoke, file, range, wanted }));
                     }
                 }
                 Output::Evict { session, reason } => {
                     warn!("evicting session {session:x}: {reason}");
-                    self.fence(&[session], storage).await;
                     if let Some((_, n)) = st.clients.remove(&session) {
-                        tokio::spawn(async move {
-                            let _ = n.notify(&ClientNotify::Evicted { session, reason }).await;
-                        });
+                        fx.to_clients.push((n, ClientNotify::Evicted { session, reason }));
                     }
                 }
-            }
-        }
-    }
-
-    /// Tells every connected storage server to refuse `sessions`' writes and waits (up to the
-    /// revoke timeout) for each to confirm.
-    async fn fence(&self, sessions: &[SessionId], storage: &StorageLinks) {
-        let links = storage.snapshot();
-        let mut waits = Vec::new();
-        {
-            let mut f = self.fencing.lock();
-            f.fenced.extend(sessions.iter().copied());
-            for (server, _) in &links {
-                for s in sessions {
-                    let (tx, rx) = oneshot::channel();
-                    f.awaiting.insert((*server, *s), tx);
-                    waits.push((*server, rx));
+                Output::Fence { session, servers } => {
+                    for server in servers {
+                        // A server without a connection cannot confirm: its lease decides.
+                        if let Some((_, n)) = st.storage.get(&server) {
+                            fx.fences.entry(server).or_insert_with(|| (n.clone(), Vec::new())).1.push(session);
+                        }
+                    }
+                }
+                Output::ServerDown { server, reason } => {
+                    st.storage.remove(&server);
+                    fx.servers_down.push((server, reason));
                 }
             }
         }
-        for (server, notifier) in &links {
-            if let Err(e) = notifier.notify(&StorageNotify::Fence(sessions.to_vec())).await {
-                warn!("fencing {sessions:x?} on {server} failed: {e}");
-            }
+        fx
+    }
+
+    /// Carries out effects outside the lock: the registry learns of servers declared down
+    /// before the grants this frees are delivered; notifications go out from spawned tasks.
+    fn carry_out(&self, fx: Effects) {
+        for (server, reason) in fx.servers_down {
+            (self.server_down)(server, &reason);
         }
-        for (server, rx) in waits {
-            if tokio::time::timeout(self.fence_timeout, rx).await.is_err() {
-                // It learns the fenced set when it registers again; meanwhile it may be slow.
-                warn!("{server} did not confirm fencing {sessions:x?} within {} ms", self.fence_timeout.as_millis());
-            }
+        for (tx, answer) in fx.answers {
+            let _ = tx.send(answer);
         }
-    }
-}
-
-/// The storage servers' connections, shared with the registry side of pfs-meta.
-#[derive(Clone, Default)]
-pub struct StorageLinks(Arc<SyncMutex<HashMap<ServerId, Notifier>>>);
-
-impl StorageLinks {
-    /// Records the connection of a (re-)registered storage server.
-    pub fn set(&self, id: ServerId, n: Notifier) {
-        self.0.lock().insert(id, n);
-    }
-
-    /// Forgets a storage server's connection.
-    pub fn remove(&self, id: ServerId) {
-        self.0.lock().remove(&id);
-    }
-
-    fn snapshot(&self) -> Vec<(ServerId, Notifier)> {
-        self.0.lock().iter().map(|(k, v)| (*k, v.clone())).collect()
+        for (n, msg) in fx.to_clients {
+            tokio::spawn(async move {
+                let _ = n.notify(&msg).await;
+            });
+        }
+        for (server, (n, sessions)) in fx.fences {
+            tokio::spawn(async move {
+                // Unconfirmed, the manager declares the server down at the fence timeout.
+                if let Err(e) = n.notify(&StorageNotify::Fence(sessions.clone())).await {
+                    warn!("asking {server} to fence sessions {sessions:x?}: {e}");
+                }
+            });
+        }
     }
 }
 
 fn bump_epoch(dir: &Path) -> Result<u32> {
     let path = dir.join("boot-epoch");
+    let corrupt =
+        |reason: String| MetaError::Corrupt { what: "boot epoch file", file: path.clone(), offset: None, reason };
     let old = match std::fs::read_to_string(&path) {
-        Ok(s) => s
-            .trim()
-            .parse::<u32>()
-            .map_err(|_| PfsError::new(ErrorCode::Io, format!("{}: not a number: {:?}", path.display(), s.trim())))?,
+        Ok(s) => s.trim().parse::<u32>().map_err(|_| corrupt(format!("not a number: {:?}", s.trim())))?,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(PfsError::io(path.display(), e)),
+        Err(e) => return Err(MetaError::io(path.display(), e)),
     };
-    let epoch = old.checked_add(1).ok_or_else(|| PfsError::new(ErrorCode::Io, "boot epoch exhausted"))?;
+    let epoch = old.checked_add(1).ok_or_else(|| corrupt("boot epoch exhausted".into()))?;
     let tmp = dir.join("boot-epoch.tmp");
     let write = || -> std::io::Result<()> {
         use std::io::Write;
@@ -344,6 +348,6 @@ fn bump_epoch(dir: &Path) -> Result<u32> {
         std::fs::rename(&tmp, &path)?;
         std::fs::File::open(dir)?.sync_all()
     };
-    write().map_err(|e| PfsError::io(format!("writing {}", path.display()), e))?;
+    write().map_err(|e| MetaError::io(format!("writing {}", path.display()), e))?;
     Ok(epoch)
 }

@@ -12,9 +12,9 @@
 //! LSN on a `watch` channel that request handlers wait on. Nothing is acknowledged before its
 //! record is durable.
 
+use crate::error::{MetaError, Result};
 use crate::namespace::{Mutation, Namespace};
 use pfs_common::layout::LayoutPolicy;
-use pfs_common::{ErrorCode, PfsError, Result};
 use serde::{Deserialize, Serialize};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Write};
@@ -54,13 +54,13 @@ pub enum WalMsg {
 }
 
 /// The writer thread's progress.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug)]
 pub struct Durable {
     /// Every record up to this LSN is on disk.
     pub lsn: u64,
     /// Set when a write or fsync failed; the log accepts nothing more (the state in memory
     /// may then be ahead of the disk, so the process must stop).
-    pub failed: Option<PfsError>,
+    pub failed: Option<MetaError>,
 }
 
 /// The state recovered at start-up.
@@ -122,9 +122,9 @@ type Listing = Vec<(u64, PathBuf)>;
 fn list_dir(dir: &Path) -> Result<(Listing, Listing)> {
     let mut segments = Vec::new();
     let mut checkpoints = Vec::new();
-    let rd = std::fs::read_dir(dir).map_err(|e| PfsError::io(format!("listing {}", dir.display()), e))?;
+    let rd = std::fs::read_dir(dir).map_err(|e| MetaError::io(format!("listing {}", dir.display()), e))?;
     for entry in rd {
-        let entry = entry.map_err(|e| PfsError::io(format!("listing {}", dir.display()), e))?;
+        let entry = entry.map_err(|e| MetaError::io(format!("listing {}", dir.display()), e))?;
         let name = entry.file_name();
         let Some(name) = name.to_str() else { continue };
         if let Some(lsn) = parse_name(name, "wal-", ".log") {
@@ -144,15 +144,20 @@ fn list_dir(dir: &Path) -> Result<(Listing, Listing)> {
 fn fsync_dir(dir: &Path) -> Result<()> {
     File::open(dir)
         .and_then(|d| d.sync_all())
-        .map_err(|e| PfsError::io(format!("fsync of directory {}", dir.display()), e))
+        .map_err(|e| MetaError::io(format!("fsync of directory {}", dir.display()), e))
 }
 
 fn read_snapshot(path: &Path) -> Result<Snapshot> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| PfsError::io(format!("reading checkpoint {}", path.display()), e))?;
-    let bad = |why: &str| PfsError::new(ErrorCode::Io, format!("checkpoint {} is corrupt: {why}", path.display()));
+        .map_err(|e| MetaError::io(format!("reading checkpoint {}", path.display()), e))?;
+    let bad = |why: &str| MetaError::Corrupt {
+        what: "checkpoint",
+        file: path.to_path_buf(),
+        offset: None,
+        reason: why.to_string(),
+    };
     if bytes.len() < SNAPSHOT_HEADER {
         return Err(bad("shorter than its header"));
     }
@@ -176,16 +181,14 @@ enum Scan {
 
 /// Reads the records of one segment. `last` says this is the newest segment, where a torn
 /// final record is expected after a crash and is reported as `Scan::Torn` instead of an error.
-fn scan_segment(path: &Path, last: bool) -> Result<(Vec<Record>, Scan)> {
+fn scan_segment(path: &Path, last: bool) -> Result<(Vec<(u64, Record)>, Scan)> {
     let mut bytes = Vec::new();
     File::open(path)
         .and_then(|mut f| f.read_to_end(&mut bytes))
-        .map_err(|e| PfsError::io(format!("reading WAL segment {}", path.display()), e))?;
+        .map_err(|e| MetaError::io(format!("reading WAL segment {}", path.display()), e))?;
     let mut records = Vec::new();
     let mut off = 0usize;
-    let corrupt = |off: usize, why: String| {
-        PfsError::new(ErrorCode::Io, format!("WAL segment {} is corrupt at byte offset {off}: {why}", path.display()))
-    };
+    let corrupt = |off: usize, why: String| corrupt_at(path, off as u64, why);
     while off < bytes.len() {
         let rest = &bytes[off..];
         if rest.len() < RECORD_HEADER {
@@ -229,10 +232,14 @@ fn scan_segment(path: &Path, last: bool) -> Result<(Vec<Record>, Scan)> {
         }
         let record: Record =
             postcard::from_bytes(payload).map_err(|e| corrupt(off, format!("undecodable record: {e}")))?;
-        records.push(record);
+        records.push((off as u64, record));
         off += end as usize;
     }
     Ok((records, Scan::Clean))
+}
+
+fn corrupt_at(path: &Path, offset: u64, reason: String) -> MetaError {
+    MetaError::Corrupt { what: "WAL segment", file: path.to_path_buf(), offset: Some(offset), reason }
 }
 
 /// Loads the newest valid checkpoint in `dir` (created if missing) and replays the later
@@ -240,7 +247,7 @@ fn scan_segment(path: &Path, last: bool) -> Result<(Vec<Record>, Scan)> {
 /// is an error naming the file and byte offset.
 pub fn recover(dir: &Path, root_policy: LayoutPolicy) -> Result<Recovered> {
     if !dir.is_dir() {
-        std::fs::create_dir_all(dir).map_err(|e| PfsError::io(format!("creating {}", dir.display()), e))?;
+        std::fs::create_dir_all(dir).map_err(|e| MetaError::io(format!("creating {}", dir.display()), e))?;
         // Make the new directory's own entry durable, or a crash could lose the whole log.
         if let Some(parent) = dir.parent() {
             fsync_dir(parent)?;
@@ -269,30 +276,30 @@ pub fn recover(dir: &Path, root_policy: LayoutPolicy) -> Result<Recovered> {
             let f = OpenOptions::new()
                 .write(true)
                 .open(path)
-                .map_err(|e| PfsError::io(format!("opening {} to cut its torn tail", path.display()), e))?;
+                .map_err(|e| MetaError::io(format!("opening {} to cut its torn tail", path.display()), e))?;
             f.set_len(offset)
                 .and_then(|_| f.sync_all())
-                .map_err(|e| PfsError::io(format!("cutting {} at byte offset {offset}", path.display()), e))?;
+                .map_err(|e| MetaError::io(format!("cutting {} at byte offset {offset}", path.display()), e))?;
         }
-        if let Some(r) = records.first() {
+        if let Some((offset, r)) = records.first() {
             if r.lsn != *first {
-                return Err(PfsError::new(
-                    ErrorCode::Io,
-                    format!("WAL segment {} starts with LSN {} instead of {first}", path.display(), r.lsn),
+                return Err(corrupt_at(
+                    path,
+                    *offset,
+                    format!("the first record has LSN {} instead of {first}", r.lsn),
                 ));
             }
         }
-        for r in records {
+        for (offset, r) in records {
             if r.lsn <= last_lsn {
                 continue; // already in the checkpoint
             }
             if r.lsn != last_lsn + 1 {
-                return Err(PfsError::new(
-                    ErrorCode::Io,
-                    format!("WAL segment {}: LSN {} follows {last_lsn}; records are missing", path.display(), r.lsn),
-                ));
+                return Err(corrupt_at(path, offset, format!("LSN {} follows {last_lsn}; records are missing", r.lsn)));
             }
-            namespace.apply(&r.mutation);
+            namespace
+                .apply(&r.mutation)
+                .map_err(|e| corrupt_at(path, offset, format!("record LSN {} does not apply: {e}", r.lsn)))?;
             last_lsn = r.lsn;
         }
     }
@@ -322,7 +329,7 @@ impl Wal {
             Some((_, path)) => OpenOptions::new()
                 .append(true)
                 .open(path)
-                .map_err(|e| PfsError::io(format!("opening WAL segment {}", path.display()), e))?,
+                .map_err(|e| MetaError::io(format!("opening WAL segment {}", path.display()), e))?,
             None => new_segment(dir, recovered.last_lsn + 1)?,
         };
         let (tx, rx) = mpsc::channel(WAL_QUEUE_MAX);
@@ -331,7 +338,7 @@ impl Wal {
         let thread = std::thread::Builder::new()
             .name("pfs-meta-wal".into())
             .spawn(move || writer.run(rx))
-            .map_err(|e| PfsError::io("starting the WAL writer thread", e))?;
+            .map_err(|e| MetaError::io("starting the WAL writer thread", e))?;
         Ok((Wal { tx, durable: drx, thread: Some(thread) }, recovered))
     }
 
@@ -346,8 +353,11 @@ impl Wal {
         self.tx.try_send(msg).is_ok()
     }
 
-    fn stopped(&self) -> PfsError {
-        self.durable.borrow().failed.clone().unwrap_or_else(|| PfsError::new(ErrorCode::Io, "the WAL writer stopped"))
+    fn stopped(&self) -> MetaError {
+        let failed = self.durable.borrow().failed.clone();
+        MetaError::WalFailed(Box::new(
+            failed.unwrap_or_else(|| MetaError::io("the WAL writer", std::io::Error::other("stopped"))),
+        ))
     }
 
     /// Waits until every record up to `lsn` is durable.
@@ -357,7 +367,7 @@ impl Wal {
         let mut rx = self.durable.clone();
         let state = rx.wait_for(|d| d.lsn >= lsn || d.failed.is_some()).await.map_err(|_| self.stopped())?;
         match &state.failed {
-            Some(e) if state.lsn < lsn => Err(e.clone()),
+            Some(e) if state.lsn < lsn => Err(MetaError::WalFailed(Box::new(e.clone()))),
             _ => Ok(()),
         }
     }
@@ -385,7 +395,7 @@ fn new_segment(dir: &Path, first_lsn: u64) -> Result<File> {
         .create(true)
         .append(true)
         .open(&path)
-        .map_err(|e| PfsError::io(format!("creating WAL segment {}", path.display()), e))?;
+        .map_err(|e| MetaError::io(format!("creating WAL segment {}", path.display()), e))?;
     fsync_dir(dir)?;
     Ok(f)
 }
@@ -443,7 +453,7 @@ impl Writer {
         self.segment
             .write_all(buf)
             .and_then(|_| self.segment.sync_data())
-            .map_err(|e| PfsError::io(format!("writing WAL in {}", self.dir.display()), e))?;
+            .map_err(|e| MetaError::io(format!("writing WAL in {}", self.dir.display()), e))?;
         buf.clear();
         self.durable_lsn = lsn;
         self.durable.send_modify(|d| d.lsn = lsn);
@@ -459,7 +469,7 @@ impl Writer {
             f.sync_all()?;
             std::fs::rename(&tmp, &path)
         };
-        write().map_err(|e| PfsError::io(format!("writing checkpoint {}", path.display()), e))?;
+        write().map_err(|e| MetaError::io(format!("writing checkpoint {}", path.display()), e))?;
         fsync_dir(&self.dir)?;
         self.segment = new_segment(&self.dir, lsn + 1)?;
         // Everything up to `lsn` is in the checkpoint now: older segments and checkpoints go.

@@ -2,10 +2,12 @@
 //! restarts it on the same directory and checks what survived. Also feeds it bad frames.
 
 use pfs_common::config::Config;
+use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::wire::frame::{FrameHeader, FrameKind, HEADER_LEN};
-use pfs_common::wire::meta::{Attr, FileKind, LayoutRequest, MetaRequest, MetaResponse};
-use pfs_common::wire::Role;
+use pfs_common::wire::namespace::{Create, FileKind, Lookup, Mkdir, Readdir, Rename, SetSize, Stat, Unlink};
+use pfs_common::wire::registry::{ChunkReport, GetChunks, Heartbeat, ListServers, Register};
+use pfs_common::wire::{MetaRequest, PeerRole};
 use pfs_common::{ErrorCode, ServerId};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -38,7 +40,7 @@ fn write_config(dir: &Path) -> (std::path::PathBuf, SocketAddr) {
     (path, config.meta.address)
 }
 
-fn opts(role: Role) -> ConnectOptions {
+fn opts(role: PeerRole) -> ConnectOptions {
     ConnectOptions {
         role,
         name: "restart-test".into(),
@@ -47,7 +49,7 @@ fn opts(role: Role) -> ConnectOptions {
     }
 }
 
-async fn start(config: &Path, addr: SocketAddr) -> (Meta, RpcClient) {
+async fn start(config: &Path, addr: SocketAddr) -> (Meta, RpcClient<MetaRequest>) {
     let child = Command::new(env!("CARGO_BIN_EXE_pfs-meta"))
         .arg("--config")
         .arg(config)
@@ -59,7 +61,7 @@ async fn start(config: &Path, addr: SocketAddr) -> (Meta, RpcClient) {
     let mut meta = Meta { child };
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        match RpcClient::connect(addr, "pfs-meta", &opts(Role::Client), None).await {
+        match RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await {
             Ok(c) => return (meta, c),
             Err(e) => {
                 if let Some(status) = meta.child.try_wait().unwrap() {
@@ -72,34 +74,24 @@ async fn start(config: &Path, addr: SocketAddr) -> (Meta, RpcClient) {
     }
 }
 
-async fn call(c: &RpcClient, req: MetaRequest) -> pfs_common::Result<MetaResponse> {
-    c.call::<_, MetaResponse>(&req, &[]).await.map(|(r, _)| r)
-}
-
-fn attr(r: MetaResponse) -> Attr {
-    match r {
-        MetaResponse::Attr(a) => a,
-        other => panic!("expected Attr, got {other:?}"),
-    }
+fn create(path: &str) -> Create {
+    Create { path: path.into(), layout: LayoutChoice::default(), exclusive: true }
 }
 
 /// Registers a fake storage server so files can get a layout; returns its connection.
-async fn fake_storage(addr: SocketAddr) -> RpcClient {
-    let s = RpcClient::connect(addr, "pfs-meta", &opts(Role::Storage), None).await.unwrap();
-    let reg = MetaRequest::Register {
+async fn fake_storage(addr: SocketAddr) -> RpcClient<MetaRequest> {
+    let s = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Storage), None).await.unwrap();
+    let reg = Register {
         id: ServerId(1),
         address: "127.0.0.1:1".parse().unwrap(),
         capacity_bytes: 1 << 30,
         free_bytes: 1 << 29,
     };
-    match call(&s, reg).await.unwrap() {
-        MetaResponse::Registered { orphans, fence_below, fenced } => {
-            assert!(orphans.is_empty() && fenced.is_empty());
-            // Sessions of earlier boots are fenced: the boot epoch is at least 1.
-            assert!(fence_below >= 1 << 32, "{fence_below:x}");
-        }
-        other => panic!("Register answered {other:?}"),
-    }
+    let r = s.ask(reg).await.unwrap();
+    assert!(r.orphans.is_empty() && r.fenced.is_empty());
+    // Sessions of earlier boots are fenced: the boot epoch is at least 1.
+    assert!(r.fence_below >= 1 << 32, "{:x}", r.fence_below);
+    assert_eq!(r.lease_ms, 600_000, "the storage lease is timeouts.server_down_ms");
     s
 }
 
@@ -110,31 +102,26 @@ async fn namespace_survives_sigkill() {
     let (meta, c) = start(&config, addr).await;
     let storage = fake_storage(addr).await;
 
-    call(&c, MetaRequest::Mkdir { path: "/a".into() }).await.unwrap();
-    call(&c, MetaRequest::Mkdir { path: "/a/b".into() }).await.unwrap();
+    c.ask(Mkdir { path: "/a".into() }).await.unwrap();
+    c.ask(Mkdir { path: "/a/b".into() }).await.unwrap();
     let mut files = Vec::new();
     for i in 0..5u64 {
-        let req = MetaRequest::Create { path: format!("/a/b/f{i}"), layout: LayoutRequest::default(), exclusive: true };
-        let f = attr(call(&c, req).await.unwrap());
+        let f = c.ask(create(&format!("/a/b/f{i}"))).await.unwrap();
         assert_eq!(f.layout.as_ref().unwrap().targets, vec![ServerId(1)]);
-        let done = call(&c, MetaRequest::SetSize { file: f.id, size: 4096 * (i + 1) }).await.unwrap();
-        assert_eq!(done, MetaResponse::Done);
-        let f = attr(call(&c, MetaRequest::Stat { file: f.id }).await.unwrap());
+        c.ask(SetSize { file: f.id, size: 4096 * (i + 1) }).await.unwrap();
+        let f = c.ask(Stat { file: f.id }).await.unwrap();
         assert_eq!(f.size, 4096 * (i + 1));
         files.push(f);
     }
-    call(&c, MetaRequest::Rename { from: "/a/b/f4".into(), to: "/a/moved".into(), expected_generation: None })
-        .await
-        .unwrap();
-    call(&c, MetaRequest::Unlink { path: "/a/b/f3".into(), expected_generation: None }).await.unwrap();
-    let e = call(&c, MetaRequest::Mkdir { path: "/a".into() }).await.unwrap_err();
-    assert_eq!(e.code, ErrorCode::Exists);
-    assert!(e.message.contains("/a"), "{e}");
-    let b_before = attr(call(&c, MetaRequest::Lookup { path: "/a/b".into() }).await.unwrap());
-    let moved_before = attr(call(&c, MetaRequest::Lookup { path: "/a/moved".into() }).await.unwrap());
+    c.ask(Rename { from: "/a/b/f4".into(), to: "/a/moved".into(), expected_generation: None }).await.unwrap();
+    c.ask(Unlink { path: "/a/b/f3".into(), expected_generation: None }).await.unwrap();
+    let e = c.ask(Mkdir { path: "/a".into() }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Exists);
+    let b_before = c.ask(Lookup { path: "/a/b".into() }).await.unwrap();
+    let moved_before = c.ask(Lookup { path: "/a/moved".into() }).await.unwrap();
     let mut sizes_before = Vec::new();
     for f in &files[..3] {
-        sizes_before.push(attr(call(&c, MetaRequest::Stat { file: f.id }).await.unwrap()));
+        sizes_before.push(c.ask(Stat { file: f.id }).await.unwrap());
     }
 
     // Crash: every acknowledged change must come back.
@@ -143,27 +130,23 @@ async fn namespace_survives_sigkill() {
     drop(meta); // SIGKILL
     let (_meta, c) = start(&config, addr).await;
     for before in &sizes_before {
-        assert_eq!(&attr(call(&c, MetaRequest::Stat { file: before.id }).await.unwrap()), before);
+        assert_eq!(&c.ask(Stat { file: before.id }).await.unwrap(), before);
     }
-    assert_eq!(attr(call(&c, MetaRequest::Lookup { path: "/a/b".into() }).await.unwrap()), b_before);
-    assert_eq!(attr(call(&c, MetaRequest::Lookup { path: "/a/moved".into() }).await.unwrap()), moved_before);
+    assert_eq!(c.ask(Lookup { path: "/a/b".into() }).await.unwrap(), b_before);
+    assert_eq!(c.ask(Lookup { path: "/a/moved".into() }).await.unwrap(), moved_before);
     assert_eq!(moved_before.size, 4096 * 5);
-    let e = call(&c, MetaRequest::Lookup { path: "/a/b/f3".into() }).await.unwrap_err();
-    assert_eq!(e.code, ErrorCode::NotFound);
-    match call(&c, MetaRequest::Readdir { path: "/a/b".into(), after: None, limit: 100 }).await.unwrap() {
-        MetaResponse::Entries { entries, more } => {
-            assert!(!more);
-            let names: Vec<_> = entries.iter().map(|e| e.name.as_str()).collect();
-            assert_eq!(names, ["f0", "f1", "f2"]);
-            assert!(entries.iter().all(|e| e.kind == FileKind::File));
-        }
-        other => panic!("{other:?}"),
-    }
+    let e = c.ask(Lookup { path: "/a/b/f3".into() }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    let page = c.ask(Readdir { path: "/a/b".into(), after: None, limit: 100 }).await.unwrap();
+    assert!(!page.more);
+    let names: Vec<_> = page.entries.iter().map(|e| e.name.as_str()).collect();
+    assert_eq!(names, ["f0", "f1", "f2"]);
+    assert!(page.entries.iter().all(|e| e.kind == FileKind::File));
     // The registry starts empty after a restart: nothing configured, nothing registered.
-    assert_eq!(call(&c, MetaRequest::ListServers).await.unwrap(), MetaResponse::Servers(vec![]));
+    assert_eq!(c.ask(ListServers).await.unwrap(), vec![]);
     // A client may not speak for a storage server.
-    let e = call(&c, MetaRequest::Heartbeat { id: ServerId(1), capacity_bytes: 0, free_bytes: 0 }).await.unwrap_err();
-    assert_eq!(e.code, ErrorCode::Invalid);
+    let e = c.ask(Heartbeat { id: ServerId(1), capacity_bytes: 0, free_bytes: 0 }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Invalid);
 }
 
 #[tokio::test]
@@ -188,8 +171,11 @@ async fn bad_frames_close_only_their_connection() {
     let _ = tokio::time::timeout(Duration::from_secs(30), raw.read_to_end(&mut sink)).await.expect("connection closed");
 
     // The same after a valid handshake, on a connection made by hand.
-    let hello =
-        pfs_common::wire::Hello { version: pfs_common::wire::PROTOCOL_VERSION, role: Role::Client, name: "x".into() };
+    let hello = pfs_common::wire::Hello {
+        version: pfs_common::wire::PROTOCOL_VERSION,
+        role: PeerRole::Client,
+        name: "x".into(),
+    };
     let body = pfs_common::wire::encode(&hello);
     let h = FrameHeader { kind: FrameKind::Request, body_len: body.len() as u32, payload_len: 0, request_id: 0 };
     let mut raw = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -202,33 +188,29 @@ async fn bad_frames_close_only_their_connection() {
     assert!(!sink.is_empty(), "the handshake was answered");
 
     // The well-behaved client is still served, and so is a new one.
-    call(&good, MetaRequest::Mkdir { path: "/still".into() }).await.unwrap();
-    let fresh = RpcClient::connect(addr, "pfs-meta", &opts(Role::Client), None).await.unwrap();
-    let a = attr(call(&fresh, MetaRequest::Lookup { path: "/still".into() }).await.unwrap());
+    good.ask(Mkdir { path: "/still".into() }).await.unwrap();
+    let fresh: RpcClient<MetaRequest> =
+        RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
+    let a = fresh.ask(Lookup { path: "/still".into() }).await.unwrap();
     assert_eq!(a.kind, FileKind::Dir);
 }
 
 #[tokio::test]
 async fn chunk_reports_orphans_and_remove_notifications() {
     use pfs_common::ids::Sha256Digest;
-    use pfs_common::wire::meta::ChunkState;
-    use pfs_common::wire::storage::StorageNotify;
+    use pfs_common::wire::registry::{ChunkState, Orphans, StorageNotify};
     use pfs_common::FileId;
 
     let dir = tempfile::tempdir().unwrap();
     let (config, addr) = write_config(dir.path());
     let (_meta, c) = start(&config, addr).await;
     let (ntx, mut nrx) = tokio::sync::mpsc::channel(16);
-    let s = RpcClient::connect(addr, "pfs-meta", &opts(Role::Storage), Some(ntx)).await.unwrap();
-    let reg = MetaRequest::Register {
-        id: ServerId(3),
-        address: "127.0.0.1:2".parse().unwrap(),
-        capacity_bytes: 100,
-        free_bytes: 60,
-    };
-    call(&s, reg).await.unwrap();
-    let req = MetaRequest::Create { path: "/f".into(), layout: LayoutRequest::default(), exclusive: true };
-    let f = attr(call(&c, req).await.unwrap());
+    let s: RpcClient<MetaRequest> =
+        RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Storage), Some(ntx)).await.unwrap();
+    let reg =
+        Register { id: ServerId(3), address: "127.0.0.1:2".parse().unwrap(), capacity_bytes: 100, free_bytes: 60 };
+    s.ask(reg).await.unwrap();
+    let f = c.ask(create("/f")).await.unwrap();
     let chunk = |file: FileId, chunk: u64| ChunkState {
         file,
         chunk,
@@ -236,36 +218,30 @@ async fn chunk_reports_orphans_and_remove_notifications() {
         sha256: Some(Sha256Digest::of(b"0123456789")),
         removed: false,
     };
-    let report =
-        MetaRequest::ChunkReport { id: ServerId(3), chunks: vec![chunk(f.id, 0), chunk(FileId(9999), 0)], full: true };
-    assert_eq!(call(&s, report).await.unwrap(), MetaResponse::Orphans(vec![FileId(9999)]));
-    match call(&c, MetaRequest::GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap() {
-        MetaResponse::Chunks(chunks) => {
-            assert_eq!(chunks.len(), 1);
-            assert_eq!(chunks[0].holders[0].server, ServerId(3));
-            assert_eq!(chunks[0].holders[0].len, 10);
-        }
-        other => panic!("{other:?}"),
-    }
-    match call(&c, MetaRequest::ListServers).await.unwrap() {
-        MetaResponse::Servers(list) => {
-            assert_eq!(list.len(), 1);
-            assert!(list[0].up);
-            assert_eq!((list[0].chunks, list[0].free_bytes), (1, 60));
-        }
-        other => panic!("{other:?}"),
-    }
-    call(&s, MetaRequest::Heartbeat { id: ServerId(3), capacity_bytes: 100, free_bytes: 50 }).await.unwrap();
+    let report = ChunkReport { id: ServerId(3), chunks: vec![chunk(f.id, 0), chunk(FileId(9999), 0)], full: true };
+    assert_eq!(s.ask(report).await.unwrap(), Orphans(vec![FileId(9999)]));
+    let chunks = c.ask(GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap();
+    assert_eq!(chunks.len(), 1);
+    assert_eq!(chunks[0].holders[0].server, ServerId(3));
+    assert_eq!(chunks[0].holders[0].len, 10);
+    let list = c.ask(ListServers).await.unwrap();
+    assert_eq!(list.len(), 1);
+    assert!(list[0].up);
+    assert_eq!((list[0].chunks, list[0].free_bytes), (1, 60));
+    s.ask(Heartbeat { id: ServerId(3), capacity_bytes: 100, free_bytes: 50 }).await.unwrap();
     // Unlink: the storage server is told to remove the file's chunks.
-    call(&c, MetaRequest::Unlink { path: "/f".into(), expected_generation: None }).await.unwrap();
+    c.ask(Unlink { path: "/f".into(), expected_generation: None }).await.unwrap();
     let frame = tokio::time::timeout(Duration::from_secs(30), nrx.recv()).await.expect("notified").unwrap();
-    let note: StorageNotify = pfs_common::wire::decode(&frame.body, "notify").unwrap();
+    let note: StorageNotify = pfs_common::wire::decode(&frame.body).unwrap();
     assert_eq!(note, StorageNotify::RemoveFiles(vec![f.id]));
-    let e = call(&c, MetaRequest::GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap_err();
-    assert_eq!(e.code, ErrorCode::NotFound);
-    // A report from an unregistered id on this connection is refused, naming the server.
-    let e = call(&s, MetaRequest::ChunkReport { id: ServerId(4), chunks: vec![], full: false }).await.unwrap_err();
-    assert!(e.message.contains("storage-4"), "{e}");
+    let e = c.ask(GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    // A report from an id not registered on this connection is refused: register again.
+    let e = s.ask(ChunkReport { id: ServerId(4), chunks: vec![], full: false }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
+    // A storage server may not use the namespace service.
+    let e = s.ask(Mkdir { path: "/x".into() }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Invalid);
 }
 
 #[tokio::test]
@@ -275,7 +251,7 @@ async fn corrupt_wal_stops_startup_with_one_line_error() {
     {
         let (_meta, c) = start(&config, addr).await;
         for d in ["/a", "/b", "/c"] {
-            call(&c, MetaRequest::Mkdir { path: d.into() }).await.unwrap();
+            c.ask(Mkdir { path: d.into() }).await.unwrap();
         }
     }
     let meta_dir = dir.path().join("meta");

@@ -26,11 +26,12 @@
 pub mod pread;
 pub mod uring;
 
+use crate::error::{Result, StorageError};
 use parking_lot::Mutex;
 use pfs_common::config::EngineChoice;
 use pfs_common::ids::{chunk_file_name, parse_chunk_file_name};
 use pfs_common::pool::PooledBuf;
-use pfs_common::{ChunkIndex, ErrorCode, FileId, PfsError, Result};
+use pfs_common::{ChunkIndex, FileId};
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::future::Future;
@@ -119,7 +120,7 @@ pub trait Engine: Send + Sync + 'static {
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)
         .await
-        .unwrap_or_else(|e| Err(PfsError::new(ErrorCode::Io, format!("blocking file task failed: {e}"))))
+        .unwrap_or_else(|e| Err(StorageError::Stopped { what: format!("a blocking file task failed: {e}") }))
 }
 
 /// The data directory plus a bounded cache of open chunk files (buffered and `O_DIRECT`).
@@ -243,7 +244,7 @@ impl ChunkFiles {
                 }
                 return self.open_as(key, create, false);
             }
-            Err(e) => return Err(PfsError::io(format!("opening {}", Self::describe(key)), e)),
+            Err(e) => return Err(StorageError::io(format!("opening {}", Self::describe(key)), e)),
         };
         let mut c = self.cache.lock();
         if c.removals == removals {
@@ -301,7 +302,7 @@ impl ChunkFiles {
     fn truncate(&self, key: ChunkKey, len: u64) -> Result<()> {
         // set_len acts on the inode, so the cached files of both kinds stay valid.
         match self.open(key, false)? {
-            Some(f) => f.set_len(len).map_err(|e| PfsError::io(format!("truncating {}", Self::describe(key)), e)),
+            Some(f) => f.set_len(len).map_err(|e| StorageError::io(format!("truncating {}", Self::describe(key)), e)),
             None => Ok(()),
         }
     }
@@ -317,21 +318,21 @@ impl ChunkFiles {
         match std::fs::remove_file(self.path(key)) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(PfsError::io(format!("removing {}", Self::describe(key)), e)),
+            Err(e) => Err(StorageError::io(format!("removing {}", Self::describe(key)), e)),
         }
     }
 
     fn list(&self) -> Result<Vec<(ChunkKey, u64)>> {
         let what = || format!("listing {}", self.dir.display());
         let mut out = Vec::new();
-        for entry in std::fs::read_dir(&self.dir).map_err(|e| PfsError::io(what(), e))? {
-            let entry = entry.map_err(|e| PfsError::io(what(), e))?;
+        for entry in std::fs::read_dir(&self.dir).map_err(|e| StorageError::io(what(), e))? {
+            let entry = entry.map_err(|e| StorageError::io(what(), e))?;
             let Some(key) = entry.file_name().to_str().and_then(parse_chunk_file_name) else { continue };
             let meta = match entry.metadata() {
                 Ok(m) => m,
                 // Removed between readdir and stat.
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(PfsError::io(what(), e)),
+                Err(e) => return Err(StorageError::io(what(), e)),
             };
             if meta.is_file() {
                 out.push((key, meta.len()));
@@ -343,10 +344,10 @@ impl ChunkFiles {
 
     fn sync_dir(&self) -> Result<()> {
         let what = || format!("syncing directory {}", self.dir.display());
-        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| PfsError::io(what(), e))?;
+        File::open(&self.dir).and_then(|d| d.sync_all()).map_err(|e| StorageError::io(what(), e))?;
         // Chunks renamed out of the pool must not reappear there after a crash.
         if let Some(pool) = &self.precreated {
-            pool.sync().map_err(|e| PfsError::io(format!("syncing {}", crate::precreate::POOL_DIR), e))?;
+            pool.sync().map_err(|e| StorageError::io(format!("syncing {}", crate::precreate::POOL_DIR), e))?;
         }
         Ok(())
     }
@@ -360,7 +361,8 @@ pub fn open(choice: EngineChoice, dir: &Path) -> Result<Arc<dyn Engine>> {
     let engine: Arc<dyn Engine> = match choice {
         EngineChoice::Pread => Arc::new(pread::PreadEngine::new(files)),
         EngineChoice::IoUring => Arc::new(
-            uring::UringEngine::new(files).map_err(|e| PfsError::io("io_uring engine requested but unavailable", e))?,
+            uring::UringEngine::new(files)
+                .map_err(|e| StorageError::io("io_uring engine requested but unavailable", e))?,
         ),
         EngineChoice::Auto => match uring::UringEngine::new(files.clone()) {
             Ok(e) => Arc::new(e),

@@ -1,40 +1,85 @@
-//! Fencing of evicted client sessions: writes carrying a fenced session are refused, so a
-//! late write of a dead or partitioned client cannot land over data written by the next
-//! holder of its token.
+//! Which writes this storage server admits: none without a lease from pfs-meta, and none of
+//! a fenced (evicted) session. So a late write of a dead or partitioned client cannot land
+//! over data written by the next holder of its token, and a server cut off from pfs-meta
+//! (which may be fencing sessions it cannot tell us about) stops accepting writes by itself.
 //!
-//! pfs-meta tells us whom to fence (`StorageNotify::Fence`) and waits for our confirmation
-//! before it grants the evicted session's tokens to anyone else. A write admitted before the
-//! fence holds a read guard of `gate` until it is on its way to disk; fencing takes the write
-//! guard, so the confirmation is only sent once every admitted write of the session is done.
-//! Sessions of older pfs-meta boots are fenced wholesale by `below` (session ids carry the
-//! boot epoch in their high 32 bits).
+//! * **Fenced sessions.** pfs-meta tells us whom to fence (`StorageNotify::Fence`) and waits
+//!   for our confirmation before it grants the evicted session's tokens to anyone else. A
+//!   write admitted before the fence holds a read guard of `gate` until it is on its way to
+//!   disk; fencing takes the write guard, so the confirmation is only sent once every admitted
+//!   write of the session is done. Sessions of older pfs-meta boots are fenced wholesale by
+//!   `below` (session ids carry the boot epoch in their high 32 bits).
+//! * **The lease.** Registration grants a lease of `lease_ms`; every heartbeat pfs-meta
+//!   accepts renews it. We refuse writes once half the lease has passed since we *sent* the
+//!   last accepted heartbeat (pfs-meta counts the whole lease from when it *received* it), so
+//!   when pfs-meta stops counting on us (it declared us down, or lost us) we have stopped
+//!   admitting writes well before, even with clocks running at somewhat different rates. We
+//!   admit writes again after registering, which teaches us every fence we missed. (3FS's
+//!   storage services stop serving when they lose their manager's lease in the same way.)
+//!
+//! What remains: a write admitted just before the lease ran out and then held up (the process
+//! stopped between admission and the disk write) lands when the process continues. GPFS
+//! closes that window with disk fencing (SCSI persistent reservations), which local files
+//! cannot offer.
 
+use crate::error::{Result, StorageError};
 use parking_lot::Mutex;
 use pfs_common::token::SessionId;
-use pfs_common::{ErrorCode, PfsError, Result};
+use pfs_common::ServerId;
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 use tokio::sync::{RwLock, RwLockReadGuard};
 
-/// The fencing state of one storage server.
-#[derive(Default)]
+/// The fencing state and lease of one storage server.
 pub struct Fence {
+    server: ServerId,
     below: AtomicU64,
     fenced: Mutex<HashSet<SessionId>>,
+    lease: Mutex<Lease>,
     gate: RwLock<()>,
 }
 
+#[derive(Clone, Copy, Debug)]
+struct Lease {
+    /// Writes are admitted before this instant; `None` until the first registration.
+    until: Option<Instant>,
+    /// Half of the lease pfs-meta granted.
+    half: Duration,
+}
+
 impl Fence {
+    /// The fence of storage server `server`: no lease yet, so no write is admitted until it
+    /// registers with pfs-meta.
+    pub fn new(server: ServerId) -> Fence {
+        Fence {
+            server,
+            below: AtomicU64::new(0),
+            fenced: Mutex::new(HashSet::new()),
+            lease: Mutex::new(Lease { until: None, half: Duration::ZERO }),
+            gate: RwLock::new(()),
+        }
+    }
+
     /// Admits a write of `session`; hold the guard until the write is done.
     ///
-    /// Errors: Evicted, naming the session, when it is fenced.
+    /// Errors: NoLease when the server holds no lease from pfs-meta; Evicted, naming the
+    /// session, when it is fenced.
     pub async fn admit(&self, session: SessionId) -> Result<RwLockReadGuard<'_, ()>> {
         let guard = self.gate.read().await;
+        let lease = *self.lease.lock();
+        match lease.until {
+            None => {
+                return Err(StorageError::NoLease { server: self.server, why: "not registered yet".into() });
+            }
+            Some(until) if Instant::now() >= until => {
+                let why = format!("no heartbeat accepted for {} ms", lease.half.as_millis());
+                return Err(StorageError::NoLease { server: self.server, why });
+            }
+            Some(_) => {}
+        }
         if session < self.below.load(Ordering::Acquire) || self.fenced.lock().contains(&session) {
-            return Err(PfsError::new(
-                ErrorCode::Evicted,
-                format!("session {session:x} was evicted; its writes are fenced"),
-            ));
+            return Err(StorageError::Evicted { server: self.server, session });
         }
         Ok(guard)
     }
@@ -46,13 +91,37 @@ impl Fence {
     }
 
     /// Takes pfs-meta's state at (re-)registration: every session below `below` and the
-    /// listed ones are fenced.
-    pub async fn reset(&self, below: SessionId, fenced: &[SessionId]) {
+    /// listed ones are fenced; then the lease of `lease_ms` starts, counted from `sent`, when
+    /// the registration was sent.
+    pub async fn registered(&self, below: SessionId, fenced: &[SessionId], lease_ms: u64, sent: Instant) {
         let _all_quiet = self.gate.write().await;
         self.below.fetch_max(below, Ordering::AcqRel);
-        let mut f = self.fenced.lock();
-        f.retain(|s| *s >= below);
-        f.extend(fenced.iter().copied());
+        {
+            let mut f = self.fenced.lock();
+            f.retain(|s| *s >= below);
+            f.extend(fenced.iter().copied());
+        }
+        let half = Duration::from_millis(lease_ms / 2);
+        *self.lease.lock() = Lease { until: Some(sent + half), half };
+    }
+
+    /// pfs-meta accepted a heartbeat sent at `sent`: the lease runs on.
+    pub fn renewed(&self, sent: Instant) {
+        let mut l = self.lease.lock();
+        if let Some(until) = l.until {
+            l.until = Some(until.max(sent + l.half));
+        }
+    }
+
+    /// The session with pfs-meta ended: no writes until it registers again (a new pfs-meta may
+    /// have fenced sessions we have not heard of; an old one counts our lease down anyway).
+    pub fn lost(&self) {
+        self.lease.lock().until = None;
+    }
+
+    /// True while writes are admitted (a lease runs).
+    pub fn has_lease(&self) -> bool {
+        self.lease.lock().until.is_some_and(|u| Instant::now() < u)
     }
 }
 
@@ -60,13 +129,16 @@ impl Fence {
 mod tests {
     use super::*;
 
+    const S: ServerId = ServerId(7);
+
     #[tokio::test]
     async fn fenced_and_older_sessions_are_refused() {
-        let f = Fence::default();
+        let f = Fence::new(S);
+        f.registered(0, &[], 60_000, Instant::now()).await;
         assert!(f.admit(5).await.is_ok());
         f.fence(&[5]).await;
-        assert_eq!(f.admit(5).await.unwrap_err().code, ErrorCode::Evicted);
-        f.reset(2 << 32, &[(2 << 32) | 7]).await;
+        assert!(matches!(f.admit(5).await, Err(StorageError::Evicted { server: S, session: 5 })));
+        f.registered(2 << 32, &[(2 << 32) | 7], 60_000, Instant::now()).await;
         assert!(f.admit((1 << 32) | 9).await.is_err(), "an older boot's session");
         assert!(f.admit((2 << 32) | 7).await.is_err());
         assert!(f.admit((2 << 32) | 8).await.is_ok());
@@ -74,7 +146,8 @@ mod tests {
 
     #[tokio::test]
     async fn fencing_waits_for_admitted_writes() {
-        let f = std::sync::Arc::new(Fence::default());
+        let f = std::sync::Arc::new(Fence::new(S));
+        f.registered(0, &[], 60_000, Instant::now()).await;
         let guard = f.admit(3).await.unwrap();
         let f2 = f.clone();
         let fencing = tokio::spawn(async move { f2.fence(&[3]).await });
@@ -84,5 +157,23 @@ mod tests {
         drop(guard);
         fencing.await.unwrap();
         assert!(f.admit(3).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn no_writes_without_a_lease() {
+        let f = Fence::new(S);
+        assert!(matches!(f.admit(1).await, Err(StorageError::NoLease { .. })), "before registration");
+        // A lease of 0 ms, or one sent long ago, has run out: refused.
+        f.registered(0, &[], 0, Instant::now()).await;
+        assert!(matches!(f.admit(1).await, Err(StorageError::NoLease { .. })));
+        let long_ago = Instant::now() - Duration::from_secs(60);
+        f.registered(0, &[], 10_000, long_ago).await;
+        assert!(!f.has_lease());
+        // A heartbeat accepted now renews it; losing pfs-meta ends it.
+        f.renewed(Instant::now());
+        assert!(f.has_lease() && f.admit(1).await.is_ok());
+        f.lost();
+        assert!(matches!(f.admit(1).await, Err(StorageError::NoLease { .. })));
+        assert_eq!(f.admit(1).await.unwrap_err().code(), pfs_common::ErrorCode::Unavailable);
     }
 }

@@ -12,11 +12,12 @@
 //! concurrent change is discarded (the change marked the chunk dirty again).
 
 use crate::engine::{blocking, ChunkFiles, ChunkKey, DIRECT_ALIGN};
-use crate::store::{Running, Store};
+use crate::error::{Result, StorageError};
+use crate::store::{ChunkStore, Running};
 use pfs_common::ids::Sha256Digest;
 use pfs_common::pool;
-use pfs_common::wire::meta::ChunkState;
-use pfs_common::{ErrorCode, FileId, PfsError, Result};
+use pfs_common::wire::registry::ChunkState;
+use pfs_common::FileId;
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -53,14 +54,14 @@ pub fn hash_chunk_file(files: &ChunkFiles, key: ChunkKey) -> Result<Option<(Sha2
                 }
             }
             Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(PfsError::io(what(), e)),
+            Err(e) => return Err(StorageError::io(what(), e)),
         }
     }
     Ok(Some((Sha256Digest(h.finalize().into()), len)))
 }
 
 /// Hashes one dirty chunk and queues its state for pfs-meta. The caller holds `hash_lock`.
-async fn hash_one(store: &Arc<Store>, key: ChunkKey) {
+async fn hash_one(store: &Arc<ChunkStore>, key: ChunkKey) {
     let version = {
         let mut st = store.state.lock();
         let Some(entry) = st.index.get(&key.0).and_then(|m| m.get(&key.1)) else {
@@ -106,7 +107,7 @@ async fn hash_one(store: &Arc<Store>, key: ChunkKey) {
 }
 
 /// Hashes every dirty chunk of `file` now (waiting for a hash in progress elsewhere).
-pub async fn hash_file_now(store: &Arc<Store>, file: FileId) {
+pub async fn hash_file_now(store: &Arc<ChunkStore>, file: FileId) {
     let _g = store.hash_lock.lock().await;
     let keys: Vec<ChunkKey> = store.state.lock().dirty.range((file, 0)..=(file, u64::MAX)).map(|(k, _)| *k).collect();
     for key in keys {
@@ -115,7 +116,7 @@ pub async fn hash_file_now(store: &Arc<Store>, file: FileId) {
 }
 
 /// The background hasher: hashes quiet dirty chunks and flushes chunk reports, forever.
-pub async fn run(store: Arc<Store>) {
+pub async fn run(store: Arc<ChunkStore>) {
     let quiet = store.opts.hash_quiet;
     loop {
         let now = Instant::now();
@@ -146,15 +147,15 @@ pub async fn run(store: Arc<Store>) {
     }
 }
 
-/// Waits until `cond` holds or `deadline` passes (for tests).
+/// Waits until `cond` holds or `deadline` passes (for tests); true if it holds.
 #[doc(hidden)]
-pub async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+pub async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + deadline;
     while !cond() {
         if Instant::now() > end {
-            return Err(PfsError::new(ErrorCode::TimedOut, "condition not met in time"));
+            return false;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    Ok(())
+    true
 }

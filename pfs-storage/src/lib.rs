@@ -4,6 +4,7 @@
 //! request path, and a session with pfs-meta (register, heartbeats, chunk reports).
 
 pub mod engine;
+pub mod error;
 pub mod fence;
 pub mod hasher;
 pub mod meta_link;
@@ -11,31 +12,33 @@ pub mod precreate;
 pub mod server;
 pub mod store;
 
+pub use error::{Result, StorageError};
+
 use pfs_common::config::Config;
 use pfs_common::rpc::{self, ServeOptions};
 use pfs_common::wire::frame::DEFAULT_LIMITS;
-use pfs_common::wire::Role;
-use pfs_common::{PfsError, Result, ServerId};
+use pfs_common::wire::PeerRole;
+use pfs_common::ServerId;
 use std::sync::Arc;
-use store::{Store, StoreOptions};
+use store::{ChunkStore, StoreOptions};
 
 /// Runs storage server `id` of `config` until the process ends: opens (creating if missing)
 /// its data directory, picks the chunk I/O engine, rebuilds the chunk index, listens on its
 /// address for clients and keeps a session with pfs-meta in the background.
 ///
-/// Errors (start-up only): NotFound when `id` is not in the config; Io when the directory
-/// cannot be created or listed, the address cannot be bound, or io_uring was required but is
-/// unavailable.
+/// Errors (start-up only): Common (Config) when `id` is not in the config; Io when the
+/// directory cannot be created or listed, the address cannot be bound, or io_uring was
+/// required but is unavailable.
 pub async fn run(config: Arc<Config>, id: ServerId) -> Result<()> {
     let me = config.storage(id)?;
     let dir = config.storage_dir(me);
-    std::fs::create_dir_all(&dir).map_err(|e| PfsError::io(format!("{id}: creating {}", dir.display()), e))?;
-    let engine = engine::open(me.engine, &dir).map_err(|e| e.context(id))?;
-    let store = Store::open(id, engine, StoreOptions::default()).await?;
+    std::fs::create_dir_all(&dir).map_err(|e| StorageError::io(format!("creating {}", dir.display()), e).on(id))?;
+    let engine = engine::open(me.engine, &dir).map_err(|e| e.on(id))?;
+    let store = ChunkStore::open(id, engine, StoreOptions::default()).await?;
     let listener = rpc::bind(me.address, &id.to_string()).await?;
     tokio::spawn(hasher::run(store.clone()));
     tokio::spawn(meta_link::run(config.clone(), id, store.clone()));
-    let opts = ServeOptions { name: id.to_string(), roles: vec![Role::Client], limits: DEFAULT_LIMITS };
+    let opts = ServeOptions { name: id.to_string(), roles: vec![PeerRole::Client], limits: DEFAULT_LIMITS };
     rpc::serve(listener, Arc::new(server::StorageHandler::new(store)), opts).await;
     Ok(())
 }

@@ -21,11 +21,11 @@ struct Args {
 fn main() {
     let args = Args::parse();
     pfs_common::logging::init();
-    let result = Config::load(&args.config).and_then(|config| {
+    let result = Config::load(&args.config).map_err(pfs_storage::StorageError::from).and_then(|config| {
         let rt = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build()
-            .map_err(|e| pfs_common::PfsError::io("starting the tokio runtime", e))?;
+            .map_err(|e| pfs_storage::StorageError::io("starting the tokio runtime", e))?;
         rt.block_on(pfs_storage::run(Arc::new(config), ServerId(args.id)))
     });
     if let Err(e) = result {

@@ -2,20 +2,24 @@
 //! reports, orphan removal and `RemoveFiles` notifications.
 //!
 //! Runs beside the client request path and never blocks it: when pfs-meta is unreachable or
-//! the connection breaks, clients are still served, reports wait in the store's outbox, and
-//! the session is retried with capped backoff; a reconnection re-registers and sends a full
-//! report again.
+//! the connection breaks, reads are still served, reports wait in the store's outbox, and the
+//! session is retried with capped backoff; a reconnection re-registers and sends a full
+//! report again. Writes are admitted only while the lease pfs-meta granted at registration
+//! runs, renewed by each heartbeat it accepts (see [`crate::fence`]); a refused heartbeat
+//! (pfs-meta declared this server down) ends the session, and the next one registers again.
 
-use crate::store::{disk_space, Store};
+use crate::error::{Result, StorageError};
+use crate::store::{disk_space, ChunkStore};
 use parking_lot::Mutex;
 use pfs_common::config::Config;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
-use pfs_common::wire::meta::{ChunkState, MetaRequest, MetaResponse, CHUNK_REPORT_PAGE};
-use pfs_common::wire::storage::StorageNotify;
-use pfs_common::wire::{self, Role};
-use pfs_common::{ErrorCode, FileId, PfsError, Result, ServerId};
+use pfs_common::wire::registry::{
+    ChunkReport, ChunkState, Fenced, Heartbeat, Orphans, Register, StorageNotify, CHUNK_REPORT_PAGE,
+};
+use pfs_common::wire::{self, MetaRequest, PeerRole};
+use pfs_common::{FileId, ServerId};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -28,7 +32,7 @@ pub const BACKOFF_MAX_MS: u64 = 5_000;
 /// older state of a chunk never overtakes a newer one).
 pub struct Reporter {
     id: ServerId,
-    client: Mutex<Option<RpcClient>>,
+    client: Mutex<Option<RpcClient<MetaRequest>>>,
     lock: tokio::sync::Mutex<()>,
 }
 
@@ -42,7 +46,7 @@ impl Reporter {
         self.client.lock().as_ref().is_some_and(|c| !c.is_closed())
     }
 
-    fn set_client(&self, client: Option<RpcClient>) {
+    fn set_client(&self, client: Option<RpcClient<MetaRequest>>) {
         *self.client.lock() = client;
     }
 
@@ -50,14 +54,12 @@ impl Reporter {
     /// States not acknowledged stay queued.
     ///
     /// Errors: Unavailable when no session is up; the RPC error when a report fails.
-    pub async fn flush(&self, store: &Arc<Store>) -> Result<()> {
+    pub async fn flush(&self, store: &Arc<ChunkStore>) -> Result<()> {
         let _g = self.lock.lock().await;
-        let client = self
-            .client
-            .lock()
-            .clone()
-            .filter(|c| !c.is_closed())
-            .ok_or_else(|| PfsError::new(ErrorCode::Unavailable, "no session with pfs-meta"))?;
+        let client =
+            self.client.lock().clone().filter(|c| !c.is_closed()).ok_or_else(|| {
+                StorageError::Common(pfs_common::Error::Closed { peer: "pfs-meta (no session)".into() })
+            })?;
         loop {
             let page: Vec<ChunkState> = {
                 let mut st = store.state.lock();
@@ -73,16 +75,16 @@ impl Reporter {
             if page.is_empty() {
                 return Ok(());
             }
-            let req = MetaRequest::ChunkReport { id: self.id, chunks: page.clone(), full: false };
-            match client.call::<_, MetaResponse>(&req, &[]).await {
-                Ok((resp, _)) => remove_orphans(store, resp),
+            let req = ChunkReport { id: self.id, chunks: page.clone(), full: false };
+            match client.ask(req).await {
+                Ok(orphans) => remove_orphans(store, orphans),
                 Err(e) => {
                     // Put back what no newer state replaced meanwhile.
                     let mut st = store.state.lock();
                     for s in page {
                         st.outbox.entry((s.file, s.chunk)).or_insert(s);
                     }
-                    return Err(e);
+                    return Err(e.into());
                 }
             }
         }
@@ -90,16 +92,15 @@ impl Reporter {
 
     /// Sends the complete listing (paged; the last page has `full: true`). It supersedes
     /// everything queued.
-    async fn full_report(&self, store: &Arc<Store>, client: &RpcClient) -> Result<()> {
+    async fn full_report(&self, store: &Arc<ChunkStore>, client: &RpcClient<MetaRequest>) -> Result<()> {
         let _g = self.lock.lock().await;
         let all = store.snapshot_for_full_report();
         let pages: Vec<&[ChunkState]> =
             if all.is_empty() { vec![&[][..]] } else { all.chunks(CHUNK_REPORT_PAGE).collect() };
         let last = pages.len() - 1;
         for (i, page) in pages.into_iter().enumerate() {
-            let req = MetaRequest::ChunkReport { id: self.id, chunks: page.to_vec(), full: i == last };
-            let (resp, _) = client.call::<_, MetaResponse>(&req, &[]).await?;
-            remove_orphans(store, resp);
+            let req = ChunkReport { id: self.id, chunks: page.to_vec(), full: i == last };
+            remove_orphans(store, client.ask(req).await?);
         }
         info!("{}: full chunk report sent to pfs-meta ({} chunks)", self.id, all.len());
         Ok(())
@@ -107,16 +108,14 @@ impl Reporter {
 }
 
 /// Removes the chunks of files pfs-meta named as orphans (in the background).
-fn remove_orphans(store: &Arc<Store>, resp: MetaResponse) {
-    if let MetaResponse::Orphans(ids) = resp {
-        if !ids.is_empty() {
-            info!("{}: pfs-meta named {} orphaned files; removing their chunks", store.id, ids.len());
-            remove_files(store, ids);
-        }
+fn remove_orphans(store: &Arc<ChunkStore>, Orphans(ids): Orphans) {
+    if !ids.is_empty() {
+        info!("{}: pfs-meta named {} orphaned files; removing their chunks", store.id, ids.len());
+        remove_files(store, ids);
     }
 }
 
-fn remove_files(store: &Arc<Store>, ids: Vec<FileId>) {
+fn remove_files(store: &Arc<ChunkStore>, ids: Vec<FileId>) {
     let store = store.clone();
     tokio::spawn(async move {
         for id in ids {
@@ -129,13 +128,16 @@ fn remove_files(store: &Arc<Store>, ids: Vec<FileId>) {
 
 /// Keeps a session with pfs-meta, forever: connect, register, full report, heartbeats;
 /// on any failure wait (capped exponential backoff) and start over.
-pub async fn run(config: Arc<Config>, id: ServerId, store: Arc<Store>) {
+pub async fn run(config: Arc<Config>, id: ServerId, store: Arc<ChunkStore>) {
     let mut backoff_ms = BACKOFF_MIN_MS;
     let mut failures = 0u64;
     loop {
         let mut registered = false;
         let err = session(&config, id, &store, &mut registered).await;
         store.reporter.set_client(None);
+        // Whatever pfs-meta decides without us (fences, declaring us down) we learn only by
+        // registering again: admit no writes until then.
+        store.fence.lost();
         if registered {
             backoff_ms = BACKOFF_MIN_MS;
             failures = 0;
@@ -153,29 +155,25 @@ pub async fn run(config: Arc<Config>, id: ServerId, store: Arc<Store>) {
 }
 
 /// One session; returns the error that ended it.
-async fn session(config: &Config, id: ServerId, store: &Arc<Store>, registered: &mut bool) -> PfsError {
+async fn session(config: &Config, id: ServerId, store: &Arc<ChunkStore>, registered: &mut bool) -> StorageError {
     let result = async {
         let me = config.storage(id)?;
         let opts = ConnectOptions {
-            role: Role::Storage,
+            role: PeerRole::Storage,
             name: id.to_string(),
             connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
             request_timeout: Duration::from_millis(config.timeouts.request_ms),
         };
         let (notify_tx, notify_rx) = mpsc::channel(64);
-        let client = RpcClient::connect(config.meta.address, "pfs-meta", &opts, Some(notify_tx)).await?;
+        let client: RpcClient<MetaRequest> =
+            RpcClient::connect(config.meta.address, "pfs-meta", &opts, Some(notify_tx)).await?;
         tokio::spawn(drain_notifications(store.clone(), notify_rx, client.clone()));
         let (capacity_bytes, free_bytes) = disk_space(store.dir())?;
-        let req = MetaRequest::Register { id, address: me.address, capacity_bytes, free_bytes };
-        let (resp, _) = client.call::<_, MetaResponse>(&req, &[]).await?;
-        match resp {
-            MetaResponse::Registered { orphans, fence_below, fenced } => {
-                store.fence.reset(fence_below, &fenced).await;
-                remove_orphans(store, MetaResponse::Orphans(orphans));
-            }
-            other => remove_orphans(store, other),
-        }
-        info!("{id}: registered with pfs-meta at {}", config.meta.address);
+        let sent = Instant::now();
+        let reg = client.ask(Register { id, address: me.address, capacity_bytes, free_bytes }).await?;
+        store.fence.registered(reg.fence_below, &reg.fenced, reg.lease_ms, sent).await;
+        remove_orphans(store, Orphans(reg.orphans));
+        info!("{id}: registered with pfs-meta at {} (lease {} ms)", config.meta.address, reg.lease_ms);
         *registered = true;
         store.reporter.full_report(store, &client).await?;
         store.reporter.set_client(Some(client.clone()));
@@ -184,28 +182,30 @@ async fn session(config: &Config, id: ServerId, store: &Arc<Store>, registered: 
         loop {
             tick.tick().await;
             let (capacity_bytes, free_bytes) = disk_space(store.dir())?;
-            let (resp, _) =
-                client.call::<_, MetaResponse>(&MetaRequest::Heartbeat { id, capacity_bytes, free_bytes }, &[]).await?;
-            remove_orphans(store, resp);
+            // The lease runs from when the heartbeat was sent: pfs-meta counts it from when it
+            // arrives, which is later, so our view of the lease ends first.
+            let sent = Instant::now();
+            client.ask(Heartbeat { id, capacity_bytes, free_bytes }).await?;
+            store.fence.renewed(sent);
         }
         #[allow(unreachable_code)]
-        Ok::<(), PfsError>(())
+        Ok::<(), StorageError>(())
     }
     .await;
     match result {
         Err(e) => e,
-        Ok(()) => PfsError::new(ErrorCode::Unavailable, "session ended"),
+        Ok(()) => StorageError::Stopped { what: "the session with pfs-meta ended".into() },
     }
 }
 
 /// Handles pfs-meta's one-way frames until the connection ends.
 async fn drain_notifications(
-    store: Arc<Store>,
+    store: Arc<ChunkStore>,
     mut rx: mpsc::Receiver<pfs_common::wire::frame::Frame>,
-    meta: RpcClient,
+    meta: RpcClient<MetaRequest>,
 ) {
     while let Some(frame) = rx.recv().await {
-        match wire::decode::<StorageNotify>(&frame.body, "storage notification") {
+        match wire::decode::<StorageNotify>(&frame.body) {
             Ok(StorageNotify::RemoveFiles(ids)) => {
                 debug!("{}: pfs-meta asks to remove {} files", store.id, ids.len());
                 remove_files(&store, ids);
@@ -213,12 +213,11 @@ async fn drain_notifications(
             Ok(StorageNotify::Fence(sessions)) => {
                 store.fence.fence(&sessions).await;
                 info!("{}: fenced sessions {sessions:x?}", store.id);
-                let req = MetaRequest::Fenced { id: store.id, sessions };
-                if let Err(e) = meta.call::<_, MetaResponse>(&req, &[]).await {
+                if let Err(e) = meta.ask(Fenced { id: store.id, sessions }).await {
                     warn!("{}: confirming a fence to pfs-meta: {e}", store.id);
                 }
             }
-            Err(e) => warn!("{}: {e}", store.id),
+            Err(e) => warn!("{}: undecodable notification from pfs-meta: {e}", store.id),
         }
     }
 }

@@ -1,20 +1,20 @@
-//! The client-facing request handler: decodes nothing itself (the RPC layer does), maps each
-//! [`StorageRequest`] onto the [`Store`] and shapes the answer.
+//! The client-facing request handler: maps each call of the chunk data service onto the
+//! [`ChunkStore`] and answers it with its reply type. Writes pass the [`crate::fence`] first.
 
-use crate::store::Store;
+use crate::store::ChunkStore;
 use pfs_common::pool::PooledBuf;
 use pfs_common::rpc::{Handler, Peer, Reply};
-use pfs_common::wire::storage::{StorageRequest, StorageResponse};
+use pfs_common::wire::storage::{self as st, ReadReply, StorageRequest, Written};
 use std::sync::Arc;
 
-/// Serves [`StorageRequest`]s from clients against one store.
+/// Serves [`StorageRequest`]s from clients against one chunk store.
 pub struct StorageHandler {
-    store: Arc<Store>,
+    store: Arc<ChunkStore>,
 }
 
 impl StorageHandler {
     /// A handler for `store`.
-    pub fn new(store: Arc<Store>) -> Self {
+    pub fn new(store: Arc<ChunkStore>) -> Self {
         StorageHandler { store }
     }
 }
@@ -25,31 +25,26 @@ impl Handler for StorageHandler {
     async fn handle(self: Arc<Self>, _peer: Peer, req: StorageRequest, payload: PooledBuf) -> Reply {
         let store = &self.store;
         match req {
-            StorageRequest::Write { file, chunk, offset, chunk_size, session } => {
-                let admitted = match store.fence.admit(session).await {
-                    Ok(guard) => guard,
-                    Err(e) => {
-                        return Reply::error(e.context(format!("{}: write to chunk {chunk} of file {file}", store.id)))
-                    }
-                };
-                let r = store.write(file, chunk, offset, chunk_size, payload).await;
-                drop(admitted);
-                Reply::from_result(r.map(|len| StorageResponse::Written { len }))
+            StorageRequest::Write(c) => {
+                let r = async {
+                    let _admitted = store.fence.admit(c.session).await?;
+                    store.write(c.file, c.chunk, c.offset, c.chunk_size, payload).await
+                }
+                .await;
+                Reply::to::<st::WriteChunk, _>(r.map(|len| Written { len }))
             }
-            StorageRequest::Read { file, chunk, offset, len } => match store.read(file, chunk, offset, len).await {
-                Ok((data, chunk_len)) => Reply::from_result(Ok(StorageResponse::Read { chunk_len })).with_payload(data),
-                Err(e) => Reply::error(e),
+            StorageRequest::Read(c) => match store.read(c.file, c.chunk, c.offset, c.len).await {
+                Ok((data, chunk_len)) => {
+                    Reply::to::<st::ReadChunk, crate::StorageError>(Ok(ReadReply { chunk_len })).with_payload(data)
+                }
+                Err(e) => Reply::error(&e),
             },
-            StorageRequest::Truncate { file, size, chunk_size } => {
-                Reply::from_result(store.truncate(file, size, chunk_size).await.map(|()| StorageResponse::Done))
+            StorageRequest::Truncate(c) => {
+                Reply::to::<st::TruncateFile, _>(store.truncate(c.file, c.size, c.chunk_size).await)
             }
-            StorageRequest::Remove { file } => {
-                Reply::from_result(store.remove(file).await.map(|()| StorageResponse::Done))
-            }
-            StorageRequest::Fsync { file } => {
-                Reply::from_result(store.fsync(file).await.map(|()| StorageResponse::Done))
-            }
-            StorageRequest::Status => Reply::from_result(store.status().map(StorageResponse::Status)),
+            StorageRequest::Remove(c) => Reply::to::<st::RemoveFile, _>(store.remove(c.file).await),
+            StorageRequest::Fsync(c) => Reply::to::<st::FsyncFile, _>(store.fsync(c.file).await),
+            StorageRequest::Status(_) => Reply::to::<st::GetStatus, _>(store.status()),
         }
     }
 }

@@ -7,14 +7,15 @@
 //! state and the queue of reports to pfs-meta always agree.
 
 use crate::engine::{ChunkFiles, ChunkKey, Engine};
+use crate::error::{Result, StorageError};
 use crate::meta_link::Reporter;
 use parking_lot::Mutex;
 use pfs_common::ids::Sha256Digest;
 use pfs_common::layout::MAX_CHUNK_SIZE;
 use pfs_common::pool::{self, PooledBuf};
-use pfs_common::wire::meta::ChunkState;
+use pfs_common::wire::registry::ChunkState;
 use pfs_common::wire::storage::StorageStatus;
-use pfs_common::{ChunkIndex, ErrorCode, FileId, PfsError, Result, ServerId};
+use pfs_common::{ChunkIndex, FileId, ServerId};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -27,7 +28,7 @@ use tracing::{debug, info, warn};
 /// Most chunk fdatasyncs one `Fsync` has in flight at once.
 pub const SYNCS_AT_ONCE: usize = 16;
 
-/// Tunables of a [`Store`].
+/// Tunables of a [`ChunkStore`].
 #[derive(Clone, Debug)]
 pub struct StoreOptions {
     /// A changed chunk is hashed in the background once it has not been written for this
@@ -114,7 +115,7 @@ impl State {
 
 /// One storage target's chunk store. Shared (`Arc`) by the request handler, the hasher and
 /// the pfs-meta session.
-pub struct Store {
+pub struct ChunkStore {
     pub(crate) id: ServerId,
     pub(crate) engine: Arc<dyn Engine>,
     pub(crate) state: Mutex<State>,
@@ -135,12 +136,12 @@ pub struct Store {
     pub fence: crate::fence::Fence,
 }
 
-impl Store {
+impl ChunkStore {
     /// Opens the store on the engine's directory and rebuilds the index by listing it. Every
     /// chunk found is queued for hashing.
     ///
     /// Errors: Io when the directory cannot be listed.
-    pub async fn open(id: ServerId, engine: Arc<dyn Engine>, opts: StoreOptions) -> Result<Arc<Store>> {
+    pub async fn open(id: ServerId, engine: Arc<dyn Engine>, opts: StoreOptions) -> Result<Arc<ChunkStore>> {
         let listed = engine.list().await?;
         let mut state = State::default();
         let now = Instant::now();
@@ -154,7 +155,7 @@ impl Store {
             state.index.len(),
             engine.files().dir().display()
         );
-        Ok(Arc::new(Store {
+        Ok(Arc::new(ChunkStore {
             id,
             engine,
             state: Mutex::new(state),
@@ -165,7 +166,7 @@ impl Store {
             hashes_done: AtomicU64::new(0),
             hash_rereads: AtomicU64::new(0),
             reporter: Reporter::new(id),
-            fence: crate::fence::Fence::default(),
+            fence: crate::fence::Fence::new(id),
         }))
     }
 
@@ -210,13 +211,13 @@ impl Store {
         st.index.get(&file).map(|m| m.iter().map(|(c, e)| (*c, e.len)).collect()).unwrap_or_default()
     }
 
-    fn err(&self, e: PfsError, key: ChunkKey) -> PfsError {
-        // ENOSPC and friends: name the server and the chunk.
-        e.context(format!("{}: {}", self.id, ChunkFiles::describe(key)))
+    /// An engine error on `key`, naming this server (the engine names the chunk).
+    fn err(&self, e: StorageError, _key: ChunkKey) -> StorageError {
+        e.on(self.id)
     }
 
     /// Writes `data` at `offset` bytes into a chunk, creating it if needed. Not durable until
-    /// [`Store::fsync`]. Returns the bytes written.
+    /// [`ChunkStore::fsync`]. Returns the bytes written.
     ///
     /// Errors: Invalid when `chunk_size` exceeds 64 MiB or is 0, or `offset + len` exceeds
     /// `chunk_size`; NoSpace when the target is full; Io.
@@ -231,20 +232,19 @@ impl Store {
         let key = (file, chunk);
         let len = data.len() as u64;
         if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE {
-            return Err(PfsError::new(
-                ErrorCode::Invalid,
-                format!("{}: chunk size {chunk_size} bytes of file {file} is not within 1..={MAX_CHUNK_SIZE}", self.id),
-            ));
+            return Err(StorageError::Invalid {
+                server: self.id,
+                what: format!("chunk size {chunk_size} bytes of file {file} is not within 1..={MAX_CHUNK_SIZE}"),
+            });
         }
         if offset.checked_add(len).is_none_or(|end| end > chunk_size) {
-            return Err(PfsError::new(
-                ErrorCode::Invalid,
-                format!(
-                    "{}: write of {len} bytes at offset {offset} of {} exceeds the chunk size of {chunk_size} bytes",
-                    self.id,
+            return Err(StorageError::Invalid {
+                server: self.id,
+                what: format!(
+                    "write of {len} bytes at offset {offset} of {} exceeds the chunk size of {chunk_size} bytes",
                     ChunkFiles::describe(key)
                 ),
-            ));
+            });
         }
         let (existed, running) = {
             let mut st = self.state.lock();
@@ -301,14 +301,13 @@ impl Store {
     pub async fn read(&self, file: FileId, chunk: ChunkIndex, offset: u64, len: u32) -> Result<(PooledBuf, u64)> {
         let key = (file, chunk);
         if offset.saturating_add(len as u64) > MAX_CHUNK_SIZE {
-            return Err(PfsError::new(
-                ErrorCode::Invalid,
-                format!(
-                    "{}: read of {len} bytes at offset {offset} of {} is beyond the largest chunk size",
-                    self.id,
+            return Err(StorageError::Invalid {
+                server: self.id,
+                what: format!(
+                    "read of {len} bytes at offset {offset} of {} is beyond the largest chunk size",
                     ChunkFiles::describe(key)
                 ),
-            ));
+            });
         }
         let data =
             self.engine.read(key, offset, pool::global().get(len as usize)).await.map_err(|e| self.err(e, key))?;
@@ -325,13 +324,12 @@ impl Store {
     /// Errors: Invalid for a chunk size outside 1..=64 MiB; Io.
     pub async fn truncate(&self, file: FileId, size: u64, chunk_size: u64) -> Result<()> {
         if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE {
-            return Err(PfsError::new(
-                ErrorCode::Invalid,
-                format!(
-                    "{}: truncate of file {file}: chunk size {chunk_size} bytes is not within 1..={MAX_CHUNK_SIZE}",
-                    self.id
+            return Err(StorageError::Invalid {
+                server: self.id,
+                what: format!(
+                    "truncate of file {file}: chunk size {chunk_size} bytes is not within 1..={MAX_CHUNK_SIZE}"
                 ),
-            ));
+            });
         }
         let chunks = self.chunks_of(file);
         let mut removed = Vec::new();
@@ -409,7 +407,7 @@ impl Store {
         if self.dir_dirty.swap(false, Ordering::AcqRel) {
             if let Err(e) = self.engine.sync_dir().await {
                 self.dir_dirty.store(true, Ordering::Release);
-                return Err(e.context(self.id));
+                return Err(e.on(self.id));
             }
         }
         Ok(())
@@ -436,7 +434,7 @@ impl Store {
         // allocations of O_DIRECT appends) in shared journal transactions rather than one
         // commit per chunk in turn.
         let mut syncing = tokio::task::JoinSet::new();
-        let mut failed: Option<PfsError> = None;
+        let mut failed: Option<StorageError> = None;
         let mut next = keys.iter().copied();
         loop {
             while syncing.len() < SYNCS_AT_ONCE {
@@ -448,7 +446,7 @@ impl Store {
             let err = match done {
                 Ok(Ok(())) => continue,
                 Ok(Err((key, e))) => self.err(e, key),
-                Err(e) => PfsError::new(ErrorCode::Io, format!("{}: sync task failed: {e}", self.id)),
+                Err(e) => StorageError::Stopped { what: format!("{}: a sync task failed: {e}", self.id) },
             };
             failed.get_or_insert(err);
         }
@@ -473,7 +471,7 @@ impl Store {
     ///
     /// Errors: Io when statvfs fails.
     pub fn status(&self) -> Result<StorageStatus> {
-        let (capacity_bytes, free_bytes) = disk_space(self.dir()).map_err(|e| e.context(self.id))?;
+        let (capacity_bytes, free_bytes) = disk_space(self.dir()).map_err(|e| e.on(self.id))?;
         let chunks = self.state.lock().index.values().map(|m| m.len() as u64).sum();
         Ok(StorageStatus { id: self.id, capacity_bytes, free_bytes, chunks, engine: self.engine.name().to_string() })
     }
@@ -507,11 +505,11 @@ impl Store {
 pub fn disk_space(dir: &Path) -> Result<(u64, u64)> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(dir.as_os_str().as_bytes())
-        .map_err(|_| PfsError::new(ErrorCode::Invalid, format!("{}: NUL in path", dir.display())))?;
+        .map_err(|_| StorageError::io(dir.display(), std::io::Error::from(std::io::ErrorKind::InvalidInput)))?;
     // SAFETY: statvfs writes into the zeroed struct we own; the path is NUL-terminated.
     let mut s: libc::statvfs = unsafe { std::mem::zeroed() };
     if unsafe { libc::statvfs(c.as_ptr(), &mut s) } != 0 {
-        return Err(PfsError::io(format!("statvfs {}", dir.display()), std::io::Error::last_os_error()));
+        return Err(StorageError::io(format!("statvfs {}", dir.display()), std::io::Error::last_os_error()));
     }
     let frsize = s.f_frsize as u64;
     Ok((s.f_blocks as u64 * frsize, s.f_bavail as u64 * frsize))

@@ -3,9 +3,9 @@
 //! `pfs up` shares.
 
 use crate::daemon::{log_tail, spawn, Daemon, DaemonKind};
+use crate::error::{Error, Result};
 use pfs_client::{Client, ClientOptions};
 use pfs_common::config::Config;
-use pfs_common::error::{ErrorCode, PfsError, Result};
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -22,14 +22,11 @@ pub async fn wait_ready(config: &Arc<Config>, daemons: &mut [Daemon], timeout: D
     loop {
         for d in daemons.iter_mut() {
             if let Ok(Some(status)) = d.child.try_wait() {
-                return Err(PfsError::new(
-                    ErrorCode::Unavailable,
-                    format!(
-                        "{} exited ({status}) during start-up; its log says:\n{}",
-                        d.kind.name(),
-                        log_tail(&d.log, 8)
-                    ),
-                ));
+                return Err(Error::Exited {
+                    daemon: d.kind.name(),
+                    status: status.to_string(),
+                    log: log_tail(&d.log, 8),
+                });
             }
         }
         match Client::connect(ClientOptions::from_config(config)).await {
@@ -51,10 +48,7 @@ pub async fn wait_ready(config: &Arc<Config>, daemons: &mut [Daemon], timeout: D
             Err(e) => last_err = e.to_string(),
         }
         if Instant::now() >= deadline {
-            return Err(PfsError::new(
-                ErrorCode::TimedOut,
-                format!("cluster not ready within {} s: {last_err}", timeout.as_secs()),
-            ));
+            return Err(Error::NotReady { secs: timeout.as_secs(), last: last_err });
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
@@ -65,10 +59,10 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
     let listeners: Vec<std::net::TcpListener> = (0..n)
         .map(|_| std::net::TcpListener::bind("127.0.0.1:0"))
         .collect::<std::io::Result<_>>()
-        .map_err(|e| PfsError::io("finding a free port", e))?;
+        .map_err(|e| Error::io("finding a free port", e))?;
     listeners
         .iter()
-        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| PfsError::io("finding a free port", e)))
+        .map(|l| l.local_addr().map(|a| a.port()).map_err(|e| Error::io("finding a free port", e)))
         .collect()
 }
 
@@ -88,7 +82,7 @@ impl LocalCluster {
         let dir = tempfile::Builder::new()
             .prefix("pfs-cluster-")
             .tempdir()
-            .map_err(|e| PfsError::io("creating a temporary directory", e))?;
+            .map_err(|e| Error::io("creating a temporary directory", e))?;
         let ports = free_ports(storage_count as usize + 1)?;
         let mut config = Config::local(dir.path(), 0, storage_count);
         config.meta.address.set_port(ports[0]);
@@ -99,7 +93,7 @@ impl LocalCluster {
         config.validate()?;
         let config_path = dir.path().join("pfs.toml");
         fs::write(&config_path, config.to_toml())
-            .map_err(|e| PfsError::io(format!("writing {}", config_path.display()), e))?;
+            .map_err(|e| Error::io(format!("writing {}", config_path.display()), e))?;
         let mut cluster = LocalCluster { config: Arc::new(config), config_path, daemons: Vec::new(), dir };
         cluster.daemons.push(spawn(DaemonKind::Meta, &cluster.config_path, &cluster.log(DaemonKind::Meta), false)?);
         for s in cluster.config.storage.clone() {
@@ -177,7 +171,7 @@ impl LocalCluster {
 
     /// A new client connected to the cluster.
     pub async fn client(&self) -> Result<Client> {
-        Client::connect(ClientOptions::from_config(&self.config)).await
+        Ok(Client::connect(ClientOptions::from_config(&self.config)).await?)
     }
 
     /// Stops every daemon (SIGKILL: the servers' on-disk state is crash-safe by design) and

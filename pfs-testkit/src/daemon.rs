@@ -7,7 +7,7 @@
 //! `pfs` executable serves instead through its `pfs serve meta|storage` subcommand, which runs
 //! the same server code.
 
-use pfs_common::error::{ErrorCode, PfsError, Result};
+use crate::error::{Error, Result};
 use pfs_common::ids::ServerId;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -81,10 +81,7 @@ pub fn daemon_command(kind: DaemonKind, config_path: &Path) -> Result<Command> {
         });
         c
     } else {
-        return Err(PfsError::new(
-            ErrorCode::NotFound,
-            format!("cannot find {own} or pfs in {dirs:?}; build them with `cargo build --release` or set PFS_BIN_DIR"),
-        ));
+        return Err(Error::NoExecutable { exe: own, dirs: format!("{dirs:?}") });
     };
     cmd.arg("--config").arg(config_path);
     if let DaemonKind::Storage(id) = kind {
@@ -97,21 +94,21 @@ pub fn daemon_command(kind: DaemonKind, config_path: &Path) -> Result<Command> {
 /// group so that it outlives the terminal session of `pfs up`.
 pub fn spawn(kind: DaemonKind, config_path: &Path, log: &Path, detach: bool) -> Result<Daemon> {
     if let Some(dir) = log.parent() {
-        fs::create_dir_all(dir).map_err(|e| PfsError::io(format!("creating {}", dir.display()), e))?;
+        fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     }
     let out = fs::OpenOptions::new()
         .create(true)
         .append(true)
         .open(log)
-        .map_err(|e| PfsError::io(format!("opening log {}", log.display()), e))?;
-    let err = out.try_clone().map_err(|e| PfsError::io("duplicating a log handle", e))?;
+        .map_err(|e| Error::io(format!("opening log {}", log.display()), e))?;
+    let err = out.try_clone().map_err(|e| Error::io("duplicating a log handle", e))?;
     let mut cmd = daemon_command(kind, config_path)?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     if detach {
         use std::os::unix::process::CommandExt;
         cmd.process_group(0);
     }
-    let child = cmd.spawn().map_err(|e| PfsError::io(format!("starting {}", kind.name()), e))?;
+    let child = cmd.spawn().map_err(|e| Error::io(format!("starting {}", kind.name()), e))?;
     Ok(Daemon { kind, child, log: log.to_path_buf() })
 }
 

@@ -18,11 +18,11 @@
 //! sorted; nothing is asserted about timing. Build the daemons in the same target directory:
 //! `cargo build --release -p benchmarks -p pfs-client -p pfs-meta -p pfs-storage`.
 
+use benchmarks::{Error, Result};
 use clap::Parser;
 use pfs_client::{ByteRange, Client, ClientOptions, File, Mode};
 use pfs_common::config::Config;
 use pfs_common::ids::FileId;
-use pfs_common::{ErrorCode, PfsError, Result};
 use pfs_testkit::LocalCluster;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -161,7 +161,7 @@ async fn main() -> ExitCode {
 
 async fn run(args: Args) -> Result<()> {
     if args.iterations == 0 || args.clients == 0 || args.records == 0 {
-        return Err(PfsError::new(ErrorCode::Invalid, "--iterations, --clients and --records must be positive"));
+        return Err(Error::Invalid("--iterations, --clients and --records must be positive".into()));
     }
     // Kept alive until the end of `run`: dropping it kills the daemons.
     let (config, _cluster, where_) = match &args.config {
@@ -179,7 +179,7 @@ async fn run(args: Args) -> Result<()> {
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
     );
-    let admin = Client::connect(ClientOptions::from_config(&config)).await?;
+    let admin = Client::connect(ClientOptions::from_config(config)).await?;
     admin.mkdir_all(&dir).await?;
     println!("pfs-tokenbench: {where_}");
     println!(
@@ -240,7 +240,7 @@ async fn run(args: Args) -> Result<()> {
         let grants =
             [("grants_one_client", &single), ("grants_shared_file", &shared), ("grants_file_per_client", &separate)];
         let json = to_json(&args, &uncontended, &contended, contended_revokes, &grants, &[&interleaved, &segmented]);
-        std::fs::write(path, json).map_err(|e| PfsError::io(format!("writing {}", path.display()), e))?;
+        std::fs::write(path, json).map_err(|e| Error::io(format!("writing {}", path.display()), e))?;
     }
     // Best effort: leave nothing behind on a long-lived cluster.
     for name in ["uncontended", "contended", "interleaved", "segmented", "grants-single", "grants-shared"] {
@@ -271,7 +271,7 @@ fn range(i: u64) -> ByteRange {
 /// is timed.
 async fn uncontended(config: &Arc<Config>, admin: &Client, dir: &str, warmup: usize, n: usize) -> Result<Latency> {
     let file = make_file(admin, &format!("{dir}/uncontended")).await?;
-    let c = Client::connect(ClientOptions::from_config(&config)).await?;
+    let c = Client::connect(ClientOptions::from_config(config)).await?;
     let mut samples = Vec::with_capacity(n);
     for i in 0..(warmup + n) as u64 {
         let r = range(i);
@@ -311,7 +311,7 @@ async fn grants(
     let barrier = Arc::new(tokio::sync::Barrier::new(k + 1));
     let mut tasks = Vec::with_capacity(k);
     for (j, file) in files.into_iter().enumerate() {
-        let c = Client::connect(ClientOptions::from_config(&config)).await?;
+        let c = Client::connect(ClientOptions::from_config(config)).await?;
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             // Client j owns ranges [j*n, (j+1)*n) (+1 for the warm-up pair), so no two
@@ -332,14 +332,14 @@ async fn grants(
             }
             let end = Instant::now();
             c.close().await?;
-            Ok::<Instant, PfsError>(end)
+            Ok::<Instant, Error>(end)
         }));
     }
     barrier.wait().await;
     let start = Instant::now();
     let mut last = start;
     for t in tasks {
-        let end = t.await.map_err(|e| PfsError::new(ErrorCode::Io, format!("grant task: {e}")))??;
+        let end = t.await.map_err(|e| Error::Check(format!("a grant task failed: {e}")))??;
         last = last.max(end);
     }
     Ok(Throughput { clients: k, grants: (k * n) as u64, elapsed: last - start })
@@ -350,8 +350,8 @@ async fn grants(
 /// acquire latencies and the revokes both clients handled (about one per acquire).
 async fn contended(config: &Arc<Config>, admin: &Client, dir: &str, warmup: usize, n: usize) -> Result<(Latency, u64)> {
     let file = make_file(admin, &format!("{dir}/contended")).await?;
-    let a = Client::connect(ClientOptions::from_config(&config)).await?;
-    let b = Client::connect(ClientOptions::from_config(&config)).await?;
+    let a = Client::connect(ClientOptions::from_config(config)).await?;
+    let b = Client::connect(ClientOptions::from_config(config)).await?;
     let r = range(0);
     a.acquire_token(file, Mode::Write, r, r).await?;
     let mut samples = Vec::with_capacity(n);
@@ -383,7 +383,7 @@ async fn shared_file(config: &Arc<Config>, admin: &Client, dir: &str, per: u64, 
     let mut clients = Vec::with_capacity(WRITERS);
     let mut files: Vec<File> = Vec::with_capacity(WRITERS);
     for _ in 0..WRITERS {
-        let c = Client::connect(ClientOptions::from_config(&config)).await?;
+        let c = Client::connect(ClientOptions::from_config(config)).await?;
         files.push(c.open(&path).await?);
         clients.push(c);
     }
@@ -428,17 +428,17 @@ fn record_bytes(k: u64) -> Vec<u8> {
 }
 
 async fn verify(config: &Arc<Config>, path: &str, total: u64) -> Result<()> {
-    let c = Client::connect(ClientOptions::from_config(&config)).await?;
+    let c = Client::connect(ClientOptions::from_config(config)).await?;
     let f = c.open(path).await?;
     let mut buf = vec![0u8; RECORD as usize];
     for k in 0..total {
         let n = f.read_at(k * RECORD, &mut buf).await?;
         if n != buf.len() || buf != record_bytes(k) {
-            return Err(PfsError::new(ErrorCode::Io, format!("{path}: record {k} read back wrong ({n} bytes)")));
+            return Err(Error::Check(format!("{path}: record {k} read back wrong ({n} bytes)")));
         }
     }
     f.close().await?;
-    c.close().await
+    Ok(c.close().await?)
 }
 
 fn totals(p: &Pattern) -> (u64, u64, u64) {

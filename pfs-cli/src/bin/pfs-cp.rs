@@ -50,7 +50,7 @@ fn main() {
     }
 }
 
-fn run(args: Args) -> pfs_common::Result<()> {
+fn run(args: Args) -> pfs_cli::Result<()> {
     let config = tool::load_config(args.config)?;
     let rt = tool::runtime()?;
     rt.block_on(async {

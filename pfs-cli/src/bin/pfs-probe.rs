@@ -18,7 +18,7 @@
 
 use clap::Parser;
 use pfs_cli::tool;
-use pfs_client::{Client, ClientOptions, CreateOptions, File, Mode};
+use pfs_client::{Client, ClientOptions, CreateOptions, Error, File, Mode, Result};
 use std::path::PathBuf;
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 
@@ -39,7 +39,7 @@ fn main() {
     }
 }
 
-async fn run(args: Args) -> pfs_common::Result<()> {
+async fn run(args: Args) -> pfs_cli::Result<()> {
     let client = Client::connect(ClientOptions::from_config(&*tool::load_config(args.config)?)).await?;
     client.on_revoke(|ev| eprintln!("revoke file {} {} {:?}", ev.file, ev.range, ev.wanted));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
@@ -53,7 +53,7 @@ async fn run(args: Args) -> pfs_common::Result<()> {
         let answer = match command(&client, &mut file, &words).await {
             Ok(s) if s.is_empty() => "ok".to_string(),
             Ok(s) => format!("ok {s}"),
-            Err(e) => format!("err {:?} {}", e.code, e.message.replace('\n', " ")),
+            Err(e) => format!("err {:?} {}", e.code(), e.to_string().replace('\n', " ")),
         };
         out.write_all(format!("{answer}\n").as_bytes()).await.ok();
         out.flush().await.ok();
@@ -61,16 +61,12 @@ async fn run(args: Args) -> pfs_common::Result<()> {
     Ok(())
 }
 
-fn num(words: &[&str], i: usize) -> pfs_common::Result<u64> {
-    words.get(i).and_then(|w| w.parse().ok()).ok_or_else(|| {
-        pfs_common::PfsError::new(pfs_common::ErrorCode::Invalid, format!("argument {i} must be a number"))
-    })
+fn num(words: &[&str], i: usize) -> Result<u64> {
+    words.get(i).and_then(|w| w.parse().ok()).ok_or_else(|| Error::Invalid(format!("argument {i} must be a number")))
 }
 
-async fn command(client: &Client, file: &mut Option<File>, words: &[&str]) -> pfs_common::Result<String> {
-    let need = |f: &Option<File>| {
-        f.clone().ok_or_else(|| pfs_common::PfsError::new(pfs_common::ErrorCode::Invalid, "no file open"))
-    };
+async fn command(client: &Client, file: &mut Option<File>, words: &[&str]) -> Result<String> {
+    let need = |f: &Option<File>| f.clone().ok_or_else(|| Error::Invalid("no file open".into()));
     match words.first().copied().unwrap_or("") {
         "session" => Ok(format!("{:x}", client.session()?)),
         "create" => {
@@ -100,8 +96,7 @@ async fn command(client: &Client, file: &mut Option<File>, words: &[&str]) -> pf
         }
         "fsync" => need(file)?.fsync().await.map(|()| String::new()),
         "close" => {
-            let f =
-                file.take().ok_or_else(|| pfs_common::PfsError::new(pfs_common::ErrorCode::Invalid, "no file open"))?;
+            let f = file.take().ok_or_else(|| Error::Invalid("no file open".into()))?;
             f.close().await.map(|()| String::new())
         }
         "size" => Ok(need(file)?.size().to_string()),
@@ -119,6 +114,6 @@ async fn command(client: &Client, file: &mut Option<File>, words: &[&str]) -> pf
                 s.token_acquires, s.revokes, c.read_hits, c.read_misses, c.write_hits, c.evictions, c.writebacks, c.invalidations, c.close_writebacks, c.close_evictions
             ))
         }
-        other => Err(pfs_common::PfsError::new(pfs_common::ErrorCode::Invalid, format!("unknown command {other:?}"))),
+        other => Err(Error::Invalid(format!("unknown command {other:?}"))),
     }
 }

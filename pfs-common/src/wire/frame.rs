@@ -13,7 +13,7 @@
 //! (chunk data) never pass through serde: they are read from the socket straight into a pooled
 //! buffer and written from the caller's buffer with vectored writes.
 
-use crate::error::{ErrorCode, PfsError, Result};
+use crate::error::{ErrorCode, WireCode};
 use crate::layout::MAX_CHUNK_SIZE;
 use crate::pool::{BufPool, PooledBuf};
 use std::io::IoSlice;
@@ -50,6 +50,37 @@ pub struct Limits {
 /// one whole chunk of the largest size (64 MiB).
 pub const DEFAULT_LIMITS: Limits = Limits { max_body: 4 << 20, max_payload: MAX_CHUNK_SIZE as u32 };
 
+/// A frame that could not be read or written. Nothing is allocated for a frame whose header
+/// fails its checks.
+#[derive(Debug, thiserror::Error)]
+pub enum FrameError {
+    /// The socket failed, or closed in the middle of a frame.
+    #[error("{0}")]
+    Io(#[source] std::io::Error),
+    /// The first two bytes are not [`MAGIC`]: not pfs speaking.
+    #[error("bad frame magic {0:02x}{1:02x}")]
+    BadMagic(u8, u8),
+    /// Another frame format version.
+    #[error("unsupported frame version {0}")]
+    BadVersion(u8),
+    /// An unknown frame kind.
+    #[error("unknown frame kind {0}")]
+    BadKind(u8),
+    /// A length over its limit.
+    #[error("frame {what} of {len} bytes exceeds the limit of {limit} bytes")]
+    TooLarge { what: &'static str, len: u64, limit: u64 },
+}
+
+impl WireCode for FrameError {
+    fn code(&self) -> ErrorCode {
+        match self {
+            FrameError::Io(_) => ErrorCode::Unavailable,
+            FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+            _ => ErrorCode::Protocol,
+        }
+    }
+}
+
 /// A decoded frame header.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct FrameHeader {
@@ -73,33 +104,31 @@ impl FrameHeader {
     }
 
     /// Parses and checks a header: magic, version, kind and both lengths against `limits`.
-    pub fn decode(h: &[u8; HEADER_LEN], limits: &Limits) -> Result<FrameHeader> {
+    pub fn decode(h: &[u8; HEADER_LEN], limits: &Limits) -> Result<FrameHeader, FrameError> {
         if h[0..2] != MAGIC {
-            return Err(PfsError::new(ErrorCode::Protocol, format!("bad frame magic {:02x}{:02x}", h[0], h[1])));
+            return Err(FrameError::BadMagic(h[0], h[1]));
         }
         if h[2] != FRAME_VERSION {
-            return Err(PfsError::new(ErrorCode::Protocol, format!("unsupported frame version {}", h[2])));
+            return Err(FrameError::BadVersion(h[2]));
         }
         let kind = match h[3] {
             1 => FrameKind::Request,
             2 => FrameKind::Response,
             3 => FrameKind::Notify,
-            k => return Err(PfsError::new(ErrorCode::Protocol, format!("unknown frame kind {k}"))),
+            k => return Err(FrameError::BadKind(k)),
         };
         let body_len = u32::from_le_bytes(h[4..8].try_into().unwrap());
         let payload_len = u32::from_le_bytes(h[8..12].try_into().unwrap());
         let request_id = u64::from_le_bytes(h[12..20].try_into().unwrap());
         if body_len > limits.max_body {
-            return Err(PfsError::new(
-                ErrorCode::TooLarge,
-                format!("frame body of {body_len} bytes exceeds the limit of {} bytes", limits.max_body),
-            ));
+            return Err(FrameError::TooLarge { what: "body", len: body_len.into(), limit: limits.max_body.into() });
         }
         if payload_len > limits.max_payload {
-            return Err(PfsError::new(
-                ErrorCode::TooLarge,
-                format!("frame payload of {payload_len} bytes exceeds the limit of {} bytes", limits.max_payload),
-            ));
+            return Err(FrameError::TooLarge {
+                what: "payload",
+                len: payload_len.into(),
+                limit: limits.max_payload.into(),
+            });
         }
         Ok(FrameHeader { kind, body_len, payload_len, request_id })
     }
@@ -117,23 +146,27 @@ pub struct Frame {
 
 /// Reads one frame. `Ok(None)` on a clean end of stream before a header; an error for a bad
 /// header (nothing allocated for it), a short body or payload, or a socket error.
-pub async fn read_frame<R: AsyncRead + Unpin>(r: &mut R, limits: &Limits, pool: &BufPool) -> Result<Option<Frame>> {
+pub async fn read_frame<R: AsyncRead + Unpin>(
+    r: &mut R,
+    limits: &Limits,
+    pool: &BufPool,
+) -> Result<Option<Frame>, FrameError> {
     let mut h = [0u8; HEADER_LEN];
     // Read the first byte separately so a clean close between frames is not an error.
     match r.read(&mut h[..1]).await {
         Ok(0) => return Ok(None),
         Ok(_) => {}
-        Err(e) => return Err(PfsError::io("reading frame header", e)),
+        Err(e) => return Err(FrameError::Io(e)),
     }
-    r.read_exact(&mut h[1..]).await.map_err(|e| PfsError::io("reading frame header", e))?;
+    r.read_exact(&mut h[1..]).await.map_err(FrameError::Io)?;
     let header = FrameHeader::decode(&h, limits)?;
     let mut body = vec![0u8; header.body_len as usize];
-    r.read_exact(&mut body).await.map_err(|e| PfsError::io("reading frame body", e))?;
+    r.read_exact(&mut body).await.map_err(FrameError::Io)?;
     let payload = if header.payload_len == 0 {
         PooledBuf::empty()
     } else {
         let mut p = pool.get(header.payload_len as usize);
-        r.read_exact(&mut p).await.map_err(|e| PfsError::io("reading frame payload", e))?;
+        r.read_exact(&mut p).await.map_err(FrameError::Io)?;
         p
     };
     Ok(Some(Frame { header, body, payload }))
@@ -147,18 +180,17 @@ pub async fn write_frame<W: AsyncWrite + Unpin>(
     request_id: u64,
     body: &[u8],
     payload: &[u8],
-) -> Result<()> {
-    let body_len = u32::try_from(body.len())
-        .map_err(|_| PfsError::new(ErrorCode::TooLarge, format!("body of {} bytes", body.len())))?;
-    let payload_len = u32::try_from(payload.len())
-        .map_err(|_| PfsError::new(ErrorCode::TooLarge, format!("payload of {} bytes", payload.len())))?;
+) -> Result<(), FrameError> {
+    let too_large = |what, len: usize| FrameError::TooLarge { what, len: len as u64, limit: u32::MAX.into() };
+    let body_len = u32::try_from(body.len()).map_err(|_| too_large("body", body.len()))?;
+    let payload_len = u32::try_from(payload.len()).map_err(|_| too_large("payload", payload.len()))?;
     let header = FrameHeader { kind, body_len, payload_len, request_id }.encode();
     let mut slices = [IoSlice::new(&header), IoSlice::new(body), IoSlice::new(payload)];
     let mut bufs: &mut [IoSlice<'_>] = &mut slices;
     while !bufs.is_empty() {
-        let n = w.write_vectored(bufs).await.map_err(|e| PfsError::io("writing frame", e))?;
+        let n = w.write_vectored(bufs).await.map_err(FrameError::Io)?;
         if n == 0 {
-            return Err(PfsError::new(ErrorCode::Unavailable, "connection closed while writing frame"));
+            return Err(FrameError::Io(std::io::ErrorKind::WriteZero.into()));
         }
         IoSlice::advance_slices(&mut bufs, n);
     }
@@ -180,17 +212,17 @@ mod tests {
         let mut h = FrameHeader { kind: FrameKind::Request, body_len: 0, payload_len: 0, request_id: 1 }.encode();
         h[8..12].copy_from_slice(&u32::MAX.to_le_bytes());
         let err = FrameHeader::decode(&h, &DEFAULT_LIMITS).unwrap_err();
-        assert_eq!(err.code, ErrorCode::TooLarge);
+        assert!(matches!(err, FrameError::TooLarge { what: "payload", .. }), "{err}");
         let mut h = FrameHeader { kind: FrameKind::Request, body_len: 0, payload_len: 0, request_id: 1 }.encode();
         h[4..8].copy_from_slice(&(DEFAULT_LIMITS.max_body + 1).to_le_bytes());
-        assert_eq!(FrameHeader::decode(&h, &DEFAULT_LIMITS).unwrap_err().code, ErrorCode::TooLarge);
+        assert_eq!(FrameHeader::decode(&h, &DEFAULT_LIMITS).unwrap_err().code(), ErrorCode::TooLarge);
     }
 
     #[test]
     fn garbage_is_a_protocol_error() {
         let h = *b"GET / HTTP/1.1\r\nHost:";
         let h: [u8; HEADER_LEN] = h[..HEADER_LEN].try_into().unwrap();
-        assert_eq!(FrameHeader::decode(&h, &DEFAULT_LIMITS).unwrap_err().code, ErrorCode::Protocol);
+        assert!(matches!(FrameHeader::decode(&h, &DEFAULT_LIMITS), Err(FrameError::BadMagic(b'G', b'E'))));
     }
 
     #[tokio::test]

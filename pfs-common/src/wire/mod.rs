@@ -1,5 +1,15 @@
-//! The wire protocol: frames ([`frame`]), the handshake, and the messages of each service
-//! ([`meta`] for pfs-meta, [`storage`] for pfs-storage).
+//! The wire protocol: frames ([`frame`]), the handshake, and the messages of each service.
+//!
+//! | service | module | spoken by | served by |
+//! | --- | --- | --- | --- |
+//! | namespace | [`namespace`] | clients | pfs-meta |
+//! | tokens | [`tokens`] | clients | pfs-meta |
+//! | registry and chunk reports | [`registry`] | storage servers (reports), anyone (queries) | pfs-meta |
+//! | chunk data | [`storage`] | clients | pfs-storage |
+//!
+//! Every call is a struct implementing [`Call`], which names the request enum it travels in
+//! and the type of its answer, so a caller gets the answer's type from the call and a server
+//! answers each call with [`Call::Reply`] (checked at compile time on both sides).
 //!
 //! Bodies are postcard-encoded (serde), never bincode: bincode 3.0 is a deliberate compile
 //! error and the crate is declared unmaintained (RUSTSEC-2025-0141), and bincode 1/2 without a
@@ -8,19 +18,24 @@
 //! pre-allocation, so a lying length prefix cannot make us allocate.
 
 pub mod frame;
-pub mod meta;
+pub mod namespace;
+pub mod registry;
 pub mod storage;
+pub mod tokens;
 
-use crate::error::{ErrorCode, PfsError, Result, WireError};
+use crate::error::WireError;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken in the handshake.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
+
+/// Longest peer name accepted in a [`Hello`], bytes.
+pub const PEER_NAME_MAX: usize = 256;
 
 /// Who is on the other end of a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum Role {
+pub enum PeerRole {
     /// An application, tool or benchmark using pfs-client.
     Client,
     /// A storage server (talking to pfs-meta).
@@ -33,8 +48,9 @@ pub enum Role {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub version: u16,
-    pub role: Role,
-    /// Free-form name of the connecting process, for logs ("pfs-cp 1234").
+    pub role: PeerRole,
+    /// Free-form name of the connecting process, for logs ("pfs-cp 1234"); at most
+    /// [`PEER_NAME_MAX`] bytes.
     pub name: String,
 }
 
@@ -46,14 +62,75 @@ pub struct HelloReply {
     pub server: String,
 }
 
+/// One remote call: the message a caller sends, the request enum of the service it belongs
+/// to, and the type of its answer.
+pub trait Call: Sized {
+    /// The request enum of the service (what the server decodes).
+    type Request: Serialize + DeserializeOwned + Send + 'static;
+    /// The answer to this call.
+    type Reply: Serialize + DeserializeOwned + Send + 'static;
+    /// Wraps the call in its service's request enum.
+    fn into_request(self) -> Self::Request;
+}
+
+/// Declares a service's request enum and the [`Call`] impl of each of its calls.
+///
+/// `pub enum Name in Outer::Variant { V(Call) -> Reply, .. }` nests the service's enum in
+/// `Outer` (a server speaking several services); `pub enum Name { .. }` makes it the
+/// connection's own request type.
+macro_rules! service {
+    ($(#[$m:meta])* pub enum $name:ident in $outer:ident :: $ov:ident {
+        $( $(#[$vm:meta])* $variant:ident($call:ident) -> $reply:ty ),* $(,)?
+    }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name { $( $(#[$vm])* $variant($call) ),* }
+        $(
+            impl $crate::wire::Call for $call {
+                type Request = $outer;
+                type Reply = $reply;
+                fn into_request(self) -> $outer {
+                    $outer::$ov($name::$variant(self))
+                }
+            }
+        )*
+    };
+    ($(#[$m:meta])* pub enum $name:ident {
+        $( $(#[$vm:meta])* $variant:ident($call:ident) -> $reply:ty ),* $(,)?
+    }) => {
+        $(#[$m])*
+        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+        pub enum $name { $( $(#[$vm])* $variant($call) ),* }
+        $(
+            impl $crate::wire::Call for $call {
+                type Request = $name;
+                type Reply = $reply;
+                fn into_request(self) -> $name {
+                    $name::$variant(self)
+                }
+            }
+        )*
+    };
+}
+pub(crate) use service;
+
+/// Every request pfs-meta serves: namespace operations and token traffic from clients,
+/// registration and reports from storage servers, cluster queries from anyone.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum MetaRequest {
+    Namespace(namespace::NamespaceRequest),
+    Tokens(tokens::TokenRequest),
+    Registry(registry::RegistryRequest),
+}
+
 /// Encodes a message body.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     postcard::to_allocvec(msg).expect("postcard encodes every pfs message")
 }
 
-/// Decodes a message body; `what` names the message kind for the error.
-pub fn decode<T: DeserializeOwned>(body: &[u8], what: &str) -> Result<T> {
-    postcard::from_bytes(body).map_err(|e| PfsError::new(ErrorCode::Protocol, format!("undecodable {what}: {e}")))
+/// Decodes a message body. Errors with postcard's description of what is wrong.
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, postcard::Error> {
+    postcard::from_bytes(body)
 }
 
 /// The body of every response: the result of the request.

@@ -1,47 +1,85 @@
-//! Messages of the storage service (pfs-storage): chunk reads and writes, truncate, remove,
-//! fsync, and the notifications pfs-meta pushes to storage servers.
+//! The chunk data service of pfs-storage: chunk reads and writes, truncate, remove, fsync.
+//! Data travels as the frame payload, never in the body.
 
+use super::service;
 use crate::ids::{ChunkIndex, FileId, ServerId};
 use crate::token::SessionId;
 use serde::{Deserialize, Serialize};
 
-/// Requests to a storage server. Data travels as the frame payload, never in the body.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StorageRequest {
-    /// Write the payload at `offset` (bytes) inside chunk `chunk` of `file`, creating the
-    /// chunk file if needed. `chunk_size` bounds `offset + len`. Not durable until `Fsync`.
-    /// `session` is the writer's session; writes of a fenced (evicted) session are refused
-    /// with Evicted, so a late write cannot land over newer data.
-    Write { file: FileId, chunk: ChunkIndex, offset: u64, chunk_size: u64, session: SessionId },
-    /// Read up to `len` bytes at `offset` inside a chunk. The payload of the answer is shorter
-    /// when the chunk file ends earlier, and empty when it does not exist (a hole).
-    Read { file: FileId, chunk: ChunkIndex, offset: u64, len: u32 },
-    /// Cut `file` to `size` bytes: chunks wholly past it are removed, the one it falls in is
-    /// truncated. `chunk_size` is the file's chunk size. Durable when answered.
-    Truncate { file: FileId, size: u64, chunk_size: u64 },
-    /// Remove every chunk of `file`. Durable when answered.
-    Remove { file: FileId },
-    /// Make every write to `file` durable, and report the new chunk hashes to pfs-meta,
-    /// before answering.
-    Fsync { file: FileId },
-    /// Capacity and usage.
-    Status,
+service! {
+    /// Requests of the chunk data service.
+    pub enum StorageRequest {
+        Write(WriteChunk) -> Written,
+        Read(ReadChunk) -> ReadReply,
+        Truncate(TruncateFile) -> (),
+        Remove(RemoveFile) -> (),
+        Fsync(FsyncFile) -> (),
+        Status(GetStatus) -> StorageStatus,
+    }
 }
 
-/// Answers from a storage server.
+/// Write the payload at `offset` (bytes) inside chunk `chunk` of `file`, creating the chunk
+/// file if needed. `chunk_size` bounds `offset + len`. Not durable until [`FsyncFile`].
+/// `session` is the writer's session; writes of a fenced (evicted) session are refused with
+/// Evicted, so a late write cannot land over newer data; every write is refused with
+/// Unavailable while the server holds no lease from pfs-meta.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StorageResponse {
-    Done,
-    /// Bytes written.
-    Written {
-        len: u32,
-    },
-    /// Bytes read are the payload; `chunk_len` is the chunk file's length.
-    Read {
-        chunk_len: u64,
-    },
-    Status(StorageStatus),
+pub struct WriteChunk {
+    pub file: FileId,
+    pub chunk: ChunkIndex,
+    pub offset: u64,
+    pub chunk_size: u64,
+    pub session: SessionId,
 }
+
+/// The answer to [`WriteChunk`]: bytes written (the whole payload).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Written {
+    pub len: u32,
+}
+
+/// Read up to `len` bytes at `offset` inside a chunk. The payload of the answer is shorter
+/// when the chunk file ends earlier, and empty when it does not exist (a hole).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadChunk {
+    pub file: FileId,
+    pub chunk: ChunkIndex,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// The answer to [`ReadChunk`]; the bytes read are the payload.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReadReply {
+    /// The chunk file's length, bytes (0 when it does not exist).
+    pub chunk_len: u64,
+}
+
+/// Cut `file` to `size` bytes: chunks wholly past it are removed, the one it falls in is
+/// truncated. `chunk_size` is the file's chunk size. Durable when answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TruncateFile {
+    pub file: FileId,
+    pub size: u64,
+    pub chunk_size: u64,
+}
+
+/// Remove every chunk of `file`. Durable when answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveFile {
+    pub file: FileId,
+}
+
+/// Make every write to `file` durable, and report the new chunk hashes to pfs-meta, before
+/// answering.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsyncFile {
+    pub file: FileId,
+}
+
+/// Capacity and usage.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetStatus;
 
 /// A storage server's capacity and usage.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -52,14 +90,4 @@ pub struct StorageStatus {
     pub chunks: u64,
     /// "io_uring" or "pread".
     pub engine: String,
-}
-
-/// One-way messages pfs-meta pushes to a storage server.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum StorageNotify {
-    /// These files were unlinked: remove their chunks.
-    RemoveFiles(Vec<FileId>),
-    /// Refuse writes of these (evicted) sessions from now on, then answer with
-    /// `MetaRequest::Fenced`.
-    Fence(Vec<SessionId>),
 }

@@ -3,8 +3,8 @@
 //! Aligned transfers go through the chunk's `O_DIRECT` file (see [`super`]'s "Direct I/O").
 
 use super::{blocking, direct_eligible, ChunkFiles, ChunkKey, Engine, IoFuture, DIRECT_ALIGN};
+use crate::error::{Result, StorageError};
 use pfs_common::pool::PooledBuf;
-use pfs_common::{PfsError, Result};
 use std::os::unix::fs::FileExt;
 use std::sync::Arc;
 
@@ -48,7 +48,7 @@ impl Engine for PreadEngine {
                     Ok(n) => done += n,
                     Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
                     Err(e) => {
-                        return Err(PfsError::io(format!("reading {} at {offset}", ChunkFiles::describe(key)), e))
+                        return Err(StorageError::io(format!("reading {} at {offset}", ChunkFiles::describe(key)), e))
                     }
                 }
             }
@@ -68,7 +68,7 @@ impl Engine for PreadEngine {
             files.count_op(&fd);
             fd.file
                 .write_all_at(&buf, offset)
-                .map_err(|e| PfsError::io(format!("writing {} at {offset}", ChunkFiles::describe(key)), e))?;
+                .map_err(|e| StorageError::io(format!("writing {} at {offset}", ChunkFiles::describe(key)), e))?;
             Ok(buf)
         }))
     }
@@ -78,7 +78,7 @@ impl Engine for PreadEngine {
         Box::pin(blocking(move || {
             // Either kind of file: fdatasync flushes the inode's data written through both.
             let Some(f) = files.open_for_sync(key)? else { return Ok(()) };
-            f.sync_data().map_err(|e| PfsError::io(format!("syncing {}", ChunkFiles::describe(key)), e))
+            f.sync_data().map_err(|e| StorageError::io(format!("syncing {}", ChunkFiles::describe(key)), e))
         }))
     }
 }

@@ -9,9 +9,9 @@
 //! Aligned transfers go through the chunk's `O_DIRECT` file (see [`super`]'s "Direct I/O").
 
 use super::{blocking, direct_eligible, ChunkFd, ChunkFiles, ChunkKey, Engine, IoFuture, DIRECT_ALIGN};
+use crate::error::{Result, StorageError};
 use io_uring::{opcode, types, IoUring};
 use pfs_common::pool::PooledBuf;
-use pfs_common::{ErrorCode, PfsError, Result};
 use std::fs::File;
 use std::io;
 use std::os::fd::AsRawFd;
@@ -86,14 +86,14 @@ impl UringEngine {
         }
         let (tx, rx) = oneshot::channel();
         let op = Op { kind, file: fd.file, direct: fd.direct, offset, buf, done: 0, reply: tx };
-        let gone = || PfsError::new(ErrorCode::Io, "the io_uring thread has stopped");
+        let gone = || StorageError::Stopped { what: "the io_uring thread has stopped".into() };
         self.ops.send(op).await.map_err(|_| gone())?;
         let what = match kind {
             Kind::Read => format!("reading {} at {offset}", ChunkFiles::describe(key)),
             Kind::Write => format!("writing {} at {offset}", ChunkFiles::describe(key)),
             Kind::Fsync => format!("syncing {}", ChunkFiles::describe(key)),
         };
-        rx.await.map_err(|_| gone())?.map_err(|e| PfsError::io(what, e))
+        rx.await.map_err(|_| gone())?.map_err(|e| StorageError::io(what, e))
     }
 }
 

@@ -1,13 +1,13 @@
-//! Store tests on temporary directories, plus the pfs-meta session against a fake pfs-meta.
+//! ChunkStore tests on temporary directories, plus the pfs-meta session against a fake pfs-meta.
 
 use super::*;
 use crate::engine;
 use pfs_common::config::{Config, EngineChoice};
 use pfs_common::rpc::{self, Handler, Peer, Reply, ServeOptions};
 use pfs_common::wire::frame::DEFAULT_LIMITS;
-use pfs_common::wire::meta::{MetaRequest, MetaResponse};
-use pfs_common::wire::storage::StorageNotify;
-use pfs_common::wire::Role;
+use pfs_common::wire::registry::{self as reg, Orphans, Registered, RegistryRequest, StorageNotify};
+use pfs_common::wire::{MetaRequest, PeerRole};
+use std::sync::atomic::AtomicBool;
 
 fn buf(data: &[u8]) -> PooledBuf {
     let mut b = pool::global().get(data.len());
@@ -15,9 +15,9 @@ fn buf(data: &[u8]) -> PooledBuf {
     b
 }
 
-async fn open_store(dir: &Path, quiet: Duration) -> Arc<Store> {
+async fn open_store(dir: &Path, quiet: Duration) -> Arc<ChunkStore> {
     let engine = engine::open(EngineChoice::Auto, dir).unwrap();
-    Store::open(ServerId(3), engine, StoreOptions { hash_quiet: quiet }).await.unwrap()
+    ChunkStore::open(ServerId(3), engine, StoreOptions { hash_quiet: quiet }).await.unwrap()
 }
 
 const CS: u64 = 1 << 20;
@@ -42,13 +42,12 @@ async fn writes_beyond_the_chunk_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
     let e = s.write(FileId(7), 2, CS - 2, CS, buf(b"abc")).await.unwrap_err();
-    assert_eq!(e.code, ErrorCode::Invalid);
-    assert!(e.message.contains("chunk 2 of file 0000000000000007") && e.message.contains("offset 1048574"), "{e}");
+    assert!(matches!(e, StorageError::Invalid { server: ServerId(3), .. }), "{e}");
     let e = s.write(FileId(7), 0, u64::MAX, CS, buf(b"abc")).await.unwrap_err();
-    assert_eq!(e.code, ErrorCode::Invalid);
+    assert!(matches!(e, StorageError::Invalid { .. }), "{e}");
     let e = s.write(FileId(7), 0, 0, MAX_CHUNK_SIZE * 2, buf(b"abc")).await.unwrap_err();
-    assert_eq!(e.code, ErrorCode::Invalid);
-    assert_eq!(s.read(FileId(7), 0, MAX_CHUNK_SIZE, 1).await.unwrap_err().code, ErrorCode::Invalid);
+    assert!(matches!(e, StorageError::Invalid { .. }), "{e}");
+    assert!(matches!(s.read(FileId(7), 0, MAX_CHUNK_SIZE, 1).await, Err(StorageError::Invalid { .. })));
     s.write(FileId(7), 2, CS - 3, CS, buf(b"abc")).await.unwrap();
     assert_eq!(entries(dir.path()).len(), 1);
 }
@@ -99,11 +98,14 @@ async fn background_hasher_hashes_quiet_chunks() {
     tokio::spawn(crate::hasher::run(s.clone()));
     s.write(FileId(6), 0, 0, CS, buf(b"quiet")).await.unwrap();
     let want = Sha256Digest::of(b"quiet");
-    crate::hasher::wait_for(Duration::from_secs(10), || s.chunk_hash(FileId(6), 0) == Some(want)).await.unwrap();
+    assert!(
+        crate::hasher::wait_for(Duration::from_secs(10), || s.chunk_hash(FileId(6), 0) == Some(want)).await,
+        "condition not met in time"
+    );
 }
 
 /// The file's bytes on disk and the store's hash of them after an fsync.
-async fn fsynced_hash(s: &Arc<Store>, file: FileId, chunk: ChunkIndex) -> (Option<Sha256Digest>, Sha256Digest) {
+async fn fsynced_hash(s: &Arc<ChunkStore>, file: FileId, chunk: ChunkIndex) -> (Option<Sha256Digest>, Sha256Digest) {
     s.fsync(file).await.unwrap();
     let bytes = std::fs::read(s.chunk_path(file, chunk)).unwrap();
     (s.chunk_hash(file, chunk), Sha256Digest::of(&bytes))
@@ -226,28 +228,41 @@ async fn truncate_and_remove() {
     assert!(outbox.values().filter(|c| c.removed).count() == 4);
 }
 
-/// A fake pfs-meta that records chunk reports and can push notifications.
+/// A fake pfs-meta that records chunk reports, can push notifications, and can refuse
+/// heartbeats (as the real one does for a server it declared down).
 #[derive(Default)]
 struct FakeMeta {
     reports: Mutex<Vec<(Vec<ChunkState>, bool)>>,
     registered: AtomicU64,
     peers: Mutex<Vec<Peer>>,
+    refuse_heartbeats: AtomicBool,
 }
 
 impl Handler for FakeMeta {
     type Request = MetaRequest;
     async fn handle(self: Arc<Self>, peer: Peer, req: MetaRequest, _payload: PooledBuf) -> Reply {
+        let MetaRequest::Registry(req) = req else {
+            let e = pfs_common::Error::Protocol { peer: "fake".into(), message: "not a registry call".into() };
+            return Reply::error(&e);
+        };
         match req {
-            MetaRequest::Register { .. } => {
+            RegistryRequest::Register(_) => {
                 self.registered.fetch_add(1, Ordering::SeqCst);
                 self.peers.lock().push(peer);
-                Reply::from_result(Ok(MetaResponse::Orphans(vec![FileId(0xdead)])))
+                let r = Registered { fence_below: 0, fenced: vec![], lease_ms: 60_000, orphans: vec![FileId(0xdead)] };
+                Reply::to::<reg::Register, StorageError>(Ok(r))
             }
-            MetaRequest::ChunkReport { chunks, full, .. } => {
-                self.reports.lock().push((chunks, full));
-                Reply::from_result(Ok(MetaResponse::Done))
+            RegistryRequest::ChunkReport(c) => {
+                self.reports.lock().push((c.chunks, c.full));
+                Reply::to::<reg::ChunkReport, StorageError>(Ok(Orphans::default()))
             }
-            _ => Reply::from_result(Ok(MetaResponse::Done)),
+            RegistryRequest::Heartbeat(c) if self.refuse_heartbeats.load(Ordering::SeqCst) => {
+                Reply::error(&StorageError::NoLease { server: c.id, why: "declared down by the fake".into() })
+            }
+            RegistryRequest::Heartbeat(_) => Reply::to::<reg::Heartbeat, StorageError>(Ok(())),
+            RegistryRequest::Fenced(_) => Reply::to::<reg::Fenced, StorageError>(Ok(())),
+            RegistryRequest::ListServers(_) => Reply::to::<reg::ListServers, StorageError>(Ok(vec![])),
+            RegistryRequest::GetChunks(_) => Reply::to::<reg::GetChunks, StorageError>(Ok(vec![])),
         }
     }
 }
@@ -265,7 +280,7 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     let listener = rpc::bind("127.0.0.1:0".parse().unwrap(), "fake pfs-meta").await.unwrap();
     let meta_addr = listener.local_addr().unwrap();
     let fake = Arc::new(FakeMeta::default());
-    let opts = ServeOptions { name: "pfs-meta".into(), roles: vec![Role::Storage], limits: DEFAULT_LIMITS };
+    let opts = ServeOptions { name: "pfs-meta".into(), roles: vec![PeerRole::Storage], limits: DEFAULT_LIMITS };
     tokio::spawn(rpc::serve(listener, fake.clone(), opts));
 
     let mut config = Config::local(dir.path(), 1, 1);
@@ -285,10 +300,14 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     tokio::spawn(crate::meta_link::run(Arc::new(config2), id, s.clone()));
 
     let deadline = Duration::from_secs(20);
-    crate::hasher::wait_for(deadline, || s.reporter.connected()).await.unwrap();
+    assert!(crate::hasher::wait_for(deadline, || s.reporter.connected()).await, "condition not met in time");
+    assert!(s.fence.has_lease(), "registered: writes are admitted");
     // The full report listed the live chunk; the orphan gets removed.
     assert!(fake.reports.lock().iter().any(|(c, full)| *full && c.iter().any(|c| c.file == FileId(0x11))));
-    crate::hasher::wait_for(deadline, || s.chunks_of(FileId(0xdead)).is_empty()).await.unwrap();
+    assert!(
+        crate::hasher::wait_for(deadline, || s.chunks_of(FileId(0xdead)).is_empty()).await,
+        "condition not met in time"
+    );
 
     // After fsync returns, pfs-meta has the current hash.
     s.write(FileId(0x22), 3, 0, CS, buf(b"first")).await.unwrap();
@@ -300,8 +319,25 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     // A RemoveFiles notification removes the file's chunks and reports the removal.
     let peer = fake.peers.lock()[0].clone();
     peer.notifier.notify(&StorageNotify::RemoveFiles(vec![FileId(0x22)])).await.unwrap();
-    crate::hasher::wait_for(deadline, || s.chunks_of(FileId(0x22)).is_empty()).await.unwrap();
-    crate::hasher::wait_for(deadline, || fake.reported(FileId(0x22), 3).is_some_and(|c| c.removed)).await.unwrap();
+    assert!(
+        crate::hasher::wait_for(deadline, || s.chunks_of(FileId(0x22)).is_empty()).await,
+        "condition not met in time"
+    );
+    assert!(
+        crate::hasher::wait_for(deadline, || fake.reported(FileId(0x22), 3).is_some_and(|c| c.removed)).await,
+        "condition not met in time"
+    );
+
+    // pfs-meta refuses its heartbeats (it declared the server down): the server stops
+    // admitting writes at once, and registers again.
+    let before = fake.registered.load(Ordering::SeqCst);
+    fake.refuse_heartbeats.store(true, Ordering::SeqCst);
+    assert!(crate::hasher::wait_for(deadline, || !s.fence.has_lease()).await, "the lease was not dropped");
+    assert!(matches!(s.fence.admit(1).await, Err(StorageError::NoLease { .. })));
+    assert!(
+        crate::hasher::wait_for(deadline, || fake.registered.load(Ordering::SeqCst) > before).await,
+        "it did not register again"
+    );
 }
 
 /// Names in a data directory, without the pool of precreated files.

@@ -1,9 +1,9 @@
 //! The namespace commands of `pfs`.
 
 use crate::Cmd;
+use pfs_cli::{Error, Result};
 use pfs_client::path::pfs_path;
 use pfs_client::{Client, FileKind};
-use pfs_common::error::{ErrorCode, PfsError, Result};
 use pfs_common::ids::Sha256Digest;
 use pfs_common::pool;
 use pfs_common::units::human;
@@ -16,14 +16,14 @@ pub async fn run(client: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Mkdir { parents, path } => {
             let p = pfs_path(&path)?;
             if parents {
-                client.mkdir_all(&p).await
+                Ok(client.mkdir_all(&p).await?)
             } else {
-                client.mkdir(&p).await
+                Ok(client.mkdir(&p).await?)
             }
         }
         Cmd::Rm { recursive, path } => rm(client, &pfs_path(&path)?, recursive).await,
-        Cmd::Rmdir { path } => client.rmdir(&pfs_path(&path)?).await,
-        Cmd::Mv { from, to } => client.rename(&pfs_path(&from)?, &pfs_path(&to)?).await,
+        Cmd::Rmdir { path } => Ok(client.rmdir(&pfs_path(&path)?).await?),
+        Cmd::Mv { from, to } => Ok(client.rename(&pfs_path(&from)?, &pfs_path(&to)?).await?),
         Cmd::Cat { path } => cat(client, &pfs_path(&path)?).await,
         Cmd::Df => df(client).await,
         Cmd::Getstripe { path, verify } => getstripe(client, &pfs_path(&path)?, verify).await,
@@ -100,10 +100,10 @@ async fn stat(client: &Client, path: &str) -> Result<()> {
 async fn rm(client: &Client, path: &str, recursive: bool) -> Result<()> {
     let a = client.stat(path).await?;
     if a.kind != FileKind::Dir {
-        return client.unlink(path).await;
+        return Ok(client.unlink(path).await?);
     }
     if !recursive {
-        return Err(PfsError::new(ErrorCode::IsDir, format!("{path} is a directory (use -r)")));
+        return Err(Error::Usage(format!("{path} is a directory (use -r)")));
     }
     // Post-order without recursion: collect directories top-down, remove bottom-up.
     let mut dirs = vec![path.to_string()];
@@ -242,10 +242,7 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
     }
     if verify {
         if bad > 0 {
-            return Err(PfsError::new(
-                ErrorCode::Io,
-                format!("{path}: {bad} chunk(s) do not match their recorded SHA-256"),
-            ));
+            return Err(Error::Mismatch(format!("{path}: {bad} chunk(s) do not match their recorded SHA-256")));
         }
         println!("  all {count} chunks match their recorded SHA-256");
     }

@@ -1,8 +1,8 @@
 //! `pfs up` and `pfs down`: daemons of this host, with logs under `<data_dir>/logs` and pid
 //! files under `<data_dir>/run`.
 
+use pfs_cli::{Error, Result};
 use pfs_common::config::Config;
-use pfs_common::error::{ErrorCode, PfsError, Result};
 use pfs_testkit::{daemon, Daemon, DaemonKind};
 use std::fs;
 use std::net::{IpAddr, SocketAddr};
@@ -44,10 +44,10 @@ fn is_pfs_process(pid: i32) -> bool {
 }
 
 pub async fn up(config: &std::sync::Arc<Config>, config_path: &Path) -> Result<()> {
-    let config_path = fs::canonicalize(config_path).map_err(|e| PfsError::io(config_path.display(), e))?;
+    let config_path = fs::canonicalize(config_path).map_err(|e| Error::io(config_path.display(), e))?;
     let roles = local_roles(config);
     if roles.is_empty() {
-        return Err(PfsError::new(ErrorCode::Invalid, "the config names no daemon on this host"));
+        return Err(Error::Usage("the config names no daemon on this host".into()));
     }
     let mut started: Vec<Daemon> = Vec::new();
     for (role, _) in &roles {
@@ -60,7 +60,7 @@ pub async fn up(config: &std::sync::Arc<Config>, config_path: &Path) -> Result<(
         let d = daemon::spawn(*role, &config_path, &log, true)?;
         fs::create_dir_all(pidf.parent().expect("pid file has a parent"))
             .and_then(|_| fs::write(&pidf, format!("{}\n", d.child.id())))
-            .map_err(|e| PfsError::io(pidf.display(), e))?;
+            .map_err(|e| Error::io(pidf.display(), e))?;
         started.push(d);
     }
     if roles.iter().any(|(r, _)| *r == DaemonKind::Meta) {

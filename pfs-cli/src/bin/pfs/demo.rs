@@ -1,7 +1,7 @@
 //! `pfs demo`: a throw-away cluster on loopback, one file striped over it and read back.
 
 use pfs_cli::copy::{copy, sha256_of, CopyOptions, Endpoint};
-use pfs_common::error::{PfsError, Result};
+use pfs_cli::{Error, Result};
 use pfs_common::units::human;
 use pfs_testkit::LocalCluster;
 use rand::{RngCore, SeedableRng};
@@ -13,7 +13,7 @@ pub async fn run(size: u64, servers: u32) -> Result<()> {
     // temporary directory removed.
     tokio::select! {
         r = demo(size, servers) => r,
-        _ = tokio::signal::ctrl_c() => Err(PfsError::new(pfs_common::ErrorCode::Invalid, "interrupted; cluster stopped and removed")),
+        _ = tokio::signal::ctrl_c() => Err(Error::Usage("interrupted; cluster stopped and removed".into())),
     }
 }
 
@@ -69,7 +69,7 @@ async fn demo(size: u64, servers: u32) -> Result<()> {
     let a = sha256_of(&client, &Endpoint::Local(input)).await?;
     let b = sha256_of(&client, &Endpoint::Local(output)).await?;
     if a != b {
-        return Err(PfsError::new(pfs_common::ErrorCode::Io, format!("MISMATCH: wrote sha256 {a}, read back {b}")));
+        return Err(Error::Mismatch(format!("MISMATCH: wrote sha256 {a}, read back {b}")));
     }
     println!("Verified:    sha256 {a} on both sides");
     client.close().await?;
@@ -80,14 +80,14 @@ async fn demo(size: u64, servers: u32) -> Result<()> {
 }
 
 fn write_random(path: &std::path::Path, size: u64) -> Result<()> {
-    let mut f = std::fs::File::create(path).map_err(|e| PfsError::io(path.display(), e))?;
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path.display(), e))?;
     let mut rng = rand::rngs::StdRng::from_entropy();
     let mut buf = vec![0u8; 8 << 20];
     let mut left = size;
     while left > 0 {
         let n = left.min(buf.len() as u64) as usize;
         rng.fill_bytes(&mut buf[..n]);
-        f.write_all(&buf[..n]).map_err(|e| PfsError::io(path.display(), e))?;
+        f.write_all(&buf[..n]).map_err(|e| Error::io(path.display(), e))?;
         left -= n as u64;
     }
     Ok(())

@@ -99,7 +99,7 @@ fn main() {
     }
 }
 
-fn run(args: Args) -> pfs_common::Result<()> {
+fn run(args: Args) -> pfs_cli::Result<()> {
     let rt = tool::runtime()?;
     match args.cmd {
         Cmd::Demo { size, servers } => rt.block_on(demo::run(size, servers)),
@@ -108,8 +108,8 @@ fn run(args: Args) -> pfs_common::Result<()> {
         Cmd::Serve { which } => {
             let config = tool::load_config(args.config)?;
             match which {
-                Serve::Meta => rt.block_on(pfs_meta::run(config)),
-                Serve::Storage { id } => rt.block_on(pfs_storage::run(config, pfs_common::ServerId(id))),
+                Serve::Meta => Ok(rt.block_on(pfs_meta::run(config))?),
+                Serve::Storage { id } => Ok(rt.block_on(pfs_storage::run(config, pfs_common::ServerId(id)))?),
             }
         }
         cmd => {

@@ -1,0 +1,146 @@
+//! The namespace service of pfs-meta: the file tree. Paths are absolute and `/`-separated
+//! (`/dir/file`). Every mutation is durable (in pfs-meta's WAL) when answered.
+
+use super::{service, MetaRequest};
+use crate::ids::FileId;
+use crate::layout::{Layout, LayoutChoice};
+use serde::{Deserialize, Serialize};
+
+service! {
+    /// Requests of the namespace service.
+    pub enum NamespaceRequest in MetaRequest::Namespace {
+        Mkdir(Mkdir) -> (),
+        Create(Create) -> Attr,
+        Lookup(Lookup) -> Attr,
+        Stat(Stat) -> Attr,
+        Readdir(Readdir) -> DirPage,
+        Rename(Rename) -> (),
+        Unlink(Unlink) -> (),
+        Rmdir(Rmdir) -> (),
+        Truncate(Truncate) -> Attr,
+        SetSize(SetSize) -> (),
+    }
+}
+
+/// Make a directory. Errors: Exists, NotFound (parent), NotDir.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mkdir {
+    pub path: String,
+}
+
+/// Create a regular file with a layout (unset fields inherit from the parent directory's
+/// policy). With `exclusive`, an existing file is an error (Exists); without, an existing
+/// file is answered as it is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Create {
+    pub path: String,
+    pub layout: LayoutChoice,
+    pub exclusive: bool,
+}
+
+/// Resolve a path to its attributes. Errors: NotFound, NotDir.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lookup {
+    pub path: String,
+}
+
+/// Attributes of a file by id. Errors: NotFound.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Stat {
+    pub file: FileId,
+}
+
+/// Up to `limit` entries of a directory in name order, starting after `after`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Readdir {
+    pub path: String,
+    pub after: Option<String>,
+    pub limit: u32,
+}
+
+/// Move `from` to `to`, replacing a file at `to` (not a directory). With
+/// `expected_generation`, fails with Conflict if `from` has another generation.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rename {
+    pub from: String,
+    pub to: String,
+    pub expected_generation: Option<u64>,
+}
+
+/// Remove a file. Errors: NotFound, IsDir, Conflict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unlink {
+    pub path: String,
+    pub expected_generation: Option<u64>,
+}
+
+/// Remove an empty directory. Errors: NotFound, NotDir, NotEmpty, Conflict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rmdir {
+    pub path: String,
+    pub expected_generation: Option<u64>,
+}
+
+/// Set a file's size exactly (shrink or grow). The client truncates the chunks on the
+/// storage servers first. Errors: NotFound, IsDir, Conflict.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Truncate {
+    pub file: FileId,
+    pub size: u64,
+    pub expected_generation: Option<u64>,
+}
+
+/// Raise a file's size to at least `size` bytes and set its mtime (writers send it on fsync
+/// and close). Never shrinks, so concurrent writers can each report their end.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetSize {
+    pub file: FileId,
+    pub size: u64,
+}
+
+/// File or directory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FileKind {
+    File,
+    Dir,
+}
+
+/// Attributes of a file or directory.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Attr {
+    pub id: FileId,
+    pub kind: FileKind,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Last data or size change, ms since the Unix epoch.
+    pub mtime_ms: u64,
+    /// Last attribute change, ms since the Unix epoch.
+    pub ctime_ms: u64,
+    /// Bumped on every change of this inode (conditional operations compare it).
+    pub generation: u64,
+    /// The stripe layout (files only).
+    pub layout: Option<Layout>,
+    /// Number of entries (directories only).
+    pub entries: u64,
+}
+
+/// One page of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirPage {
+    pub entries: Vec<DirEntry>,
+    /// More entries follow the last one.
+    pub more: bool,
+}
+
+/// One directory entry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DirEntry {
+    pub name: String,
+    pub id: FileId,
+    pub kind: FileKind,
+    pub size: u64,
+    pub generation: u64,
+}
+
+/// Most entries one `Readdir` returns.
+pub const READDIR_PAGE_MAX: u32 = 4096;

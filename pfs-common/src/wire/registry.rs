@@ -1,0 +1,151 @@
+//! The registry service of pfs-meta: storage servers register, heartbeat (renewing their
+//! lease), report their chunks and confirm fences; anyone may ask for the registry and a
+//! file's chunk holders.
+
+use super::{service, MetaRequest};
+use crate::ids::{ChunkIndex, FileId, ServerId, Sha256Digest};
+use crate::token::SessionId;
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+
+service! {
+    /// Requests of the registry service.
+    pub enum RegistryRequest in MetaRequest::Registry {
+        Register(Register) -> Registered,
+        Heartbeat(Heartbeat) -> (),
+        ChunkReport(ChunkReport) -> Orphans,
+        Fenced(Fenced) -> (),
+        ListServers(ListServers) -> Vec<ServerStatus>,
+        GetChunks(GetChunks) -> Vec<ChunkInfo>,
+    }
+}
+
+/// A storage server announces itself (first request on its connection). Storage servers
+/// only.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Register {
+    pub id: ServerId,
+    /// Where it serves clients.
+    pub address: SocketAddr,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// The answer to [`Register`]: the fencing state the server must enforce before it accepts
+/// any write, its lease, and chunks to delete.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Registered {
+    /// Refuse writes of sessions below this id (sessions of older pfs-meta boots).
+    pub fence_below: SessionId,
+    /// Refuse writes of these (evicted) sessions.
+    pub fenced: Vec<SessionId>,
+    /// The server's lease, ms: it refuses every write once half of it has passed since it
+    /// sent the last heartbeat pfs-meta accepted, until it registers again.
+    pub lease_ms: u64,
+    /// Files it may hold chunks of that no longer exist.
+    pub orphans: Vec<FileId>,
+}
+
+/// A storage server is alive; an accepted heartbeat renews its lease. Errors (register
+/// again): NotFound when the server is not registered on this connection, Unavailable when
+/// pfs-meta declared it down.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Heartbeat {
+    pub id: ServerId,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+}
+
+/// Chunk changes on a storage server. `full` marks the last page of a complete listing sent
+/// after (re-)registration: chunks of that server not listed since registration are then
+/// dropped from the holder map.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkReport {
+    pub id: ServerId,
+    pub chunks: Vec<ChunkState>,
+    pub full: bool,
+}
+
+/// The answer to [`ChunkReport`]: file ids the server holds chunks of that no longer exist
+/// (unlinked while it was away); it should delete them.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Orphans(pub Vec<FileId>);
+
+/// A storage server confirms it now refuses writes of these sessions (after every write of
+/// theirs it had admitted finished).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Fenced {
+    pub id: ServerId,
+    pub sessions: Vec<SessionId>,
+}
+
+/// The storage-server registry.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListServers;
+
+/// Holders, lengths and SHA-256 of chunks `first .. first + count` of a file (at most
+/// [`GET_CHUNKS_MAX`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetChunks {
+    pub file: FileId,
+    pub first: ChunkIndex,
+    pub count: u32,
+}
+
+/// What pfs-meta knows of one chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkInfo {
+    pub chunk: ChunkIndex,
+    /// Storage servers reporting a copy, with what each reported.
+    pub holders: Vec<ChunkHolder>,
+}
+
+/// One holder of a chunk.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkHolder {
+    pub server: ServerId,
+    /// Chunk file length, bytes.
+    pub len: u64,
+    /// SHA-256 of the chunk file's bytes; `None` while the server has not hashed it yet.
+    pub sha256: Option<Sha256Digest>,
+}
+
+/// A chunk's state as a storage server reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkState {
+    pub file: FileId,
+    pub chunk: ChunkIndex,
+    /// Chunk file length, bytes.
+    pub len: u64,
+    pub sha256: Option<Sha256Digest>,
+    /// The chunk file was removed.
+    pub removed: bool,
+}
+
+/// A storage server as the registry sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub id: ServerId,
+    pub address: SocketAddr,
+    pub up: bool,
+    pub capacity_bytes: u64,
+    pub free_bytes: u64,
+    /// Milliseconds since its last heartbeat (u64::MAX if never heard from).
+    pub last_heartbeat_ms: u64,
+    /// Chunks it reported holding.
+    pub chunks: u64,
+}
+
+/// One-way messages pfs-meta pushes to a storage server.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum StorageNotify {
+    /// These files were unlinked: remove their chunks.
+    RemoveFiles(Vec<FileId>),
+    /// Refuse writes of these (evicted) sessions from now on, then answer with [`Fenced`].
+    Fence(Vec<SessionId>),
+}
+
+/// Most chunk states in one `ChunkReport` (keeps bodies far below the frame limit).
+pub const CHUNK_REPORT_PAGE: usize = 4096;
+/// Most chunks one `GetChunks` returns.
+pub const GET_CHUNKS_MAX: u32 = 4096;

@@ -1,0 +1,94 @@
+//! The token service of pfs-meta: client sessions with leases, byte-range tokens, revokes.
+//! A session belongs to the connection that opened it: pfs-meta pushes its revokes there
+//! ([`ClientNotify`]) and evicts it when that connection closes.
+
+use super::{service, MetaRequest};
+use crate::ids::FileId;
+use crate::token::{ByteRange, Mode, RevokeId, SessionId};
+use serde::{Deserialize, Serialize};
+
+service! {
+    /// Requests of the token service.
+    pub enum TokenRequest in MetaRequest::Tokens {
+        OpenSession(OpenSession) -> SessionGrant,
+        KeepAlive(KeepAlive) -> (),
+        Acquire(Acquire) -> Granted,
+        RevokeDone(RevokeDone) -> (),
+        Release(Release) -> (),
+        CloseSession(CloseSession) -> (),
+    }
+}
+
+/// Open a client session (the holder of tokens) on this connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OpenSession;
+
+/// The answer to [`OpenSession`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionGrant {
+    pub session: SessionId,
+    /// The lease, ms: renew it (any request of the session does) at least this often.
+    pub lease_ms: u64,
+}
+
+/// Keep a session's lease alive; clients send it every third of the lease. Errors: Evicted.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepAlive {
+    pub session: SessionId,
+}
+
+/// Ask for a token on `file`: `required` is what this call needs, `desired` (⊇ required)
+/// what the client would like (to end of file for sequential access). Answered once
+/// granted, which may wait for revokes of other holders. Errors: Evicted, Invalid (empty
+/// range, required ⊄ desired), NotFound (file), IsDir.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Acquire {
+    pub session: SessionId,
+    pub file: FileId,
+    pub mode: Mode,
+    pub required: ByteRange,
+    pub desired: ByteRange,
+}
+
+/// The answer to [`Acquire`]: the token granted and the file's size, bytes, as pfs-meta
+/// knows it at the grant (after every conflicting holder wrote back and recorded its size).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Granted {
+    pub mode: Mode,
+    /// Contains the required range, within the desired one.
+    pub range: ByteRange,
+    pub size: u64,
+}
+
+/// The holder wrote back (or dropped) what revoke `revoke` asked for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RevokeDone {
+    pub session: SessionId,
+    pub revoke: RevokeId,
+}
+
+/// Give back tokens of `file` in `range` (dirty data already written back).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Release {
+    pub session: SessionId,
+    pub file: FileId,
+    pub range: ByteRange,
+}
+
+/// End a session cleanly: its tokens are dropped.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CloseSession {
+    pub session: SessionId,
+}
+
+/// One-way messages pfs-meta pushes to a client on its connection.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ClientNotify {
+    /// Give up `range` of `file`: write back dirty bytes in it; with `wanted == Write` drop
+    /// the cached bytes and the token there, with `wanted == Read` keep them but downgrade a
+    /// write token to read. Then answer `RevokeDone { revoke }` within the revoke timeout.
+    Revoke { revoke: RevokeId, file: FileId, range: ByteRange, wanted: Mode },
+    /// The session was evicted (missed lease or revoke, lost connection); its tokens are
+    /// gone and storage servers refuse its writes.
+    Evicted { session: SessionId, reason: String },
+}

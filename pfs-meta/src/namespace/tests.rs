@@ -1,0 +1,271 @@
+use super::*;
+use proptest::prelude::*;
+
+const UP: [ServerId; 3] = [ServerId(1), ServerId(2), ServerId(3)];
+
+fn ctx(now_ms: u64) -> Context<'static> {
+    Context { now_ms, up_servers: &UP }
+}
+
+/// Prepares and applies `op`; returns the inode it is about (if any).
+fn run(ns: &mut Namespace, op: Op) -> Result<Option<Inode>> {
+    let out = match ns.prepare(&op, &ctx(1000))? {
+        Decision::Unchanged(inode) => inode,
+        Decision::Mutate(m) => ns.apply(&m)?.inode,
+    };
+    ns.check_invariants().unwrap();
+    Ok(out)
+}
+
+fn file(r: Result<Option<Inode>>) -> Inode {
+    r.unwrap().expect("the operation answers an inode")
+}
+
+fn mkdir(p: &str) -> Op {
+    Op::Mkdir { path: p.into() }
+}
+fn create(p: &str) -> Op {
+    Op::Create { path: p.into(), layout: LayoutChoice::default(), exclusive: true }
+}
+fn rename(from: &str, to: &str) -> Op {
+    Op::Rename { from: from.into(), to: to.into(), expected_generation: None }
+}
+
+#[test]
+fn paths_are_validated() {
+    for bad in ["", "a/b", "/a//b", "/a/", "/a/../b", "/./a", "/a\0b"] {
+        assert!(matches!(split_path(bad), Err(MetaError::BadPath { .. })), "{bad:?}");
+    }
+    let long_name = format!("/{}", "x".repeat(256));
+    let e = split_path(&long_name).unwrap_err();
+    assert!(matches!(&e, MetaError::BadPath { path, .. } if path.len() <= 67), "shortened for display: {e}");
+    let long_path = "/abc".repeat(1100);
+    assert_eq!(split_path(&long_path).unwrap_err().code(), pfs_common::ErrorCode::Invalid);
+    assert_eq!(split_path("/").unwrap(), Vec::<&str>::new());
+    assert_eq!(split_path("/a/b").unwrap(), vec!["a", "b"]);
+}
+
+#[test]
+fn mkdir_create_lookup_and_errors() {
+    let mut ns = Namespace::new(LayoutPolicy::default());
+    assert_eq!(run(&mut ns, mkdir("/d")).unwrap(), None);
+    let d = ns.resolve("/d").unwrap().clone();
+    assert_eq!(d.kind, InodeKind::Dir);
+    assert!(matches!(run(&mut ns, mkdir("/d")), Err(MetaError::Exists { path }) if path == "/d"));
+    assert!(matches!(run(&mut ns, mkdir("/x/y")), Err(MetaError::NotFound { path }) if path == "/x/y"));
+    let f = file(run(&mut ns, create("/d/f")));
+    assert_eq!(f.layout.as_ref().unwrap().targets.len(), 3);
+    assert!(f.id.0 > d.id.0);
+    assert!(matches!(run(&mut ns, create("/d/f")), Err(MetaError::Exists { path }) if path == "/d/f"));
+    // Non-exclusive create answers the existing file.
+    let again =
+        file(run(&mut ns, Op::Create { path: "/d/f".into(), layout: LayoutChoice::default(), exclusive: false }));
+    assert_eq!(again, f);
+    assert!(matches!(run(&mut ns, create("/d/f/g")), Err(MetaError::NotDir { .. })));
+    assert!(matches!(ns.resolve("/d/f/g"), Err(MetaError::NotDir { .. })));
+    assert_eq!(ns.resolve("/d/f").unwrap(), &f);
+    assert!(matches!(ns.resolve("relative"), Err(MetaError::BadPath { .. })));
+    assert!(matches!(run(&mut ns, mkdir("/")), Err(MetaError::BadPath { .. })));
+}
+
+#[test]
+fn layouts_inherit_clamp_and_rotate() {
+    let policy = LayoutPolicy { block_size: 4096, stripe_blocks: 4, stripe_count: 2 };
+    let mut ns = Namespace::new(policy);
+    run(&mut ns, mkdir("/d")).unwrap();
+    let a = file(run(&mut ns, create("/d/a"))).layout.unwrap();
+    let b = file(run(&mut ns, create("/d/b"))).layout.unwrap();
+    assert_eq!((a.block_size, a.stripe_blocks), (4096, 4));
+    assert_eq!(a.targets, vec![ServerId(1), ServerId(2)]);
+    assert_eq!(b.targets, vec![ServerId(2), ServerId(3)]);
+    // A larger block keeps the policy's chunk size (16 KiB = 2 blocks of 8 KiB).
+    let layout = LayoutChoice { block_size: Some(8192), chunk_size: None, stripe_count: Some(99) };
+    let c = file(run(&mut ns, Op::Create { path: "/c".into(), layout, exclusive: true })).layout.unwrap();
+    assert_eq!((c.block_size, c.stripe_blocks), (8192, 2));
+    assert_eq!(c.targets, vec![ServerId(3), ServerId(1), ServerId(2)]);
+    let layout = LayoutChoice { chunk_size: Some(12288), ..Default::default() };
+    let d = file(run(&mut ns, Op::Create { path: "/d3".into(), layout, exclusive: true })).layout.unwrap();
+    assert_eq!((d.block_size, d.stripe_blocks), (4096, 3));
+    for layout in [
+        LayoutChoice { block_size: Some(1000), ..Default::default() },
+        LayoutChoice { chunk_size: Some(5000), ..Default::default() },
+        LayoutChoice { chunk_size: Some(0), ..Default::default() },
+    ] {
+        let e = run(&mut ns, Op::Create { path: "/bad".into(), layout, exclusive: true }).unwrap_err();
+        assert!(matches!(e, MetaError::Invalid(_)), "{layout:?}: {e}");
+    }
+    let none_up = Context { now_ms: 1, up_servers: &[] };
+    assert!(matches!(ns.prepare(&create("/e"), &none_up), Err(MetaError::NoServers { path }) if path == "/e"));
+}
+
+#[test]
+fn readdir_pages_in_name_order() {
+    let mut ns = Namespace::new(LayoutPolicy::default());
+    for n in ["c", "a", "e", "b", "d"] {
+        run(&mut ns, create(&format!("/{n}"))).unwrap();
+    }
+    let page = |ns: &Namespace, after: Option<&str>| {
+        let (entries, more) = ns.readdir("/", after, 2).unwrap();
+        (entries.into_iter().map(|(name, _)| name.to_string()).collect::<Vec<_>>(), more)
+    };
+    assert_eq!(page(&ns, None), (vec!["a".into(), "b".into()], true));
+    assert_eq!(page(&ns, Some("b")), (vec!["c".into(), "d".into()], true));
+    assert_eq!(page(&ns, Some("d")), (vec!["e".into()], false));
+    assert!(matches!(ns.readdir("/a", None, 1), Err(MetaError::NotDir { .. })));
+}
+
+#[test]
+fn rename_rules() {
+    let mut ns = Namespace::new(LayoutPolicy::default());
+    run(&mut ns, mkdir("/d")).unwrap();
+    run(&mut ns, mkdir("/d/sub")).unwrap();
+    run(&mut ns, mkdir("/full")).unwrap();
+    run(&mut ns, create("/full/x")).unwrap();
+    let f = file(run(&mut ns, create("/f")));
+    let g = file(run(&mut ns, create("/g")));
+    assert!(matches!(run(&mut ns, rename("/d", "/d/sub/x")), Err(MetaError::Invalid(_))));
+    assert!(matches!(run(&mut ns, rename("/f", "/d")), Err(MetaError::IsDir { .. })));
+    assert!(matches!(run(&mut ns, rename("/d", "/f")), Err(MetaError::NotDir { .. })));
+    assert!(matches!(run(&mut ns, rename("/d", "/full")), Err(MetaError::NotEmpty { entries: 1, .. })));
+    assert!(matches!(run(&mut ns, rename("/nope", "/z")), Err(MetaError::NotFound { .. })));
+    let stale = Op::Rename { from: "/f".into(), to: "/h".into(), expected_generation: Some(f.generation + 5) };
+    match run(&mut ns, stale) {
+        Err(MetaError::Conflict { what, expected, found }) => {
+            assert_eq!((what.as_str(), expected, found), ("/f", f.generation + 5, f.generation))
+        }
+        other => panic!("{other:?}"),
+    }
+    // Replacing a file drops it and reports its targets.
+    let m = match ns.prepare(&rename("/f", "/g"), &ctx(5)).unwrap() {
+        Decision::Mutate(m) => m,
+        other => panic!("{other:?}"),
+    };
+    let applied = ns.apply(&m).unwrap();
+    assert_eq!(applied.removed_files, vec![(g.id, g.layout.unwrap().targets)]);
+    let moved = ns.resolve("/g").unwrap();
+    assert_eq!(moved.id, f.id);
+    assert!(moved.generation > f.generation);
+    assert!(!ns.exists(g.id));
+    assert!(matches!(ns.resolve("/f"), Err(MetaError::NotFound { .. })));
+    // A directory moves with its subtree; an empty directory target is replaced.
+    run(&mut ns, mkdir("/empty")).unwrap();
+    run(&mut ns, rename("/d", "/empty")).unwrap();
+    assert_eq!(ns.resolve("/empty/sub").unwrap().kind, InodeKind::Dir);
+    assert_eq!(ns.prepare(&rename("/g", "/g"), &ctx(6)).unwrap(), Decision::Unchanged(None));
+}
+
+#[test]
+fn unlink_rmdir_truncate_setsize() {
+    let mut ns = Namespace::new(LayoutPolicy::default());
+    run(&mut ns, mkdir("/d")).unwrap();
+    let f = file(run(&mut ns, create("/d/f")));
+    let unlink = |p: &str, g| Op::Unlink { path: p.into(), expected_generation: g };
+    let rmdir = |p: &str| Op::Rmdir { path: p.into(), expected_generation: None };
+    assert!(matches!(run(&mut ns, rmdir("/d")), Err(MetaError::NotEmpty { .. })));
+    assert!(matches!(run(&mut ns, rmdir("/d/f")), Err(MetaError::NotDir { .. })));
+    assert!(matches!(run(&mut ns, unlink("/d", None)), Err(MetaError::IsDir { .. })));
+    assert_eq!(run(&mut ns, Op::SetSize { file: f.id, size: 100 }).unwrap(), None);
+    let s = ns.get(f.id).unwrap();
+    assert_eq!((s.size, s.generation), (100, f.generation + 1));
+    run(&mut ns, Op::SetSize { file: f.id, size: 50 }).unwrap();
+    assert_eq!(ns.get(f.id).unwrap().size, 100, "SetSize never shrinks");
+    let t = file(run(&mut ns, Op::Truncate { file: f.id, size: 7, expected_generation: None }));
+    assert_eq!(t.size, 7);
+    let e = run(&mut ns, Op::Truncate { file: f.id, size: 1, expected_generation: Some(1) }).unwrap_err();
+    assert!(matches!(e, MetaError::Conflict { expected: 1, .. }), "{e}");
+    let d = ns.resolve("/d").unwrap().clone();
+    assert!(matches!(run(&mut ns, Op::SetSize { file: d.id, size: 1 }), Err(MetaError::IsDir { .. })));
+    assert!(matches!(run(&mut ns, unlink("/d/f", Some(1))), Err(MetaError::Conflict { .. })));
+    run(&mut ns, unlink("/d/f", Some(t.generation))).unwrap();
+    assert!(matches!(ns.inode(f.id), Err(MetaError::NoSuchFile { file }) if file == f.id));
+    assert!(ns.resolve("/d").unwrap().generation > d.generation);
+    run(&mut ns, rmdir("/d")).unwrap();
+    // Ids never repeat, even after removal.
+    let g = file(run(&mut ns, create("/g")));
+    assert!(g.id.0 > f.id.0);
+}
+
+#[test]
+fn records_that_do_not_fit_are_refused_and_change_nothing() {
+    let mut ns = Namespace::new(LayoutPolicy::default());
+    let m = match ns.prepare(&create("/f"), &ctx(1)).unwrap() {
+        Decision::Mutate(m) => m,
+        other => panic!("{other:?}"),
+    };
+    ns.apply(&m).unwrap();
+    let before = ns.clone();
+    // The same record again: the name and the id are taken.
+    assert!(matches!(ns.apply(&m), Err(MetaError::Invalid(_))));
+    let f = ns.resolve("/f").unwrap().id;
+    for bad in [
+        Mutation::Remove { parent: FileId::ROOT, name: "nope".into(), time_ms: 2 },
+        Mutation::Remove { parent: FileId(999), name: "f".into(), time_ms: 2 },
+        Mutation::Mkdir { parent: f, name: "x".into(), id: FileId(50), policy: LayoutPolicy::default(), time_ms: 2 },
+        Mutation::SetSize { file: FileId::ROOT, size: 5, time_ms: 2 },
+        Mutation::Truncate { file: FileId(999), size: 5, time_ms: 2 },
+        Mutation::Rename {
+            from_parent: FileId::ROOT,
+            from_name: "nope".into(),
+            to_parent: FileId::ROOT,
+            to_name: "x".into(),
+            time_ms: 2,
+        },
+    ] {
+        assert!(matches!(ns.apply(&bad), Err(MetaError::Invalid(_))), "{bad:?}");
+        assert_eq!(ns, before, "a refused record changed the state: {bad:?}");
+    }
+}
+
+fn arb_name() -> impl Strategy<Value = String> {
+    prop::sample::select(vec!["a", "b", "c"]).prop_map(String::from)
+}
+
+fn arb_path() -> impl Strategy<Value = String> {
+    prop::collection::vec(arb_name(), 1..4).prop_map(|v| format!("/{}", v.join("/")))
+}
+
+fn arb_op() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        arb_path().prop_map(|path| Op::Mkdir { path }),
+        (arb_path(), any::<bool>(), prop::option::of(0u32..5)).prop_map(|(path, exclusive, sc)| Op::Create {
+            path,
+            layout: LayoutChoice { stripe_count: sc, ..Default::default() },
+            exclusive,
+        }),
+        (arb_path(), arb_path()).prop_map(|(from, to)| Op::Rename { from, to, expected_generation: None }),
+        arb_path().prop_map(|path| Op::Unlink { path, expected_generation: None }),
+        arb_path().prop_map(|path| Op::Rmdir { path, expected_generation: None }),
+        (2u64..20, 0u64..1000).prop_map(|(f, size)| Op::SetSize { file: FileId(f), size }),
+        (2u64..20, 0u64..1000, prop::option::of(1u64..4)).prop_map(|(f, size, g)| Op::Truncate {
+            file: FileId(f),
+            size,
+            expected_generation: g
+        }),
+    ]
+}
+
+proptest! {
+    /// Every record `prepare` makes applies, the tree's invariants hold after each, and
+    /// replaying the logged records into a fresh namespace reproduces the state (the records
+    /// survive a postcard round trip, as they do through the WAL).
+    #[test]
+    fn replay_gives_identical_state(ops in prop::collection::vec(arb_op(), 0..60)) {
+        let mut ns = Namespace::new(LayoutPolicy::default());
+        let mut log = Vec::new();
+        for (i, op) in ops.iter().enumerate() {
+            if let Ok(Decision::Mutate(m)) = ns.prepare(op, &ctx(i as u64)) {
+                prop_assert!(ns.apply(&m).is_ok(), "a prepared record did not apply: {:?}", m);
+                log.push(postcard::to_allocvec(&m).unwrap());
+            }
+            prop_assert_eq!(ns.check_invariants(), Ok(()));
+        }
+        let mut replayed = Namespace::new(LayoutPolicy::default());
+        for bytes in &log {
+            let m: Mutation = postcard::from_bytes(bytes).unwrap();
+            prop_assert!(replayed.apply(&m).is_ok());
+        }
+        prop_assert_eq!(&replayed, &ns);
+        let snap: Namespace = postcard::from_bytes(&postcard::to_allocvec(&ns).unwrap()).unwrap();
+        prop_assert_eq!(snap, ns);
+    }
+}

@@ -1,0 +1,80 @@
+//! [`StorageError`]: every error a storage server answers or starts up with. Variants name
+//! the server, the chunk and the operation; the [`ErrorCode`] a client sees is decided here,
+//! from the variant and, for disk errors, from the `io::Error`'s kind (a full disk is
+//! NoSpace).
+
+use pfs_common::token::SessionId;
+use pfs_common::{ErrorCode, ServerId, WireCode};
+use std::io;
+use std::sync::Arc;
+
+/// An error of pfs-storage.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum StorageError {
+    /// A file-system operation on a chunk file or the data directory failed. `what` names
+    /// the operation and chunk ("writing chunk 2 of file 0000000000000007 at 1048576").
+    #[error("{}{what}: {source}", on(server))]
+    Io {
+        server: Option<ServerId>,
+        what: String,
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// A request's arguments are out of range (a chunk size over 64 MiB, a write past the
+    /// chunk's end).
+    #[error("{server}: {what}")]
+    Invalid { server: ServerId, what: String },
+    /// The writer's session was evicted: its writes are fenced.
+    #[error("{server}: session {session:x} was evicted; its writes are fenced")]
+    Evicted { server: ServerId, session: SessionId },
+    /// The server holds no lease from pfs-meta (never registered, or half its lease passed
+    /// without an accepted heartbeat): it refuses every write until it registers again.
+    #[error("{server}: no lease from pfs-meta ({why}); writes are refused until it registers again")]
+    NoLease { server: ServerId, why: String },
+    /// An I/O thread or task of the server stopped.
+    #[error("{what}")]
+    Stopped { what: String },
+    /// Connections to pfs-meta and configuration (pfs-common).
+    #[error(transparent)]
+    Common(#[from] pfs_common::Error),
+}
+
+fn on(server: &Option<ServerId>) -> String {
+    server.map(|s| format!("{s}: ")).unwrap_or_default()
+}
+
+impl StorageError {
+    /// A file-system error, `what` naming the operation and the chunk or directory.
+    pub fn io(what: impl std::fmt::Display, source: io::Error) -> StorageError {
+        StorageError::Io { server: None, what: what.to_string(), source: Arc::new(source) }
+    }
+
+    /// The same error, naming storage server `id` if it does not yet.
+    pub fn on(self, id: ServerId) -> StorageError {
+        match self {
+            StorageError::Io { server: None, what, source } => StorageError::Io { server: Some(id), what, source },
+            other => other,
+        }
+    }
+
+    /// The code a client sees.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            StorageError::Io { source, .. } => ErrorCode::of_io(source),
+            StorageError::Invalid { .. } => ErrorCode::Invalid,
+            StorageError::Evicted { .. } => ErrorCode::Evicted,
+            StorageError::NoLease { .. } => ErrorCode::Unavailable,
+            StorageError::Stopped { .. } => ErrorCode::Io,
+            StorageError::Common(e) => e.code(),
+        }
+    }
+}
+
+impl WireCode for StorageError {
+    fn code(&self) -> ErrorCode {
+        StorageError::code(self)
+    }
+}
+
+/// Result alias with [`StorageError`].
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
