@@ -179,7 +179,7 @@ async fn run(args: Args) -> Result<()> {
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
     );
-    let admin = Client::connect(ClientOptions::from_config(config)).await?;
+    let admin = Client::connect(ClientOptions::from_config(&config)).await?;
     admin.mkdir_all(&dir).await?;
     println!("pfs-tokenbench: {where_}");
     println!(
