@@ -28,3 +28,12 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
         .build()
         .map_err(|e| Error::io("starting the tokio runtime", e))
 }
+
+/// Ends a tool's client session cleanly (a dropped connection would count as an eviction and
+/// be fenced on every storage server). A failure here changes nothing for the command's
+/// outcome: pfs-meta then ends the session itself.
+pub async fn close(client: &pfs_client::Client) {
+    if let Err(e) = client.close().await {
+        tracing::debug!("closing the session: {e}");
+    }
+}

@@ -79,6 +79,7 @@ fn run(args: Args) -> pfs_cli::Result<()> {
             progress: progress.clone(),
         };
         let result = copy(&client, &src, &dst, &opts).await;
+        tool::close(&client).await;
         if let Some(p) = progress {
             p.finish_and_clear();
         }

@@ -58,6 +58,12 @@ async fn run(args: Args) -> pfs_cli::Result<()> {
         out.write_all(format!("{answer}\n").as_bytes()).await.ok();
         out.flush().await.ok();
     }
+    if let Some(f) = file.take() {
+        if let Err(e) = f.close().await {
+            eprintln!("closing the open file: {e}");
+        }
+    }
+    tool::close(&client).await;
     Ok(())
 }
 

@@ -987,4 +987,6 @@ mod model_check;
 #[cfg(test)]
 mod proptests;
 #[cfg(test)]
+mod storage_model;
+#[cfg(test)]
 mod tests;

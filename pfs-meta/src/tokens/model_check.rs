@@ -10,31 +10,13 @@
 //! writing. Checked: no grant conflicts with the tokens an evicted session held while any
 //! storage server could still accept that session's writes.
 
+use super::storage_model::StorageModel;
 use super::*;
 use stateright::{Checker, Model, Property};
 
 const F: FileId = FileId(1);
 /// The storage server that never confirms a fence.
 const SILENT: usize = 1;
-
-/// A storage server as pfs-storage behaves.
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
-struct Srv {
-    /// Sessions whose writes it refuses.
-    fenced: BTreeSet<SessionId>,
-    /// It accepts writes before this time (its own view of its lease), ms.
-    writes_until: u64,
-    /// Fences asked of it and not applied yet.
-    inbox: BTreeSet<SessionId>,
-    stopped: bool,
-}
-
-impl Srv {
-    /// True if a write of `session` arriving now (or once it continues) could land.
-    fn accepts(&self, session: SessionId, now: u64) -> bool {
-        !self.fenced.contains(&session) && now < self.writes_until
-    }
-}
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct St {
@@ -49,7 +31,7 @@ struct St {
     /// Per slot: the outstanding request (id, required, desired).
     pending: Vec<Option<(RequestId, ByteRange, ByteRange)>>,
     next_req: RequestId,
-    servers: Vec<Srv>,
+    servers: Vec<StorageModel>,
     /// Per evicted session, the tokens it held at its eviction (what it may still write).
     evicted: BTreeMap<SessionId, Vec<(ByteRange, Mode)>>,
     /// Set if an output broke the client's expectations.
@@ -176,10 +158,7 @@ impl TokModel {
     fn register(&self, st: &mut St, v: usize) {
         let evicted = st.m.evicted_sessions();
         let now_ms = st.now;
-        let srv = &mut st.servers[v];
-        srv.fenced.extend(evicted);
-        srv.inbox.clear();
-        srv.writes_until = now_ms + self.cfg.storage_lease_ms / 2;
+        st.servers[v].registered(evicted, now_ms, self.cfg.storage_lease_ms);
         self.apply(st, Input::StorageRegistered { server: ServerId(v as u32), now_ms });
     }
 
@@ -192,7 +171,7 @@ impl TokModel {
         if self.apply(st, Input::StorageHeartbeat { server: ServerId(v as u32), now_ms }) {
             self.register(st, v);
         } else {
-            st.servers[v].writes_until = now_ms + self.cfg.storage_lease_ms / 2;
+            st.servers[v].renewed(now_ms, self.cfg.storage_lease_ms);
         }
     }
 }
@@ -223,7 +202,7 @@ impl Model for TokModel {
             declared_down: false,
         };
         for v in 0..self.servers {
-            st.servers.push(Srv { fenced: BTreeSet::new(), writes_until: 0, inbox: BTreeSet::new(), stopped: false });
+            st.servers.push(StorageModel::default());
             self.register(&mut st, v);
         }
         vec![st]
@@ -320,8 +299,7 @@ impl Model for TokModel {
                 self.apply(&mut n, Input::Evict { session: sid(s), reason, now_ms });
             }
             Act::Confirm(x) => {
-                n.servers[0].inbox.remove(&x);
-                n.servers[0].fenced.insert(x);
+                n.servers[0].fence(x);
                 self.apply(&mut n, Input::FenceConfirmed { server: ServerId(0), sessions: vec![x], now_ms });
             }
             Act::StopSilent => n.servers[SILENT].stopped = true,

@@ -8,11 +8,11 @@
 //! may be granted. Storage server 1 never confirms a fence; either server may stop (SIGSTOP)
 //! and continue.
 
+use super::storage_model::StorageModel;
 use super::*;
 use pfs_common::ErrorCode;
 use proptest::prelude::*;
 use proptest::test_runner::{Config, TestRunner};
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
 
 const CFG: TokenConfig = TokenConfig {
@@ -173,24 +173,6 @@ impl Client {
     }
 }
 
-/// A storage server as pfs-storage behaves: it refuses writes of the sessions it fenced, and
-/// all writes once half its lease has passed since it sent its last accepted heartbeat.
-struct Server {
-    fenced: BTreeSet<SessionId>,
-    /// Accepts writes before this time (its own view of its lease), ms.
-    writes_until: u64,
-    /// Fences asked of it, not yet applied.
-    inbox: Vec<SessionId>,
-    stopped: bool,
-}
-
-impl Server {
-    /// True if a write of `session` arriving now (or once it continues) could land.
-    fn accepts(&self, session: SessionId, now: u64) -> bool {
-        !self.fenced.contains(&session) && now < self.writes_until
-    }
-}
-
 fn span(r: ByteRange) -> std::ops::Range<usize> {
     let end = if r.end == u64::MAX { CELLS } else { r.end as usize };
     assert!(r.start < 64 || (r.start == 64 && r.end == u64::MAX), "range {r} off the model's grid");
@@ -221,7 +203,7 @@ struct World {
     m: TokenManager,
     now: u64,
     clients: Vec<Client>,
-    servers: Vec<Server>,
+    servers: Vec<StorageModel>,
     /// Evicted sessions and the tokens they believed they held (what they may still write).
     evicted: Vec<(SessionId, [Cells; 2])>,
     next_sid: SessionId,
@@ -246,7 +228,7 @@ impl World {
             w.clients.push(Client::new(id, 0));
         }
         for v in 0..SERVERS {
-            w.servers.push(Server { fenced: BTreeSet::new(), writes_until: 0, inbox: Vec::new(), stopped: false });
+            w.servers.push(StorageModel::default());
             w.register(v);
         }
         w
@@ -256,10 +238,7 @@ impl World {
     fn register(&mut self, v: usize) {
         let now_ms = self.now;
         let evicted = self.m.evicted_sessions();
-        let srv = &mut self.servers[v];
-        srv.fenced.extend(evicted);
-        srv.inbox.clear();
-        srv.writes_until = now_ms + CFG.storage_lease_ms / 2;
+        self.servers[v].registered(evicted, now_ms, CFG.storage_lease_ms);
         let out = self.m.handle(Input::StorageRegistered { server: ServerId(v as u32), now_ms });
         assert!(self.absorb(&out).is_empty());
         self.check();
@@ -280,7 +259,7 @@ impl World {
             // or it was declared down for a fence it did not confirm.
             self.register(v);
         } else {
-            self.servers[v].writes_until = now_ms + CFG.storage_lease_ms / 2;
+            self.servers[v].renewed(now_ms, CFG.storage_lease_ms);
             self.check();
         }
     }
@@ -411,7 +390,7 @@ impl World {
                 Output::Fence { session, servers } => {
                     FENCES.fetch_add(1, Relaxed);
                     for v in servers {
-                        self.servers[v.0 as usize].inbox.push(*session);
+                        self.servers[v.0 as usize].inbox.insert(*session);
                     }
                 }
                 Output::ServerDown { server, .. } => {
@@ -613,8 +592,8 @@ impl World {
         if v == SILENT || self.servers[v].stopped || n == 0 {
             return;
         }
-        let session = self.servers[v].inbox.remove(pick % n);
-        self.servers[v].fenced.insert(session);
+        let session = *self.servers[v].inbox.iter().nth(pick % n).expect("within the inbox");
+        self.servers[v].fence(session);
         let input = Input::FenceConfirmed { server: ServerId(v as u32), sessions: vec![session], now_ms: self.now };
         let out = self.m.handle(input);
         assert!(self.absorb(&out).is_empty());

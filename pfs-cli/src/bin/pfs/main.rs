@@ -116,7 +116,11 @@ fn run(args: Args) -> pfs_cli::Result<()> {
             let config = tool::load_config(args.config)?;
             rt.block_on(async move {
                 let client = pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)).await?;
-                commands::run(&client, cmd).await
+                let result = commands::run(&client, cmd).await;
+                // End the session cleanly: a dropped connection would be an eviction, fenced on
+                // every storage server.
+                tool::close(&client).await;
+                result
             })
         }
     }
