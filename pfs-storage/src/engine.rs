@@ -238,7 +238,7 @@ impl ChunkFiles {
         let file = match opts.open(self.path(key)) {
             Ok(f) => Arc::new(f),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound && !create => return Ok(None),
-            Err(e) if direct && e.raw_os_error() == Some(libc::EINVAL) => {
+            Err(e) if direct && e.kind() == std::io::ErrorKind::InvalidInput => {
                 if !self.no_direct.swap(true, Ordering::Relaxed) {
                     info!("{}: the file system does not support O_DIRECT; using buffered I/O", self.dir.display());
                 }

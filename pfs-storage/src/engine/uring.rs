@@ -215,7 +215,7 @@ fn ring_loop(mut ring: IoUring, mut rx: mpsc::Receiver<Op>) {
         }
         match ring.submit_and_wait(1) {
             Ok(_) => {}
-            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.raw_os_error() == Some(libc::EBUSY) => {}
+            Err(e) if e.kind() == io::ErrorKind::Interrupted || e.kind() == io::ErrorKind::ResourceBusy => {}
             Err(e) => {
                 error!("io_uring submit failed, stopping the ring thread: {e}");
                 for op in slots.iter_mut().filter_map(Option::take) {
