@@ -188,21 +188,21 @@ struct Slot {
 /// One block's share of a byte range: block index, `[s, e)` within the block (bytes), and the
 /// position of byte `s` within the caller's buffer.
 #[derive(Clone, Copy, Debug)]
-struct Piece {
+struct BlockPart {
     block: u64,
     s: u32,
     e: u32,
     pos: usize,
 }
 
-impl Piece {
+impl BlockPart {
     fn len(&self) -> usize {
         (self.e - self.s) as usize
     }
 }
 
 /// Cuts the byte range `[offset, offset + len)` into per-block pieces.
-fn pieces(offset: u64, len: usize, shift: u32) -> impl Iterator<Item = Piece> {
+fn pieces(offset: u64, len: usize, shift: u32) -> impl Iterator<Item = BlockPart> {
     let end = offset.checked_add(len as u64).expect("pfs cache: byte range overflows u64");
     let bs = 1u64 << shift;
     let mut pos = offset;
@@ -214,7 +214,7 @@ fn pieces(offset: u64, len: usize, shift: u32) -> impl Iterator<Item = Piece> {
         let base = block << shift;
         let s = pos - base;
         let e = (end - base).min(bs);
-        let piece = Piece { block, s: s as u32, e: e as u32, pos: (pos - offset) as usize };
+        let piece = BlockPart { block, s: s as u32, e: e as u32, pos: (pos - offset) as usize };
         pos = base + e;
         Some(piece)
     })

@@ -1,10 +1,14 @@
 //! The pfs client library.
 //!
-//! [`Client`] connects to pfs-meta (namespace, layouts, chunk holders) and to the storage
-//! servers (chunk data). [`File`] reads and writes a striped file: every call is cut into
+//! [`Client`] connects to pfs-meta (namespace, tokens, layouts, chunk holders) and to the
+//! storage servers (chunk data); it needs only pfs-meta's address ([`ClientOptions`]). [`File`]
+//! reads and writes a striped file coherently under byte-range tokens: every call is cut into
 //! per-chunk pieces ([`pfs_common::layout::Layout::pieces`]) that go to their storage targets in
-//! parallel, with at most `client.max_inflight_bytes` payload bytes in flight per client.
-//! [`blocking`] wraps the async API for callers without a tokio runtime.
+//! parallel, with at most [`ClientOptions::max_inflight_bytes`] payload bytes in flight per
+//! client. [`blocking`] wraps the async API for callers without a tokio runtime. Errors are
+//! [`Error`]; decide on [`Error::code`].
+//!
+//! This crate links no server code: it depends on `pfs-common` (and tokio) only.
 //!
 //! ```no_run
 //! # async fn demo() -> pfs_client::Result<()> {
@@ -13,6 +17,7 @@
 //! let file = client.create("/hello.txt", &Default::default()).await?;
 //! file.write_at(0, b"hello, striped world").await?;
 //! file.close().await?; // durable on the storage servers, size durable on pfs-meta
+//! client.close().await?; // the session ends cleanly
 //! # Ok(()) }
 //! ```
 
