@@ -14,8 +14,11 @@
 //!   last accepted heartbeat (pfs-meta counts the whole lease from when it *received* it), so
 //!   when pfs-meta stops counting on us (it declared us down, or lost us) we have stopped
 //!   admitting writes well before, even with clocks running at somewhat different rates. We
-//!   admit writes again after registering, which teaches us every fence we missed. (3FS's
-//!   storage services stop serving when they lose their manager's lease in the same way.)
+//!   admit writes again after registering, which teaches us every fence we missed, or after a
+//!   late heartbeat pfs-meta still accepts: then it has not counted our lease out, so every
+//!   fence it decided is one it still waits for us to confirm (the notification is on our
+//!   connection), and no evicted session's token has moved yet. (3FS's storage services stop
+//!   serving when they lose their manager's lease in the same way.)
 //!
 //! What remains: a write admitted just before the lease ran out and then held up (the process
 //! stopped between admission and the disk write) lands when the process continues. GPFS

@@ -32,7 +32,7 @@
 //! segments (each its own contiguous part, each asking to the end of file) settle after one
 //! exchange each: the first writer's token `[0, ∞)` is cut at the second writer's start, and
 //! so on. The state is per file and is forgotten when a file has no tokens, requests or
-//! revokes left; the last [`LOST_MAX`] revokes per file are remembered for the detection.
+//! revokes left; the last `LOST_MAX` (32) revokes per file are remembered for the detection.
 //!
 //! # Conflicts and revokes
 //! A request that overlaps an incompatible token of another session makes the manager send
@@ -103,8 +103,8 @@
 //! key + 16-byte [`pfs_common::range_map::Extent`]); with B-tree leaf nodes of 11 entries (~280 bytes, at least half
 //! full) that is 25-56 bytes per token. Each (file, holder) adds about 80 bytes (the map
 //! header plus its entry in the file's holder map), each queued request 56 bytes
-//! ([`Waiter`]), each outstanding revoke 48 bytes plus its 16-byte id→file index entry
-//! ([`PendingRevoke`]), and each evicted session id 8 bytes (kept to refuse it).
+//! (`Waiter`), each outstanding revoke 48 bytes plus its 16-byte id→file index entry
+//! (`PendingRevoke`), and each evicted session id 8 bytes (kept to refuse it).
 //! `tests::memory_per_token` checks these sizes.
 //!
 //! # Complexity
