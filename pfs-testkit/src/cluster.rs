@@ -18,7 +18,9 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// with a deadline. If one of `daemons` exits first, fails with the tail of its log.
 pub async fn wait_ready(config: &Arc<Config>, daemons: &mut [Daemon], timeout: Duration) -> Result<Client> {
     let deadline = Instant::now() + timeout;
-    let mut last_err;
+    let mut last_err = String::new();
+    // One client for all polls (a new session per poll would be evicted as each is dropped).
+    let mut client: Option<Client> = None;
     loop {
         for d in daemons.iter_mut() {
             if let Ok(Some(status)) = d.child.try_wait() {
@@ -29,8 +31,14 @@ pub async fn wait_ready(config: &Arc<Config>, daemons: &mut [Daemon], timeout: D
                 });
             }
         }
-        match Client::connect(ClientOptions::from_config(config)).await {
-            Ok(client) => match client.servers().await {
+        if client.is_none() {
+            match Client::connect(ClientOptions::from_config(config)).await {
+                Ok(c) => client = Some(c),
+                Err(e) => last_err = e.to_string(),
+            }
+        }
+        if let Some(c) = &client {
+            match c.servers().await {
                 Ok(servers) => {
                     let down: Vec<String> = config
                         .storage
@@ -39,13 +47,16 @@ pub async fn wait_ready(config: &Arc<Config>, daemons: &mut [Daemon], timeout: D
                         .map(|s| s.id.to_string())
                         .collect();
                     if down.is_empty() {
-                        return Ok(client);
+                        return Ok(client.take().expect("checked"));
                     }
                     last_err = format!("waiting for {}", down.join(", "));
                 }
-                Err(e) => last_err = e.to_string(),
-            },
-            Err(e) => last_err = e.to_string(),
+                Err(e) => {
+                    // pfs-meta went away (restarting): connect again next time.
+                    last_err = e.to_string();
+                    client = None;
+                }
+            }
         }
         if Instant::now() >= deadline {
             return Err(Error::NotReady { secs: timeout.as_secs(), last: last_err });
@@ -100,7 +111,8 @@ impl LocalCluster {
             let kind = DaemonKind::Storage(s.id);
             cluster.daemons.push(spawn(kind, &cluster.config_path, &cluster.log(kind), false)?);
         }
-        wait_ready(&cluster.config, &mut cluster.daemons, READY_TIMEOUT).await?;
+        // The readiness probe's session ends cleanly (a dropped one would be evicted).
+        wait_ready(&cluster.config, &mut cluster.daemons, READY_TIMEOUT).await?.close().await?;
         Ok(cluster)
     }
 

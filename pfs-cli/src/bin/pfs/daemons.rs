@@ -64,7 +64,8 @@ pub async fn up(config: &std::sync::Arc<Config>, config_path: &Path) -> Result<(
         started.push(d);
     }
     if roles.iter().any(|(r, _)| *r == DaemonKind::Meta) {
-        pfs_testkit::wait_ready(config, &mut started, pfs_testkit::READY_TIMEOUT).await?;
+        let probe = pfs_testkit::wait_ready(config, &mut started, pfs_testkit::READY_TIMEOUT).await?;
+        pfs_cli::tool::close(&probe).await;
     }
     println!(
         "pfs is up: pfs-meta at {}, {} storage server(s); logs in {}",
