@@ -257,13 +257,7 @@ impl OpenFile {
             chunk_size: self.layout.chunk_size(),
             session,
         };
-        let on_chunk = |e: Error| Error::Chunk {
-            op: "writing",
-            path: self.path.clone(),
-            chunk: p.chunk,
-            server: target,
-            source: Box::new(e),
-        };
+        let on_chunk = |e| self.chunk_error("writing", p.chunk, target, e);
         let (written, _) = self.client.storage(target, req, data).await.map_err(|e| {
             if e.code() == ErrorCode::Evicted {
                 // Fenced: the session is gone, whatever we have heard from pfs-meta so far.
@@ -297,13 +291,7 @@ impl OpenFile {
         let target = self.layout.target(p.chunk);
         let _permit = self.client.inflight(p.len).await;
         let req = ReadChunk { file: self.id, chunk: p.chunk, offset: p.chunk_offset, len: p.len as u32 };
-        let on_chunk = |e: Error| Error::Chunk {
-            op: "reading",
-            path: self.path.clone(),
-            chunk: p.chunk,
-            server: target,
-            source: Box::new(e),
-        };
+        let on_chunk = |e| self.chunk_error("reading", p.chunk, target, e);
         let (_, data) = self.client.storage(target, req, &[]).await.map_err(on_chunk)?;
         if data.len() > out.len() {
             let message = format!("answered {} bytes to a read of {}", data.len(), out.len());
@@ -313,6 +301,11 @@ impl OpenFile {
         // Past the chunk file's end, below the file size: a hole, which reads as zeros.
         out[data.len()..].fill(0);
         Ok(())
+    }
+
+    /// `e`, as the cause of `op` ("reading", "writing") chunk `chunk` of this file on `server`.
+    fn chunk_error(&self, op: &'static str, chunk: u64, server: ServerId, e: Error) -> Error {
+        Error::Chunk { op, path: self.path.clone(), chunk, server, source: Box::new(e) }
     }
 
     /// I/O of at least this many bytes bypasses the cache.

@@ -6,10 +6,9 @@
 //! servers register, heartbeat, report and confirm fences, and may speak only for the server
 //! they registered as; the registry's queries (servers, chunk holders) serve anyone.
 //!
-//! Lock order: the token service's lock may be held while taking `cluster` (it tells the
-//! registry of servers declared down after releasing its own lock, but the rule holds either
-//! way); `cluster` may be held while taking the namespace store's lock, never the other way
-//! round.
+//! Lock order: `cluster` may be held while taking the namespace store's lock, never the other
+//! way round. The token service's lock is never held while taking another (it tells the
+//! registry of servers declared down after releasing it).
 
 use crate::error::{MetaError, Result};
 use crate::holders::Holders;
@@ -21,23 +20,21 @@ use crate::tokens::TokenConfig;
 use parking_lot::Mutex;
 use pfs_common::config::Config;
 use pfs_common::pool::PooledBuf;
-use pfs_common::rpc::{Handler, Notifier, Peer, Reply};
+use pfs_common::rpc::{Handler, Peer, Reply};
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest};
 use pfs_common::wire::registry::{self as reg, Orphans, Registered, RegistryRequest, StorageNotify};
 use pfs_common::wire::tokens::{self as tok, Granted, SessionGrant, TokenRequest};
 use pfs_common::wire::{MetaRequest, PeerRole};
 use pfs_common::{FileId, ServerId};
-use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tracing::{debug, warn};
 
-/// The registry side of pfs-meta, behind one lock.
+/// The registry side of pfs-meta, behind one lock. (The storage servers' connections, for
+/// pushing [`StorageNotify`], are kept by the token service, which fences through them.)
 struct Cluster {
     registry: Registry,
     holders: Holders,
-    /// Connections of registered storage servers, for pushing [`StorageNotify`].
-    notifiers: HashMap<ServerId, (u64, Notifier)>,
 }
 
 /// The metadata service.
@@ -53,11 +50,7 @@ impl MetaServer {
     /// Errors: Corrupt naming the file and byte offset of a damaged log; Io.
     pub fn open(config: &Config) -> Result<MetaServer> {
         let store = NamespaceStore::open(&config.meta_dir(), config.meta.checkpoint_records, config.layout)?;
-        let cluster = Arc::new(Mutex::new(Cluster {
-            registry: Registry::new(config),
-            holders: Holders::new(),
-            notifiers: HashMap::new(),
-        }));
+        let cluster = Arc::new(Mutex::new(Cluster { registry: Registry::new(config), holders: Holders::new() }));
         let t = &config.tokens;
         let registry = cluster.clone();
         let tokens = TokenService::open(
@@ -216,7 +209,6 @@ impl MetaServer {
         let mut cl = self.cluster.lock();
         cl.registry.register(c.id, c.address, c.capacity_bytes, c.free_bytes, peer.conn_id, Instant::now());
         cl.holders.begin_listing(c.id);
-        cl.notifiers.insert(c.id, (peer.conn_id, peer.notifier.clone()));
         Ok(Registered { fence_below: self.tokens.fence_below(), fenced, lease_ms, orphans: Vec::new() })
     }
 
@@ -249,16 +241,14 @@ impl MetaServer {
         let mut sends = Vec::new();
         {
             let mut c = self.cluster.lock();
-            for (file, mut targets) in files {
-                c.holders.remove_file(file);
-                targets.sort();
-                targets.dedup();
-                for server in targets {
-                    if let Some((_, n)) = c.notifiers.get(&server) {
-                        sends.push((server, file, n.clone()));
-                    }
-                }
+            for (file, _) in &files {
+                c.holders.remove_file(*file);
             }
+        }
+        for (file, mut targets) in files {
+            targets.sort();
+            targets.dedup();
+            sends.extend(targets.into_iter().filter_map(|t| Some((t, file, self.tokens.storage_notifier(t)?))));
         }
         for (server, file, notifier) in sends {
             tokio::spawn(async move {
@@ -272,16 +262,7 @@ impl MetaServer {
 
     /// A connection closed: a storage server on it is down; a client's sessions are evicted.
     pub async fn disconnected(&self, peer: &Peer) {
-        let server = {
-            let mut c = self.cluster.lock();
-            let server = c.registry.disconnected(peer.conn_id);
-            if let Some(id) = server {
-                if c.notifiers.get(&id).is_some_and(|(conn, _)| *conn == peer.conn_id) {
-                    c.notifiers.remove(&id);
-                }
-            }
-            server
-        };
+        let server = self.cluster.lock().registry.disconnected(peer.conn_id);
         if let Some(id) = server {
             self.tokens.storage_disconnected(id, peer.conn_id);
         }

@@ -66,6 +66,8 @@ struct Effects {
     fences: BTreeMap<ServerId, (Notifier, Vec<SessionId>)>,
     /// A refusal addressed to the caller of the input itself.
     refused: Option<MetaError>,
+    /// The input made a deadline the ticker may not know of (a revoke, a fence, a new lease).
+    new_deadline: bool,
 }
 
 /// The token service of pfs-meta.
@@ -207,6 +209,11 @@ impl TokenService {
         let _ = self.simple(|now_ms| Input::FenceConfirmed { server, sessions, now_ms });
     }
 
+    /// The connection of registered storage server `server`, for pushing notifications.
+    pub fn storage_notifier(&self, server: ServerId) -> Option<Notifier> {
+        self.state.lock().storage.get(&server).map(|(_, n)| n.clone())
+    }
+
     /// Storage server `server`'s connection `conn` closed: fences are no longer sent there (its
     /// lease decides when it stops counting).
     pub fn storage_disconnected(&self, server: ServerId, conn: u64) {
@@ -247,11 +254,17 @@ impl TokenService {
         let (value, effects) = {
             let mut st = self.state.lock();
             let (input, value) = f(&mut st, self.now_ms());
+            let new_lease = matches!(input, Input::OpenSession { .. } | Input::StorageRegistered { .. });
             let outputs = st.manager.handle(input);
-            (value, Self::effects(&mut st, outputs))
+            let mut fx = Self::effects(&mut st, outputs);
+            fx.new_deadline |= new_lease;
+            (value, fx)
         };
-        // A new deadline (a revoke, a fence) may be earlier than the one the ticker sleeps to.
-        self.wake.notify_one();
+        // Only a new deadline can be earlier than the one the ticker sleeps to: acquires,
+        // acks and heartbeats that make none do not wake it (they are the hot path).
+        if effects.new_deadline {
+            self.wake.notify_one();
+        }
         let refused = effects.refused.clone();
         self.carry_out(effects);
         (value, refused)
@@ -276,6 +289,7 @@ impl TokenService {
                     fx.refused = Some(error);
                 }
                 Output::Revoke { session, revoke, file, range, wanted } => {
+                    fx.new_deadline = true;
                     // A lost revoke ends in the holder's eviction at the revoke timeout.
                     if let Some((_, n)) = st.clients.get(&session) {
                         fx.to_clients.push((n.clone(), ClientNotify::Revoke { revoke, file, range, wanted }));
@@ -288,6 +302,7 @@ impl TokenService {
                     }
                 }
                 Output::Fence { session, servers } => {
+                    fx.new_deadline = true;
                     for server in servers {
                         // A server without a connection cannot confirm: its lease decides.
                         if let Some((_, n)) = st.storage.get(&server) {

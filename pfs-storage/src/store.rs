@@ -211,11 +211,6 @@ impl ChunkStore {
         st.index.get(&file).map(|m| m.iter().map(|(c, e)| (*c, e.len)).collect()).unwrap_or_default()
     }
 
-    /// An engine error on `key`, naming this server (the engine names the chunk).
-    fn err(&self, e: StorageError, _key: ChunkKey) -> StorageError {
-        e.on(self.id)
-    }
-
     /// Writes `data` at `offset` bytes into a chunk, creating it if needed. Not durable until
     /// [`ChunkStore::fsync`]. Returns the bytes written.
     ///
@@ -258,7 +253,7 @@ impl ChunkStore {
                     // Part of it may be on disk: only a re-read knows the contents now.
                     self.state.lock().running.insert(key, Running::Invalid);
                 }
-                return Err(self.err(e, key));
+                return Err(e.on(self.id));
             }
         };
         // Feed the append into the running hash while its bytes are still in cache (SHA-NI:
@@ -309,8 +304,7 @@ impl ChunkStore {
                 ),
             });
         }
-        let data =
-            self.engine.read(key, offset, pool::global().get(len as usize)).await.map_err(|e| self.err(e, key))?;
+        let data = self.engine.read(key, offset, pool::global().get(len as usize)).await.map_err(|e| e.on(self.id))?;
         let chunk_len = self.state.lock().index.get(&file).and_then(|m| m.get(&chunk)).map_or(0, |e| e.len);
         match data {
             Some(d) => Ok((d, chunk_len)),
@@ -337,12 +331,12 @@ impl ChunkStore {
             let start = chunk.saturating_mul(chunk_size);
             let key = (file, chunk);
             if start >= size {
-                self.engine.remove(key).await.map_err(|e| self.err(e, key))?;
+                self.engine.remove(key).await.map_err(|e| e.on(self.id))?;
                 removed.push(chunk);
             } else if size - start < len {
                 let new_len = size - start;
-                self.engine.truncate(key, new_len).await.map_err(|e| self.err(e, key))?;
-                self.engine.sync(key).await.map_err(|e| self.err(e, key))?;
+                self.engine.truncate(key, new_len).await.map_err(|e| e.on(self.id))?;
+                self.engine.sync(key).await.map_err(|e| e.on(self.id))?;
                 let mut st = self.state.lock();
                 st.running.insert(key, Running::Invalid);
                 if let Some(entry) = st.index.get_mut(&file).and_then(|m| m.get_mut(&chunk)) {
@@ -375,7 +369,7 @@ impl ChunkStore {
                 // Keep the index true to the disk: forget what is gone, then fail.
                 let done: Vec<_> = chunks.iter().copied().take_while(|c| *c != chunk).collect();
                 self.forget(file, &done);
-                return Err(self.err(e, key));
+                return Err(e.on(self.id));
             }
         }
         self.forget(file, &chunks);
@@ -440,12 +434,13 @@ impl ChunkStore {
             while syncing.len() < SYNCS_AT_ONCE {
                 let Some(key) = next.next() else { break };
                 let engine = self.engine.clone();
-                syncing.spawn(async move { engine.sync(key).await.map_err(|e| (key, e)) });
+                // The engine's error names the chunk.
+                syncing.spawn(async move { engine.sync(key).await });
             }
             let Some(done) = syncing.join_next().await else { break };
             let err = match done {
                 Ok(Ok(())) => continue,
-                Ok(Err((key, e))) => self.err(e, key),
+                Ok(Err(e)) => e.on(self.id),
                 Err(e) => StorageError::Stopped { what: format!("{}: a sync task failed: {e}", self.id) },
             };
             failed.get_or_insert(err);

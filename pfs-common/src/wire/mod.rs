@@ -79,23 +79,18 @@ pub trait Call: Sized {
 /// `Outer` (a server speaking several services); `pub enum Name { .. }` makes it the
 /// connection's own request type.
 macro_rules! service {
-    ($(#[$m:meta])* pub enum $name:ident in $outer:ident :: $ov:ident {
-        $( $(#[$vm:meta])* $variant:ident($call:ident) -> $reply:ty ),* $(,)?
-    }) => {
-        $(#[$m])*
-        #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-        pub enum $name { $( $(#[$vm])* $variant($call) ),* }
-        $(
-            impl $crate::wire::Call for $call {
-                type Request = $outer;
-                type Reply = $reply;
-                fn into_request(self) -> $outer {
-                    $outer::$ov($name::$variant(self))
-                }
+    ($(#[$m:meta])* pub enum $name:ident in $outer:ident :: $ov:ident { $($calls:tt)* }) => {
+        service!($(#[$m])* pub enum $name as $outer { $($calls)* });
+        impl From<$name> for $outer {
+            fn from(r: $name) -> $outer {
+                $outer::$ov(r)
             }
-        )*
+        }
     };
-    ($(#[$m:meta])* pub enum $name:ident {
+    ($(#[$m:meta])* pub enum $name:ident { $($calls:tt)* }) => {
+        service!($(#[$m])* pub enum $name as $name { $($calls)* });
+    };
+    ($(#[$m:meta])* pub enum $name:ident as $req:ty {
         $( $(#[$vm:meta])* $variant:ident($call:ident) -> $reply:ty ),* $(,)?
     }) => {
         $(#[$m])*
@@ -103,10 +98,10 @@ macro_rules! service {
         pub enum $name { $( $(#[$vm])* $variant($call) ),* }
         $(
             impl $crate::wire::Call for $call {
-                type Request = $name;
+                type Request = $req;
                 type Reply = $reply;
-                fn into_request(self) -> $name {
-                    $name::$variant(self)
+                fn into_request(self) -> $req {
+                    <$req>::from($name::$variant(self))
                 }
             }
         )*
