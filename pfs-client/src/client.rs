@@ -360,7 +360,8 @@ impl Client {
     pub async fn create(&self, path: &str, opts: &CreateOptions) -> Result<File> {
         let layout =
             LayoutChoice { block_size: opts.block_size, chunk_size: opts.chunk_size, stripe_count: opts.stripe_count };
-        let attr = self.meta(ns::Create { path: path.to_string(), layout, exclusive: opts.exclusive }).await?;
+        let session = Some(self.session()?);
+        let attr = self.meta(ns::Create { path: path.to_string(), layout, exclusive: opts.exclusive, session }).await?;
         let file = File { state: self.file_state(path, attr)? };
         if file.size() > 0 {
             file.truncate(0).await?;
@@ -368,9 +369,12 @@ impl Client {
         Ok(file)
     }
 
-    /// Opens an existing file. Errors: NotFound, IsDir.
+    /// Opens an existing file. Until it is closed (or the session ends), the file's data stays
+    /// readable and writable through it even if another client removes or replaces the file,
+    /// as POSIX keeps an unlinked open file. Errors: NotFound, IsDir, Evicted.
     pub async fn open(&self, path: &str) -> Result<File> {
-        let attr = self.stat(path).await?;
+        let session = self.session()?;
+        let attr = self.meta(ns::Open { path: path.to_string(), session }).await?;
         Ok(File { state: self.file_state(path, attr)? })
     }
 

@@ -149,6 +149,17 @@ impl OpenFile {
                 }
             };
             t.held.grant(granted.range, granted.mode);
+            // The size at the grant is pfs-meta's after every conflicting holder recorded its
+            // own: it replaces ours, shrinks included (a truncate by another client), unless
+            // our own writes grew the file further and pfs-meta does not know yet. A shrink
+            // needs Write from the new end on, which revokes our Read there, so a read that
+            // reaches past the new end always comes through here first (`read_at` asks for a
+            // token over its whole buffer before it clamps to the size).
+            if self.size_dirty.load(Ordering::Acquire) {
+                self.size.fetch_max(granted.size, Ordering::AcqRel);
+            } else {
+                self.size.store(granted.size, Ordering::Release);
+            }
             let crossed: Vec<(ByteRange, Mode)> =
                 t.recent.iter().filter(|(s, _, _)| *s > start_seq).map(|(_, r, w)| (*r, *w)).collect();
             for (range, wanted) in crossed {
@@ -159,7 +170,6 @@ impl OpenFile {
             }
             debug_assert_eq!(t.held.check(), Ok(()), "held tokens of {}", self.path);
             drop(t);
-            self.size.fetch_max(granted.size, Ordering::AcqRel);
             self.client.inner.counters.acquires.fetch_add(1, Ordering::Relaxed);
         }
     }
@@ -556,6 +566,11 @@ impl File {
             s.client.forget_file(s);
             if let Ok(session) = s.client.session() {
                 let _ = s.client.meta(tok::Release { session, file: s.id, range: ByteRange::ALL }).await;
+                // An unlinked file's data goes once its last opener closes it. Not fatal to the
+                // close if pfs-meta cannot be told: the session's end closes it too.
+                if let Err(e) = s.client.meta(ns::Close { file: s.id, session }).await {
+                    tracing::debug!("telling pfs-meta {} is closed: {e}", s.path);
+                }
             }
         }
         synced

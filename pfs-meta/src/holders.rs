@@ -125,8 +125,14 @@ impl Holders {
                     .iter()
                     .map(|(server, held)| ChunkHolder { server: *server, len: held.len, sha256: held.sha256 })
                     .collect(),
+                committed: None,
             })
             .collect()
+    }
+
+    /// Length in bytes of `server`'s copy of a chunk, if it reported one.
+    pub fn len_on(&self, server: ServerId, file: FileId, chunk: ChunkIndex) -> Option<u64> {
+        self.chunks.get(&(file, chunk))?.get(&server).map(|h| h.len)
     }
 
     /// Number of chunks `server` holds.
@@ -140,7 +146,14 @@ mod tests {
     use super::*;
 
     fn state(file: u64, chunk: u64, len: u64) -> ChunkState {
-        ChunkState { file: FileId(file), chunk, len, sha256: Some(Sha256Digest::of(&[len as u8])), removed: false }
+        ChunkState {
+            file: FileId(file),
+            chunk,
+            len,
+            sha256: Some(Sha256Digest::of(&[len as u8])),
+            removed: false,
+            durable: true,
+        }
     }
 
     #[test]

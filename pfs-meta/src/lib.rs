@@ -7,6 +7,7 @@
 pub mod error;
 pub mod holders;
 pub mod namespace;
+pub mod opens;
 pub mod registry;
 pub mod server;
 pub mod store;
@@ -40,6 +41,7 @@ pub async fn run(config: Arc<Config>) -> Result<()> {
     tokio::select! {
         _ = rpc::serve(listener, server.clone(), opts) => Ok(()),
         _ = server.run_token_ticks() => Ok(()),
+        reaped = server.run_reaper() => reaped,
         failed = durable.wait_for(|d| d.failed.is_some()) => {
             // The state in memory may be ahead of the disk: stop rather than serve it.
             let why = match failed {

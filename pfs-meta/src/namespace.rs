@@ -17,7 +17,10 @@ use pfs_common::config::Config;
 use pfs_common::layout::{Layout, LayoutChoice, LayoutPolicy};
 use pfs_common::{FileId, ServerId};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+
+pub mod chunk_map;
+pub use chunk_map::{ChunkMap, ChunkRecord, Commit};
 
 /// Longest file or directory name, bytes.
 pub const NAME_MAX_BYTES: usize = 255;
@@ -83,6 +86,10 @@ pub enum Op {
     Truncate { file: FileId, size: u64, expected_generation: Option<u64> },
     /// Raise `file`'s size to at least `size` bytes.
     SetSize { file: FileId, size: u64 },
+    /// Storage server `server` made these chunk states durable.
+    CommitChunks { server: ServerId, chunks: Vec<(FileId, Commit)> },
+    /// Drop `file` if it is an orphan (unlinked while open) that nobody has open any more.
+    Reap { file: FileId },
 }
 
 /// A fully determined change of the namespace, as logged in the WAL.
@@ -92,14 +99,20 @@ pub enum Mutation {
     Mkdir { parent: FileId, name: String, id: FileId, policy: LayoutPolicy, time_ms: u64 },
     /// New file `id` named `name` in `parent`, with its chosen layout.
     Create { parent: FileId, name: String, id: FileId, layout: Layout, time_ms: u64 },
-    /// Move an entry; whatever `to_name` named in `to_parent` is dropped.
-    Rename { from_parent: FileId, from_name: String, to_parent: FileId, to_name: String, time_ms: u64 },
-    /// Remove the entry `name` of `parent` (a file or an empty directory) and its inode.
-    Remove { parent: FileId, name: String, time_ms: u64 },
+    /// Move an entry; whatever `to_name` named in `to_parent` is dropped, or kept as an
+    /// orphan with `orphan` (a file some session has open).
+    Rename { from_parent: FileId, from_name: String, to_parent: FileId, to_name: String, time_ms: u64, orphan: bool },
+    /// Remove the entry `name` of `parent` (a file or an empty directory) and its inode, or
+    /// keep the inode as an orphan with `orphan` (a file some session has open).
+    Remove { parent: FileId, name: String, time_ms: u64, orphan: bool },
     /// Set a file's size exactly.
     Truncate { file: FileId, size: u64, time_ms: u64 },
     /// Raise a file's size to at least `size` and set its mtime.
     SetSize { file: FileId, size: u64, time_ms: u64 },
+    /// Chunk states `server` made durable become the committed ones.
+    CommitChunks { server: ServerId, chunks: Vec<(FileId, Commit)> },
+    /// Drop orphan `file` (unlinked while open; the last open is gone).
+    Reap { file: FileId },
 }
 
 /// What [`Namespace::prepare`] decided.
@@ -122,12 +135,14 @@ pub struct Applied {
 }
 
 /// What `prepare` needs from outside the namespace.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Context<'a> {
     /// Wall-clock time, ms since the Unix epoch; recorded in the mutation.
     pub now_ms: u64,
     /// Storage servers that are up, for the layouts of new files.
     pub up_servers: &'a [ServerId],
+    /// Whether some session has the file open (a removed open file becomes an orphan).
+    pub is_open: &'a dyn Fn(FileId) -> bool,
 }
 
 /// The whole namespace: every inode, the id counter and the placement counter.
@@ -138,6 +153,11 @@ pub struct Namespace {
     next_id: u64,
     /// Round-robin counter choosing the first target of new files (balances load).
     next_first: u64,
+    /// Files unlinked (or replaced by a rename) while a session had them open: inodes without
+    /// a name, kept readable until the last close ([`Mutation::Reap`]).
+    orphans: BTreeSet<FileId>,
+    /// Committed chunks of every file.
+    chunks: ChunkMap,
 }
 
 impl Namespace {
@@ -154,7 +174,23 @@ impl Namespace {
             policy: Some(root_policy),
             entries: BTreeMap::new(),
         };
-        Namespace { inodes: BTreeMap::from([(FileId::ROOT, root)]), next_id: FileId::ROOT.0 + 1, next_first: 0 }
+        Namespace {
+            inodes: BTreeMap::from([(FileId::ROOT, root)]),
+            next_id: FileId::ROOT.0 + 1,
+            next_first: 0,
+            orphans: BTreeSet::new(),
+            chunks: ChunkMap::default(),
+        }
+    }
+
+    /// The committed chunk map.
+    pub fn chunks(&self) -> &ChunkMap {
+        &self.chunks
+    }
+
+    /// Files unlinked while open, kept until their last close.
+    pub fn orphans(&self) -> &BTreeSet<FileId> {
+        &self.orphans
     }
 
     /// An empty namespace whose root carries the cluster's layout defaults.
@@ -306,7 +342,7 @@ impl Namespace {
                     time_ms: now,
                 }))
             }
-            Op::Rename { from, to, expected_generation } => self.prepare_rename(from, to, *expected_generation, now),
+            Op::Rename { from, to, expected_generation } => self.prepare_rename(from, to, *expected_generation, ctx),
             Op::Unlink { path, expected_generation } => {
                 let (parent, name) = self.parent_of(path)?;
                 let target = self.entry(parent, name, path)?;
@@ -314,7 +350,13 @@ impl Namespace {
                     return Err(MetaError::IsDir { path: path.clone() });
                 }
                 check_generation(path, target, *expected_generation)?;
-                Ok(Decision::Mutate(Mutation::Remove { parent: parent.id, name: name.to_string(), time_ms: now }))
+                let orphan = (ctx.is_open)(target.id);
+                Ok(Decision::Mutate(Mutation::Remove {
+                    parent: parent.id,
+                    name: name.to_string(),
+                    time_ms: now,
+                    orphan,
+                }))
             }
             Op::Rmdir { path, expected_generation } => {
                 let (parent, name) = self.parent_of(path)?;
@@ -326,7 +368,9 @@ impl Namespace {
                     return Err(MetaError::NotEmpty { path: path.clone(), entries: target.entries.len() as u64 });
                 }
                 check_generation(path, target, *expected_generation)?;
-                Ok(Decision::Mutate(Mutation::Remove { parent: parent.id, name: name.to_string(), time_ms: now }))
+                let remove =
+                    Mutation::Remove { parent: parent.id, name: name.to_string(), time_ms: now, orphan: false };
+                Ok(Decision::Mutate(remove))
             }
             Op::Truncate { file, size, expected_generation } => {
                 let inode = self.file(*file)?;
@@ -336,6 +380,29 @@ impl Namespace {
             Op::SetSize { file, size } => {
                 self.file(*file)?;
                 Ok(Decision::Mutate(Mutation::SetSize { file: *file, size: *size, time_ms: now }))
+            }
+            Op::CommitChunks { server, chunks } => {
+                // Chunks of a removed file are orphaned data, not commits; a state committed
+                // already is not logged again.
+                let new: Vec<(FileId, Commit)> = chunks
+                    .iter()
+                    .filter(|(f, c)| {
+                        self.inodes.get(f).is_some_and(|i| i.kind == InodeKind::File)
+                            && !self.chunks.is_committed(*f, *server, c)
+                    })
+                    .copied()
+                    .collect();
+                if new.is_empty() {
+                    return Ok(Decision::Unchanged(None));
+                }
+                Ok(Decision::Mutate(Mutation::CommitChunks { server: *server, chunks: new }))
+            }
+            Op::Reap { file } => {
+                if self.orphans.contains(file) && !(ctx.is_open)(*file) {
+                    Ok(Decision::Mutate(Mutation::Reap { file: *file }))
+                } else {
+                    Ok(Decision::Unchanged(None))
+                }
             }
         }
     }
@@ -367,7 +434,7 @@ impl Namespace {
         Layout::new(block_size, stripe_blocks, targets).map_err(|e| MetaError::Invalid(format!("{path}: {e}")))
     }
 
-    fn prepare_rename(&self, from: &str, to: &str, expected: Option<u64>, now: u64) -> Result<Decision> {
+    fn prepare_rename(&self, from: &str, to: &str, expected: Option<u64>, ctx: &Context<'_>) -> Result<Decision> {
         let from_parts = split_path(from)?;
         let to_parts = split_path(to)?;
         let (from_parent, from_name) = self.parent_of(from)?;
@@ -381,8 +448,10 @@ impl Namespace {
         if source.kind == InodeKind::Dir && to_parts.len() > from_parts.len() && to_parts.starts_with(&from_parts) {
             return Err(MetaError::Invalid(format!("cannot move directory {from} into its own subtree ({to})")));
         }
+        let mut orphan = false;
         if let Some(&target_id) = to_parent.entries.get(to_name) {
             let target = self.inode(target_id)?;
+            orphan = target.kind == InodeKind::File && (ctx.is_open)(target_id);
             match (source.kind, target.kind) {
                 (InodeKind::File, InodeKind::Dir) => return Err(MetaError::IsDir { path: to.to_string() }),
                 (InodeKind::Dir, InodeKind::File) => return Err(MetaError::NotDir { path: to.to_string() }),
@@ -397,7 +466,8 @@ impl Namespace {
             from_name: from_name.to_string(),
             to_parent: to_parent.id,
             to_name: to_name.to_string(),
-            time_ms: now,
+            time_ms: ctx.now_ms,
+            orphan,
         }))
     }
 
@@ -444,7 +514,7 @@ impl Namespace {
                 applied.inode = Some(inode.clone());
                 self.link(*parent, name, inode, *time_ms);
             }
-            Mutation::Rename { from_parent, from_name, to_parent, to_name, time_ms } => {
+            Mutation::Rename { from_parent, from_name, to_parent, to_name, time_ms, orphan } => {
                 let p = self.dir_mut(*from_parent);
                 let moved = p.entries.remove(from_name).expect("checked: the source entry exists");
                 p.touch(*time_ms);
@@ -456,22 +526,43 @@ impl Namespace {
                 if let Some(m) = self.inodes.get_mut(&moved) {
                     m.touch(*time_ms);
                 }
-                if let Some(old) = replaced {
-                    self.drop_inode(old, &mut applied.removed_files);
+                match replaced {
+                    Some(old) if old != moved && *orphan => {
+                        self.orphans.insert(old);
+                    }
+                    Some(old) if old != moved => self.drop_inode(old, &mut applied.removed_files),
+                    _ => {}
                 }
             }
-            Mutation::Remove { parent, name, time_ms } => {
+            Mutation::Remove { parent, name, time_ms, orphan } => {
                 let p = self.dir_mut(*parent);
                 let id = p.entries.remove(name).expect("checked: the entry exists");
                 p.touch(*time_ms);
                 p.mtime_ms = *time_ms;
-                self.drop_inode(id, &mut applied.removed_files);
+                if *orphan {
+                    self.orphans.insert(id);
+                } else {
+                    self.drop_inode(id, &mut applied.removed_files);
+                }
             }
             Mutation::Truncate { file, size, time_ms } => {
-                applied.inode = Some(self.resize(*file, *time_ms, |_| *size));
+                let inode = self.resize(*file, *time_ms, |_| *size);
+                if let Some(layout) = &inode.layout {
+                    self.chunks.truncate(*file, *size, layout.chunk_size());
+                }
+                applied.inode = Some(inode);
             }
             Mutation::SetSize { file, size, time_ms } => {
                 self.resize(*file, *time_ms, |old| old.max(*size));
+            }
+            Mutation::CommitChunks { server, chunks } => {
+                for (file, c) in chunks {
+                    self.chunks.commit(*file, *server, c);
+                }
+            }
+            Mutation::Reap { file } => {
+                self.orphans.remove(file);
+                self.drop_inode(*file, &mut applied.removed_files);
             }
         }
         Ok(applied)
@@ -506,18 +597,30 @@ impl Namespace {
                 }
                 Ok(())
             }
-            Mutation::Remove { parent, name, .. } => {
+            Mutation::Remove { parent, name, orphan, .. } => {
                 let id = dir(parent)?.entries.get(name).ok_or_else(|| format!("{name:?} is not in {parent}"))?;
                 match self.inodes.get(id) {
                     Some(i) if !i.entries.is_empty() => Err(format!("{name:?} in {parent} is not empty")),
+                    Some(i) if *orphan && i.kind != InodeKind::File => {
+                        Err(format!("{name:?} in {parent} is a directory, which cannot be an orphan"))
+                    }
                     _ => Ok(()),
                 }
             }
-            Mutation::Truncate { file, .. } | Mutation::SetSize { file, .. } => match self.inodes.get(file) {
-                Some(i) if i.kind == InodeKind::File => Ok(()),
-                Some(_) => Err(format!("{file} is a directory")),
-                None => Err(format!("file {file} does not exist")),
+            Mutation::Reap { file } => match self.orphans.contains(file) {
+                true => Ok(()),
+                false => Err(format!("{file} is not an orphan")),
             },
+            Mutation::CommitChunks { chunks, .. } => chunks.iter().try_for_each(|(file, _)| self.check_file(*file)),
+            Mutation::Truncate { file, .. } | Mutation::SetSize { file, .. } => self.check_file(*file),
+        }
+    }
+
+    fn check_file(&self, file: FileId) -> std::result::Result<(), String> {
+        match self.inodes.get(&file) {
+            Some(i) if i.kind == InodeKind::File => Ok(()),
+            Some(_) => Err(format!("{file} is a directory")),
+            None => Err(format!("file {file} does not exist")),
         }
     }
 
@@ -535,6 +638,7 @@ impl Namespace {
     }
 
     fn drop_inode(&mut self, id: FileId, removed: &mut Vec<(FileId, Vec<ServerId>)>) {
+        self.chunks.remove_file(id);
         if let Some(inode) = self.inodes.remove(&id) {
             if let Some(layout) = inode.layout {
                 removed.push((id, layout.targets));
@@ -551,8 +655,9 @@ impl Namespace {
     }
 
     /// Checks the tree's invariants; the error names the first broken one. Every entry names
-    /// an existing inode, every inode but the root is named exactly once, directories have
-    /// no layout and files no entries, and no id reaches `next_id`.
+    /// an existing inode, every inode but the root and the orphans is named exactly once (the
+    /// orphans never), orphans are files, directories have no layout and files no entries, no
+    /// id reaches `next_id`, and committed chunks belong to existing files.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let mut named: BTreeMap<FileId, usize> = BTreeMap::new();
         for inode in self.inodes.values() {
@@ -575,9 +680,17 @@ impl Namespace {
                 *named.entry(*id).or_default() += 1;
             }
         }
+        for id in &self.orphans {
+            if !self.inodes.get(id).is_some_and(|i| i.kind == InodeKind::File) {
+                return Err(format!("orphan {id} is not a file"));
+            }
+        }
+        if let Some(f) = self.chunks.files().find(|f| !self.inodes.get(f).is_some_and(|i| i.kind == InodeKind::File)) {
+            return Err(format!("committed chunks of {f}, which is not a file"));
+        }
         for id in self.inodes.keys() {
             let n = named.get(id).copied().unwrap_or(0);
-            let want = usize::from(*id != FileId::ROOT);
+            let want = usize::from(*id != FileId::ROOT && !self.orphans.contains(id));
             if n != want {
                 return Err(format!("{id} is named {n} times"));
             }

@@ -12,7 +12,8 @@
 
 use crate::error::{MetaError, Result};
 use crate::holders::Holders;
-use crate::namespace::{Inode, InodeKind, Op};
+use crate::namespace::{Commit, Inode, InodeKind, Namespace, Op};
+use crate::opens::OpenTable;
 use crate::registry::Registry;
 use crate::store::NamespaceStore;
 use crate::token_service::TokenService;
@@ -21,14 +22,20 @@ use parking_lot::Mutex;
 use pfs_common::config::Config;
 use pfs_common::pool::PooledBuf;
 use pfs_common::rpc::{Handler, Peer, Reply};
+use pfs_common::token::SessionId;
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest};
-use pfs_common::wire::registry::{self as reg, Orphans, Registered, RegistryRequest, StorageNotify};
+use pfs_common::wire::registry::{
+    self as reg, ChunkInfo, CommittedChunk, LostChunk, Registered, RegistryRequest, ReportAnswer, StorageNotify,
+    CHUNK_REPORT_PAGE, GET_CHUNKS_MAX,
+};
 use pfs_common::wire::tokens::{self as tok, Granted, SessionGrant, TokenRequest};
 use pfs_common::wire::{MetaRequest, PeerRole};
 use pfs_common::{FileId, ServerId};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::{debug, warn};
+use tokio::sync::Notify;
+use tracing::{debug, info, warn};
 
 /// The registry side of pfs-meta, behind one lock. (The storage servers' connections, for
 /// pushing [`StorageNotify`], are kept by the token service, which fences through them.)
@@ -37,11 +44,22 @@ struct Cluster {
     holders: Holders,
 }
 
+/// Sessions that ended, waiting for the reaper (see [`MetaServer::run_reaper`]).
+#[derive(Default)]
+struct Ended {
+    sessions: Mutex<Vec<SessionId>>,
+    wake: Notify,
+}
+
 /// The metadata service.
 pub struct MetaServer {
     store: NamespaceStore,
     cluster: Arc<Mutex<Cluster>>,
     tokens: Arc<TokenService>,
+    /// Files each session has open. Lock order: taken under the store's lock (by `is_open`
+    /// during a change), so never held while calling into the store.
+    opens: Mutex<OpenTable>,
+    ended: Arc<Ended>,
 }
 
 impl MetaServer {
@@ -53,6 +71,8 @@ impl MetaServer {
         let cluster = Arc::new(Mutex::new(Cluster { registry: Registry::new(config), holders: Holders::new() }));
         let t = &config.tokens;
         let registry = cluster.clone();
+        let ended = Arc::new(Ended::default());
+        let session_ended = ended.clone();
         let tokens = TokenService::open(
             &config.meta_dir(),
             TokenConfig {
@@ -63,8 +83,43 @@ impl MetaServer {
                 fence_timeout_ms: t.fence_timeout_ms,
             },
             Box::new(move |server, reason| registry.lock().registry.declare_down(server, reason)),
+            Box::new(move |session| {
+                session_ended.sessions.lock().push(session);
+                session_ended.wake.notify_one();
+            }),
         )?;
-        Ok(MetaServer { store, cluster, tokens: Arc::new(tokens) })
+        Ok(MetaServer { store, cluster, tokens: Arc::new(tokens), opens: Mutex::new(OpenTable::new()), ended })
+    }
+
+    /// Removes the files that were unlinked while open and that nobody has open any more:
+    /// first every orphan recovered from the WAL (no session survives a restart), then, for
+    /// ever, the orphans left by sessions as they end. Errors: WalFailed / Io if the log fails.
+    pub async fn run_reaper(&self) -> Result<()> {
+        let (recovered, _) = self.store.read(|n| n.orphans().iter().copied().collect::<Vec<_>>());
+        if !recovered.is_empty() {
+            info!("removing {} files unlinked while open before the restart", recovered.len());
+        }
+        for file in recovered {
+            self.reap(file).await?;
+        }
+        loop {
+            let ended = std::mem::take(&mut *self.ended.sessions.lock());
+            for session in ended {
+                let freed = self.opens.lock().end_session(session);
+                for file in freed {
+                    self.reap(file).await?;
+                }
+            }
+            let notified = self.ended.wake.notified();
+            if self.ended.sessions.lock().is_empty() {
+                notified.await;
+            }
+        }
+    }
+
+    /// Drops `file` if it is an orphan nobody has open (a no-op otherwise).
+    async fn reap(&self, file: FileId) -> Result<()> {
+        self.mutate(Op::Reap { file }).await.map(drop)
     }
 
     /// The durable namespace.
@@ -78,15 +133,14 @@ impl MetaServer {
     }
 
     /// Serves one request of the namespace service.
-    async fn namespace(&self, req: NamespaceRequest) -> Reply {
+    async fn namespace(&self, peer: &Peer, req: NamespaceRequest) -> Reply {
         match req {
             NamespaceRequest::Mkdir(c) => {
                 Reply::to::<ns::Mkdir, _>(self.mutate(Op::Mkdir { path: c.path }).await.map(drop))
             }
-            NamespaceRequest::Create(c) => {
-                let op = Op::Create { path: c.path.clone(), layout: c.layout, exclusive: c.exclusive };
-                Reply::to::<ns::Create, _>(self.mutate(op).await.and_then(|i| answered(i, &c.path)))
-            }
+            NamespaceRequest::Create(c) => Reply::to::<ns::Create, _>(self.create(peer, c).await),
+            NamespaceRequest::Open(c) => Reply::to::<ns::Open, _>(self.open_file(peer, c).await),
+            NamespaceRequest::Close(c) => Reply::to::<ns::Close, _>(self.close_file(peer, c).await),
             NamespaceRequest::Lookup(c) => {
                 Reply::to::<ns::Lookup, _>(self.query(|n| n.resolve(&c.path).map(attr)).await)
             }
@@ -130,6 +184,57 @@ impl MetaServer {
         }
     }
 
+    /// Creates a file; with a session, also opens it for that session (in the same step as
+    /// the create, so nobody can remove it in between).
+    async fn create(&self, peer: &Peer, c: ns::Create) -> Result<Attr> {
+        if let Some(session) = c.session {
+            self.tokens.check_owner(session, peer.conn_id, &peer.name)?;
+        }
+        let op = Op::Create { path: c.path.clone(), layout: c.layout, exclusive: c.exclusive };
+        let attr = self.mutate(op).await.and_then(|i| answered(i, &c.path))?;
+        if let Some(session) = c.session {
+            // Another client may have removed it between the create and now: then opening by
+            // id would revive a file nobody can name, so open by path like `Open` does.
+            let (opened, lsn) = self.store.read(|n| {
+                let inode = n.resolve(&c.path)?;
+                if inode.id != attr.id {
+                    return Err(MetaError::NotFound { path: c.path.clone() });
+                }
+                self.opens.lock().open(session, inode.id);
+                Ok(attr)
+            });
+            self.store.wait_durable(lsn).await?;
+            return opened;
+        }
+        Ok(attr)
+    }
+
+    /// Resolves a path to a file and records that the session has it open.
+    async fn open_file(&self, peer: &Peer, c: ns::Open) -> Result<Attr> {
+        self.tokens.check_owner(c.session, peer.conn_id, &peer.name)?;
+        let (opened, lsn) = self.store.read(|n| {
+            let inode = n.resolve(&c.path)?;
+            if inode.kind != InodeKind::File {
+                return Err(MetaError::IsDir { path: c.path.clone() });
+            }
+            // Under the store's lock: no removal can slip between the lookup and this.
+            self.opens.lock().open(c.session, inode.id);
+            Ok(attr(inode))
+        });
+        self.store.wait_durable(lsn).await?;
+        opened
+    }
+
+    /// The session closed the file: an orphan nobody has open any more goes.
+    async fn close_file(&self, peer: &Peer, c: ns::Close) -> Result<()> {
+        self.tokens.check_owner(c.session, peer.conn_id, &peer.name)?;
+        let freed = self.opens.lock().close(c.session, c.file);
+        if freed {
+            self.reap(c.file).await?;
+        }
+        Ok(())
+    }
+
     /// Runs a read-only namespace query; answers once the state it saw is durable.
     async fn query<T>(&self, f: impl FnOnce(&crate::namespace::Namespace) -> Result<T>) -> Result<T> {
         let (r, lsn) = self.store.read(f);
@@ -141,7 +246,8 @@ impl MetaServer {
     /// files it removed. Returns the inode the change answers with, if any.
     async fn mutate(&self, op: Op) -> Result<Option<Inode>> {
         let up = self.cluster.lock().registry.up_servers(Instant::now());
-        let applied = self.store.execute(&op, &up).await?;
+        let is_open = |f: FileId| self.opens.lock().is_open(f);
+        let applied = self.store.execute(&op, &up, &is_open).await?;
         if !applied.removed_files.is_empty() {
             self.removed(applied.removed_files);
         }
@@ -192,13 +298,7 @@ impl MetaServer {
                 let c = self.cluster.lock();
                 Reply::to::<reg::ListServers, MetaError>(Ok(c.registry.list(now, |id| c.holders.count(id))))
             }
-            RegistryRequest::GetChunks(c) => Reply::to::<reg::GetChunks, _>(
-                async {
-                    self.query(|n| n.inode(c.file).map(drop)).await?;
-                    Ok::<_, MetaError>(self.cluster.lock().holders.get(c.file, c.first, c.count))
-                }
-                .await,
-            ),
+            RegistryRequest::GetChunks(c) => Reply::to::<reg::GetChunks, _>(self.get_chunks(c).await),
         }
     }
 
@@ -219,21 +319,85 @@ impl MetaServer {
         self.cluster.lock().registry.heartbeat(c.id, c.capacity_bytes, c.free_bytes, peer.conn_id, Instant::now())
     }
 
-    async fn chunk_report(&self, peer: &Peer, c: reg::ChunkReport) -> Result<Orphans> {
+    /// Live holders and committed state of chunks `first .. first + count` of a file, in
+    /// chunk order; chunks neither reported nor committed are left out.
+    async fn get_chunks(&self, c: reg::GetChunks) -> Result<Vec<ChunkInfo>> {
+        let count = c.count.min(GET_CHUNKS_MAX) as u64;
+        let last = c.first.saturating_add(count.saturating_sub(1));
+        let committed = self
+            .query(|n| {
+                n.inode(c.file)?;
+                Ok(n.chunks()
+                    .range(c.file, c.first, last)
+                    .map(|(chunk, r)| {
+                        (chunk, CommittedChunk { len: r.len, sha256: r.sha256, holders: r.holders.clone() })
+                    })
+                    .collect::<BTreeMap<_, _>>())
+            })
+            .await?;
+        if count == 0 {
+            return Ok(Vec::new());
+        }
+        let mut by_chunk: BTreeMap<_, _> =
+            self.cluster.lock().holders.get(c.file, c.first, c.count).into_iter().map(|i| (i.chunk, i)).collect();
+        for (chunk, rec) in committed {
+            by_chunk.entry(chunk).or_insert(ChunkInfo { chunk, holders: Vec::new(), committed: None }).committed =
+                Some(rec);
+        }
+        Ok(by_chunk.into_values().collect())
+    }
+
+    /// A storage server's chunk report: the holder map learns it; durable states of changes
+    /// (not of a listing) are committed to the chunk map, durably, before the answer; the last
+    /// page of a listing is answered with the committed chunks the server lost.
+    async fn chunk_report(&self, peer: &Peer, c: reg::ChunkReport) -> Result<ReportAnswer> {
         speaks_for(peer, c.id)?;
-        let (orphans, lsn) = {
+        if c.chunks.len() > CHUNK_REPORT_PAGE {
+            return Err(MetaError::Invalid(format!(
+                "a chunk report of {} states from {} (at most {CHUNK_REPORT_PAGE})",
+                c.chunks.len(),
+                c.id
+            )));
+        }
+        let (orphans, lost, lsn) = {
             let mut cl = self.cluster.lock();
             cl.registry.check_conn(c.id, peer.conn_id)?;
             // Existence is judged on the applied state; we answer only once that state is
             // durable, so a server never deletes a file a crash brings back.
             let cl = &mut *cl;
-            self.store.read(|n| cl.holders.report(c.id, &c.chunks, c.full, |f| n.exists(f)))
+            let ((orphans, lost), lsn) = self.store.read(|n| {
+                let orphans = cl.holders.report(c.id, &c.chunks, c.full, |f| n.exists(f));
+                let lost = (c.listing && c.full).then(|| lost_chunks(n, &cl.holders, c.id));
+                (orphans, lost)
+            });
+            (orphans, lost, lsn)
         };
         self.store.wait_durable(lsn).await?;
         if !orphans.is_empty() {
             debug!("{} holds chunks of {} removed files", c.id, orphans.len());
         }
-        Ok(Orphans(orphans))
+        if let Some(lost) = lost.as_ref().filter(|l| !l.is_empty()) {
+            warn!(
+                "{} lost {} committed chunks, e.g. chunk {} of file {} ({})",
+                c.id,
+                lost.len(),
+                lost[0].chunk,
+                lost[0].file,
+                lost[0].found
+            );
+        }
+        if !c.listing {
+            let commits: Vec<(FileId, Commit)> = c
+                .chunks
+                .iter()
+                .filter(|s| s.durable && !s.removed && !orphans.contains(&s.file))
+                .filter_map(|s| Some((s.file, Commit { chunk: s.chunk, len: s.len, sha256: s.sha256? })))
+                .collect();
+            if !commits.is_empty() {
+                self.mutate(Op::CommitChunks { server: c.id, chunks: commits }).await?;
+            }
+        }
+        Ok(ReportAnswer { orphans, lost })
     }
 
     /// Files left the namespace (durably): forget their chunks and tell their servers.
@@ -325,7 +489,7 @@ impl Handler for MetaServer {
 
     async fn handle(self: Arc<Self>, peer: Peer, req: MetaRequest, _payload: PooledBuf) -> Reply {
         match req {
-            MetaRequest::Namespace(r) if peer.role == PeerRole::Client => self.namespace(r).await,
+            MetaRequest::Namespace(r) if peer.role == PeerRole::Client => self.namespace(&peer, r).await,
             MetaRequest::Tokens(r) if peer.role == PeerRole::Client => self.tokens(&peer, r).await,
             MetaRequest::Registry(r) => self.registry(&peer, r).await,
             MetaRequest::Namespace(_) | MetaRequest::Tokens(_) => Reply::error(&MetaError::Forbidden {
@@ -339,4 +503,20 @@ impl Handler for MetaServer {
     async fn disconnected(self: Arc<Self>, peer: Peer) {
         MetaServer::disconnected(&self, &peer).await;
     }
+}
+
+/// The committed chunks `server` should hold that its complete listing (just received into
+/// `holders`) lacks or has shorter than committed.
+fn lost_chunks(n: &Namespace, holders: &Holders, server: ServerId) -> Vec<LostChunk> {
+    n.chunks()
+        .held_by(server)
+        .filter_map(|((file, chunk), rec)| {
+            let found = match holders.len_on(server, file, chunk) {
+                None => "missing".to_string(),
+                Some(len) if len < rec.len => format!("{len} of {} bytes", rec.len),
+                Some(_) => return None,
+            };
+            Some(LostChunk { file, chunk, len: rec.len, found })
+        })
+        .collect()
 }

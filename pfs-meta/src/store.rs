@@ -6,7 +6,7 @@ use crate::namespace::{Applied, Context, Decision, Namespace, Op};
 use crate::wal::{encode_snapshot, frame_record, Durable, Record, Wal, WalMsg};
 use parking_lot::Mutex;
 use pfs_common::layout::LayoutPolicy;
-use pfs_common::ServerId;
+use pfs_common::{FileId, ServerId};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::sync::watch;
@@ -52,15 +52,22 @@ impl NamespaceStore {
     /// Runs a namespace operation: decides it, logs and applies a mutation, and answers once
     /// the answer is durable. An operation that changes nothing answers only after the state
     /// it saw is durable, so no one sees a change that a crash could still undo.
-    /// `up_servers` are the storage servers new files may be striped over.
+    /// `up_servers` are the storage servers new files may be striped over; `is_open` says
+    /// whether a session has a file open (it is called under the store's lock, so whatever
+    /// lock it takes must never be held while calling into the store).
     ///
     /// Errors: the namespace's errors (see [`Namespace::prepare`]), or WalFailed / Io if the
     /// log failed.
-    pub async fn execute(&self, op: &Op, up_servers: &[ServerId]) -> Result<Applied> {
+    pub async fn execute(
+        &self,
+        op: &Op,
+        up_servers: &[ServerId],
+        is_open: &(dyn Fn(FileId) -> bool + Sync),
+    ) -> Result<Applied> {
         let permit = self.wal.reserve().await?;
         let (applied, wait_lsn) = {
             let mut inner = self.inner.lock();
-            let ctx = Context { now_ms: now_ms(), up_servers };
+            let ctx = Context { now_ms: now_ms(), up_servers, is_open };
             match inner.namespace.prepare(op, &ctx)? {
                 Decision::Unchanged(inode) => {
                     drop(permit);

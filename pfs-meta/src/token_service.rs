@@ -43,6 +43,8 @@ pub struct Granted {
 
 /// Called (outside the service's lock) when the manager declares a storage server down.
 pub type ServerDownHook = Box<dyn Fn(ServerId, &str) + Send + Sync>;
+/// Called (outside the service's lock) when a session ends: closed, or evicted.
+pub type SessionEndHook = Box<dyn Fn(SessionId) + Send + Sync>;
 
 struct State {
     manager: TokenManager,
@@ -66,6 +68,8 @@ struct Effects {
     fences: BTreeMap<ServerId, (Notifier, Vec<SessionId>)>,
     /// A refusal addressed to the caller of the input itself.
     refused: Option<MetaError>,
+    /// Sessions that ended.
+    ended: Vec<SessionId>,
     /// The input made a deadline the ticker may not know of (a revoke, a fence, a new lease).
     new_deadline: bool,
 }
@@ -78,15 +82,21 @@ pub struct TokenService {
     cfg: TokenConfig,
     wake: Notify,
     server_down: ServerDownHook,
+    session_end: SessionEndHook,
 }
 
 impl TokenService {
     /// Opens the service, bumping the boot epoch persisted in `dir/boot-epoch` (written to a
     /// temporary file, fsynced, renamed, directory fsynced). `server_down` is told of every
-    /// storage server the manager declares down.
+    /// storage server the manager declares down, `session_end` of every session that ends.
     ///
     /// Errors: Io or Corrupt naming the epoch file.
-    pub fn open(dir: &Path, cfg: TokenConfig, server_down: ServerDownHook) -> Result<TokenService> {
+    pub fn open(
+        dir: &Path,
+        cfg: TokenConfig,
+        server_down: ServerDownHook,
+        session_end: SessionEndHook,
+    ) -> Result<TokenService> {
         let epoch = bump_epoch(dir)?;
         info!(
             "token service: boot epoch {epoch}, lease {} ms, revoke timeout {} ms, storage lease {} ms, fence \
@@ -107,6 +117,7 @@ impl TokenService {
             cfg,
             wake: Notify::new(),
             server_down,
+            session_end,
         })
     }
 
@@ -170,8 +181,25 @@ impl TokenService {
     /// A clean goodbye.
     pub fn close_session(&self, session: SessionId) -> Result<()> {
         let r = self.simple(|now_ms| Input::CloseSession { session, now_ms });
-        self.state.lock().clients.remove(&session);
+        if self.state.lock().clients.remove(&session).is_some() {
+            (self.session_end)(session);
+        }
         r
+    }
+
+    /// Checks that `session` is open and was opened on connection `conn` (a client may speak
+    /// only for its own session). Errors: Evicted when it is not open, Forbidden when it
+    /// belongs to another connection.
+    pub fn check_owner(&self, session: SessionId, conn: u64, peer: &str) -> Result<()> {
+        match self.state.lock().clients.get(&session) {
+            Some((c, _)) if *c == conn => Ok(()),
+            Some(_) => Err(MetaError::Forbidden {
+                peer: peer.to_string(),
+                role: "a client",
+                what: format!("use session {session:x}, which belongs to another connection"),
+            }),
+            None => Err(MetaError::Evicted { session, state: crate::error::SessionState::Evicted }),
+        }
     }
 
     /// Connection `conn` closed: its sessions are evicted and fenced (the client may still be
@@ -299,6 +327,7 @@ impl TokenService {
                     warn!("evicting session {session:x}: {reason}");
                     if let Some((_, n)) = st.clients.remove(&session) {
                         fx.to_clients.push((n, ClientNotify::Evicted { session, reason }));
+                        fx.ended.push(session);
                     }
                 }
                 Output::Fence { session, servers } => {
@@ -324,6 +353,9 @@ impl TokenService {
     fn carry_out(&self, fx: Effects) {
         for (server, reason) in fx.servers_down {
             (self.server_down)(server, &reason);
+        }
+        for session in fx.ended {
+            (self.session_end)(session);
         }
         for (tx, answer) in fx.answers {
             let _ = tx.send(answer);

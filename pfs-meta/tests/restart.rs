@@ -75,7 +75,7 @@ async fn start(config: &Path, addr: SocketAddr) -> (Meta, RpcClient<MetaRequest>
 }
 
 fn create(path: &str) -> Create {
-    Create { path: path.into(), layout: LayoutChoice::default(), exclusive: true }
+    Create { path: path.into(), layout: LayoutChoice::default(), exclusive: true, session: None }
 }
 
 /// Registers a fake storage server so files can get a layout; returns its connection.
@@ -198,7 +198,7 @@ async fn bad_frames_close_only_their_connection() {
 #[tokio::test]
 async fn chunk_reports_orphans_and_remove_notifications() {
     use pfs_common::ids::Sha256Digest;
-    use pfs_common::wire::registry::{ChunkState, Orphans, StorageNotify};
+    use pfs_common::wire::registry::{ChunkState, LostChunk, ReportAnswer, StorageNotify};
     use pfs_common::FileId;
 
     let dir = tempfile::tempdir().unwrap();
@@ -217,13 +217,30 @@ async fn chunk_reports_orphans_and_remove_notifications() {
         len: 10,
         sha256: Some(Sha256Digest::of(b"0123456789")),
         removed: false,
+        durable: true,
     };
-    let report = ChunkReport { id: ServerId(3), chunks: vec![chunk(f.id, 0), chunk(FileId(9999), 0)], full: true };
-    assert_eq!(s.ask(report).await.unwrap(), Orphans(vec![FileId(9999)]));
+    let listing = |chunks| ChunkReport { id: ServerId(3), chunks, listing: true, full: true };
+    let report = listing(vec![chunk(f.id, 0), chunk(FileId(9999), 0)]);
+    assert_eq!(s.ask(report).await.unwrap(), ReportAnswer { orphans: vec![FileId(9999)], lost: Some(vec![]) });
     let chunks = c.ask(GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap();
     assert_eq!(chunks.len(), 1);
     assert_eq!(chunks[0].holders[0].server, ServerId(3));
     assert_eq!(chunks[0].holders[0].len, 10);
+    assert_eq!(chunks[0].committed, None, "a listing commits nothing");
+    // A durable change is committed: the chunk must exist from now on.
+    let change = ChunkReport { id: ServerId(3), chunks: vec![chunk(f.id, 0)], listing: false, full: false };
+    assert_eq!(s.ask(change).await.unwrap(), ReportAnswer::default());
+    let committed = c.ask(GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap()[0].committed.clone().unwrap();
+    assert_eq!((committed.len, committed.holders), (10, vec![ServerId(3)]));
+    // The server comes back with an empty disk: its listing is answered with the loss.
+    s.ask(Register { id: ServerId(3), address: "127.0.0.1:2".parse().unwrap(), capacity_bytes: 100, free_bytes: 60 })
+        .await
+        .unwrap();
+    let lost = LostChunk { file: f.id, chunk: 0, len: 10, found: "missing".into() };
+    assert_eq!(s.ask(listing(vec![])).await.unwrap().lost, Some(vec![lost]));
+    let short = ChunkState { len: 4, ..chunk(f.id, 0) };
+    assert_eq!(s.ask(listing(vec![short])).await.unwrap().lost.unwrap()[0].found, "4 of 10 bytes");
+    s.ask(listing(vec![chunk(f.id, 0)])).await.unwrap();
     let list = c.ask(ListServers).await.unwrap();
     assert_eq!(list.len(), 1);
     assert!(list[0].up);
@@ -237,7 +254,7 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     let e = c.ask(GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound);
     // A report from an id not registered on this connection is refused: register again.
-    let e = s.ask(ChunkReport { id: ServerId(4), chunks: vec![], full: false }).await.unwrap_err();
+    let e = s.ask(ChunkReport { id: ServerId(4), chunks: vec![], listing: false, full: false }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound);
     // A storage server may not use the namespace service.
     let e = s.ask(Mkdir { path: "/x".into() }).await.unwrap_err();

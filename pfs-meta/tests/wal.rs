@@ -17,7 +17,7 @@ fn open(dir: &Path, checkpoint_records: u64) -> pfs_meta::Result<NamespaceStore>
 
 /// Runs `op`; returns the inode it answers with, if any.
 async fn exec(store: &NamespaceStore, op: Op) -> pfs_meta::Result<Option<Inode>> {
-    store.execute(&op, &UP).await.map(|a| a.inode)
+    store.execute(&op, &UP, &|_| false).await.map(|a| a.inode)
 }
 
 fn create(path: &str) -> Op {
@@ -187,8 +187,10 @@ async fn a_record_that_does_not_apply_fails_startup_naming_file_and_offset() {
     // that does not exist. Valid records follow it, so it is not a torn tail either.
     let seg = segments(dir.path()).pop().unwrap();
     let at = std::fs::metadata(&seg).unwrap().len();
-    let bad =
-        wal::Record { lsn: 6, mutation: Mutation::Remove { parent: FileId::ROOT, name: "ghost".into(), time_ms: 1 } };
+    let bad = wal::Record {
+        lsn: 6,
+        mutation: Mutation::Remove { parent: FileId::ROOT, name: "ghost".into(), time_ms: 1, orphan: false },
+    };
     let next = wal::Record { lsn: 7, mutation: Mutation::SetSize { file: FileId(3), size: 1, time_ms: 1 } };
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes.extend(wal::frame_record(&bad));

@@ -31,6 +31,21 @@ pub enum StorageError {
     /// without an accepted heartbeat): it refuses every write until it registers again.
     #[error("{server}: no lease from pfs-meta ({why}); writes are refused until it registers again")]
     NoLease { server: ServerId, why: String },
+    /// pfs-meta's chunk map says this server holds a committed chunk it does not have (or has
+    /// shorter): its data is lost here. Reads and writes of it fail until the file is
+    /// truncated below it or removed.
+    #[error(
+        "{server}: chunk {chunk} of file {file} is lost: {len} committed bytes, found {found} (restore it from a \
+         backup, or truncate or remove the file)"
+    )]
+    Lost { server: ServerId, file: pfs_common::FileId, chunk: pfs_common::ChunkIndex, len: u64, found: String },
+    /// A block of a chunk does not match its checksum: the bytes on disk are damaged.
+    #[error("{server}: chunk {chunk} of file {file} is corrupt: {what}")]
+    Corrupt { server: ServerId, file: pfs_common::FileId, chunk: pfs_common::ChunkIndex, what: String },
+    /// The server has not yet compared its chunks with pfs-meta's chunk map since it started,
+    /// so it cannot tell a lost chunk from a hole: reads wait for that.
+    #[error("{server}: not yet checked its chunks against pfs-meta's chunk map; try again when pfs-meta is reachable")]
+    NotReconciled { server: ServerId },
     /// An I/O thread or task of the server stopped.
     #[error("{what}")]
     Stopped { what: String },
@@ -65,6 +80,8 @@ impl StorageError {
             StorageError::Evicted { .. } => ErrorCode::Evicted,
             StorageError::NoLease { .. } => ErrorCode::Unavailable,
             StorageError::Stopped { .. } => ErrorCode::Io,
+            StorageError::Lost { .. } | StorageError::Corrupt { .. } => ErrorCode::Io,
+            StorageError::NotReconciled { .. } => ErrorCode::Unavailable,
             StorageError::Common(e) => e.code(),
         }
     }

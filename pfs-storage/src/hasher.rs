@@ -16,7 +16,6 @@ use crate::error::{Result, StorageError};
 use crate::store::{ChunkStore, Running};
 use pfs_common::ids::Sha256Digest;
 use pfs_common::pool;
-use pfs_common::wire::registry::ChunkState;
 use pfs_common::FileId;
 use sha2::{Digest, Sha256};
 use std::os::unix::fs::FileExt;
@@ -78,8 +77,7 @@ async fn hash_one(store: &Arc<ChunkStore>, key: ChunkKey) {
                 if let Some(entry) = st.index.get_mut(&key.0).and_then(|m| m.get_mut(&key.1)) {
                     entry.sha256 = Some(digest);
                 }
-                st.outbox
-                    .insert(key, ChunkState { file: key.0, chunk: key.1, len, sha256: Some(digest), removed: false });
+                queue_report(&mut st, key);
                 store.hashes_done.fetch_add(1, Ordering::Relaxed);
                 return;
             }
@@ -99,10 +97,21 @@ async fn hash_one(store: &Arc<ChunkStore>, key: ChunkKey) {
             }
             entry.sha256 = Some(digest);
             entry.len = len;
-            st.outbox.insert(key, ChunkState { file: key.0, chunk: key.1, len, sha256: Some(digest), removed: false });
+            queue_report(&mut st, key);
         }
         Ok(None) => {} // removed meanwhile; the removal is reported
         Err(e) => warn!("{}: {e}", store.id),
+    }
+}
+
+/// Queues a freshly hashed chunk's state for pfs-meta. Not before the server reconciled with
+/// pfs-meta's chunk map: the state of a chunk pfs-meta is about to name as lost must not be
+/// committed over the lost one (reconciling queues every hashed chunk).
+fn queue_report(st: &mut crate::store::State, key: ChunkKey) {
+    if st.reconciled {
+        if let Some(state) = st.report_state(key) {
+            st.outbox.insert(key, state);
+        }
     }
 }
 
@@ -126,6 +135,18 @@ pub async fn run(store: Arc<ChunkStore>) {
             let next = st.dirty.values().filter(|t| **t + quiet > now).min().map(|t| *t + quiet);
             (due, next)
         };
+        // Sync quiet chunks before hashing them, so the state reported is durable and pfs-meta
+        // commits it: the chunk map trails the writes by about `hash_quiet`, not by the next
+        // fsync.
+        let unsynced: Vec<ChunkKey> = {
+            let st = store.state.lock();
+            due.iter().filter(|k| st.unsynced.contains(k)).copied().collect()
+        };
+        if !unsynced.is_empty() {
+            if let Err(e) = store.sync_chunks(&unsynced).await {
+                warn!("{}: background sync: {e}", store.id);
+            }
+        }
         for key in due {
             let _g = store.hash_lock.lock().await;
             // Still dirty and still quiet? (Fsync may have hashed it; a write may have touched it.)

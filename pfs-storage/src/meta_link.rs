@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use pfs_common::config::Config;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::wire::registry::{
-    ChunkReport, ChunkState, Fenced, Heartbeat, Orphans, Register, StorageNotify, CHUNK_REPORT_PAGE,
+    ChunkReport, ChunkState, Fenced, Heartbeat, Register, StorageNotify, CHUNK_REPORT_PAGE,
 };
 use pfs_common::wire::{self, MetaRequest, PeerRole};
 use pfs_common::{FileId, ServerId};
@@ -75,9 +75,9 @@ impl Reporter {
             if page.is_empty() {
                 return Ok(());
             }
-            let req = ChunkReport { id: self.id, chunks: page.clone(), full: false };
+            let req = ChunkReport { id: self.id, chunks: page.clone(), listing: false, full: false };
             match client.ask(req).await {
-                Ok(orphans) => remove_orphans(store, orphans),
+                Ok(answer) => remove_orphans(store, answer.orphans),
                 Err(e) => {
                     // Put back what no newer state replaced meanwhile.
                     let mut st = store.state.lock();
@@ -99,8 +99,12 @@ impl Reporter {
             if all.is_empty() { vec![&[][..]] } else { all.chunks(CHUNK_REPORT_PAGE).collect() };
         let last = pages.len() - 1;
         for (i, page) in pages.into_iter().enumerate() {
-            let req = ChunkReport { id: self.id, chunks: page.to_vec(), full: i == last };
-            remove_orphans(store, client.ask(req).await?);
+            let req = ChunkReport { id: self.id, chunks: page.to_vec(), listing: true, full: i == last };
+            let answer = client.ask(req).await?;
+            remove_orphans(store, answer.orphans);
+            if let Some(lost) = answer.lost {
+                store.reconciled(lost);
+            }
         }
         info!("{}: full chunk report sent to pfs-meta ({} chunks)", self.id, all.len());
         Ok(())
@@ -108,7 +112,7 @@ impl Reporter {
 }
 
 /// Removes the chunks of files pfs-meta named as orphans (in the background).
-fn remove_orphans(store: &Arc<ChunkStore>, Orphans(ids): Orphans) {
+fn remove_orphans(store: &Arc<ChunkStore>, ids: Vec<FileId>) {
     if !ids.is_empty() {
         info!("{}: pfs-meta named {} orphaned files; removing their chunks", store.id, ids.len());
         remove_files(store, ids);
@@ -172,7 +176,7 @@ async fn session(config: &Config, id: ServerId, store: &Arc<ChunkStore>, registe
         let sent = Instant::now();
         let reg = client.ask(Register { id, address: me.address, capacity_bytes, free_bytes }).await?;
         store.fence.registered(reg.fence_below, &reg.fenced, reg.lease_ms, sent).await;
-        remove_orphans(store, Orphans(reg.orphans));
+        remove_orphans(store, reg.orphans);
         info!("{id}: registered with pfs-meta at {} (lease {} ms)", config.meta.address, reg.lease_ms);
         *registered = true;
         store.reporter.full_report(store, &client).await?;

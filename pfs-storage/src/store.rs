@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use pfs_common::ids::Sha256Digest;
 use pfs_common::layout::MAX_CHUNK_SIZE;
 use pfs_common::pool::{self, PooledBuf};
-use pfs_common::wire::registry::ChunkState;
+use pfs_common::wire::registry::{ChunkState, LostChunk};
 use pfs_common::wire::storage::StorageStatus;
 use pfs_common::{ChunkIndex, FileId, ServerId};
 use sha2::{Digest, Sha256};
@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tracing::{debug, info, warn};
+use tracing::{info, warn};
 
 /// Most chunk fdatasyncs one `Fsync` has in flight at once.
 pub const SYNCS_AT_ONCE: usize = 16;
@@ -51,6 +51,9 @@ pub(crate) struct ChunkEntry {
     pub sha256: Option<Sha256Digest>,
     /// Bumped by every change, so a hash computed across a change is discarded.
     pub version: u64,
+    /// The `version` last made durable by an fdatasync (a state is committed to pfs-meta's
+    /// chunk map only when it is durable).
+    pub synced_version: u64,
 }
 
 /// The incremental SHA-256 of one chunk, fed by sequential appends from offset 0 as they
@@ -80,6 +83,36 @@ pub(crate) struct State {
     /// Running hashes. No entry: `Invalid` for a chunk in `index`; for a chunk not in it,
     /// nothing has been written yet (a write at offset 0 starts a fresh hash).
     pub running: HashMap<ChunkKey, Running>,
+    /// Committed chunks pfs-meta says this server lost (from the answer to its last full
+    /// listing): their reads and writes fail, naming the loss.
+    pub lost: HashMap<ChunkKey, LostChunk>,
+    /// The lost chunks are known: pfs-meta answered a full listing since this process
+    /// started. Until then a missing chunk cannot be told from a hole, so reads are refused.
+    pub reconciled: bool,
+}
+
+impl State {
+    /// The error for a chunk pfs-meta named as lost here, if it is one.
+    fn lost_error(&self, id: ServerId, key: ChunkKey) -> Option<StorageError> {
+        let l = self.lost.get(&key)?;
+        Some(StorageError::Lost { server: id, file: key.0, chunk: key.1, len: l.len, found: l.found.clone() })
+    }
+
+    /// The state of chunk `key` to report to pfs-meta, if it is hashed and not lost.
+    pub(crate) fn report_state(&self, key: ChunkKey) -> Option<ChunkState> {
+        let e = self.index.get(&key.0)?.get(&key.1)?;
+        if self.lost.contains_key(&key) || self.dirty.contains_key(&key) {
+            return None;
+        }
+        Some(ChunkState {
+            file: key.0,
+            chunk: key.1,
+            len: e.len,
+            sha256: Some(e.sha256?),
+            removed: false,
+            durable: e.synced_version == e.version,
+        })
+    }
 }
 
 impl State {
@@ -146,8 +179,12 @@ impl ChunkStore {
         let mut state = State::default();
         let now = Instant::now();
         for (key, len) in &listed {
-            state.index.entry(key.0).or_default().insert(key.1, ChunkEntry { len: *len, sha256: None, version: 0 });
+            // Not known to be durable (the process may have died before the kernel wrote
+            // them back): synced before their state is committed.
+            let entry = ChunkEntry { len: *len, sha256: None, version: 1, synced_version: 0 };
+            state.index.entry(key.0).or_default().insert(key.1, entry);
             state.dirty.insert(*key, now);
+            state.unsynced.insert(*key);
         }
         info!(
             "{id}: {} chunk files of {} files in {}",
@@ -243,6 +280,9 @@ impl ChunkStore {
         }
         let (existed, running) = {
             let mut st = self.state.lock();
+            if let Some(e) = st.lost_error(self.id, key) {
+                return Err(e);
+            }
             let existed = st.index.get(&file).is_some_and(|m| m.contains_key(&chunk));
             (existed, st.start_write(key, existed, offset))
         };
@@ -278,6 +318,7 @@ impl ChunkStore {
                 len: 0,
                 sha256: None,
                 version: 0,
+                synced_version: 0,
             });
             entry.len = entry.len.max(offset + len);
             entry.version += 1;
@@ -290,9 +331,12 @@ impl ChunkStore {
     }
 
     /// Reads up to `len` bytes at `offset` inside a chunk. Returns the data (shorter when the
-    /// chunk file ends earlier, empty for a missing chunk) and the chunk file's length.
+    /// chunk file ends earlier, empty for a chunk never written: a hole) and the chunk file's
+    /// length.
     ///
-    /// Errors: Invalid when `len` or `offset + len` exceed 64 MiB; Io.
+    /// Errors: Invalid when `len` or `offset + len` exceed 64 MiB; NotReconciled before the
+    /// lost chunks are known; Lost for a committed chunk this server lost; Io (also when a
+    /// chunk file the index knows has disappeared).
     pub async fn read(&self, file: FileId, chunk: ChunkIndex, offset: u64, len: u32) -> Result<(PooledBuf, u64)> {
         let key = (file, chunk);
         if offset.saturating_add(len as u64) > MAX_CHUNK_SIZE {
@@ -304,11 +348,26 @@ impl ChunkStore {
                 ),
             });
         }
+        {
+            let st = self.state.lock();
+            if !st.reconciled {
+                return Err(StorageError::NotReconciled { server: self.id });
+            }
+            if let Some(e) = st.lost_error(self.id, key) {
+                return Err(e);
+            }
+        }
         let data = self.engine.read(key, offset, pool::global().get(len as usize)).await.map_err(|e| e.on(self.id))?;
-        let chunk_len = self.state.lock().index.get(&file).and_then(|m| m.get(&chunk)).map_or(0, |e| e.len);
-        match data {
-            Some(d) => Ok((d, chunk_len)),
-            None => Ok((PooledBuf::empty(), 0)),
+        let indexed = self.state.lock().index.get(&file).and_then(|m| m.get(&chunk)).map(|e| e.len);
+        match (data, indexed) {
+            (Some(d), len) => Ok((d, len.unwrap_or(0))),
+            (None, None) => Ok((PooledBuf::empty(), 0)),
+            // Deleted behind our back: a hole would be a silent loss.
+            (None, Some(_)) => Err(StorageError::io(
+                format!("reading {}", ChunkFiles::describe(key)),
+                std::io::Error::new(std::io::ErrorKind::NotFound, "the chunk file disappeared from the data directory"),
+            )
+            .on(self.id)),
         }
     }
 
@@ -326,6 +385,8 @@ impl ChunkStore {
             });
         }
         let chunks = self.chunks_of(file);
+        // Lost chunks wholly past the new end are gone now, lost or not.
+        self.state.lock().lost.retain(|k, _| k.0 != file || k.1.saturating_mul(chunk_size) < size);
         let mut removed = Vec::new();
         for (chunk, len) in chunks {
             let start = chunk.saturating_mul(chunk_size);
@@ -343,6 +404,12 @@ impl ChunkStore {
                     entry.len = new_len;
                     entry.version += 1;
                     entry.sha256 = None;
+                    // The cut was synced above (writers of this range are excluded by the
+                    // truncater's token).
+                    if !st.unsynced.contains(&key) {
+                        let e = st.index.get_mut(&file).and_then(|m| m.get_mut(&chunk)).expect("looked up above");
+                        e.synced_version = e.version;
+                    }
                 }
                 st.dirty.insert(key, Instant::now());
             }
@@ -359,6 +426,7 @@ impl ChunkStore {
     ///
     /// Errors: Io.
     pub async fn remove(&self, file: FileId) -> Result<()> {
+        self.state.lock().lost.retain(|k, _| k.0 != file);
         let chunks: Vec<ChunkIndex> = self.chunks_of(file).into_iter().map(|(c, _)| c).collect();
         if chunks.is_empty() {
             return Ok(());
@@ -392,7 +460,7 @@ impl ChunkStore {
             st.dirty.remove(&key);
             st.unsynced.remove(&key);
             st.running.remove(&key);
-            st.outbox.insert(key, ChunkState { file, chunk, len: 0, sha256: None, removed: true });
+            st.outbox.insert(key, ChunkState { file, chunk, len: 0, sha256: None, removed: true, durable: false });
         }
         self.dir_dirty.store(true, Ordering::Release);
     }
@@ -407,59 +475,83 @@ impl ChunkStore {
         Ok(())
     }
 
-    /// Makes every write to `file` durable (fdatasync of its changed chunks, fsync of the
-    /// directory if chunk files were created), then hashes its changed chunks and reports
-    /// them to pfs-meta, waiting for the acknowledgement, before returning.
+    /// fdatasyncs chunks (up to [`SYNCS_AT_ONCE`] at once) and records the version each sync
+    /// made durable. A chunk whose sync failed stays marked unsynced, so a retry syncs it.
     ///
-    /// When pfs-meta is unreachable the data is still made durable and `Ok` is returned; the
-    /// hashes then reach pfs-meta with the full report sent on reconnection.
-    ///
-    /// Errors: Io (or NoSpace) from fdatasync.
-    pub async fn fsync(self: &Arc<Self>, file: FileId) -> Result<()> {
-        let keys: Vec<ChunkKey> = {
+    /// Errors: the first sync error (Io, NoSpace), naming the chunk.
+    pub(crate) async fn sync_chunks(&self, keys: &[ChunkKey]) -> Result<()> {
+        let versions: Vec<(ChunkKey, u64)> = {
             let mut st = self.state.lock();
-            let keys: Vec<_> = st.unsynced.iter().filter(|k| k.0 == file).copied().collect();
-            for k in &keys {
-                st.unsynced.remove(k);
-            }
-            keys
+            keys.iter()
+                .map(|k| {
+                    st.unsynced.remove(k);
+                    (*k, st.index.get(&k.0).and_then(|m| m.get(&k.1)).map_or(0, |e| e.version))
+                })
+                .collect()
         };
         // Several fdatasyncs at once, so the file system can commit their metadata (block
         // allocations of O_DIRECT appends) in shared journal transactions rather than one
         // commit per chunk in turn.
         let mut syncing = tokio::task::JoinSet::new();
         let mut failed: Option<StorageError> = None;
-        let mut next = keys.iter().copied();
+        let mut next = versions.iter().copied();
         loop {
             while syncing.len() < SYNCS_AT_ONCE {
-                let Some(key) = next.next() else { break };
+                let Some((key, version)) = next.next() else { break };
                 let engine = self.engine.clone();
                 // The engine's error names the chunk.
-                syncing.spawn(async move { engine.sync(key).await });
+                syncing.spawn(async move { (key, version, engine.sync(key).await) });
             }
             let Some(done) = syncing.join_next().await else { break };
-            let err = match done {
-                Ok(Ok(())) => continue,
-                Ok(Err(e)) => e.on(self.id),
-                Err(e) => StorageError::Stopped { what: format!("{}: a sync task failed: {e}", self.id) },
-            };
-            failed.get_or_insert(err);
+            match done {
+                Ok((key, version, Ok(()))) => {
+                    let mut st = self.state.lock();
+                    if let Some(e) = st.index.get_mut(&key.0).and_then(|m| m.get_mut(&key.1)) {
+                        e.synced_version = e.synced_version.max(version);
+                    }
+                }
+                Ok((key, _, Err(e))) => {
+                    self.state.lock().unsynced.insert(key);
+                    failed.get_or_insert(e.on(self.id));
+                }
+                Err(e) => {
+                    failed
+                        .get_or_insert(StorageError::Stopped { what: format!("{}: a sync task failed: {e}", self.id) });
+                }
+            }
         }
         if let Some(e) = failed {
-            // Not all synced: keep them all marked so a retry syncs them again.
+            // A panicked task's chunk is unknown: keep every chunk marked, to be safe.
             self.state.lock().unsynced.extend(keys.iter().copied());
             return Err(e);
         }
+        Ok(())
+    }
+
+    /// The local half of [`ChunkStore::fsync`]: fdatasync of `file`'s changed chunks, fsync of
+    /// the directory if chunk files were created, then its changed chunks hashed (their states
+    /// queued for pfs-meta). Errors: Io (or NoSpace) from fdatasync.
+    pub(crate) async fn make_durable(self: &Arc<Self>, file: FileId) -> Result<()> {
+        let keys: Vec<ChunkKey> = self.state.lock().unsynced.iter().filter(|k| k.0 == file).copied().collect();
+        self.sync_chunks(&keys).await?;
         self.sync_dir().await?;
         crate::hasher::hash_file_now(self, file).await;
-        if !self.reporter.connected() {
-            // Not an error for the client: the data is durable, and the full report sent on
-            // reconnection carries the hashes.
-            debug!("{}: pfs-meta unreachable; chunk hashes of file {file} reported later", self.id);
-        } else if let Err(e) = self.reporter.flush(self).await {
-            warn!("{}: chunk hashes of file {file} not reported yet: {e}", self.id);
-        }
         Ok(())
+    }
+
+    /// Makes every write to `file` durable (fdatasync of its changed chunks, fsync of the
+    /// directory if chunk files were created), then hashes its changed chunks and commits
+    /// them to pfs-meta's chunk map, waiting for the acknowledgement, before returning.
+    ///
+    /// Errors: Io (or NoSpace) from fdatasync; Unavailable when pfs-meta cannot be told (the
+    /// data is on disk, but a later loss of it could not be told from a hole, so this is no
+    /// success: the writer retries its fsync).
+    pub async fn fsync(self: &Arc<Self>, file: FileId) -> Result<()> {
+        self.make_durable(file).await?;
+        self.reporter.flush(self).await.map_err(|e| {
+            warn!("{}: chunks of file {file} are durable but not committed to pfs-meta: {e}", self.id);
+            e
+        })
     }
 
     /// Capacity and usage of the data directory's file system, and the chunk count.
@@ -469,6 +561,32 @@ impl ChunkStore {
         let (capacity_bytes, free_bytes) = disk_space(self.dir()).map_err(|e| e.on(self.id))?;
         let chunks = self.state.lock().index.values().map(|m| m.len() as u64).sum();
         Ok(StorageStatus { id: self.id, capacity_bytes, free_bytes, chunks, engine: self.engine.name().to_string() })
+    }
+
+    /// pfs-meta answered a full listing: `lost` are the committed chunks this server lacks.
+    /// Reads are served from now on; the states of hashed chunks are queued for commit (none
+    /// were queued before, so a lost chunk's leftover could not be committed in its place).
+    pub(crate) fn reconciled(&self, lost: Vec<LostChunk>) {
+        let mut st = self.state.lock();
+        if !lost.is_empty() {
+            warn!(
+                "{}: pfs-meta's chunk map names {} chunks this server lost, e.g. chunk {} of file {} ({}); their \
+                 reads fail",
+                self.id,
+                lost.len(),
+                lost[0].chunk,
+                lost[0].file,
+                lost[0].found
+            );
+        }
+        st.lost = lost.into_iter().map(|l| ((l.file, l.chunk), l)).collect();
+        st.reconciled = true;
+        let keys: Vec<ChunkKey> = st.index.iter().flat_map(|(f, m)| m.keys().map(move |c| (*f, *c))).collect();
+        for key in keys {
+            if let Some(state) = st.report_state(key) {
+                st.outbox.insert(key, state);
+            }
+        }
     }
 
     /// Every chunk with its length and (if current) hash, for a full report; empties the
@@ -488,6 +606,7 @@ impl ChunkStore {
                     len: e.len,
                     sha256: if st.dirty.contains_key(&(*file, *chunk)) { None } else { e.sha256 },
                     removed: false,
+                    durable: e.synced_version == e.version,
                 })
             })
             .collect();

@@ -82,8 +82,18 @@ async fn write(
 }
 
 async fn read(c: &RpcClient<StorageRequest>, file: u64, chunk: u64, offset: u64, len: u32) -> (Vec<u8>, u64) {
-    let (r, payload) = c.call(ReadChunk { file: FileId(file), chunk, offset, len }, &[]).await.unwrap();
-    (payload.to_vec(), r.chunk_len)
+    try_read(c, file, chunk, offset, len).await.unwrap()
+}
+
+async fn try_read(
+    c: &RpcClient<StorageRequest>,
+    file: u64,
+    chunk: u64,
+    offset: u64,
+    len: u32,
+) -> pfs_common::Result<(Vec<u8>, u64)> {
+    let (r, payload) = c.call(ReadChunk { file: FileId(file), chunk, offset, len }, &[]).await?;
+    Ok((payload.to_vec(), r.chunk_len))
 }
 
 /// pfs-meta of `config`, in this process on its own runtime and thread; dropping it stops
@@ -157,8 +167,11 @@ async fn scenario(engine: EngineChoice) {
     );
     let c: RpcClient<StorageRequest> = connect(addr, "storage-1").await;
 
-    // Without pfs-meta: reads are served, writes refused (no lease), naming the server.
-    assert_eq!(read(&c, 0x42, 3, 0, 10).await, (vec![], 0), "a hole reads empty");
+    // Without pfs-meta: reads wait until the server has checked its chunks against pfs-meta's
+    // chunk map (a lost chunk must not read as a hole), writes are refused (no lease).
+    let e = try_read(&c, 0x42, 3, 0, 10).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+    assert!(e.to_string().contains("chunk map"), "{e}");
     let e = write(&c, 1 << 32, 0x42, 3, 100, b"no lease").await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
 
@@ -167,7 +180,8 @@ async fn scenario(engine: EngineChoice) {
     let m: RpcClient<MetaRequest> = connect(config.meta.address, "pfs-meta").await;
     let session = m.ask(OpenSession).await.unwrap().session;
     // Files pfs-meta knows (chunks of unknown files are orphans, which it has removed).
-    let create = |path: &str| Create { path: path.into(), layout: LayoutChoice::default(), exclusive: false };
+    let create =
+        |path: &str| Create { path: path.into(), layout: LayoutChoice::default(), exclusive: false, session: None };
     wait_until("a storage server is up for new files", || async { m.ask(create("/a")).await.is_ok() }).await;
     let fa = m.ask(create("/a")).await.unwrap().id.0;
     let fb = m.ask(create("/b")).await.unwrap().id.0;

@@ -4,6 +4,7 @@
 use super::{service, MetaRequest};
 use crate::ids::FileId;
 use crate::layout::{Layout, LayoutChoice};
+use crate::token::SessionId;
 use serde::{Deserialize, Serialize};
 
 service! {
@@ -19,6 +20,8 @@ service! {
         Rmdir(Rmdir) -> (),
         Truncate(Truncate) -> Attr,
         SetSize(SetSize) -> (),
+        Open(Open) -> Attr,
+        Close(Close) -> (),
     }
 }
 
@@ -30,12 +33,32 @@ pub struct Mkdir {
 
 /// Create a regular file with a layout (unset fields inherit from the parent directory's
 /// policy). With `exclusive`, an existing file is an error (Exists); without, an existing
-/// file is answered as it is.
+/// file is answered as it is. With `session`, the file is also opened by that session, as
+/// [`Open`] does, in the same step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Create {
     pub path: String,
     pub layout: LayoutChoice,
     pub exclusive: bool,
+    pub session: Option<SessionId>,
+}
+
+/// Resolve a path to a regular file and record that `session` has it open: until the session
+/// closes it ([`Close`]) or ends, removing or replacing the file keeps its data (an orphan),
+/// as POSIX does for an unlinked open file. The session must be this connection's.
+/// Errors: NotFound, NotDir, IsDir, Evicted, Invalid (another connection's session).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Open {
+    pub path: String,
+    pub session: SessionId,
+}
+
+/// `session` no longer has `file` open; an orphan nobody has open any more is removed with
+/// its chunks. Errors: Evicted, Invalid (another connection's session).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Close {
+    pub file: FileId,
+    pub session: SessionId,
 }
 
 /// Resolve a path to its attributes. Errors: NotFound, NotDir.

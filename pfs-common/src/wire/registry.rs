@@ -13,7 +13,7 @@ service! {
     pub enum RegistryRequest in MetaRequest::Registry {
         Register(Register) -> Registered,
         Heartbeat(Heartbeat) -> (),
-        ChunkReport(ChunkReport) -> Orphans,
+        ChunkReport(ChunkReport) -> ReportAnswer,
         Fenced(Fenced) -> (),
         ListServers(ListServers) -> Vec<ServerStatus>,
         GetChunks(GetChunks) -> Vec<ChunkInfo>,
@@ -58,18 +58,43 @@ pub struct Heartbeat {
 
 /// Chunk changes on a storage server. `full` marks the last page of a complete listing sent
 /// after (re-)registration: chunks of that server not listed since registration are then
-/// dropped from the holder map.
+/// dropped from the holder map, and the answer says which committed chunks the server lost.
+/// Durable states (fdatasync'd) of chunks of existing files are committed to pfs-meta's chunk
+/// map (in its WAL) before the report is answered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkReport {
     pub id: ServerId,
+    /// At most [`CHUNK_REPORT_PAGE`] states.
     pub chunks: Vec<ChunkState>,
+    /// This page belongs to a full listing (nothing in it is committed).
+    pub listing: bool,
+    /// The last page of a full listing.
     pub full: bool,
 }
 
-/// The answer to [`ChunkReport`]: file ids the server holds chunks of that no longer exist
-/// (unlinked while it was away); it should delete them.
+/// The answer to [`ChunkReport`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Orphans(pub Vec<FileId>);
+pub struct ReportAnswer {
+    /// File ids the server holds chunks of that no longer exist (unlinked while it was
+    /// away); it should delete them.
+    pub orphans: Vec<FileId>,
+    /// Only in the answer to the last page of a full listing: the committed chunks this
+    /// server should hold but does not (missing, or shorter than committed). The server
+    /// refuses reads and writes of them, naming the loss, until they are truncated away or
+    /// their file is removed. Replaces any earlier list.
+    pub lost: Option<Vec<LostChunk>>,
+}
+
+/// A committed chunk a storage server should hold but lost.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LostChunk {
+    pub file: FileId,
+    pub chunk: ChunkIndex,
+    /// Committed length, bytes.
+    pub len: u64,
+    /// What the server reported instead ("missing", "12 of 4194304 bytes").
+    pub found: String,
+}
 
 /// A storage server confirms it now refuses writes of these sessions (after every write of
 /// theirs it had admitted finished).
@@ -96,8 +121,23 @@ pub struct GetChunks {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChunkInfo {
     pub chunk: ChunkIndex,
-    /// Storage servers reporting a copy, with what each reported.
+    /// Storage servers reporting a copy now, with what each reported.
     pub holders: Vec<ChunkHolder>,
+    /// The state last committed to the chunk map (by a writer's fsync or close, or by the
+    /// storage server's background sync); `None` for a chunk never committed.
+    pub committed: Option<CommittedChunk>,
+}
+
+/// A chunk's committed state: it must exist with these contents on these servers.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CommittedChunk {
+    /// Chunk length, bytes.
+    pub len: u64,
+    /// SHA-256 of the chunk's bytes; `None` after a truncate cut the chunk, until the server
+    /// reports its new hash.
+    pub sha256: Option<Sha256Digest>,
+    /// Servers that committed this state.
+    pub holders: Vec<ServerId>,
 }
 
 /// One holder of a chunk.
@@ -120,6 +160,9 @@ pub struct ChunkState {
     pub sha256: Option<Sha256Digest>,
     /// The chunk file was removed.
     pub removed: bool,
+    /// These bytes are on disk (fdatasync'd since the chunk's last change), so pfs-meta may
+    /// commit them to the chunk map.
+    pub durable: bool,
 }
 
 /// A storage server as the registry sees it.

@@ -1,10 +1,11 @@
 use super::*;
+use pfs_common::ids::Sha256Digest;
 use proptest::prelude::*;
 
 const UP: [ServerId; 3] = [ServerId(1), ServerId(2), ServerId(3)];
 
 fn ctx(now_ms: u64) -> Context<'static> {
-    Context { now_ms, up_servers: &UP }
+    Context { now_ms, up_servers: &UP, is_open: &|_| false }
 }
 
 /// Prepares and applies `op`; returns the inode it is about (if any).
@@ -94,7 +95,7 @@ fn layouts_inherit_clamp_and_rotate() {
         let e = run(&mut ns, Op::Create { path: "/bad".into(), layout, exclusive: true }).unwrap_err();
         assert!(matches!(e, MetaError::Invalid(_)), "{layout:?}: {e}");
     }
-    let none_up = Context { now_ms: 1, up_servers: &[] };
+    let none_up = Context { now_ms: 1, up_servers: &[], is_open: &|_| false };
     assert!(matches!(ns.prepare(&create("/e"), &none_up), Err(MetaError::NoServers { path }) if path == "/e"));
 }
 
@@ -198,8 +199,13 @@ fn records_that_do_not_fit_are_refused_and_change_nothing() {
     assert!(matches!(ns.apply(&m), Err(MetaError::Invalid(_))));
     let f = ns.resolve("/f").unwrap().id;
     for bad in [
-        Mutation::Remove { parent: FileId::ROOT, name: "nope".into(), time_ms: 2 },
-        Mutation::Remove { parent: FileId(999), name: "f".into(), time_ms: 2 },
+        Mutation::Remove { parent: FileId::ROOT, name: "nope".into(), time_ms: 2, orphan: false },
+        Mutation::Remove { parent: FileId(999), name: "f".into(), time_ms: 2, orphan: false },
+        Mutation::Reap { file: f },
+        Mutation::CommitChunks {
+            server: ServerId(1),
+            chunks: vec![(FileId(999), Commit { chunk: 0, len: 1, sha256: Sha256Digest([0; 32]) })],
+        },
         Mutation::Mkdir { parent: f, name: "x".into(), id: FileId(50), policy: LayoutPolicy::default(), time_ms: 2 },
         Mutation::SetSize { file: FileId::ROOT, size: 5, time_ms: 2 },
         Mutation::Truncate { file: FileId(999), size: 5, time_ms: 2 },
@@ -209,6 +215,7 @@ fn records_that_do_not_fit_are_refused_and_change_nothing() {
             to_parent: FileId::ROOT,
             to_name: "x".into(),
             time_ms: 2,
+            orphan: false,
         },
     ] {
         assert!(matches!(ns.apply(&bad), Err(MetaError::Invalid(_))), "{bad:?}");
@@ -241,6 +248,16 @@ fn arb_op() -> impl Strategy<Value = Op> {
             size,
             expected_generation: g
         }),
+        (1u32..4, prop::collection::vec((2u64..20, 0u64..4, 0u64..600, any::<u8>()), 1..3)).prop_map(
+            |(server, chunks)| Op::CommitChunks {
+                server: ServerId(server),
+                chunks: chunks
+                    .into_iter()
+                    .map(|(f, chunk, len, b)| (FileId(f), Commit { chunk, len, sha256: Sha256Digest([b; 32]) }))
+                    .collect(),
+            }
+        ),
+        (2u64..20).prop_map(|f| Op::Reap { file: FileId(f) }),
     ]
 }
 
@@ -253,7 +270,10 @@ proptest! {
         let mut ns = Namespace::new(LayoutPolicy::default());
         let mut log = Vec::new();
         for (i, op) in ops.iter().enumerate() {
-            if let Ok(Decision::Mutate(m)) = ns.prepare(op, &ctx(i as u64)) {
+            // Which files are open changes from step to step, so orphans are made and reaped.
+            let is_open = |f: FileId| (f.0 + i as u64) % 3 == 0;
+            let ctx = Context { now_ms: i as u64, up_servers: &UP, is_open: &is_open };
+            if let Ok(Decision::Mutate(m)) = ns.prepare(op, &ctx) {
                 prop_assert!(ns.apply(&m).is_ok(), "a prepared record did not apply: {:?}", m);
                 log.push(postcard::to_allocvec(&m).unwrap());
             }

@@ -5,8 +5,9 @@ use crate::engine;
 use pfs_common::config::{Config, EngineChoice};
 use pfs_common::rpc::{self, Handler, Peer, Reply, ServeOptions};
 use pfs_common::wire::frame::DEFAULT_LIMITS;
-use pfs_common::wire::registry::{self as reg, Orphans, Registered, RegistryRequest, StorageNotify};
+use pfs_common::wire::registry::{self as reg, LostChunk, Registered, RegistryRequest, ReportAnswer, StorageNotify};
 use pfs_common::wire::{MetaRequest, PeerRole};
+use pfs_common::ErrorCode;
 use std::sync::atomic::AtomicBool;
 
 fn buf(data: &[u8]) -> PooledBuf {
@@ -15,7 +16,14 @@ fn buf(data: &[u8]) -> PooledBuf {
     b
 }
 
+/// A store on `dir`, reconciled with an empty chunk map (nothing lost), so it serves reads.
 async fn open_store(dir: &Path, quiet: Duration) -> Arc<ChunkStore> {
+    let s = open_unreconciled(dir, quiet).await;
+    s.reconciled(Vec::new());
+    s
+}
+
+async fn open_unreconciled(dir: &Path, quiet: Duration) -> Arc<ChunkStore> {
     let engine = engine::open(EngineChoice::Auto, dir).unwrap();
     ChunkStore::open(ServerId(3), engine, StoreOptions { hash_quiet: quiet }).await.unwrap()
 }
@@ -60,7 +68,7 @@ async fn index_is_rebuilt_on_reopen() {
         s.write(FileId(1), 0, 0, CS, buf(&[1; 100])).await.unwrap();
         s.write(FileId(1), 4, 10, CS, buf(&[2; 100])).await.unwrap();
         s.write(FileId(2), 1, 0, CS, buf(&[3; 7])).await.unwrap();
-        s.fsync(FileId(1)).await.unwrap();
+        s.make_durable(FileId(1)).await.unwrap();
     }
     std::fs::write(dir.path().join("stray.txt"), b"not a chunk").unwrap();
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
@@ -80,14 +88,14 @@ async fn hash_is_coalesced_and_matches_the_file() {
         s.write(FileId(5), 1, i * 1000, CS, buf(&[i as u8 + 1; 1000])).await.unwrap();
     }
     assert_eq!(s.chunk_hash(FileId(5), 1), None);
-    s.fsync(FileId(5)).await.unwrap();
+    s.make_durable(FileId(5)).await.unwrap();
     assert_eq!(s.hashes_done(), 1, "ten writes, one hash");
     let bytes = std::fs::read(s.chunk_path(FileId(5), 1)).unwrap();
     assert_eq!(s.chunk_hash(FileId(5), 1), Some(Sha256Digest::of(&bytes)));
     // A chunk larger than one hashing piece.
     let big = vec![9u8; crate::hasher::HASH_PIECE * 2 + 5];
     s.write(FileId(5), 2, 0, 4 << 20, buf(&big)).await.unwrap();
-    s.fsync(FileId(5)).await.unwrap();
+    s.make_durable(FileId(5)).await.unwrap();
     assert_eq!(s.chunk_hash(FileId(5), 2), Some(Sha256Digest::of(&big)));
 }
 
@@ -106,7 +114,7 @@ async fn background_hasher_hashes_quiet_chunks() {
 
 /// The file's bytes on disk and the store's hash of them after an fsync.
 async fn fsynced_hash(s: &Arc<ChunkStore>, file: FileId, chunk: ChunkIndex) -> (Option<Sha256Digest>, Sha256Digest) {
-    s.fsync(file).await.unwrap();
+    s.make_durable(file).await.unwrap();
     let bytes = std::fs::read(s.chunk_path(file, chunk)).unwrap();
     (s.chunk_hash(file, chunk), Sha256Digest::of(&bytes))
 }
@@ -228,6 +236,41 @@ async fn truncate_and_remove() {
     assert!(outbox.values().filter(|c| c.removed).count() == 4);
 }
 
+#[tokio::test]
+async fn lost_chunks_fail_reads_and_writes_until_truncated_away() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_unreconciled(dir.path(), Duration::from_secs(3600)).await;
+    let f = FileId(0x31);
+    // Not yet checked against pfs-meta's chunk map: a missing chunk could be a lost one.
+    assert!(matches!(s.read(f, 0, 0, 10).await, Err(StorageError::NotReconciled { .. })));
+    let lost = |chunk| LostChunk { file: f, chunk, len: 100, found: "missing".into() };
+    s.reconciled(vec![lost(0), lost(2)]);
+    let e = s.read(f, 2, 0, 10).await.unwrap_err();
+    assert!(matches!(e, StorageError::Lost { chunk: 2, len: 100, .. }), "{e}");
+    assert_eq!(e.code(), ErrorCode::Io);
+    let text = e.to_string();
+    assert!(text.contains("chunk 2") && text.contains(&f.to_string()) && text.contains("storage-3"), "{text}");
+    assert!(matches!(s.write(f, 0, 0, 100, buf(b"x")).await, Err(StorageError::Lost { chunk: 0, .. })));
+    // A chunk never committed is a hole.
+    assert_eq!(s.read(f, 1, 0, 10).await.unwrap().0.len(), 0);
+    // Truncating below a lost chunk ends its loss; the chunk below stays lost.
+    s.truncate(f, 150, 100).await.unwrap();
+    assert!(matches!(s.read(f, 0, 0, 10).await, Err(StorageError::Lost { .. })));
+    assert_eq!(s.read(f, 2, 0, 10).await.unwrap().0.len(), 0);
+    s.remove(f).await.unwrap();
+    assert_eq!(s.read(f, 0, 0, 10).await.unwrap().0.len(), 0, "removing the file ends every loss");
+}
+
+#[tokio::test]
+async fn fsync_without_pfs_meta_is_an_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    s.write(FileId(4), 0, 0, CS, buf(b"durable but not committed")).await.unwrap();
+    let e = s.fsync(FileId(4)).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+    assert!(s.state.lock().unsynced.is_empty(), "the data itself was synced");
+}
+
 /// A fake pfs-meta that records chunk reports, can push notifications, and can refuse
 /// heartbeats (as the real one does for a server it declared down).
 #[derive(Default)]
@@ -254,7 +297,8 @@ impl Handler for FakeMeta {
             }
             RegistryRequest::ChunkReport(c) => {
                 self.reports.lock().push((c.chunks, c.full));
-                Reply::to::<reg::ChunkReport, StorageError>(Ok(Orphans::default()))
+                let answer = ReportAnswer { orphans: vec![], lost: c.full.then(Vec::new) };
+                Reply::to::<reg::ChunkReport, StorageError>(Ok(answer))
             }
             RegistryRequest::Heartbeat(c) if self.refuse_heartbeats.load(Ordering::SeqCst) => {
                 Reply::error(&StorageError::NoLease { server: c.id, why: "declared down by the fake".into() })

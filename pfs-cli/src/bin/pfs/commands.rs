@@ -179,6 +179,11 @@ async fn df(client: &Client) -> Result<()> {
     Ok(())
 }
 
+/// Server ids as "storage-1 storage-2".
+fn servers(ids: &[pfs_common::ServerId]) -> String {
+    ids.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" ")
+}
+
 async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
     let f = client.open(path).await?;
     let l = f.layout().clone();
@@ -202,49 +207,73 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
         if verify { "  check" } else { "" }
     );
     let mut buf = pool::global().get(l.chunk_size() as usize);
-    let mut bad = 0;
+    let mut bad = Vec::new();
     for x in 0..count {
         let info = chunks.iter().find(|c| c.chunk == x);
         let holders = info.map(|c| c.holders.as_slice()).unwrap_or(&[]);
+        let committed = info.and_then(|c| c.committed.as_ref());
+        // The bytes a reader gets now, hashed; a read error (a lost or corrupt chunk) is the
+        // verdict itself.
         let check = if verify {
             let want = l.chunk_len(x, size) as usize;
-            let n = f.read_at(l.file_offset(x, 0), &mut buf[..want]).await?;
-            Some(Sha256Digest::of(&buf[..n]))
+            Some(match f.read_at(l.file_offset(x, 0), &mut buf[..want]).await {
+                Ok(n) => Ok(Sha256Digest::of(&buf[..n])),
+                Err(e) => Err(e),
+            })
         } else {
             None
         };
+        let offset = l.file_offset(x, 0);
+        let mut verdict = |what: &str, problem: Option<String>| -> String {
+            if let Some(p) = problem {
+                bad.push(format!("chunk {x}: {p}"));
+            }
+            if verify {
+                format!("  {what}")
+            } else {
+                String::new()
+            }
+        };
         if holders.is_empty() {
-            println!(
-                "  {x:>7}  {:>14}  {:>9}  {:<11}  {:<64}",
-                l.file_offset(x, 0),
-                "-",
-                "(none)",
-                "(hole or not reported)"
-            );
+            let (len, what, v) = match committed {
+                Some(c) => (
+                    c.len.to_string(),
+                    format!("(lost: committed on {})", servers(&c.holders)),
+                    verdict("LOST", Some(format!("committed on {}, which do not hold it", servers(&c.holders)))),
+                ),
+                None => ("-".into(), "(hole: never written)".into(), verdict("ok", None)),
+            };
+            println!("  {x:>7}  {offset:>14}  {len:>9}  {:<11}  {what:<64}{v}", "(none)");
+            continue;
         }
         for h in holders {
             let sha = h.sha256.map(|s| s.to_string()).unwrap_or_else(|| "(not hashed yet)".to_string());
-            let verdict = match (check, h.sha256) {
-                (Some(c), Some(s)) if c == s => "  ok",
-                (Some(_), _) => {
-                    bad += 1;
-                    "  MISMATCH"
+            let v = match (&check, committed) {
+                (None, _) => String::new(),
+                (Some(Err(e)), _) => verdict("UNREADABLE", Some(e.to_string())),
+                (Some(Ok(_)), Some(c)) if c.len > h.len => {
+                    verdict("LOST", Some(format!("{} holds {} of {} committed bytes", h.server, h.len, c.len)))
                 }
-                (None, _) => "",
+                (Some(Ok(read)), Some(c)) if c.sha256.is_some_and(|s| s != *read) => verdict(
+                    "MISMATCH",
+                    Some(format!("the bytes read differ from the committed SHA-256 {}", c.sha256.unwrap_or(*read))),
+                ),
+                (Some(Ok(read)), _) if h.sha256.is_some_and(|s| s != *read) => {
+                    verdict("MISMATCH", Some(format!("the bytes read differ from {}'s SHA-256", h.server)))
+                }
+                (Some(Ok(_)), _) => verdict("ok", None),
             };
-            println!(
-                "  {x:>7}  {:>14}  {:>9}  {:<11}  {sha:<64}{verdict}",
-                l.file_offset(x, 0),
-                h.len,
-                h.server.to_string()
-            );
+            println!("  {x:>7}  {offset:>14}  {:>9}  {:<11}  {sha:<64}{v}", h.len, h.server.to_string());
         }
     }
     if verify {
-        if bad > 0 {
-            return Err(Error::Mismatch(format!("{path}: {bad} chunk(s) do not match their recorded SHA-256")));
+        if !bad.is_empty() {
+            for b in &bad {
+                eprintln!("pfs getstripe: {path}: {b}");
+            }
+            return Err(Error::Mismatch(format!("{path}: {} of {count} chunks lost or damaged", bad.len())));
         }
-        println!("  all {count} chunks match their recorded SHA-256");
+        println!("  all {count} chunks match their committed SHA-256");
     }
     Ok(())
 }

@@ -1,0 +1,97 @@
+//! Which sessions have which files open, so that a file removed while open stays readable
+//! (POSIX unlink semantics): the namespace keeps such a file as an orphan until the last
+//! session that has it open closes it or ends.
+//!
+//! Not logged: sessions do not survive a pfs-meta restart (their writes are fenced by boot
+//! epoch), so after recovery no orphan is open and all of them are reaped.
+
+use pfs_common::token::SessionId;
+use pfs_common::FileId;
+use std::collections::{HashMap, HashSet};
+
+/// Open files per session and sessions per file.
+#[derive(Debug, Default)]
+pub struct OpenTable {
+    by_file: HashMap<FileId, HashSet<SessionId>>,
+    by_session: HashMap<SessionId, HashSet<FileId>>,
+}
+
+impl OpenTable {
+    /// An empty table.
+    pub fn new() -> OpenTable {
+        OpenTable::default()
+    }
+
+    /// `session` opened `file` (again: a client registers a file once, however many handles
+    /// it has).
+    pub fn open(&mut self, session: SessionId, file: FileId) {
+        self.by_file.entry(file).or_default().insert(session);
+        self.by_session.entry(session).or_default().insert(file);
+    }
+
+    /// `session` closed `file`. Returns true if nobody has it open any more.
+    pub fn close(&mut self, session: SessionId, file: FileId) -> bool {
+        if let Some(files) = self.by_session.get_mut(&session) {
+            files.remove(&file);
+            if files.is_empty() {
+                self.by_session.remove(&session);
+            }
+        }
+        self.drop_holder(file, session)
+    }
+
+    /// `session` ended: every file it had open is closed. Returns the files nobody has open
+    /// any more.
+    pub fn end_session(&mut self, session: SessionId) -> Vec<FileId> {
+        let files = self.by_session.remove(&session).unwrap_or_default();
+        files.into_iter().filter(|f| self.drop_holder(*f, session)).collect()
+    }
+
+    fn drop_holder(&mut self, file: FileId, session: SessionId) -> bool {
+        match self.by_file.get_mut(&file) {
+            Some(sessions) => {
+                sessions.remove(&session);
+                if sessions.is_empty() {
+                    self.by_file.remove(&file);
+                    true
+                } else {
+                    false
+                }
+            }
+            None => true,
+        }
+    }
+
+    /// True if some session has `file` open.
+    pub fn is_open(&self, file: FileId) -> bool {
+        self.by_file.contains_key(&file)
+    }
+
+    /// Number of files some session has open.
+    pub fn open_files(&self) -> usize {
+        self.by_file.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn last_close_or_session_end_frees() {
+        let mut t = OpenTable::new();
+        let (a, b) = (1 << 32 | 1, 1 << 32 | 2);
+        t.open(a, FileId(5));
+        t.open(a, FileId(5));
+        t.open(b, FileId(5));
+        t.open(a, FileId(6));
+        assert!(t.is_open(FileId(5)));
+        assert!(!t.close(a, FileId(5)), "b still has it open");
+        assert!(t.is_open(FileId(5)));
+        assert_eq!(t.end_session(b), vec![FileId(5)]);
+        assert!(!t.is_open(FileId(5)));
+        assert_eq!(t.end_session(a), vec![FileId(6)]);
+        assert_eq!(t.open_files(), 0);
+        assert!(t.close(a, FileId(7)), "closing what was never open frees it");
+    }
+}
