@@ -26,6 +26,9 @@ struct Entry {
     conn_id: Option<u64>,
     /// Why it was declared down, until it registers again.
     declared_down: Option<String>,
+    /// Its full chunk listing since registering was received and answered (with the chunks
+    /// it lost): only then does it serve reads, so only then is it up.
+    listed: bool,
 }
 
 /// Every storage server known from the configuration or from registration.
@@ -52,6 +55,7 @@ impl Registry {
                         last_heard: None,
                         conn_id: None,
                         declared_down: None,
+                        listed: false,
                     },
                 )
             })
@@ -77,6 +81,7 @@ impl Registry {
             last_heard: None,
             conn_id: None,
             declared_down: None,
+            listed: false,
         });
         if let Some(old) = e.conn_id {
             if old != conn_id {
@@ -93,6 +98,7 @@ impl Registry {
             last_heard: Some(now),
             conn_id: Some(conn_id),
             declared_down: None,
+            listed: false,
         };
         info!("{id} registered from {address}: {capacity_bytes} bytes capacity, {free_bytes} free");
     }
@@ -146,13 +152,22 @@ impl Registry {
         Some(*id)
     }
 
+    /// `id` sent its complete chunk listing (and was answered with its lost chunks).
+    pub fn listed(&mut self, id: ServerId) {
+        if let Some(e) = self.servers.get_mut(&id) {
+            e.listed = true;
+        }
+    }
+
     fn is_up(&self, e: &Entry, now: Instant) -> bool {
-        e.conn_id.is_some()
+        e.listed
+            && e.conn_id.is_some()
             && e.declared_down.is_none()
             && e.last_heard.is_some_and(|t| now.saturating_duration_since(t) < self.down_after)
     }
 
-    /// True if `id` is registered, connected and heard from within the down timeout.
+    /// True if `id` is registered, has sent its chunk listing, is connected and was heard from
+    /// within the down timeout.
     pub fn up(&self, id: ServerId, now: Instant) -> bool {
         self.servers.get(&id).is_some_and(|e| self.is_up(e, now))
     }
@@ -199,6 +214,9 @@ mod tests {
         let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
         r.register(ServerId(1), addr, 100, 50, 7, t0);
         r.register(ServerId(9), addr, 100, 50, 8, t0);
+        assert!(r.up_servers(t0).is_empty(), "not up before their chunk listings");
+        r.listed(ServerId(1));
+        r.listed(ServerId(9));
         assert_eq!(r.up_servers(t0), vec![ServerId(1), ServerId(9)]);
         assert_eq!(r.list(t0, |_| 3).len(), 3, "configured plus registered");
         // Silence past the timeout: down, computed from the time passed in.
@@ -212,6 +230,7 @@ mod tests {
         assert!(!r.up(ServerId(1), t0 + down_after));
         assert!(matches!(r.heartbeat(ServerId(1), 1, 1, 7, t0 + down_after), Err(MetaError::DeclaredDown { .. })));
         r.register(ServerId(1), addr, 100, 50, 10, t0 + down_after);
+        r.listed(ServerId(1));
         assert!(r.up(ServerId(1), t0 + down_after));
         assert_eq!(r.disconnected(8), Some(ServerId(9)));
         assert!(!r.up(ServerId(9), t0));

@@ -368,6 +368,9 @@ impl MetaServer {
             let ((orphans, lost), lsn) = self.store.read(|n| {
                 let orphans = cl.holders.report(c.id, &c.chunks, c.full, |f| n.exists(f));
                 let lost = (c.listing && c.full).then(|| lost_chunks(n, &cl.holders, c.id));
+                if lost.is_some() {
+                    cl.registry.listed(c.id);
+                }
                 (orphans, lost)
             });
             (orphans, lost, lsn)

@@ -210,6 +210,10 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     let reg =
         Register { id: ServerId(3), address: "127.0.0.1:2".parse().unwrap(), capacity_bytes: 100, free_bytes: 60 };
     s.ask(reg).await.unwrap();
+    // Up for new files only once its chunk listing is in.
+    let e = c.ask(create("/f")).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+    s.ask(ChunkReport { id: ServerId(3), chunks: vec![], listing: true, full: true }).await.unwrap();
     let f = c.ask(create("/f")).await.unwrap();
     let chunk = |file: FileId, chunk: u64| ChunkState {
         file,

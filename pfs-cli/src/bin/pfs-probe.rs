@@ -9,7 +9,9 @@
 //! read OFF LEN                 -> ok <hex of the bytes read>
 //! readsum OFF LEN              -> ok <bytes read> <sha256>
 //! fsync | close                -> ok
+//! truncate SIZE                -> ok
 //! size                         -> ok <size>
+//! id                           -> ok <file id>
 //! tokens                       -> ok <range>:<R|W> ...
 //! stats                        -> ok acquires=N revokes=N read_hits=N ...
 //! exit
@@ -106,6 +108,8 @@ async fn command(client: &Client, file: &mut Option<File>, words: &[&str]) -> Re
             f.close().await.map(|()| String::new())
         }
         "size" => Ok(need(file)?.size().to_string()),
+        "id" => Ok(need(file)?.id().to_string()),
+        "truncate" => need(file)?.truncate(num(words, 1)?).await.map(|()| String::new()),
         "tokens" => Ok(need(file)?
             .tokens()
             .iter()
