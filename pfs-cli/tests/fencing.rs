@@ -49,7 +49,7 @@ async fn raw_write(cluster: &LocalCluster, server: ServerId, session: SessionId,
     let addr = cluster.config().storage(server).unwrap().address;
     let conn: RpcClient<StorageRequest> = RpcClient::connect(addr, "storage", &opts, None).await.unwrap();
     let (file, chunk, chunk_size) = at;
-    match conn.call(WriteChunk { file, chunk, offset: 0, chunk_size, session }, &[9u8; 4096]).await {
+    match conn.call(WriteChunk { file, chunk, offset: 0, chunk_size, block_size: 4096, session }, &[9u8; 4096]).await {
         Ok(_) => panic!("the evicted session's write to {server} was accepted"),
         Err(e) => e.code(),
     }

@@ -180,3 +180,39 @@ async fn wait_for_no_chunks(dir: &Path, file: FileId) {
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flipped_byte_on_disk_fails_the_read_naming_chunk_block_and_server() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let work = tempfile::tempdir().unwrap();
+    let data = random_bytes(4 << 20, 11);
+    let src = work.path().join("f.bin");
+    std::fs::write(&src, &data).unwrap();
+    ok(run_tool(PFS_CP, &cfg, &["--chunk-size", "1m", src.to_str().unwrap(), "pfs:/f"]));
+    let client = cluster.client().await.unwrap();
+    let attr = client.stat("/f").await.unwrap();
+    client.close().await.unwrap();
+    let block = attr.layout.unwrap().block_size as u64;
+    let dir = cluster.config().storage_dir(&cluster.config().storage[0]);
+    let path = dir.join(chunk_file_name(attr.id, 1));
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().read(true).write(true).open(&path).unwrap();
+        let at = 3 * block + 5;
+        let mut b = [0u8];
+        f.read_exact_at(&mut b, at).unwrap();
+        f.write_all_at(&[!b[0]], at).unwrap();
+    }
+    let out = work.path().join("out.bin");
+    let copy = run_tool(PFS_CP, &cfg, &["pfs:/f", out.to_str().unwrap()]);
+    assert!(!copy.status.success(), "a flipped byte must not be copied out as data");
+    let err = stderr(&copy);
+    assert!(
+        err.contains("corrupt") && err.contains("chunk 1") && err.contains("block 3") && err.contains("storage-1"),
+        "{err}"
+    );
+    let verify = run_tool(PFS, &cfg, &["getstripe", "--verify", "/f"]);
+    assert!(!verify.status.success());
+    assert!(stderr(&verify).contains("chunk 1:"), "{}", stderr(&verify));
+}

@@ -131,7 +131,14 @@ async fn a_killed_writer_is_evicted_and_fenced() {
         request_timeout: Duration::from_secs(5),
     };
     let conn: RpcClient<StorageRequest> = RpcClient::connect(target.address, "storage", &opts, None).await.unwrap();
-    let req = WriteChunk { file: attr.id, chunk: 0, offset: 0, chunk_size: layout.chunk_size(), session };
+    let req = WriteChunk {
+        file: attr.id,
+        chunk: 0,
+        offset: 0,
+        chunk_size: layout.chunk_size(),
+        block_size: layout.block_size,
+        session,
+    };
     let err = conn.call(req, &[9u8; 4096]).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Evicted, "{err}");
     assert_eq!(alive.ok("read 0 4096"), hex_of(7, 4096), "the late write must not land");

@@ -265,6 +265,7 @@ impl OpenFile {
             chunk: p.chunk,
             offset: p.chunk_offset,
             chunk_size: self.layout.chunk_size(),
+            block_size: self.layout.block_size,
             session,
         };
         let on_chunk = |e| self.chunk_error("writing", p.chunk, target, e);

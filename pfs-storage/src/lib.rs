@@ -3,6 +3,7 @@
 //! truncate, remove and fsync on request, SHA-256 of every changed chunk computed off the
 //! request path, and a session with pfs-meta (register, heartbeats, chunk reports).
 
+pub mod checksums;
 pub mod engine;
 pub mod error;
 pub mod fence;

@@ -28,7 +28,7 @@ impl Handler for StorageHandler {
             StorageRequest::Write(c) => {
                 let r = async {
                     let _admitted = store.fence.admit(c.session).await?;
-                    store.write(c.file, c.chunk, c.offset, c.chunk_size, payload).await
+                    store.write(c.file, c.chunk, c.offset, c.chunk_size, c.block_size, payload).await
                 }
                 .await;
                 Reply::to::<st::WriteChunk, _>(r.map(|len| Written { len }))

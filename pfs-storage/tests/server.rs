@@ -75,7 +75,7 @@ async fn write(
     offset: u64,
     data: &[u8],
 ) -> pfs_common::Result<()> {
-    let req = WriteChunk { file: FileId(file), chunk, offset, chunk_size: CS, session };
+    let req = WriteChunk { file: FileId(file), chunk, offset, chunk_size: CS, block_size: 4096, session };
     let (written, _) = c.call(req, data).await?;
     assert_eq!(written.len, data.len() as u32);
     Ok(())

@@ -29,6 +29,9 @@ pub struct WriteChunk {
     pub chunk: ChunkIndex,
     pub offset: u64,
     pub chunk_size: u64,
+    /// The file's block size, bytes: the granularity of the chunk's checksums (a power of two,
+    /// at least 512, at most `chunk_size`); fixed when the chunk is created.
+    pub block_size: u32,
     pub session: SessionId,
 }
 
@@ -38,8 +41,10 @@ pub struct Written {
     pub len: u32,
 }
 
-/// Read up to `len` bytes at `offset` inside a chunk. The payload of the answer is shorter
-/// when the chunk file ends earlier, and empty when it does not exist (a hole).
+/// Read up to `len` bytes at `offset` inside a chunk, verified against the chunk's block
+/// checksums. The payload of the answer is shorter when the chunk file ends earlier, and empty
+/// when the chunk was never written (a hole). A block that fails its checksum, or a committed
+/// chunk the server lost, is an Io error naming the chunk and the server.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadChunk {
     pub file: FileId,

@@ -271,7 +271,7 @@ proptest! {
         let mut log = Vec::new();
         for (i, op) in ops.iter().enumerate() {
             // Which files are open changes from step to step, so orphans are made and reaped.
-            let is_open = |f: FileId| (f.0 + i as u64) % 3 == 0;
+            let is_open = |f: FileId| (f.0 + i as u64).is_multiple_of(3);
             let ctx = Context { now_ms: i as u64, up_servers: &UP, is_open: &is_open };
             if let Ok(Decision::Mutate(m)) = ns.prepare(op, &ctx) {
                 prop_assert!(ns.apply(&m).is_ok(), "a prepared record did not apply: {:?}", m);

@@ -34,10 +34,20 @@ const CS: u64 = 1 << 20;
 async fn chunk_files_are_named_by_id_and_index() {
     let dir = tempfile::tempdir().unwrap();
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
-    s.write(FileId(0xabc), 17, 5, CS, buf(b"data")).await.unwrap();
-    let names = entries(dir.path());
-    assert_eq!(names, vec!["0000000000000abc_chunk_17".to_string()]);
+    s.write(FileId(0xabc), 17, 5, CS, 4096, buf(b"data")).await.unwrap();
+    let mut names = entries(dir.path());
+    names.sort();
+    assert_eq!(names, ["0000000000000abc_chunk_17", "0000000000000abc_chunk_17.crc"]);
     assert_eq!(std::fs::read(dir.path().join(&names[0])).unwrap(), b"\0\0\0\0\0data");
+    // The sidecar: header (magic, block size, flags: dirty) and one crc32c of the only block.
+    let sidecar = std::fs::read(dir.path().join(&names[1])).unwrap();
+    assert_eq!(&sidecar[..8], b"PFSCRC01");
+    assert_eq!(sidecar[8..12], 4096u32.to_le_bytes());
+    assert_eq!(sidecar[12..16], 0u32.to_le_bytes());
+    assert_eq!(sidecar[16..], crc32c::crc32c(b"\0\0\0\0\0data").to_le_bytes());
+    s.make_durable(FileId(0xabc)).await.unwrap();
+    let sidecar = std::fs::read(dir.path().join(&names[1])).unwrap();
+    assert_eq!(sidecar[12..16], 1u32.to_le_bytes(), "clean once synced");
     let (data, len) = s.read(FileId(0xabc), 17, 3, 100).await.unwrap();
     assert_eq!((&data[..], len), (&b"\0\0data"[..], 9));
     // A hole: empty payload, length 0.
@@ -49,15 +59,81 @@ async fn chunk_files_are_named_by_id_and_index() {
 async fn writes_beyond_the_chunk_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
-    let e = s.write(FileId(7), 2, CS - 2, CS, buf(b"abc")).await.unwrap_err();
+    let e = s.write(FileId(7), 2, CS - 2, CS, 4096, buf(b"abc")).await.unwrap_err();
     assert!(matches!(e, StorageError::Invalid { server: ServerId(3), .. }), "{e}");
-    let e = s.write(FileId(7), 0, u64::MAX, CS, buf(b"abc")).await.unwrap_err();
+    let e = s.write(FileId(7), 0, u64::MAX, CS, 4096, buf(b"abc")).await.unwrap_err();
     assert!(matches!(e, StorageError::Invalid { .. }), "{e}");
-    let e = s.write(FileId(7), 0, 0, MAX_CHUNK_SIZE * 2, buf(b"abc")).await.unwrap_err();
+    let e = s.write(FileId(7), 0, 0, MAX_CHUNK_SIZE * 2, 4096, buf(b"abc")).await.unwrap_err();
     assert!(matches!(e, StorageError::Invalid { .. }), "{e}");
     assert!(matches!(s.read(FileId(7), 0, MAX_CHUNK_SIZE, 1).await, Err(StorageError::Invalid { .. })));
-    s.write(FileId(7), 2, CS - 3, CS, buf(b"abc")).await.unwrap();
-    assert_eq!(entries(dir.path()).len(), 1);
+    let e = s.write(FileId(7), 0, 0, CS, 1000, buf(b"abc")).await.unwrap_err();
+    assert!(matches!(e, StorageError::Invalid { .. }), "a block size that is no power of two: {e}");
+    s.write(FileId(7), 2, CS - 3, CS, 4096, buf(b"abc")).await.unwrap();
+    assert_eq!(entries(dir.path()).len(), 2, "one chunk file and its checksums");
+}
+
+/// Flips one bit of byte `at` of a chunk file on disk.
+fn flip(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0x10], at).unwrap();
+}
+
+#[tokio::test]
+async fn a_flipped_bit_fails_the_read_naming_the_block() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    let f = FileId(0x51);
+    let data: Vec<u8> = (0..5 * 4096 + 100).map(|i| (i % 251) as u8).collect();
+    // Written in odd pieces: partial blocks are summed from the bytes read back.
+    for piece in data.chunks(3000).enumerate() {
+        s.write(f, 0, piece.0 as u64 * 3000, CS, 4096, buf(piece.1)).await.unwrap();
+    }
+    // A gap: the blocks in it are zeros, with checksums.
+    s.write(f, 1, 3 * 4096 + 7, CS, 4096, buf(b"after a gap")).await.unwrap();
+    assert_eq!(&s.read(f, 1, 0, 4096).await.unwrap().0[..], &[0u8; 4096][..]);
+    assert_eq!(&s.read(f, 1, 3 * 4096 + 7, 11).await.unwrap().0[..], b"after a gap");
+    assert_eq!(&s.read(f, 0, 0, data.len() as u32).await.unwrap().0[..], &data[..]);
+    s.make_durable(f).await.unwrap();
+    flip(&s.chunk_path(f, 0), 2 * 4096 + 17);
+    let e = s.read(f, 0, 4096, 3 * 4096).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Io);
+    let text = e.to_string();
+    assert!(text.contains("block 2") && text.contains("chunk 0") && text.contains("storage-3"), "{text}");
+    // Blocks before and after it still read.
+    assert_eq!(&s.read(f, 0, 0, 4096).await.unwrap().0[..], &data[..4096]);
+    assert_eq!(&s.read(f, 0, 3 * 4096, 100).await.unwrap().0[..], &data[3 * 4096..3 * 4096 + 100]);
+    // Also after a restart: the sidecar is clean, so its checksums are trusted.
+    drop(s);
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    assert!(matches!(s.read(f, 0, 2 * 4096, 10).await, Err(StorageError::Corrupt { .. })));
+    // Truncating below the damage cuts it away (and re-sums the cut block).
+    s.truncate(f, 4096 + 10, CS).await.unwrap();
+    assert_eq!(&s.read(f, 0, 0, 8192).await.unwrap().0[..], &data[..4096 + 10]);
+}
+
+#[tokio::test]
+async fn checksums_of_chunks_changed_since_their_commit_are_rebuilt_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    let f = FileId(0x52);
+    s.write(f, 0, 0, CS, 4096, buf(&[1; 8192])).await.unwrap();
+    s.make_durable(f).await.unwrap();
+    // Written again without a commit, then the checksums lag the data (as a crash between
+    // the data write and the sidecar write leaves them): simulated by damaging the sidecar.
+    s.write(f, 0, 0, CS, 4096, buf(&[2; 100])).await.unwrap();
+    drop(s);
+    let sidecar = dir.path().join(format!("{}.crc", pfs_common::ids::chunk_file_name(f, 0)));
+    let mut bytes = std::fs::read(&sidecar).unwrap();
+    assert_eq!(bytes[12..16], 0u32.to_le_bytes(), "dirty: written since the last commit");
+    bytes[16] ^= 0xff;
+    std::fs::write(&sidecar, &bytes).unwrap();
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    let mut want = vec![2u8; 100];
+    want.extend_from_slice(&[1; 8092]);
+    assert_eq!(&s.read(f, 0, 0, 8192).await.unwrap().0[..], &want[..], "rebuilt from the data");
 }
 
 #[tokio::test]
@@ -65,9 +141,9 @@ async fn index_is_rebuilt_on_reopen() {
     let dir = tempfile::tempdir().unwrap();
     {
         let s = open_store(dir.path(), Duration::from_secs(3600)).await;
-        s.write(FileId(1), 0, 0, CS, buf(&[1; 100])).await.unwrap();
-        s.write(FileId(1), 4, 10, CS, buf(&[2; 100])).await.unwrap();
-        s.write(FileId(2), 1, 0, CS, buf(&[3; 7])).await.unwrap();
+        s.write(FileId(1), 0, 0, CS, 4096, buf(&[1; 100])).await.unwrap();
+        s.write(FileId(1), 4, 10, CS, 4096, buf(&[2; 100])).await.unwrap();
+        s.write(FileId(2), 1, 0, CS, 4096, buf(&[3; 7])).await.unwrap();
         s.make_durable(FileId(1)).await.unwrap();
     }
     std::fs::write(dir.path().join("stray.txt"), b"not a chunk").unwrap();
@@ -85,7 +161,7 @@ async fn hash_is_coalesced_and_matches_the_file() {
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
     tokio::spawn(crate::hasher::run(s.clone()));
     for i in 0..10u64 {
-        s.write(FileId(5), 1, i * 1000, CS, buf(&[i as u8 + 1; 1000])).await.unwrap();
+        s.write(FileId(5), 1, i * 1000, CS, 4096, buf(&[i as u8 + 1; 1000])).await.unwrap();
     }
     assert_eq!(s.chunk_hash(FileId(5), 1), None);
     s.make_durable(FileId(5)).await.unwrap();
@@ -94,7 +170,7 @@ async fn hash_is_coalesced_and_matches_the_file() {
     assert_eq!(s.chunk_hash(FileId(5), 1), Some(Sha256Digest::of(&bytes)));
     // A chunk larger than one hashing piece.
     let big = vec![9u8; crate::hasher::HASH_PIECE * 2 + 5];
-    s.write(FileId(5), 2, 0, 4 << 20, buf(&big)).await.unwrap();
+    s.write(FileId(5), 2, 0, 4 << 20, 4096, buf(&big)).await.unwrap();
     s.make_durable(FileId(5)).await.unwrap();
     assert_eq!(s.chunk_hash(FileId(5), 2), Some(Sha256Digest::of(&big)));
 }
@@ -104,7 +180,7 @@ async fn background_hasher_hashes_quiet_chunks() {
     let dir = tempfile::tempdir().unwrap();
     let s = open_store(dir.path(), Duration::from_millis(1)).await;
     tokio::spawn(crate::hasher::run(s.clone()));
-    s.write(FileId(6), 0, 0, CS, buf(b"quiet")).await.unwrap();
+    s.write(FileId(6), 0, 0, CS, 4096, buf(b"quiet")).await.unwrap();
     let want = Sha256Digest::of(b"quiet");
     assert!(
         crate::hasher::wait_for(Duration::from_secs(10), || s.chunk_hash(FileId(6), 0) == Some(want)).await,
@@ -128,11 +204,11 @@ async fn sequential_appends_are_hashed_as_they_arrive() {
     let mut all = Vec::new();
     for i in 0..4u8 {
         let piece = vec![i + 1; 256 << 10];
-        s.write(f, 0, all.len() as u64, 4 << 20, buf(&piece)).await.unwrap();
+        s.write(f, 0, all.len() as u64, 4 << 20, 4096, buf(&piece)).await.unwrap();
         all.extend_from_slice(&piece);
     }
     let tail: Vec<u8> = (0..1000u32).map(|i| i as u8).collect();
-    s.write(f, 0, all.len() as u64, 4 << 20, buf(&tail)).await.unwrap();
+    s.write(f, 0, all.len() as u64, 4 << 20, 4096, buf(&tail)).await.unwrap();
     all.extend_from_slice(&tail);
     let (got, on_disk) = fsynced_hash(&s, f, 0).await;
     assert_eq!(on_disk, Sha256Digest::of(&all));
@@ -143,7 +219,7 @@ async fn sequential_appends_are_hashed_as_they_arrive() {
         assert_eq!((files.direct_ops(), files.buffered_ops()), (4, 1));
     }
     // Appending after an fsync continues the same running hash.
-    s.write(f, 0, all.len() as u64, 4 << 20, buf(b"more")).await.unwrap();
+    s.write(f, 0, all.len() as u64, 4 << 20, 4096, buf(b"more")).await.unwrap();
     all.extend_from_slice(b"more");
     let (got, on_disk) = fsynced_hash(&s, f, 0).await;
     assert_eq!((got, on_disk), (Some(Sha256Digest::of(&all)), Sha256Digest::of(&all)));
@@ -158,28 +234,28 @@ async fn out_of_order_writes_fall_back_to_rereading() {
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
     let f = FileId(0x52);
     // Second half first: no running hash for this chunk.
-    s.write(f, 0, 8192, CS, buf(&[2; 8192])).await.unwrap();
-    s.write(f, 0, 0, CS, buf(&[1; 8192])).await.unwrap();
+    s.write(f, 0, 8192, CS, 4096, buf(&[2; 8192])).await.unwrap();
+    s.write(f, 0, 0, CS, 4096, buf(&[1; 8192])).await.unwrap();
     let (got, on_disk) = fsynced_hash(&s, f, 0).await;
     assert_eq!(got, Some(on_disk));
     assert_eq!(s.hash_rereads(), 1);
     // Later appends to it cannot use a running hash either.
-    s.write(f, 0, 16384, CS, buf(&[3; 100])).await.unwrap();
+    s.write(f, 0, 16384, CS, 4096, buf(&[3; 100])).await.unwrap();
     let (got, on_disk) = fsynced_hash(&s, f, 0).await;
     assert_eq!(got, Some(on_disk));
     assert_eq!(s.hash_rereads(), 2);
 
     // Sequential, then an overwrite: falls back too.
-    s.write(f, 1, 0, CS, buf(&[4; 4096])).await.unwrap();
-    s.write(f, 1, 4096, CS, buf(&[5; 4096])).await.unwrap();
+    s.write(f, 1, 0, CS, 4096, buf(&[4; 4096])).await.unwrap();
+    s.write(f, 1, 4096, CS, 4096, buf(&[5; 4096])).await.unwrap();
     let (got, on_disk) = fsynced_hash(&s, f, 1).await;
     assert_eq!((got, s.hash_rereads()), (Some(on_disk), 2));
-    s.write(f, 1, 100, CS, buf(&[6; 10])).await.unwrap();
+    s.write(f, 1, 100, CS, 4096, buf(&[6; 10])).await.unwrap();
     let (got, on_disk) = fsynced_hash(&s, f, 1).await;
     assert_eq!((got, s.hash_rereads()), (Some(on_disk), 3));
 
     // Sequential, then a truncate: falls back.
-    s.write(f, 2, 0, CS, buf(&[7; 5000])).await.unwrap();
+    s.write(f, 2, 0, CS, 4096, buf(&[7; 5000])).await.unwrap();
     s.truncate(f, 2 * CS + 3000, CS).await.unwrap();
     let (got, on_disk) = fsynced_hash(&s, f, 2).await;
     assert_eq!(on_disk, Sha256Digest::of(&[7; 3000]));
@@ -187,7 +263,7 @@ async fn out_of_order_writes_fall_back_to_rereading() {
 
     // Removed and rewritten from 0: a fresh running hash again.
     s.remove(f).await.unwrap();
-    s.write(f, 0, 0, CS, buf(&[8; 4096])).await.unwrap();
+    s.write(f, 0, 0, CS, 4096, buf(&[8; 4096])).await.unwrap();
     let (got, on_disk) = fsynced_hash(&s, f, 0).await;
     assert_eq!((got, on_disk, s.hash_rereads()), (Some(on_disk), Sha256Digest::of(&[8; 4096]), 4));
 }
@@ -204,7 +280,9 @@ async fn concurrent_writes_to_one_chunk_end_with_the_right_hash() {
         let tasks: Vec<_> = (0..16u64)
             .map(|i| {
                 let s = s.clone();
-                tokio::spawn(async move { s.write(f, chunk, i * 4096, CS, buf(&[i as u8 + 1; 4096])).await.unwrap() })
+                tokio::spawn(
+                    async move { s.write(f, chunk, i * 4096, CS, 4096, buf(&[i as u8 + 1; 4096])).await.unwrap() },
+                )
             })
             .collect();
         for t in tasks {
@@ -223,7 +301,7 @@ async fn truncate_and_remove() {
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
     let cs = 100u64;
     for c in 0..4 {
-        s.write(FileId(9), c, 0, cs, buf(&[c as u8; 100])).await.unwrap();
+        s.write(FileId(9), c, 0, cs, 4096, buf(&[c as u8; 100])).await.unwrap();
     }
     s.truncate(FileId(9), 150, cs).await.unwrap();
     assert_eq!(s.chunks_of(FileId(9)), vec![(0, 100), (1, 50)]);
@@ -231,7 +309,7 @@ async fn truncate_and_remove() {
     assert!(!s.chunk_path(FileId(9), 2).exists());
     s.remove(FileId(9)).await.unwrap();
     assert!(s.chunks_of(FileId(9)).is_empty());
-    assert_eq!(entries(dir.path()).len(), 0);
+    assert_eq!(entries(dir.path()).len(), 0, "chunk files and their sidecars are gone");
     let outbox = &s.state.lock().outbox;
     assert!(outbox.values().filter(|c| c.removed).count() == 4);
 }
@@ -250,7 +328,7 @@ async fn lost_chunks_fail_reads_and_writes_until_truncated_away() {
     assert_eq!(e.code(), ErrorCode::Io);
     let text = e.to_string();
     assert!(text.contains("chunk 2") && text.contains(&f.to_string()) && text.contains("storage-3"), "{text}");
-    assert!(matches!(s.write(f, 0, 0, 100, buf(b"x")).await, Err(StorageError::Lost { chunk: 0, .. })));
+    assert!(matches!(s.write(f, 0, 0, 100, 4096, buf(b"x")).await, Err(StorageError::Lost { chunk: 0, .. })));
     // A chunk never committed is a hole.
     assert_eq!(s.read(f, 1, 0, 10).await.unwrap().0.len(), 0);
     // Truncating below a lost chunk ends its loss; the chunk below stays lost.
@@ -265,7 +343,7 @@ async fn lost_chunks_fail_reads_and_writes_until_truncated_away() {
 async fn fsync_without_pfs_meta_is_an_error() {
     let dir = tempfile::tempdir().unwrap();
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
-    s.write(FileId(4), 0, 0, CS, buf(b"durable but not committed")).await.unwrap();
+    s.write(FileId(4), 0, 0, CS, 4096, buf(b"durable but not committed")).await.unwrap();
     let e = s.fsync(FileId(4)).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
     assert!(s.state.lock().unsynced.is_empty(), "the data itself was synced");
@@ -354,8 +432,8 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     );
 
     // After fsync returns, pfs-meta has the current hash.
-    s.write(FileId(0x22), 3, 0, CS, buf(b"first")).await.unwrap();
-    s.write(FileId(0x22), 3, 5, CS, buf(b"second")).await.unwrap();
+    s.write(FileId(0x22), 3, 0, CS, 4096, buf(b"first")).await.unwrap();
+    s.write(FileId(0x22), 3, 5, CS, 4096, buf(b"second")).await.unwrap();
     s.fsync(FileId(0x22)).await.unwrap();
     let got = fake.reported(FileId(0x22), 3).unwrap();
     assert_eq!((got.len, got.sha256, got.removed), (11, Some(Sha256Digest::of(b"firstsecond")), false));
