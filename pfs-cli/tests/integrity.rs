@@ -216,3 +216,63 @@ async fn a_flipped_byte_on_disk_fails_the_read_naming_chunk_block_and_server() {
     assert!(!verify.status.success());
     assert!(stderr(&verify).contains("chunk 1:"), "{}", stderr(&verify));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsck_finds_orphans_corruption_and_losses_and_repairs_orphans() {
+    let mut cluster = LocalCluster::start(2).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("f.bin");
+    std::fs::write(&src, random_bytes(4 << 20, 5)).unwrap();
+    ok(run_tool(PFS, &cfg, &["mkdir", "/d"]));
+    ok(run_tool(PFS_CP, &cfg, &["--stripe-count", "2", "--chunk-size", "1m", src.to_str().unwrap(), "pfs:/d/f"]));
+    let clean = ok(run_tool(PFS, &cfg, &["fsck"]));
+    assert!(clean.contains("1 files") && clean.contains("0 problems"), "{clean}");
+
+    let client = cluster.client().await.unwrap();
+    let attr = client.stat("/d/f").await.unwrap();
+    client.close().await.unwrap();
+    let layout = attr.layout.unwrap();
+    let config = cluster.config().clone();
+    let dir_of = |id: ServerId| config.storage_dir(config.storage.iter().find(|s| s.id == id).unwrap());
+
+    // An orphan: a chunk far past the file's end, found when its server restarts.
+    let planted = chunk_file_name(attr.id, 40);
+    let holder = layout.target(40);
+    std::fs::write(dir_of(holder).join(&planted), b"stray").unwrap();
+    cluster.restart(DaemonKind::Storage(holder)).await.unwrap().close().await.unwrap();
+    let found = run_tool(PFS, &cfg, &["fsck"]);
+    assert!(!found.status.success());
+    let out = String::from_utf8_lossy(&found.stdout).into_owned();
+    assert!(out.contains("orphan") && out.contains("/d/f chunk 40") && out.contains("past its end"), "{out}");
+    let repaired = ok(run_tool(PFS, &cfg, &["fsck", "--repair"]));
+    assert!(repaired.contains("removed orphan") && repaired.contains("0 problems"), "{repaired}");
+    assert!(!dir_of(holder).join(&planted).exists(), "the orphan's chunk file is gone");
+    ok(run_tool(PFS, &cfg, &["fsck"]));
+
+    // A flipped byte in chunk 2.
+    let victim = layout.target(2);
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(dir_of(victim).join(chunk_file_name(attr.id, 2))).unwrap();
+        f.write_all_at(b"\xff\x00\xff", 1000).unwrap();
+    }
+    let found = run_tool(PFS, &cfg, &["fsck"]);
+    assert!(!found.status.success());
+    let out = String::from_utf8_lossy(&found.stdout).into_owned();
+    assert!(out.contains(&format!("corrupt: /d/f chunk 2 on {victim}")) && out.contains("block 0"), "{out}");
+    assert!(ok(run_tool(PFS, &cfg, &["fsck", "--quick"])).contains("0 problems"), "--quick reads nothing");
+
+    // The other server's disk is wiped: its committed chunks are lost.
+    let wiped = layout.target(1);
+    cluster.kill(DaemonKind::Storage(wiped));
+    std::fs::remove_dir_all(dir_of(wiped)).unwrap();
+    std::fs::create_dir_all(dir_of(wiped)).unwrap();
+    cluster.restart(DaemonKind::Storage(wiped)).await.unwrap().close().await.unwrap();
+    let found = run_tool(PFS, &cfg, &["fsck", "--quick"]);
+    assert!(!found.status.success());
+    let out = String::from_utf8_lossy(&found.stdout).into_owned();
+    for chunk in [1, 3] {
+        assert!(out.contains(&format!("lost: /d/f chunk {chunk} on {wiped}")), "{out}");
+    }
+}

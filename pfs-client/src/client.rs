@@ -10,7 +10,9 @@ use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::{ByteRange, Mode, SessionId};
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, FileKind, READDIR_PAGE_MAX};
 use pfs_common::wire::registry::{ChunkInfo, GetChunks, ListServers, ServerStatus, GET_CHUNKS_MAX};
-use pfs_common::wire::storage::{GetStatus, StorageRequest, StorageStatus};
+use pfs_common::wire::storage::{
+    ChunkPage, GetStatus, ListChunks, RemoveChunk, RemoveFile, StorageRequest, StorageStatus,
+};
 use pfs_common::wire::tokens::{self as tok, ClientNotify};
 use pfs_common::wire::{Call, MetaRequest, PeerRole};
 use pfs_common::ErrorCode;
@@ -435,6 +437,29 @@ impl Client {
     /// The storage-server registry as pfs-meta sees it.
     pub async fn servers(&self) -> Result<Vec<ServerStatus>> {
         self.meta(ListServers).await
+    }
+
+    /// One page of storage server `id`'s own chunk listing, after `after`, for checks such as
+    /// `pfs fsck`; with `verify` the server reads each chunk listed against its block
+    /// checksums. Errors: Unavailable, TimedOut.
+    pub async fn storage_chunks(
+        &self,
+        id: ServerId,
+        after: Option<(FileId, ChunkIndex)>,
+        limit: u32,
+        verify: bool,
+    ) -> Result<ChunkPage> {
+        Ok(self.storage(id, ListChunks { after, limit, verify }, &[]).await?.0)
+    }
+
+    /// Removes chunk `chunk` of `file` (or with `None` every chunk of it) on storage server
+    /// `id`, without asking pfs-meta: for repairing orphans (`pfs fsck --repair`) only.
+    pub async fn remove_orphan(&self, id: ServerId, file: FileId, chunk: Option<ChunkIndex>) -> Result<()> {
+        match chunk {
+            Some(chunk) => self.storage(id, RemoveChunk { file, chunk }, &[]).await?,
+            None => self.storage(id, RemoveFile { file }, &[]).await?,
+        };
+        Ok(())
     }
 
     /// Capacity and usage reported by storage server `id` itself.

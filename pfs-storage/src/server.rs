@@ -45,6 +45,10 @@ impl Handler for StorageHandler {
             StorageRequest::Remove(c) => Reply::to::<st::RemoveFile, _>(store.remove(c.file).await),
             StorageRequest::Fsync(c) => Reply::to::<st::FsyncFile, _>(store.fsync(c.file).await),
             StorageRequest::Status(_) => Reply::to::<st::GetStatus, _>(store.status()),
+            StorageRequest::List(c) => Reply::to::<st::ListChunks, _>(store.list(c.after, c.limit, c.verify).await),
+            StorageRequest::RemoveChunk(c) => {
+                Reply::to::<st::RemoveChunk, _>(store.remove_chunks(c.file, &[c.chunk]).await)
+            }
         }
     }
 }

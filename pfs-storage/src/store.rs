@@ -540,7 +540,7 @@ impl ChunkStore {
                                 .map_err(|e| StorageError::io(format!("syncing {}", ChunkFiles::describe(key)), e))?;
                         }
                         s.truncate(new_len.div_ceil(bs))?;
-                        if let (Some(f), true) = (&file, new_len % bs != 0) {
+                        if let (Some(f), true) = (&file, !new_len.is_multiple_of(bs)) {
                             let last = new_len / bs;
                             let crcs = checksums::block_crcs(f, s.block_size, last, last, new_len, 0, &[], key)?;
                             s.write(last, &crcs)?;
@@ -579,6 +579,18 @@ impl ChunkStore {
     pub async fn remove(&self, file: FileId) -> Result<()> {
         self.state.lock().lost.retain(|k, _| k.0 != file);
         let chunks: Vec<ChunkIndex> = self.chunks_of(file).into_iter().map(|(c, _)| c).collect();
+        self.remove_chunks(file, &chunks).await
+    }
+
+    /// Removes these chunks of `file` (those that exist); durable when it returns.
+    ///
+    /// Errors: Io.
+    pub async fn remove_chunks(&self, file: FileId, chunks: &[ChunkIndex]) -> Result<()> {
+        let present: Vec<ChunkIndex> = {
+            let st = self.state.lock();
+            chunks.iter().copied().filter(|c| st.index.get(&file).is_some_and(|m| m.contains_key(c))).collect()
+        };
+        let chunks = present;
         if chunks.is_empty() {
             return Ok(());
         }
@@ -596,6 +608,55 @@ impl ChunkStore {
         self.sync_dir().await?;
         self.hasher_wake.notify_one();
         Ok(())
+    }
+
+    /// Up to `limit` chunks (at most `LIST_MAX`, or `LIST_VERIFY_MAX` with `verify`) in
+    /// (file, chunk) order after `after`. With `verify`, each is read whole through the
+    /// checksum-verifying read path first, and a failure is listed as its damage.
+    ///
+    /// Errors: NotReconciled before the lost chunks are known.
+    pub async fn list(
+        &self,
+        after: Option<ChunkKey>,
+        limit: u32,
+        verify: bool,
+    ) -> Result<pfs_common::wire::storage::ChunkPage> {
+        use pfs_common::wire::storage::{ChunkListing, ChunkPage, LIST_MAX, LIST_VERIFY_MAX};
+        let limit = limit.clamp(1, if verify { LIST_VERIFY_MAX } else { LIST_MAX }) as usize;
+        let (mut chunks, more) = {
+            let st = self.state.lock();
+            if !st.reconciled {
+                return Err(StorageError::NotReconciled { server: self.id });
+            }
+            let mut keys: Vec<(ChunkKey, u64)> = st
+                .index
+                .iter()
+                .flat_map(|(f, m)| m.iter().map(move |(c, e)| ((*f, *c), e.len)))
+                .filter(|(k, _)| after.is_none_or(|a| *k > a))
+                .collect();
+            keys.sort_unstable();
+            let more = keys.len() > limit;
+            keys.truncate(limit);
+            let listed: Vec<ChunkListing> =
+                keys.into_iter().map(|((file, chunk), len)| ChunkListing { file, chunk, len, damage: None }).collect();
+            (listed, more)
+        };
+        if verify {
+            for c in &mut chunks {
+                let mut at = 0;
+                while at < c.len {
+                    let n = (c.len - at).min(4 << 20) as u32;
+                    match self.read(c.file, c.chunk, at, n).await {
+                        Ok(_) => at += n as u64,
+                        Err(e) => {
+                            c.damage = Some(e.to_string());
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+        Ok(ChunkPage { chunks, more })
     }
 
     /// Drops removed chunks from the index and queues their removal reports.

@@ -15,6 +15,8 @@ service! {
         Remove(RemoveFile) -> (),
         Fsync(FsyncFile) -> (),
         Status(GetStatus) -> StorageStatus,
+        List(ListChunks) -> ChunkPage,
+        RemoveChunk(RemoveChunk) -> (),
     }
 }
 
@@ -96,3 +98,45 @@ pub struct StorageStatus {
     /// "io_uring" or "pread".
     pub engine: String,
 }
+
+/// Up to `limit` of the server's chunks in (file, chunk) order after `after` (for `pfs
+/// fsck`). With `verify`, each chunk listed is read whole and checked against its block
+/// checksums first (at most [`LIST_VERIFY_MAX`] per page then, [`LIST_MAX`] otherwise).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListChunks {
+    pub after: Option<(FileId, ChunkIndex)>,
+    pub limit: u32,
+    pub verify: bool,
+}
+
+/// A page of [`ListChunks`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkPage {
+    pub chunks: Vec<ChunkListing>,
+    /// More chunks follow the last one.
+    pub more: bool,
+}
+
+/// One chunk as a storage server lists it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChunkListing {
+    pub file: FileId,
+    pub chunk: ChunkIndex,
+    /// Chunk file length, bytes.
+    pub len: u64,
+    /// Why it is unreadable (a block failing its checksum, a lost chunk), when verified.
+    pub damage: Option<String>,
+}
+
+/// Remove one chunk of a file (`pfs fsck --repair` removing an orphan). Durable when
+/// answered.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveChunk {
+    pub file: FileId,
+    pub chunk: ChunkIndex,
+}
+
+/// Most chunks one [`ListChunks`] page holds.
+pub const LIST_MAX: u32 = 4096;
+/// Most chunks one verifying [`ListChunks`] page reads.
+pub const LIST_VERIFY_MAX: u32 = 4;

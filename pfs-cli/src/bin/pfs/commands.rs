@@ -27,6 +27,7 @@ pub async fn run(client: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Cat { path } => cat(client, &pfs_path(&path)?).await,
         Cmd::Df => df(client).await,
         Cmd::Getstripe { path, verify } => getstripe(client, &pfs_path(&path)?, verify).await,
+        Cmd::Fsck { repair, quick } => crate::fsck::run(client, repair, !quick).await,
         Cmd::Up | Cmd::Down | Cmd::Demo { .. } | Cmd::Serve { .. } => unreachable!("handled in main"),
     }
 }

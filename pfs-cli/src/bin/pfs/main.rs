@@ -4,6 +4,7 @@
 mod commands;
 mod daemons;
 mod demo;
+mod fsck;
 
 use clap::{Parser, Subcommand};
 use pfs_cli::tool;
@@ -72,6 +73,18 @@ enum Cmd {
         /// Also read every chunk and check its bytes against the recorded SHA-256.
         #[arg(long)]
         verify: bool,
+    },
+    /// Check the file system: every file's committed chunks against what the storage servers
+    /// hold (read and verified against their checksums). Reports lost, corrupt and orphaned
+    /// chunks and sizes that disagree with the chunks; exits 1 when it finds any.
+    Fsck {
+        /// Remove orphaned chunks (of files that no longer exist, past a file's end, or on a
+        /// server the layout does not name).
+        #[arg(long)]
+        repair: bool,
+        /// Only compare listings; do not read the chunks to verify their checksums.
+        #[arg(long)]
+        quick: bool,
     },
     /// Run one daemon in the foreground (what `pfs up` starts when the dedicated
     /// pfs-meta / pfs-storage binaries are not installed).
