@@ -276,3 +276,20 @@ async fn fsck_finds_orphans_corruption_and_losses_and_repairs_orphans() {
         assert!(out.contains(&format!("lost: /d/f chunk {chunk} on {wiped}")), "{out}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fsync_after_a_storage_restart_reports_the_unsynced_writes_lost() {
+    let mut cluster = LocalCluster::start(1).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let mut a = Probe::start(PROBE, &cfg);
+    a.ok("create /f");
+    // Large enough to go to the storage server at once (not cached), but not synced.
+    a.ok("write 0 8388608 4");
+    cluster.kill(DaemonKind::Storage(ServerId(1)));
+    cluster.restart(DaemonKind::Storage(ServerId(1))).await.unwrap().close().await.unwrap();
+    let answer = a.cmd("fsync");
+    assert!(answer.starts_with("err Io") && answer.contains("restarted") && answer.contains("storage-1"), "{answer}");
+    // Reported once (as Linux reports a failed write-back once); new writes sync again.
+    a.ok("write 0 8388608 5");
+    a.ok("fsync");
+}

@@ -31,7 +31,7 @@ use pfs_common::wire::namespace::{self as ns, Attr, FileKind};
 use pfs_common::wire::storage::{FsyncFile, ReadChunk, TruncateFile, WriteChunk};
 use pfs_common::wire::tokens as tok;
 use pfs_common::ErrorCode;
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
@@ -56,8 +56,9 @@ pub(crate) struct OpenFile {
     size: AtomicU64,
     /// Our writes grew the size and pfs-meta does not know yet.
     size_dirty: AtomicBool,
-    /// Storage targets written since the last fsync.
-    unsynced: parking_lot::Mutex<BTreeSet<ServerId>>,
+    /// Storage targets written since the last fsync, with the boot id of the server process
+    /// that took the writes (0 when they went to more than one: a restart lost some).
+    unsynced: parking_lot::Mutex<BTreeMap<ServerId, u64>>,
     /// Bumped by every write, so a read does not fill the cache with bytes fetched before a
     /// concurrent write of ours changed them.
     write_seq: AtomicU64,
@@ -113,7 +114,7 @@ impl OpenFile {
             cache,
             size: AtomicU64::new(attr.size),
             size_dirty: AtomicBool::new(false),
-            unsynced: parking_lot::Mutex::new(BTreeSet::new()),
+            unsynced: parking_lot::Mutex::new(BTreeMap::new()),
             write_seq: AtomicU64::new(0),
             writeback_error: parking_lot::Mutex::new(None),
             handles: AtomicUsize::new(0),
@@ -259,7 +260,6 @@ impl OpenFile {
         let data = &buf[p.buf_offset..p.buf_offset + p.len];
         let target = self.layout.target(p.chunk);
         let _permit = self.client.inflight(p.len).await;
-        self.unsynced.lock().insert(target);
         let req = WriteChunk {
             file: self.id,
             chunk: p.chunk,
@@ -279,6 +279,13 @@ impl OpenFile {
         if written.len as usize != p.len {
             let message = format!("wrote {} of {} bytes", written.len, p.len);
             return Err(on_chunk(Error::Protocol { peer: target.to_string(), message }));
+        }
+        // A second boot id means the server restarted between our unsynced writes: the
+        // earlier ones may be gone, which the next fsync must report, not hide.
+        let mut unsynced = self.unsynced.lock();
+        let boot = unsynced.entry(target).or_insert(written.boot);
+        if *boot != written.boot {
+            *boot = 0;
         }
         Ok(())
     }
@@ -388,24 +395,27 @@ impl OpenFile {
         if let Some(e) = self.writeback_error.lock().take() {
             return Err(e.on_file("an earlier write-back failed for", &self.path));
         }
-        let targets: Vec<ServerId> = std::mem::take(&mut *self.unsynced.lock()).into_iter().collect();
+        let targets = std::mem::take(&mut *self.unsynced.lock());
         let mut pending: FuturesUnordered<_> = targets
             .iter()
-            .map(|&t| async move {
-                self.client
-                    .storage(t, FsyncFile { file: self.id }, &[])
-                    .await
-                    .map_err(|e| e.on_file(format!("fsync on {t} of"), &self.path))
+            .map(|(&t, &boot)| async move {
+                let r = self.client.storage(t, FsyncFile { file: self.id, boot }, &[]).await;
+                (t, boot, r.map_err(|e| e.on_file(format!("fsync on {t} of"), &self.path)))
             })
             .collect();
         let mut failed = None;
-        while let Some(r) = pending.next().await {
+        while let Some((t, boot, r)) = pending.next().await {
             if let Err(e) = r {
+                // A server we could not reach is asked again by the next fsync. A disk error or
+                // a restart (the writes may be lost) is reported once, as Linux reports a failed
+                // write-back once: retrying could only claim durable what is not.
+                if matches!(e.code(), ErrorCode::Unavailable | ErrorCode::TimedOut) {
+                    self.unsynced.lock().entry(t).or_insert(boot);
+                }
                 failed.get_or_insert(e);
             }
         }
         if let Some(e) = failed {
-            self.unsynced.lock().extend(targets);
             return Err(e);
         }
         self.record_size().await

@@ -92,6 +92,9 @@ async fn fake_storage(addr: SocketAddr) -> RpcClient<MetaRequest> {
     // Sessions of earlier boots are fenced: the boot epoch is at least 1.
     assert!(r.fence_below >= 1 << 32, "{:x}", r.fence_below);
     assert_eq!(r.lease_ms, 600_000, "the storage lease is timeouts.server_down_ms");
+    // Its (empty) chunk listing: only then is it up for new files.
+    let answer = s.ask(ChunkReport { id: ServerId(1), chunks: vec![], listing: true, full: true }).await.unwrap();
+    assert_eq!(answer.lost, Some(vec![]));
     s
 }
 

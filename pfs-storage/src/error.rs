@@ -46,6 +46,11 @@ pub enum StorageError {
     /// so it cannot tell a lost chunk from a hole: reads wait for that.
     #[error("{server}: not yet checked its chunks against pfs-meta's chunk map; try again when pfs-meta is reachable")]
     NotReconciled { server: ServerId },
+    /// The server restarted after writes it is asked to make durable: they may be lost.
+    #[error(
+        "{server}: restarted since the unsynced writes to file {file} were made; they may be lost (write them again)"
+    )]
+    Restarted { server: ServerId, file: pfs_common::FileId },
     /// An I/O thread or task of the server stopped.
     #[error("{what}")]
     Stopped { what: String },
@@ -82,6 +87,7 @@ impl StorageError {
             StorageError::Stopped { .. } => ErrorCode::Io,
             StorageError::Lost { .. } | StorageError::Corrupt { .. } => ErrorCode::Io,
             StorageError::NotReconciled { .. } => ErrorCode::Unavailable,
+            StorageError::Restarted { .. } => ErrorCode::Io,
             StorageError::Common(e) => e.code(),
         }
     }

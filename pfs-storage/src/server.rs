@@ -31,7 +31,7 @@ impl Handler for StorageHandler {
                     store.write(c.file, c.chunk, c.offset, c.chunk_size, c.block_size, payload).await
                 }
                 .await;
-                Reply::to::<st::WriteChunk, _>(r.map(|len| Written { len }))
+                Reply::to::<st::WriteChunk, _>(r.map(|len| Written { len, boot: store.boot }))
             }
             StorageRequest::Read(c) => match store.read(c.file, c.chunk, c.offset, c.len).await {
                 Ok((data, chunk_len)) => {
@@ -43,6 +43,9 @@ impl Handler for StorageHandler {
                 Reply::to::<st::TruncateFile, _>(store.truncate(c.file, c.size, c.chunk_size).await)
             }
             StorageRequest::Remove(c) => Reply::to::<st::RemoveFile, _>(store.remove(c.file).await),
+            StorageRequest::Fsync(c) if c.boot != store.boot => {
+                Reply::error(&crate::StorageError::Restarted { server: store.id(), file: c.file })
+            }
             StorageRequest::Fsync(c) => Reply::to::<st::FsyncFile, _>(store.fsync(c.file).await),
             StorageRequest::Status(_) => Reply::to::<st::GetStatus, _>(store.status()),
             StorageRequest::List(c) => Reply::to::<st::ListChunks, _>(store.list(c.after, c.limit, c.verify).await),

@@ -174,6 +174,8 @@ pub struct ChunkStore {
     pub fence: crate::fence::Fence,
     /// Block checksums of every chunk.
     pub(crate) sidecars: Sidecars,
+    /// This process's boot id (random, never 0), answered with every write.
+    pub boot: u64,
     locks: Vec<tokio::sync::RwLock<()>>,
 }
 
@@ -218,6 +220,7 @@ impl ChunkStore {
             reporter: Reporter::new(id),
             fence: crate::fence::Fence::new(id),
             sidecars,
+            boot: new_boot_id(),
             locks: (0..CHUNK_LOCKS).map(|_| tokio::sync::RwLock::new(())).collect(),
         }))
     }
@@ -235,6 +238,11 @@ impl ChunkStore {
             chunk: key.1,
             what: "its block checksum file is missing".into(),
         })
+    }
+
+    /// The storage server's id.
+    pub fn id(&self) -> ServerId {
+        self.id
     }
 
     /// The data directory.
@@ -897,4 +905,12 @@ fn rebuild_dirty_checksums(sidecars: &Sidecars, files: &ChunkFiles, listed: &[(C
         rebuilt += 1;
     }
     Ok(rebuilt)
+}
+
+/// A boot id unlikely to repeat across restarts: the clock's nanoseconds mixed with the pid,
+/// never 0.
+fn new_boot_id() -> u64 {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
+    let mixed = (nanos ^ ((std::process::id() as u64) << 40)).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    mixed.max(1)
 }

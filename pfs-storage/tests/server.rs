@@ -74,11 +74,11 @@ async fn write(
     chunk: u64,
     offset: u64,
     data: &[u8],
-) -> pfs_common::Result<()> {
+) -> pfs_common::Result<u64> {
     let req = WriteChunk { file: FileId(file), chunk, offset, chunk_size: CS, block_size: 4096, session };
     let (written, _) = c.call(req, data).await?;
     assert_eq!(written.len, data.len() as u32);
-    Ok(())
+    Ok(written.boot)
 }
 
 async fn read(c: &RpcClient<StorageRequest>, file: u64, chunk: u64, offset: u64, len: u32) -> (Vec<u8>, u64) {
@@ -195,7 +195,7 @@ async fn scenario(engine: EngineChoice) {
 
     // Write and read chunks; the chunk file appears with the right name and bytes.
     let data: Vec<u8> = (0..CS as u32).map(|i| (i % 251) as u8).collect();
-    write(&c, session, fa, 4, 0, &data).await.unwrap();
+    let boot = write(&c, session, fa, 4, 0, &data).await.unwrap();
     assert_eq!(read(&c, fa, 3, 100, 1000).await, (b"hello storage".to_vec(), 113));
     assert_eq!(read(&c, fa, 4, 0, CS as u32).await.0, data);
     assert_eq!(read(&c, fa, 9, 0, 10).await, (vec![], 0), "a hole reads empty");
@@ -203,7 +203,11 @@ async fn scenario(engine: EngineChoice) {
     let mut want = vec![0u8; 100];
     want.extend_from_slice(b"hello storage");
     assert_eq!(std::fs::read(&path).unwrap(), want);
-    c.ask(FsyncFile { file: FileId(fa) }).await.unwrap();
+    // An fsync naming another boot of the server (it restarted after the writes) fails.
+    let e = c.ask(FsyncFile { file: FileId(fa), boot: boot ^ 1 }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Io, "{e}");
+    assert!(e.to_string().contains("restarted"), "{e}");
+    c.ask(FsyncFile { file: FileId(fa), boot }).await.unwrap();
     let st = c.ask(GetStatus).await.unwrap();
     assert_eq!(st.chunks, 2);
     if engine != EngineChoice::Auto {

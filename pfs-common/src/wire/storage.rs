@@ -41,6 +41,9 @@ pub struct WriteChunk {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Written {
     pub len: u32,
+    /// The server process's boot id (random, never 0): writes not yet synced die with the
+    /// process, so [`FsyncFile`] names the boot the writes went to.
+    pub boot: u64,
 }
 
 /// Read up to `len` bytes at `offset` inside a chunk, verified against the chunk's block
@@ -77,11 +80,14 @@ pub struct RemoveFile {
     pub file: FileId,
 }
 
-/// Make every write to `file` durable, and report the new chunk hashes to pfs-meta, before
-/// answering.
+/// Make every write to `file` durable, and commit the new chunk states to pfs-meta's chunk
+/// map, before answering. `boot` is the boot id the writer's unsynced writes were answered
+/// with ([`Written::boot`]); if the server restarted since, those writes may be lost and the
+/// fsync fails (Io) rather than report them durable; 0 when the writer saw more than one boot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsyncFile {
     pub file: FileId,
+    pub boot: u64,
 }
 
 /// Capacity and usage.
