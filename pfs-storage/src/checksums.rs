@@ -18,7 +18,7 @@
 //! its last commit: its checksums are rebuilt from the data, which is whatever survived of the
 //! writes no one had fsynced (POSIX allows any of them to be lost).
 
-use crate::engine::ChunkKey;
+use crate::engine::{ChunkFiles, ChunkKey};
 use crate::error::{Result, StorageError};
 use parking_lot::Mutex;
 use pfs_common::ids::chunk_file_name;
@@ -52,7 +52,7 @@ pub struct Sidecar {
 
 /// The sidecars of one data directory.
 pub struct Sidecars {
-    dir: PathBuf,
+    files: Arc<ChunkFiles>,
     open: Mutex<HashMap<ChunkKey, Arc<Sidecar>>>,
 }
 
@@ -61,14 +61,15 @@ fn bad(path: &Path, why: impl std::fmt::Display) -> StorageError {
 }
 
 impl Sidecars {
-    /// Sidecars in `dir`.
-    pub fn new(dir: &Path) -> Sidecars {
-        Sidecars { dir: dir.to_path_buf(), open: Mutex::new(HashMap::new()) }
+    /// Sidecars beside the chunk files of `files` (new ones taken from its pool of
+    /// precreated files when it has one: creating an inode is the slow part here too).
+    pub fn new(files: Arc<ChunkFiles>) -> Sidecars {
+        Sidecars { files, open: Mutex::new(HashMap::new()) }
     }
 
     /// The sidecar path of chunk `key`.
     pub fn path(&self, key: ChunkKey) -> PathBuf {
-        self.dir.join(format!("{}{SUFFIX}", chunk_file_name(key.0, key.1)))
+        self.files.dir().join(format!("{}{SUFFIX}", chunk_file_name(key.0, key.1)))
     }
 
     /// The sidecar of `key`, opened (blocking, short) if not open. With `create`, a missing
@@ -87,7 +88,8 @@ impl Sidecars {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create {
                 None => return Ok(None),
                 Some(block_size) => {
-                    let f = OpenOptions::new().read(true).write(true).create(true).truncate(true).open(&path);
+                    let adopted = self.files.adopt_precreated(&path);
+                    let f = OpenOptions::new().read(true).write(true).create(!adopted).truncate(true).open(&path);
                     let f = f.map_err(|e| io("creating", e))?;
                     f.write_all_at(&header(block_size, 0), 0).map_err(|e| io("writing", e))?;
                     f

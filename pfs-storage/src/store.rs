@@ -202,7 +202,7 @@ impl ChunkStore {
             state.index.len(),
             engine.files().dir().display()
         );
-        let sidecars = Sidecars::new(engine.files().dir());
+        let sidecars = Sidecars::new(engine.files().clone());
         let rebuilt = rebuild_dirty_checksums(&sidecars, engine.files(), &listed).map_err(|e| e.on(id))?;
         if rebuilt > 0 {
             info!("{id}: rebuilt the block checksums of {rebuilt} chunks changed since their last commit");
@@ -700,7 +700,7 @@ impl ChunkStore {
     /// made durable. A chunk whose sync failed stays marked unsynced, so a retry syncs it.
     ///
     /// Errors: the first sync error (Io, NoSpace), naming the chunk.
-    pub(crate) async fn sync_chunks(&self, keys: &[ChunkKey]) -> Result<()> {
+    pub(crate) async fn sync_chunks(self: &Arc<Self>, keys: &[ChunkKey]) -> Result<()> {
         let versions: Vec<(ChunkKey, u64)> = {
             let mut st = self.state.lock();
             keys.iter()
@@ -719,22 +719,24 @@ impl ChunkStore {
         loop {
             while syncing.len() < SYNCS_AT_ONCE {
                 let Some((key, version)) = next.next() else { break };
-                let engine = self.engine.clone();
-                // The engine's error names the chunk.
-                syncing.spawn(async move { (key, version, engine.sync(key).await) });
+                let store = self.clone();
+                // The engine's error names the chunk. The checksums are marked clean in the
+                // same task, so their syncs run in parallel too.
+                syncing.spawn(async move {
+                    let r = store.engine.sync(key).await;
+                    let r = match r {
+                        Ok(()) => store.mark_clean(key, version).await,
+                        Err(e) => Err(e),
+                    };
+                    (key, version, r)
+                });
             }
             let Some(done) = syncing.join_next().await else { break };
             match done {
                 Ok((key, version, Ok(()))) => {
-                    {
-                        let mut st = self.state.lock();
-                        if let Some(e) = st.index.get_mut(&key.0).and_then(|m| m.get_mut(&key.1)) {
-                            e.synced_version = e.synced_version.max(version);
-                        }
-                    }
-                    if let Err(e) = self.mark_clean(key, version).await {
-                        self.state.lock().unsynced.insert(key);
-                        failed.get_or_insert(e);
+                    let mut st = self.state.lock();
+                    if let Some(e) = st.index.get_mut(&key.0).and_then(|m| m.get_mut(&key.1)) {
+                        e.synced_version = e.synced_version.max(version);
                     }
                 }
                 Ok((key, _, Err(e))) => {
