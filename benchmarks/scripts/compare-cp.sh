@@ -1,0 +1,30 @@
+#!/bin/bash
+# Compares pfs-cp throughput of two builds on this host: compare-cp.sh BASE_BIN NEW_BIN [ROUNDS]
+# (each a directory holding pfs, pfs-cp, pfs-meta, pfs-storage). Per round and build: a fresh
+# `pfs up` cluster from config/local.toml on its own ports, a 4 s settle (the precreated-file
+# pools fill), an 8 MiB warm-up, then three 256 MiB copies in (new files) and three out to
+# /dev/null. Prints MiB/s per copy; quote medians. Needs a 256 MiB file at $SRC (made if absent).
+set -euo pipefail
+BASE=$1; NEW=$2; ROUNDS=${3:-3}
+ROOT=$(cd "$(dirname "$0")/../.." && pwd)
+SRC=${SRC:-/tmp/pfs-compare-256m.bin}
+[ -f "$SRC" ] || head -c 256M /dev/urandom > "$SRC"
+head -c 8M "$SRC" > "$SRC.8m"
+run() { # $1 bin dir, $2 port prefix (two digits)
+  local B=$1 D=/tmp/pfs-compare-$2
+  rm -rf "$D"; mkdir -p "$D"
+  sed "s#/tmp/pfs-local#$D#; s#127.0.0.1:74#127.0.0.1:$2#" "$ROOT/config/local.toml" > "$D/cfg.toml"
+  export PFS_CONFIG=$D/cfg.toml PFS_LOG=warn
+  timeout 60 "$B/pfs" up > /dev/null; sleep 4
+  "$B/pfs-cp" "$SRC.8m" pfs:/warm; "$B/pfs-cp" pfs:/warm /dev/null
+  local out="write" s e
+  for i in 1 2 3; do s=$(date +%s.%N); "$B/pfs-cp" "$SRC" pfs:/big$i; e=$(date +%s.%N); out="$out $(echo "256 / ($e - $s)" | bc -l | cut -c1-5)"; done
+  out="$out  read"
+  for i in 1 2 3; do s=$(date +%s.%N); "$B/pfs-cp" pfs:/big$i /dev/null; e=$(date +%s.%N); out="$out $(echo "256 / ($e - $s)" | bc -l | cut -c1-5)"; done
+  "$B/pfs" down > /dev/null; rm -rf "$D"
+  echo "$out"
+}
+for r in $(seq 1 "$ROUNDS"); do
+  echo "base $(run "$BASE" 75)"
+  echo "new  $(run "$NEW" 76)"
+done
