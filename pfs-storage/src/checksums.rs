@@ -1,113 +1,148 @@
-//! Block checksums: a crc32c of every block of a chunk, kept in a sidecar file beside the
-//! chunk file (`<chunk file name>.crc`), so the chunk file holds exactly the chunk's bytes.
-//! Every read is verified against them, so a flipped bit on disk is an error naming the block,
-//! never data (as 3FS and ZFS keep per-block checksums; crc32c runs at tens of GiB/s with
-//! SSE 4.2).
+//! Block checksums: a crc32c of every block of a chunk, kept in an extended attribute of the
+//! chunk file (`user.pfs.crc32c`), so the chunk file holds exactly the chunk's bytes and no
+//! second inode is needed. Every read is verified against them, so a flipped bit on disk is an
+//! error naming the block, never data (as 3FS and ZFS keep per-block checksums; crc32c runs at
+//! tens of GiB/s with SSE 4.2).
 //!
-//! Sidecar layout: a 16-byte header — magic `PFSCRC01`, the block size (`u32` LE, bytes), a
-//! flags word (`u32` LE) — then one `u32` LE crc32c per block, block `i` at `16 + 4 i`. The
-//! last block covers only the bytes up to the chunk's end.
+//! Value layout: magic `PFSC`, the checksum block size (`u32` LE, bytes), a flags word
+//! (`u32` LE), then one `u32` LE crc32c per block; the last block covers only the bytes up to
+//! the chunk's end. The checksum block is the file's block size, or larger for chunks that
+//! would need more than [`MAX_BLOCKS`] checksums (so the value fits one file-system block).
 //!
-//! Crash consistency. Data and checksums are two files; after a crash either may hold writes
-//! the other lacks. The `CLEAN` flag says both were synced with nothing written since:
-//! - a commit (the chunk's fdatasync) sets it after the data is durable, then syncs the sidecar;
-//! - the first write after that clears it durably (sidecar fdatasync) *before* writing data.
+//! Crash consistency. Data and checksums reach the disk separately; after a crash either may
+//! hold writes the other lacks. The `CLEAN` flag says both were synced with nothing written
+//! since:
+//! - a commit (the chunk's fdatasync) sets it after the data is durable, then fsyncs;
+//! - the first write after that clears it durably (fsync) *before* writing data.
 //!
-//! So a sidecar found clean at start-up matches its data unless the disk damaged one of them,
-//! and a mismatch is corruption. One found dirty (or missing) belongs to a chunk changed since
-//! its last commit: its checksums are rebuilt from the data, which is whatever survived of the
-//! writes no one had fsynced (POSIX allows any of them to be lost).
+//! So checksums found clean at start-up match their data unless the disk damaged one of them,
+//! and a mismatch is corruption. Dirty (or missing) ones belong to a chunk changed since its
+//! last commit: they are rebuilt from the data, which is whatever survived of the writes no one
+//! had fsynced (POSIX allows any of them to be lost).
 
 use crate::engine::{ChunkFiles, ChunkKey};
 use crate::error::{Result, StorageError};
 use parking_lot::Mutex;
-use pfs_common::ids::chunk_file_name;
 use std::collections::HashMap;
-use std::fs::{File, OpenOptions};
+use std::fs::File;
+use std::os::fd::AsRawFd;
 use std::os::unix::fs::FileExt;
-use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-const MAGIC: [u8; 8] = *b"PFSCRC01";
-const HEADER: u64 = 16;
+/// The extended attribute holding a chunk's checksums.
+pub const XATTR: &str = "user.pfs.crc32c";
+const XATTR_C: &[u8] = b"user.pfs.crc32c\0";
+const MAGIC: [u8; 4] = *b"PFSC";
+const HEADER: usize = 12;
 /// Flag: data and checksums were synced together and nothing changed since.
 const CLEAN: u32 = 1;
-/// Checksum block size for chunks whose sidecar is rebuilt without knowing the file's block
-/// size (a sidecar lost or never written), bytes.
-pub const DEFAULT_BLOCK: u32 = 64 << 10;
-/// Open sidecars kept at most.
+/// Most checksums per chunk (2 KiB of value): larger chunks get larger checksum blocks.
+pub const MAX_BLOCKS: u64 = 512;
+/// Open chunk checksum handles kept at most.
 const OPEN_MAX: usize = 1024;
-/// Suffix of sidecar file names.
-pub const SUFFIX: &str = ".crc";
 
-/// The sidecar of one chunk, open.
-pub struct Sidecar {
-    file: File,
+/// The checksum block for a chunk of a file with `block_size`-byte blocks and
+/// `chunk_size`-byte chunks: the block size, doubled until a chunk needs at most
+/// [`MAX_BLOCKS`] checksums.
+pub fn block_for(block_size: u32, chunk_size: u64) -> u32 {
+    let mut b = block_size.max(512) as u64;
+    while chunk_size.div_ceil(b) > MAX_BLOCKS {
+        b *= 2;
+    }
+    b.min(u32::MAX as u64 / 2 + 1) as u32
+}
+
+/// The checksums of one chunk, through its open chunk file.
+pub struct ChunkChecksums {
+    file: Arc<File>,
     /// Checksum block size, bytes (a power of two, at least 512).
     pub block_size: u32,
     clean: AtomicBool,
-    path: PathBuf,
+    what: String,
 }
 
-/// The sidecars of one data directory.
-pub struct Sidecars {
+/// The chunk checksums of one data directory.
+pub struct Checksums {
     files: Arc<ChunkFiles>,
-    open: Mutex<HashMap<ChunkKey, Arc<Sidecar>>>,
+    open: Mutex<HashMap<ChunkKey, Arc<ChunkChecksums>>>,
 }
 
-fn bad(path: &Path, why: impl std::fmt::Display) -> StorageError {
-    StorageError::io(format!("checksum file {}", path.display()), std::io::Error::other(why.to_string()))
+fn bad(what: &str, why: impl std::fmt::Display) -> StorageError {
+    StorageError::io(format!("the checksums of {what}"), std::io::Error::other(why.to_string()))
 }
 
-impl Sidecars {
-    /// Sidecars beside the chunk files of `files` (new ones taken from its pool of
-    /// precreated files when it has one: creating an inode is the slow part here too).
-    pub fn new(files: Arc<ChunkFiles>) -> Sidecars {
-        Sidecars { files, open: Mutex::new(HashMap::new()) }
+/// The attribute's value, or `None` when the file has none.
+fn get_value(f: &File, what: &str) -> Result<Option<Vec<u8>>> {
+    let mut buf = vec![0u8; HEADER + 4 * MAX_BLOCKS as usize + 64];
+    // SAFETY: the buffer is ours and its length is passed; the name is NUL-terminated.
+    let n = unsafe { libc::fgetxattr(f.as_raw_fd(), XATTR_C.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
+    if n < 0 {
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() == Some(libc::ENODATA) {
+            return Ok(None);
+        }
+        return Err(StorageError::io(format!("reading the checksums of {what}"), e));
+    }
+    buf.truncate(n as usize);
+    Ok(Some(buf))
+}
+
+fn set_value(f: &File, value: &[u8], what: &str) -> Result<()> {
+    // SAFETY: value and name are valid for the call; the name is NUL-terminated.
+    let r = unsafe { libc::fsetxattr(f.as_raw_fd(), XATTR_C.as_ptr().cast(), value.as_ptr().cast(), value.len(), 0) };
+    if r != 0 {
+        return Err(StorageError::io(format!("writing the checksums of {what}"), std::io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+fn header(block_size: u32, flags: u32) -> [u8; HEADER] {
+    let mut h = [0u8; HEADER];
+    h[..4].copy_from_slice(&MAGIC);
+    h[4..8].copy_from_slice(&block_size.to_le_bytes());
+    h[8..12].copy_from_slice(&flags.to_le_bytes());
+    h
+}
+
+impl Checksums {
+    /// Checksums of the chunk files of `files`.
+    pub fn new(files: Arc<ChunkFiles>) -> Checksums {
+        Checksums { files, open: Mutex::new(HashMap::new()) }
     }
 
-    /// The sidecar path of chunk `key`.
-    pub fn path(&self, key: ChunkKey) -> PathBuf {
-        self.files.dir().join(format!("{}{SUFFIX}", chunk_file_name(key.0, key.1)))
-    }
-
-    /// The sidecar of `key`, opened (blocking, short) if not open. With `create`, a missing
-    /// one is created dirty with block size `create` (before the chunk's first write).
-    /// `None` when it does not exist and `create` is `None`.
+    /// The checksums of chunk `key` (blocking, short). With `create` (a checksum block size,
+    /// before a chunk's first write), a chunk file without them gets an empty dirty set, the
+    /// chunk file being created if needed. `None` when there are none and `create` is `None`
+    /// (or the chunk file does not exist).
     ///
-    /// Errors: Io naming the sidecar, also for a damaged header.
-    pub fn get(&self, key: ChunkKey, create: Option<u32>) -> Result<Option<Arc<Sidecar>>> {
+    /// Errors: Io naming the chunk, also for a damaged value.
+    pub fn get(&self, key: ChunkKey, create: Option<u32>) -> Result<Option<Arc<ChunkChecksums>>> {
         if let Some(s) = self.open.lock().get(&key) {
             return Ok(Some(s.clone()));
         }
-        let path = self.path(key);
-        let io = |what: &str, e| StorageError::io(format!("{what} checksum file {}", path.display()), e);
-        let file = match OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => match create {
+        let what = ChunkFiles::describe(key);
+        let Some(file) = self.files.open(key, create.is_some())? else { return Ok(None) };
+        let (block_size, flags) = match get_value(&file, &what)? {
+            Some(v) => {
+                if v.len() < HEADER || v[..4] != MAGIC || !(v.len() - HEADER).is_multiple_of(4) {
+                    return Err(bad(&what, format!("a damaged value of {} bytes", v.len())));
+                }
+                let block_size = u32::from_le_bytes(v[4..8].try_into().expect("4 bytes"));
+                if block_size < 512 || !block_size.is_power_of_two() {
+                    return Err(bad(&what, format!("block size {block_size} is not a power of two of at least 512")));
+                }
+                (block_size, u32::from_le_bytes(v[8..12].try_into().expect("4 bytes")))
+            }
+            None => match create {
                 None => return Ok(None),
                 Some(block_size) => {
-                    let adopted = self.files.adopt_precreated(&path);
-                    let f = OpenOptions::new().read(true).write(true).create(!adopted).truncate(true).open(&path);
-                    let f = f.map_err(|e| io("creating", e))?;
-                    f.write_all_at(&header(block_size, 0), 0).map_err(|e| io("writing", e))?;
-                    f
+                    set_value(&file, &header(block_size, 0), &what)?;
+                    (block_size, 0)
                 }
             },
-            Err(e) => return Err(io("opening", e)),
         };
-        let mut h = [0u8; HEADER as usize];
-        file.read_exact_at(&mut h, 0).map_err(|e| io("reading the header of", e))?;
-        if h[..8] != MAGIC {
-            return Err(bad(&path, "not a pfs checksum file (bad magic)"));
-        }
-        let block_size = u32::from_le_bytes(h[8..12].try_into().expect("4 bytes"));
-        if block_size < 512 || !block_size.is_power_of_two() {
-            return Err(bad(&path, format!("block size {block_size} is not a power of two of at least 512")));
-        }
-        let flags = u32::from_le_bytes(h[12..16].try_into().expect("4 bytes"));
-        let s = Arc::new(Sidecar { file, block_size, clean: AtomicBool::new(flags & CLEAN != 0), path });
+        let s = Arc::new(ChunkChecksums { file, block_size, clean: AtomicBool::new(flags & CLEAN != 0), what });
         let mut open = self.open.lock();
         if open.len() >= OPEN_MAX {
             open.clear();
@@ -115,55 +150,36 @@ impl Sidecars {
         Ok(Some(open.entry(key).or_insert(s).clone()))
     }
 
-    /// Removes the sidecar of `key` (its chunk was removed). A missing one is fine.
-    ///
-    /// Errors: Io.
+    /// Forgets the open handle of `key` (its chunk file was removed; the checksums went with it).
     pub fn remove(&self, key: ChunkKey) -> Result<()> {
         self.open.lock().remove(&key);
-        match std::fs::remove_file(self.path(key)) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(StorageError::io(format!("removing {}", self.path(key).display()), e)),
-        }
+        Ok(())
     }
 
-    /// Writes the checksums of every block of `chunk` (the chunk file, read in full) into a
-    /// fresh dirty sidecar with `block_size` (blocking). Used at start-up for chunks whose
-    /// sidecar is dirty or missing.
+    /// Writes fresh dirty checksums of every block of `chunk` (read in full), with
+    /// `block_size` (blocking). Used at start-up for chunks whose checksums are dirty or missing.
     ///
-    /// Errors: Io naming the chunk or sidecar.
+    /// Errors: Io naming the chunk.
     pub fn rebuild(&self, key: ChunkKey, chunk: &File, block_size: u32) -> Result<()> {
         self.open.lock().remove(&key);
-        let path = self.path(key);
-        let tmp = path.with_extension("crc.tmp");
-        let io = |what: &str, e| StorageError::io(format!("{what} {}", tmp.display()), e);
-        let out = File::create(&tmp).map_err(|e| io("creating", e))?;
-        let mut bytes = header(block_size, 0).to_vec();
+        let what = ChunkFiles::describe(key);
+        let mut value = header(block_size, 0).to_vec();
         let mut buf = vec![0u8; block_size as usize];
         let mut off = 0u64;
         loop {
-            let n = read_full(chunk, &mut buf, off).map_err(|e| io("reading the chunk for", e))?;
+            let n = read_full(chunk, &mut buf, off)
+                .map_err(|e| StorageError::io(format!("reading {what} to rebuild its checksums"), e))?;
             if n == 0 {
                 break;
             }
-            bytes.extend_from_slice(&crc32c::crc32c(&buf[..n]).to_le_bytes());
+            value.extend_from_slice(&crc32c::crc32c(&buf[..n]).to_le_bytes());
             off += n as u64;
             if n < buf.len() {
                 break;
             }
         }
-        out.write_all_at(&bytes, 0).map_err(|e| io("writing", e))?;
-        std::fs::rename(&tmp, &path).map_err(|e| io("renaming", e))?;
-        Ok(())
+        set_value(chunk, &value, &what)
     }
-}
-
-fn header(block_size: u32, flags: u32) -> [u8; HEADER as usize] {
-    let mut h = [0u8; HEADER as usize];
-    h[..8].copy_from_slice(&MAGIC);
-    h[8..12].copy_from_slice(&block_size.to_le_bytes());
-    h[12..16].copy_from_slice(&flags.to_le_bytes());
-    h
 }
 
 /// Reads up to `buf.len()` bytes at `off`, fewer only at end of file.
@@ -180,9 +196,10 @@ fn read_full(f: &File, buf: &mut [u8], off: u64) -> std::io::Result<usize> {
     Ok(n)
 }
 
-impl Sidecar {
-    fn io(&self, what: &str, e: std::io::Error) -> StorageError {
-        StorageError::io(format!("{what} checksum file {}", self.path.display()), e)
+impl ChunkChecksums {
+    /// The current value (header and checksums).
+    fn value(&self) -> Result<Vec<u8>> {
+        get_value(&self.file, &self.what)?.ok_or_else(|| bad(&self.what, "they disappeared"))
     }
 
     /// Whether data and checksums were synced together with nothing written since.
@@ -190,44 +207,62 @@ impl Sidecar {
         self.clean.load(Ordering::Acquire)
     }
 
-    /// Sets or clears the clean flag and fdatasyncs the sidecar (blocking).
+    /// Sets or clears the clean flag and fsyncs the chunk file (blocking): an extended
+    /// attribute is metadata, which fdatasync need not write.
     ///
     /// Errors: Io.
     pub fn set_clean(&self, clean: bool) -> Result<()> {
+        let mut v = self.value()?;
         let flags = if clean { CLEAN } else { 0 };
-        self.file.write_all_at(&flags.to_le_bytes(), 12).map_err(|e| self.io("writing", e))?;
-        self.file.sync_data().map_err(|e| self.io("syncing", e))?;
+        v[8..12].copy_from_slice(&flags.to_le_bytes());
+        set_value(&self.file, &v, &self.what)?;
+        self.file.sync_all().map_err(|e| StorageError::io(format!("syncing the checksums of {}", self.what), e))?;
         self.clean.store(clean, Ordering::Release);
         Ok(())
     }
 
-    /// The checksums of blocks `first .. first + count`; a block past the sidecar's end reads
-    /// as `None` (a block never written).
+    /// The checksums of blocks `first .. first + count`; a block past the end reads as `None`
+    /// (a block never written).
     ///
     /// Errors: Io.
     pub fn read(&self, first: u64, count: usize) -> Result<Vec<Option<u32>>> {
-        let mut raw = vec![0u8; count * 4];
-        let n = read_full(&self.file, &mut raw, HEADER + first * 4).map_err(|e| self.io("reading", e))?;
-        Ok(raw
-            .chunks_exact(4)
-            .enumerate()
-            .map(|(i, c)| (i * 4 + 4 <= n).then(|| u32::from_le_bytes(c.try_into().expect("4 bytes"))))
+        let v = self.value()?;
+        let crcs = &v[HEADER..];
+        Ok((0..count as u64)
+            .map(|i| {
+                let at = ((first + i) * 4) as usize;
+                crcs.get(at..at + 4).map(|c| u32::from_le_bytes(c.try_into().expect("4 bytes")))
+            })
             .collect())
     }
 
     /// Stores the checksums of blocks `first ..` in order.
     ///
-    /// Errors: Io.
+    /// Errors: Invalid past [`MAX_BLOCKS`] (cannot happen for blocks chosen by [`block_for`]);
+    /// Io.
     pub fn write(&self, first: u64, crcs: &[u32]) -> Result<()> {
-        let bytes: Vec<u8> = crcs.iter().flat_map(|c| c.to_le_bytes()).collect();
-        self.file.write_all_at(&bytes, HEADER + first * 4).map_err(|e| self.io("writing", e))
+        if first + crcs.len() as u64 > MAX_BLOCKS * 2 {
+            return Err(bad(&self.what, format!("block {} is past the most a chunk has", first + crcs.len() as u64)));
+        }
+        let mut v = self.value()?;
+        let end = HEADER + (first as usize + crcs.len()) * 4;
+        if v.len() < end {
+            v.resize(end, 0);
+        }
+        for (i, c) in crcs.iter().enumerate() {
+            let at = HEADER + (first as usize + i) * 4;
+            v[at..at + 4].copy_from_slice(&c.to_le_bytes());
+        }
+        set_value(&self.file, &v, &self.what)
     }
 
     /// Keeps the checksums of the first `blocks` blocks only (the chunk was cut).
     ///
     /// Errors: Io.
     pub fn truncate(&self, blocks: u64) -> Result<()> {
-        self.file.set_len(HEADER + blocks * 4).map_err(|e| self.io("truncating", e))
+        let mut v = self.value()?;
+        v.truncate(HEADER + blocks as usize * 4);
+        set_value(&self.file, &v, &self.what)
     }
 }
 
@@ -257,9 +292,8 @@ pub fn block_crcs(
                 return Ok(crc32c::crc32c(&data[(start - offset) as usize..(stop - offset) as usize]));
             }
             buf.resize((stop - start) as usize, 0);
-            let n = read_full(chunk, &mut buf, start).map_err(|e| {
-                StorageError::io(format!("reading back block {b} of {}", crate::engine::ChunkFiles::describe(key)), e)
-            })?;
+            let n = read_full(chunk, &mut buf, start)
+                .map_err(|e| StorageError::io(format!("reading back block {b} of {}", ChunkFiles::describe(key)), e))?;
             // A block the file does not reach yet reads as zeros (a hole).
             buf[n..].fill(0);
             Ok(crc32c::crc32c(&buf))

@@ -187,13 +187,6 @@ impl ChunkFiles {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Renames a precreated empty file to `path` (a new chunk's checksum file), as chunk files
-    /// are adopted at their first write. False when the pool is empty or absent: then create
-    /// the file.
-    pub fn adopt_precreated(&self, path: &Path) -> bool {
-        self.precreated.as_ref().is_some_and(|p| p.adopt(path))
-    }
-
     /// The data directory.
     pub fn dir(&self) -> &Path {
         &self.dir

@@ -6,7 +6,7 @@
 //! by listing the directory. All of it sits behind one mutex so that the index, the hash
 //! state and the queue of reports to pfs-meta always agree.
 
-use crate::checksums::{self, Sidecar, Sidecars};
+use crate::checksums::{self, Checksums, ChunkChecksums};
 use crate::engine::{blocking, ChunkFiles, ChunkKey, Engine};
 use crate::error::{Result, StorageError};
 use crate::meta_link::Reporter;
@@ -173,7 +173,7 @@ pub struct ChunkStore {
     /// Sessions whose writes are refused.
     pub fence: crate::fence::Fence,
     /// Block checksums of every chunk.
-    pub(crate) sidecars: Sidecars,
+    pub(crate) checksums: Checksums,
     /// This process's boot id (random, never 0), answered with every write.
     pub boot: u64,
     locks: Vec<tokio::sync::RwLock<()>>,
@@ -202,8 +202,8 @@ impl ChunkStore {
             state.index.len(),
             engine.files().dir().display()
         );
-        let sidecars = Sidecars::new(engine.files().clone());
-        let rebuilt = rebuild_dirty_checksums(&sidecars, engine.files(), &listed).map_err(|e| e.on(id))?;
+        let checksums = Checksums::new(engine.files().clone());
+        let rebuilt = rebuild_dirty_checksums(&checksums, engine.files(), &listed).map_err(|e| e.on(id))?;
         if rebuilt > 0 {
             info!("{id}: rebuilt the block checksums of {rebuilt} chunks changed since their last commit");
         }
@@ -219,7 +219,7 @@ impl ChunkStore {
             hash_rereads: AtomicU64::new(0),
             reporter: Reporter::new(id),
             fence: crate::fence::Fence::new(id),
-            sidecars,
+            checksums,
             boot: new_boot_id(),
             locks: (0..CHUNK_LOCKS).map(|_| tokio::sync::RwLock::new(())).collect(),
         }))
@@ -230,13 +230,13 @@ impl ChunkStore {
         &self.locks[(h % CHUNK_LOCKS as u64) as usize]
     }
 
-    /// The sidecar of an existing chunk; a chunk without one has lost its checksums.
-    fn sidecar_of(&self, key: ChunkKey) -> Result<Arc<Sidecar>> {
-        self.sidecars.get(key, None).map_err(|e| e.on(self.id))?.ok_or_else(|| StorageError::Corrupt {
+    /// The checksums of an existing chunk; a chunk without them has lost them.
+    fn checksums_of(&self, key: ChunkKey) -> Result<Arc<ChunkChecksums>> {
+        self.checksums.get(key, None).map_err(|e| e.on(self.id))?.ok_or_else(|| StorageError::Corrupt {
             server: self.id,
             file: key.0,
             chunk: key.1,
-            what: "its block checksum file is missing".into(),
+            what: "its block checksums are missing".into(),
         })
     }
 
@@ -333,10 +333,11 @@ impl ChunkStore {
         }
         let _chunk_lock = self.lock_of(key).write().await;
         // Created before the chunk's first byte, so a chunk never exists without checksums.
-        let sidecar = self.sidecars.get(key, Some(block_size)).map_err(|e| e.on(self.id))?.expect("created");
-        if sidecar.is_clean() {
+        let checksum_block = checksums::block_for(block_size, chunk_size);
+        let sums = self.checksums.get(key, Some(checksum_block)).map_err(|e| e.on(self.id))?.expect("created");
+        if sums.is_clean() {
             // Durably dirty before the data changes (see `checksums`).
-            let s = sidecar.clone();
+            let s = sums.clone();
             blocking(move || s.set_clean(false)).await.map_err(|e| e.on(self.id))?;
         }
         let (existed, running, old_len) = {
@@ -358,7 +359,7 @@ impl ChunkStore {
                 return Err(e.on(self.id));
             }
         };
-        if let Err(e) = self.update_checksums(key, &sidecar, old_len, offset, &data) {
+        if let Err(e) = self.update_checksums(key, &sums, old_len, offset, &data) {
             if running.is_some() {
                 self.state.lock().running.insert(key, Running::Invalid);
             }
@@ -401,8 +402,15 @@ impl ChunkStore {
     /// Stores the checksums of the blocks a write of `data` at `offset` changed, in a chunk
     /// that was `old_len` bytes long: the blocks it covers, and those of a gap it left. Whole
     /// blocks are summed from `data`; partial ones are read back (page cache; short).
-    fn update_checksums(&self, key: ChunkKey, sidecar: &Sidecar, old_len: u64, offset: u64, data: &[u8]) -> Result<()> {
-        let bs = sidecar.block_size as u64;
+    fn update_checksums(
+        &self,
+        key: ChunkKey,
+        sums: &ChunkChecksums,
+        old_len: u64,
+        offset: u64,
+        data: &[u8],
+    ) -> Result<()> {
+        let bs = sums.block_size as u64;
         let end = offset + data.len() as u64;
         let (first, last) = (offset.min(old_len) / bs, (end - 1) / bs);
         let file = self.engine.files().open(key, false).map_err(|e| e.on(self.id))?.ok_or_else(|| {
@@ -412,18 +420,18 @@ impl ChunkStore {
             )
             .on(self.id)
         })?;
-        let crcs = checksums::block_crcs(&file, sidecar.block_size, first, last, old_len.max(end), offset, data, key)
+        let crcs = checksums::block_crcs(&file, sums.block_size, first, last, old_len.max(end), offset, data, key)
             .map_err(|e| e.on(self.id))?;
-        sidecar.write(first, &crcs).map_err(|e| e.on(self.id))
+        sums.write(first, &crcs).map_err(|e| e.on(self.id))
     }
 
     /// Checks the blocks read (`data`, starting at block-aligned `start`) against the chunk's
     /// checksums. Errors: Corrupt naming the first bad block.
-    fn verify(&self, key: ChunkKey, sidecar: &Sidecar, start: u64, data: &[u8]) -> Result<()> {
-        let bs = sidecar.block_size as usize;
+    fn verify(&self, key: ChunkKey, sums: &ChunkChecksums, start: u64, data: &[u8]) -> Result<()> {
+        let bs = sums.block_size as usize;
         let first = start / bs as u64;
         let blocks = data.len().div_ceil(bs);
-        let crcs = sidecar.read(first, blocks).map_err(|e| e.on(self.id))?;
+        let crcs = sums.read(first, blocks).map_err(|e| e.on(self.id))?;
         for (i, (bytes, want)) in data.chunks(bs).zip(crcs).enumerate() {
             let b = first + i as u64;
             let got = crc32c::crc32c(bytes);
@@ -475,17 +483,17 @@ impl ChunkStore {
         }
         let _chunk_lock = self.lock_of(key).read().await;
         let indexed = self.state.lock().index.get(&file).and_then(|m| m.get(&chunk)).map(|e| e.len);
-        let sidecar = match indexed {
-            Some(_) => Some(self.sidecar_of(key)?),
+        let sums = match indexed {
+            Some(_) => Some(self.checksums_of(key)?),
             None => None,
         };
         // Whole checksum blocks are read and verified; the bytes asked for are cut out.
-        let bs = sidecar.as_ref().map_or(1, |s| s.block_size as u64);
+        let bs = sums.as_ref().map_or(1, |s| s.block_size as u64);
         let start = offset / bs * bs;
         let stop = (offset + len as u64).div_ceil(bs) * bs;
         let data = self.engine.read(key, start, pool::global().get((stop - start) as usize)).await;
         let data = data.map_err(|e| e.on(self.id))?;
-        let data = match (data, &sidecar) {
+        let data = match (data, &sums) {
             (Some(d), Some(s)) => {
                 self.verify(key, s, start, &d)?;
                 Some(cut(d, (offset - start) as usize, len as usize))
@@ -527,18 +535,18 @@ impl ChunkStore {
             let _chunk_lock = self.lock_of(key).write().await;
             if start >= size {
                 self.engine.remove(key).await.map_err(|e| e.on(self.id))?;
-                self.sidecars.remove(key).map_err(|e| e.on(self.id))?;
+                self.checksums.remove(key).map_err(|e| e.on(self.id))?;
                 removed.push(chunk);
             } else if size - start < len {
                 let new_len = size - start;
-                let sidecar = self.sidecar_of(key)?;
+                let sums = self.checksums_of(key)?;
                 let cut_checksums = {
-                    let s = sidecar.clone();
+                    let s = sums.clone();
                     let bs = s.block_size as u64;
                     let file = self.engine.files().open(key, false).map_err(|e| e.on(self.id))?;
                     move || {
                         // Dirty first (durably), then cut the data and sync it, then the
-                        // checksums: a crash in between leaves a dirty sidecar, rebuilt at start.
+                        // checksums: a crash in between leaves them dirty, rebuilt at start.
                         s.set_clean(false)?;
                         if let Some(f) = &file {
                             f.set_len(new_len).map_err(|e| {
@@ -605,7 +613,7 @@ impl ChunkStore {
         for &chunk in &chunks {
             let key = (file, chunk);
             let _chunk_lock = self.lock_of(key).write().await;
-            if let Err(e) = self.engine.remove(key).await.and_then(|()| self.sidecars.remove(key)) {
+            if let Err(e) = self.engine.remove(key).await.and_then(|()| self.checksums.remove(key)) {
                 // Keep the index true to the disk: forget what is gone, then fail.
                 let done: Vec<_> = chunks.iter().copied().take_while(|c| *c != chunk).collect();
                 self.forget(file, &done);
@@ -776,7 +784,7 @@ impl ChunkStore {
         if current != Some(version) {
             return Ok(()); // written again since: still dirty
         }
-        match self.sidecars.get(key, None).map_err(|e| e.on(self.id))? {
+        match self.checksums.get(key, None).map_err(|e| e.on(self.id))? {
             Some(s) if !s.is_clean() => blocking(move || s.set_clean(true)).await.map_err(|e| e.on(self.id)),
             _ => Ok(()),
         }
@@ -888,22 +896,24 @@ fn cut(mut buf: PooledBuf, skip: usize, len: usize) -> PooledBuf {
     out
 }
 
-/// Rebuilds the checksums of listed chunks whose sidecar is dirty (changed since the last
+/// Rebuilds the checksums of listed chunks whose checksums are dirty (changed since the last
 /// commit), missing or unreadable; returns how many (blocking; start-up only).
-fn rebuild_dirty_checksums(sidecars: &Sidecars, files: &ChunkFiles, listed: &[(ChunkKey, u64)]) -> Result<usize> {
+fn rebuild_dirty_checksums(checksums: &Checksums, files: &ChunkFiles, listed: &[(ChunkKey, u64)]) -> Result<usize> {
     let mut rebuilt = 0;
-    for (key, _) in listed {
-        let block_size = match sidecars.get(*key, None) {
+    for (key, len) in listed {
+        // Without checksums to say the file's block size, the cluster's default one.
+        let fallback = checksums::block_for(64 << 10, *len);
+        let block_size = match checksums.get(*key, None) {
             Ok(Some(s)) if s.is_clean() => continue,
             Ok(Some(s)) => s.block_size,
-            Ok(None) => checksums::DEFAULT_BLOCK,
+            Ok(None) => fallback,
             Err(e) => {
-                warn!("{e}; rebuilding it from the chunk's data");
-                checksums::DEFAULT_BLOCK
+                warn!("{e}; rebuilding them from the chunk's data");
+                fallback
             }
         };
         let Some(file) = files.open(*key, false)? else { continue };
-        sidecars.rebuild(*key, &file, block_size)?;
+        checksums.rebuild(*key, &file, block_size)?;
         rebuilt += 1;
     }
     Ok(rebuilt)

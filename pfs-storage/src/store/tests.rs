@@ -35,19 +35,18 @@ async fn chunk_files_are_named_by_id_and_index() {
     let dir = tempfile::tempdir().unwrap();
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
     s.write(FileId(0xabc), 17, 5, CS, 4096, buf(b"data")).await.unwrap();
-    let mut names = entries(dir.path());
-    names.sort();
-    assert_eq!(names, ["0000000000000abc_chunk_17", "0000000000000abc_chunk_17.crc"]);
-    assert_eq!(std::fs::read(dir.path().join(&names[0])).unwrap(), b"\0\0\0\0\0data");
-    // The sidecar: header (magic, block size, flags: dirty) and one crc32c of the only block.
-    let sidecar = std::fs::read(dir.path().join(&names[1])).unwrap();
-    assert_eq!(&sidecar[..8], b"PFSCRC01");
-    assert_eq!(sidecar[8..12], 4096u32.to_le_bytes());
-    assert_eq!(sidecar[12..16], 0u32.to_le_bytes());
-    assert_eq!(sidecar[16..], crc32c::crc32c(b"\0\0\0\0\0data").to_le_bytes());
+    let names = entries(dir.path());
+    assert_eq!(names, ["0000000000000abc_chunk_17"]);
+    let path = dir.path().join(&names[0]);
+    assert_eq!(std::fs::read(&path).unwrap(), b"\0\0\0\0\0data");
+    // Its checksums: header (magic, block size, flags: dirty) and one crc32c of the only block.
+    let sums = xattr(&path);
+    assert_eq!(&sums[..4], b"PFSC");
+    assert_eq!(sums[4..8], 4096u32.to_le_bytes());
+    assert_eq!(sums[8..12], 0u32.to_le_bytes());
+    assert_eq!(sums[12..], crc32c::crc32c(b"\0\0\0\0\0data").to_le_bytes());
     s.make_durable(FileId(0xabc)).await.unwrap();
-    let sidecar = std::fs::read(dir.path().join(&names[1])).unwrap();
-    assert_eq!(sidecar[12..16], 1u32.to_le_bytes(), "clean once synced");
+    assert_eq!(xattr(&path)[8..12], 1u32.to_le_bytes(), "clean once synced");
     let (data, len) = s.read(FileId(0xabc), 17, 3, 100).await.unwrap();
     assert_eq!((&data[..], len), (&b"\0\0data"[..], 9));
     // A hole: empty payload, length 0.
@@ -69,7 +68,29 @@ async fn writes_beyond_the_chunk_are_refused() {
     let e = s.write(FileId(7), 0, 0, CS, 1000, buf(b"abc")).await.unwrap_err();
     assert!(matches!(e, StorageError::Invalid { .. }), "a block size that is no power of two: {e}");
     s.write(FileId(7), 2, CS - 3, CS, 4096, buf(b"abc")).await.unwrap();
-    assert_eq!(entries(dir.path()).len(), 2, "one chunk file and its checksums");
+    assert_eq!(entries(dir.path()).len(), 1, "one chunk file, its checksums inside");
+}
+
+/// The checksum attribute of a chunk file.
+fn xattr(path: &Path) -> Vec<u8> {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(checksums::XATTR).unwrap();
+    let mut buf = vec![0u8; 4096];
+    // SAFETY: valid NUL-terminated strings and a buffer of the length passed.
+    let n = unsafe { libc::getxattr(p.as_ptr(), name.as_ptr(), buf.as_mut_ptr().cast(), buf.len()) };
+    assert!(n >= 0, "getxattr {}: {}", path.display(), std::io::Error::last_os_error());
+    buf.truncate(n as usize);
+    buf
+}
+
+fn set_xattr(path: &Path, value: &[u8]) {
+    use std::os::unix::ffi::OsStrExt;
+    let p = std::ffi::CString::new(path.as_os_str().as_bytes()).unwrap();
+    let name = std::ffi::CString::new(checksums::XATTR).unwrap();
+    // SAFETY: valid NUL-terminated strings and a value of the length passed.
+    let r = unsafe { libc::setxattr(p.as_ptr(), name.as_ptr(), value.as_ptr().cast(), value.len(), 0) };
+    assert_eq!(r, 0, "setxattr {}: {}", path.display(), std::io::Error::last_os_error());
 }
 
 /// Flips one bit of byte `at` of a chunk file on disk.
@@ -105,7 +126,7 @@ async fn a_flipped_bit_fails_the_read_naming_the_block() {
     // Blocks before and after it still read.
     assert_eq!(&s.read(f, 0, 0, 4096).await.unwrap().0[..], &data[..4096]);
     assert_eq!(&s.read(f, 0, 3 * 4096, 100).await.unwrap().0[..], &data[3 * 4096..3 * 4096 + 100]);
-    // Also after a restart: the sidecar is clean, so its checksums are trusted.
+    // Also after a restart: the checksums are clean, so they are trusted.
     drop(s);
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
     assert!(matches!(s.read(f, 0, 2 * 4096, 10).await, Err(StorageError::Corrupt { .. })));
@@ -122,14 +143,14 @@ async fn checksums_of_chunks_changed_since_their_commit_are_rebuilt_at_start() {
     s.write(f, 0, 0, CS, 4096, buf(&[1; 8192])).await.unwrap();
     s.make_durable(f).await.unwrap();
     // Written again without a commit, then the checksums lag the data (as a crash between
-    // the data write and the sidecar write leaves them): simulated by damaging the sidecar.
+    // the data write and the checksum update leaves them): simulated by damaging them.
     s.write(f, 0, 0, CS, 4096, buf(&[2; 100])).await.unwrap();
     drop(s);
-    let sidecar = dir.path().join(format!("{}.crc", pfs_common::ids::chunk_file_name(f, 0)));
-    let mut bytes = std::fs::read(&sidecar).unwrap();
-    assert_eq!(bytes[12..16], 0u32.to_le_bytes(), "dirty: written since the last commit");
-    bytes[16] ^= 0xff;
-    std::fs::write(&sidecar, &bytes).unwrap();
+    let path = dir.path().join(pfs_common::ids::chunk_file_name(f, 0));
+    let mut bytes = xattr(&path);
+    assert_eq!(bytes[8..12], 0u32.to_le_bytes(), "dirty: written since the last commit");
+    bytes[12] ^= 0xff;
+    set_xattr(&path, &bytes);
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
     let mut want = vec![2u8; 100];
     want.extend_from_slice(&[1; 8092]);
@@ -309,7 +330,7 @@ async fn truncate_and_remove() {
     assert!(!s.chunk_path(FileId(9), 2).exists());
     s.remove(FileId(9)).await.unwrap();
     assert!(s.chunks_of(FileId(9)).is_empty());
-    assert_eq!(entries(dir.path()).len(), 0, "chunk files and their sidecars are gone");
+    assert_eq!(entries(dir.path()).len(), 0, "chunk files and their checksums are gone");
     let outbox = &s.state.lock().outbox;
     assert!(outbox.values().filter(|c| c.removed).count() == 4);
 }
