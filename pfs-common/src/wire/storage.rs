@@ -31,8 +31,9 @@ pub struct WriteChunk {
     pub chunk: ChunkIndex,
     pub offset: u64,
     pub chunk_size: u64,
-    /// The file's block size, bytes: the granularity of the chunk's checksums (a power of two,
-    /// at least 512, at most `chunk_size`); fixed when the chunk is created.
+    /// The file's block size, bytes (a power of two, 512 bytes to 64 MiB): the granularity of
+    /// the chunk's checksums (doubled for chunks that would need more than 512), fixed when the
+    /// chunk is created.
     pub block_size: u32,
     pub session: SessionId,
 }
