@@ -76,6 +76,7 @@ async fn a_pending_fence_stalls_nothing_unrelated() {
     let cluster = LocalCluster::start_with(4, |c| {
         c.tokens.fence_timeout_ms = 600_000;
         c.timeouts.server_down_ms = 600_000;
+        c.timeouts.idle_ms = 1_200_000;
     })
     .await
     .unwrap();

@@ -116,11 +116,29 @@ pub struct Timeouts {
     /// servers' lease: a server refuses writes once half of it has passed since it sent the
     /// last heartbeat pfs-meta accepted.
     pub server_down_ms: u64,
+    /// A server closes a connection (after its handshake) that sent no frame for this long
+    /// and has no request in flight. Clients reopen storage connections as needed. At least
+    /// [`IDLE_MIN_FACTOR`] times `tokens.lease_ms` and `server_down_ms`: pfs-meta evicts the
+    /// session of a client whose connection closes, and marks a storage server down, so the
+    /// keep-alives (every third of the lease) and heartbeats must keep those connections busy
+    /// with room to spare. Default 10 minutes.
+    pub idle_ms: u64,
 }
+
+/// `timeouts.idle_ms` must be at least this many times `tokens.lease_ms` and
+/// `timeouts.server_down_ms` (see [`Timeouts::idle_ms`]).
+pub const IDLE_MIN_FACTOR: u64 = 2;
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect_ms: 2_000, request_ms: 30_000, heartbeat_ms: 500, server_down_ms: 3_000 }
+        Timeouts { connect_ms: 2_000, request_ms: 30_000, heartbeat_ms: 500, server_down_ms: 3_000, idle_ms: 600_000 }
+    }
+}
+
+impl Timeouts {
+    /// The idle timeout servers apply to their connections.
+    pub fn idle(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.idle_ms)
     }
 }
 
@@ -198,6 +216,21 @@ impl Config {
         }
         if self.timeouts.heartbeat_ms == 0 || self.timeouts.server_down_ms <= self.timeouts.heartbeat_ms {
             return Err(Error::Config("timeouts: server_down_ms must exceed heartbeat_ms > 0".into()));
+        }
+        // An idle close of a live client's or storage server's connection would evict the
+        // client or mark the server down: their keep-alives and heartbeats must come well
+        // within the idle timeout.
+        let busiest = t.lease_ms.max(self.timeouts.server_down_ms);
+        if self.timeouts.idle_ms < busiest.saturating_mul(IDLE_MIN_FACTOR) {
+            return Err(Error::Config(format!(
+                "timeouts: idle_ms = {} is too short: it must be at least {IDLE_MIN_FACTOR} x the larger of \
+                 tokens.lease_ms ({}) and timeouts.server_down_ms ({}), that is {} ms, or live clients' and \
+                 storage servers' connections would be closed (evicting the clients)",
+                self.timeouts.idle_ms,
+                t.lease_ms,
+                self.timeouts.server_down_ms,
+                busiest.saturating_mul(IDLE_MIN_FACTOR)
+            )));
         }
         Ok(())
     }
@@ -281,6 +314,25 @@ mod tests {
         cfg.storage[1].id = ServerId(1);
         let err = Config::from_toml(&cfg.to_toml()).unwrap_err();
         assert!(matches!(err, Error::Config(_)), "{err}");
+    }
+
+    #[test]
+    fn idle_timeout_must_exceed_lease_and_heartbeats() {
+        let mut cfg = Config::local(Path::new("/tmp/x"), 7400, 1);
+        assert_eq!(cfg.timeouts.idle_ms, 600_000, "10 minutes by default");
+        cfg.validate().unwrap();
+        cfg.tokens.lease_ms = 5_000;
+        cfg.timeouts.idle_ms = 9_999;
+        let shown = cfg.validate().unwrap_err().to_string();
+        assert!(shown.contains("idle_ms = 9999") && shown.contains("lease_ms (5000)"), "{shown}");
+        cfg.timeouts.idle_ms = 10_000;
+        cfg.validate().unwrap();
+        cfg.timeouts.server_down_ms = 6_000;
+        let e = cfg.validate().unwrap_err();
+        assert!(matches!(&e, Error::Config(m) if m.contains("server_down_ms (6000)")), "{e}");
+        // Read from a file's [timeouts] section.
+        let text = cfg.to_toml().replace("idle_ms = 10000", "idle_ms = 12000");
+        assert_eq!(Config::from_toml(&text).unwrap().timeouts.idle_ms, 12_000);
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! peer's role. A frame whose header is bad (wrong magic, a length over the limit) gets an
 //! error answer and the connection is closed; a well-framed request whose body does not
 //! decode gets an error answer and the connection stays usable. Either way the server logs it
-//! and keeps serving everyone else.
+//! and keeps serving everyone else. A connection idle past [`ServeOptions::idle_timeout`]
+//! (no frame received, no request in flight) is closed, so abandoned peers do not hold
+//! sockets and memory for ever.
 //!
 //! An [`RpcClient`] is typed by the request enum of the server's service(s), so only calls
 //! that server answers can be sent on it, and each call's answer decodes as [`Call::Reply`].
@@ -22,10 +24,10 @@ use std::collections::HashMap;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::BufReader;
+use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{mpsc, oneshot, Semaphore};
@@ -408,6 +410,10 @@ pub struct ServeOptions {
     /// Roles allowed to connect.
     pub roles: Vec<PeerRole>,
     pub limits: Limits,
+    /// A connection that completed its handshake is closed once no frame arrived from it for
+    /// this long while none of its requests was in flight (a peer waiting for a slow answer
+    /// is not idle); the peer sees the connection closed. `None`: never.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// Accepts connections on `listener` forever, serving each with `handler`.
@@ -449,8 +455,25 @@ async fn serve_conn<H: Handler>(
     };
     debug!("{}: {:?} {} connected from {addr}", opts.name, peer.role, peer.name);
     let slots = Arc::new(Semaphore::new(MAX_INFLIGHT_PER_CONN));
+    let activity = Arc::new(Activity::new());
     loop {
-        let frame = match read_frame(&mut rd, &opts.limits, pool::global()).await {
+        let read = read_frame(&mut rd, &opts.limits, pool::global());
+        let read = match opts.idle_timeout {
+            None => Some(read.await),
+            Some(idle) => read_unless_idle(read, idle, &activity).await,
+        };
+        let Some(read) = read else {
+            debug!("{}: closing the idle connection of {} ({addr})", opts.name, peer.name);
+            // FIN now: the peer's reader sees the end at once, even while a notifier clone
+            // keeps the socket open a little longer. Not while a notification is being
+            // written (to a peer that may never read it): never wait on the peer here.
+            if let Ok(mut w) = writer.try_lock() {
+                let _ = w.shutdown().await;
+            }
+            break;
+        };
+        activity.touch();
+        let frame = match read {
             Ok(Some(f)) => f,
             Ok(None) => break,
             Err(FrameError::Io(e)) => {
@@ -476,9 +499,12 @@ async fn serve_conn<H: Handler>(
             Ok(req) => {
                 let handler = handler.clone();
                 let peer = peer.clone();
+                let activity = activity.clone();
+                activity.begin();
                 tokio::spawn(async move {
                     let reply = handler.handle(peer, req, frame.payload).await;
                     send_reply(&reply_to, id, reply).await;
+                    activity.end();
                     drop(permit);
                 });
             }
@@ -490,6 +516,67 @@ async fn serve_conn<H: Handler>(
         }
     }
     handler.disconnected(peer).await;
+}
+
+/// When a server connection was last busy, for the idle timeout.
+struct Activity {
+    /// Requests of the connection being handled.
+    in_flight: AtomicUsize,
+    /// When the last frame arrived or the last request was answered.
+    last: Mutex<Instant>,
+}
+
+impl Activity {
+    fn new() -> Activity {
+        Activity { in_flight: AtomicUsize::new(0), last: Mutex::new(Instant::now()) }
+    }
+
+    fn touch(&self) {
+        *self.last.lock() = Instant::now();
+    }
+
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::AcqRel);
+    }
+
+    fn end(&self) {
+        // Touch first: whoever sees no request in flight also sees this answer's time.
+        self.touch();
+        self.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+
+    /// When the connection will have been idle for `idle`, as things stand: with a request in
+    /// flight, not before `idle` after now (its answer will touch `last` again).
+    fn idle_at(&self, idle: Duration) -> Instant {
+        if self.in_flight.load(Ordering::Acquire) > 0 {
+            Instant::now() + idle
+        } else {
+            *self.last.lock() + idle
+        }
+    }
+
+    fn is_idle(&self, idle: Duration) -> bool {
+        self.in_flight.load(Ordering::Acquire) == 0 && self.last.lock().elapsed() >= idle
+    }
+}
+
+/// Waits for `read` (the next frame) unless the connection is idle for `idle` first: then
+/// `None`. `read` is polled to its end or dropped with the connection, never restarted, so
+/// a frame arriving slowly is not torn.
+async fn read_unless_idle<F: Future>(read: F, idle: Duration, activity: &Activity) -> Option<F::Output> {
+    tokio::pin!(read);
+    loop {
+        let at = activity.idle_at(idle);
+        tokio::select! {
+            biased;
+            r = &mut read => return Some(r),
+            () = tokio::time::sleep_until(at.into()) => {
+                if activity.is_idle(idle) {
+                    return None;
+                }
+            }
+        }
+    }
 }
 
 async fn send_reply(writer: &tokio::sync::Mutex<OwnedWriteHalf>, id: u64, reply: Reply) {
@@ -552,4 +639,99 @@ pub async fn bind(addr: SocketAddr, what: &str) -> Result<TcpListener> {
     let l = TcpListener::bind(addr).await.map_err(|e| Error::io(format!("{what}: binding {addr}"), e))?;
     info!("{what} listening on {}", l.local_addr().map(|a| a.to_string()).unwrap_or_default());
     Ok(l)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ids::ServerId;
+    use crate::wire::storage::{GetStatus, StorageRequest, StorageStatus};
+    use tokio::io::AsyncWriteExt;
+
+    /// Answers every call after `delay`.
+    struct Slow {
+        delay: Duration,
+    }
+
+    impl Handler for Slow {
+        type Request = StorageRequest;
+
+        async fn handle(self: Arc<Self>, _peer: Peer, _req: StorageRequest, _payload: PooledBuf) -> Reply {
+            tokio::time::sleep(self.delay).await;
+            let status =
+                StorageStatus { id: ServerId(1), capacity_bytes: 0, free_bytes: 0, chunks: 0, engine: "slow".into() };
+            Reply::to::<GetStatus, Error>(Ok(status))
+        }
+    }
+
+    /// A server closing connections idle for `idle`, whose answers take `delay`.
+    async fn slow_server(idle: Duration, delay: Duration) -> SocketAddr {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let opts = ServeOptions {
+            name: "slow".into(),
+            roles: vec![PeerRole::Client],
+            limits: DEFAULT_LIMITS,
+            idle_timeout: Some(idle),
+        };
+        tokio::spawn(serve(listener, Arc::new(Slow { delay }), opts));
+        addr
+    }
+
+    /// A raw connection to `addr` that completed its handshake.
+    async fn handshaken(addr: SocketAddr) -> TcpStream {
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let hello = Hello { version: PROTOCOL_VERSION, role: PeerRole::Client, name: "raw".into() };
+        write_frame(&mut s, FrameKind::Request, 0, &wire::encode(&hello), &[]).await.unwrap();
+        let f = read_frame(&mut s, &DEFAULT_LIMITS, pool::global()).await.unwrap().unwrap();
+        wire::decode::<ResponseBody<HelloReply>>(&f.body).unwrap().unwrap();
+        s
+    }
+
+    /// The next frame, or `None` once the server closed (or reset) the connection. The
+    /// deadline only turns a server that never closes into a failure instead of a hang.
+    async fn next_frame(s: &mut TcpStream) -> Option<Frame> {
+        tokio::time::timeout(Duration::from_secs(60), read_frame(s, &DEFAULT_LIMITS, pool::global()))
+            .await
+            .expect("the server closes idle connections")
+            .unwrap_or(None)
+    }
+
+    #[tokio::test]
+    async fn idle_connections_are_closed_busy_ones_are_not() {
+        let idle = Duration::from_millis(100);
+        let addr = slow_server(idle, idle * 5).await;
+
+        // Silent after its handshake: closed.
+        let mut silent = handshaken(addr).await;
+        assert!(next_frame(&mut silent).await.is_none());
+
+        // Half a frame and then nothing: closed too (a stalled sender holds no connection).
+        let mut stalled = handshaken(addr).await;
+        let header =
+            crate::wire::frame::FrameHeader { kind: FrameKind::Request, body_len: 10, payload_len: 0, request_id: 1 };
+        stalled.write_all(&header.encode()[..7]).await.unwrap();
+        assert!(next_frame(&mut stalled).await.is_none());
+
+        // A request whose answer takes five idle timeouts: the connection waits for it, and
+        // is closed only once it is idle after the answer.
+        let mut busy = handshaken(addr).await;
+        let body = wire::encode(&GetStatus.into_request());
+        write_frame(&mut busy, FrameKind::Request, 7, &body, &[]).await.unwrap();
+        let answer = next_frame(&mut busy).await.expect("answered on the same connection");
+        assert_eq!((answer.header.kind, answer.header.request_id), (FrameKind::Response, 7));
+        let status: ResponseBody<StorageStatus> = wire::decode(&answer.body).unwrap();
+        assert_eq!(status.unwrap().engine, "slow");
+        assert!(next_frame(&mut busy).await.is_none());
+
+        // The server goes on serving new connections.
+        let opts = ConnectOptions {
+            role: PeerRole::Client,
+            name: "after".into(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+        };
+        let c: RpcClient<StorageRequest> = RpcClient::connect(addr, "slow", &opts, None).await.unwrap();
+        assert_eq!(c.ask(GetStatus).await.unwrap().engine, "slow");
+    }
 }

@@ -37,6 +37,7 @@ pub async fn run(config: Arc<Config>) -> Result<()> {
         name: "pfs-meta".into(),
         roles: vec![PeerRole::Client, PeerRole::Storage],
         limits: DEFAULT_LIMITS,
+        idle_timeout: Some(config.timeouts.idle()),
     };
     tokio::select! {
         _ = rpc::serve(listener, server.clone(), opts) => Ok(()),

@@ -35,6 +35,7 @@ fn write_config(dir: &Path) -> (std::path::PathBuf, SocketAddr) {
     let mut config = Config::local(dir, free_port(), 0);
     // Long enough that a slow test machine never sees the fake storage server go down.
     config.timeouts.server_down_ms = 600_000;
+    config.timeouts.idle_ms = 1_200_000;
     let path = dir.join("pfs.toml");
     std::fs::write(&path, config.to_toml()).unwrap();
     (path, config.meta.address)

@@ -39,7 +39,12 @@ pub async fn run(config: Arc<Config>, id: ServerId) -> Result<()> {
     let listener = rpc::bind(me.address, &id.to_string()).await?;
     tokio::spawn(hasher::run(store.clone()));
     tokio::spawn(meta_link::run(config.clone(), id, store.clone()));
-    let opts = ServeOptions { name: id.to_string(), roles: vec![PeerRole::Client], limits: DEFAULT_LIMITS };
+    let opts = ServeOptions {
+        name: id.to_string(),
+        roles: vec![PeerRole::Client],
+        limits: DEFAULT_LIMITS,
+        idle_timeout: Some(config.timeouts.idle()),
+    };
     rpc::serve(listener, Arc::new(server::StorageHandler::new(store)), opts).await;
     Ok(())
 }

@@ -423,7 +423,12 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     let listener = rpc::bind("127.0.0.1:0".parse().unwrap(), "fake pfs-meta").await.unwrap();
     let meta_addr = listener.local_addr().unwrap();
     let fake = Arc::new(FakeMeta::default());
-    let opts = ServeOptions { name: "pfs-meta".into(), roles: vec![PeerRole::Storage], limits: DEFAULT_LIMITS };
+    let opts = ServeOptions {
+        name: "pfs-meta".into(),
+        roles: vec![PeerRole::Storage],
+        limits: DEFAULT_LIMITS,
+        idle_timeout: None,
+    };
     tokio::spawn(rpc::serve(listener, fake.clone(), opts));
 
     let mut config = Config::local(dir.path(), 1, 1);
