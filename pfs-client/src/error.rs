@@ -18,8 +18,9 @@ pub enum Error {
     /// connection), fenced by a storage server, or closed. Open a new client.
     #[error("session {session:x}: {reason}")]
     Evicted { session: SessionId, reason: String },
-    /// A bad argument from the caller (an offset past 2^64, a chunk size that is not a
-    /// multiple of the block size, a relative path).
+    /// A bad argument from the caller (a write or size past the largest file size,
+    /// [`pfs_common::layout::MAX_FILE_SIZE`]; a chunk size that is not a multiple of the block
+    /// size; a relative path).
     #[error("{0}")]
     Invalid(String),
     /// A file was expected and `path` is a directory.

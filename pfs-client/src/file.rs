@@ -23,7 +23,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pfs_common::ids::{FileId, ServerId};
-use pfs_common::layout::{Layout, Piece};
+use pfs_common::layout::{Layout, Piece, MAX_FILE_SIZE};
 use pfs_common::pool::{self, PooledBuf};
 use pfs_common::range_map::RangeMap;
 use pfs_common::token::{ByteRange, Mode};
@@ -460,17 +460,21 @@ impl File {
     /// completes whole or fails. Small writes are cached (write-back) until fsync, close, a
     /// revoke or eviction from the cache; large ones go to the storage servers at once.
     ///
-    /// Errors: Evicted (the session lost its lease), or the first failing piece's error naming
+    /// Errors: Invalid, naming the path, for a write ending past [`MAX_FILE_SIZE`] (nothing is
+    /// sent); Evicted (the session lost its lease), or the first failing piece's error naming
     /// the path, chunk and storage server (Unavailable, TimedOut, NoSpace, Io).
     pub async fn write_at(&self, offset: u64, buf: &[u8]) -> Result<usize> {
         if buf.is_empty() {
             return Ok(0);
         }
         let s = &self.state;
-        let end = offset
-            .checked_add(buf.len() as u64)
-            .filter(|e| *e < u64::MAX)
-            .ok_or_else(|| Error::Invalid(format!("{}: write past 2^64 bytes", s.path)))?;
+        let end = offset.checked_add(buf.len() as u64).filter(|e| *e <= MAX_FILE_SIZE).ok_or_else(|| {
+            Error::Invalid(format!(
+                "{}: a write of {} bytes at offset {offset} ends past the largest file size, {MAX_FILE_SIZE} bytes",
+                s.path,
+                buf.len()
+            ))
+        })?;
         let required = ByteRange::new(offset, end);
         loop {
             s.ensure(Mode::Write, required, ByteRange::from(offset)).await?;
@@ -523,8 +527,17 @@ impl File {
     /// Sets the file size to `size` bytes under a Write token over everything from the new (or
     /// old) end on: chunks past it are cut on every storage target (durably), then the size is
     /// recorded on pfs-meta. Growing leaves a hole (zeros).
+    ///
+    /// Errors: Invalid, naming the path, for a size past [`MAX_FILE_SIZE`] (nothing is sent);
+    /// otherwise the failing server's error naming the path (and the storage server).
     pub async fn truncate(&self, size: u64) -> Result<()> {
         let s = &self.state;
+        if size > MAX_FILE_SIZE {
+            return Err(Error::Invalid(format!(
+                "{}: cannot truncate to {size} bytes, past the largest file size, {MAX_FILE_SIZE} bytes",
+                s.path
+            )));
+        }
         let from = size.min(self.size());
         s.ensure(Mode::Write, ByteRange::from(from), ByteRange::from(from)).await?;
         let _excl = s.lock.write().await;

@@ -14,6 +14,11 @@ use serde::{Deserialize, Serialize};
 pub const MAX_CHUNK_SIZE: u64 = 64 << 20;
 /// Smallest block size accepted (bytes).
 pub const MIN_BLOCK_SIZE: u32 = 512;
+/// Largest file size, bytes: 2^63 − 1, as Linux's `off_t` (a signed 64-bit offset) allows.
+/// No write may end past it and no file may be truncated or sized beyond it (Invalid), so
+/// every file offset, and `chunk index × chunk size` of every chunk of a file, fits in an
+/// `i64` and never overflows a `u64`.
+pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
 /// Defaults for new files: block size (bytes), blocks per chunk, and how many storage
 /// targets a file spans (0 = all that are up).
@@ -131,8 +136,17 @@ impl Layout {
     }
 
     /// The file offset of byte `chunk_offset` of chunk `chunk` (inverse of [`Layout::locate`]).
+    /// For chunks of a file (offsets below [`MAX_FILE_SIZE`]); a chunk index from the network
+    /// is checked with [`Layout::chunk_end`] first.
     pub fn file_offset(&self, chunk: ChunkIndex, chunk_offset: u64) -> u64 {
         chunk * self.chunk_size() + chunk_offset
+    }
+
+    /// The file offset just past byte `chunk_offset + len` of chunk `chunk`, if it is at most
+    /// [`MAX_FILE_SIZE`]; `None` for a range (say, a chunk index sent by a peer) that ends past
+    /// the largest file or overflows.
+    pub fn chunk_end(chunk: ChunkIndex, chunk_size: u64, chunk_offset: u64, len: u64) -> Option<u64> {
+        chunk.checked_mul(chunk_size)?.checked_add(chunk_offset)?.checked_add(len).filter(|end| *end <= MAX_FILE_SIZE)
     }
 
     /// The storage target holding chunk `chunk`.
@@ -230,6 +244,16 @@ mod tests {
             prop_assert_eq!(total, size);
             prop_assert_eq!(l.chunk_len(l.chunk_count(size), size), 0);
         }
+    }
+
+    #[test]
+    fn chunk_ends_past_the_largest_file_are_refused() {
+        assert_eq!(Layout::chunk_end(2, 1 << 20, 10, 5), Some((2 << 20) + 15));
+        let last = MAX_FILE_SIZE / (1 << 20);
+        assert_eq!(Layout::chunk_end(last, 1 << 20, 0, MAX_FILE_SIZE % (1 << 20)), Some(MAX_FILE_SIZE));
+        assert_eq!(Layout::chunk_end(last, 1 << 20, 0, MAX_FILE_SIZE % (1 << 20) + 1), None);
+        assert_eq!(Layout::chunk_end(u64::MAX, 1 << 20, 0, 1), None, "overflow");
+        assert_eq!(Layout::chunk_end(1, u64::MAX, 1, 0), None, "overflow");
     }
 
     #[test]

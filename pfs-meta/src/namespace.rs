@@ -14,7 +14,7 @@
 
 use crate::error::{MetaError, Result};
 use pfs_common::config::Config;
-use pfs_common::layout::{Layout, LayoutChoice, LayoutPolicy};
+use pfs_common::layout::{Layout, LayoutChoice, LayoutPolicy, MAX_FILE_SIZE};
 use pfs_common::{FileId, ServerId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -82,9 +82,9 @@ pub enum Op {
     Unlink { path: String, expected_generation: Option<u64> },
     /// Remove empty directory `path`.
     Rmdir { path: String, expected_generation: Option<u64> },
-    /// Set `file`'s size to `size` bytes exactly.
+    /// Set `file`'s size to `size` bytes exactly (at most [`MAX_FILE_SIZE`]).
     Truncate { file: FileId, size: u64, expected_generation: Option<u64> },
-    /// Raise `file`'s size to at least `size` bytes.
+    /// Raise `file`'s size to at least `size` bytes (at most [`MAX_FILE_SIZE`]).
     SetSize { file: FileId, size: u64 },
     /// Storage server `server` made these chunk states durable.
     CommitChunks { server: ServerId, chunks: Vec<(FileId, Commit)> },
@@ -374,11 +374,13 @@ impl Namespace {
             }
             Op::Truncate { file, size, expected_generation } => {
                 let inode = self.file(*file)?;
+                check_size(*file, *size)?;
                 check_generation(&format!("file {file}"), inode, *expected_generation)?;
                 Ok(Decision::Mutate(Mutation::Truncate { file: *file, size: *size, time_ms: now }))
             }
             Op::SetSize { file, size } => {
                 self.file(*file)?;
+                check_size(*file, *size)?;
                 Ok(Decision::Mutate(Mutation::SetSize { file: *file, size: *size, time_ms: now }))
             }
             Op::CommitChunks { server, chunks } => {
@@ -697,6 +699,17 @@ impl Namespace {
         }
         Ok(())
     }
+}
+
+/// Refuses a size past the largest file (checked by `prepare`, not `apply`: a record logged
+/// before the limit existed still replays).
+fn check_size(file: FileId, size: u64) -> Result<()> {
+    if size > MAX_FILE_SIZE {
+        return Err(MetaError::Invalid(format!(
+            "file {file}: a size of {size} bytes is past the largest file size, {MAX_FILE_SIZE} bytes (2^63 - 1)"
+        )));
+    }
+    Ok(())
 }
 
 fn check_generation(what: &str, inode: &Inode, expected: Option<u64>) -> Result<()> {

@@ -12,7 +12,7 @@ use crate::error::{Result, StorageError};
 use crate::meta_link::Reporter;
 use parking_lot::Mutex;
 use pfs_common::ids::Sha256Digest;
-use pfs_common::layout::MAX_CHUNK_SIZE;
+use pfs_common::layout::{Layout, MAX_CHUNK_SIZE, MAX_FILE_SIZE};
 use pfs_common::pool::{self, PooledBuf};
 use pfs_common::wire::registry::{ChunkState, LostChunk};
 use pfs_common::wire::storage::StorageStatus;
@@ -293,8 +293,8 @@ impl ChunkStore {
     /// created) are updated with the data.
     ///
     /// Errors: Invalid when `chunk_size` exceeds 64 MiB or is 0, `offset + len` exceeds
-    /// `chunk_size`, or `block_size` is not a power of two within 512 bytes..=64 MiB; Lost;
-    /// NoSpace when the target is full; Io.
+    /// `chunk_size`, the bytes lie past [`MAX_FILE_SIZE`] in the file, or `block_size` is not a
+    /// power of two within 512 bytes..=64 MiB; Lost; NoSpace when the target is full; Io.
     #[allow(clippy::too_many_arguments)]
     pub async fn write(
         &self,
@@ -327,6 +327,16 @@ impl ChunkStore {
                 server: self.id,
                 what: format!(
                     "block size {block_size} bytes of {} is not a power of two within 512..={MAX_CHUNK_SIZE}",
+                    ChunkFiles::describe(key)
+                ),
+            });
+        }
+        if Layout::chunk_end(chunk, chunk_size, offset, len).is_none() {
+            return Err(StorageError::Invalid {
+                server: self.id,
+                what: format!(
+                    "write of {len} bytes at offset {offset} of {} (chunks of {chunk_size} bytes) ends past the \
+                     largest file size, {MAX_FILE_SIZE} bytes",
                     ChunkFiles::describe(key)
                 ),
             });
@@ -515,13 +525,21 @@ impl ChunkStore {
     /// Cuts `file` to `size` bytes: removes chunks wholly past it and truncates the chunk it
     /// falls in; durable (fdatasync and directory fsync) when it returns.
     ///
-    /// Errors: Invalid for a chunk size outside 1..=64 MiB; Io.
+    /// Errors: Invalid for a chunk size outside 1..=64 MiB or a size past [`MAX_FILE_SIZE`]; Io.
     pub async fn truncate(&self, file: FileId, size: u64, chunk_size: u64) -> Result<()> {
         if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE {
             return Err(StorageError::Invalid {
                 server: self.id,
                 what: format!(
                     "truncate of file {file}: chunk size {chunk_size} bytes is not within 1..={MAX_CHUNK_SIZE}"
+                ),
+            });
+        }
+        if size > MAX_FILE_SIZE {
+            return Err(StorageError::Invalid {
+                server: self.id,
+                what: format!(
+                    "truncate of file {file} to {size} bytes: past the largest file size, {MAX_FILE_SIZE} bytes"
                 ),
             });
         }

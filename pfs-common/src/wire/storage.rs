@@ -21,7 +21,9 @@ service! {
 }
 
 /// Write the payload at `offset` (bytes) inside chunk `chunk` of `file`, creating the chunk
-/// file if needed. `chunk_size` bounds `offset + len`. Not durable until [`FsyncFile`].
+/// file if needed. `chunk_size` bounds `offset + len`, and the bytes must lie below
+/// [`crate::layout::MAX_FILE_SIZE`] in the file (Invalid otherwise). Not durable until
+/// [`FsyncFile`].
 /// `session` is the writer's session; writes of a fenced (evicted) session are refused with
 /// Evicted, so a late write cannot land over newer data; every write is refused with
 /// Unavailable while the server holds no lease from pfs-meta.
@@ -67,7 +69,8 @@ pub struct ReadReply {
 }
 
 /// Cut `file` to `size` bytes: chunks wholly past it are removed, the one it falls in is
-/// truncated. `chunk_size` is the file's chunk size. Durable when answered.
+/// truncated. `chunk_size` is the file's chunk size; `size` at most
+/// [`crate::layout::MAX_FILE_SIZE`] (Invalid otherwise). Durable when answered.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct TruncateFile {
     pub file: FileId,

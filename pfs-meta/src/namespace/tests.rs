@@ -289,3 +289,23 @@ proptest! {
         prop_assert_eq!(snap, ns);
     }
 }
+
+#[test]
+fn sizes_past_the_largest_file_are_refused() {
+    use pfs_common::layout::MAX_FILE_SIZE;
+    let mut ns = Namespace::new(LayoutPolicy::default());
+    let f = file(run(&mut ns, create("/f")));
+    for op in [
+        Op::SetSize { file: f.id, size: u64::MAX },
+        Op::SetSize { file: f.id, size: MAX_FILE_SIZE + 1 },
+        Op::Truncate { file: f.id, size: MAX_FILE_SIZE + 1, expected_generation: None },
+    ] {
+        let e = run(&mut ns, op.clone()).unwrap_err();
+        let shown = e.to_string();
+        assert_eq!(e.code(), pfs_common::ErrorCode::Invalid, "{op:?}");
+        assert!(shown.contains(&f.id.to_string()) && shown.contains(&MAX_FILE_SIZE.to_string()), "{shown}");
+    }
+    assert_eq!(ns.get(f.id).unwrap(), &f, "nothing changed");
+    run(&mut ns, Op::SetSize { file: f.id, size: MAX_FILE_SIZE }).unwrap();
+    assert_eq!(ns.get(f.id).unwrap().size, MAX_FILE_SIZE, "the largest size itself is fine");
+}

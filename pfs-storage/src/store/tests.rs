@@ -69,6 +69,15 @@ async fn writes_beyond_the_chunk_are_refused() {
     assert!(matches!(e, StorageError::Invalid { .. }), "a block size that is no power of two: {e}");
     s.write(FileId(7), 2, CS - 3, CS, 4096, buf(b"abc")).await.unwrap();
     assert_eq!(entries(dir.path()).len(), 1, "one chunk file, its checksums inside");
+    // Past the largest file (chunk index x chunk size from the network, overflow included).
+    let last = MAX_FILE_SIZE / CS;
+    let e = s.write(FileId(7), last, MAX_FILE_SIZE % CS - 1, CS, 4096, buf(b"ab")).await.unwrap_err();
+    assert!(matches!(&e, StorageError::Invalid { what, .. } if what.contains("largest file")), "{e}");
+    let e = s.write(FileId(7), u64::MAX, 0, CS, 4096, buf(b"ab")).await.unwrap_err();
+    assert!(matches!(e, StorageError::Invalid { .. }), "{e}");
+    let e = s.truncate(FileId(7), MAX_FILE_SIZE + 1, CS).await.unwrap_err();
+    assert!(matches!(&e, StorageError::Invalid { what, .. } if what.contains("largest file")), "{e}");
+    assert_eq!(entries(dir.path()).len(), 1, "nothing written");
 }
 
 /// The checksum attribute of a chunk file.
