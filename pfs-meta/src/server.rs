@@ -26,7 +26,7 @@ use pfs_common::token::SessionId;
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest};
 use pfs_common::wire::registry::{
     self as reg, ChunkInfo, CommittedChunk, LostChunk, Registered, RegistryRequest, ReportAnswer, StorageNotify,
-    CHUNK_REPORT_PAGE, GET_CHUNKS_MAX,
+    CHUNK_REPORT_PAGE, FENCED_MAX, GET_CHUNKS_MAX,
 };
 use pfs_common::wire::tokens::{self as tok, Granted, SessionGrant, TokenRequest};
 use pfs_common::wire::{MetaRequest, PeerRole};
@@ -291,9 +291,7 @@ impl MetaServer {
             RegistryRequest::Register(c) => Reply::to::<reg::Register, _>(self.register(peer, c)),
             RegistryRequest::Heartbeat(c) => Reply::to::<reg::Heartbeat, _>(self.heartbeat(peer, c)),
             RegistryRequest::ChunkReport(c) => Reply::to::<reg::ChunkReport, _>(self.chunk_report(peer, c).await),
-            RegistryRequest::Fenced(c) => Reply::to::<reg::Fenced, _>(speaks_for(peer, c.id).map(|()| {
-                self.tokens.fenced_by(c.id, c.sessions);
-            })),
+            RegistryRequest::Fenced(c) => Reply::to::<reg::Fenced, _>(self.fenced(peer, c)),
             RegistryRequest::ListServers(_) => {
                 let c = self.cluster.lock();
                 Reply::to::<reg::ListServers, MetaError>(Ok(c.registry.list(now, |id| c.holders.count(id))))
@@ -310,6 +308,20 @@ impl MetaServer {
         cl.registry.register(c.id, c.address, c.capacity_bytes, c.free_bytes, peer.conn_id, Instant::now());
         cl.holders.begin_listing(c.id);
         Ok(Registered { fence_below: self.tokens.fence_below(), fenced, lease_ms, orphans: Vec::new() })
+    }
+
+    /// A storage server confirms fences; at most [`FENCED_MAX`] sessions a call.
+    fn fenced(&self, peer: &Peer, c: reg::Fenced) -> Result<()> {
+        speaks_for(peer, c.id)?;
+        if c.sessions.len() > FENCED_MAX {
+            return Err(MetaError::Invalid(format!(
+                "a fence confirmation of {} sessions from {} (at most {FENCED_MAX})",
+                c.sessions.len(),
+                c.id
+            )));
+        }
+        self.tokens.fenced_by(c.id, c.sessions);
+        Ok(())
     }
 
     fn heartbeat(&self, peer: &Peer, c: reg::Heartbeat) -> Result<()> {

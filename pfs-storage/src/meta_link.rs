@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use pfs_common::config::Config;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::wire::registry::{
-    ChunkReport, ChunkState, Fenced, Heartbeat, Register, StorageNotify, CHUNK_REPORT_PAGE,
+    ChunkReport, ChunkState, Fenced, Heartbeat, Register, StorageNotify, CHUNK_REPORT_PAGE, FENCED_MAX,
 };
 use pfs_common::wire::{self, MetaRequest, PeerRole};
 use pfs_common::{FileId, ServerId};
@@ -217,8 +217,11 @@ async fn drain_notifications(
             Ok(StorageNotify::Fence(sessions)) => {
                 store.fence.fence(&sessions).await;
                 info!("{}: fenced sessions {sessions:x?}", store.id);
-                if let Err(e) = meta.ask(Fenced { id: store.id, sessions }).await {
-                    warn!("{}: confirming a fence to pfs-meta: {e}", store.id);
+                // pfs-meta takes at most FENCED_MAX sessions per confirmation.
+                for page in sessions.chunks(FENCED_MAX) {
+                    if let Err(e) = meta.ask(Fenced { id: store.id, sessions: page.to_vec() }).await {
+                        warn!("{}: confirming a fence to pfs-meta: {e}", store.id);
+                    }
                 }
             }
             Err(e) => warn!("{}: undecodable notification from pfs-meta: {e}", store.id),

@@ -97,10 +97,12 @@ pub struct LostChunk {
 }
 
 /// A storage server confirms it now refuses writes of these sessions (after every write of
-/// theirs it had admitted finished).
+/// theirs it had admitted finished). Errors: Invalid for more than [`FENCED_MAX`] sessions
+/// (a server confirms a longer list in several calls).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fenced {
     pub id: ServerId,
+    /// At most [`FENCED_MAX`] sessions.
     pub sessions: Vec<SessionId>,
 }
 
@@ -188,7 +190,10 @@ pub enum StorageNotify {
     Fence(Vec<SessionId>),
 }
 
-/// Most chunk states in one `ChunkReport` (keeps bodies far below the frame limit).
+/// Most chunk states in one `ChunkReport` (keeps bodies far below the frame limit); a
+/// longer report is refused (Invalid).
 pub const CHUNK_REPORT_PAGE: usize = 4096;
+/// Most sessions in one `Fenced`; a longer list is refused (Invalid).
+pub const FENCED_MAX: usize = 4096;
 /// Most chunks one `GetChunks` returns.
 pub const GET_CHUNKS_MAX: u32 = 4096;
