@@ -42,6 +42,11 @@ pub enum ErrorCode {
     TimedOut,
     /// The peer spoke another protocol version or role, or sent something malformed.
     Protocol,
+    /// A name is longer than 255 bytes, or a path longer than 4096 (ENAMETOOLONG).
+    NameTooLong,
+    /// The operation cannot be done to this entry: renaming `.`, `..` or the root, removing
+    /// the root (EBUSY, as Linux answers them).
+    Busy,
 }
 
 impl ErrorCode {
@@ -62,6 +67,8 @@ impl ErrorCode {
             ErrorCode::NoSpace => "no space left",
             ErrorCode::TimedOut => "timed out",
             ErrorCode::Protocol => "protocol error",
+            ErrorCode::NameTooLong => "file name too long",
+            ErrorCode::Busy => "device or resource busy",
         }
     }
 

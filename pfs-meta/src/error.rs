@@ -29,10 +29,18 @@ pub enum MetaError {
     /// A directory to remove or replace still has entries.
     #[error("{path} is not empty ({entries} entries)")]
     NotEmpty { path: String, entries: u64 },
-    /// A malformed path: relative, an empty, `.` or `..` component, a name or path over its
-    /// limit, a NUL byte. `path` is shortened for display.
+    /// A malformed path: relative, or with a NUL byte, or ending in `.`, `..` or `/` where a
+    /// name is needed. `path` is shortened for display.
     #[error("path {path:?}: {reason}")]
     BadPath { path: String, reason: String },
+    /// A name over 255 bytes or a path over 4096 (ENAMETOOLONG); `what` says which and how
+    /// long. `path` is shortened for display.
+    #[error("{path}: file name too long ({what})")]
+    NameTooLong { path: String, what: String },
+    /// The entry cannot take part in this operation: `.`, `..` or the root renamed, the root
+    /// removed (EBUSY, as Linux answers them).
+    #[error("{path}: {reason}")]
+    Busy { path: String, reason: String },
     /// A conditional operation found another generation than the one it expected.
     #[error("{what}: expected generation {expected}, found generation {found}")]
     Conflict { what: String, expected: u64, found: u64 },
@@ -113,6 +121,8 @@ impl MetaError {
             MetaError::IsDir { .. } => ErrorCode::IsDir,
             MetaError::NotEmpty { .. } => ErrorCode::NotEmpty,
             MetaError::BadPath { .. } | MetaError::Invalid(_) | MetaError::Forbidden { .. } => ErrorCode::Invalid,
+            MetaError::NameTooLong { .. } => ErrorCode::NameTooLong,
+            MetaError::Busy { .. } => ErrorCode::Busy,
             MetaError::Conflict { .. } => ErrorCode::Conflict,
             MetaError::NoServers { .. } | MetaError::DeclaredDown { .. } => ErrorCode::Unavailable,
             MetaError::Evicted { .. } => ErrorCode::Evicted,

@@ -20,12 +20,14 @@ use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
 pub mod chunk_map;
+pub mod path;
 pub use chunk_map::{ChunkMap, ChunkRecord, Commit};
+pub use path::split_path;
 
-/// Longest file or directory name, bytes.
-pub const NAME_MAX_BYTES: usize = 255;
-/// Longest path, bytes.
-pub const PATH_MAX_BYTES: usize = 4096;
+/// Longest file or directory name, bytes (over it: NameTooLong).
+pub const NAME_MAX_BYTES: usize = pfs_common::wire::namespace::NAME_MAX;
+/// Longest path, bytes (over it: NameTooLong).
+pub const PATH_MAX_BYTES: usize = pfs_common::wire::namespace::PATH_MAX;
 /// Most entries one [`Namespace::readdir`] returns.
 pub const READDIR_LIMIT_MAX: usize = 4096;
 
@@ -218,12 +220,13 @@ impl Namespace {
         false
     }
 
-    /// Resolves an absolute path to its inode.
+    /// Resolves an absolute path to its inode, as Linux does (see [`path`]: `.`, `..`,
+    /// repeated and trailing slashes).
     ///
-    /// Errors: BadPath, NotFound, NotDir (a middle component is a file).
+    /// Errors: BadPath, NameTooLong, NotFound, NotDir (a middle component is a file, or a
+    /// trailing slash follows one).
     pub fn resolve(&self, path: &str) -> Result<&Inode> {
-        let parts = split_path(path)?;
-        self.walk(path, &parts)
+        self.resolve_path(path)
     }
 
     /// The inode `id`. Errors: NoSuchFile.
@@ -243,8 +246,9 @@ impl Namespace {
     /// Up to `limit` (at most [`READDIR_LIMIT_MAX`]) entries of directory `path` in name
     /// order after `after`, and whether more follow.
     ///
-    /// Errors: BadPath, NotFound, NotDir.
+    /// Errors: BadPath, NotFound, NotDir; NameTooLong for an `after` longer than a name.
     pub fn readdir(&self, path: &str, after: Option<&str>, limit: usize) -> Result<(Vec<(&str, &Inode)>, bool)> {
+        after.map_or(Ok(()), |a| path::check_readdir_after(path, a))?;
         let dir = self.resolve(path)?;
         if dir.kind != InodeKind::Dir {
             return Err(MetaError::NotDir { path: path.to_string() });
@@ -269,31 +273,6 @@ impl Namespace {
         Ok((entries, more))
     }
 
-    fn walk(&self, path: &str, parts: &[&str]) -> Result<&Inode> {
-        let mut cur = self.inode(FileId::ROOT)?;
-        for (i, name) in parts.iter().enumerate() {
-            if cur.kind != InodeKind::Dir {
-                return Err(MetaError::NotDir { path: format!("/{} (in {path})", parts[..i].join("/")) });
-            }
-            let id = *cur.entries.get(*name).ok_or_else(|| MetaError::NotFound { path: path.to_string() })?;
-            cur = self.inode(id)?;
-        }
-        Ok(cur)
-    }
-
-    /// The parent directory of `path` and the last component's name.
-    fn parent_of<'p>(&self, path: &'p str) -> Result<(&Inode, &'p str)> {
-        let parts = split_path(path)?;
-        let Some((name, dirs)) = parts.split_last() else {
-            return Err(MetaError::BadPath { path: path.to_string(), reason: "the root cannot be used here".into() });
-        };
-        let parent = self.walk(path, dirs)?;
-        if parent.kind != InodeKind::Dir {
-            return Err(MetaError::NotDir { path: format!("parent of {path}") });
-        }
-        Ok((parent, name))
-    }
-
     fn entry<'s>(&'s self, parent: &'s Inode, name: &str, path: &str) -> Result<&'s Inode> {
         let id = *parent.entries.get(name).ok_or_else(|| MetaError::NotFound { path: path.to_string() })?;
         self.inode(id)
@@ -301,9 +280,11 @@ impl Namespace {
 
     /// Validates `op` against the current state and decides its outcome.
     ///
-    /// Errors: NotFound, NoSuchFile, Exists, NotDir, IsDir, NotEmpty, BadPath, Invalid,
-    /// Conflict, NoServers (no storage server up for a new file); each names the path or file.
+    /// Errors: NotFound, NoSuchFile, Exists, NotDir, IsDir, NotEmpty, BadPath, NameTooLong,
+    /// Busy, Invalid, Conflict, NoServers (no storage server up for a new file); each names
+    /// the path or file. Paths ending in `.`, `..` or `/` get Linux's errors ([`path`]).
     pub fn prepare(&self, op: &Op, ctx: &Context<'_>) -> Result<Decision> {
+        self.check_path_rules(op)?;
         let now = ctx.now_ms;
         match op {
             Op::Mkdir { path } => {
@@ -719,40 +700,6 @@ fn check_generation(what: &str, inode: &Inode, expected: Option<u64>) -> Result<
         }
         _ => Ok(()),
     }
-}
-
-/// Splits an absolute path into its components (`/` gives none).
-///
-/// Errors: BadPath for a relative path, an empty, `.` or `..` component, a name over
-/// [`NAME_MAX_BYTES`] or containing NUL, or a path over [`PATH_MAX_BYTES`].
-pub fn split_path(path: &str) -> Result<Vec<&str>> {
-    let bad = |reason: String| {
-        let mut end = path.len().min(64);
-        while !path.is_char_boundary(end) {
-            end -= 1;
-        }
-        let shown = if end < path.len() { format!("{}...", &path[..end]) } else { path.to_string() };
-        MetaError::BadPath { path: shown, reason }
-    };
-    if path.len() > PATH_MAX_BYTES {
-        return Err(bad(format!("{} bytes, over the limit of {PATH_MAX_BYTES}", path.len())));
-    }
-    let Some(rest) = path.strip_prefix('/') else {
-        return Err(bad("not absolute".into()));
-    };
-    if rest.is_empty() {
-        return Ok(Vec::new());
-    }
-    let parts: Vec<&str> = rest.split('/').collect();
-    for part in &parts {
-        if part.is_empty() || *part == "." || *part == ".." || part.contains('\0') {
-            return Err(bad(format!("bad component {part:?}")));
-        }
-        if part.len() > NAME_MAX_BYTES {
-            return Err(bad(format!("a name of {} bytes, over the limit of {NAME_MAX_BYTES}", part.len())));
-        }
-    }
-    Ok(parts)
 }
 
 #[cfg(test)]

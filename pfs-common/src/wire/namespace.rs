@@ -1,5 +1,8 @@
 //! The namespace service of pfs-meta: the file tree. Paths are absolute and `/`-separated
-//! (`/dir/file`). Every mutation is durable (in pfs-meta's WAL) when answered.
+//! (`/dir/file`), at most [`PATH_MAX`] bytes with names of at most [`NAME_MAX`] bytes
+//! (NameTooLong), and resolve as on Linux: repeated slashes count as one, `.` is the
+//! directory itself, `..` its parent (`/..` is `/`), and a trailing slash requires a
+//! directory (NotDir). Every mutation is durable (in pfs-meta's WAL) when answered.
 
 use super::{service, MetaRequest};
 use crate::ids::FileId;
@@ -73,10 +76,13 @@ pub struct Stat {
     pub file: FileId,
 }
 
-/// Up to `limit` entries of a directory in name order, starting after `after`.
+/// Up to `limit` entries (at most [`READDIR_PAGE_MAX`]) of a directory in name order,
+/// starting after `after`. Errors: NotFound, NotDir, NameTooLong (an `after` over
+/// [`NAME_MAX`] bytes, which no entry can follow).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readdir {
     pub path: String,
+    /// The last name of the previous page; at most [`NAME_MAX`] bytes.
     pub after: Option<String>,
     pub limit: u32,
 }
@@ -104,8 +110,9 @@ pub struct Rmdir {
     pub expected_generation: Option<u64>,
 }
 
-/// Set a file's size exactly (shrink or grow). The client truncates the chunks on the
-/// storage servers first. Errors: NotFound, IsDir, Conflict.
+/// Set a file's size exactly (shrink or grow), in bytes, at most
+/// [`crate::layout::MAX_FILE_SIZE`]. The client truncates the chunks on the storage servers
+/// first. Errors: NotFound, IsDir, Conflict, Invalid (a size past the largest file).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Truncate {
     pub file: FileId,
@@ -113,8 +120,10 @@ pub struct Truncate {
     pub expected_generation: Option<u64>,
 }
 
-/// Raise a file's size to at least `size` bytes and set its mtime (writers send it on fsync
-/// and close). Never shrinks, so concurrent writers can each report their end.
+/// Raise a file's size to at least `size` bytes (at most [`crate::layout::MAX_FILE_SIZE`])
+/// and set its mtime (writers send it on fsync and close). Never shrinks, so concurrent
+/// writers can each report their end. Errors: NotFound, IsDir, Invalid (a size past the
+/// largest file).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetSize {
     pub file: FileId,
@@ -167,3 +176,7 @@ pub struct DirEntry {
 
 /// Most entries one `Readdir` returns.
 pub const READDIR_PAGE_MAX: u32 = 4096;
+/// Longest file or directory name, bytes (Linux's NAME_MAX).
+pub const NAME_MAX: usize = 255;
+/// Longest path, bytes (Linux's PATH_MAX).
+pub const PATH_MAX: usize = 4096;
