@@ -84,6 +84,8 @@ pub(crate) struct Counters {
     pub(crate) acquires: AtomicU64,
     /// Revokes handled.
     pub(crate) revokes: AtomicU64,
+    /// Connections opened to storage servers.
+    pub(crate) storage_connects: AtomicU64,
 }
 
 /// Counters of one client: the block cache (like the seed's `pfs_execstat`) and token traffic.
@@ -95,6 +97,10 @@ pub struct ClientStats {
     pub token_acquires: u64,
     /// Revokes this client handled.
     pub revokes: u64,
+    /// Connections opened to storage servers: one per server used, plus one each time a
+    /// connection was found closed (a server closes idle ones, `timeouts.idle_ms`) and opened
+    /// again.
+    pub storage_connects: u64,
 }
 
 struct SessionState {
@@ -190,6 +196,7 @@ impl Client {
             cache,
             token_acquires: self.inner.counters.acquires.load(Ordering::Relaxed),
             revokes: self.inner.counters.revokes.load(Ordering::Relaxed),
+            storage_connects: self.inner.counters.storage_connects.load(Ordering::Relaxed),
         }
     }
 
@@ -303,6 +310,7 @@ impl Client {
             }
         };
         let c = RpcClient::connect(addr, &id.to_string(), &self.inner.opts, None).await?;
+        self.inner.counters.storage_connects.fetch_add(1, Ordering::Relaxed);
         self.inner.storage.lock().insert(id, c.clone());
         Ok(c)
     }
@@ -317,14 +325,15 @@ impl Client {
     }
 
     /// Sends one call (with payload) to storage server `id`; returns its answer and payload.
-    pub(crate) async fn storage<C: Call<Request = StorageRequest>>(
+    /// A call whose connection turns out closed before any answer came is sent once more on a
+    /// new connection (see [`once_more_if_closed`]).
+    pub(crate) async fn storage<C: Call<Request = StorageRequest> + Clone>(
         &self,
         id: ServerId,
         call: C,
         payload: &[u8],
     ) -> Result<(C::Reply, pfs_common::pool::PooledBuf)> {
-        let conn = self.storage_conn(id).await?;
-        Ok(conn.call(call, payload).await?)
+        once_more_if_closed(|| self.storage_conn(id), call, payload).await
     }
 
     // --- namespace --------------------------------------------------------------------
@@ -468,6 +477,32 @@ impl Client {
     }
 }
 
+/// Sends `call` on the connection `conn` gives and, if that connection turns out closed before
+/// any answer came, once more on the next connection `conn` gives (which replaces a closed
+/// one). A server closes connections idle past `timeouts.idle_ms`, and a request sent just
+/// then meets the close; the application should not see that. Sending twice is safe for every
+/// storage call under the tokens this client holds: a write puts the same bytes at the same
+/// place, which no other client may write meanwhile, and a read, truncate, fsync or remove
+/// repeated does what it did. An answer (an error included) or a timeout is never resent.
+async fn once_more_if_closed<C, F, Fut>(
+    mut conn: F,
+    call: C,
+    payload: &[u8],
+) -> Result<(C::Reply, pfs_common::pool::PooledBuf)>
+where
+    C: Call<Request = StorageRequest> + Clone,
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<RpcClient<StorageRequest>>>,
+{
+    match conn().await?.call(call.clone(), payload).await {
+        Err(e) if e.is_closed_before_answer() => {
+            tracing::debug!("{e} before answering; sending once more on a new connection");
+            Ok(conn().await?.call(call, payload).await?)
+        }
+        r => Ok(r?),
+    }
+}
+
 fn add_stats(into: &mut CacheStats, s: &CacheStats) {
     into.read_hits += s.read_hits;
     into.read_misses += s.read_misses;
@@ -549,5 +584,86 @@ async fn handle_revoke(client: Client, revoke: u64, file: FileId, range: ByteRan
     let session = client.inner.session.id;
     if let Err(e) = client.meta(tok::RevokeDone { session, revoke }).await {
         tracing::warn!("acknowledging revoke {revoke} of file {file}: {e}");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pfs_common::pool;
+    use pfs_common::wire::frame::{read_frame, write_frame, FrameKind, DEFAULT_LIMITS};
+    use pfs_common::wire::{self, HelloReply, ResponseBody, PROTOCOL_VERSION};
+    use std::sync::atomic::AtomicUsize;
+    use tokio::net::{TcpListener, TcpStream};
+
+    /// A fake storage server: answers the handshake of every connection, then its very first
+    /// request either not at all, closing the connection (`close_first`), or with an error;
+    /// every later request with a status. Counts the connections it accepted.
+    async fn fake_server(close_first: bool) -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            let mut requests = 0;
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                read(&mut s).await;
+                let hello: ResponseBody<HelloReply> =
+                    Ok(HelloReply { version: PROTOCOL_VERSION, server: "fake".into() });
+                write_frame(&mut s, FrameKind::Response, 0, &wire::encode(&hello), &[]).await.unwrap();
+                loop {
+                    let req = read(&mut s).await;
+                    requests += 1;
+                    let answer: ResponseBody<StorageStatus> = match (requests, close_first) {
+                        (1, true) => break, // closed unanswered, as an idle close crossing it
+                        (1, false) => {
+                            Err(pfs_common::error::WireError { code: ErrorCode::Invalid, message: "refused".into() })
+                        }
+                        _ => Ok(StorageStatus {
+                            id: ServerId(1),
+                            capacity_bytes: 1,
+                            free_bytes: 1,
+                            chunks: 0,
+                            engine: "fake".into(),
+                        }),
+                    };
+                    let body = wire::encode(&answer);
+                    write_frame(&mut s, FrameKind::Response, req.header.request_id, &body, &[]).await.unwrap();
+                }
+            }
+        });
+        (addr, conns)
+    }
+
+    async fn read(s: &mut TcpStream) -> pfs_common::wire::frame::Frame {
+        read_frame(s, &DEFAULT_LIMITS, pool::global()).await.unwrap().unwrap()
+    }
+
+    fn connect(addr: SocketAddr) -> impl std::future::Future<Output = Result<RpcClient<StorageRequest>>> {
+        let opts = ConnectOptions {
+            role: PeerRole::Client,
+            name: "retry-test".into(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+        };
+        async move { Ok(RpcClient::connect(addr, "storage-1", &opts, None).await?) }
+    }
+
+    #[tokio::test]
+    async fn a_call_closed_before_its_answer_is_sent_once_more() {
+        let (addr, conns) = fake_server(true).await;
+        let (status, _) = once_more_if_closed(|| connect(addr), GetStatus, &[]).await.unwrap();
+        assert_eq!(status.engine, "fake");
+        assert_eq!(conns.load(Ordering::SeqCst), 2, "a second connection carried the call");
+    }
+
+    #[tokio::test]
+    async fn an_answered_error_is_not_sent_again() {
+        let (addr, conns) = fake_server(false).await;
+        let e = once_more_if_closed(|| connect(addr), GetStatus, &[]).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
+        assert_eq!(conns.load(Ordering::SeqCst), 1);
     }
 }

@@ -200,6 +200,14 @@ impl Error {
     pub fn is_connection_lost(&self) -> bool {
         matches!(self, Error::Connect { .. } | Error::Closed { .. } | Error::Socket { .. } | Error::TimedOut { .. })
     }
+
+    /// True if a call failed because its established connection ended (closed by the peer, a
+    /// reset, a broken pipe) before any answer came: the request may never have reached the
+    /// server, and a fresh connection may well succeed (a server closes idle connections).
+    /// Not for a timeout (the peer may be alive but stuck) or a failed connect.
+    pub fn is_closed_before_answer(&self) -> bool {
+        matches!(self, Error::Closed { .. } | Error::Socket { .. })
+    }
 }
 
 impl WireCode for Error {
