@@ -82,19 +82,22 @@ impl CopyStats {
     }
 }
 
-/// Copies `src` to `dst`. A `dst` that is an existing directory receives `src` under its
-/// own name. Directories need `recursive`.
+/// Copies `src` to `dst`, as `cp` does: a `dst` that is an existing directory (with or
+/// without a trailing slash) receives `src` under its own name; a `dst` with a trailing slash
+/// that is not an existing directory is an error for a file (nothing is created), while a
+/// directory copied recursively becomes it. Directories need `recursive`.
 ///
 /// Errors name the path involved; a failed file copy removes the partial destination file,
 /// so nothing incomplete is left looking like a finished copy.
 pub async fn copy(client: &Client, src: &Endpoint, dst: &Endpoint, opts: &CopyOptions) -> Result<CopyStats> {
     let started = Instant::now();
     let mut stats = CopyStats::default();
-    let dst = resolve_destination(client, src, dst).await?;
-    if is_dir(client, src).await? {
-        if !opts.recursive {
-            return Err(Error::Usage(format!("{src} is a directory (use -r)")));
-        }
+    let src_is_dir = is_dir(client, src).await?;
+    if src_is_dir && !opts.recursive {
+        return Err(Error::Usage(format!("{src} is a directory (use -r)")));
+    }
+    let dst = resolve_destination(client, src, src_is_dir, dst).await?;
+    if src_is_dir {
         copy_tree(client, src, &dst, opts, &mut stats).await?;
     } else {
         copy_one(client, src, &dst, opts, &mut stats).await?;
@@ -126,6 +129,18 @@ async fn exists_as_dir(client: &Client, e: &Endpoint) -> Result<bool> {
     }
 }
 
+/// True if `e` ends with a slash, so it must be a directory (`cp x dir/`).
+fn has_trailing_slash(e: &Endpoint) -> bool {
+    match e {
+        Endpoint::Local(p) => {
+            use std::os::unix::ffi::OsStrExt;
+            let b = p.as_os_str().as_bytes();
+            b.ends_with(b"/") && b.iter().any(|c| *c != b'/')
+        }
+        Endpoint::Pfs(p) => path::has_trailing_slash(p),
+    }
+}
+
 fn base_name(e: &Endpoint) -> String {
     match e {
         Endpoint::Local(p) => p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default(),
@@ -140,13 +155,17 @@ fn child(e: &Endpoint, name: &str) -> Endpoint {
     }
 }
 
-async fn resolve_destination(client: &Client, src: &Endpoint, dst: &Endpoint) -> Result<Endpoint> {
+async fn resolve_destination(client: &Client, src: &Endpoint, src_is_dir: bool, dst: &Endpoint) -> Result<Endpoint> {
     if exists_as_dir(client, dst).await? {
         let name = base_name(src);
         if name.is_empty() {
             return Err(Error::Usage(format!("{src} has no name to copy under {dst}")));
         }
         return Ok(child(dst, &name));
+    }
+    if has_trailing_slash(dst) && !src_is_dir {
+        // `cp x missing/` refuses too: the slash says "into a directory", and there is none.
+        return Err(Error::Usage(format!("cannot create regular file {dst}: not a directory")));
     }
     Ok(dst.clone())
 }
