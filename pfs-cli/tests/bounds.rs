@@ -112,7 +112,8 @@ async fn bad_requests_get_clear_errors_and_the_servers_serve_on() {
     let e = s.ask(Fenced { id: ServerId(9), sessions: vec![1; FENCED_MAX + 1] }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
     assert!(e.to_string().contains(&format!("at most {FENCED_MAX}")), "{e}");
-    let state = ChunkState { file: FileId(1), chunk: 0, len: 0, sha256: None, removed: false, durable: false };
+    let state =
+        ChunkState { file: FileId(1), chunk: 0, len: 0, sha256: None, removed: false, durable: false, version: 0 };
     let report =
         ChunkReport { id: ServerId(9), chunks: vec![state; CHUNK_REPORT_PAGE + 1], listing: false, full: false };
     let e = s.ask(report).await.unwrap_err();

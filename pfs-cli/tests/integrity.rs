@@ -293,3 +293,40 @@ async fn fsync_after_a_storage_restart_reports_the_unsynced_writes_lost() {
     a.ok("write 0 8388608 5");
     a.ok("fsync");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_old_copy_of_a_chunk_put_back_is_refused_as_stale() {
+    let mut cluster = LocalCluster::start(1).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let work = tempfile::tempdir().unwrap();
+    let mut a = Probe::start(PROBE, &cfg);
+    a.ok("create /f");
+    a.ok("write 0 100000 1");
+    a.ok("close");
+    let client = cluster.client().await.unwrap();
+    let id = client.stat("/f").await.unwrap().id;
+    client.close().await.unwrap();
+    let dir = cluster.config().storage_dir(&cluster.config().storage[0]);
+    let chunk = dir.join(chunk_file_name(id, 0));
+    // A backup of the chunk file with its checksums (extended attributes), as a restore keeps.
+    let backup = work.path().join("backup");
+    let cp = std::process::Command::new("cp").arg("-a").arg(&chunk).arg(&backup).status().unwrap();
+    assert!(cp.success());
+    // The file is rewritten in place, same length, and committed again.
+    a.ok("open /f");
+    a.ok("write 0 100000 2");
+    a.ok("close");
+    // The old copy is put back while the server is down.
+    cluster.kill(DaemonKind::Storage(ServerId(1)));
+    let cp = std::process::Command::new("cp").arg("-a").arg(&backup).arg(&chunk).status().unwrap();
+    assert!(cp.success());
+    cluster.restart(DaemonKind::Storage(ServerId(1))).await.unwrap().close().await.unwrap();
+    a.ok("open /f");
+    let answer = a.cmd("read 0 10");
+    assert!(
+        answer.starts_with("err Io") && answer.contains("lost") && answer.contains("commit version 1"),
+        "an old copy must not be served: {answer}"
+    );
+    let verify = run_tool(PFS, &cfg, &["getstripe", "--verify", "/f"]);
+    assert!(!verify.status.success(), "{}", stderr(&verify));
+}

@@ -11,10 +11,14 @@ use pfs_common::wire::registry::{ChunkHolder, ChunkInfo, ChunkState, GET_CHUNKS_
 use pfs_common::{ChunkIndex, FileId, ServerId};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+/// One server's copy of a chunk, as last reported.
 #[derive(Clone, Debug, PartialEq, Eq)]
-struct Held {
-    len: u64,
-    sha256: Option<Sha256Digest>,
+pub struct Held {
+    /// Length, bytes.
+    pub len: u64,
+    pub sha256: Option<Sha256Digest>,
+    /// The server's commit version of the chunk.
+    pub version: u64,
     /// The server's listing epoch when this was last reported.
     epoch: u64,
 }
@@ -62,7 +66,8 @@ impl Holders {
                 self.remove(server, key);
                 continue;
             }
-            self.chunks.entry(key).or_default().insert(server, Held { len: c.len, sha256: c.sha256, epoch });
+            let held = Held { len: c.len, sha256: c.sha256, version: c.version, epoch };
+            self.chunks.entry(key).or_default().insert(server, held);
             self.by_server.entry(server).or_default().insert(key);
         }
         if full {
@@ -130,9 +135,9 @@ impl Holders {
             .collect()
     }
 
-    /// Length in bytes of `server`'s copy of a chunk, if it reported one.
-    pub fn len_on(&self, server: ServerId, file: FileId, chunk: ChunkIndex) -> Option<u64> {
-        self.chunks.get(&(file, chunk))?.get(&server).map(|h| h.len)
+    /// `server`'s copy of a chunk, if it reported one.
+    pub fn held_on(&self, server: ServerId, file: FileId, chunk: ChunkIndex) -> Option<&Held> {
+        self.chunks.get(&(file, chunk))?.get(&server)
     }
 
     /// Number of chunks `server` holds.
@@ -153,6 +158,7 @@ mod tests {
             sha256: Some(Sha256Digest::of(&[len as u8])),
             removed: false,
             durable: true,
+            version: 1,
         }
     }
 

@@ -342,7 +342,13 @@ impl MetaServer {
                 Ok(n.chunks()
                     .range(c.file, c.first, last)
                     .map(|(chunk, r)| {
-                        (chunk, CommittedChunk { len: r.len, sha256: r.sha256, holders: r.holders.clone() })
+                        let c = CommittedChunk {
+                            len: r.len,
+                            sha256: r.sha256,
+                            holders: r.holders.clone(),
+                            version: r.version,
+                        };
+                        (chunk, c)
                     })
                     .collect::<BTreeMap<_, _>>())
             })
@@ -406,7 +412,9 @@ impl MetaServer {
                 .chunks
                 .iter()
                 .filter(|s| s.durable && !s.removed && !orphans.contains(&s.file))
-                .filter_map(|s| Some((s.file, Commit { chunk: s.chunk, len: s.len, sha256: s.sha256? })))
+                .filter_map(|s| {
+                    Some((s.file, Commit { chunk: s.chunk, len: s.len, sha256: s.sha256?, version: s.version }))
+                })
                 .collect();
             if !commits.is_empty() {
                 self.mutate(Op::CommitChunks { server: c.id, chunks: commits }).await?;
@@ -526,9 +534,20 @@ fn lost_chunks(n: &Namespace, holders: &Holders, server: ServerId) -> Vec<LostCh
     n.chunks()
         .held_by(server)
         .filter_map(|((file, chunk), rec)| {
-            let found = match holders.len_on(server, file, chunk) {
+            let found = match holders.held_on(server, file, chunk) {
                 None => "missing".to_string(),
-                Some(len) if len < rec.len => format!("{len} of {} bytes", rec.len),
+                Some(h) if h.len < rec.len => format!("{} of {} bytes", h.len, rec.len),
+                // An older copy (an old disk put back): its own checksums may well be fine.
+                Some(h) if h.version < rec.version => {
+                    format!("commit version {} of the chunk, but version {} was committed", h.version, rec.version)
+                }
+                Some(h) if h.version == rec.version && h.sha256.zip(rec.sha256).is_some_and(|(a, b)| a != b) => {
+                    format!(
+                        "other bytes than committed at version {} (sha256 {})",
+                        h.version,
+                        h.sha256.map(|d| d.to_string()).unwrap_or_default()
+                    )
+                }
                 Some(_) => return None,
             };
             Some(LostChunk { file, chunk, len: rec.len, found })

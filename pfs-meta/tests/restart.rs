@@ -226,6 +226,7 @@ async fn chunk_reports_orphans_and_remove_notifications() {
         sha256: Some(Sha256Digest::of(b"0123456789")),
         removed: false,
         durable: true,
+        version: 2,
     };
     let listing = |chunks| ChunkReport { id: ServerId(3), chunks, listing: true, full: true };
     let report = listing(vec![chunk(f.id, 0), chunk(FileId(9999), 0)]);
@@ -248,6 +249,16 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     assert_eq!(s.ask(listing(vec![])).await.unwrap().lost, Some(vec![lost]));
     let short = ChunkState { len: 4, ..chunk(f.id, 0) };
     assert_eq!(s.ask(listing(vec![short])).await.unwrap().lost.unwrap()[0].found, "4 of 10 bytes");
+    // An older copy of the same length (an old disk put back) is stale, whatever its bytes.
+    let old = ChunkState { version: 1, ..chunk(f.id, 0) };
+    let found = s.ask(listing(vec![old])).await.unwrap().lost.unwrap()[0].found.clone();
+    assert_eq!(found, "commit version 1 of the chunk, but version 2 was committed");
+    // The same version with other bytes is damage; a newer version is fine (its commit is on
+    // its way).
+    let other = ChunkState { sha256: Some(Sha256Digest::of(b"9876543210")), ..chunk(f.id, 0) };
+    assert!(s.ask(listing(vec![other])).await.unwrap().lost.unwrap()[0].found.starts_with("other bytes"));
+    let newer = ChunkState { version: 3, sha256: Some(Sha256Digest::of(b"9876543210")), ..chunk(f.id, 0) };
+    assert_eq!(s.ask(listing(vec![newer])).await.unwrap().lost, Some(vec![]));
     s.ask(listing(vec![chunk(f.id, 0)])).await.unwrap();
     let list = c.ask(ListServers).await.unwrap();
     assert_eq!(list.len(), 1);

@@ -5,8 +5,14 @@
 //! tens of GiB/s with SSE 4.2).
 //!
 //! Value layout: magic `PFSC`, the checksum block size (`u32` LE, bytes), a flags word
-//! (`u32` LE), then one `u32` LE crc32c per block; the last block covers only the bytes up to
-//! the chunk's end. The checksum block is the file's block size, or larger for chunks that
+//! (`u32` LE), the chunk's commit version (`u64` LE), the SHA-256 of the committed bytes (32
+//! bytes; zeros when unknown), then one `u32` LE crc32c per block; the last block covers only
+//! the bytes up to the chunk's end.
+//!
+//! The commit version counts the chunk's commits on this server (1 for the first): pfs-meta's
+//! chunk map records it with each committed state, so a copy from before the last commit (an old
+//! disk put back, a chunk file restored from a backup) is told from the current one even when
+//! its length is the same. The checksum block is the file's block size, or larger for chunks that
 //! would need more than [`MAX_BLOCKS`] checksums (so the value fits one file-system block).
 //!
 //! Crash consistency. Data and checksums reach the disk separately; after a crash either may
@@ -23,6 +29,7 @@
 use crate::engine::{ChunkFiles, ChunkKey};
 use crate::error::{Result, StorageError};
 use parking_lot::Mutex;
+use pfs_common::ids::Sha256Digest;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::AsRawFd;
@@ -34,9 +41,11 @@ use std::sync::Arc;
 pub const XATTR: &str = "user.pfs.crc32c";
 const XATTR_C: &[u8] = b"user.pfs.crc32c\0";
 const MAGIC: [u8; 4] = *b"PFSC";
-const HEADER: usize = 12;
+const HEADER: usize = 52;
 /// Flag: data and checksums were synced together and nothing changed since.
 const CLEAN: u32 = 1;
+/// Flag: the SHA-256 field holds the committed bytes' hash.
+const HAS_SHA: u32 = 2;
 /// Most checksums per chunk (2 KiB of value): larger chunks get larger checksum blocks.
 pub const MAX_BLOCKS: u64 = 512;
 /// Open chunk checksum handles kept at most.
@@ -60,6 +69,17 @@ pub struct ChunkChecksums {
     pub block_size: u32,
     clean: AtomicBool,
     what: String,
+}
+
+/// What a chunk's checksums record of its last commit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Committed {
+    /// Commits of the chunk on this server so far (0: never committed).
+    pub version: u64,
+    /// Data and checksums were synced together with nothing written since.
+    pub clean: bool,
+    /// The SHA-256 of the committed bytes, when clean and known.
+    pub sha256: Option<Sha256Digest>,
 }
 
 /// The chunk checksums of one data directory.
@@ -97,12 +117,24 @@ fn set_value(f: &File, value: &[u8], what: &str) -> Result<()> {
     Ok(())
 }
 
-fn header(block_size: u32, flags: u32) -> [u8; HEADER] {
+fn header(block_size: u32, flags: u32, version: u64, sha256: Option<Sha256Digest>) -> [u8; HEADER] {
     let mut h = [0u8; HEADER];
     h[..4].copy_from_slice(&MAGIC);
     h[4..8].copy_from_slice(&block_size.to_le_bytes());
+    let flags = if sha256.is_some() { flags | HAS_SHA } else { flags & !HAS_SHA };
     h[8..12].copy_from_slice(&flags.to_le_bytes());
+    h[12..20].copy_from_slice(&version.to_le_bytes());
+    h[20..52].copy_from_slice(&sha256.map_or([0; 32], |d| d.0));
     h
+}
+
+/// The commit record in a value (checked to hold a header).
+fn committed_of(v: &[u8]) -> Committed {
+    let flags = u32::from_le_bytes(v[8..12].try_into().expect("4 bytes"));
+    let version = u64::from_le_bytes(v[12..20].try_into().expect("8 bytes"));
+    let clean = flags & CLEAN != 0;
+    let sha256 = (clean && flags & HAS_SHA != 0).then(|| Sha256Digest(v[20..52].try_into().expect("32 bytes")));
+    Committed { version, clean, sha256 }
 }
 
 impl Checksums {
@@ -137,7 +169,7 @@ impl Checksums {
             None => match create {
                 None => return Ok(None),
                 Some(block_size) => {
-                    set_value(&file, &header(block_size, 0), &what)?;
+                    set_value(&file, &header(block_size, 0, 0, None), &what)?;
                     (block_size, 0)
                 }
             },
@@ -157,13 +189,14 @@ impl Checksums {
     }
 
     /// Writes fresh dirty checksums of every block of `chunk` (read in full), with
-    /// `block_size` (blocking). Used at start-up for chunks whose checksums are dirty or missing.
+    /// `block_size`, keeping commit version `version` (blocking). Used at start-up for chunks
+    /// whose checksums are dirty or missing.
     ///
     /// Errors: Io naming the chunk.
-    pub fn rebuild(&self, key: ChunkKey, chunk: &File, block_size: u32) -> Result<()> {
+    pub fn rebuild(&self, key: ChunkKey, chunk: &File, block_size: u32, version: u64) -> Result<()> {
         self.open.lock().remove(&key);
         let what = ChunkFiles::describe(key);
-        let mut value = header(block_size, 0).to_vec();
+        let mut value = header(block_size, 0, version, None).to_vec();
         let mut buf = vec![0u8; block_size as usize];
         let mut off = 0u64;
         loop {
@@ -207,15 +240,38 @@ impl ChunkChecksums {
         self.clean.load(Ordering::Acquire)
     }
 
-    /// Sets or clears the clean flag and fsyncs the chunk file (blocking): an extended
-    /// attribute is metadata, which fdatasync need not write.
+    /// The commit version, clean flag and committed SHA-256 on disk.
     ///
     /// Errors: Io.
-    pub fn set_clean(&self, clean: bool) -> Result<()> {
+    pub fn committed(&self) -> Result<Committed> {
+        Ok(committed_of(&self.value()?))
+    }
+
+    /// Records a commit (the data is durable): the commit version goes up by one and the
+    /// checksums are clean, with `sha256` if known; fsyncs the chunk file (blocking: an extended
+    /// attribute is metadata, which fdatasync need not write). Returns the new version.
+    ///
+    /// Errors: Io.
+    pub fn commit(&self, sha256: Option<Sha256Digest>) -> Result<u64> {
         let mut v = self.value()?;
-        let flags = if clean { CLEAN } else { 0 };
-        v[8..12].copy_from_slice(&flags.to_le_bytes());
-        set_value(&self.file, &v, &self.what)?;
+        let version = committed_of(&v).version + 1;
+        v[..HEADER].copy_from_slice(&header(self.block_size, CLEAN, version, sha256));
+        self.store_synced(&v, true)?;
+        Ok(version)
+    }
+
+    /// Clears the clean flag (a write is about to change the data) and fsyncs (blocking).
+    ///
+    /// Errors: Io.
+    pub fn set_dirty(&self) -> Result<()> {
+        let mut v = self.value()?;
+        let c = committed_of(&v);
+        v[..HEADER].copy_from_slice(&header(self.block_size, 0, c.version, None));
+        self.store_synced(&v, false)
+    }
+
+    fn store_synced(&self, v: &[u8], clean: bool) -> Result<()> {
+        set_value(&self.file, v, &self.what)?;
         self.file.sync_all().map_err(|e| StorageError::io(format!("syncing the checksums of {}", self.what), e))?;
         self.clean.store(clean, Ordering::Release);
         Ok(())
@@ -241,7 +297,7 @@ impl ChunkChecksums {
     /// Errors: Invalid past [`MAX_BLOCKS`] (cannot happen for blocks chosen by [`block_for`]);
     /// Io.
     pub fn write(&self, first: u64, crcs: &[u32]) -> Result<()> {
-        if first + crcs.len() as u64 > MAX_BLOCKS * 2 {
+        if first + crcs.len() as u64 > MAX_BLOCKS {
             return Err(bad(&self.what, format!("block {} is past the most a chunk has", first + crcs.len() as u64)));
         }
         let mut v = self.value()?;

@@ -135,9 +135,17 @@ pub async fn run(store: Arc<ChunkStore>) {
             let next = st.dirty.values().filter(|t| **t + quiet > now).min().map(|t| *t + quiet);
             (due, next)
         };
-        // Sync quiet chunks before hashing them, so the state reported is durable and pfs-meta
-        // commits it: the chunk map trails the writes by about `hash_quiet`, not by the next
-        // fsync.
+        for key in &due {
+            let _g = store.hash_lock.lock().await;
+            // Still dirty and still quiet? (Fsync may have hashed it; a write may have touched it.)
+            let still_due = store.state.lock().dirty.get(key).is_some_and(|t| *t + quiet <= Instant::now());
+            if still_due {
+                hash_one(&store, *key).await;
+            }
+        }
+        // Then sync them (recording each SHA-256 with the commit), so the state reported is
+        // durable and pfs-meta commits it: the chunk map trails the writes by about
+        // `hash_quiet`, not by the next fsync.
         let unsynced: Vec<ChunkKey> = {
             let st = store.state.lock();
             due.iter().filter(|k| st.unsynced.contains(k)).copied().collect()
@@ -145,14 +153,6 @@ pub async fn run(store: Arc<ChunkStore>) {
         if !unsynced.is_empty() {
             if let Err(e) = store.sync_chunks(&unsynced).await {
                 warn!("{}: background sync: {e}", store.id);
-            }
-        }
-        for key in due {
-            let _g = store.hash_lock.lock().await;
-            // Still dirty and still quiet? (Fsync may have hashed it; a write may have touched it.)
-            let still_due = store.state.lock().dirty.get(&key).is_some_and(|t| *t + quiet <= Instant::now());
-            if still_due {
-                hash_one(&store, key).await;
             }
         }
         if !store.state.lock().outbox.is_empty() {

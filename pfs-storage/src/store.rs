@@ -59,6 +59,9 @@ pub(crate) struct ChunkEntry {
     /// The `version` last made durable by an fdatasync (a state is committed to pfs-meta's
     /// chunk map only when it is durable).
     pub synced_version: u64,
+    /// How many times a state of the chunk was committed here (kept with its checksums; see
+    /// `checksums`): pfs-meta tells a stale copy by it.
+    pub commit_version: u64,
 }
 
 /// The incremental SHA-256 of one chunk, fed by sequential appends from offset 0 as they
@@ -116,6 +119,7 @@ impl State {
             sha256: Some(e.sha256?),
             removed: false,
             durable: e.synced_version == e.version,
+            version: e.commit_version,
         })
     }
 }
@@ -186,15 +190,24 @@ impl ChunkStore {
     /// Errors: Io when the directory cannot be listed.
     pub async fn open(id: ServerId, engine: Arc<dyn Engine>, opts: StoreOptions) -> Result<Arc<ChunkStore>> {
         let listed = engine.list().await?;
+        let checksums = Checksums::new(engine.files().clone());
         let mut state = State::default();
         let now = Instant::now();
+        let mut rebuilt = 0;
         for (key, len) in &listed {
-            // Not known to be durable (the process may have died before the kernel wrote
-            // them back): synced before their state is committed.
-            let entry = ChunkEntry { len: *len, sha256: None, version: 1, synced_version: 0 };
+            let (entry, clean) = chunk_at_start(&checksums, engine.files(), *key, *len).map_err(|e| e.on(id))?;
+            let hashed = entry.sha256.is_some();
             state.index.entry(key.0).or_default().insert(key.1, entry);
-            state.dirty.insert(*key, now);
-            state.unsynced.insert(*key);
+            if clean && !hashed {
+                state.dirty.insert(*key, now); // durable, but its SHA-256 was not recorded
+            }
+            if !clean {
+                // Not known to be durable (the process may have died before the kernel wrote
+                // it back): synced, hashed and committed again.
+                state.dirty.insert(*key, now);
+                state.unsynced.insert(*key);
+                rebuilt += 1;
+            }
         }
         info!(
             "{id}: {} chunk files of {} files in {}",
@@ -202,8 +215,6 @@ impl ChunkStore {
             state.index.len(),
             engine.files().dir().display()
         );
-        let checksums = Checksums::new(engine.files().clone());
-        let rebuilt = rebuild_dirty_checksums(&checksums, engine.files(), &listed).map_err(|e| e.on(id))?;
         if rebuilt > 0 {
             info!("{id}: rebuilt the block checksums of {rebuilt} chunks changed since their last commit");
         }
@@ -348,7 +359,7 @@ impl ChunkStore {
         if sums.is_clean() {
             // Durably dirty before the data changes (see `checksums`).
             let s = sums.clone();
-            blocking(move || s.set_clean(false)).await.map_err(|e| e.on(self.id))?;
+            blocking(move || s.set_dirty()).await.map_err(|e| e.on(self.id))?;
         }
         let (existed, running, old_len) = {
             let mut st = self.state.lock();
@@ -398,6 +409,7 @@ impl ChunkStore {
                 sha256: None,
                 version: 0,
                 synced_version: 0,
+                commit_version: 0,
             });
             entry.len = entry.len.max(offset + len);
             entry.version += 1;
@@ -565,7 +577,7 @@ impl ChunkStore {
                     move || {
                         // Dirty first (durably), then cut the data and sync it, then the
                         // checksums: a crash in between leaves them dirty, rebuilt at start.
-                        s.set_clean(false)?;
+                        s.set_dirty()?;
                         if let Some(f) = &file {
                             f.set_len(new_len).map_err(|e| {
                                 StorageError::io(format!("truncating {}", ChunkFiles::describe(key)), e)
@@ -579,14 +591,15 @@ impl ChunkStore {
                             let crcs = checksums::block_crcs(f, s.block_size, last, last, new_len, 0, &[], key)?;
                             s.write(last, &crcs)?;
                         }
-                        s.set_clean(true)
+                        s.commit(None)
                     }
                 };
-                blocking(cut_checksums).await.map_err(|e| e.on(self.id))?;
+                let commit_version = blocking(cut_checksums).await.map_err(|e| e.on(self.id))?;
                 let mut st = self.state.lock();
                 st.running.insert(key, Running::Invalid);
                 if let Some(entry) = st.index.get_mut(&file).and_then(|m| m.get_mut(&chunk)) {
                     entry.len = new_len;
+                    entry.commit_version = commit_version;
                     entry.version += 1;
                     entry.sha256 = None;
                     // The cut was synced above (writers of this range are excluded by the
@@ -707,7 +720,8 @@ impl ChunkStore {
             st.dirty.remove(&key);
             st.unsynced.remove(&key);
             st.running.remove(&key);
-            st.outbox.insert(key, ChunkState { file, chunk, len: 0, sha256: None, removed: true, durable: false });
+            let removed = ChunkState { file, chunk, len: 0, sha256: None, removed: true, durable: false, version: 0 };
+            st.outbox.insert(key, removed);
         }
         self.dir_dirty.store(true, Ordering::Release);
     }
@@ -764,6 +778,12 @@ impl ChunkStore {
                     if let Some(e) = st.index.get_mut(&key.0).and_then(|m| m.get_mut(&key.1)) {
                         e.synced_version = e.synced_version.max(version);
                     }
+                    // Durable now: its state (if hashed) goes to pfs-meta to be committed.
+                    if st.reconciled {
+                        if let Some(state) = st.report_state(key) {
+                            st.outbox.insert(key, state);
+                        }
+                    }
                 }
                 Ok((key, _, Err(e))) => {
                     self.state.lock().unsynced.insert(key);
@@ -787,10 +807,11 @@ impl ChunkStore {
     /// the directory if chunk files were created, then its changed chunks hashed (their states
     /// queued for pfs-meta). Errors: Io (or NoSpace) from fdatasync.
     pub(crate) async fn make_durable(self: &Arc<Self>, file: FileId) -> Result<()> {
+        // Hashed first, so the commit records the SHA-256 with the checksums.
+        crate::hasher::hash_file_now(self, file).await;
         let keys: Vec<ChunkKey> = self.state.lock().unsynced.iter().filter(|k| k.0 == file).copied().collect();
         self.sync_chunks(&keys).await?;
         self.sync_dir().await?;
-        crate::hasher::hash_file_now(self, file).await;
         Ok(())
     }
 
@@ -798,14 +819,23 @@ impl ChunkStore {
     /// marked clean and synced (see `checksums`). Errors: Io.
     async fn mark_clean(&self, key: ChunkKey, version: u64) -> Result<()> {
         let _chunk_lock = self.lock_of(key).write().await;
-        let current = self.state.lock().index.get(&key.0).and_then(|m| m.get(&key.1)).map(|e| e.version);
-        if current != Some(version) {
-            return Ok(()); // written again since: still dirty
+        let sha = {
+            let st = self.state.lock();
+            let Some(e) = st.index.get(&key.0).and_then(|m| m.get(&key.1)) else { return Ok(()) };
+            if e.version != version {
+                return Ok(()); // written again since: still dirty
+            }
+            e.sha256.filter(|_| !st.dirty.contains_key(&key))
+        };
+        let Some(s) = self.checksums.get(key, None).map_err(|e| e.on(self.id))? else { return Ok(()) };
+        if s.is_clean() {
+            return Ok(());
         }
-        match self.checksums.get(key, None).map_err(|e| e.on(self.id))? {
-            Some(s) if !s.is_clean() => blocking(move || s.set_clean(true)).await.map_err(|e| e.on(self.id)),
-            _ => Ok(()),
+        let commit_version = blocking(move || s.commit(sha)).await.map_err(|e| e.on(self.id))?;
+        if let Some(e) = self.state.lock().index.get_mut(&key.0).and_then(|m| m.get_mut(&key.1)) {
+            e.commit_version = commit_version;
         }
+        Ok(())
     }
 
     /// Makes every write to `file` durable (fdatasync of its changed chunks, fsync of the
@@ -876,6 +906,7 @@ impl ChunkStore {
                     sha256: if st.dirty.contains_key(&(*file, *chunk)) { None } else { e.sha256 },
                     removed: false,
                     durable: e.synced_version == e.version,
+                    version: e.commit_version,
                 })
             })
             .collect();
@@ -914,29 +945,33 @@ fn cut(mut buf: PooledBuf, skip: usize, len: usize) -> PooledBuf {
     out
 }
 
-/// Rebuilds the checksums of listed chunks whose checksums are dirty (changed since the last
-/// commit), missing or unreadable; returns how many (blocking; start-up only).
-fn rebuild_dirty_checksums(checksums: &Checksums, files: &ChunkFiles, listed: &[(ChunkKey, u64)]) -> Result<usize> {
-    let mut rebuilt = 0;
-    for (key, len) in listed {
-        // Without checksums to say the file's block size, the cluster's default one.
-        let fallback = checksums::block_for(64 << 10, *len);
-        let block_size = match checksums.get(*key, None) {
-            Ok(Some(s)) if s.is_clean() => continue,
-            Ok(Some(s)) => s.block_size,
-            Ok(None) => fallback,
+/// A listed chunk's index entry at start, and whether its checksums are clean (its data was
+/// committed with nothing written since: trusted as durable, with the SHA-256 recorded at the
+/// commit). Dirty, missing or unreadable checksums are rebuilt from the data (blocking).
+///
+/// Errors: Io naming the chunk.
+fn chunk_at_start(checksums: &Checksums, files: &ChunkFiles, key: ChunkKey, len: u64) -> Result<(ChunkEntry, bool)> {
+    // Without checksums to say the file's block size, the cluster's default one.
+    let fallback = checksums::block_for(64 << 10, len);
+    let (block_size, commit_version) =
+        match checksums.get(key, None).and_then(|s| Ok((s.clone(), s.map(|s| s.committed()).transpose()?))) {
+            Ok((Some(_), Some(c))) if c.clean => {
+                let entry =
+                    ChunkEntry { len, sha256: c.sha256, version: 1, synced_version: 1, commit_version: c.version };
+                return Ok((entry, true));
+            }
+            Ok((Some(s), Some(c))) => (s.block_size, c.version),
+            Ok(_) => (fallback, 0),
             Err(e) => {
                 warn!("{e}; rebuilding them from the chunk's data");
-                fallback
+                (fallback, 0)
             }
         };
-        let Some(file) = files.open(*key, false)? else { continue };
-        checksums.rebuild(*key, &file, block_size)?;
-        rebuilt += 1;
+    if let Some(file) = files.open(key, false)? {
+        checksums.rebuild(key, &file, block_size, commit_version)?;
     }
-    Ok(rebuilt)
+    Ok((ChunkEntry { len, sha256: None, version: 1, synced_version: 0, commit_version }, false))
 }
-
 /// A boot id unlikely to repeat across restarts: the clock's nanoseconds mixed with the pid,
 /// never 0.
 fn new_boot_id() -> u64 {

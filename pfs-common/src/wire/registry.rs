@@ -92,7 +92,8 @@ pub struct LostChunk {
     pub chunk: ChunkIndex,
     /// Committed length, bytes.
     pub len: u64,
-    /// What the server reported instead ("missing", "12 of 4194304 bytes").
+    /// What the server reported instead ("missing", "12 of 4194304 bytes", "version 3, committed
+    /// version 5").
     pub found: String,
 }
 
@@ -140,6 +141,8 @@ pub struct CommittedChunk {
     pub sha256: Option<Sha256Digest>,
     /// Servers that committed this state.
     pub holders: Vec<ServerId>,
+    /// The holder's commit version of this state.
+    pub version: u64,
 }
 
 /// One holder of a chunk.
@@ -165,6 +168,10 @@ pub struct ChunkState {
     /// These bytes are on disk (fdatasync'd since the chunk's last change), so pfs-meta may
     /// commit them to the chunk map.
     pub durable: bool,
+    /// The chunk's commit version on this server: how many times a state of it was made
+    /// durable here (kept with its checksums, so it survives restarts; 0: never). A copy with
+    /// a lower version than the committed one is stale.
+    pub version: u64,
 }
 
 /// A storage server as the registry sees it.

@@ -22,6 +22,8 @@ pub struct ChunkRecord {
     pub sha256: Option<Sha256Digest>,
     /// Servers that committed this state, sorted.
     pub holders: Vec<ServerId>,
+    /// The holder's commit version of the chunk (see `ChunkState::version`).
+    pub version: u64,
 }
 
 /// A chunk state a storage server made durable, as committed.
@@ -31,6 +33,8 @@ pub struct Commit {
     /// Chunk length, bytes.
     pub len: u64,
     pub sha256: Sha256Digest,
+    /// The server's commit version of the chunk.
+    pub version: u64,
 }
 
 /// Committed chunks of every file.
@@ -72,20 +76,21 @@ impl ChunkMap {
 
     /// True if committing `c` from `server` would change nothing.
     pub fn is_committed(&self, file: FileId, server: ServerId, c: &Commit) -> bool {
-        self.get(file, c.chunk)
-            .is_some_and(|r| r.len == c.len && r.sha256 == Some(c.sha256) && r.holders.binary_search(&server).is_ok())
+        self.get(file, c.chunk).is_some_and(|r| {
+            r.len == c.len
+                && r.sha256 == Some(c.sha256)
+                && r.version == c.version
+                && r.holders.binary_search(&server).is_ok()
+        })
     }
 
     /// `server` made state `c` durable. The same state from another server adds a holder; a
     /// new state replaces the record (the old holders' copies are outdated).
     pub fn commit(&mut self, file: FileId, server: ServerId, c: &Commit) {
-        let rec = self.chunks.entry((file, c.chunk)).or_insert_with(|| ChunkRecord {
-            len: c.len,
-            sha256: Some(c.sha256),
-            holders: Vec::new(),
-        });
-        if rec.len != c.len || rec.sha256 != Some(c.sha256) {
-            *rec = ChunkRecord { len: c.len, sha256: Some(c.sha256), holders: Vec::new() };
+        let fresh = || ChunkRecord { len: c.len, sha256: Some(c.sha256), holders: Vec::new(), version: c.version };
+        let rec = self.chunks.entry((file, c.chunk)).or_insert_with(fresh);
+        if rec.len != c.len || rec.sha256 != Some(c.sha256) || rec.version != c.version {
+            *rec = fresh();
         }
         if let Err(at) = rec.holders.binary_search(&server) {
             rec.holders.insert(at, server);
@@ -131,7 +136,7 @@ mod tests {
     use super::*;
 
     fn commit(chunk: u64, len: u64, b: u8) -> Commit {
-        Commit { chunk, len, sha256: Sha256Digest([b; 32]) }
+        Commit { chunk, len, sha256: Sha256Digest([b; 32]), version: 1 }
     }
 
     #[test]

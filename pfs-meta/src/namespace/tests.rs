@@ -206,7 +206,7 @@ fn records_that_do_not_fit_are_refused_and_change_nothing() {
         Mutation::Reap { file: f },
         Mutation::CommitChunks {
             server: ServerId(1),
-            chunks: vec![(FileId(999), Commit { chunk: 0, len: 1, sha256: Sha256Digest([0; 32]) })],
+            chunks: vec![(FileId(999), Commit { chunk: 0, len: 1, sha256: Sha256Digest([0; 32]), version: 1 })],
         },
         Mutation::Mkdir { parent: f, name: "x".into(), id: FileId(50), policy: LayoutPolicy::default(), time_ms: 2 },
         Mutation::SetSize { file: FileId::ROOT, size: 5, time_ms: 2 },
@@ -255,7 +255,10 @@ fn arb_op() -> impl Strategy<Value = Op> {
                 server: ServerId(server),
                 chunks: chunks
                     .into_iter()
-                    .map(|(f, chunk, len, b)| (FileId(f), Commit { chunk, len, sha256: Sha256Digest([b; 32]) }))
+                    .map(|(f, chunk, len, b)| (
+                        FileId(f),
+                        Commit { chunk, len, sha256: Sha256Digest([b; 32]), version: len % 3 }
+                    ))
                     .collect(),
             }
         ),

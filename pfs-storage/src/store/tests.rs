@@ -39,14 +39,19 @@ async fn chunk_files_are_named_by_id_and_index() {
     assert_eq!(names, ["0000000000000abc_chunk_17"]);
     let path = dir.path().join(&names[0]);
     assert_eq!(std::fs::read(&path).unwrap(), b"\0\0\0\0\0data");
-    // Its checksums: header (magic, block size, flags: dirty) and one crc32c of the only block.
+    // Its checksums: header (magic, block size, flags: dirty, commit version 0, no SHA-256)
+    // and one crc32c of the only block.
     let sums = xattr(&path);
     assert_eq!(&sums[..4], b"PFSC");
     assert_eq!(sums[4..8], 4096u32.to_le_bytes());
     assert_eq!(sums[8..12], 0u32.to_le_bytes());
-    assert_eq!(sums[12..], crc32c::crc32c(b"\0\0\0\0\0data").to_le_bytes());
+    assert_eq!(sums[12..20], 0u64.to_le_bytes());
+    assert_eq!(sums[52..], crc32c::crc32c(b"\0\0\0\0\0data").to_le_bytes());
     s.make_durable(FileId(0xabc)).await.unwrap();
-    assert_eq!(xattr(&path)[8..12], 1u32.to_le_bytes(), "clean once synced");
+    let sums = xattr(&path);
+    assert_eq!(sums[8..12], 3u32.to_le_bytes(), "clean, with the SHA-256, once synced");
+    assert_eq!(sums[12..20], 1u64.to_le_bytes(), "the first commit");
+    assert_eq!(sums[20..52], Sha256Digest::of(b"\0\0\0\0\0data").0);
     let (data, len) = s.read(FileId(0xabc), 17, 3, 100).await.unwrap();
     assert_eq!((&data[..], len), (&b"\0\0data"[..], 9));
     // A hole: empty payload, length 0.
@@ -158,7 +163,8 @@ async fn checksums_of_chunks_changed_since_their_commit_are_rebuilt_at_start() {
     let path = dir.path().join(pfs_common::ids::chunk_file_name(f, 0));
     let mut bytes = xattr(&path);
     assert_eq!(bytes[8..12], 0u32.to_le_bytes(), "dirty: written since the last commit");
-    bytes[12] ^= 0xff;
+    assert_eq!(bytes[12..20], 1u64.to_le_bytes(), "the last commit's version stays");
+    bytes[52] ^= 0xff;
     set_xattr(&path, &bytes);
     let s = open_store(dir.path(), Duration::from_secs(3600)).await;
     let mut want = vec![2u8; 100];
@@ -181,8 +187,12 @@ async fn index_is_rebuilt_on_reopen() {
     assert_eq!(s.chunks_of(FileId(1)), vec![(0, 100), (4, 110)]);
     assert_eq!(s.chunks_of(FileId(2)), vec![(1, 7)]);
     assert_eq!(s.status().unwrap().chunks, 3);
-    // Reopened chunks are queued for hashing.
-    assert_eq!(s.state.lock().dirty.len(), 3);
+    // Chunks committed clean keep the SHA-256 recorded at the commit; the one never synced is
+    // queued for syncing and hashing.
+    assert_eq!(s.state.lock().dirty.keys().copied().collect::<Vec<_>>(), vec![(FileId(2), 1)]);
+    let mut want = vec![0u8; 10];
+    want.extend_from_slice(&[2; 100]);
+    assert_eq!(s.chunk_hash(FileId(1), 4), Some(Sha256Digest::of(&want)));
 }
 
 #[tokio::test]
