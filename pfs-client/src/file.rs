@@ -589,10 +589,12 @@ impl File {
             }
             s.client.forget_file(s);
             if let Ok(session) = s.client.session() {
-                let _ = s.client.meta(tok::Release { session, file: s.id, range: ByteRange::ALL }).await;
-                // An unlinked file's data goes once its last opener closes it. Not fatal to the
-                // close if pfs-meta cannot be told: the session's end closes it too.
-                if let Err(e) = s.client.meta(ns::Close { file: s.id, session }).await {
+                // Both at once (one round trip). An unlinked file's data goes once its last
+                // opener closes it; not fatal to the close if pfs-meta cannot be told: the
+                // session's end closes it too.
+                let release = s.client.meta(tok::Release { session, file: s.id, range: ByteRange::ALL });
+                let close = s.client.meta(ns::Close { file: s.id, session });
+                if let (_, Err(e)) = tokio::join!(release, close) {
                     tracing::debug!("telling pfs-meta {} is closed: {e}", s.path);
                 }
             }

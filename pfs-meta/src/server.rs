@@ -229,7 +229,8 @@ impl MetaServer {
     async fn close_file(&self, peer: &Peer, c: ns::Close) -> Result<()> {
         self.tokens.check_owner(c.session, peer.conn_id, &peer.name)?;
         let freed = self.opens.lock().close(c.session, c.file);
-        if freed {
+        // Only an orphan goes (checked first: a no-op change would still wait for the WAL).
+        if freed && self.store.read(|n| n.orphans().contains(&c.file)).0 {
             self.reap(c.file).await?;
         }
         Ok(())
