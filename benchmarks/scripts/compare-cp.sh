@@ -4,16 +4,19 @@
 # `pfs up` cluster from config/local.toml on its own ports, a 4 s settle (the precreated-file
 # pools fill), an 8 MiB warm-up, then three 256 MiB copies in (new files) and three out to
 # /dev/null. Prints MiB/s per copy; quote medians. Needs a 256 MiB file at $SRC (made if absent).
+# BASE_CONFIG / NEW_CONFIG: the cluster configuration each build understands (default: this
+# checkout's config/local.toml; give an older build its own).
 set -euo pipefail
+shopt -s inherit_errexit
 BASE=$1; NEW=$2; ROUNDS=${3:-3}
 ROOT=$(cd "$(dirname "$0")/../.." && pwd)
 SRC=${SRC:-/tmp/pfs-compare-256m.bin}
 [ -f "$SRC" ] || head -c 256M /dev/urandom > "$SRC"
 head -c 8M "$SRC" > "$SRC.8m"
-run() { # $1 bin dir, $2 port prefix (two digits)
+run() { # $1 bin dir, $2 port prefix (two digits), $3 config template
   local B=$1 D=/tmp/pfs-compare-$2
   rm -rf "$D"; mkdir -p "$D"
-  sed "s#/tmp/pfs-local#$D#; s#127.0.0.1:74#127.0.0.1:$2#" "$ROOT/config/local.toml" > "$D/cfg.toml"
+  sed "s#/tmp/pfs-local#$D#; s#127.0.0.1:74#127.0.0.1:$2#" "$3" > "$D/cfg.toml"
   export PFS_CONFIG=$D/cfg.toml PFS_LOG=warn
   timeout 60 "$B/pfs" up > /dev/null; sleep 4
   "$B/pfs-cp" "$SRC.8m" pfs:/warm; "$B/pfs-cp" pfs:/warm /dev/null
@@ -25,6 +28,6 @@ run() { # $1 bin dir, $2 port prefix (two digits)
   echo "$out"
 }
 for r in $(seq 1 "$ROUNDS"); do
-  echo "base $(run "$BASE" 75)"
-  echo "new  $(run "$NEW" 76)"
+  echo "base $(run "$BASE" 75 "${BASE_CONFIG:-$ROOT/config/local.toml}")"
+  echo "new  $(run "$NEW" 76 "${NEW_CONFIG:-$ROOT/config/local.toml}")"
 done

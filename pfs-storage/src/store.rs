@@ -435,6 +435,17 @@ impl ChunkStore {
         let bs = sums.block_size as u64;
         let end = offset + data.len() as u64;
         let (first, last) = (offset.min(old_len) / bs, (end - 1) / bs);
+        let whole = |b: u64| b * bs >= offset && ((b + 1) * bs).min(old_len.max(end)) <= end;
+        if (first..=last).all(whole) {
+            // Every block from the payload: no read back, so no buffered descriptor needed.
+            let crcs: Vec<u32> = (first..=last)
+                .map(|b| {
+                    let (start, stop) = (b * bs, ((b + 1) * bs).min(old_len.max(end)));
+                    crc32c::crc32c(&data[(start - offset) as usize..(stop - offset) as usize])
+                })
+                .collect();
+            return sums.write(first, &crcs).map_err(|e| e.on(self.id));
+        }
         let file = self.engine.files().open(key, false).map_err(|e| e.on(self.id))?.ok_or_else(|| {
             StorageError::io(
                 format!("reading back {}", ChunkFiles::describe(key)),
