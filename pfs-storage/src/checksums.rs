@@ -327,12 +327,13 @@ impl ChunkChecksums {
 
 /// Checksums of the blocks `first ..= last` of a chunk that is `chunk_len` bytes long after a
 /// write of `data` at `offset`: blocks the write covers whole come from `data`, the others
-/// (partly written, or in a gap the write left) are read back from `chunk` (blocking).
+/// (partly written, or in a gap the write left) are read back from the chunk file, which
+/// `open` opens on first need (blocking).
 ///
 /// Errors: Io naming the chunk.
 #[allow(clippy::too_many_arguments)]
 pub fn block_crcs(
-    chunk: &File,
+    open: impl FnOnce() -> Result<Arc<File>>,
     block_size: u32,
     first: u64,
     last: u64,
@@ -344,6 +345,8 @@ pub fn block_crcs(
     let bs = block_size as u64;
     let end = offset + data.len() as u64;
     let mut buf = Vec::new();
+    let mut open = Some(open);
+    let mut chunk: Option<Arc<File>> = None;
     (first..=last)
         .map(|b| {
             let (start, stop) = (b * bs, ((b + 1) * bs).min(chunk_len));
@@ -351,7 +354,10 @@ pub fn block_crcs(
                 return Ok(crc32c::crc32c(&data[(start - offset) as usize..(stop - offset) as usize]));
             }
             buf.resize((stop - start) as usize, 0);
-            let n = read_full(chunk, &mut buf, start)
+            if chunk.is_none() {
+                chunk = Some(open.take().expect("opened at most once")()?);
+            }
+            let n = read_full(chunk.as_ref().expect("opened above"), &mut buf, start)
                 .map_err(|e| StorageError::io(format!("reading back block {b} of {}", ChunkFiles::describe(key)), e))?;
             // A block the file does not reach yet reads as zeros (a hole).
             buf[n..].fill(0);

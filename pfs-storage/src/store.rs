@@ -109,18 +109,21 @@ impl State {
     /// The state of chunk `key` to report to pfs-meta, if it is hashed and not lost.
     pub(crate) fn report_state(&self, key: ChunkKey) -> Option<ChunkState> {
         let e = self.index.get(&key.0)?.get(&key.1)?;
-        if self.lost.contains_key(&key) || self.dirty.contains_key(&key) {
-            return None;
-        }
-        Some(ChunkState {
+        let state = self.chunk_state(key, e);
+        (state.sha256.is_some() && !self.lost.contains_key(&key)).then_some(state)
+    }
+
+    /// Chunk `key`'s state as listed to pfs-meta: its hash only while no change awaits hashing.
+    fn chunk_state(&self, key: ChunkKey, e: &ChunkEntry) -> ChunkState {
+        ChunkState {
             file: key.0,
             chunk: key.1,
             len: e.len,
-            sha256: Some(e.sha256?),
+            sha256: e.sha256.filter(|_| !self.dirty.contains_key(&key)),
             removed: false,
             durable: e.synced_version == e.version,
             version: e.commit_version,
-        })
+        }
     }
 }
 
@@ -435,25 +438,17 @@ impl ChunkStore {
         let bs = sums.block_size as u64;
         let end = offset + data.len() as u64;
         let (first, last) = (offset.min(old_len) / bs, (end - 1) / bs);
-        let whole = |b: u64| b * bs >= offset && ((b + 1) * bs).min(old_len.max(end)) <= end;
-        if (first..=last).all(whole) {
-            // Every block from the payload: no read back, so no buffered descriptor needed.
-            let crcs: Vec<u32> = (first..=last)
-                .map(|b| {
-                    let (start, stop) = (b * bs, ((b + 1) * bs).min(old_len.max(end)));
-                    crc32c::crc32c(&data[(start - offset) as usize..(stop - offset) as usize])
-                })
-                .collect();
-            return sums.write(first, &crcs).map_err(|e| e.on(self.id));
-        }
-        let file = self.engine.files().open(key, false).map_err(|e| e.on(self.id))?.ok_or_else(|| {
-            StorageError::io(
-                format!("reading back {}", ChunkFiles::describe(key)),
-                std::io::Error::from(std::io::ErrorKind::NotFound),
-            )
-            .on(self.id)
-        })?;
-        let crcs = checksums::block_crcs(&file, sums.block_size, first, last, old_len.max(end), offset, data, key)
+        // The buffered file is opened only if a block must be read back (whole blocks come
+        // from the payload, and an open is slow here).
+        let read_back = || {
+            self.engine.files().open(key, false)?.ok_or_else(|| {
+                StorageError::io(
+                    format!("reading back {}", ChunkFiles::describe(key)),
+                    std::io::Error::from(std::io::ErrorKind::NotFound),
+                )
+            })
+        };
+        let crcs = checksums::block_crcs(read_back, sums.block_size, first, last, old_len.max(end), offset, data, key)
             .map_err(|e| e.on(self.id))?;
         sums.write(first, &crcs).map_err(|e| e.on(self.id))
     }
@@ -505,7 +500,8 @@ impl ChunkStore {
                 ),
             });
         }
-        {
+        let _chunk_lock = self.lock_of(key).read().await;
+        let indexed = {
             let st = self.state.lock();
             if !st.reconciled {
                 return Err(StorageError::NotReconciled { server: self.id });
@@ -513,9 +509,8 @@ impl ChunkStore {
             if let Some(e) = st.lost_error(self.id, key) {
                 return Err(e);
             }
-        }
-        let _chunk_lock = self.lock_of(key).read().await;
-        let indexed = self.state.lock().index.get(&file).and_then(|m| m.get(&chunk)).map(|e| e.len);
+            st.index.get(&file).and_then(|m| m.get(&chunk)).map(|e| e.len)
+        };
         let sums = match indexed {
             Some(_) => Some(self.checksums_of(key)?),
             None => None,
@@ -599,7 +594,16 @@ impl ChunkStore {
                         s.truncate(new_len.div_ceil(bs))?;
                         if let (Some(f), true) = (&file, !new_len.is_multiple_of(bs)) {
                             let last = new_len / bs;
-                            let crcs = checksums::block_crcs(f, s.block_size, last, last, new_len, 0, &[], key)?;
+                            let crcs = checksums::block_crcs(
+                                || Ok(f.clone()),
+                                s.block_size,
+                                last,
+                                last,
+                                new_len,
+                                0,
+                                &[],
+                                key,
+                            )?;
                             s.write(last, &crcs)?;
                         }
                         s.commit(None)
@@ -909,17 +913,7 @@ impl ChunkStore {
         let mut out: Vec<ChunkState> = st
             .index
             .iter()
-            .flat_map(|(file, m)| {
-                m.iter().map(|(chunk, e)| ChunkState {
-                    file: *file,
-                    chunk: *chunk,
-                    len: e.len,
-                    sha256: if st.dirty.contains_key(&(*file, *chunk)) { None } else { e.sha256 },
-                    removed: false,
-                    durable: e.synced_version == e.version,
-                    version: e.commit_version,
-                })
-            })
+            .flat_map(|(file, m)| m.iter().map(|(chunk, e)| st.chunk_state((*file, *chunk), e)))
             .collect();
         out.sort_by_key(|c| (c.file, c.chunk));
         out
