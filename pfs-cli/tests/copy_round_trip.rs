@@ -36,7 +36,7 @@ async fn a_64_mib_file_round_trips_through_pfs_cp() {
         let want = sha256_hex(&data[start..end]);
         assert_eq!(c.holders.len(), 1, "chunk {} holders {:?}", c.chunk, c.holders);
         let h = &c.holders[0];
-        assert_eq!(h.server, layout.target(c.chunk));
+        assert_eq!(Some(h.server), f.chain(c.chunk).await.unwrap().head());
         assert_eq!(h.sha256.map(|s| s.to_string()).as_deref(), Some(want.as_str()), "chunk {}", c.chunk);
         let s = cluster.config().storage(h.server).unwrap();
         let on_disk = cluster.config().storage_dir(s).join(chunk_file_name(f.id(), c.chunk));

@@ -5,6 +5,7 @@
 //! are refused when the server continues.
 
 use pfs_client::{ByteRange, Client, CreateOptions, Mode};
+use pfs_common::chain::ChainRef;
 use pfs_common::ids::ServerId;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::SessionId;
@@ -30,16 +31,26 @@ fn evicted_holder(cluster: &LocalCluster, path: &str) -> SessionId {
     session
 }
 
-/// A chunk of `file` that lives on `server`.
-async fn chunk_on(client: &Client, path: &str, server: ServerId) -> (FileId, u64, u64) {
+/// A chunk of `file` that lives on `server`, with its chain.
+async fn chunk_on(client: &Client, path: &str, server: ServerId) -> (FileId, u64, u64, ChainRef) {
     let attr = client.stat(path).await.unwrap();
     let layout = attr.layout.unwrap();
-    let chunk = (0..layout.stripe_count() as u64).find(|&c| layout.target(c) == server).unwrap();
-    (attr.id, chunk, layout.chunk_size())
+    for c in 0..layout.stripe_count() as u64 {
+        let chain = client.chain(layout.chain(c)).await.unwrap();
+        if chain.head() == Some(server) {
+            return (attr.id, c, layout.chunk_size(), chain.at());
+        }
+    }
+    panic!("no chunk of {path} on {server}");
 }
 
 /// A raw chunk write carrying `session`, straight to storage server `server`.
-async fn raw_write(cluster: &LocalCluster, server: ServerId, session: SessionId, at: (FileId, u64, u64)) -> ErrorCode {
+async fn raw_write(
+    cluster: &LocalCluster,
+    server: ServerId,
+    session: SessionId,
+    at: (FileId, u64, u64, ChainRef),
+) -> ErrorCode {
     let opts = ConnectOptions {
         role: PeerRole::Client,
         name: "late writer".into(),
@@ -48,8 +59,9 @@ async fn raw_write(cluster: &LocalCluster, server: ServerId, session: SessionId,
     };
     let addr = cluster.config().storage(server).unwrap().address;
     let conn: RpcClient<StorageRequest> = RpcClient::connect(addr, "storage", &opts, None).await.unwrap();
-    let (file, chunk, chunk_size) = at;
-    match conn.call(WriteChunk { file, chunk, offset: 0, chunk_size, block_size: 4096, session }, &[9u8; 4096]).await {
+    let (file, chunk, chunk_size, chain) = at;
+    let write = WriteChunk { file, chunk, offset: 0, chunk_size, block_size: 4096, session, chain };
+    match conn.call(write, &[9u8; 4096]).await {
         Ok(_) => panic!("the evicted session's write to {server} was accepted"),
         Err(e) => e.code(),
     }
@@ -106,7 +118,7 @@ async fn a_pending_fence_stalls_nothing_unrelated() {
     let mut n = 0;
     let f = loop {
         let f = admin.create(&format!("/away{n}"), &single).await.unwrap();
-        if f.layout().targets != [STOPPED] {
+        if f.chain(0).await.unwrap().head() != Some(STOPPED) {
             break f;
         }
         n += 1;
@@ -173,6 +185,7 @@ async fn a_silent_storage_server_is_declared_down_before_the_token_moves() {
         request_timeout: Duration::from_secs(30),
     };
     let conn: RpcClient<StorageRequest> = RpcClient::connect(addr, "storage", &opts, None).await.unwrap();
-    let (_, data) = conn.call(ReadChunk { file: at.0, chunk: at.1, offset: 0, len: 4096 }, &[]).await.unwrap();
+    let read = ReadChunk { file: at.0, chunk: at.1, offset: 0, len: 4096, chain: at.3 };
+    let (_, data) = conn.call(read, &[]).await.unwrap();
     assert!(data.is_empty(), "a write of the evicted session landed on {STOPPED}");
 }

@@ -123,7 +123,8 @@ async fn a_killed_writer_is_evicted_and_fenced() {
     let client = cluster.client().await.unwrap();
     let attr = client.stat("/k").await.unwrap();
     let layout = attr.layout.unwrap();
-    let target = cluster.config().storage(layout.target(0)).unwrap();
+    let chain = client.chain(layout.chain(0)).await.unwrap();
+    let target = cluster.config().storage(chain.head().unwrap()).unwrap();
     let opts = ConnectOptions {
         role: PeerRole::Client,
         name: "late writer".into(),
@@ -138,6 +139,7 @@ async fn a_killed_writer_is_evicted_and_fenced() {
         chunk_size: layout.chunk_size(),
         block_size: layout.block_size,
         session,
+        chain: chain.at(),
     };
     let err = conn.call(req, &[9u8; 4096]).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Evicted, "{err}");

@@ -9,7 +9,8 @@ use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::{ByteRange, Mode, SessionId};
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, FileKind, READDIR_PAGE_MAX};
-use pfs_common::wire::registry::{ChunkInfo, GetChunks, ListServers, ServerStatus, GET_CHUNKS_MAX};
+use pfs_common::chain::{Chain, ChainId};
+use pfs_common::wire::registry::{ChunkInfo, GetChains, GetChunks, ListServers, ServerStatus, GET_CHUNKS_MAX};
 use pfs_common::wire::storage::{
     ChunkPage, GetStatus, ListChunks, RemoveChunk, RemoveFile, StorageRequest, StorageStatus,
 };
@@ -35,6 +36,9 @@ pub struct CreateOptions {
     pub chunk_size: Option<u64>,
     /// Block size in bytes (power of two, at least 512).
     pub block_size: Option<u32>,
+    /// Copies of every chunk, each on another storage server (1..=3; `pfs setstripe -r`).
+    /// Fixed at create; as many storage servers must be up.
+    pub replicas: Option<u8>,
     /// Fail with Exists if the file exists (otherwise it is opened and truncated to 0).
     pub exclusive: bool,
 }
@@ -53,6 +57,8 @@ pub(crate) struct Inner {
     /// Serialises connection set-up per storage server so a burst of requests opens one socket.
     storage_connecting: tokio::sync::Mutex<()>,
     addresses: parking_lot::Mutex<HashMap<ServerId, SocketAddr>>,
+    /// Replication chains as last heard from pfs-meta (refreshed when a server says Stale).
+    chains: parking_lot::Mutex<HashMap<ChainId, Chain>>,
     /// Payload bytes in flight to storage servers (DESIGN.md §7: bounded bytes in flight).
     pub(crate) inflight: Arc<Semaphore>,
     pub(crate) inflight_max: u32,
@@ -86,6 +92,8 @@ pub(crate) struct Counters {
     pub(crate) revokes: AtomicU64,
     /// Connections opened to storage servers.
     pub(crate) storage_connects: AtomicU64,
+    /// Reads another replica answered after one failed.
+    pub(crate) failovers: AtomicU64,
 }
 
 /// Counters of one client: the block cache (like the seed's `pfs_execstat`) and token traffic.
@@ -101,6 +109,8 @@ pub struct ClientStats {
     /// connection was found closed (a server closes idle ones, `timeouts.idle_ms`) and opened
     /// again.
     pub storage_connects: u64,
+    /// Chunk reads another replica answered after one failed (down, corrupt, lost).
+    pub failovers: u64,
 }
 
 struct SessionState {
@@ -135,6 +145,7 @@ impl Client {
                 storage: parking_lot::Mutex::new(HashMap::new()),
                 storage_connecting: tokio::sync::Mutex::new(()),
                 addresses: parking_lot::Mutex::new(HashMap::new()),
+                chains: parking_lot::Mutex::new(HashMap::new()),
                 inflight: Arc::new(Semaphore::new(inflight_max as usize)),
                 inflight_max,
                 options,
@@ -197,6 +208,7 @@ impl Client {
             token_acquires: self.inner.counters.acquires.load(Ordering::Relaxed),
             revokes: self.inner.counters.revokes.load(Ordering::Relaxed),
             storage_connects: self.inner.counters.storage_connects.load(Ordering::Relaxed),
+            failovers: self.inner.counters.failovers.load(Ordering::Relaxed),
         }
     }
 
@@ -366,11 +378,15 @@ impl Client {
     /// Creates a file (or, unless `exclusive`, opens an existing one and truncates it to 0)
     /// and returns it open for reading and writing.
     ///
-    /// Errors: Exists (exclusive), NotFound (parent), IsDir, Invalid (layout), Unavailable
-    /// (no storage server up).
+    /// Errors: Exists (exclusive), NotFound (parent), IsDir, Invalid (layout, a replica count
+    /// outside 1..=3), Unavailable (fewer storage servers up than replicas).
     pub async fn create(&self, path: &str, opts: &CreateOptions) -> Result<File> {
-        let layout =
-            LayoutChoice { block_size: opts.block_size, chunk_size: opts.chunk_size, stripe_count: opts.stripe_count };
+        let layout = LayoutChoice {
+            block_size: opts.block_size,
+            chunk_size: opts.chunk_size,
+            stripe_count: opts.stripe_count,
+            replicas: opts.replicas,
+        };
         let session = Some(self.session()?);
         let attr = self.meta(ns::Create { path: path.to_string(), layout, exclusive: opts.exclusive, session }).await?;
         let file = File { state: self.file_state(path, attr)? };
@@ -441,6 +457,39 @@ impl Client {
             first += count as u64;
         }
         Ok(out)
+    }
+
+    /// Chain `id`, as this client last heard of it (asking pfs-meta the first time).
+    ///
+    /// Errors: Protocol when pfs-meta does not know the chain; Unavailable, TimedOut.
+    pub async fn chain(&self, id: ChainId) -> Result<Chain> {
+        if let Some(c) = self.inner.chains.lock().get(&id) {
+            return Ok(c.clone());
+        }
+        self.refresh_chain(id).await
+    }
+
+    /// Chain `id` fresh from pfs-meta (after a storage server answered Stale).
+    ///
+    /// Errors: Protocol when pfs-meta does not know the chain; Unavailable, TimedOut.
+    pub async fn refresh_chain(&self, id: ChainId) -> Result<Chain> {
+        let chains = self.meta(GetChains { ids: vec![id] }).await?;
+        let c = chains.into_iter().find(|c| c.id == id).ok_or_else(|| Error::Protocol {
+            peer: "pfs-meta".into(),
+            message: format!("a layout names {id}, which pfs-meta does not know"),
+        })?;
+        self.inner.chains.lock().insert(id, c.clone());
+        Ok(c)
+    }
+
+    /// Every chain, fresh from pfs-meta.
+    pub async fn all_chains(&self) -> Result<Vec<Chain>> {
+        let chains = self.meta(GetChains { ids: Vec::new() }).await?;
+        let mut cache = self.inner.chains.lock();
+        for c in &chains {
+            cache.insert(c.id, c.clone());
+        }
+        Ok(chains)
     }
 
     /// The storage-server registry as pfs-meta sees it.

@@ -51,6 +51,9 @@ pub enum Error {
     /// asked, a file without a layout).
     #[error("{peer}: {message}")]
     Protocol { peer: String, message: String },
+    /// No replica of a chunk's chain can take the request (every one down or resyncing).
+    #[error("{0}")]
+    Unavailable(String),
     /// A local I/O error (starting a runtime).
     #[error("{what}: {source}")]
     Io {
@@ -67,6 +70,7 @@ impl Error {
             Error::Rpc(e) => e.code(),
             Error::Evicted { .. } => ErrorCode::Evicted,
             Error::Invalid(_) => ErrorCode::Invalid,
+            Error::Unavailable(_) => ErrorCode::Unavailable,
             Error::IsDir { .. } => ErrorCode::IsDir,
             Error::NotDir { .. } => ErrorCode::NotDir,
             Error::Chunk { source, .. } | Error::File { source, .. } => source.code(),

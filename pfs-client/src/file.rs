@@ -21,6 +21,7 @@
 use crate::cache::{BlockCache, CacheStats, Run};
 use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::failover::Failover;
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pfs_common::ids::{FileId, ServerId};
 use pfs_common::layout::{Layout, Piece, MAX_FILE_SIZE};
@@ -56,8 +57,9 @@ pub(crate) struct OpenFile {
     size: AtomicU64,
     /// Our writes grew the size and pfs-meta does not know yet.
     size_dirty: AtomicBool,
-    /// Storage targets written since the last fsync, with the boot id of the server process
-    /// that took the writes (0 when they went to more than one: a restart lost some).
+    /// Storage servers (every replica) written since the last fsync, with the boot id of the
+    /// server process that took the writes (0 when they went to more than one: a restart lost
+    /// some).
     unsynced: parking_lot::Mutex<BTreeMap<ServerId, u64>>,
     /// Bumped by every write, so a read does not fill the cache with bytes fetched before a
     /// concurrent write of ours changed them.
@@ -256,38 +258,68 @@ impl OpenFile {
         Ok(())
     }
 
+    /// Writes one piece through its chunk's chain: to the head, which forwards it down the
+    /// chain and answers once every replica in the write path has it. A failed replica or a
+    /// chain that moved on sends it again on the chain as pfs-meta has it now ([`Failover`]).
     async fn write_piece(&self, p: Piece, buf: &[u8], session: u64) -> Result<()> {
         let data = &buf[p.buf_offset..p.buf_offset + p.len];
-        let target = self.layout.target(p.chunk);
+        let chain_id = self.layout.chain(p.chunk);
         let _permit = self.client.inflight(p.len).await;
-        let req = WriteChunk {
-            file: self.id,
-            chunk: p.chunk,
-            offset: p.chunk_offset,
-            chunk_size: self.layout.chunk_size(),
-            block_size: self.layout.block_size,
-            session,
-        };
-        let on_chunk = |e| self.chunk_error("writing", p.chunk, target, e);
-        let (written, _) = self.client.storage(target, req, data).await.map_err(|e| {
-            if e.code() == ErrorCode::Evicted {
-                // Fenced: the session is gone, whatever we have heard from pfs-meta so far.
-                self.client.mark_evicted(e.clone());
+        let mut failover = Failover::new(&self.client);
+        let mut chain = self.client.chain(chain_id).await.map_err(|e| self.chain_error("writing", p.chunk, e))?;
+        loop {
+            let Some(head) = chain.head() else {
+                let e = Error::Unavailable(format!("{} has no replica that takes writes", chain.describe()));
+                match failover.again(&self.client, chain_id).await? {
+                    Some(c) => {
+                        chain = c;
+                        continue;
+                    }
+                    None => return Err(self.chain_error("writing", p.chunk, e)),
+                }
+            };
+            let req = WriteChunk {
+                file: self.id,
+                chunk: p.chunk,
+                offset: p.chunk_offset,
+                chunk_size: self.layout.chunk_size(),
+                block_size: self.layout.block_size,
+                session,
+                chain: chain.at(),
+            };
+            let on_chunk = |e| self.chunk_error("writing", p.chunk, head, e);
+            let written = match self.client.storage(head, req, data).await {
+                Ok((written, _)) => written,
+                Err(e) if e.code() == ErrorCode::Evicted => {
+                    // Fenced: the session is gone, whatever we have heard from pfs-meta so far.
+                    self.client.mark_evicted(e.clone());
+                    return Err(on_chunk(e));
+                }
+                Err(e) if Failover::retryable(&e, &chain) => match failover.again(&self.client, chain_id).await? {
+                    Some(c) => {
+                        tracing::debug!("writing chunk {} of {}: {e}; again on {}", p.chunk, self.path, c.describe());
+                        chain = c;
+                        continue;
+                    }
+                    None => return Err(on_chunk(e)),
+                },
+                Err(e) => return Err(on_chunk(e)),
+            };
+            if written.len as usize != p.len {
+                let message = format!("wrote {} of {} bytes", written.len, p.len);
+                return Err(on_chunk(Error::Protocol { peer: head.to_string(), message }));
             }
-            on_chunk(e)
-        })?;
-        if written.len as usize != p.len {
-            let message = format!("wrote {} of {} bytes", written.len, p.len);
-            return Err(on_chunk(Error::Protocol { peer: target.to_string(), message }));
+            // A second boot id means the server restarted between our unsynced writes: the
+            // earlier ones may be gone, which the next fsync must report, not hide.
+            let mut unsynced = self.unsynced.lock();
+            for (server, boot) in written.boots {
+                let known = unsynced.entry(server).or_insert(boot);
+                if *known != boot {
+                    *known = 0;
+                }
+            }
+            return Ok(());
         }
-        // A second boot id means the server restarted between our unsynced writes: the
-        // earlier ones may be gone, which the next fsync must report, not hide.
-        let mut unsynced = self.unsynced.lock();
-        let boot = unsynced.entry(target).or_insert(written.boot);
-        if *boot != written.boot {
-            *boot = 0;
-        }
-        Ok(())
     }
 
     /// Reads `buf.len()` bytes at `offset` from the storage servers (holes read as zeros).
@@ -305,20 +337,69 @@ impl OpenFile {
         Ok(())
     }
 
+    /// Reads one piece from a serving replica of its chunk's chain, spreading chunks over the
+    /// replicas; a replica that fails (down, timed out, a block failing its checksum, a lost
+    /// chunk) passes the read to the next one, and when every one failed for a reason that a
+    /// newer chain may cure, the chain is fetched again ([`Failover`]).
     async fn read_piece(&self, p: Piece, out: &mut [u8]) -> Result<()> {
-        let target = self.layout.target(p.chunk);
+        let chain_id = self.layout.chain(p.chunk);
         let _permit = self.client.inflight(p.len).await;
-        let req = ReadChunk { file: self.id, chunk: p.chunk, offset: p.chunk_offset, len: p.len as u32 };
-        let on_chunk = |e| self.chunk_error("reading", p.chunk, target, e);
-        let (_, data) = self.client.storage(target, req, &[]).await.map_err(on_chunk)?;
-        if data.len() > out.len() {
-            let message = format!("answered {} bytes to a read of {}", data.len(), out.len());
-            return Err(on_chunk(Error::Protocol { peer: target.to_string(), message }));
+        let mut failover = Failover::new(&self.client);
+        let mut chain = self.client.chain(chain_id).await.map_err(|e| self.chain_error("reading", p.chunk, e))?;
+        loop {
+            let readers: Vec<ServerId> = chain.readers().collect();
+            let mut last = None;
+            let mut cure = readers.is_empty();
+            for i in 0..readers.len() {
+                let server = readers[(p.chunk as usize + i) % readers.len()];
+                let req = ReadChunk {
+                    file: self.id,
+                    chunk: p.chunk,
+                    offset: p.chunk_offset,
+                    len: p.len as u32,
+                    chain: chain.at(),
+                };
+                match self.client.storage(server, req, &[]).await {
+                    Ok((_, data)) => {
+                        if data.len() > out.len() {
+                            let message = format!("answered {} bytes to a read of {}", data.len(), out.len());
+                            let e = Error::Protocol { peer: server.to_string(), message };
+                            return Err(self.chunk_error("reading", p.chunk, server, e));
+                        }
+                        out[..data.len()].copy_from_slice(&data);
+                        // Past the chunk file's end, below the file size: a hole (zeros).
+                        out[data.len()..].fill(0);
+                        if last.is_some() {
+                            self.client.inner.counters.failovers.fetch_add(1, Ordering::Relaxed);
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        if readers.len() > 1 {
+                            tracing::warn!("reading chunk {} of {} from {server}: {e}; trying another replica", p.chunk, self.path);
+                        }
+                        cure |= Failover::retryable(&e, &chain);
+                        last = Some(self.chunk_error("reading", p.chunk, server, e));
+                    }
+                }
+            }
+            let failed = last.unwrap_or_else(|| {
+                let e = Error::Unavailable(format!("{} has no replica that serves reads", chain.describe()));
+                self.chain_error("reading", p.chunk, e)
+            });
+            if !cure {
+                return Err(failed);
+            }
+            match failover.again(&self.client, chain_id).await? {
+                Some(c) => chain = c,
+                None => return Err(failed),
+            }
         }
-        out[..data.len()].copy_from_slice(&data);
-        // Past the chunk file's end, below the file size: a hole, which reads as zeros.
-        out[data.len()..].fill(0);
-        Ok(())
+    }
+
+    /// `e`, met looking up or using the chain of chunk `chunk` of this file.
+    fn chain_error(&self, op: &'static str, chunk: u64, e: Error) -> Error {
+        e.on_file(format!("{op} chunk {chunk} ({})", self.layout.chain(chunk)), &self.path)
     }
 
     /// `e`, as the cause of `op` ("reading", "writing") chunk `chunk` of this file on `server`.
@@ -403,22 +484,42 @@ impl OpenFile {
                 (t, boot, r.map_err(|e| e.on_file(format!("fsync on {t} of"), &self.path)))
             })
             .collect();
-        let mut failed = None;
+        let mut failed = Vec::new();
         while let Some((t, boot, r)) = pending.next().await {
             if let Err(e) = r {
-                // A server we could not reach is asked again by the next fsync. A disk error or
-                // a restart (the writes may be lost) is reported once, as Linux reports a failed
-                // write-back once: retrying could only claim durable what is not.
-                if matches!(e.code(), ErrorCode::Unavailable | ErrorCode::TimedOut) {
-                    self.unsynced.lock().entry(t).or_insert(boot);
-                }
-                failed.get_or_insert(e);
+                failed.push((t, boot, e));
             }
         }
-        if let Some(e) = failed {
+        drop(pending);
+        for (t, boot, e) in failed {
+            // A replica that failed (down, restarted) while another serving one of every chain
+            // holds the writes is taken out of its chains by pfs-meta and resynced from them:
+            // the writes stay durable.
+            if self.layout.replicas > 1 && self.out_of_chains(t).await? {
+                tracing::warn!("{e}; {t} left the chains of {}, whose other replicas hold the writes", self.path);
+                continue;
+            }
+            // A server we could not reach is asked again by the next fsync. A disk error or
+            // a restart (the writes may be lost) is reported once, as Linux reports a failed
+            // write-back once: retrying could only claim durable what is not.
+            if matches!(e.code(), ErrorCode::Unavailable | ErrorCode::TimedOut) {
+                self.unsynced.lock().entry(t).or_insert(boot);
+            }
             return Err(e);
         }
         self.record_size().await
+    }
+
+    /// Waits until pfs-meta has taken `server` out of the read path of every chain of this
+    /// file, each of which still has a serving replica; false if that does not happen within
+    /// `failover_ms`.
+    async fn out_of_chains(&self, server: ServerId) -> Result<bool> {
+        let mut failover = Failover::new(&self.client);
+        failover
+            .until(&self.client, &self.layout.chains, |chains| {
+                chains.iter().all(|c| !c.readers().any(|s| s == server) && c.readers().next().is_some())
+            })
+            .await
     }
 }
 
@@ -443,6 +544,47 @@ impl File {
     /// Its stripe layout.
     pub fn layout(&self) -> &Layout {
         &self.state.layout
+    }
+
+    /// Reads chunk `chunk` from its replica on `server` only (no failover), under a Read
+    /// token over the chunk's bytes below the file size, into `buf` (at most the chunk's
+    /// length); returns the bytes read. For checks that look at every replica (`pfs getstripe
+    /// --verify`).
+    ///
+    /// Errors: Stale when `server` does not serve reads of the chunk's chain (resyncing or
+    /// offline); the replica's error (Io naming a corrupt block or a lost chunk, Unavailable).
+    pub async fn read_replica(&self, chunk: u64, server: ServerId, buf: &mut [u8]) -> Result<usize> {
+        let s = &self.state;
+        let start = s.layout.file_offset(chunk, 0);
+        let want = s.layout.chunk_len(chunk, self.size()).min(buf.len() as u64) as usize;
+        if want == 0 {
+            return Ok(0);
+        }
+        let range = ByteRange::new(start, start + want as u64);
+        loop {
+            s.ensure(Mode::Read, range, range).await?;
+            let _shared = s.lock.read().await;
+            if !s.holds(range, Mode::Read) {
+                continue;
+            }
+            // Our own dirty bytes first, so the replica has what a read would see.
+            s.write_back(range, false).await?;
+            let chain = s.client.refresh_chain(s.layout.chain(chunk)).await?;
+            let req = ReadChunk { file: s.id, chunk, offset: 0, len: want as u32, chain: chain.at() };
+            let (_, data) =
+                s.client.storage(server, req, &[]).await.map_err(|e| s.chunk_error("reading", chunk, server, e))?;
+            let n = data.len().min(want);
+            buf[..n].copy_from_slice(&data[..n]);
+            buf[n..want].fill(0);
+            return Ok(want);
+        }
+    }
+
+    /// The replication chain holding chunk `chunk`, as this client last heard of it.
+    ///
+    /// Errors: Unavailable, TimedOut (pfs-meta); Protocol when pfs-meta does not know it.
+    pub async fn chain(&self, chunk: u64) -> Result<pfs_common::chain::Chain> {
+        self.state.client.chain(self.state.layout.chain(chunk)).await
     }
 
     /// Size in bytes as this client knows it: from pfs-meta at open and at every token grant,
@@ -544,20 +686,40 @@ impl File {
         if let Some(c) = &s.cache {
             c.lock().invalidate(s.id, size..u64::MAX, false);
         }
+        // Every replica in a write path cuts its copy; one out of them (offline) is resynced
+        // before it serves again.
         let chunk_size = s.layout.chunk_size();
-        let mut pending: FuturesUnordered<_> = s
-            .layout
-            .targets
+        let mut servers = std::collections::BTreeSet::new();
+        for id in &s.layout.chains {
+            servers.extend(s.client.refresh_chain(*id).await?.writers());
+        }
+        let mut pending: FuturesUnordered<_> = servers
             .iter()
             .map(|&t| async move {
-                s.client
-                    .storage(t, TruncateFile { file: s.id, size, chunk_size }, &[])
-                    .await
-                    .map_err(|e| e.on_file(format!("truncating on {t}"), &s.path))
+                let r = s.client.storage(t, TruncateFile { file: s.id, size, chunk_size }, &[]).await;
+                (t, r.map_err(|e| e.on_file(format!("truncating on {t}"), &s.path)))
             })
             .collect();
-        while let Some(r) = pending.next().await {
-            r?;
+        let mut failed = Vec::new();
+        while let Some((t, r)) = pending.next().await {
+            if let Err(e) = r {
+                failed.push((t, e));
+            }
+        }
+        drop(pending);
+        for (t, e) in failed {
+            if s.layout.replicas == 1 || !matches!(e.code(), ErrorCode::Unavailable | ErrorCode::TimedOut) {
+                return Err(e);
+            }
+            let mut failover = Failover::new(&s.client);
+            let gone = failover
+                .until(&s.client, &s.layout.chains, |chains| {
+                    chains.iter().all(|c| !c.writers().any(|w| w == t) && c.readers().next().is_some())
+                })
+                .await?;
+            if !gone {
+                return Err(e);
+            }
         }
         s.client.meta(ns::Truncate { file: s.id, size, expected_generation: None }).await?;
         s.size.store(size, Ordering::Release);

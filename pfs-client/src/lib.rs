@@ -25,6 +25,7 @@ pub mod blocking;
 pub mod cache;
 mod client;
 mod error;
+mod failover;
 mod file;
 mod options;
 pub mod path;

@@ -21,6 +21,11 @@ pub struct ClientOptions {
     pub max_inflight_bytes: u64,
     /// Blocks (of each file's block size) the block cache holds per open file; 0 disables it.
     pub cache_blocks: usize,
+    /// How long a read or write of a replicated chunk keeps going to other replicas, and
+    /// waiting for pfs-meta to take a failed server out of the chain, before it fails, ms.
+    /// Three times `timeouts.server_down_ms` (the time pfs-meta needs to see a server gone,
+    /// with room to spare).
+    pub failover_ms: u64,
 }
 
 impl ClientOptions {
@@ -35,6 +40,7 @@ impl ClientOptions {
             request_timeout_ms: t.request_ms,
             max_inflight_bytes: c.max_inflight_bytes,
             cache_blocks: c.cache_blocks,
+            failover_ms: 3 * t.server_down_ms,
         }
     }
 
@@ -48,6 +54,7 @@ impl ClientOptions {
             request_timeout_ms: config.timeouts.request_ms,
             max_inflight_bytes: config.client.max_inflight_bytes,
             cache_blocks: config.client.cache_blocks,
+            failover_ms: 3 * config.timeouts.server_down_ms,
         }
     }
 }

@@ -8,7 +8,7 @@ use pfs_testkit::{DaemonKind, LocalCluster};
 
 fn small_chunks() -> CreateOptions {
     // 4 KiB blocks x 2 = 8 KiB chunks: many boundaries in little data.
-    CreateOptions { block_size: Some(4096), chunk_size: Some(8192), stripe_count: Some(3), exclusive: true }
+    CreateOptions { block_size: Some(4096), chunk_size: Some(8192), stripe_count: Some(3), replicas: None, exclusive: true }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -74,7 +74,14 @@ async fn a_dead_storage_server_is_named_promptly() {
 
     // Chunks on the other servers still read.
     let l = g.layout().clone();
-    let healthy = (0..l.chunk_count(g.size())).find(|&c| l.target(c) != ServerId(3)).unwrap();
+    let mut healthy = None;
+    for c in 0..l.chunk_count(g.size()) {
+        if g.chain(c).await.unwrap().head() != Some(ServerId(3)) {
+            healthy = Some(c);
+            break;
+        }
+    }
+    let healthy = healthy.unwrap();
     let mut one = vec![0u8; l.chunk_size() as usize];
     let off = l.file_offset(healthy, 0);
     g.read_at(off, &mut one).await.unwrap();

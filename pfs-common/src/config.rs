@@ -123,6 +123,14 @@ pub struct Timeouts {
     /// keep-alives (every third of the lease) and heartbeats must keep those connections busy
     /// with room to spare. Default 10 minutes.
     pub idle_ms: u64,
+    /// A replica offline this long is replaced: its chunks are copied to another storage
+    /// server until every chain has its replica count again. Long enough that a restart or a
+    /// short outage resyncs instead (HDFS waits 10 minutes; copying a whole server costs more
+    /// than waiting). Default 5 minutes.
+    pub rereplicate_after_ms: u64,
+    /// Bandwidth one storage server spends copying chunks for resync, re-replication and
+    /// scrub repairs, bytes per second (0: unbounded). Default 256 MiB/s.
+    pub resync_bytes_per_sec: u64,
 }
 
 /// `timeouts.idle_ms` must be at least this many times `tokens.lease_ms` and
@@ -131,7 +139,15 @@ pub const IDLE_MIN_FACTOR: u64 = 2;
 
 impl Default for Timeouts {
     fn default() -> Self {
-        Timeouts { connect_ms: 2_000, request_ms: 30_000, heartbeat_ms: 500, server_down_ms: 3_000, idle_ms: 600_000 }
+        Timeouts {
+            connect_ms: 2_000,
+            request_ms: 30_000,
+            heartbeat_ms: 500,
+            server_down_ms: 3_000,
+            idle_ms: 600_000,
+            rereplicate_after_ms: 300_000,
+            resync_bytes_per_sec: 256 << 20,
+        }
     }
 }
 

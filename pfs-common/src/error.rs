@@ -47,6 +47,10 @@ pub enum ErrorCode {
     /// The operation cannot be done to this entry: renaming `.`, `..` or the root, removing
     /// the root (EBUSY, as Linux answers them).
     Busy,
+    /// The request named a replication chain at another version than the server's, or a
+    /// server not (or no longer) in the chain's read or write path: ask pfs-meta for the
+    /// chain again and retry.
+    Stale,
 }
 
 impl ErrorCode {
@@ -69,6 +73,7 @@ impl ErrorCode {
             ErrorCode::Protocol => "protocol error",
             ErrorCode::NameTooLong => "file name too long",
             ErrorCode::Busy => "device or resource busy",
+            ErrorCode::Stale => "stale replication chain",
         }
     }
 

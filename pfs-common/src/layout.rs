@@ -1,13 +1,15 @@
 //! Stripe layout math: which chunk and which storage target hold a byte of a file.
 //!
 //! A file is cut into chunks of `chunk_size = block_size × stripe_blocks` bytes; chunk `x`
-//! holds file bytes `[x·chunk_size, (x+1)·chunk_size)` and lives on
-//! `targets[x mod stripe_count]`, the round-robin placement of RAID-0, Lustre and BeeGFS.
-//! `targets` is stored already rotated to the file's first target, so the DESIGN's
-//! `targets[(first + x) mod stripe_count]` is `targets[x mod stripe_count]` here.
+//! holds file bytes `[x·chunk_size, (x+1)·chunk_size)` and lives on every replica of the
+//! replication chain `chains[x mod stripe_count]` (see [`crate::chain`]), the round-robin
+//! placement of RAID-0, Lustre and BeeGFS. `chains` is stored already rotated to the file's
+//! first chain, so the DESIGN's `targets[(first + x) mod stripe_count]` is
+//! `chains[x mod stripe_count]` here.
 
 use crate::error::{Error, Result};
-use crate::ids::{ChunkIndex, ServerId};
+use crate::chain::{ChainId, MAX_REPLICAS};
+use crate::ids::ChunkIndex;
 use serde::{Deserialize, Serialize};
 
 /// Largest chunk size accepted (bytes).
@@ -20,8 +22,8 @@ pub const MIN_BLOCK_SIZE: u32 = 512;
 /// `i64` and never overflows a `u64`.
 pub const MAX_FILE_SIZE: u64 = i64::MAX as u64;
 
-/// Defaults for new files: block size (bytes), blocks per chunk, and how many storage
-/// targets a file spans (0 = all that are up).
+/// Defaults for new files: block size (bytes), blocks per chunk, how many storage targets a
+/// file spans (0 = all that are up) and how many copies of each chunk it keeps.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct LayoutPolicy {
@@ -31,11 +33,13 @@ pub struct LayoutPolicy {
     pub stripe_blocks: u32,
     /// Storage targets per file; 0 means every target that is up.
     pub stripe_count: u32,
+    /// Copies of every chunk, each on another storage server (1..=3). Default 1.
+    pub replicas: u8,
 }
 
 impl Default for LayoutPolicy {
     fn default() -> Self {
-        LayoutPolicy { block_size: 64 << 10, stripe_blocks: 16, stripe_count: 0 }
+        LayoutPolicy { block_size: 64 << 10, stripe_blocks: 16, stripe_count: 0, replicas: 1 }
     }
 }
 
@@ -45,10 +49,19 @@ impl LayoutPolicy {
         self.block_size as u64 * self.stripe_blocks as u64
     }
 
-    /// Checks the block size and chunk size are within limits.
+    /// Checks the block size, chunk size and replica count are within limits.
     pub fn validate(&self) -> Result<()> {
-        check_sizes(self.block_size, self.stripe_blocks)
+        check_sizes(self.block_size, self.stripe_blocks)?;
+        check_replicas(self.replicas)
     }
+}
+
+/// Errors (Layout) unless `replicas` is within 1..=[`MAX_REPLICAS`].
+pub fn check_replicas(replicas: u8) -> Result<()> {
+    if replicas == 0 || replicas > MAX_REPLICAS {
+        return Err(Error::Layout(format!("{replicas} replicas: a file keeps 1 to {MAX_REPLICAS} copies of each chunk")));
+    }
+    Ok(())
 }
 
 fn check_sizes(block_size: u32, stripe_blocks: u32) -> Result<()> {
@@ -76,6 +89,8 @@ pub struct LayoutChoice {
     pub chunk_size: Option<u64>,
     /// Storage targets to span; clamped to the number of servers that are up.
     pub stripe_count: Option<u32>,
+    /// Copies of every chunk (1..=3); there must be that many storage servers up.
+    pub replicas: Option<u8>,
 }
 
 /// A file's layout, fixed when the file is created.
@@ -85,8 +100,11 @@ pub struct Layout {
     pub block_size: u32,
     /// Blocks per chunk.
     pub stripe_blocks: u32,
-    /// The storage targets, in placement order: chunk `x` is on `targets[x % targets.len()]`.
-    pub targets: Vec<ServerId>,
+    /// Copies of every chunk (1..=3).
+    pub replicas: u8,
+    /// The replication chains, in placement order: chunk `x` is on every replica of
+    /// `chains[x % chains.len()]`.
+    pub chains: Vec<ChainId>,
 }
 
 /// One piece of an I/O request that falls inside a single chunk.
@@ -103,9 +121,10 @@ pub struct Piece {
 }
 
 impl Layout {
-    /// A layout over `targets`; errors if sizes are out of range or there is no target.
-    pub fn new(block_size: u32, stripe_blocks: u32, targets: Vec<ServerId>) -> Result<Layout> {
-        let layout = Layout { block_size, stripe_blocks, targets };
+    /// A layout over `chains` of `replicas` copies; errors if sizes or the replica count are
+    /// out of range or there is no chain.
+    pub fn new(block_size: u32, stripe_blocks: u32, replicas: u8, chains: Vec<ChainId>) -> Result<Layout> {
+        let layout = Layout { block_size, stripe_blocks, replicas, chains };
         layout.validate()?;
         Ok(layout)
     }
@@ -113,8 +132,9 @@ impl Layout {
     /// Checks a layout, for instance one that came from the network or from disk.
     pub fn validate(&self) -> Result<()> {
         check_sizes(self.block_size, self.stripe_blocks)?;
-        if self.targets.is_empty() {
-            return Err(Error::Layout("a layout needs at least one storage target".into()));
+        check_replicas(self.replicas)?;
+        if self.chains.is_empty() {
+            return Err(Error::Layout("a layout needs at least one chain of storage targets".into()));
         }
         Ok(())
     }
@@ -124,9 +144,9 @@ impl Layout {
         self.block_size as u64 * self.stripe_blocks as u64
     }
 
-    /// Number of targets the file is striped over.
+    /// Number of chains (stripe positions) the file is striped over.
     pub fn stripe_count(&self) -> usize {
-        self.targets.len()
+        self.chains.len()
     }
 
     /// The chunk holding file byte `offset`, and the byte's offset inside that chunk.
@@ -149,9 +169,9 @@ impl Layout {
         chunk.checked_mul(chunk_size)?.checked_add(chunk_offset)?.checked_add(len).filter(|end| *end <= MAX_FILE_SIZE)
     }
 
-    /// The storage target holding chunk `chunk`.
-    pub fn target(&self, chunk: ChunkIndex) -> ServerId {
-        self.targets[(chunk % self.targets.len() as u64) as usize]
+    /// The chain holding chunk `chunk`.
+    pub fn chain(&self, chunk: ChunkIndex) -> ChainId {
+        self.chains[(chunk % self.chains.len() as u64) as usize]
     }
 
     /// Number of chunks a file of `size` bytes has (the last one possibly partial).
@@ -204,7 +224,7 @@ mod tests {
     use proptest::prelude::*;
 
     fn layout(block_pow: u32, blocks: u32, targets: u32) -> Layout {
-        Layout::new(1 << block_pow, blocks, (1..=targets).map(ServerId).collect()).unwrap()
+        Layout::new(1 << block_pow, blocks, 1, (1..=targets).map(ChainId).collect()).unwrap()
     }
 
     proptest! {
@@ -218,7 +238,7 @@ mod tests {
             prop_assert_eq!(l.file_offset(chunk, within), offset);
             // The chunk's range contains the offset, so no other chunk's range can.
             prop_assert!(chunk * l.chunk_size() <= offset && offset < (chunk + 1) * l.chunk_size());
-            prop_assert_eq!(l.target(chunk), l.targets[(chunk % targets as u64) as usize]);
+            prop_assert_eq!(l.chain(chunk), l.chains[(chunk % targets as u64) as usize]);
         }
 
         #[test]
@@ -258,9 +278,11 @@ mod tests {
 
     #[test]
     fn bad_sizes_are_refused() {
-        assert!(Layout::new(1000, 4, vec![ServerId(1)]).is_err());
-        assert!(Layout::new(4096, 0, vec![ServerId(1)]).is_err());
-        assert!(Layout::new(1 << 20, 128, vec![ServerId(1)]).is_err());
-        assert!(Layout::new(4096, 4, vec![]).is_err());
+        assert!(Layout::new(1000, 4, 1, vec![ChainId(1)]).is_err());
+        assert!(Layout::new(4096, 0, 1, vec![ChainId(1)]).is_err());
+        assert!(Layout::new(1 << 20, 128, 1, vec![ChainId(1)]).is_err());
+        assert!(Layout::new(4096, 4, 1, vec![]).is_err());
+        assert!(Layout::new(4096, 4, 0, vec![ChainId(1)]).is_err());
+        assert!(Layout::new(4096, 4, 4, vec![ChainId(1)]).is_err());
     }
 }

@@ -44,9 +44,12 @@ pub enum MetaError {
     /// A conditional operation found another generation than the one it expected.
     #[error("{what}: expected generation {expected}, found generation {found}")]
     Conflict { what: String, expected: u64, found: u64 },
-    /// A new file needs a storage server and none is up.
-    #[error("{path}: no storage server is up")]
-    NoServers { path: String },
+    /// A new file needs storage servers (as many as its replicas) and not enough are up.
+    #[error("{path}: {why}")]
+    NoServers { path: String, why: String },
+    /// A chain change or report about a chain version that is not the current one.
+    #[error("stale replication chain: {what}")]
+    Stale { what: String },
     /// A request's arguments are out of range or contradictory; the message says which.
     #[error("{0}")]
     Invalid(String),
@@ -124,6 +127,7 @@ impl MetaError {
             MetaError::NameTooLong { .. } => ErrorCode::NameTooLong,
             MetaError::Busy { .. } => ErrorCode::Busy,
             MetaError::Conflict { .. } => ErrorCode::Conflict,
+            MetaError::Stale { .. } => ErrorCode::Stale,
             MetaError::NoServers { .. } | MetaError::DeclaredDown { .. } => ErrorCode::Unavailable,
             MetaError::Evicted { .. } => ErrorCode::Evicted,
             MetaError::Corrupt { .. } | MetaError::WalFailed(_) => ErrorCode::Io,

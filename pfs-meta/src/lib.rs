@@ -43,6 +43,7 @@ pub async fn run(config: Arc<Config>) -> Result<()> {
         _ = rpc::serve(listener, server.clone(), opts) => Ok(()),
         _ = server.run_token_ticks() => Ok(()),
         reaped = server.run_reaper() => reaped,
+        kept = server.run_chain_keeper() => kept,
         failed = durable.wait_for(|d| d.failed.is_some()) => {
             // The state in memory may be ahead of the disk: stop rather than serve it.
             let why = match failed {

@@ -14,13 +14,16 @@
 
 use crate::error::{MetaError, Result};
 use pfs_common::config::Config;
-use pfs_common::layout::{Layout, LayoutChoice, LayoutPolicy, MAX_FILE_SIZE};
+use pfs_common::chain::Chain;
+use pfs_common::layout::{check_replicas, Layout, LayoutChoice, LayoutPolicy, MAX_FILE_SIZE};
 use pfs_common::{FileId, ServerId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+pub mod chains;
 pub mod chunk_map;
 pub mod path;
+pub use chains::{ChainTable, ServerView};
 pub use chunk_map::{ChunkMap, ChunkRecord, Commit};
 pub use path::split_path;
 
@@ -92,6 +95,8 @@ pub enum Op {
     CommitChunks { server: ServerId, chunks: Vec<(FileId, Commit)> },
     /// Drop `file` if it is an orphan (unlinked while open) that nobody has open any more.
     Reap { file: FileId },
+    /// Replace these chains by their next versions (the chain keeper's plan, a `SyncDone`).
+    SetChains { chains: Vec<Chain> },
 }
 
 /// A fully determined change of the namespace, as logged in the WAL.
@@ -99,8 +104,9 @@ pub enum Op {
 pub enum Mutation {
     /// New directory `id` named `name` in `parent`, with the layout policy it inherits.
     Mkdir { parent: FileId, name: String, id: FileId, policy: LayoutPolicy, time_ms: u64 },
-    /// New file `id` named `name` in `parent`, with its chosen layout.
-    Create { parent: FileId, name: String, id: FileId, layout: Layout, time_ms: u64 },
+    /// New file `id` named `name` in `parent`, with its chosen layout and the chains it
+    /// created for it.
+    Create { parent: FileId, name: String, id: FileId, layout: Layout, new_chains: Vec<Chain>, time_ms: u64 },
     /// Move an entry; whatever `to_name` named in `to_parent` is dropped, or kept as an
     /// orphan with `orphan` (a file some session has open).
     Rename { from_parent: FileId, from_name: String, to_parent: FileId, to_name: String, time_ms: u64, orphan: bool },
@@ -115,6 +121,8 @@ pub enum Mutation {
     CommitChunks { server: ServerId, chunks: Vec<(FileId, Commit)> },
     /// Drop orphan `file` (unlinked while open; the last open is gone).
     Reap { file: FileId },
+    /// These chains, each at the version after the current one, replace the current ones.
+    SetChains { chains: Vec<Chain> },
 }
 
 /// What [`Namespace::prepare`] decided.
@@ -134,6 +142,8 @@ pub struct Applied {
     pub inode: Option<Inode>,
     /// Files whose inodes were dropped, with the storage targets holding their chunks.
     pub removed_files: Vec<(FileId, Vec<ServerId>)>,
+    /// Chains created or changed, as they are now.
+    pub chains: Vec<Chain>,
 }
 
 /// What `prepare` needs from outside the namespace.
@@ -160,6 +170,8 @@ pub struct Namespace {
     orphans: BTreeSet<FileId>,
     /// Committed chunks of every file.
     chunks: ChunkMap,
+    /// Every replication chain.
+    chains: ChainTable,
 }
 
 impl Namespace {
@@ -182,7 +194,13 @@ impl Namespace {
             next_first: 0,
             orphans: BTreeSet::new(),
             chunks: ChunkMap::default(),
+            chains: ChainTable::default(),
         }
+    }
+
+    /// The chain table.
+    pub fn chains(&self) -> &ChainTable {
+        &self.chains
     }
 
     /// The committed chunk map.
@@ -314,12 +332,13 @@ impl Namespace {
                     return Ok(Decision::Unchanged(Some(existing.summary())));
                 }
                 let policy = parent.policy.unwrap_or_default();
-                let layout = self.choose_layout(path, layout, &policy, ctx.up_servers)?;
+                let (layout, new_chains) = self.choose_layout(path, layout, &policy, ctx.up_servers)?;
                 Ok(Decision::Mutate(Mutation::Create {
                     parent: parent.id,
                     name: name.to_string(),
                     id: FileId(self.next_id),
                     layout,
+                    new_chains,
                     time_ms: now,
                 }))
             }
@@ -387,10 +406,24 @@ impl Namespace {
                     Ok(Decision::Unchanged(None))
                 }
             }
+            Op::SetChains { chains } => {
+                if chains.is_empty() {
+                    return Ok(Decision::Unchanged(None));
+                }
+                self.chains.check_update(chains).map_err(|why| MetaError::Stale { what: why })?;
+                Ok(Decision::Mutate(Mutation::SetChains { chains: chains.clone() }))
+            }
         }
     }
 
-    fn choose_layout(&self, path: &str, req: &LayoutChoice, policy: &LayoutPolicy, up: &[ServerId]) -> Result<Layout> {
+    /// The layout of a new file and the chains to create for it.
+    fn choose_layout(
+        &self,
+        path: &str,
+        req: &LayoutChoice,
+        policy: &LayoutPolicy,
+        up: &[ServerId],
+    ) -> Result<(Layout, Vec<Chain>)> {
         let block_size = req.block_size.unwrap_or(policy.block_size);
         let chunk_size = req.chunk_size.unwrap_or(policy.chunk_size());
         let stripe_blocks = match chunk_size.checked_div(block_size as u64) {
@@ -405,16 +438,22 @@ impl Namespace {
         servers.sort();
         servers.dedup();
         if servers.is_empty() {
-            return Err(MetaError::NoServers { path: path.to_string() });
+            return Err(MetaError::NoServers { path: path.to_string(), why: "no storage server is up".into() });
         }
         let n = servers.len();
         let count = match req.stripe_count.unwrap_or(policy.stripe_count) {
             0 => n,
             c => (c as usize).min(n),
         };
-        let first = (self.next_first % n as u64) as usize;
-        let targets = (0..count).map(|i| servers[(first + i) % n]).collect();
-        Layout::new(block_size, stripe_blocks, targets).map_err(|e| MetaError::Invalid(format!("{path}: {e}")))
+        let replicas = req.replicas.unwrap_or(policy.replicas);
+        check_replicas(replicas).map_err(|e| MetaError::Invalid(format!("{path}: {e}")))?;
+        let (chains, created) = self
+            .chains
+            .place(replicas, &servers, count, self.next_first)
+            .map_err(|why| MetaError::NoServers { path: path.to_string(), why })?;
+        let layout = Layout::new(block_size, stripe_blocks, replicas, chains)
+            .map_err(|e| MetaError::Invalid(format!("{path}: {e}")))?;
+        Ok((layout, created))
     }
 
     fn prepare_rename(&self, from: &str, to: &str, expected: Option<u64>, ctx: &Context<'_>) -> Result<Decision> {
@@ -480,9 +519,11 @@ impl Namespace {
                 };
                 self.link(*parent, name, inode, *time_ms);
             }
-            Mutation::Create { parent, name, id, layout, time_ms } => {
+            Mutation::Create { parent, name, id, layout, new_chains, time_ms } => {
                 self.next_id = self.next_id.max(id.0 + 1);
                 self.next_first = self.next_first.wrapping_add(1);
+                self.chains.insert(new_chains);
+                applied.chains = new_chains.clone();
                 let inode = Inode {
                     id: *id,
                     kind: InodeKind::File,
@@ -547,6 +588,10 @@ impl Namespace {
                 self.orphans.remove(file);
                 self.drop_inode(*file, &mut applied.removed_files);
             }
+            Mutation::SetChains { chains } => {
+                self.chains.insert(chains);
+                applied.chains = chains.clone();
+            }
         }
         Ok(applied)
     }
@@ -559,6 +604,9 @@ impl Namespace {
             None => Err(format!("directory {id} does not exist")),
         };
         match m {
+            Mutation::Create { new_chains, .. } if new_chains.iter().any(|c| self.chains.get(c.id).is_some()) => {
+                Err("it creates a chain that exists".into())
+            }
             Mutation::Mkdir { parent, name, id, .. } | Mutation::Create { parent, name, id, .. } => {
                 if dir(parent)?.entries.contains_key(name) {
                     return Err(format!("{name:?} already exists in {parent}"));
@@ -596,6 +644,7 @@ impl Namespace {
             },
             Mutation::CommitChunks { chunks, .. } => chunks.iter().try_for_each(|(file, _)| self.check_file(*file)),
             Mutation::Truncate { file, .. } | Mutation::SetSize { file, .. } => self.check_file(*file),
+            Mutation::SetChains { chains } => self.chains.check_update(chains),
         }
     }
 
@@ -624,7 +673,7 @@ impl Namespace {
         self.chunks.remove_file(id);
         if let Some(inode) = self.inodes.remove(&id) {
             if let Some(layout) = inode.layout {
-                removed.push((id, layout.targets));
+                removed.push((id, self.chains.members_of(&layout.chains)));
             }
         }
     }

@@ -29,6 +29,8 @@ struct Entry {
     /// Its full chunk listing since registering was received and answered (with the chunks
     /// it lost): only then does it serve reads, so only then is it up.
     listed: bool,
+    /// Boot id of its process at its last registration (0: none yet).
+    boot: u64,
 }
 
 /// Every storage server known from the configuration or from registration.
@@ -56,6 +58,7 @@ impl Registry {
                         conn_id: None,
                         declared_down: None,
                         listed: false,
+                        boot: 0,
                     },
                 )
             })
@@ -63,8 +66,11 @@ impl Registry {
         Registry { servers, down_after: Duration::from_millis(config.timeouts.server_down_ms) }
     }
 
-    /// Records a registration of server `id` on connection `conn_id`. A newer registration
-    /// replaces an older connection of the same id (the old one may be half-dead).
+    /// Records a registration of server `id` on connection `conn_id` by the process with
+    /// boot id `boot`. A newer registration replaces an older connection of the same id (the
+    /// old one may be half-dead). Returns true when the process restarted since it last
+    /// registered with this pfs-meta (another boot id): writes it had not synced may be lost.
+    #[allow(clippy::too_many_arguments)]
     pub fn register(
         &mut self,
         id: ServerId,
@@ -72,8 +78,9 @@ impl Registry {
         capacity_bytes: u64,
         free_bytes: u64,
         conn_id: u64,
+        boot: u64,
         now: Instant,
-    ) {
+    ) -> bool {
         let e = self.servers.entry(id).or_insert(Entry {
             address,
             capacity_bytes,
@@ -82,7 +89,9 @@ impl Registry {
             conn_id: None,
             declared_down: None,
             listed: false,
+            boot: 0,
         });
+        let restarted = e.boot != 0 && e.boot != boot;
         if let Some(old) = e.conn_id {
             if old != conn_id {
                 warn!("{id} registered again on a new connection; dropping its old connection {old}");
@@ -99,8 +108,10 @@ impl Registry {
             conn_id: Some(conn_id),
             declared_down: None,
             listed: false,
+            boot,
         };
         info!("{id} registered from {address}: {capacity_bytes} bytes capacity, {free_bytes} free");
+        restarted
     }
 
     /// Records a heartbeat. Errors (the server should register again): NotRegistered if `id`
@@ -172,13 +183,32 @@ impl Registry {
         self.servers.get(&id).is_some_and(|e| self.is_up(e, now))
     }
 
+    /// True if `id` is not up and its lease is surely over: silent for the down timeout
+    /// (which is its lease; it stops writing after half of it), or never heard from.
+    pub fn gone(&self, id: ServerId, now: Instant) -> bool {
+        self.servers.get(&id).is_none_or(|e| {
+            !self.is_up(e, now) && e.last_heard.is_none_or(|t| now.saturating_duration_since(t) >= self.down_after)
+        })
+    }
+
+    /// Every known server id.
+    pub fn ids(&self) -> Vec<ServerId> {
+        self.servers.keys().copied().collect()
+    }
+
     /// Ids of the servers that are up, sorted.
     pub fn up_servers(&self, now: Instant) -> Vec<ServerId> {
         self.servers.iter().filter(|(_, e)| self.is_up(e, now)).map(|(id, _)| *id).collect()
     }
 
-    /// Every configured or registered server; `chunks(id)` gives its reported chunk count.
-    pub fn list(&self, now: Instant, chunks: impl Fn(ServerId) -> u64) -> Vec<ServerStatus> {
+    /// Every configured or registered server; `chunks(id)` gives its reported chunk count,
+    /// `syncing(id)` the chains it is resyncing in.
+    pub fn list(
+        &self,
+        now: Instant,
+        chunks: impl Fn(ServerId) -> u64,
+        syncing: impl Fn(ServerId) -> u32,
+    ) -> Vec<ServerStatus> {
         self.servers
             .iter()
             .map(|(id, e)| ServerStatus {
@@ -192,6 +222,7 @@ impl Registry {
                     .map(|t| now.saturating_duration_since(t).as_millis().min(u64::MAX as u128) as u64)
                     .unwrap_or(u64::MAX),
                 chunks: chunks(*id),
+                syncing_chains: syncing(*id),
             })
             .collect()
     }
@@ -208,17 +239,17 @@ mod tests {
         let mut r = Registry::new(&config);
         let t0 = Instant::now();
         let down_after = Duration::from_millis(config.timeouts.server_down_ms);
-        let list = r.list(t0, |_| 0);
+        let list = r.list(t0, |_| 0, |_| 0);
         assert_eq!(list.len(), 2);
         assert!(list.iter().all(|s| !s.up && s.last_heartbeat_ms == u64::MAX));
         let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        r.register(ServerId(1), addr, 100, 50, 7, t0);
-        r.register(ServerId(9), addr, 100, 50, 8, t0);
+        assert!(!r.register(ServerId(1), addr, 100, 50, 7, 11, t0));
+        r.register(ServerId(9), addr, 100, 50, 8, 12, t0);
         assert!(r.up_servers(t0).is_empty(), "not up before their chunk listings");
         r.listed(ServerId(1));
         r.listed(ServerId(9));
         assert_eq!(r.up_servers(t0), vec![ServerId(1), ServerId(9)]);
-        assert_eq!(r.list(t0, |_| 3).len(), 3, "configured plus registered");
+        assert_eq!(r.list(t0, |_| 3, |_| 0).len(), 3, "configured plus registered");
         // Silence past the timeout: down, computed from the time passed in.
         assert!(!r.up(ServerId(1), t0 + down_after));
         r.heartbeat(ServerId(1), 100, 40, 7, t0 + down_after).unwrap();
@@ -229,7 +260,7 @@ mod tests {
         r.declare_down(ServerId(1), "did not confirm a fence");
         assert!(!r.up(ServerId(1), t0 + down_after));
         assert!(matches!(r.heartbeat(ServerId(1), 1, 1, 7, t0 + down_after), Err(MetaError::DeclaredDown { .. })));
-        r.register(ServerId(1), addr, 100, 50, 10, t0 + down_after);
+        assert!(r.register(ServerId(1), addr, 100, 50, 10, 13, t0 + down_after), "a new boot");
         r.listed(ServerId(1));
         assert!(r.up(ServerId(1), t0 + down_after));
         assert_eq!(r.disconnected(8), Some(ServerId(9)));

@@ -12,14 +12,16 @@
 
 use crate::error::{MetaError, Result};
 use crate::holders::Holders;
-use crate::namespace::{Commit, Inode, InodeKind, Namespace, Op};
+use crate::namespace::{Commit, Inode, InodeKind, Namespace, Op, ServerView};
 use crate::opens::OpenTable;
 use crate::registry::Registry;
 use crate::store::NamespaceStore;
 use crate::token_service::TokenService;
 use crate::tokens::TokenConfig;
 use parking_lot::Mutex;
+use pfs_common::chain::{Chain, ReplicaState};
 use pfs_common::config::Config;
+use pfs_common::layout::Layout;
 use pfs_common::pool::PooledBuf;
 use pfs_common::rpc::{Handler, Peer, Reply};
 use pfs_common::token::SessionId;
@@ -60,6 +62,11 @@ pub struct MetaServer {
     /// during a change), so never held while calling into the store.
     opens: Mutex<OpenTable>,
     ended: Arc<Ended>,
+    /// Wakes the chain keeper (a server came, went or restarted).
+    keeper_wake: Notify,
+    /// Storage servers' heartbeat period (the keeper's tick) and the re-replication delay, ms.
+    heartbeat_ms: u64,
+    rereplicate_after_ms: u64,
 }
 
 impl MetaServer {
@@ -88,7 +95,78 @@ impl MetaServer {
                 session_ended.wake.notify_one();
             }),
         )?;
-        Ok(MetaServer { store, cluster, tokens: Arc::new(tokens), opens: Mutex::new(OpenTable::new()), ended })
+        Ok(MetaServer {
+            store,
+            cluster,
+            tokens: Arc::new(tokens),
+            opens: Mutex::new(OpenTable::new()),
+            ended,
+            keeper_wake: Notify::new(),
+            heartbeat_ms: config.timeouts.heartbeat_ms,
+            rereplicate_after_ms: config.timeouts.rereplicate_after_ms,
+        })
+    }
+
+    /// Keeps the replication chains in step with the storage servers, forever: on every
+    /// change of the registry (and every heartbeat period, so time-based decisions are taken
+    /// too) it plans the membership changes ([`crate::namespace::ChainTable::plan`]), logs them
+    /// and pushes them to the storage servers. Errors: WalFailed / Io if the log fails.
+    pub async fn run_chain_keeper(&self) -> Result<()> {
+        let tick = std::time::Duration::from_millis(self.heartbeat_ms.max(10));
+        loop {
+            let woken = self.keeper_wake.notified();
+            self.keep_chains(&Default::default()).await?;
+            let _ = tokio::time::timeout(tick, woken).await;
+        }
+    }
+
+    /// One pass of the chain keeper; `restarted` servers are resynced.
+    async fn keep_chains(&self, restarted: &std::collections::BTreeSet<ServerId>) -> Result<()> {
+        let now = Instant::now();
+        let (view, plan) = {
+            let cl = self.cluster.lock();
+            let ids = cl.registry.ids();
+            let view = ServerView {
+                up: ids.iter().copied().filter(|s| cl.registry.up(*s, now)).collect(),
+                gone: ids.iter().copied().filter(|s| cl.registry.gone(*s, now)).collect(),
+                restarted: restarted.clone(),
+                now_ms: crate::store::now_ms(),
+                rereplicate_after_ms: self.rereplicate_after_ms,
+            };
+            let plan = self.store.read(|n| n.chains().plan(&view)).0;
+            (view, plan)
+        };
+        if !plan.is_empty() {
+            for c in &plan {
+                info!("chain change: {} (servers up: {:?})", c.describe(), view.up);
+            }
+            match self.mutate(Op::SetChains { chains: plan }).await {
+                // Another change got there first: the next pass plans again.
+                Err(MetaError::Stale { .. }) => {}
+                r => {
+                    r?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every storage server with a session about changed chains.
+    fn push_chains(&self, chains: Vec<Chain>) {
+        let ids = self.cluster.lock().registry.ids();
+        let msg = StorageNotify::Chains(chains);
+        for server in ids {
+            if let Some(notifier) = self.tokens.storage_notifier(server) {
+                let msg = msg.clone();
+                tokio::spawn(async move {
+                    // Versions only grow, so a late push is ignored; a server that missed one
+                    // gets the whole table when it registers again.
+                    if let Err(e) = notifier.notify(&msg).await {
+                        debug!("pushing chains to {server}: {e}");
+                    }
+                });
+            }
+        }
     }
 
     /// Removes the files that were unlinked while open and that nobody has open any more:
@@ -252,6 +330,9 @@ impl MetaServer {
         if !applied.removed_files.is_empty() {
             self.removed(applied.removed_files);
         }
+        if !applied.chains.is_empty() {
+            self.push_chains(applied.chains);
+        }
         Ok(applied.inode)
     }
 
@@ -289,26 +370,82 @@ impl MetaServer {
     async fn registry(&self, peer: &Peer, req: RegistryRequest) -> Reply {
         let now = Instant::now();
         match req {
-            RegistryRequest::Register(c) => Reply::to::<reg::Register, _>(self.register(peer, c)),
+            RegistryRequest::Register(c) => Reply::to::<reg::Register, _>(self.register(peer, c).await),
             RegistryRequest::Heartbeat(c) => Reply::to::<reg::Heartbeat, _>(self.heartbeat(peer, c)),
             RegistryRequest::ChunkReport(c) => Reply::to::<reg::ChunkReport, _>(self.chunk_report(peer, c).await),
             RegistryRequest::Fenced(c) => Reply::to::<reg::Fenced, _>(self.fenced(peer, c)),
             RegistryRequest::ListServers(_) => {
+                let syncing = self.store.read(|n| {
+                    let mut by_server: BTreeMap<ServerId, u32> = BTreeMap::new();
+                    for c in n.chains().iter() {
+                        for m in c.members.iter().filter(|m| m.state == ReplicaState::Syncing) {
+                            *by_server.entry(m.server).or_default() += 1;
+                        }
+                    }
+                    by_server
+                });
                 let c = self.cluster.lock();
-                Reply::to::<reg::ListServers, MetaError>(Ok(c.registry.list(now, |id| c.holders.count(id))))
+                let list = c.registry.list(now, |id| c.holders.count(id), |id| syncing.0.get(&id).copied().unwrap_or(0));
+                Reply::to::<reg::ListServers, MetaError>(Ok(list))
             }
             RegistryRequest::GetChunks(c) => Reply::to::<reg::GetChunks, _>(self.get_chunks(c).await),
+            RegistryRequest::GetChains(c) => Reply::to::<reg::GetChains, _>(self.get_chains(c).await),
+            RegistryRequest::GetLayouts(c) => Reply::to::<reg::GetLayouts, _>(self.get_layouts(c).await),
+            RegistryRequest::SyncDone(c) => Reply::to::<reg::SyncDone, _>(self.sync_done(peer, c).await),
         }
     }
 
-    fn register(&self, peer: &Peer, c: reg::Register) -> Result<Registered> {
+    async fn register(&self, peer: &Peer, c: reg::Register) -> Result<Registered> {
         speaks_for(peer, c.id)?;
         // The token service first (it may take the cluster lock to declare servers down).
         let (fenced, lease_ms) = self.tokens.storage_registered(c.id, peer.conn_id, peer.notifier.clone());
-        let mut cl = self.cluster.lock();
-        cl.registry.register(c.id, c.address, c.capacity_bytes, c.free_bytes, peer.conn_id, Instant::now());
-        cl.holders.begin_listing(c.id);
-        Ok(Registered { fence_below: self.tokens.fence_below(), fenced, lease_ms, orphans: Vec::new() })
+        let restarted = {
+            let mut cl = self.cluster.lock();
+            let now = Instant::now();
+            let restarted =
+                cl.registry.register(c.id, c.address, c.capacity_bytes, c.free_bytes, peer.conn_id, c.boot, now);
+            cl.holders.begin_listing(c.id);
+            restarted
+        };
+        if restarted {
+            // Before it can serve a read: its replicas resync (unsynced writes may be lost).
+            info!("{} restarted (a new boot id): its replicas resync from the others", c.id);
+            self.keep_chains(&[c.id].into_iter().collect()).await?;
+        }
+        let chains = self.query(|n| Ok(n.chains().iter().cloned().collect())).await?;
+        Ok(Registered { fence_below: self.tokens.fence_below(), fenced, lease_ms, orphans: Vec::new(), chains })
+    }
+
+    /// Chains by id (every chain for an empty list).
+    async fn get_chains(&self, c: reg::GetChains) -> Result<Vec<Chain>> {
+        check_count("chain ids", c.ids.len())?;
+        self.query(|n| {
+            let t = n.chains();
+            Ok(if c.ids.is_empty() {
+                t.iter().cloned().collect()
+            } else {
+                c.ids.iter().filter_map(|id| t.get(*id).cloned()).collect()
+            })
+        })
+        .await
+    }
+
+    /// Layouts of files (`None` for a missing file or a directory).
+    async fn get_layouts(&self, c: reg::GetLayouts) -> Result<Vec<Option<Layout>>> {
+        check_count("file ids", c.files.len())?;
+        self.query(|n| Ok(c.files.iter().map(|f| n.get(*f).and_then(|i| i.layout.clone())).collect())).await
+    }
+
+    /// A storage server finished resyncing a chain: it serves reads from now on.
+    async fn sync_done(&self, peer: &Peer, c: reg::SyncDone) -> Result<()> {
+        speaks_for(peer, c.id)?;
+        self.cluster.lock().registry.check_conn(c.id, peer.conn_id)?;
+        let next = self.store.read(|n| n.chains().sync_done(c.id, c.chain.id, c.chain.version)).0;
+        let next = next.ok_or_else(|| MetaError::Stale {
+            what: format!("{} is not syncing in {} at version {}", c.id, c.chain.id, c.chain.version),
+        })?;
+        info!("{} resynced {}: {}", c.id, c.chain.id, next.describe());
+        self.mutate(Op::SetChains { chains: vec![next] }).await.map(drop)
     }
 
     /// A storage server confirms fences; at most [`FENCED_MAX`] sessions a call.
@@ -343,12 +480,7 @@ impl MetaServer {
                 Ok(n.chunks()
                     .range(c.file, c.first, last)
                     .map(|(chunk, r)| {
-                        let c = CommittedChunk {
-                            len: r.len,
-                            sha256: r.sha256,
-                            holders: r.holders.clone(),
-                            version: r.version,
-                        };
+                        let c = CommittedChunk { len: r.len, sha256: r.sha256, holders: r.holders.clone() };
                         (chunk, c)
                     })
                     .collect::<BTreeMap<_, _>>())
@@ -389,6 +521,7 @@ impl MetaServer {
                 let lost = (c.listing && c.full).then(|| lost_chunks(n, &cl.holders, c.id));
                 if lost.is_some() {
                     cl.registry.listed(c.id);
+                    self.keeper_wake.notify_one();
                 }
                 (orphans, lost)
             });
@@ -453,11 +586,20 @@ impl MetaServer {
         let server = self.cluster.lock().registry.disconnected(peer.conn_id);
         if let Some(id) = server {
             self.tokens.storage_disconnected(id, peer.conn_id);
+            self.keeper_wake.notify_one();
         }
         if peer.role == PeerRole::Client {
             self.tokens.connection_lost(peer.conn_id);
         }
     }
+}
+
+/// Errors (Invalid) for a list of ids longer than [`GET_CHUNKS_MAX`].
+fn check_count(what: &str, n: usize) -> Result<()> {
+    if n > GET_CHUNKS_MAX as usize {
+        return Err(MetaError::Invalid(format!("{n} {what} in one request (at most {GET_CHUNKS_MAX})")));
+    }
+    Ok(())
 }
 
 /// Errors with Forbidden unless `peer` is a storage server (which speaks for `server`; the
@@ -535,14 +677,15 @@ fn lost_chunks(n: &Namespace, holders: &Holders, server: ServerId) -> Vec<LostCh
     n.chunks()
         .held_by(server)
         .filter_map(|((file, chunk), rec)| {
+            let version = rec.version_on(server).unwrap_or(0);
             let found = match holders.held_on(server, file, chunk) {
                 None => "missing".to_string(),
                 Some(h) if h.len < rec.len => format!("{} of {} bytes", h.len, rec.len),
                 // An older copy (an old disk put back): its own checksums may well be fine.
-                Some(h) if h.version < rec.version => {
-                    format!("commit version {} of the chunk, but version {} was committed", h.version, rec.version)
+                Some(h) if h.version < version => {
+                    format!("commit version {} of the chunk, but version {version} was committed", h.version)
                 }
-                Some(h) if h.version == rec.version && h.sha256.zip(rec.sha256).is_some_and(|(a, b)| a != b) => {
+                Some(h) if h.version == version && h.sha256.zip(rec.sha256).is_some_and(|(a, b)| a != b) => {
                     format!(
                         "other bytes than committed at version {} (sha256 {})",
                         h.version,

@@ -71,7 +71,7 @@ impl NamespaceStore {
             match inner.namespace.prepare(op, &ctx)? {
                 Decision::Unchanged(inode) => {
                     drop(permit);
-                    (Applied { inode, removed_files: Vec::new() }, inner.applied_lsn)
+                    (Applied { inode, ..Applied::default() }, inner.applied_lsn)
                 }
                 Decision::Mutate(mutation) => {
                     let lsn = inner.applied_lsn + 1;

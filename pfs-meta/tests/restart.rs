@@ -6,7 +6,7 @@ use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::wire::frame::{FrameHeader, FrameKind, HEADER_LEN};
 use pfs_common::wire::namespace::{Create, FileKind, Lookup, Mkdir, Readdir, Rename, SetSize, Stat, Unlink};
-use pfs_common::wire::registry::{ChunkReport, GetChunks, Heartbeat, ListServers, Register};
+use pfs_common::wire::registry::{ChunkReport, GetChains, GetChunks, Heartbeat, ListServers, Register};
 use pfs_common::wire::{MetaRequest, PeerRole};
 use pfs_common::{ErrorCode, ServerId};
 use std::net::SocketAddr;
@@ -87,6 +87,7 @@ async fn fake_storage(addr: SocketAddr) -> RpcClient<MetaRequest> {
         address: "127.0.0.1:1".parse().unwrap(),
         capacity_bytes: 1 << 30,
         free_bytes: 1 << 29,
+        boot: 1,
     };
     let r = s.ask(reg).await.unwrap();
     assert!(r.orphans.is_empty() && r.fenced.is_empty());
@@ -111,7 +112,11 @@ async fn namespace_survives_sigkill() {
     let mut files = Vec::new();
     for i in 0..5u64 {
         let f = c.ask(create(&format!("/a/b/f{i}"))).await.unwrap();
-        assert_eq!(f.layout.as_ref().unwrap().targets, vec![ServerId(1)]);
+        let layout = f.layout.as_ref().unwrap();
+        assert_eq!(layout.replicas, 1);
+        let chains = c.ask(GetChains { ids: layout.chains.clone() }).await.unwrap();
+        assert_eq!(chains.len(), 1);
+        assert_eq!(chains[0].writers().collect::<Vec<_>>(), vec![ServerId(1)]);
         c.ask(SetSize { file: f.id, size: 4096 * (i + 1) }).await.unwrap();
         let f = c.ask(Stat { file: f.id }).await.unwrap();
         assert_eq!(f.size, 4096 * (i + 1));
@@ -211,9 +216,14 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     let (ntx, mut nrx) = tokio::sync::mpsc::channel(16);
     let s: RpcClient<MetaRequest> =
         RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Storage), Some(ntx)).await.unwrap();
-    let reg =
-        Register { id: ServerId(3), address: "127.0.0.1:2".parse().unwrap(), capacity_bytes: 100, free_bytes: 60 };
-    s.ask(reg).await.unwrap();
+    let reg = Register {
+        id: ServerId(3),
+        address: "127.0.0.1:2".parse().unwrap(),
+        capacity_bytes: 100,
+        free_bytes: 60,
+        boot: 7,
+    };
+    s.ask(reg.clone()).await.unwrap();
     // Up for new files only once its chunk listing is in.
     let e = c.ask(create("/f")).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
@@ -240,11 +250,9 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     let change = ChunkReport { id: ServerId(3), chunks: vec![chunk(f.id, 0)], listing: false, full: false };
     assert_eq!(s.ask(change).await.unwrap(), ReportAnswer::default());
     let committed = c.ask(GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap()[0].committed.clone().unwrap();
-    assert_eq!((committed.len, committed.holders), (10, vec![ServerId(3)]));
+    assert_eq!((committed.len, committed.holders), (10, vec![(ServerId(3), 2)]));
     // The server comes back with an empty disk: its listing is answered with the loss.
-    s.ask(Register { id: ServerId(3), address: "127.0.0.1:2".parse().unwrap(), capacity_bytes: 100, free_bytes: 60 })
-        .await
-        .unwrap();
+    s.ask(reg.clone()).await.unwrap();
     let lost = LostChunk { file: f.id, chunk: 0, len: 10, found: "missing".into() };
     assert_eq!(s.ask(listing(vec![])).await.unwrap().lost, Some(vec![lost]));
     let short = ChunkState { len: 4, ..chunk(f.id, 0) };
@@ -267,8 +275,14 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     s.ask(Heartbeat { id: ServerId(3), capacity_bytes: 100, free_bytes: 50 }).await.unwrap();
     // Unlink: the storage server is told to remove the file's chunks.
     c.ask(Unlink { path: "/f".into(), expected_generation: None }).await.unwrap();
-    let frame = tokio::time::timeout(Duration::from_secs(30), nrx.recv()).await.expect("notified").unwrap();
-    let note: StorageNotify = pfs_common::wire::decode(&frame.body).unwrap();
+    // (The chain created with /f was pushed to it before.)
+    let note = loop {
+        let frame = tokio::time::timeout(Duration::from_secs(30), nrx.recv()).await.expect("notified").unwrap();
+        match pfs_common::wire::decode::<StorageNotify>(&frame.body).unwrap() {
+            StorageNotify::Chains(chains) => assert!(chains.iter().all(|c| c.head() == Some(ServerId(3)))),
+            other => break other,
+        }
+    };
     assert_eq!(note, StorageNotify::RemoveFiles(vec![f.id]));
     let e = c.ask(GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound);

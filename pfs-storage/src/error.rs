@@ -51,6 +51,13 @@ pub enum StorageError {
         "{server}: restarted since the unsynced writes to file {file} were made; they may be lost (write them again)"
     )]
     Restarted { server: ServerId, file: pfs_common::FileId },
+    /// A request named a chain version this server does not have, or a chain whose read or
+    /// write path this server is not in: the sender asks pfs-meta for the chain again.
+    #[error("{server}: {what}")]
+    Stale { server: ServerId, what: String },
+    /// The next replica of a chain failed a forwarded write or copy.
+    #[error("{server}: forwarding to {next}: {source}")]
+    Forward { server: ServerId, next: ServerId, source: Box<StorageError> },
     /// An I/O thread or task of the server stopped.
     #[error("{what}")]
     Stopped { what: String },
@@ -88,6 +95,8 @@ impl StorageError {
             StorageError::Lost { .. } | StorageError::Corrupt { .. } => ErrorCode::Io,
             StorageError::NotReconciled { .. } => ErrorCode::Unavailable,
             StorageError::Restarted { .. } => ErrorCode::Io,
+            StorageError::Stale { .. } => ErrorCode::Stale,
+            StorageError::Forward { source, .. } => source.code(),
             StorageError::Common(e) => e.code(),
         }
     }

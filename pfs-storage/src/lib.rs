@@ -10,6 +10,8 @@ pub mod fence;
 pub mod hasher;
 pub mod meta_link;
 pub mod precreate;
+pub mod replication;
+pub mod resync;
 pub mod server;
 pub mod store;
 
@@ -37,14 +39,17 @@ pub async fn run(config: Arc<Config>, id: ServerId) -> Result<()> {
     let engine = engine::open(me.engine, &dir).map_err(|e| e.on(id))?;
     let store = ChunkStore::open(id, engine, StoreOptions::default()).await?;
     let listener = rpc::bind(me.address, &id.to_string()).await?;
+    let repl = Arc::new(replication::Replication::new(id, config.clone()));
     tokio::spawn(hasher::run(store.clone()));
-    tokio::spawn(meta_link::run(config.clone(), id, store.clone()));
+    tokio::spawn(meta_link::run(config.clone(), id, store.clone(), repl.clone()));
+    tokio::spawn(resync::run(store.clone(), repl.clone(), config.clone()));
     let opts = ServeOptions {
         name: id.to_string(),
-        roles: vec![PeerRole::Client],
+        // Other storage servers forward writes down chains and copy chunks.
+        roles: vec![PeerRole::Client, PeerRole::Storage],
         limits: DEFAULT_LIMITS,
         idle_timeout: Some(config.timeouts.idle()),
     };
-    rpc::serve(listener, Arc::new(server::StorageHandler::new(store)), opts).await;
+    rpc::serve(listener, Arc::new(server::StorageHandler::new(store, repl)), opts).await;
     Ok(())
 }

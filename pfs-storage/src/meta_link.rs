@@ -9,6 +9,7 @@
 //! (pfs-meta declared this server down) ends the session, and the next one registers again.
 
 use crate::error::{Result, StorageError};
+use crate::replication::Replication;
 use crate::store::{disk_space, ChunkStore};
 use parking_lot::Mutex;
 use pfs_common::config::Config;
@@ -44,6 +45,11 @@ impl Reporter {
     /// True while a registered session with pfs-meta is up.
     pub fn connected(&self) -> bool {
         self.client.lock().as_ref().is_some_and(|c| !c.is_closed())
+    }
+
+    /// The registered session's connection to pfs-meta, if one is up.
+    pub fn client(&self) -> Option<RpcClient<MetaRequest>> {
+        self.client.lock().clone().filter(|c| !c.is_closed())
     }
 
     fn set_client(&self, client: Option<RpcClient<MetaRequest>>) {
@@ -132,12 +138,12 @@ fn remove_files(store: &Arc<ChunkStore>, ids: Vec<FileId>) {
 
 /// Keeps a session with pfs-meta, forever: connect, register, full report, heartbeats;
 /// on any failure wait (capped exponential backoff) and start over.
-pub async fn run(config: Arc<Config>, id: ServerId, store: Arc<ChunkStore>) {
+pub async fn run(config: Arc<Config>, id: ServerId, store: Arc<ChunkStore>, repl: Arc<Replication>) {
     let mut backoff_ms = BACKOFF_MIN_MS;
     let mut failures = 0u64;
     loop {
         let mut registered = false;
-        let err = session(&config, id, &store, &mut registered).await;
+        let err = session(&config, id, &store, &repl, &mut registered).await;
         store.reporter.set_client(None);
         // Whatever pfs-meta decides without us (fences, declaring us down) we learn only by
         // registering again: admit no writes until then.
@@ -159,7 +165,13 @@ pub async fn run(config: Arc<Config>, id: ServerId, store: Arc<ChunkStore>) {
 }
 
 /// One session; returns the error that ended it.
-async fn session(config: &Config, id: ServerId, store: &Arc<ChunkStore>, registered: &mut bool) -> StorageError {
+async fn session(
+    config: &Config,
+    id: ServerId,
+    store: &Arc<ChunkStore>,
+    repl: &Arc<Replication>,
+    registered: &mut bool,
+) -> StorageError {
     let result = async {
         let me = config.storage(id)?;
         let opts = ConnectOptions {
@@ -171,10 +183,12 @@ async fn session(config: &Config, id: ServerId, store: &Arc<ChunkStore>, registe
         let (notify_tx, notify_rx) = mpsc::channel(64);
         let client: RpcClient<MetaRequest> =
             RpcClient::connect(config.meta.address, "pfs-meta", &opts, Some(notify_tx)).await?;
-        tokio::spawn(drain_notifications(store.clone(), notify_rx, client.clone()));
+        tokio::spawn(drain_notifications(store.clone(), repl.clone(), notify_rx, client.clone()));
         let (capacity_bytes, free_bytes) = disk_space(store.dir())?;
         let sent = Instant::now();
-        let reg = client.ask(Register { id, address: me.address, capacity_bytes, free_bytes }).await?;
+        let register = Register { id, address: me.address, capacity_bytes, free_bytes, boot: store.boot };
+        let reg = client.ask(register).await?;
+        repl.update(reg.chains, true);
         store.fence.registered(reg.fence_below, &reg.fenced, reg.lease_ms, sent).await;
         remove_orphans(store, reg.orphans);
         info!("{id}: registered with pfs-meta at {} (lease {} ms)", config.meta.address, reg.lease_ms);
@@ -205,6 +219,7 @@ async fn session(config: &Config, id: ServerId, store: &Arc<ChunkStore>, registe
 /// Handles pfs-meta's one-way frames until the connection ends.
 async fn drain_notifications(
     store: Arc<ChunkStore>,
+    repl: Arc<Replication>,
     mut rx: mpsc::Receiver<pfs_common::wire::frame::Frame>,
     meta: RpcClient<MetaRequest>,
 ) {
@@ -223,6 +238,12 @@ async fn drain_notifications(
                         warn!("{}: confirming a fence to pfs-meta: {e}", store.id);
                     }
                 }
+            }
+            Ok(StorageNotify::Chains(chains)) => {
+                for c in &chains {
+                    debug!("{}: {}", store.id, c.describe());
+                }
+                repl.update(chains, false);
             }
             Err(e) => warn!("{}: undecodable notification from pfs-meta: {e}", store.id),
         }

@@ -1,50 +1,100 @@
-//! The client-facing request handler: maps each call of the chunk data service onto the
-//! [`ChunkStore`] and answers it with its reply type. Writes pass the [`crate::fence`] first.
+//! The request handler: maps each call of the chunk data service onto the [`ChunkStore`] and
+//! answers it with its reply type. Writes pass the chain check and the [`crate::fence`] first,
+//! then are written here and forwarded to the chain's next replica at the same time; reads
+//! pass the chain check (serving replicas only).
 
+use crate::replication::Replication;
 use crate::store::ChunkStore;
-use pfs_common::pool::PooledBuf;
+use crate::{Result, StorageError};
+use pfs_common::pool::{self, PooledBuf};
 use pfs_common::rpc::{Handler, Peer, Reply};
-use pfs_common::wire::storage::{self as st, ReadReply, StorageRequest, Written};
+use pfs_common::wire::storage::{self as st, ReadReply, StorageRequest, SyncData, Written};
+use pfs_common::wire::PeerRole;
 use std::sync::Arc;
 
-/// Serves [`StorageRequest`]s from clients against one chunk store.
+/// Serves [`StorageRequest`]s from clients and other storage servers against one chunk store.
 pub struct StorageHandler {
     store: Arc<ChunkStore>,
+    repl: Arc<Replication>,
 }
 
 impl StorageHandler {
-    /// A handler for `store`.
-    pub fn new(store: Arc<ChunkStore>) -> Self {
-        StorageHandler { store }
+    /// A handler for `store`, in the chains `repl` knows.
+    pub fn new(store: Arc<ChunkStore>, repl: Arc<Replication>) -> Self {
+        StorageHandler { store, repl }
+    }
+
+    /// Writes here and at the chain's next replica (if any) at once; answers when both did.
+    async fn write(&self, c: st::WriteChunk, payload: PooledBuf) -> Result<Written> {
+        let store = &self.store;
+        let next = self.repl.check_write(c.chain)?;
+        let _admitted = store.fence.admit(c.session).await?;
+        let _forwarding = self.repl.write_guard(c.file, c.chunk).await;
+        let len = payload.len();
+        let forward = async {
+            let Some(next) = next else { return Ok(Vec::new()) };
+            let fail = |source: StorageError| StorageError::Forward { server: store.id(), next, source: Box::new(source) };
+            let peer = self.repl.peer(next).await.map_err(fail)?;
+            let (w, _) = peer.call(c.clone(), &payload).await.map_err(|e| fail(e.into()))?;
+            Ok::<_, StorageError>(w.boots)
+        };
+        let local = async {
+            // The payload stays with the forward while the engine owns the copy it writes.
+            let mut data = pool::global().get(len);
+            data.copy_from_slice(&payload);
+            store.write(c.file, c.chunk, c.offset, c.chunk_size, c.block_size, data).await
+        };
+        let (written, forwarded) = tokio::join!(local, forward);
+        let written = written?;
+        let mut boots = vec![(store.id(), store.boot)];
+        boots.extend(forwarded?);
+        Ok(Written { len: written, boots })
+    }
+
+    /// A whole chunk for another replica, with no write of it in flight.
+    async fn sync_read(&self, peer: &Peer, c: st::SyncRead) -> Result<(SyncData, PooledBuf)> {
+        let store = &self.store;
+        if peer.role != PeerRole::Storage {
+            return Err(StorageError::Invalid {
+                server: store.id(),
+                what: format!("{} at {} is not a storage server and may not copy chunks", peer.name, peer.addr),
+            });
+        }
+        let _no_writes = self.repl.copy_guard(c.file, c.chunk).await;
+        let Some((len, _)) = store.chunk_info(c.file, c.chunk) else {
+            return Ok((SyncData { block_size: 0, exists: false }, PooledBuf::empty()));
+        };
+        let block_size = store.checksum_block(c.file, c.chunk)?;
+        let (data, _) = store.read(c.file, c.chunk, 0, len as u32).await?;
+        Ok((SyncData { block_size, exists: true }, data))
     }
 }
 
 impl Handler for StorageHandler {
     type Request = StorageRequest;
 
-    async fn handle(self: Arc<Self>, _peer: Peer, req: StorageRequest, payload: PooledBuf) -> Reply {
+    async fn handle(self: Arc<Self>, peer: Peer, req: StorageRequest, payload: PooledBuf) -> Reply {
         let store = &self.store;
         match req {
-            StorageRequest::Write(c) => {
-                let r = async {
-                    let _admitted = store.fence.admit(c.session).await?;
-                    store.write(c.file, c.chunk, c.offset, c.chunk_size, c.block_size, payload).await
+            StorageRequest::Write(c) => Reply::to::<st::WriteChunk, _>(self.write(c, payload).await),
+            StorageRequest::Read(c) => {
+                let read = async {
+                    self.repl.check_read(c.chain)?;
+                    store.read(c.file, c.chunk, c.offset, c.len).await
+                };
+                match read.await {
+                    Ok((data, chunk_len)) => {
+                        Reply::to::<st::ReadChunk, StorageError>(Ok(ReadReply { chunk_len })).with_payload(data)
+                    }
+                    Err(e) => Reply::error(&e),
                 }
-                .await;
-                Reply::to::<st::WriteChunk, _>(r.map(|len| Written { len, boot: store.boot }))
             }
-            StorageRequest::Read(c) => match store.read(c.file, c.chunk, c.offset, c.len).await {
-                Ok((data, chunk_len)) => {
-                    Reply::to::<st::ReadChunk, crate::StorageError>(Ok(ReadReply { chunk_len })).with_payload(data)
-                }
-                Err(e) => Reply::error(&e),
-            },
             StorageRequest::Truncate(c) => {
                 Reply::to::<st::TruncateFile, _>(store.truncate(c.file, c.size, c.chunk_size).await)
             }
             StorageRequest::Remove(c) => Reply::to::<st::RemoveFile, _>(store.remove(c.file).await),
             StorageRequest::Fsync(c) if c.boot != store.boot => {
-                Reply::error(&crate::StorageError::Restarted { server: store.id(), file: c.file })
+                Reply::error(&StorageError::Restarted { server: store.id(), file: c.file })
             }
             StorageRequest::Fsync(c) => Reply::to::<st::FsyncFile, _>(store.fsync(c.file).await),
             StorageRequest::Status(_) => Reply::to::<st::GetStatus, _>(store.status()),
@@ -52,6 +102,10 @@ impl Handler for StorageHandler {
             StorageRequest::RemoveChunk(c) => {
                 Reply::to::<st::RemoveChunk, _>(store.remove_chunks(c.file, &[c.chunk]).await)
             }
+            StorageRequest::SyncRead(c) => match self.sync_read(&peer, c).await {
+                Ok((answer, data)) => Reply::to::<st::SyncRead, StorageError>(Ok(answer)).with_payload(data),
+                Err(e) => Reply::error(&e),
+            },
         }
     }
 }

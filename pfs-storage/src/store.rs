@@ -295,6 +295,41 @@ impl ChunkStore {
     }
 
     /// Chunks of `file` with their lengths in bytes, in chunk order.
+    /// A chunk's length (bytes) and, when nothing was written since it was hashed, its
+    /// SHA-256; `None` when the chunk does not exist.
+    pub fn chunk_info(&self, file: FileId, chunk: ChunkIndex) -> Option<(u64, Option<Sha256Digest>)> {
+        let st = self.state.lock();
+        let e = st.index.get(&file)?.get(&chunk)?;
+        Some((e.len, e.sha256.filter(|_| !st.dirty.contains_key(&(file, chunk)))))
+    }
+
+    /// The checksum block size (bytes) of an existing chunk. Errors: Corrupt when its
+    /// checksums are missing; Io.
+    pub fn checksum_block(&self, file: FileId, chunk: ChunkIndex) -> Result<u32> {
+        Ok(self.checksums_of((file, chunk))?.block_size)
+    }
+
+    /// Replaces a chunk's contents with `data` (a copy from another replica): the old chunk
+    /// file goes, lost or not, and `data` is written as a new one (nothing for empty `data`).
+    /// Not durable until synced, like any write.
+    ///
+    /// Errors: as [`ChunkStore::write`] and [`ChunkStore::remove_chunks`].
+    pub async fn replace(
+        &self,
+        file: FileId,
+        chunk: ChunkIndex,
+        chunk_size: u64,
+        block_size: u32,
+        data: PooledBuf,
+    ) -> Result<()> {
+        self.state.lock().lost.remove(&(file, chunk));
+        self.remove_chunks(file, &[chunk]).await?;
+        if !data.is_empty() {
+            self.write(file, chunk, 0, chunk_size, block_size, data).await?;
+        }
+        Ok(())
+    }
+
     pub fn chunks_of(&self, file: FileId) -> Vec<(ChunkIndex, u64)> {
         let st = self.state.lock();
         st.index.get(&file).map(|m| m.iter().map(|(c, e)| (*c, e.len)).collect()).unwrap_or_default()
@@ -690,17 +725,25 @@ impl ChunkStore {
             if !st.reconciled {
                 return Err(StorageError::NotReconciled { server: self.id });
             }
-            let mut keys: Vec<(ChunkKey, u64)> = st
+            let mut keys: Vec<(ChunkKey, u64, Option<Sha256Digest>)> = st
                 .index
                 .iter()
-                .flat_map(|(f, m)| m.iter().map(move |(c, e)| ((*f, *c), e.len)))
-                .filter(|(k, _)| after.is_none_or(|a| *k > a))
+                .flat_map(|(f, m)| m.iter().map(move |(c, e)| ((*f, *c), e.len, e.sha256)))
+                .filter(|(k, _, _)| after.is_none_or(|a| *k > a))
                 .collect();
-            keys.sort_unstable();
+            keys.sort_unstable_by_key(|k| k.0);
             let more = keys.len() > limit;
             keys.truncate(limit);
-            let listed: Vec<ChunkListing> =
-                keys.into_iter().map(|((file, chunk), len)| ChunkListing { file, chunk, len, damage: None }).collect();
+            let listed: Vec<ChunkListing> = keys
+                .into_iter()
+                .map(|((file, chunk), len, sha)| ChunkListing {
+                    file,
+                    chunk,
+                    len,
+                    damage: None,
+                    sha256: sha.filter(|_| !st.dirty.contains_key(&(file, chunk))),
+                })
+                .collect();
             (listed, more)
         };
         if verify {

@@ -4,7 +4,9 @@
 //! disturb well-behaved clients, and once pfs-meta goes away the server stops admitting writes
 //! by itself. Runs once per engine.
 
+use pfs_common::chain::{ChainId, ChainRef};
 use pfs_common::config::{Config, EngineChoice};
+use pfs_common::wire::registry::GetChains;
 use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::SessionId;
@@ -69,30 +71,40 @@ async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: im
 
 async fn write(
     c: &RpcClient<StorageRequest>,
+    chain: ChainRef,
     session: SessionId,
     file: u64,
     chunk: u64,
     offset: u64,
     data: &[u8],
 ) -> pfs_common::Result<u64> {
-    let req = WriteChunk { file: FileId(file), chunk, offset, chunk_size: CS, block_size: 4096, session };
+    let req = WriteChunk { file: FileId(file), chunk, offset, chunk_size: CS, block_size: 4096, session, chain };
     let (written, _) = c.call(req, data).await?;
     assert_eq!(written.len, data.len() as u32);
-    Ok(written.boot)
+    assert_eq!(written.boots.len(), 1, "one replica");
+    Ok(written.boots[0].1)
 }
 
-async fn read(c: &RpcClient<StorageRequest>, file: u64, chunk: u64, offset: u64, len: u32) -> (Vec<u8>, u64) {
-    try_read(c, file, chunk, offset, len).await.unwrap()
+async fn read(
+    c: &RpcClient<StorageRequest>,
+    chain: ChainRef,
+    file: u64,
+    chunk: u64,
+    offset: u64,
+    len: u32,
+) -> (Vec<u8>, u64) {
+    try_read(c, chain, file, chunk, offset, len).await.unwrap()
 }
 
 async fn try_read(
     c: &RpcClient<StorageRequest>,
+    chain: ChainRef,
     file: u64,
     chunk: u64,
     offset: u64,
     len: u32,
 ) -> pfs_common::Result<(Vec<u8>, u64)> {
-    let (r, payload) = c.call(ReadChunk { file: FileId(file), chunk, offset, len }, &[]).await?;
+    let (r, payload) = c.call(ReadChunk { file: FileId(file), chunk, offset, len, chain }, &[]).await?;
     Ok((payload.to_vec(), r.chunk_len))
 }
 
@@ -169,10 +181,11 @@ async fn scenario(engine: EngineChoice) {
 
     // Without pfs-meta: reads wait until the server has checked its chunks against pfs-meta's
     // chunk map (a lost chunk must not read as a hole), writes are refused (no lease).
-    let e = try_read(&c, 0x42, 3, 0, 10).await.unwrap_err();
+    let none = ChainRef { id: ChainId(0), version: 1 };
+    let e = try_read(&c, none, 0x42, 3, 0, 10).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
     assert!(e.to_string().contains("chunk map"), "{e}");
-    let e = write(&c, 1 << 32, 0x42, 3, 100, b"no lease").await.unwrap_err();
+    let e = write(&c, none, 1 << 32, 0x42, 3, 100, b"no lease").await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
 
     // pfs-meta comes up; the storage server registers and admits writes of a live session.
@@ -183,22 +196,25 @@ async fn scenario(engine: EngineChoice) {
     let create =
         |path: &str| Create { path: path.into(), layout: LayoutChoice::default(), exclusive: false, session: None };
     wait_until("a storage server is up for new files", || async { m.ask(create("/a")).await.is_ok() }).await;
-    let fa = m.ask(create("/a")).await.unwrap().id.0;
+    let a = m.ask(create("/a")).await.unwrap();
+    let fa = a.id.0;
     let fb = m.ask(create("/b")).await.unwrap().id.0;
+    let chains = m.ask(GetChains { ids: a.layout.unwrap().chains }).await.unwrap();
+    let ch = chains[0].at();
     wait_until("the storage server registered and admits writes", || async {
-        write(&c, session, fa, 3, 100, b"hello storage").await.is_ok()
+        write(&c, ch, session, fa, 3, 100, b"hello storage").await.is_ok()
     })
     .await;
     // A session of an older pfs-meta boot is fenced.
-    let e = write(&c, session - (1 << 32), fa, 3, 0, b"x").await.unwrap_err();
+    let e = write(&c, ch, session - (1 << 32), fa, 3, 0, b"x").await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Evicted, "{e}");
 
     // Write and read chunks; the chunk file appears with the right name and bytes.
     let data: Vec<u8> = (0..CS as u32).map(|i| (i % 251) as u8).collect();
-    let boot = write(&c, session, fa, 4, 0, &data).await.unwrap();
-    assert_eq!(read(&c, fa, 3, 100, 1000).await, (b"hello storage".to_vec(), 113));
-    assert_eq!(read(&c, fa, 4, 0, CS as u32).await.0, data);
-    assert_eq!(read(&c, fa, 9, 0, 10).await, (vec![], 0), "a hole reads empty");
+    let boot = write(&c, ch, session, fa, 4, 0, &data).await.unwrap();
+    assert_eq!(read(&c, ch, fa, 3, 100, 1000).await, (b"hello storage".to_vec(), 113));
+    assert_eq!(read(&c, ch, fa, 4, 0, CS as u32).await.0, data);
+    assert_eq!(read(&c, ch, fa, 9, 0, 10).await, (vec![], 0), "a hole reads empty");
     let path = config.storage_dir(&config.storage[0]).join(pfs_common::ids::chunk_file_name(FileId(fa), 3));
     let mut want = vec![0u8; 100];
     want.extend_from_slice(b"hello storage");
@@ -213,7 +229,7 @@ async fn scenario(engine: EngineChoice) {
     if engine != EngineChoice::Auto {
         assert_eq!(st.engine, if engine == EngineChoice::Pread { "pread" } else { "io_uring" });
     }
-    let e = write(&c, session, fa, 3, CS - 1, b"xx").await.unwrap_err();
+    let e = write(&c, ch, session, fa, 3, CS - 1, b"xx").await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Invalid);
 
     // Garbage bytes instead of a handshake.
@@ -242,20 +258,20 @@ async fn scenario(engine: EngineChoice) {
     assert!(rejected(s).await, "body bomb is answered or closed");
 
     // The first client and a new, well-behaved one are still served.
-    assert_eq!(read(&c, fa, 3, 106, 7).await.0, b"storage");
+    assert_eq!(read(&c, ch, fa, 3, 106, 7).await.0, b"storage");
     let c2: RpcClient<StorageRequest> = connect(addr, "storage-1").await;
-    write(&c2, session, fb, 0, 0, b"still here").await.unwrap();
-    assert_eq!(read(&c2, fb, 0, 0, 100).await.0, b"still here");
+    write(&c2, ch, session, fb, 0, 0, b"still here").await.unwrap();
+    assert_eq!(read(&c2, ch, fb, 0, 0, 100).await.0, b"still here");
 
     // pfs-meta goes away: the storage server stops admitting writes by itself (it cannot
     // learn of fences any more), and still serves reads.
     drop(meta);
     // (Writes in flight as it goes are still admitted: they land over the same bytes.)
     wait_until("writes are refused once pfs-meta is gone", || async {
-        matches!(write(&c, session, fb, 0, 0, b"late").await, Err(e) if e.code() == ErrorCode::Unavailable)
+        matches!(write(&c, ch, session, fb, 0, 0, b"late").await, Err(e) if e.code() == ErrorCode::Unavailable)
     })
     .await;
-    assert_eq!(read(&c, fb, 0, 0, 100).await.0.len(), b"still here".len(), "reads are still served");
+    assert_eq!(read(&c, ch, fb, 0, 0, 100).await.0.len(), b"still here".len(), "reads are still served");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,6 +5,7 @@
 //! pfs-cp pfs:/data/big.bin /tmp/back.bin      # pfs -> local
 //! pfs-cp -r pfs:/data pfs:/backup             # pfs -> pfs, recursive
 //! pfs-cp --verify --stripe-count 2 --chunk-size 4m in.bin pfs:/in.bin
+//! pfs-cp --replicas 2 precious.bin pfs:/precious.bin   # every chunk on two servers
 //! ```
 
 use clap::Parser;
@@ -30,6 +31,10 @@ struct Args {
     /// Chunk size of new pfs files, e.g. 1m, 4m (a multiple of the block size).
     #[arg(long, value_parser = pfs_common::units::parse_size)]
     chunk_size: Option<u64>,
+    /// Copies of every chunk of new pfs files, each on another storage server (1 to 3;
+    /// default: the config's `[layout] replicas`).
+    #[arg(long, value_parser = clap::value_parser!(u8).range(1..=3))]
+    replicas: Option<u8>,
     /// Compare SHA-256 of source and destination after copying.
     #[arg(long)]
     verify: bool,
@@ -73,6 +78,7 @@ fn run(args: Args) -> pfs_cli::Result<()> {
             create: CreateOptions {
                 stripe_count: args.stripe_count,
                 chunk_size: args.chunk_size,
+                replicas: args.replicas,
                 ..Default::default()
             },
             verify: args.verify,

@@ -3,7 +3,9 @@
 //! file's chunk holders.
 
 use super::{service, MetaRequest};
+use crate::chain::{Chain, ChainId, ChainRef};
 use crate::ids::{ChunkIndex, FileId, ServerId, Sha256Digest};
+use crate::layout::Layout;
 use crate::token::SessionId;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -17,6 +19,9 @@ service! {
         Fenced(Fenced) -> (),
         ListServers(ListServers) -> Vec<ServerStatus>,
         GetChunks(GetChunks) -> Vec<ChunkInfo>,
+        GetChains(GetChains) -> Vec<Chain>,
+        GetLayouts(GetLayouts) -> Vec<Option<Layout>>,
+        SyncDone(SyncDone) -> (),
     }
 }
 
@@ -29,6 +34,9 @@ pub struct Register {
     pub address: SocketAddr,
     pub capacity_bytes: u64,
     pub free_bytes: u64,
+    /// Its process's boot id: a new one means unsynced writes may be lost, so its replicas
+    /// are resynced before they serve again.
+    pub boot: u64,
 }
 
 /// The answer to [`Register`]: the fencing state the server must enforce before it accepts
@@ -44,6 +52,8 @@ pub struct Registered {
     pub lease_ms: u64,
     /// Files it may hold chunks of that no longer exist.
     pub orphans: Vec<FileId>,
+    /// The chain table (later changes come as [`StorageNotify::Chains`]).
+    pub chains: Vec<Chain>,
 }
 
 /// A storage server is alive; an accepted heartbeat renews its lease. Errors (register
@@ -131,6 +141,29 @@ pub struct ChunkInfo {
     pub committed: Option<CommittedChunk>,
 }
 
+/// Chains by id (all of them for an empty list), at their current versions; unknown ids are
+/// left out. At most [`GET_CHUNKS_MAX`] ids.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetChains {
+    pub ids: Vec<ChainId>,
+}
+
+/// The layouts of these files (`None`: no such file), in order; at most [`GET_CHUNKS_MAX`].
+/// Storage servers resyncing a chain use it to tell which chunks are on it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetLayouts {
+    pub files: Vec<FileId>,
+}
+
+/// Storage server `id` copied every chunk of `chain` from a serving replica while it was
+/// syncing at that version: pfs-meta marks it serving (a new version). Ignored (Stale) if the
+/// chain moved on meanwhile; storage servers only, for themselves.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncDone {
+    pub id: ServerId,
+    pub chain: ChainRef,
+}
+
 /// A chunk's committed state: it must exist with these contents on these servers.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CommittedChunk {
@@ -139,10 +172,8 @@ pub struct CommittedChunk {
     /// SHA-256 of the chunk's bytes; `None` after a truncate cut the chunk, until the server
     /// reports its new hash.
     pub sha256: Option<Sha256Digest>,
-    /// Servers that committed this state.
-    pub holders: Vec<ServerId>,
-    /// The holder's commit version of this state.
-    pub version: u64,
+    /// Servers that committed this state, each with its own commit version of it.
+    pub holders: Vec<(ServerId, u64)>,
 }
 
 /// One holder of a chunk.
@@ -186,6 +217,8 @@ pub struct ServerStatus {
     pub last_heartbeat_ms: u64,
     /// Chunks it reported holding.
     pub chunks: u64,
+    /// Chains in which it is being resynced (a syncing replica).
+    pub syncing_chains: u32,
 }
 
 /// One-way messages pfs-meta pushes to a storage server.
@@ -195,6 +228,9 @@ pub enum StorageNotify {
     RemoveFiles(Vec<FileId>),
     /// Refuse writes of these (evicted) sessions from now on, then answer with [`Fenced`].
     Fence(Vec<SessionId>),
+    /// These chains changed (new versions): the server takes them as its view, resyncs the
+    /// chains it is syncing in, and refuses requests at other versions.
+    Chains(Vec<Chain>),
 }
 
 /// Most chunk states in one `ChunkReport` (keeps bodies far below the frame limit); a

@@ -2,7 +2,8 @@
 //! Data travels as the frame payload, never in the body.
 
 use super::service;
-use crate::ids::{ChunkIndex, FileId, ServerId};
+use crate::chain::ChainRef;
+use crate::ids::{ChunkIndex, FileId, ServerId, Sha256Digest};
 use crate::token::SessionId;
 use serde::{Deserialize, Serialize};
 
@@ -17,6 +18,7 @@ service! {
         Status(GetStatus) -> StorageStatus,
         List(ListChunks) -> ChunkPage,
         RemoveChunk(RemoveChunk) -> (),
+        SyncRead(SyncRead) -> SyncData,
     }
 }
 
@@ -27,6 +29,11 @@ service! {
 /// `session` is the writer's session; writes of a fenced (evicted) session are refused with
 /// Evicted, so a late write cannot land over newer data; every write is refused with
 /// Unavailable while the server holds no lease from pfs-meta.
+///
+/// `chain` is the chunk's replication chain as the writer knows it: the server refuses the
+/// write (Stale) unless that is the chain's current version and it is in the chain's write
+/// path, writes locally and forwards the write to its successor at the same time, and answers
+/// once both are done, so an answer means every replica in the write path has the bytes.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct WriteChunk {
     pub file: FileId,
@@ -38,27 +45,32 @@ pub struct WriteChunk {
     /// chunk is created.
     pub block_size: u32,
     pub session: SessionId,
+    pub chain: ChainRef,
 }
 
 /// The answer to [`WriteChunk`]: bytes written (the whole payload).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Written {
     pub len: u32,
-    /// The server process's boot id (random, never 0): writes not yet synced die with the
-    /// process, so [`FsyncFile`] names the boot the writes went to.
-    pub boot: u64,
+    /// Every replica that wrote the bytes, with its process's boot id (random, never 0),
+    /// head first: writes not yet synced die with the process, so [`FsyncFile`] names the
+    /// boot the writes went to.
+    pub boots: Vec<(ServerId, u64)>,
 }
 
 /// Read up to `len` bytes at `offset` inside a chunk, verified against the chunk's block
 /// checksums. The payload of the answer is shorter when the chunk file ends earlier, and empty
 /// when the chunk was never written (a hole). A block that fails its checksum, or a committed
-/// chunk the server lost, is an Io error naming the chunk and the server.
+/// chunk the server lost, is an Io error naming the chunk and the server. Refused (Stale)
+/// unless `chain` is the chunk's chain at its current version and the server is a serving
+/// replica of it (a replica being resynced never serves reads).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReadChunk {
     pub file: FileId,
     pub chunk: ChunkIndex,
     pub offset: u64,
     pub len: u32,
+    pub chain: ChainRef,
 }
 
 /// The answer to [`ReadChunk`]; the bytes read are the payload.
@@ -136,6 +148,27 @@ pub struct ChunkListing {
     pub len: u64,
     /// Why it is unreadable (a block failing its checksum, a lost chunk), when verified.
     pub damage: Option<String>,
+    /// SHA-256 of its bytes when known and nothing was written since it was computed.
+    pub sha256: Option<Sha256Digest>,
+}
+
+/// A whole chunk, for another replica copying it (resync, re-replication, scrub repair):
+/// storage servers only. The chunk's in-flight writes (and their forwarding down the chain)
+/// finish before it is read, and new ones wait until it is, so the copy is a state the chain
+/// went through. Verified against the block checksums like every read.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncRead {
+    pub file: FileId,
+    pub chunk: ChunkIndex,
+}
+
+/// The answer to [`SyncRead`]; the chunk's bytes are the payload (empty: no such chunk).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SyncData {
+    /// The chunk's checksum block size, bytes (0 when it does not exist).
+    pub block_size: u32,
+    /// The chunk exists.
+    pub exists: bool,
 }
 
 /// Remove one chunk of a file (`pfs fsck --repair` removing an orphan). Durable when

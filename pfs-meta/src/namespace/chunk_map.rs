@@ -20,10 +20,16 @@ pub struct ChunkRecord {
     /// SHA-256 of the chunk's bytes; `None` once a truncate cut the chunk, until its holder
     /// commits the new state.
     pub sha256: Option<Sha256Digest>,
-    /// Servers that committed this state, sorted.
-    pub holders: Vec<ServerId>,
-    /// The holder's commit version of the chunk (see `ChunkState::version`).
-    pub version: u64,
+    /// Servers that committed this state, sorted, each with its own commit version of the
+    /// chunk (see `ChunkState::version`; every replica counts its own commits).
+    pub holders: Vec<(ServerId, u64)>,
+}
+
+impl ChunkRecord {
+    /// `server`'s commit version of this state, if it holds it.
+    pub fn version_on(&self, server: ServerId) -> Option<u64> {
+        self.holders.binary_search_by_key(&server, |h| h.0).ok().map(|i| self.holders[i].1)
+    }
 }
 
 /// A chunk state a storage server made durable, as committed.
@@ -61,7 +67,7 @@ impl ChunkMap {
 
     /// Every committed chunk `server` holds (a scan: used once per server registration).
     pub fn held_by(&self, server: ServerId) -> impl Iterator<Item = ((FileId, ChunkIndex), &ChunkRecord)> {
-        self.chunks.iter().filter(move |(_, r)| r.holders.binary_search(&server).is_ok()).map(|(k, r)| (*k, r))
+        self.chunks.iter().filter(move |(_, r)| r.version_on(server).is_some()).map(|(k, r)| (*k, r))
     }
 
     /// Number of committed chunks.
@@ -76,24 +82,21 @@ impl ChunkMap {
 
     /// True if committing `c` from `server` would change nothing.
     pub fn is_committed(&self, file: FileId, server: ServerId, c: &Commit) -> bool {
-        self.get(file, c.chunk).is_some_and(|r| {
-            r.len == c.len
-                && r.sha256 == Some(c.sha256)
-                && r.version == c.version
-                && r.holders.binary_search(&server).is_ok()
-        })
+        self.get(file, c.chunk)
+            .is_some_and(|r| r.len == c.len && r.sha256 == Some(c.sha256) && r.version_on(server) == Some(c.version))
     }
 
-    /// `server` made state `c` durable. The same state from another server adds a holder; a
-    /// new state replaces the record (the old holders' copies are outdated).
+    /// `server` made state `c` durable. The same bytes from another server (a replica) add a
+    /// holder; other bytes replace the record (the old holders' copies are outdated).
     pub fn commit(&mut self, file: FileId, server: ServerId, c: &Commit) {
-        let fresh = || ChunkRecord { len: c.len, sha256: Some(c.sha256), holders: Vec::new(), version: c.version };
+        let fresh = || ChunkRecord { len: c.len, sha256: Some(c.sha256), holders: Vec::new() };
         let rec = self.chunks.entry((file, c.chunk)).or_insert_with(fresh);
-        if rec.len != c.len || rec.sha256 != Some(c.sha256) || rec.version != c.version {
+        if rec.len != c.len || rec.sha256 != Some(c.sha256) {
             *rec = fresh();
         }
-        if let Err(at) = rec.holders.binary_search(&server) {
-            rec.holders.insert(at, server);
+        match rec.holders.binary_search_by_key(&server, |h| h.0) {
+            Ok(i) => rec.holders[i].1 = c.version,
+            Err(at) => rec.holders.insert(at, (server, c.version)),
         }
     }
 
@@ -145,13 +148,18 @@ mod tests {
         let f = FileId(7);
         m.commit(f, ServerId(2), &commit(0, 10, 1));
         m.commit(f, ServerId(1), &commit(0, 10, 1));
-        assert_eq!(m.get(f, 0).unwrap().holders, vec![ServerId(1), ServerId(2)]);
+        assert_eq!(m.get(f, 0).unwrap().holders, vec![(ServerId(1), 1), (ServerId(2), 1)]);
         assert!(m.is_committed(f, ServerId(1), &commit(0, 10, 1)));
         m.commit(f, ServerId(2), &commit(0, 12, 3));
-        assert_eq!(m.get(f, 0).unwrap().holders, vec![ServerId(2)], "a new state outdates the other copy");
+        assert_eq!(m.get(f, 0).unwrap().holders, vec![(ServerId(2), 1)], "a new state outdates the other copy");
         assert!(!m.is_committed(f, ServerId(1), &commit(0, 12, 3)));
         assert_eq!(m.held_by(ServerId(1)).count(), 0);
         assert_eq!(m.held_by(ServerId(2)).count(), 1);
+        // Each replica counts its own commits.
+        m.commit(f, ServerId(1), &Commit { version: 7, ..commit(0, 12, 3) });
+        assert_eq!(m.get(f, 0).unwrap().version_on(ServerId(1)), Some(7));
+        assert_eq!(m.get(f, 0).unwrap().version_on(ServerId(2)), Some(1));
+        assert_eq!(m.held_by(ServerId(1)).count(), 1);
     }
 
     #[test]

@@ -57,7 +57,7 @@ fn mkdir_create_lookup_and_errors() {
     assert!(matches!(run(&mut ns, mkdir("/d")), Err(MetaError::Exists { path }) if path == "/d"));
     assert!(matches!(run(&mut ns, mkdir("/x/y")), Err(MetaError::NotFound { path }) if path == "/x/y"));
     let f = file(run(&mut ns, create("/d/f")));
-    assert_eq!(f.layout.as_ref().unwrap().targets.len(), 3);
+    assert_eq!(f.layout.as_ref().unwrap().chains.len(), 3);
     assert!(f.id.0 > d.id.0);
     assert!(matches!(run(&mut ns, create("/d/f")), Err(MetaError::Exists { path }) if path == "/d/f"));
     // Non-exclusive create answers the existing file.
@@ -73,19 +73,34 @@ fn mkdir_create_lookup_and_errors() {
 
 #[test]
 fn layouts_inherit_clamp_and_rotate() {
-    let policy = LayoutPolicy { block_size: 4096, stripe_blocks: 4, stripe_count: 2 };
+    let policy = LayoutPolicy { block_size: 4096, stripe_blocks: 4, stripe_count: 2, replicas: 1 };
     let mut ns = Namespace::new(policy);
     run(&mut ns, mkdir("/d")).unwrap();
     let a = file(run(&mut ns, create("/d/a"))).layout.unwrap();
     let b = file(run(&mut ns, create("/d/b"))).layout.unwrap();
     assert_eq!((a.block_size, a.stripe_blocks), (4096, 4));
-    assert_eq!(a.targets, vec![ServerId(1), ServerId(2)]);
-    assert_eq!(b.targets, vec![ServerId(2), ServerId(3)]);
+    let servers = |ns: &Namespace, l: &Layout| -> Vec<ServerId> {
+        l.chains.iter().map(|c| ns.chains().get(*c).unwrap().head().unwrap()).collect()
+    };
+    assert_eq!(servers(&ns, &a), vec![ServerId(1), ServerId(2)]);
+    assert_eq!(servers(&ns, &b), vec![ServerId(2), ServerId(3)]);
+    assert_eq!(a.chains[1], b.chains[0], "one chain per head and replica count, shared by files");
     // A larger block keeps the policy's chunk size (16 KiB = 2 blocks of 8 KiB).
-    let layout = LayoutChoice { block_size: Some(8192), chunk_size: None, stripe_count: Some(99) };
+    let layout = LayoutChoice { block_size: Some(8192), chunk_size: None, stripe_count: Some(99), replicas: None };
     let c = file(run(&mut ns, Op::Create { path: "/c".into(), layout, exclusive: true })).layout.unwrap();
     assert_eq!((c.block_size, c.stripe_blocks), (8192, 2));
-    assert_eq!(c.targets, vec![ServerId(3), ServerId(1), ServerId(2)]);
+    assert_eq!(servers(&ns, &c), vec![ServerId(3), ServerId(1), ServerId(2)]);
+    // Two replicas: chains of two distinct servers, heads spread.
+    let layout = LayoutChoice { replicas: Some(2), ..Default::default() };
+    let r = file(run(&mut ns, Op::Create { path: "/r".into(), layout, exclusive: true })).layout.unwrap();
+    assert_eq!(r.replicas, 2);
+    for id in &r.chains {
+        let chain = ns.chains().get(*id).unwrap();
+        let members: std::collections::BTreeSet<_> = chain.members.iter().map(|m| m.server).collect();
+        assert_eq!(members.len(), 2, "{}", chain.describe());
+    }
+    let layout = LayoutChoice { replicas: Some(4), ..Default::default() };
+    assert!(matches!(run(&mut ns, Op::Create { path: "/r4".into(), layout, exclusive: true }), Err(MetaError::Invalid(_))));
     let layout = LayoutChoice { chunk_size: Some(12288), ..Default::default() };
     let d = file(run(&mut ns, Op::Create { path: "/d3".into(), layout, exclusive: true })).layout.unwrap();
     assert_eq!((d.block_size, d.stripe_blocks), (4096, 3));
@@ -98,7 +113,10 @@ fn layouts_inherit_clamp_and_rotate() {
         assert!(matches!(e, MetaError::Invalid(_)), "{layout:?}: {e}");
     }
     let none_up = Context { now_ms: 1, up_servers: &[], is_open: &|_| false };
-    assert!(matches!(ns.prepare(&create("/e"), &none_up), Err(MetaError::NoServers { path }) if path == "/e"));
+    assert!(matches!(ns.prepare(&create("/e"), &none_up), Err(MetaError::NoServers { path, .. }) if path == "/e"));
+    let one_up = Context { now_ms: 1, up_servers: &[ServerId(1)], is_open: &|_| false };
+    let two = Op::Create { path: "/e".into(), layout: LayoutChoice { replicas: Some(2), ..Default::default() }, exclusive: true };
+    assert!(matches!(ns.prepare(&two, &one_up), Err(MetaError::NoServers { .. })), "2 replicas need 2 servers");
 }
 
 #[test]
@@ -144,7 +162,7 @@ fn rename_rules() {
         other => panic!("{other:?}"),
     };
     let applied = ns.apply(&m).unwrap();
-    assert_eq!(applied.removed_files, vec![(g.id, g.layout.unwrap().targets)]);
+    assert_eq!(applied.removed_files, vec![(g.id, ns.chains().members_of(&g.layout.unwrap().chains))]);
     let moved = ns.resolve("/g").unwrap();
     assert_eq!(moved.id, f.id);
     assert!(moved.generation > f.generation);

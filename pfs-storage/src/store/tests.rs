@@ -410,7 +410,13 @@ impl Handler for FakeMeta {
             RegistryRequest::Register(_) => {
                 self.registered.fetch_add(1, Ordering::SeqCst);
                 self.peers.lock().push(peer);
-                let r = Registered { fence_below: 0, fenced: vec![], lease_ms: 60_000, orphans: vec![FileId(0xdead)] };
+                let r = Registered {
+                    fence_below: 0,
+                    fenced: vec![],
+                    lease_ms: 60_000,
+                    orphans: vec![FileId(0xdead)],
+                    chains: vec![],
+                };
                 Reply::to::<reg::Register, StorageError>(Ok(r))
             }
             RegistryRequest::ChunkReport(c) => {
@@ -425,6 +431,11 @@ impl Handler for FakeMeta {
             RegistryRequest::Fenced(_) => Reply::to::<reg::Fenced, StorageError>(Ok(())),
             RegistryRequest::ListServers(_) => Reply::to::<reg::ListServers, StorageError>(Ok(vec![])),
             RegistryRequest::GetChunks(_) => Reply::to::<reg::GetChunks, StorageError>(Ok(vec![])),
+            RegistryRequest::GetChains(_) => Reply::to::<reg::GetChains, StorageError>(Ok(vec![])),
+            RegistryRequest::GetLayouts(c) => {
+                Reply::to::<reg::GetLayouts, StorageError>(Ok(c.files.iter().map(|_| None).collect()))
+            }
+            RegistryRequest::SyncDone(_) => Reply::to::<reg::SyncDone, StorageError>(Ok(())),
         }
     }
 }
@@ -464,7 +475,9 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     let mut config2 = (*config).clone();
     config2.storage[0].id = id;
     tokio::spawn(crate::hasher::run(s.clone()));
-    tokio::spawn(crate::meta_link::run(Arc::new(config2), id, s.clone()));
+    let config2 = Arc::new(config2);
+    let repl = Arc::new(crate::replication::Replication::new(id, config2.clone()));
+    tokio::spawn(crate::meta_link::run(config2, id, s.clone(), repl));
 
     let deadline = Duration::from_secs(20);
     assert!(crate::hasher::wait_for(deadline, || s.reporter.connected()).await, "condition not met in time");

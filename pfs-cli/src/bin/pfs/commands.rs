@@ -4,6 +4,7 @@ use crate::Cmd;
 use pfs_cli::{Error, Result};
 use pfs_client::path::pfs_path;
 use pfs_client::{Client, FileKind};
+use pfs_common::chain::ReplicaState;
 use pfs_common::ids::Sha256Digest;
 use pfs_common::pool;
 use pfs_common::units::human;
@@ -91,9 +92,12 @@ async fn stat(client: &Client, path: &str) -> Result<()> {
     println!("mtime       {} UTC", mtime(a.mtime_ms));
     println!("ctime       {} UTC", mtime(a.ctime_ms));
     if let Some(l) = &a.layout {
-        let targets: Vec<String> = l.targets.iter().map(|t| t.to_string()).collect();
         println!("chunk size  {} bytes ({} blocks of {})", l.chunk_size(), l.stripe_blocks, human(l.block_size as u64));
-        println!("stripe      {} target(s): {}", l.stripe_count(), targets.join(" "));
+        println!("replicas    {}", l.replicas);
+        println!("stripe      {} chain(s):", l.stripe_count());
+        for id in &l.chains {
+            println!("              {}", client.chain(*id).await?.describe());
+        }
     }
     Ok(())
 }
@@ -180,30 +184,33 @@ async fn df(client: &Client) -> Result<()> {
     Ok(())
 }
 
-/// Server ids as "storage-1 storage-2".
-fn servers(ids: &[pfs_common::ServerId]) -> String {
-    ids.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(" ")
-}
-
 async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
     let f = client.open(path).await?;
     let l = f.layout().clone();
     let size = f.size();
-    let targets: Vec<String> = l.targets.iter().map(|t| t.to_string()).collect();
     println!("{path}");
     println!("  file id       {}", f.id());
     println!("  size          {size} bytes ({})", human(size));
     println!("  chunk size    {} bytes ({} x {} byte blocks)", l.chunk_size(), l.stripe_blocks, l.block_size);
     println!("  stripe count  {}", l.stripe_count());
-    println!("  targets       {}", targets.join(" "));
+    println!("  replicas      {}", l.replicas);
+    let mut chains = std::collections::HashMap::new();
+    for (i, id) in l.chains.iter().enumerate() {
+        let c = client.refresh_chain(*id).await?;
+        let label = if i == 0 { "chains" } else { "" };
+        let degraded = if c.degraded() { "  DEGRADED" } else { "" };
+        println!("  {label:<12}  {}{degraded}", c.describe());
+        chains.insert(*id, c);
+    }
     let count = l.chunk_count(size);
     let chunks = client.chunks(f.id(), count).await?;
     println!(
-        "  {:>7}  {:>14}  {:>9}  {:<11}  {:<64}{}",
+        "  {:>7}  {:>14}  {:>9}  {:<11}  {:<8}  {:<64}{}",
         "chunk",
         "offset",
         "length",
-        "holder",
+        "replica",
+        "state",
         "sha256",
         if verify { "  check" } else { "" }
     );
@@ -213,58 +220,67 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
         let info = chunks.iter().find(|c| c.chunk == x);
         let holders = info.map(|c| c.holders.as_slice()).unwrap_or(&[]);
         let committed = info.and_then(|c| c.committed.as_ref());
-        // The bytes a reader gets now, hashed; a read error (a lost or corrupt chunk) is the
-        // verdict itself.
-        let check = if verify {
-            let want = l.chunk_len(x, size) as usize;
-            Some(match f.read_at(l.file_offset(x, 0), &mut buf[..want]).await {
-                Ok(n) => Ok(Sha256Digest::of(&buf[..n])),
-                Err(e) => Err(e),
-            })
-        } else {
-            None
-        };
+        let chain = &chains[&l.chain(x)];
         let offset = l.file_offset(x, 0);
-        let mut verdict = |what: &str, problem: Option<String>| -> String {
-            if let Some(p) = problem {
-                bad.push(format!("chunk {x}: {p}"));
-            }
-            if verify {
-                format!("  {what}")
-            } else {
-                String::new()
-            }
-        };
-        if holders.is_empty() {
-            let (len, what, v) = match committed {
-                Some(c) => (
-                    c.len.to_string(),
-                    format!("(lost: committed on {})", servers(&c.holders)),
-                    verdict("LOST", Some(format!("committed on {}, which do not hold it", servers(&c.holders)))),
-                ),
-                None => ("-".into(), "(hole: never written)".into(), verdict("ok", None)),
-            };
-            println!("  {x:>7}  {offset:>14}  {len:>9}  {:<11}  {what:<64}{v}", "(none)");
+        if holders.is_empty() && committed.is_none() {
+            let v = if verify { "  ok" } else { "" };
+            println!("  {x:>7}  {offset:>14}  {:>9}  {:<11}  {:<8}  {:<64}{v}", "-", "(none)", "-", "(hole: never written)");
             continue;
         }
-        for h in holders {
-            let sha = h.sha256.map(|s| s.to_string()).unwrap_or_else(|| "(not hashed yet)".to_string());
-            let v = match (&check, committed) {
-                (None, _) => String::new(),
-                (Some(Err(e)), _) => verdict("UNREADABLE", Some(e.to_string())),
-                (Some(Ok(_)), Some(c)) if c.len > h.len => {
-                    verdict("LOST", Some(format!("{} holds {} of {} committed bytes", h.server, h.len, c.len)))
-                }
-                (Some(Ok(read)), Some(c)) if c.sha256.is_some_and(|s| s != *read) => verdict(
-                    "MISMATCH",
-                    Some(format!("the bytes read differ from the committed SHA-256 {}", c.sha256.unwrap_or(*read))),
-                ),
-                (Some(Ok(read)), _) if h.sha256.is_some_and(|s| s != *read) => {
-                    verdict("MISMATCH", Some(format!("the bytes read differ from {}'s SHA-256", h.server)))
-                }
-                (Some(Ok(_)), _) => verdict("ok", None),
+        for m in &chain.members {
+            let held = holders.iter().find(|h| h.server == m.server);
+            let len = held.map_or("-".to_string(), |h| h.len.to_string());
+            let sha = match held {
+                Some(h) => h.sha256.map(|s| s.to_string()).unwrap_or_else(|| "(not hashed yet)".to_string()),
+                None => "(holds nothing)".to_string(),
             };
-            println!("  {x:>7}  {offset:>14}  {:>9}  {:<11}  {sha:<64}{v}", h.len, h.server.to_string());
+            let mut verdict = |what: &str, problem: Option<String>| -> String {
+                if let Some(p) = problem {
+                    bad.push(format!("chunk {x} on {}: {p}", m.server));
+                }
+                if verify {
+                    format!("  {what}")
+                } else {
+                    String::new()
+                }
+            };
+            let v = if !verify {
+                String::new()
+            } else if m.state != ReplicaState::Serving {
+                verdict("NOT VERIFIED", Some(format!("the replica is {}", m.state.as_str())))
+            } else {
+                // The bytes this replica serves now, hashed; a read error (a lost or corrupt
+                // chunk) is the verdict itself.
+                let want = l.chunk_len(x, size) as usize;
+                match f.read_replica(x, m.server, &mut buf[..want]).await {
+                    Err(e) => verdict("UNREADABLE", Some(e.to_string())),
+                    Ok(n) => {
+                        let read = Sha256Digest::of(&buf[..n]);
+                        match committed {
+                            Some(c) if c.len > held.map_or(0, |h| h.len) => verdict(
+                                "LOST",
+                                Some(format!("holds {} of {} committed bytes", held.map_or(0, |h| h.len), c.len)),
+                            ),
+                            Some(c) if c.sha256.is_some_and(|s| s != read) => verdict(
+                                "MISMATCH",
+                                Some(format!(
+                                    "the bytes read differ from the committed SHA-256 {}",
+                                    c.sha256.unwrap_or(read)
+                                )),
+                            ),
+                            _ if held.and_then(|h| h.sha256).is_some_and(|s| s != read) => {
+                                verdict("MISMATCH", Some("the bytes read differ from its own SHA-256".into()))
+                            }
+                            _ => verdict("ok", None),
+                        }
+                    }
+                }
+            };
+            println!(
+                "  {x:>7}  {offset:>14}  {len:>9}  {:<11}  {:<8}  {sha:<64}{v}",
+                m.server.to_string(),
+                m.state.as_str()
+            );
         }
     }
     if verify {
@@ -274,7 +290,7 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
             }
             return Err(Error::Mismatch(format!("{path}: {} of {count} chunks lost or damaged", bad.len())));
         }
-        println!("  all {count} chunks match their committed SHA-256");
+        println!("  all {count} chunks match their committed SHA-256 on every replica");
     }
     Ok(())
 }

@@ -58,9 +58,12 @@ async fn demo(size: u64, servers: u32) -> Result<()> {
     if chunks.len() > 6 {
         println!("  ... ({} more; see `pfs getstripe`)", chunks.len() - 6);
     }
-    for t in &l.targets {
-        let n = chunks.iter().filter(|c| c.holders.iter().any(|h| h.server == *t)).count();
-        println!("  {t}: {n} chunks");
+    let mut per_server = std::collections::BTreeMap::new();
+    for h in chunks.iter().flat_map(|c| &c.holders) {
+        *per_server.entry(h.server).or_insert(0) += 1;
+    }
+    for (server, n) in per_server {
+        println!("  {server}: {n} chunk copies");
     }
 
     let r = copy(&client, &dst, &Endpoint::Local(output.clone()), &opts).await?;

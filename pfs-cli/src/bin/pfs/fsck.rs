@@ -15,6 +15,7 @@
 
 use pfs_cli::{Error, Result};
 use pfs_client::{Client, FileKind};
+use pfs_common::chain::{Chain, ChainId};
 use pfs_common::layout::Layout;
 use pfs_common::{ChunkIndex, ErrorCode, FileId, ServerId};
 use std::collections::{BTreeMap, HashMap};
@@ -45,10 +46,14 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
                         f.path, f.size, info.chunk, c.len
                     ));
                 }
-                committed.insert((*id, info.chunk), (c.len, c.holders));
+                committed.insert((*id, info.chunk), (c.len, c.holders.iter().map(|h| h.0).collect()));
             }
         }
     }
+    let chains: HashMap<ChainId, Chain> = client.all_chains().await?.into_iter().map(|c| (c.id, c)).collect();
+    let on_chain = |f: &Found, chunk: ChunkIndex, server: ServerId| {
+        chains.get(&f.layout.chain(chunk)).is_some_and(|c| c.state_of(server).is_some())
+    };
     let mut orphans: Vec<(ServerId, FileId, Option<ChunkIndex>, String)> = Vec::new();
     let mut exists: HashMap<FileId, bool> = HashMap::new();
     let mut listed = 0u64;
@@ -70,11 +75,11 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
                     problems.push(format!("corrupt: {name} chunk {} on {id}: {damage}", c.chunk));
                 }
                 match files.get(&c.file) {
-                    Some(f) if f.layout.target(c.chunk) != id => orphans.push((
+                    Some(f) if !on_chain(f, c.chunk, id) => orphans.push((
                         id,
                         c.file,
                         Some(c.chunk),
-                        format!("{} chunk {} is not on a target of its layout", f.path, c.chunk),
+                        format!("{} chunk {} is not on a replica of its chain", f.path, c.chunk),
                     )),
                     Some(f) if f.layout.file_offset(c.chunk, 0) >= f.size && c.len > 0 => orphans.push((
                         id,

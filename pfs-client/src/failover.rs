@@ -1,0 +1,72 @@
+//! Failover: how I/O on a replicated chunk carries on when a replica fails.
+//!
+//! A request that meets a replica that is down, times out, or answers Stale (the chain moved
+//! on: pfs-meta took a server out, or put one back) is tried again on the chain as pfs-meta
+//! has it now, backing off from 0 to [`BACKOFF_MAX_MS`], until `failover_ms` has passed. A
+//! chain of one replica has nowhere else to go, so only Stale is retried there.
+
+use crate::client::Client;
+use crate::error::{Error, Result};
+use pfs_common::chain::{Chain, ChainId};
+use pfs_common::ErrorCode;
+use std::time::{Duration, Instant};
+
+/// Longest pause between two attempts, ms.
+pub const BACKOFF_MAX_MS: u64 = 200;
+
+/// The retry state of one request.
+pub(crate) struct Failover {
+    deadline: Instant,
+    backoff: Duration,
+}
+
+impl Failover {
+    pub(crate) fn new(client: &Client) -> Failover {
+        let deadline = Instant::now() + Duration::from_millis(client.options().failover_ms);
+        Failover { deadline, backoff: Duration::ZERO }
+    }
+
+    /// Whether `e`, from a replica of `chain`, may go away on another replica or a newer
+    /// chain.
+    pub(crate) fn retryable(e: &Error, chain: &Chain) -> bool {
+        match e.code() {
+            ErrorCode::Stale => true,
+            ErrorCode::Unavailable | ErrorCode::TimedOut => chain.members.len() > 1,
+            _ => false,
+        }
+    }
+
+    /// Waits (backing off) and fetches chain `id` again; `None` once the deadline passed.
+    pub(crate) async fn again(&mut self, client: &Client, id: ChainId) -> Result<Option<Chain>> {
+        if Instant::now() >= self.deadline {
+            return Ok(None);
+        }
+        tokio::time::sleep(self.backoff).await;
+        self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_millis(BACKOFF_MAX_MS));
+        Ok(Some(client.refresh_chain(id).await?))
+    }
+
+    /// Waits (backing off) until `done` holds for the chains `ids` as pfs-meta has them;
+    /// false once the deadline passed first.
+    pub(crate) async fn until(
+        &mut self,
+        client: &Client,
+        ids: &[ChainId],
+        done: impl Fn(&[Chain]) -> bool,
+    ) -> Result<bool> {
+        loop {
+            let mut chains = Vec::with_capacity(ids.len());
+            for id in ids {
+                chains.push(client.refresh_chain(*id).await?);
+            }
+            if done(&chains) {
+                return Ok(true);
+            }
+            if Instant::now() >= self.deadline {
+                return Ok(false);
+            }
+            tokio::time::sleep(self.backoff).await;
+            self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_millis(BACKOFF_MAX_MS));
+        }
+    }
+}

@@ -1,0 +1,320 @@
+//! The chain table: every replication chain (see [`pfs_common::chain`]) with its members and
+//! version. Part of the namespace state machine, so every change is logged in the WAL
+//! (`Mutation::Create` carries the chains a new file needed, `Mutation::SetChains` every
+//! membership change) and checkpointed with the tree.
+//!
+//! Placement. A file with `r` replicas striped over `k` positions takes `k` chains of `r`
+//! servers with distinct heads. A chain exists once per (replica count, head): chains are
+//! shared by every file placed on them, so a server failure changes a handful of chains, not
+//! every file (the chain table of 3FS). New chains take the head's successors in server-id
+//! order among the servers that are up, so the copies of one server's chunks spread over the
+//! others.
+//!
+//! Membership ([`ChainTable::plan`]) is a pure function of the registry's view, run by
+//! pfs-meta's chain keeper whenever a server comes or goes:
+//! * a replica whose server is gone (down, with its lease surely over) goes offline, unless
+//!   it is the chain's last serving replica (then the chain waits for it);
+//! * a serving replica whose server restarted (a new boot id) is resynced, unless it is the
+//!   last serving one (its lost unsynced writes are reported by fsync);
+//! * an offline replica whose server is up again is resynced;
+//! * a replica offline longer than `rereplicate_after_ms` is replaced by the up server
+//!   holding the fewest replicas, which syncs.
+//!
+//! Resync ends with the server's `SyncDone`: [`ChainTable::sync_done`] marks it serving.
+
+use pfs_common::chain::{Chain, ChainId, Replica, ReplicaState};
+use pfs_common::ServerId;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Every chain, by id.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainTable {
+    chains: BTreeMap<ChainId, Chain>,
+    next_id: u32,
+}
+
+/// What the chain keeper knows of the storage servers when it plans.
+#[derive(Clone, Debug, Default)]
+pub struct ServerView {
+    /// Up: registered, listed, heard from within the down timeout.
+    pub up: BTreeSet<ServerId>,
+    /// Down long enough that their lease is surely over (they accept no write any more).
+    pub gone: BTreeSet<ServerId>,
+    /// Registered with a new boot id since the last plan (unsynced writes may be lost).
+    pub restarted: BTreeSet<ServerId>,
+    /// Wall-clock time, ms since the Unix epoch.
+    pub now_ms: u64,
+    /// Replace a replica offline this long (ms).
+    pub rereplicate_after_ms: u64,
+}
+
+impl ChainTable {
+    /// Chain `id`.
+    pub fn get(&self, id: ChainId) -> Option<&Chain> {
+        self.chains.get(&id)
+    }
+
+    /// Every chain, by id.
+    pub fn iter(&self) -> impl Iterator<Item = &Chain> {
+        self.chains.values()
+    }
+
+    /// Number of chains.
+    pub fn len(&self) -> usize {
+        self.chains.len()
+    }
+
+    /// True without chains.
+    pub fn is_empty(&self) -> bool {
+        self.chains.is_empty()
+    }
+
+    /// Every member (any state) of the chains `ids`, sorted, without repeats.
+    pub fn members_of(&self, ids: &[ChainId]) -> Vec<ServerId> {
+        let set: BTreeSet<ServerId> =
+            ids.iter().filter_map(|c| self.chains.get(c)).flat_map(|c| c.members.iter().map(|r| r.server)).collect();
+        set.into_iter().collect()
+    }
+
+    /// Chains for a new file: `count` chains of `replicas` servers with distinct heads,
+    /// starting at the `first`-th up server (round robin). Existing chains are reused when all
+    /// their replicas serve on up servers; the chains to create are returned too (with ids
+    /// from this table's counter; [`ChainTable::insert`] adds them).
+    ///
+    /// Errors: a message when fewer than `replicas` servers are up.
+    pub fn place(
+        &self,
+        replicas: u8,
+        up: &[ServerId],
+        count: usize,
+        first: u64,
+    ) -> Result<(Vec<ChainId>, Vec<Chain>), String> {
+        let r = replicas as usize;
+        if up.len() < r {
+            return Err(format!("{replicas} replicas need {replicas} storage servers up, and {} are", up.len()));
+        }
+        let n = up.len();
+        let count = count.clamp(1, n);
+        let start = (first % n as u64) as usize;
+        let mut ids = Vec::with_capacity(count);
+        let mut created = Vec::new();
+        let mut next_id = self.next_id;
+        for i in 0..count {
+            let head = up[(start + i) % n];
+            let healthy = self.chains.values().find(|c| {
+                c.replicas == replicas
+                    && c.head() == Some(head)
+                    && c.members.len() == r
+                    && c.members.iter().all(|m| m.state == ReplicaState::Serving && up.contains(&m.server))
+            });
+            match healthy {
+                Some(c) => ids.push(c.id),
+                None => {
+                    let servers: Vec<ServerId> = (0..r).map(|j| up[(start + i + j) % n]).collect();
+                    let chain = Chain::new(ChainId(next_id), &servers);
+                    next_id += 1;
+                    ids.push(chain.id);
+                    created.push(chain);
+                }
+            }
+        }
+        Ok((ids, created))
+    }
+
+    /// Adds (or replaces) chains, advancing the id counter past them.
+    pub fn insert(&mut self, chains: &[Chain]) {
+        for c in chains {
+            self.next_id = self.next_id.max(c.id.0 + 1);
+            self.chains.insert(c.id, c.clone());
+        }
+    }
+
+    /// Why `chains` cannot replace the current ones, if they cannot: each must exist with the
+    /// version just below its own (a change of the current state, not of an older one).
+    pub fn check_update(&self, chains: &[Chain]) -> Result<(), String> {
+        for c in chains {
+            match self.chains.get(&c.id) {
+                Some(old) if old.version + 1 == c.version => {}
+                Some(old) => return Err(format!("{} is at version {}, not {}", c.id, old.version, c.version - 1)),
+                None => return Err(format!("{} does not exist", c.id)),
+            }
+        }
+        Ok(())
+    }
+
+    /// The membership changes `view` calls for (see the module documentation), each chain
+    /// at its next version.
+    pub fn plan(&self, view: &ServerView) -> Vec<Chain> {
+        // Replicas per server, to pick the least loaded replacement.
+        let mut load: BTreeMap<ServerId, usize> = view.up.iter().map(|s| (*s, 0)).collect();
+        for c in self.chains.values() {
+            for m in &c.members {
+                *load.entry(m.server).or_default() += 1;
+            }
+        }
+        let mut changed = Vec::new();
+        for c in self.chains.values() {
+            let mut next = c.clone();
+            let serving = |ch: &Chain| ch.members.iter().filter(|m| m.state == ReplicaState::Serving).count();
+            for i in 0..next.members.len() {
+                let m = next.members[i];
+                let others_serving = serving(&next) - usize::from(m.state == ReplicaState::Serving);
+                match m.state {
+                    ReplicaState::Serving | ReplicaState::Syncing if view.gone.contains(&m.server) => {
+                        if m.state == ReplicaState::Syncing || others_serving > 0 {
+                            next.members[i] =
+                                Replica { server: m.server, state: ReplicaState::Offline, offline_since_ms: view.now_ms };
+                        }
+                    }
+                    ReplicaState::Serving if view.restarted.contains(&m.server) && others_serving > 0 => {
+                        next.members[i].state = ReplicaState::Syncing;
+                    }
+                    ReplicaState::Offline if view.up.contains(&m.server) => {
+                        next.members[i] = Replica { server: m.server, state: ReplicaState::Syncing, offline_since_ms: 0 };
+                    }
+                    ReplicaState::Offline
+                        if view.now_ms.saturating_sub(m.offline_since_ms) >= view.rereplicate_after_ms =>
+                    {
+                        let taken: BTreeSet<ServerId> = next.members.iter().map(|r| r.server).collect();
+                        let spare = load
+                            .iter()
+                            .filter(|(s, _)| view.up.contains(s) && !taken.contains(s))
+                            .min_by_key(|(s, n)| (**n, **s))
+                            .map(|(s, _)| *s);
+                        if let Some(s) = spare {
+                            *load.entry(s).or_default() += 1;
+                            next.members[i] = Replica { server: s, state: ReplicaState::Syncing, offline_since_ms: 0 };
+                        }
+                    }
+                    _ => {}
+                }
+            }
+            // A restarted syncing replica starts its copy again (the new version tells it).
+            let restarted_syncing =
+                c.members.iter().any(|m| m.state == ReplicaState::Syncing && view.restarted.contains(&m.server));
+            next.normalize();
+            if next.members != c.members || restarted_syncing {
+                next.version = c.version + 1;
+                changed.push(next);
+            }
+        }
+        changed
+    }
+
+    /// `server` finished copying `chain` at `version`: the new state of the chain (it serves
+    /// reads now), or `None` when the chain moved on or `server` is not syncing in it.
+    pub fn sync_done(&self, server: ServerId, chain: ChainId, version: u64) -> Option<Chain> {
+        let c = self.chains.get(&chain)?;
+        if c.version != version || c.state_of(server) != Some(ReplicaState::Syncing) {
+            return None;
+        }
+        let mut next = c.clone();
+        for m in &mut next.members {
+            if m.server == server {
+                m.state = ReplicaState::Serving;
+            }
+        }
+        next.normalize();
+        next.version += 1;
+        Some(next)
+    }
+
+    /// Serving replicas missing from chains, summed over chains (for `pfs df`).
+    pub fn missing_replicas(&self) -> u64 {
+        self.chains.values().map(|c| (c.replicas as usize).saturating_sub(c.readers().count()) as u64).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(ids: &[u32]) -> Vec<ServerId> {
+        ids.iter().map(|i| ServerId(*i)).collect()
+    }
+
+    fn view(up: &[u32], gone: &[u32], now_ms: u64) -> ServerView {
+        ServerView {
+            up: s(up).into_iter().collect(),
+            gone: s(gone).into_iter().collect(),
+            restarted: BTreeSet::new(),
+            now_ms,
+            rereplicate_after_ms: 1000,
+        }
+    }
+
+    fn apply(t: &mut ChainTable, v: &ServerView) -> Vec<Chain> {
+        let changed = t.plan(v);
+        t.check_update(&changed).unwrap();
+        t.insert(&changed);
+        changed
+    }
+
+    #[test]
+    fn placement_spreads_heads_and_never_repeats_a_server() {
+        let t = ChainTable::default();
+        let (ids, created) = t.place(2, &s(&[1, 2, 3, 4]), 4, 1).unwrap();
+        assert_eq!(ids.len(), 4);
+        let heads: BTreeSet<_> = created.iter().map(|c| c.head().unwrap()).collect();
+        assert_eq!(heads.len(), 4);
+        for c in &created {
+            let members: BTreeSet<_> = c.members.iter().map(|m| m.server).collect();
+            assert_eq!(members.len(), 2, "{}", c.describe());
+        }
+        assert!(t.place(3, &s(&[1, 2]), 2, 0).is_err());
+        // Reused once they exist.
+        let mut t = t;
+        t.insert(&created);
+        let (again, new) = t.place(2, &s(&[1, 2, 3, 4]), 2, 0).unwrap();
+        assert!(new.is_empty());
+        assert_eq!(again.len(), 2);
+    }
+
+    #[test]
+    fn failure_resync_and_replacement() {
+        let mut t = ChainTable::default();
+        let (_, created) = t.place(2, &s(&[1, 2, 3]), 3, 0).unwrap();
+        t.insert(&created);
+        // Server 2 is gone: out of every chain it served, which keep their other replica.
+        let changed = apply(&mut t, &view(&[1, 3], &[2], 100));
+        assert_eq!(changed.len(), 2);
+        for c in t.iter() {
+            assert_eq!(c.readers().count(), if c.state_of(ServerId(2)).is_some() { 1 } else { 2 });
+            assert_ne!(c.head(), Some(ServerId(2)));
+        }
+        // Nothing changes while it stays away (before the re-replication deadline).
+        assert!(t.plan(&view(&[1, 3], &[2], 500)).is_empty());
+        // It comes back: syncing, at the tail; serving once it says it is done.
+        let changed = apply(&mut t, &view(&[1, 2, 3], &[], 600));
+        assert_eq!(changed.len(), 2);
+        for c in &changed {
+            assert_eq!(c.writers().last(), Some(ServerId(2)));
+            assert_eq!(c.readers().count(), 1);
+            let done = t.sync_done(ServerId(2), c.id, c.version).unwrap();
+            assert_eq!(done.readers().count(), 2);
+            assert!(t.sync_done(ServerId(2), c.id, c.version - 1).is_none(), "an old version is ignored");
+            t.insert(&[done]);
+        }
+        // Gone for good: replaced, after the deadline, by a server not in the chain.
+        apply(&mut t, &view(&[1, 3], &[2], 700));
+        let changed = apply(&mut t, &view(&[1, 3], &[2], 1800));
+        assert!(!changed.is_empty());
+        for c in t.iter() {
+            assert!(c.state_of(ServerId(2)).is_none(), "{}", c.describe());
+            let members: BTreeSet<_> = c.members.iter().map(|m| m.server).collect();
+            assert_eq!(members.len(), 2, "{}", c.describe());
+        }
+    }
+
+    #[test]
+    fn the_last_serving_replica_stays() {
+        let mut t = ChainTable::default();
+        let (_, created) = t.place(1, &s(&[1, 2]), 2, 0).unwrap();
+        t.insert(&created);
+        assert!(t.plan(&view(&[2], &[1], 10)).is_empty());
+        let mut v = view(&[1, 2], &[], 10);
+        v.restarted.insert(ServerId(1));
+        assert!(t.plan(&v).is_empty(), "a single replica cannot resync from anyone");
+    }
+}

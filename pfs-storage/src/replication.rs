@@ -1,0 +1,191 @@
+//! This server's part in chain replication (see [`pfs_common::chain`]): its view of the chain
+//! table, the checks every chunk request passes against it, connections to the other storage
+//! servers (to forward writes down a chain and to copy chunks), and the locks that make a
+//! chunk copied for a resync a state the chain went through.
+//!
+//! * The view holds the newest version of every chain pfs-meta told us about (at registration
+//!   and by `StorageNotify::Chains` pushes; pushes may arrive out of order, versions only
+//!   grow). A request naming another version is refused (Stale): the sender asks pfs-meta
+//!   again. Before the first table arrives every chunk request is refused.
+//! * Forwarding locks, striped by chunk: a write holds its stripe shared while it writes here
+//!   and while its successor writes, a copy for another replica holds it exclusively, and a
+//!   per-stripe counter counts finished writes, so the copying replica can tell that a write
+//!   reached it while it was fetching (see [`crate::resync`]).
+
+use crate::error::{Result, StorageError};
+use parking_lot::{Mutex, RwLock};
+use pfs_common::chain::{Chain, ChainId, ChainRef, ReplicaState};
+use pfs_common::config::Config;
+use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::wire::storage::StorageRequest;
+use pfs_common::wire::PeerRole;
+use pfs_common::{ChunkIndex, FileId, ServerId};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::Notify;
+
+const STRIPES: usize = 1024;
+
+/// Chain view, peer connections and forwarding locks of one storage server.
+pub struct Replication {
+    me: ServerId,
+    config: Arc<Config>,
+    chains: RwLock<HashMap<ChainId, Chain>>,
+    /// A chain table arrived since start.
+    known: std::sync::atomic::AtomicBool,
+    peers: Mutex<HashMap<ServerId, RpcClient<StorageRequest>>>,
+    connecting: tokio::sync::Mutex<()>,
+    locks: Vec<tokio::sync::RwLock<()>>,
+    /// Writes finished per lock stripe.
+    writes: Vec<AtomicU64>,
+    /// Wakes the resync task: the view changed.
+    pub(crate) changed: Notify,
+}
+
+impl Replication {
+    /// An empty view for server `me` of `config` (peers' addresses come from the config).
+    pub fn new(me: ServerId, config: Arc<Config>) -> Replication {
+        Replication {
+            me,
+            config,
+            chains: RwLock::new(HashMap::new()),
+            known: std::sync::atomic::AtomicBool::new(false),
+            peers: Mutex::new(HashMap::new()),
+            connecting: tokio::sync::Mutex::new(()),
+            locks: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
+            writes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            changed: Notify::new(),
+        }
+    }
+
+    /// This server's id.
+    pub fn me(&self) -> ServerId {
+        self.me
+    }
+
+    /// Takes the newer of each chain's versions; with `whole`, this is the complete table.
+    pub fn update(&self, chains: Vec<Chain>, whole: bool) {
+        {
+            let mut view = self.chains.write();
+            for c in chains {
+                match view.get(&c.id) {
+                    Some(old) if old.version >= c.version => {}
+                    _ => {
+                        view.insert(c.id, c);
+                    }
+                }
+            }
+        }
+        if whole {
+            self.known.store(true, Ordering::Release);
+        }
+        self.changed.notify_one();
+    }
+
+    /// Chain `id` as this server knows it.
+    pub fn chain(&self, id: ChainId) -> Option<Chain> {
+        self.chains.read().get(&id).cloned()
+    }
+
+    /// Chains in which this server is syncing, at their current versions.
+    pub fn syncing(&self) -> Vec<Chain> {
+        self.chains.read().values().filter(|c| c.state_of(self.me) == Some(ReplicaState::Syncing)).cloned().collect()
+    }
+
+    fn current(&self, at: ChainRef) -> Result<Chain> {
+        if !self.known.load(Ordering::Acquire) {
+            // Not registered yet: the chain table comes with the registration, just before
+            // the chunks are checked against pfs-meta's chunk map.
+            return Err(StorageError::NotReconciled { server: self.me });
+        }
+        let view = self.chains.read();
+        match view.get(&at.id) {
+            Some(c) if c.version == at.version => Ok(c.clone()),
+            Some(c) => Err(StorageError::Stale {
+                server: self.me,
+                what: format!("{} is at version {} here, the request says {}", at.id, c.version, at.version),
+            }),
+            None => Err(StorageError::Stale { server: self.me, what: format!("does not know {}", at.id) }),
+        }
+    }
+
+    /// Admits a write on chain `at`: this server must be in its write path. Returns the
+    /// successor to forward to (`None` at the tail).
+    pub fn check_write(&self, at: ChainRef) -> Result<Option<ServerId>> {
+        let c = self.current(at)?;
+        if !c.writers().any(|s| s == self.me) {
+            return Err(StorageError::Stale {
+                server: self.me,
+                what: format!("is not in the write path of {}", c.describe()),
+            });
+        }
+        Ok(c.successor(self.me))
+    }
+
+    /// Admits a read on chain `at`: this server must be a serving replica of it.
+    pub fn check_read(&self, at: ChainRef) -> Result<()> {
+        let c = self.current(at)?;
+        if c.state_of(self.me) != Some(ReplicaState::Serving) {
+            return Err(StorageError::Stale {
+                server: self.me,
+                what: format!("does not serve reads of {}", c.describe()),
+            });
+        }
+        Ok(())
+    }
+
+    fn stripe(file: FileId, chunk: ChunkIndex) -> usize {
+        (file.0.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(chunk) % STRIPES as u64) as usize
+    }
+
+    /// Held by a write while it is written here and forwarded.
+    pub async fn write_guard(&self, file: FileId, chunk: ChunkIndex) -> WriteGuard<'_> {
+        let i = Self::stripe(file, chunk);
+        WriteGuard { _lock: self.locks[i].read().await, count: &self.writes[i] }
+    }
+
+    /// Held while a chunk is read for another replica (no write of it in flight meanwhile).
+    pub async fn copy_guard(&self, file: FileId, chunk: ChunkIndex) -> tokio::sync::RwLockWriteGuard<'_, ()> {
+        self.locks[Self::stripe(file, chunk)].write().await
+    }
+
+    /// Writes finished in the chunk's stripe so far.
+    pub fn writes_seen(&self, file: FileId, chunk: ChunkIndex) -> u64 {
+        self.writes[Self::stripe(file, chunk)].load(Ordering::Acquire)
+    }
+
+    /// The connection to storage server `id`, opened if needed.
+    pub async fn peer(&self, id: ServerId) -> Result<RpcClient<StorageRequest>> {
+        if let Some(c) = self.peers.lock().get(&id).filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let _one = self.connecting.lock().await;
+        if let Some(c) = self.peers.lock().get(&id).filter(|c| !c.is_closed()) {
+            return Ok(c.clone());
+        }
+        let addr = self.config.storage(id).map_err(StorageError::from)?.address;
+        let opts = ConnectOptions {
+            role: PeerRole::Storage,
+            name: self.me.to_string(),
+            connect_timeout: Duration::from_millis(self.config.timeouts.connect_ms),
+            request_timeout: Duration::from_millis(self.config.timeouts.request_ms),
+        };
+        let c = RpcClient::connect(addr, &id.to_string(), &opts, None).await?;
+        self.peers.lock().insert(id, c.clone());
+        Ok(c)
+    }
+}
+
+/// A write's hold on its chunk's forwarding stripe; counts the write as finished when dropped.
+pub struct WriteGuard<'a> {
+    _lock: tokio::sync::RwLockReadGuard<'a, ()>,
+    count: &'a AtomicU64,
+}
+
+impl Drop for WriteGuard<'_> {
+    fn drop(&mut self) {
+        self.count.fetch_add(1, Ordering::AcqRel);
+    }
+}
