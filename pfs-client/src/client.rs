@@ -10,7 +10,9 @@ use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::{ByteRange, Mode, SessionId};
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, FileKind, READDIR_PAGE_MAX};
 use pfs_common::chain::{Chain, ChainId};
-use pfs_common::wire::registry::{ChunkInfo, GetChains, GetChunks, ListServers, ServerStatus, GET_CHUNKS_MAX};
+use pfs_common::wire::registry::{
+    ChunkInfo, GetChains, GetChunks, GetHealth, Health, ListServers, ServerStatus, GET_CHUNKS_MAX,
+};
 use pfs_common::wire::storage::{
     ChunkPage, GetStatus, ListChunks, RemoveChunk, RemoveFile, StorageRequest, StorageStatus,
 };
@@ -490,6 +492,11 @@ impl Client {
             cache.insert(c.id, c.clone());
         }
         Ok(chains)
+    }
+
+    /// The cluster's replication health: degraded chains and under-replicated chunks.
+    pub async fn health(&self) -> Result<Health> {
+        self.meta(GetHealth).await
     }
 
     /// The storage-server registry as pfs-meta sees it.

@@ -203,6 +203,23 @@ impl Namespace {
         &self.chains
     }
 
+    /// Committed chunks whose chain has fewer serving replicas than it should (a scan).
+    pub fn under_replicated(&self) -> u64 {
+        let mut layout: Option<(FileId, &Layout)> = None;
+        let mut n = 0;
+        for ((file, chunk), _) in self.chunks.iter() {
+            if layout.is_none_or(|(f, _)| f != file) {
+                layout = self.inodes.get(&file).and_then(|i| i.layout.as_ref()).map(|l| (file, l));
+            }
+            if let Some((_, l)) = layout {
+                if self.chains.get(l.chain(chunk)).is_some_and(|c| c.degraded()) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
     /// The committed chunk map.
     pub fn chunks(&self) -> &ChunkMap {
         &self.chunks

@@ -27,7 +27,7 @@ use pfs_common::rpc::{Handler, Peer, Reply};
 use pfs_common::token::SessionId;
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest};
 use pfs_common::wire::registry::{
-    self as reg, ChunkInfo, CommittedChunk, LostChunk, Registered, RegistryRequest, ReportAnswer, StorageNotify,
+    self as reg, ChunkInfo, CommittedChunk, Health, LostChunk, Registered, RegistryRequest, ReportAnswer, StorageNotify,
     CHUNK_REPORT_PAGE, FENCED_MAX, GET_CHUNKS_MAX,
 };
 use pfs_common::wire::tokens::{self as tok, Granted, SessionGrant, TokenRequest};
@@ -392,6 +392,17 @@ impl MetaServer {
             RegistryRequest::GetChains(c) => Reply::to::<reg::GetChains, _>(self.get_chains(c).await),
             RegistryRequest::GetLayouts(c) => Reply::to::<reg::GetLayouts, _>(self.get_layouts(c).await),
             RegistryRequest::SyncDone(c) => Reply::to::<reg::SyncDone, _>(self.sync_done(peer, c).await),
+            RegistryRequest::GetHealth(_) => Reply::to::<reg::GetHealth, _>(
+                self.query(|n| {
+                    let t = n.chains();
+                    Ok(Health {
+                        chains: t.len() as u32,
+                        degraded_chains: t.iter().filter(|c| c.degraded()).count() as u32,
+                        under_replicated_chunks: n.under_replicated(),
+                    })
+                })
+                .await,
+            ),
         }
     }
 

@@ -22,7 +22,23 @@ service! {
         GetChains(GetChains) -> Vec<Chain>,
         GetLayouts(GetLayouts) -> Vec<Option<Layout>>,
         SyncDone(SyncDone) -> (),
+        GetHealth(GetHealth) -> Health,
     }
+}
+
+/// The cluster's replication health (`pfs df`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetHealth;
+
+/// The answer to [`GetHealth`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Health {
+    /// Replication chains.
+    pub chains: u32,
+    /// Chains with fewer serving replicas than they should have.
+    pub degraded_chains: u32,
+    /// Committed chunks on degraded chains: fewer copies than their file asks for.
+    pub under_replicated_chunks: u64,
 }
 
 /// A storage server announces itself (first request on its connection). Storage servers

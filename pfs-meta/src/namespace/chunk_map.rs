@@ -70,6 +70,11 @@ impl ChunkMap {
         self.chunks.iter().filter(move |(_, r)| r.version_on(server).is_some()).map(|(k, r)| (*k, r))
     }
 
+    /// Every committed chunk, in (file, chunk) order.
+    pub fn iter(&self) -> impl Iterator<Item = ((FileId, ChunkIndex), &ChunkRecord)> {
+        self.chunks.iter().map(|(k, r)| (*k, r))
+    }
+
     /// Number of committed chunks.
     pub fn len(&self) -> usize {
         self.chunks.len()

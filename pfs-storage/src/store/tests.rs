@@ -436,6 +436,7 @@ impl Handler for FakeMeta {
                 Reply::to::<reg::GetLayouts, StorageError>(Ok(c.files.iter().map(|_| None).collect()))
             }
             RegistryRequest::SyncDone(_) => Reply::to::<reg::SyncDone, StorageError>(Ok(())),
+            RegistryRequest::GetHealth(_) => Reply::to::<reg::GetHealth, StorageError>(Ok(Default::default())),
         }
     }
 }

@@ -151,18 +151,23 @@ async fn cat(client: &Client, path: &str) -> Result<()> {
 async fn df(client: &Client) -> Result<()> {
     let servers = client.servers().await?;
     println!(
-        "{:<12} {:<22} {:<5} {:>10} {:>10} {:>10} {:>5} {:>8}",
+        "{:<12} {:<22} {:<9} {:>10} {:>10} {:>10} {:>5} {:>8}",
         "server", "address", "state", "size", "used", "free", "use%", "chunks"
     );
     let (mut cap, mut free) = (0u64, 0u64);
     for s in &servers {
         let used = s.capacity_bytes.saturating_sub(s.free_bytes);
         let pct = (used * 100).checked_div(s.capacity_bytes).unwrap_or(0);
+        let state = match (s.up, s.syncing_chains) {
+            (false, _) => "DOWN",
+            (true, 0) => "up",
+            (true, _) => "resyncing",
+        };
         println!(
-            "{:<12} {:<22} {:<5} {:>10} {:>10} {:>10} {:>4}% {:>8}",
+            "{:<12} {:<22} {:<9} {:>10} {:>10} {:>10} {:>4}% {:>8}",
             s.id.to_string(),
             s.address.to_string(),
-            if s.up { "up" } else { "DOWN" },
+            state,
             human(s.capacity_bytes),
             human(used),
             human(s.free_bytes),
@@ -180,6 +185,11 @@ async fn df(client: &Client) -> Result<()> {
         servers.len(),
         human(free),
         human(cap)
+    );
+    let h = client.health().await?;
+    println!(
+        "{} of {} chains degraded; {} under-replicated chunks",
+        h.degraded_chains, h.chains, h.under_replicated_chunks
     );
     Ok(())
 }

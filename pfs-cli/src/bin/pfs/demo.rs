@@ -8,19 +8,24 @@ use rand::{RngCore, SeedableRng};
 use std::io::Write;
 use std::time::Instant;
 
-pub async fn run(size: u64, servers: u32) -> Result<()> {
+pub async fn run(size: u64, servers: u32, replicas: u8) -> Result<()> {
     // On Ctrl-C the demo future is dropped, and with it the cluster: daemons killed, the
     // temporary directory removed.
     tokio::select! {
-        r = demo(size, servers) => r,
+        r = demo(size, servers, replicas) => r,
         _ = tokio::signal::ctrl_c() => Err(Error::Usage("interrupted; cluster stopped and removed".into())),
     }
 }
 
-async fn demo(size: u64, servers: u32) -> Result<()> {
-    println!("Starting an embedded cluster: 1 pfs-meta + {servers} pfs-storage on 127.0.0.1 ...");
+async fn demo(size: u64, servers: u32, replicas: u8) -> Result<()> {
+    println!(
+        "Starting an embedded cluster: 1 pfs-meta + {servers} pfs-storage on 127.0.0.1, {replicas} replicas of every chunk ..."
+    );
+    if (replicas as u32) > servers {
+        return Err(Error::Usage(format!("{replicas} replicas need at least {replicas} storage servers")));
+    }
     let t = Instant::now();
-    let cluster = LocalCluster::start(servers).await?;
+    let cluster = LocalCluster::start_with(servers, |c| c.layout.replicas = replicas).await?;
     println!("  up in {:.2} s, everything under {}", t.elapsed().as_secs_f64(), cluster.dir().display());
     let client = cluster.client().await?;
 
@@ -44,11 +49,15 @@ async fn demo(size: u64, servers: u32) -> Result<()> {
     let l = f.layout().clone();
     let chunks = client.chunks(f.id(), l.chunk_count(size)).await?;
     println!(
-        "Stripe layout of pfs:/demo/input.bin: {} chunks of {}, over {} targets",
+        "Stripe layout of pfs:/demo/input.bin: {} chunks of {}, over {} chains of {} replicas",
         chunks.len(),
         human(l.chunk_size()),
-        l.stripe_count()
+        l.stripe_count(),
+        l.replicas
     );
+    for id in &l.chains {
+        println!("  {}", client.chain(*id).await?.describe());
+    }
     for c in chunks.iter().take(6) {
         for h in &c.holders {
             let sha = h.sha256.map(|s| s.to_string()).unwrap_or_else(|| "(not hashed yet)".into());

@@ -35,6 +35,9 @@ enum Cmd {
         /// Storage servers in the demo cluster.
         #[arg(long, default_value_t = 4)]
         servers: u32,
+        /// Copies of every chunk (as config/local.toml's `[layout] replicas`).
+        #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=3))]
+        replicas: u8,
     },
     /// List a directory (or show one file).
     Ls {
@@ -115,7 +118,7 @@ fn main() {
 fn run(args: Args) -> pfs_cli::Result<()> {
     let rt = tool::runtime()?;
     match args.cmd {
-        Cmd::Demo { size, servers } => rt.block_on(demo::run(size, servers)),
+        Cmd::Demo { size, servers, replicas } => rt.block_on(demo::run(size, servers, replicas)),
         Cmd::Up => rt.block_on(daemons::up(&tool::load_config(args.config.clone())?, &config_path(&args.config))),
         Cmd::Down => daemons::down(&*tool::load_config(args.config)?),
         Cmd::Serve { which } => {

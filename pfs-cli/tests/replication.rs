@@ -1,0 +1,203 @@
+//! Replicated files against real daemons killed with SIGKILL: a copy carries on through a
+//! storage server's death, reads come from the surviving replica, a returning server resyncs
+//! before it serves, a wiped one is rebuilt elsewhere, and no read ever returns a stale copy.
+
+use pfs_client::Client;
+use pfs_common::config::Config;
+use pfs_common::ServerId;
+use pfs_testkit::{ok, random_bytes, run_tool, sha256_hex, DaemonKind, LocalCluster};
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PFS: &str = env!("CARGO_BIN_EXE_pfs");
+const PFS_CP: &str = env!("CARGO_BIN_EXE_pfs-cp");
+
+/// Two replicas and quick failure detection.
+fn replicated(c: &mut Config) {
+    c.layout.replicas = 2;
+    c.timeouts.heartbeat_ms = 100;
+    c.timeouts.server_down_ms = 1_000;
+}
+
+/// Polls `f` every 20 ms until it is true; panics naming `what` after 90 s.
+async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
+    let end = Instant::now() + Duration::from_secs(90);
+    while !f().await {
+        assert!(Instant::now() < end, "not within 90 s: {what}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// True once every chain has all its replicas serving.
+async fn all_chains_whole(client: &Client) -> bool {
+    client.all_chains().await.is_ok_and(|chains| chains.iter().all(|c| !c.degraded()))
+}
+
+/// Number of chunk files in a directory (0 if it does not exist).
+fn chunk_count(dir: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(dir) else { return 0 };
+    entries.filter_map(|e| e.ok()).filter(|e| e.file_name().to_string_lossy().contains("_chunk_")).count()
+}
+
+fn sha_of_file(path: &Path) -> String {
+    sha256_hex(&std::fs::read(path).unwrap())
+}
+
+fn stdout(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_storage_server_killed_during_a_copy_loses_nothing_and_resyncs() {
+    let mut cluster = LocalCluster::start_with(3, replicated).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("in.bin");
+    std::fs::write(&src, random_bytes(256 << 20, 91)).unwrap();
+    let want = sha_of_file(&src);
+
+    // SIGKILL storage-2 once the copy has put some of the file on it.
+    let victim = ServerId(2);
+    let victim_dir = cluster.config().storage_dir(cluster.config().storage(victim).unwrap());
+    let copy = Command::new(PFS_CP)
+        .arg("--config")
+        .arg(&cfg)
+        .args([src.to_str().unwrap(), "pfs:/big"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut copy = copy;
+    wait_until("the copy reaches storage-2", || async { chunk_count(&victim_dir) >= 16 }).await;
+    assert!(copy.try_wait().unwrap().is_none(), "the copy must still be running when storage-2 dies");
+    cluster.kill(DaemonKind::Storage(victim));
+    let copied = copy.wait_with_output().unwrap();
+    assert!(copied.status.success(), "the copy must carry on: {}", String::from_utf8_lossy(&copied.stderr));
+
+    // Byte-identical while storage-2 is still down.
+    let out = work.path().join("out.bin");
+    ok(run_tool(PFS_CP, &cfg, &["pfs:/big", out.to_str().unwrap()]));
+    assert_eq!(sha_of_file(&out), want, "read back while a replica is down");
+    let stripe = ok(run_tool(PFS, &cfg, &["getstripe", "/big"]));
+    assert!(stripe.contains("DEGRADED") && stripe.contains("storage-2 offline"), "{stripe}");
+    let df = ok(run_tool(PFS, &cfg, &["df"]));
+    assert!(df.contains("DOWN") && df.contains("under-replicated"), "{df}");
+    // Verifying every replica fails while one is missing, naming it.
+    let verify = run_tool(PFS, &cfg, &["getstripe", "--verify", "/big"]);
+    assert!(!verify.status.success(), "{}", stdout(&verify));
+
+    // It comes back, resyncs, and then every replica of every chunk verifies.
+    let client = cluster.restart(DaemonKind::Storage(victim)).await.unwrap();
+    wait_until("every chain has both replicas serving", || all_chains_whole(&client)).await;
+    let verified = ok(run_tool(PFS, &cfg, &["getstripe", "--verify", "/big"]));
+    assert!(verified.contains("on every replica") && !verified.contains("offline"), "{verified}");
+    let log = std::fs::read_to_string(cluster.log(DaemonKind::Storage(victim))).unwrap();
+    assert!(log.contains("resynced"), "storage-2 resynced its chains: {log}");
+    std::fs::remove_file(&out).unwrap();
+    ok(run_tool(PFS_CP, &cfg, &["pfs:/big", out.to_str().unwrap()]));
+    assert_eq!(sha_of_file(&out), want);
+    client.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wiped_server_is_rebuilt_on_the_others_after_rereplicate_after_ms() {
+    let mut cluster = LocalCluster::start_with(3, |c| {
+        replicated(c);
+        c.timeouts.rereplicate_after_ms = 2_000;
+    })
+    .await
+    .unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("in.bin");
+    std::fs::write(&src, random_bytes(24 << 20, 92)).unwrap();
+    let want = sha_of_file(&src);
+    ok(run_tool(PFS_CP, &cfg, &["--chunk-size", "1m", src.to_str().unwrap(), "pfs:/f"]));
+
+    // storage-3's disk is gone for good.
+    let gone = ServerId(3);
+    cluster.kill(DaemonKind::Storage(gone));
+    let dir = cluster.config().storage_dir(cluster.config().storage(gone).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    let out = work.path().join("out.bin");
+    ok(run_tool(PFS_CP, &cfg, &["pfs:/f", out.to_str().unwrap()]));
+    assert_eq!(sha_of_file(&out), want, "read back from the surviving replicas");
+
+    // After rereplicate_after_ms its replicas are rebuilt on the other two servers.
+    let client = cluster.client().await.unwrap();
+    wait_until("every chain is whole again without storage-3", || async {
+        client.all_chains().await.is_ok_and(|chains| {
+            chains.iter().all(|c| !c.degraded() && c.state_of(gone).is_none())
+        })
+    })
+    .await;
+    let verified = ok(run_tool(PFS, &cfg, &["getstripe", "--verify", "/f"]));
+    assert!(verified.contains("on every replica") && !verified.contains("storage-3"), "{verified}");
+    let f = client.open("/f").await.unwrap();
+    let size = f.size();
+    let layout = f.layout().clone();
+    for chunk in 0..layout.chunk_count(size) {
+        let chain = f.chain(chunk).await.unwrap();
+        assert_eq!(chain.readers().count(), 2, "chunk {chunk}: {}", chain.describe());
+    }
+    f.close().await.unwrap();
+    client.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_server_down_during_overwrites_never_serves_its_stale_bytes() {
+    let mut cluster = LocalCluster::start_with(2, replicated).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let work = tempfile::tempdir().unwrap();
+    let version = |n: u64| {
+        let p = work.path().join(format!("v{n}.bin"));
+        std::fs::write(&p, random_bytes(8 << 20, 100 + n)).unwrap();
+        p
+    };
+    let v1 = version(1);
+    ok(run_tool(PFS_CP, &cfg, &["--chunk-size", "1m", v1.to_str().unwrap(), "pfs:/f"]));
+
+    // storage-2 goes down with v1; the file is overwritten twice while it is away.
+    let stale = ServerId(2);
+    cluster.kill(DaemonKind::Storage(stale));
+    let mut last = v1;
+    for n in [2, 3] {
+        last = version(n);
+        ok(run_tool(PFS_CP, &cfg, &[last.to_str().unwrap(), "pfs:/f"]));
+    }
+    let want = sha_of_file(&last);
+    let dir = cluster.config().storage_dir(cluster.config().storage(stale).unwrap());
+    assert!(std::fs::read_dir(&dir).unwrap().count() > 0, "storage-2 still has v1's chunks");
+
+    // Back: while it resyncs, every read returns the newest bytes, whichever replica answers.
+    let client = cluster.restart(DaemonKind::Storage(stale)).await.unwrap();
+    let f = client.open("/f").await.unwrap();
+    let want_bytes = std::fs::read(&last).unwrap();
+    let mut buf = vec![0u8; want_bytes.len()];
+    let mut reads = 0;
+    loop {
+        let whole = all_chains_whole(&client).await;
+        let n = f.read_at(0, &mut buf).await.unwrap();
+        assert_eq!(n, want_bytes.len());
+        assert!(buf == want_bytes, "read {reads} returned other bytes than the newest version");
+        reads += 1;
+        if whole {
+            break;
+        }
+    }
+    f.close().await.unwrap();
+    let log = std::fs::read_to_string(cluster.log(DaemonKind::Storage(stale))).unwrap();
+    assert!(
+        log.lines().any(|l| l.contains("resynced") && !l.contains("(0 chunks copied)")),
+        "storage-2 copied the newer chunks: {log}"
+    );
+    // Every replica, storage-2's included, holds the newest bytes.
+    let verified = ok(run_tool(PFS, &cfg, &["getstripe", "--verify", "/f"]));
+    assert!(verified.contains("on every replica") && verified.contains("storage-2 serving"), "{verified}");
+    let out = work.path().join("out.bin");
+    ok(run_tool(PFS_CP, &cfg, &["pfs:/f", out.to_str().unwrap()]));
+    assert_eq!(sha_of_file(&out), want);
+    client.close().await.unwrap();
+}
