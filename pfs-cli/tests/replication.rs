@@ -4,6 +4,7 @@
 
 use pfs_client::Client;
 use pfs_common::config::Config;
+use pfs_common::ids::chunk_file_name;
 use pfs_common::ServerId;
 use pfs_testkit::{ok, random_bytes, run_tool, sha256_hex, DaemonKind, LocalCluster};
 use std::path::Path;
@@ -199,5 +200,67 @@ async fn a_server_down_during_overwrites_never_serves_its_stale_bytes() {
     let out = work.path().join("out.bin");
     ok(run_tool(PFS_CP, &cfg, &["pfs:/f", out.to_str().unwrap()]));
     assert_eq!(sha_of_file(&out), want);
+    client.close().await.unwrap();
+}
+
+/// Flips one byte of a chunk file in place.
+fn flip_byte(path: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(path).unwrap();
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[!b[0]], at).unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_flipped_byte_in_one_replica_is_read_around_scrubbed_and_repaired_by_fsck() {
+    let cluster = LocalCluster::start_with(2, replicated).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("in.bin");
+    let data = random_bytes(8 << 20, 93);
+    std::fs::write(&src, &data).unwrap();
+    ok(run_tool(PFS_CP, &cfg, &["--chunk-size", "1m", src.to_str().unwrap(), "pfs:/f"]));
+
+    // Chunk 1's copy on the replica a reader asks first is damaged on disk.
+    let client = cluster.client().await.unwrap();
+    let f = client.open("/f").await.unwrap();
+    let chain = f.chain(1).await.unwrap();
+    let readers: Vec<ServerId> = chain.readers().collect();
+    let bad = readers[1 % readers.len()];
+    let dir_of = |id: ServerId| cluster.config().storage_dir(cluster.config().storage(id).unwrap());
+    flip_byte(&dir_of(bad).join(chunk_file_name(f.id(), 1)), 3 * 65536 + 5);
+    let block = f.layout().chunk_size() as usize;
+
+    // Reads return the right bytes: the damaged replica's error passes the read to the other.
+    let mut buf = vec![0u8; block];
+    assert_eq!(f.read_at(block as u64, &mut buf).await.unwrap(), block);
+    assert!(buf[..] == data[block..2 * block], "chunk 1 read around the damaged copy");
+    assert!(client.stats().failovers >= 1, "the read went to another replica");
+    let out = work.path().join("out.bin");
+    ok(run_tool(PFS_CP, &cfg, &["pfs:/f", out.to_str().unwrap()]));
+    assert_eq!(sha_of_file(&out), sha256_hex(&data));
+    // Verifying every replica names the damaged one.
+    let verify = run_tool(PFS, &cfg, &["getstripe", "--verify", "/f"]);
+    assert!(!verify.status.success());
+    let err = String::from_utf8_lossy(&verify.stderr).into_owned();
+    assert!(err.contains(&format!("chunk 1 on {bad}")) && err.contains("corrupt"), "{err}");
+
+    // pfs scrub finds and rewrites it from the good replica; the next verify is clean.
+    let scrubbed = ok(run_tool(PFS, &cfg, &["scrub"]));
+    assert!(scrubbed.contains(&format!("{bad}: ")) && scrubbed.contains("1 damaged, 1 repaired"), "{scrubbed}");
+    assert!(scrubbed.contains("0 problems"), "{scrubbed}");
+    ok(run_tool(PFS, &cfg, &["getstripe", "--verify", "/f"]));
+
+    // pfs fsck --repair does the same for a copy it finds damaged.
+    flip_byte(&dir_of(readers[0]).join(chunk_file_name(f.id(), 3)), 100);
+    let found = run_tool(PFS, &cfg, &["fsck"]);
+    assert!(!found.status.success());
+    assert!(stdout(&found).contains(&format!("corrupt: /f chunk 3 on {}", readers[0])), "{}", stdout(&found));
+    let repaired = ok(run_tool(PFS, &cfg, &["fsck", "--repair"]));
+    assert!(repaired.contains("repaired from a replica") && repaired.contains("0 problems"), "{repaired}");
+    ok(run_tool(PFS, &cfg, &["fsck"]));
+    ok(run_tool(PFS, &cfg, &["getstripe", "--verify", "/f"]));
+    f.close().await.unwrap();
     client.close().await.unwrap();
 }

@@ -14,7 +14,8 @@ use pfs_common::wire::registry::{
     ChunkInfo, GetChains, GetChunks, GetHealth, Health, ListServers, ServerStatus, GET_CHUNKS_MAX,
 };
 use pfs_common::wire::storage::{
-    ChunkPage, GetStatus, ListChunks, RemoveChunk, RemoveFile, StorageRequest, StorageStatus,
+    ChunkPage, GetStatus, ListChunks, RemoveChunk, RemoveFile, RepairChunk, Scrub, ScrubStatus, StorageRequest,
+    StorageStatus,
 };
 use pfs_common::wire::tokens::{self as tok, ClientNotify};
 use pfs_common::wire::{Call, MetaRequest, PeerRole};
@@ -524,6 +525,19 @@ impl Client {
             Some(chunk) => self.storage(id, RemoveChunk { file, chunk }, &[]).await?,
             None => self.storage(id, RemoveFile { file }, &[]).await?,
         };
+        Ok(())
+    }
+
+    /// Storage server `id`'s scrub status; with `start`, a pass starts now (unless one runs).
+    pub async fn scrub(&self, id: ServerId, start: bool) -> Result<ScrubStatus> {
+        Ok(self.storage(id, Scrub { start }, &[]).await?.0)
+    }
+
+    /// Has storage server `id` replace its copy of a chunk by one from a serving replica of
+    /// the chunk's chain (`pfs fsck --repair`). Errors: Stale when there is no other serving
+    /// replica; the copy's error.
+    pub async fn repair_chunk(&self, id: ServerId, file: FileId, chunk: ChunkIndex) -> Result<()> {
+        self.storage(id, RepairChunk { file, chunk }, &[]).await?;
         Ok(())
     }
 

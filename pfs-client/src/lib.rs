@@ -37,5 +37,6 @@ pub use file::File;
 pub use options::ClientOptions;
 pub use pfs_common::token::{ByteRange, Mode};
 pub use pfs_common::wire::namespace::{Attr, DirEntry, FileKind};
-pub use pfs_common::wire::registry::{ChunkHolder, ChunkInfo, ServerStatus};
+pub use pfs_common::wire::registry::{ChunkHolder, ChunkInfo, Health, ServerStatus};
+pub use pfs_common::wire::storage::ScrubStatus;
 pub use pfs_common::ErrorCode;

@@ -131,6 +131,11 @@ pub struct Timeouts {
     /// Bandwidth one storage server spends copying chunks for resync, re-replication and
     /// scrub repairs, bytes per second (0: unbounded). Default 256 MiB/s.
     pub resync_bytes_per_sec: u64,
+    /// A storage server scrubs (re-reads and checks) all its chunks this often, ms (0: only
+    /// when `pfs scrub` asks). Default one day.
+    pub scrub_every_ms: u64,
+    /// Bytes per second a scrub reads (0: unbounded). Default 128 MiB/s.
+    pub scrub_bytes_per_sec: u64,
 }
 
 /// `timeouts.idle_ms` must be at least this many times `tokens.lease_ms` and
@@ -147,6 +152,8 @@ impl Default for Timeouts {
             idle_ms: 600_000,
             rereplicate_after_ms: 300_000,
             resync_bytes_per_sec: 256 << 20,
+            scrub_every_ms: 86_400_000,
+            scrub_bytes_per_sec: 128 << 20,
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod meta_link;
 pub mod precreate;
 pub mod replication;
 pub mod resync;
+pub mod scrub;
 pub mod server;
 pub mod store;
 
@@ -43,6 +44,8 @@ pub async fn run(config: Arc<Config>, id: ServerId) -> Result<()> {
     tokio::spawn(hasher::run(store.clone()));
     tokio::spawn(meta_link::run(config.clone(), id, store.clone(), repl.clone()));
     tokio::spawn(resync::run(store.clone(), repl.clone(), config.clone()));
+    let scrubber = Arc::new(scrub::Scrubber::default());
+    tokio::spawn(scrub::run(store.clone(), repl.clone(), scrubber.clone(), config.clone()));
     let opts = ServeOptions {
         name: id.to_string(),
         // Other storage servers forward writes down chains and copy chunks.
@@ -50,6 +53,6 @@ pub async fn run(config: Arc<Config>, id: ServerId) -> Result<()> {
         limits: DEFAULT_LIMITS,
         idle_timeout: Some(config.timeouts.idle()),
     };
-    rpc::serve(listener, Arc::new(server::StorageHandler::new(store, repl)), opts).await;
+    rpc::serve(listener, Arc::new(server::StorageHandler::new(store, repl, scrubber)), opts).await;
     Ok(())
 }

@@ -60,19 +60,19 @@ pub async fn run(store: Arc<ChunkStore>, repl: Arc<Replication>, config: Arc<Con
     }
 }
 
-/// Spends at most `bytes_per_sec` on copies (0: unbounded), over the task's life.
-struct Pace {
+/// Spends at most `bytes_per_sec` (0: unbounded), over the pacer's life.
+pub(crate) struct Pace {
     bytes_per_sec: u64,
     start: Instant,
     bytes: parking_lot::Mutex<u64>,
 }
 
 impl Pace {
-    fn new(bytes_per_sec: u64) -> Pace {
+    pub(crate) fn new(bytes_per_sec: u64) -> Pace {
         Pace { bytes_per_sec, start: Instant::now(), bytes: parking_lot::Mutex::new(0) }
     }
 
-    async fn spend(&self, n: u64) {
+    pub(crate) async fn spend(&self, n: u64) {
         if self.bytes_per_sec == 0 {
             return;
         }
@@ -183,6 +183,42 @@ async fn sync_chain(store: &Arc<ChunkStore>, repl: &Replication, chain: &Chain, 
     still_current()?;
     meta.ask(SyncDone { id: me, chain: chain.at() }).await?;
     Ok(copied)
+}
+
+/// Replaces this server's copy of chunk `chunk` of `file` (damaged or lost) by a copy from a
+/// serving replica of its chain, trying each; durable and reported to pfs-meta when it
+/// returns the bytes copied.
+///
+/// Errors: Stale when the file is gone or no other replica serves; the last source's error.
+pub(crate) async fn repair(store: &Arc<ChunkStore>, repl: &Replication, file: FileId, chunk: ChunkIndex) -> Result<u64> {
+    let me = store.id();
+    let meta = meta(store)?;
+    let layout = meta.ask(GetLayouts { files: vec![file] }).await?.pop().flatten().ok_or_else(|| {
+        StorageError::Stale { server: me, what: format!("file {file} no longer exists") }
+    })?;
+    let chain = repl.chain(layout.chain(chunk)).ok_or_else(|| StorageError::Stale {
+        server: me,
+        what: format!("does not know {}", layout.chain(chunk)),
+    })?;
+    let mut last = StorageError::Stale {
+        server: me,
+        what: format!("{} has no other serving replica to copy chunk {chunk} of file {file} from", chain.describe()),
+    };
+    for source in chain.readers().filter(|s| *s != me) {
+        let copied = async {
+            let peer = repl.peer(source).await?;
+            copy_chunk(store, repl, &peer, source, file, chunk, layout.chunk_size()).await
+        };
+        match copied.await {
+            Ok(n) => {
+                store.make_durable(file).await?;
+                store.reporter.flush(store).await?;
+                return Ok(n);
+            }
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
 }
 
 /// Copies chunk `chunk` of `file` from `source`; returns the bytes copied.

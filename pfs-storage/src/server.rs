@@ -4,6 +4,7 @@
 //! pass the chain check (serving replicas only).
 
 use crate::replication::Replication;
+use crate::scrub::Scrubber;
 use crate::store::ChunkStore;
 use crate::{Result, StorageError};
 use pfs_common::pool::{self, PooledBuf};
@@ -16,12 +17,13 @@ use std::sync::Arc;
 pub struct StorageHandler {
     store: Arc<ChunkStore>,
     repl: Arc<Replication>,
+    scrubber: Arc<Scrubber>,
 }
 
 impl StorageHandler {
-    /// A handler for `store`, in the chains `repl` knows.
-    pub fn new(store: Arc<ChunkStore>, repl: Arc<Replication>) -> Self {
-        StorageHandler { store, repl }
+    /// A handler for `store`, in the chains `repl` knows, with its scrubber.
+    pub fn new(store: Arc<ChunkStore>, repl: Arc<Replication>, scrubber: Arc<Scrubber>) -> Self {
+        StorageHandler { store, repl, scrubber }
     }
 
     /// Writes here and at the chain's next replica (if any) at once; answers when both did.
@@ -102,6 +104,13 @@ impl Handler for StorageHandler {
             StorageRequest::RemoveChunk(c) => {
                 Reply::to::<st::RemoveChunk, _>(store.remove_chunks(c.file, &[c.chunk]).await)
             }
+            StorageRequest::Scrub(c) => {
+                let status = if c.start { self.scrubber.start() } else { self.scrubber.status() };
+                Reply::to::<st::Scrub, StorageError>(Ok(status))
+            }
+            StorageRequest::Repair(c) => Reply::to::<st::RepairChunk, _>(
+                crate::resync::repair(store, &self.repl, c.file, c.chunk).await.map(drop),
+            ),
             StorageRequest::SyncRead(c) => match self.sync_read(&peer, c).await {
                 Ok((answer, data)) => Reply::to::<st::SyncRead, StorageError>(Ok(answer)).with_payload(data),
                 Err(e) => Reply::error(&e),

@@ -19,7 +19,42 @@ service! {
         List(ListChunks) -> ChunkPage,
         RemoveChunk(RemoveChunk) -> (),
         SyncRead(SyncRead) -> SyncData,
+        Scrub(Scrub) -> ScrubStatus,
+        Repair(RepairChunk) -> (),
     }
+}
+
+/// The server's scrub status; with `start`, a pass starts now unless one is running (`pfs
+/// scrub`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Scrub {
+    pub start: bool,
+}
+
+/// The pass running now, or the last one.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ScrubStatus {
+    pub running: bool,
+    /// Passes finished since the server started.
+    pub passes: u64,
+    /// Chunks and bytes read and found good.
+    pub chunks: u64,
+    pub bytes: u64,
+    /// Chunks found damaged (a block failing its crc32c, bytes not matching the SHA-256, a
+    /// lost chunk), and of those the ones rewritten from a good replica.
+    pub damaged: u64,
+    pub repaired: u64,
+    /// What could not be checked or repaired (at most 64).
+    pub failures: Vec<String>,
+}
+
+/// Replace this server's copy of a chunk by a copy from a serving replica of its chain
+/// (`pfs fsck --repair` for a lost or corrupt copy). Durable when answered. Errors: Stale
+/// when no other serving replica exists; the source's error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RepairChunk {
+    pub file: FileId,
+    pub chunk: ChunkIndex,
 }
 
 /// Write the payload at `offset` (bytes) inside chunk `chunk` of `file`, creating the chunk

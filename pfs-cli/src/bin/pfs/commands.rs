@@ -29,6 +29,7 @@ pub async fn run(client: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Df => df(client).await,
         Cmd::Getstripe { path, verify } => getstripe(client, &pfs_path(&path)?, verify).await,
         Cmd::Fsck { repair, quick } => crate::fsck::run(client, repair, !quick).await,
+        Cmd::Scrub => scrub(client).await,
         Cmd::Up | Cmd::Down | Cmd::Demo { .. } | Cmd::Serve { .. } => unreachable!("handled in main"),
     }
 }
@@ -192,6 +193,55 @@ async fn df(client: &Client) -> Result<()> {
         h.degraded_chains, h.chains, h.under_replicated_chunks
     );
     Ok(())
+}
+
+/// Starts a scrub pass on every server that is up, waits for all and reports.
+async fn scrub(client: &Client) -> Result<()> {
+    let servers = client.servers().await?;
+    let mut problems = Vec::new();
+    let mut started = Vec::new();
+    for s in &servers {
+        if !s.up {
+            problems.push(format!("{}: down, not scrubbed", s.id));
+            continue;
+        }
+        started.push((s.id, client.scrub(s.id, true).await?.passes));
+    }
+    let (mut chunks, mut bytes, mut damaged, mut repaired) = (0, 0, 0, 0);
+    for (id, before) in started {
+        let status = loop {
+            let st = client.scrub(id, false).await?;
+            if !st.running && st.passes > before {
+                break st;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        };
+        println!(
+            "{id}: {} chunks ({}) checked, {} damaged, {} repaired from a replica",
+            status.chunks,
+            human(status.bytes),
+            status.damaged,
+            status.repaired
+        );
+        problems.extend(status.failures.iter().map(|f| format!("{id}: {f}")));
+        chunks += status.chunks;
+        bytes += status.bytes;
+        damaged += status.damaged;
+        repaired += status.repaired;
+    }
+    for p in &problems {
+        println!("{p}");
+    }
+    println!(
+        "scrubbed {chunks} chunks ({}): {damaged} damaged, {repaired} repaired; {} problems",
+        human(bytes),
+        problems.len()
+    );
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::Mismatch(format!("scrub left {} problems", problems.len())))
+    }
 }
 
 async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {

@@ -6,8 +6,10 @@
 //!    `--quick`).
 //! 3. Compare: a committed chunk its holder lacks or holds shorter is **lost**; a chunk that
 //!    fails its checksums is **corrupt**; a chunk of no file, past its file's end, or on a
-//!    server its layout does not name is an **orphan**; a committed chunk past its file's end
-//!    means the **size** disagrees with the chunks.
+//!    server outside its chain is an **orphan**; a committed chunk past its file's end means
+//!    the **size** disagrees with the chunks.
+//! 4. With `--repair`: lost and corrupt copies are rewritten from a serving replica of their
+//!    chain (by the server holding the bad copy), orphans removed.
 //!
 //! Files unlinked while open are not in the tree but still exist: their chunks are looked up
 //! by id before being called orphans. Run it on a quiet cluster: a file being written has
@@ -55,6 +57,8 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
         chains.get(&f.layout.chain(chunk)).is_some_and(|c| c.state_of(server).is_some())
     };
     let mut orphans: Vec<(ServerId, FileId, Option<ChunkIndex>, String)> = Vec::new();
+    // Lost or corrupt copies: (server, file, chunk, what).
+    let mut damaged: Vec<(ServerId, FileId, ChunkIndex, String)> = Vec::new();
     let mut exists: HashMap<FileId, bool> = HashMap::new();
     let mut listed = 0u64;
     for server in client.servers().await? {
@@ -72,7 +76,7 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
                 held.insert((c.file, c.chunk), c.len);
                 if let Some(damage) = &c.damage {
                     let name = files.get(&c.file).map_or_else(|| format!("file {}", c.file), |f| f.path.clone());
-                    problems.push(format!("corrupt: {name} chunk {} on {id}: {damage}", c.chunk));
+                    damaged.push((id, c.file, c.chunk, format!("corrupt: {name} chunk {} on {id}: {damage}", c.chunk)));
                 }
                 match files.get(&c.file) {
                     Some(f) if !on_chain(f, c.chunk, id) => orphans.push((
@@ -105,13 +109,26 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
                 continue;
             }
             let path = &files[file].path;
-            match held.get(&(*file, *chunk)) {
-                None => problems.push(format!("lost: {path} chunk {chunk} on {id}: {len} committed bytes, missing")),
-                Some(have) if have < len => {
-                    problems.push(format!("lost: {path} chunk {chunk} on {id}: {len} committed bytes, {have} present"))
-                }
-                Some(_) => {}
+            let found = match held.get(&(*file, *chunk)) {
+                None => "missing".to_string(),
+                Some(have) if have < len => format!("{have} present"),
+                Some(_) => continue,
+            };
+            damaged.push((id, *file, *chunk, format!("lost: {path} chunk {chunk} on {id}: {len} committed bytes, {found}")));
+        }
+    }
+    let mut rewritten = 0;
+    for (server, file, chunk, what) in damaged {
+        if !repair {
+            problems.push(what);
+            continue;
+        }
+        match client.repair_chunk(server, file, chunk).await {
+            Ok(()) => {
+                rewritten += 1;
+                println!("repaired from a replica: {what}");
             }
+            Err(e) => problems.push(format!("{what}; not repaired: {e}")),
         }
     }
     orphans.sort_by_key(|o| (o.0, o.1, o.2));
@@ -135,7 +152,10 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
         committed.len(),
         if verify { " and verified" } else { "" },
         problems.len(),
-        if repaired > 0 { format!(", {repaired} orphans removed") } else { String::new() }
+        match (rewritten, repaired) {
+            (0, 0) => String::new(),
+            (w, r) => format!(", {w} copies rewritten from replicas, {r} orphans removed"),
+        }
     );
     if problems.is_empty() {
         Ok(())

@@ -81,14 +81,19 @@ enum Cmd {
     /// hold (read and verified against their checksums). Reports lost, corrupt and orphaned
     /// chunks and sizes that disagree with the chunks; exits 1 when it finds any.
     Fsck {
-        /// Remove orphaned chunks (of files that no longer exist, past a file's end, or on a
-        /// server the layout does not name).
+        /// Rewrite lost and corrupt copies from a good replica, and remove orphaned chunks (of
+        /// files that no longer exist, past a file's end, or on a server outside the chunk's
+        /// chain).
         #[arg(long)]
         repair: bool,
         /// Only compare listings; do not read the chunks to verify their checksums.
         #[arg(long)]
         quick: bool,
     },
+    /// Scrub now: every storage server that is up re-reads all its chunks, checks them against
+    /// their checksums and SHA-256, and rewrites damaged copies from a good replica. Waits for
+    /// the passes and reports; exits 1 if a chunk could not be repaired or a server is down.
+    Scrub,
     /// Run one daemon in the foreground (what `pfs up` starts when the dedicated
     /// pfs-meta / pfs-storage binaries are not installed).
     #[command(hide = true)]
