@@ -264,3 +264,48 @@ async fn a_flipped_byte_in_one_replica_is_read_around_scrubbed_and_repaired_by_f
     f.close().await.unwrap();
     client.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn writes_go_on_while_a_wiped_server_resyncs() {
+    let mut cluster = LocalCluster::start_with(2, |c| {
+        replicated(c);
+        // Slow copies, so the resync is still running when the writes come.
+        c.timeouts.resync_bytes_per_sec = 8 << 20;
+    })
+    .await
+    .unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let work = tempfile::tempdir().unwrap();
+    let src = work.path().join("in.bin");
+    let mut data = random_bytes(32 << 20, 94);
+    std::fs::write(&src, &data).unwrap();
+    ok(run_tool(PFS_CP, &cfg, &["--chunk-size", "1m", src.to_str().unwrap(), "pfs:/f"]));
+
+    // storage-2 comes back with an empty disk: every chunk it held is lost there.
+    let wiped = ServerId(2);
+    cluster.kill(DaemonKind::Storage(wiped));
+    let dir = cluster.config().storage_dir(cluster.config().storage(wiped).unwrap());
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::create_dir_all(&dir).unwrap();
+    let client = cluster.restart(DaemonKind::Storage(wiped)).await.unwrap();
+    let syncing = client.all_chains().await.unwrap().iter().any(|c| c.degraded());
+    assert!(syncing, "storage-2 resyncs before it serves");
+
+    // Overwrites of chunks it has not copied back yet succeed and reach both replicas.
+    let f = client.open("/f").await.unwrap();
+    for chunk in [30u64, 31] {
+        let at = (chunk << 20) + 4096;
+        let patch = random_bytes(100_000, 200 + chunk);
+        f.write_at(at, &patch).await.unwrap();
+        data[at as usize..at as usize + patch.len()].copy_from_slice(&patch);
+    }
+    f.fsync().await.unwrap();
+    wait_until("storage-2 serves again", || all_chains_whole(&client)).await;
+    let mut buf = vec![0u8; data.len()];
+    assert_eq!(f.read_at(0, &mut buf).await.unwrap(), data.len());
+    assert!(buf == data);
+    f.close().await.unwrap();
+    let verified = ok(run_tool(PFS, &cfg, &["getstripe", "--verify", "/f"]));
+    assert!(verified.contains("on every replica"), "{verified}");
+    client.close().await.unwrap();
+}

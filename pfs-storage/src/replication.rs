@@ -112,8 +112,8 @@ impl Replication {
     }
 
     /// Admits a write on chain `at`: this server must be in its write path. Returns the
-    /// successor to forward to (`None` at the tail).
-    pub fn check_write(&self, at: ChainRef) -> Result<Option<ServerId>> {
+    /// successor to forward to (`None` at the tail) and whether this replica is syncing.
+    pub fn check_write(&self, at: ChainRef) -> Result<(Option<ServerId>, bool)> {
         let c = self.current(at)?;
         if !c.writers().any(|s| s == self.me) {
             return Err(StorageError::Stale {
@@ -121,7 +121,7 @@ impl Replication {
                 what: format!("is not in the write path of {}", c.describe()),
             });
         }
-        Ok(c.successor(self.me))
+        Ok((c.successor(self.me), c.state_of(self.me) == Some(ReplicaState::Syncing)))
     }
 
     /// Admits a read on chain `at`: this server must be a serving replica of it.

@@ -29,8 +29,13 @@ impl StorageHandler {
     /// Writes here and at the chain's next replica (if any) at once; answers when both did.
     async fn write(&self, c: st::WriteChunk, payload: PooledBuf) -> Result<Written> {
         let store = &self.store;
-        let next = self.repl.check_write(c.chain)?;
+        let (next, syncing) = self.repl.check_write(c.chain)?;
         let _admitted = store.fence.admit(c.session).await?;
+        if syncing {
+            // A chunk this replica lost is being refilled by its resync: new writes land on it
+            // meanwhile (it serves no reads until the resync copied every differing chunk).
+            store.forget_lost(c.file, c.chunk);
+        }
         let _forwarding = self.repl.write_guard(c.file, c.chunk).await;
         let len = payload.len();
         let forward = async {

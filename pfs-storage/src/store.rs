@@ -309,6 +309,12 @@ impl ChunkStore {
         Ok(self.checksums_of((file, chunk))?.block_size)
     }
 
+    /// Stops refusing writes of a chunk pfs-meta named as lost here (a syncing replica takes
+    /// new writes while its resync refills the chunk).
+    pub fn forget_lost(&self, file: FileId, chunk: ChunkIndex) {
+        self.state.lock().lost.remove(&(file, chunk));
+    }
+
     /// Replaces a chunk's contents with `data` (a copy from another replica): the old chunk
     /// file goes, lost or not, and `data` is written as a new one (nothing for empty `data`).
     /// Not durable until synced, like any write.

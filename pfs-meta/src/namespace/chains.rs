@@ -317,4 +317,177 @@ mod tests {
         v.restarted.insert(ServerId(1));
         assert!(t.plan(&v).is_empty(), "a single replica cannot resync from anyone");
     }
+
+    /// A model of one chain under failures: servers hold sets of write ids; the chain keeper
+    /// ([`ChainTable::plan`]) and resync ([`ChainTable::sync_done`], the syncing replica taking
+    /// a copy of a serving one) drive membership, as pfs-meta and the storage servers do.
+    mod model {
+        use super::*;
+        use proptest::prelude::*;
+
+        #[derive(Clone, Debug)]
+        enum Step {
+            /// A client writes through the chain; acknowledged only if every replica in the
+            /// write path is alive (the tail answers after all wrote).
+            Write,
+            /// SIGKILL, with the disk wiped or not. Only while another serving replica stays
+            /// alive: at most replicas - 1 of the chain's servers fail at once.
+            Crash { server: u32, wipe: bool },
+            /// The process starts again (registering with a new boot id).
+            Restart { server: u32 },
+            /// The chain keeper runs after `ms` of wall-clock time.
+            Keep { ms: u64 },
+            /// A syncing replica finishes copying from a serving one.
+            SyncDone { server: u32 },
+        }
+
+        fn step(servers: u32) -> impl Strategy<Value = Step> {
+            prop_oneof![
+                3 => Just(Step::Write),
+                1 => (1..=servers, any::<bool>()).prop_map(|(server, wipe)| Step::Crash { server, wipe }),
+                1 => (1..=servers).prop_map(|server| Step::Restart { server }),
+                2 => (0u64..1500).prop_map(|ms| Step::Keep { ms }),
+                2 => (1..=servers).prop_map(|server| Step::SyncDone { server }),
+            ]
+        }
+
+        struct World {
+            table: ChainTable,
+            id: ChainId,
+            alive: BTreeMap<ServerId, bool>,
+            data: BTreeMap<ServerId, BTreeSet<u64>>,
+            acked: BTreeSet<u64>,
+            next_write: u64,
+            now_ms: u64,
+        }
+
+        impl World {
+            fn chain(&self) -> &Chain {
+                self.table.get(self.id).unwrap()
+            }
+
+            fn keep(&mut self, restarted: BTreeSet<ServerId>) {
+                let view = ServerView {
+                    up: self.alive.iter().filter(|(_, a)| **a).map(|(s, _)| *s).collect(),
+                    gone: self.alive.iter().filter(|(_, a)| !**a).map(|(s, _)| *s).collect(),
+                    restarted,
+                    now_ms: self.now_ms,
+                    rereplicate_after_ms: 1000,
+                };
+                let changed = self.table.plan(&view);
+                self.table.check_update(&changed).unwrap();
+                self.table.insert(&changed);
+            }
+
+            fn alive_serving(&self) -> Vec<ServerId> {
+                self.chain().readers().filter(|s| self.alive[s]).collect()
+            }
+
+            /// Every acknowledged write is on every replica that serves reads and is alive,
+            /// and at least one such replica exists.
+            fn check(&self) -> Result<(), String> {
+                let serving = self.alive_serving();
+                if serving.is_empty() {
+                    return Err(format!("no live serving replica: {}", self.chain().describe()));
+                }
+                for s in serving {
+                    if let Some(w) = self.acked.iter().find(|w| !self.data[&s].contains(w)) {
+                        return Err(format!("{s} serves reads without acknowledged write {w}: {}", self.chain().describe()));
+                    }
+                }
+                Ok(())
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(512))]
+            #[test]
+            fn acknowledged_writes_survive_membership_changes(
+                servers in 2u32..=5,
+                replicas in 2u8..=3,
+                steps in proptest::collection::vec(step(5), 1..80),
+            ) {
+                let replicas = replicas.min(servers as u8);
+                let all: Vec<ServerId> = (1..=servers).map(ServerId).collect();
+                let mut table = ChainTable::default();
+                let (ids, created) = table.place(replicas, &all, 1, 0).unwrap();
+                table.insert(&created);
+                let mut w = World {
+                    table,
+                    id: ids[0],
+                    alive: all.iter().map(|s| (*s, true)).collect(),
+                    data: all.iter().map(|s| (*s, BTreeSet::new())).collect(),
+                    acked: BTreeSet::new(),
+                    next_write: 0,
+                    now_ms: 0,
+                };
+                for st in steps {
+                    match st {
+                        Step::Write => {
+                            let id = w.next_write;
+                            w.next_write += 1;
+                            let writers: Vec<ServerId> = w.chain().writers().collect();
+                            // Forwarded down the chain until a dead replica stops it.
+                            let mut all_wrote = !writers.is_empty();
+                            for s in &writers {
+                                if !w.alive[s] {
+                                    all_wrote = false;
+                                    break;
+                                }
+                                w.data.get_mut(s).unwrap().insert(id);
+                            }
+                            if all_wrote {
+                                w.acked.insert(id);
+                            }
+                        }
+                        Step::Crash { server, wipe } => {
+                            let s = ServerId(server);
+                            if s.0 > servers || !w.alive[&s] {
+                                continue;
+                            }
+                            if w.alive_serving().iter().all(|x| *x == s) {
+                                continue; // the last live serving replica: beyond the fault budget
+                            }
+                            w.alive.insert(s, false);
+                            if wipe {
+                                w.data.get_mut(&s).unwrap().clear();
+                            }
+                        }
+                        Step::Restart { server } => {
+                            let s = ServerId(server);
+                            if s.0 > servers || w.alive[&s] {
+                                continue;
+                            }
+                            w.alive.insert(s, true);
+                            // pfs-meta re-plans while answering the registration, before the
+                            // server can serve a read.
+                            w.keep([s].into_iter().collect());
+                        }
+                        Step::Keep { ms } => {
+                            w.now_ms += ms;
+                            w.keep(BTreeSet::new());
+                        }
+                        Step::SyncDone { server } => {
+                            let s = ServerId(server);
+                            let c = w.chain().clone();
+                            if s.0 > servers || !w.alive[&s] || c.state_of(s) != Some(ReplicaState::Syncing) {
+                                continue;
+                            }
+                            let Some(source) = w.alive_serving().into_iter().find(|x| *x != s) else { continue };
+                            // The copy, then the writes it received meanwhile (a subset).
+                            let copy = w.data[&source].clone();
+                            w.data.get_mut(&s).unwrap().extend(copy);
+                            let done = w.table.sync_done(s, c.id, c.version).unwrap();
+                            w.table.insert(&[done]);
+                        }
+                    }
+                    prop_assert_eq!(w.check(), Ok(()));
+                    let c = w.chain();
+                    let members: BTreeSet<ServerId> = c.members.iter().map(|m| m.server).collect();
+                    prop_assert_eq!(members.len(), c.members.len(), "a server twice in {}", c.describe());
+                }
+            }
+        }
+    }
 }
+
