@@ -97,6 +97,8 @@ pub enum Op {
     Reap { file: FileId },
     /// Replace these chains by their next versions (the chain keeper's plan, a `SyncDone`).
     SetChains { chains: Vec<Chain> },
+    /// Storage server `server` registered from the process with boot id `boot`.
+    Boot { server: ServerId, boot: u64 },
 }
 
 /// A fully determined change of the namespace, as logged in the WAL.
@@ -123,6 +125,9 @@ pub enum Mutation {
     Reap { file: FileId },
     /// These chains, each at the version after the current one, replace the current ones.
     SetChains { chains: Vec<Chain> },
+    /// The boot id of a storage server's process, kept so that a restart is known even across
+    /// a restart of pfs-meta.
+    Boot { server: ServerId, boot: u64 },
 }
 
 /// What [`Namespace::prepare`] decided.
@@ -172,6 +177,8 @@ pub struct Namespace {
     chunks: ChunkMap,
     /// Every replication chain.
     chains: ChainTable,
+    /// Each storage server's boot id at its last registration.
+    boots: BTreeMap<ServerId, u64>,
 }
 
 impl Namespace {
@@ -195,7 +202,13 @@ impl Namespace {
             orphans: BTreeSet::new(),
             chunks: ChunkMap::default(),
             chains: ChainTable::default(),
+            boots: BTreeMap::new(),
         }
+    }
+
+    /// Storage server `server`'s boot id at its last registration, if it ever registered.
+    pub fn boot_of(&self, server: ServerId) -> Option<u64> {
+        self.boots.get(&server).copied()
     }
 
     /// The chain table.
@@ -423,6 +436,10 @@ impl Namespace {
                     Ok(Decision::Unchanged(None))
                 }
             }
+            Op::Boot { server, boot } => match self.boots.get(server) {
+                Some(b) if b == boot => Ok(Decision::Unchanged(None)),
+                _ => Ok(Decision::Mutate(Mutation::Boot { server: *server, boot: *boot })),
+            },
             Op::SetChains { chains } => {
                 if chains.is_empty() {
                     return Ok(Decision::Unchanged(None));
@@ -609,6 +626,9 @@ impl Namespace {
                 self.chains.insert(chains);
                 applied.chains = chains.clone();
             }
+            Mutation::Boot { server, boot } => {
+                self.boots.insert(*server, *boot);
+            }
         }
         Ok(applied)
     }
@@ -662,6 +682,7 @@ impl Namespace {
             Mutation::CommitChunks { chunks, .. } => chunks.iter().try_for_each(|(file, _)| self.check_file(*file)),
             Mutation::Truncate { file, .. } | Mutation::SetSize { file, .. } => self.check_file(*file),
             Mutation::SetChains { chains } => self.chains.check_update(chains),
+            Mutation::Boot { .. } => Ok(()),
         }
     }
 

@@ -29,8 +29,6 @@ struct Entry {
     /// Its full chunk listing since registering was received and answered (with the chunks
     /// it lost): only then does it serve reads, so only then is it up.
     listed: bool,
-    /// Boot id of its process at its last registration (0: none yet).
-    boot: u64,
 }
 
 /// Every storage server known from the configuration or from registration.
@@ -38,6 +36,9 @@ struct Entry {
 pub struct Registry {
     servers: BTreeMap<ServerId, Entry>,
     down_after: Duration,
+    /// When this registry (this pfs-meta process) started: a server not heard from since
+    /// is given the down timeout from then to register again.
+    started: Instant,
 }
 
 impl Registry {
@@ -58,19 +59,15 @@ impl Registry {
                         conn_id: None,
                         declared_down: None,
                         listed: false,
-                        boot: 0,
                     },
                 )
             })
             .collect();
-        Registry { servers, down_after: Duration::from_millis(config.timeouts.server_down_ms) }
+        Registry { servers, down_after: Duration::from_millis(config.timeouts.server_down_ms), started: Instant::now() }
     }
 
-    /// Records a registration of server `id` on connection `conn_id` by the process with
-    /// boot id `boot`. A newer registration replaces an older connection of the same id (the
-    /// old one may be half-dead). Returns true when the process restarted since it last
-    /// registered with this pfs-meta (another boot id): writes it had not synced may be lost.
-    #[allow(clippy::too_many_arguments)]
+    /// Records a registration of server `id` on connection `conn_id`. A newer registration
+    /// replaces an older connection of the same id (the old one may be half-dead).
     pub fn register(
         &mut self,
         id: ServerId,
@@ -78,9 +75,8 @@ impl Registry {
         capacity_bytes: u64,
         free_bytes: u64,
         conn_id: u64,
-        boot: u64,
         now: Instant,
-    ) -> bool {
+    ) {
         let e = self.servers.entry(id).or_insert(Entry {
             address,
             capacity_bytes,
@@ -89,9 +85,7 @@ impl Registry {
             conn_id: None,
             declared_down: None,
             listed: false,
-            boot: 0,
         });
-        let restarted = e.boot != 0 && e.boot != boot;
         if let Some(old) = e.conn_id {
             if old != conn_id {
                 warn!("{id} registered again on a new connection; dropping its old connection {old}");
@@ -108,10 +102,8 @@ impl Registry {
             conn_id: Some(conn_id),
             declared_down: None,
             listed: false,
-            boot,
         };
         info!("{id} registered from {address}: {capacity_bytes} bytes capacity, {free_bytes} free");
-        restarted
     }
 
     /// Records a heartbeat. Errors (the server should register again): NotRegistered if `id`
@@ -184,11 +176,14 @@ impl Registry {
     }
 
     /// True if `id` is not up and its lease is surely over: silent for the down timeout
-    /// (which is its lease; it stops writing after half of it), or never heard from.
+    /// (which is its lease; it stops writing after half of it), counted from its last
+    /// heartbeat, or from this registry's start for a server not heard from since.
     pub fn gone(&self, id: ServerId, now: Instant) -> bool {
-        self.servers.get(&id).is_none_or(|e| {
-            !self.is_up(e, now) && e.last_heard.is_none_or(|t| now.saturating_duration_since(t) >= self.down_after)
-        })
+        let silent_since = |e: &Entry| e.last_heard.unwrap_or(self.started);
+        match self.servers.get(&id) {
+            Some(e) => !self.is_up(e, now) && now.saturating_duration_since(silent_since(e)) >= self.down_after,
+            None => now.saturating_duration_since(self.started) >= self.down_after,
+        }
     }
 
     /// Every known server id.
@@ -243,8 +238,8 @@ mod tests {
         assert_eq!(list.len(), 2);
         assert!(list.iter().all(|s| !s.up && s.last_heartbeat_ms == u64::MAX));
         let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        assert!(!r.register(ServerId(1), addr, 100, 50, 7, 11, t0));
-        r.register(ServerId(9), addr, 100, 50, 8, 12, t0);
+        r.register(ServerId(1), addr, 100, 50, 7, t0);
+        r.register(ServerId(9), addr, 100, 50, 8, t0);
         assert!(r.up_servers(t0).is_empty(), "not up before their chunk listings");
         r.listed(ServerId(1));
         r.listed(ServerId(9));
@@ -260,11 +255,17 @@ mod tests {
         r.declare_down(ServerId(1), "did not confirm a fence");
         assert!(!r.up(ServerId(1), t0 + down_after));
         assert!(matches!(r.heartbeat(ServerId(1), 1, 1, 7, t0 + down_after), Err(MetaError::DeclaredDown { .. })));
-        assert!(r.register(ServerId(1), addr, 100, 50, 10, 13, t0 + down_after), "a new boot");
+        r.register(ServerId(1), addr, 100, 50, 10, t0 + down_after);
         r.listed(ServerId(1));
         assert!(r.up(ServerId(1), t0 + down_after));
         assert_eq!(r.disconnected(8), Some(ServerId(9)));
         assert!(!r.up(ServerId(9), t0));
         assert_eq!(r.disconnected(8), None);
+        // Gone (its lease surely over) only after the down timeout, also when never heard of.
+        assert!(!r.gone(ServerId(9), t0 + down_after / 2));
+        assert!(r.gone(ServerId(9), t0 + down_after * 2));
+        assert!(!r.gone(ServerId(2), r.started), "a configured server gets the timeout from the start");
+        assert!(r.gone(ServerId(2), r.started + down_after));
+        assert!(!r.gone(ServerId(1), t0 + down_after), "up");
     }
 }

@@ -410,19 +410,20 @@ impl MetaServer {
         speaks_for(peer, c.id)?;
         // The token service first (it may take the cluster lock to declare servers down).
         let (fenced, lease_ms) = self.tokens.storage_registered(c.id, peer.conn_id, peer.notifier.clone());
-        let restarted = {
+        {
             let mut cl = self.cluster.lock();
             let now = Instant::now();
-            let restarted =
-                cl.registry.register(c.id, c.address, c.capacity_bytes, c.free_bytes, peer.conn_id, c.boot, now);
+            cl.registry.register(c.id, c.address, c.capacity_bytes, c.free_bytes, peer.conn_id, now);
             cl.holders.begin_listing(c.id);
-            restarted
-        };
-        if restarted {
+        }
+        // The boot id is in the WAL, so a restart is known across pfs-meta's restarts too.
+        let known = self.store.read(|n| n.boot_of(c.id)).0;
+        if known.is_some_and(|b| b != c.boot) {
             // Before it can serve a read: its replicas resync (unsynced writes may be lost).
             info!("{} restarted (a new boot id): its replicas resync from the others", c.id);
             self.keep_chains(&[c.id].into_iter().collect()).await?;
         }
+        self.mutate(Op::Boot { server: c.id, boot: c.boot }).await?;
         let chains = self.query(|n| Ok(n.chains().iter().cloned().collect())).await?;
         Ok(Registered { fence_below: self.tokens.fence_below(), fenced, lease_ms, orphans: Vec::new(), chains })
     }

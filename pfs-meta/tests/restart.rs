@@ -320,3 +320,43 @@ async fn corrupt_wal_stops_startup_with_one_line_error() {
     assert!(last.starts_with("pfs-meta: "), "{stderr}");
     assert!(last.contains(seg.to_str().unwrap()) && last.contains("offset 0"), "{stderr}");
 }
+
+/// Registers fake storage server `id` (process boot id `boot`) with its empty listing.
+async fn register(addr: SocketAddr, id: u32, boot: u64) -> RpcClient<MetaRequest> {
+    let s = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Storage), None).await.unwrap();
+    let address = format!("127.0.0.1:{}", 10 + id).parse().unwrap();
+    let reg = Register { id: ServerId(id), address, capacity_bytes: 1 << 30, free_bytes: 1 << 29, boot };
+    s.ask(reg).await.unwrap();
+    s.ask(ChunkReport { id: ServerId(id), chunks: vec![], listing: true, full: true }).await.unwrap();
+    s
+}
+
+#[tokio::test]
+async fn a_storage_server_restarted_while_pfs_meta_was_down_resyncs() {
+    use pfs_common::chain::ReplicaState;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(dir.path());
+    let (meta, c) = start(&config, addr).await;
+    let (s1, s2) = (register(addr, 1, 11).await, register(addr, 2, 21).await);
+    let layout = LayoutChoice { replicas: Some(2), ..Default::default() };
+    let f = c.ask(Create { path: "/f".into(), layout, exclusive: true, session: None }).await.unwrap();
+    let ids = f.layout.unwrap().chains;
+    let states = |chains: &[pfs_common::chain::Chain], s: u32| -> Vec<Option<ReplicaState>> {
+        chains.iter().map(|ch| ch.state_of(ServerId(s))).collect()
+    };
+    let chains = c.ask(GetChains { ids: ids.clone() }).await.unwrap();
+    assert!(states(&chains, 2).iter().all(|s| *s == Some(ReplicaState::Serving)));
+    drop((s1, s2, c));
+
+    // pfs-meta goes down; storage-2's process restarts meanwhile (a new boot id), storage-1's
+    // does not.
+    drop(meta);
+    let (_meta, c) = start(&config, addr).await;
+    let (_s1, _s2) = (register(addr, 1, 11).await, register(addr, 2, 22).await);
+    let chains = c.ask(GetChains { ids }).await.unwrap();
+    assert!(states(&chains, 1).iter().all(|s| *s == Some(ReplicaState::Serving)), "same boot: {chains:?}");
+    assert!(
+        states(&chains, 2).iter().all(|s| *s == Some(ReplicaState::Syncing)),
+        "a restart is known from the WAL and resyncs: {chains:?}"
+    );
+}
