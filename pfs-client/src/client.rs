@@ -61,7 +61,7 @@ pub(crate) struct Inner {
     storage_connecting: tokio::sync::Mutex<()>,
     addresses: parking_lot::Mutex<HashMap<ServerId, SocketAddr>>,
     /// Replication chains as last heard from pfs-meta (refreshed when a server says Stale).
-    chains: parking_lot::Mutex<HashMap<ChainId, Chain>>,
+    chains: parking_lot::Mutex<HashMap<ChainId, Arc<Chain>>>,
     /// Payload bytes in flight to storage servers (DESIGN.md §7: bounded bytes in flight).
     pub(crate) inflight: Arc<Semaphore>,
     pub(crate) inflight_max: u32,
@@ -465,7 +465,7 @@ impl Client {
     /// Chain `id`, as this client last heard of it (asking pfs-meta the first time).
     ///
     /// Errors: Protocol when pfs-meta does not know the chain; Unavailable, TimedOut.
-    pub async fn chain(&self, id: ChainId) -> Result<Chain> {
+    pub async fn chain(&self, id: ChainId) -> Result<Arc<Chain>> {
         if let Some(c) = self.inner.chains.lock().get(&id) {
             return Ok(c.clone());
         }
@@ -475,12 +475,13 @@ impl Client {
     /// Chain `id` fresh from pfs-meta (after a storage server answered Stale).
     ///
     /// Errors: Protocol when pfs-meta does not know the chain; Unavailable, TimedOut.
-    pub async fn refresh_chain(&self, id: ChainId) -> Result<Chain> {
+    pub async fn refresh_chain(&self, id: ChainId) -> Result<Arc<Chain>> {
         let chains = self.meta(GetChains { ids: vec![id] }).await?;
         let c = chains.into_iter().find(|c| c.id == id).ok_or_else(|| Error::Protocol {
             peer: "pfs-meta".into(),
             message: format!("a layout names {id}, which pfs-meta does not know"),
         })?;
+        let c = Arc::new(c);
         self.inner.chains.lock().insert(id, c.clone());
         Ok(c)
     }
@@ -490,7 +491,7 @@ impl Client {
         let chains = self.meta(GetChains { ids: Vec::new() }).await?;
         let mut cache = self.inner.chains.lock();
         for c in &chains {
-            cache.insert(c.id, c.clone());
+            cache.insert(c.id, Arc::new(c.clone()));
         }
         Ok(chains)
     }

@@ -9,6 +9,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use pfs_common::chain::{Chain, ChainId};
 use pfs_common::ErrorCode;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// Longest pause between two attempts, ms.
@@ -37,7 +38,7 @@ impl Failover {
     }
 
     /// Waits (backing off) and fetches chain `id` again; `None` once the deadline passed.
-    pub(crate) async fn again(&mut self, client: &Client, id: ChainId) -> Result<Option<Chain>> {
+    pub(crate) async fn again(&mut self, client: &Client, id: ChainId) -> Result<Option<Arc<Chain>>> {
         if Instant::now() >= self.deadline {
             return Ok(None);
         }
@@ -52,7 +53,7 @@ impl Failover {
         &mut self,
         client: &Client,
         ids: &[ChainId],
-        done: impl Fn(&[Chain]) -> bool,
+        done: impl Fn(&[Arc<Chain>]) -> bool,
     ) -> Result<bool> {
         loop {
             let mut chains = Vec::with_capacity(ids.len());

@@ -583,7 +583,7 @@ impl File {
     /// The replication chain holding chunk `chunk`, as this client last heard of it.
     ///
     /// Errors: Unavailable, TimedOut (pfs-meta); Protocol when pfs-meta does not know it.
-    pub async fn chain(&self, chunk: u64) -> Result<pfs_common::chain::Chain> {
+    pub async fn chain(&self, chunk: u64) -> Result<Arc<pfs_common::chain::Chain>> {
         self.state.client.chain(self.state.layout.chain(chunk)).await
     }
 

@@ -94,7 +94,8 @@ impl Replication {
         self.chains.read().values().filter(|c| c.state_of(self.me) == Some(ReplicaState::Syncing)).cloned().collect()
     }
 
-    fn current(&self, at: ChainRef) -> Result<Chain> {
+    /// Runs `f` on chain `at` if it is the current version here (without copying it).
+    fn current<T>(&self, at: ChainRef, f: impl FnOnce(&Chain) -> Result<T>) -> Result<T> {
         if !self.known.load(Ordering::Acquire) {
             // Not registered yet: the chain table comes with the registration, just before
             // the chunks are checked against pfs-meta's chunk map.
@@ -102,7 +103,7 @@ impl Replication {
         }
         let view = self.chains.read();
         match view.get(&at.id) {
-            Some(c) if c.version == at.version => Ok(c.clone()),
+            Some(c) if c.version == at.version => f(c),
             Some(c) => Err(StorageError::Stale {
                 server: self.me,
                 what: format!("{} is at version {} here, the request says {}", at.id, c.version, at.version),
@@ -114,26 +115,26 @@ impl Replication {
     /// Admits a write on chain `at`: this server must be in its write path. Returns the
     /// successor to forward to (`None` at the tail) and whether this replica is syncing.
     pub fn check_write(&self, at: ChainRef) -> Result<(Option<ServerId>, bool)> {
-        let c = self.current(at)?;
-        if !c.writers().any(|s| s == self.me) {
-            return Err(StorageError::Stale {
+        self.current(at, |c| match c.state_of(self.me) {
+            Some(state @ (ReplicaState::Serving | ReplicaState::Syncing)) => {
+                Ok((c.successor(self.me), state == ReplicaState::Syncing))
+            }
+            _ => Err(StorageError::Stale {
                 server: self.me,
                 what: format!("is not in the write path of {}", c.describe()),
-            });
-        }
-        Ok((c.successor(self.me), c.state_of(self.me) == Some(ReplicaState::Syncing)))
+            }),
+        })
     }
 
     /// Admits a read on chain `at`: this server must be a serving replica of it.
     pub fn check_read(&self, at: ChainRef) -> Result<()> {
-        let c = self.current(at)?;
-        if c.state_of(self.me) != Some(ReplicaState::Serving) {
-            return Err(StorageError::Stale {
+        self.current(at, |c| match c.state_of(self.me) {
+            Some(ReplicaState::Serving) => Ok(()),
+            _ => Err(StorageError::Stale {
                 server: self.me,
                 what: format!("does not serve reads of {}", c.describe()),
-            });
-        }
-        Ok(())
+            }),
+        })
     }
 
     fn stripe(file: FileId, chunk: ChunkIndex) -> usize {

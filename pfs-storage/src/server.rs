@@ -37,9 +37,12 @@ impl StorageHandler {
             store.forget_lost(c.file, c.chunk);
         }
         let _forwarding = self.repl.write_guard(c.file, c.chunk).await;
-        let len = payload.len();
+        let Some(next) = next else {
+            // The tail (or a chain of one): no copy of the payload.
+            let written = store.write(c.file, c.chunk, c.offset, c.chunk_size, c.block_size, payload).await?;
+            return Ok(Written { len: written, boots: vec![(store.id(), store.boot)] });
+        };
         let forward = async {
-            let Some(next) = next else { return Ok(Vec::new()) };
             let fail = |source: StorageError| StorageError::Forward { server: store.id(), next, source: Box::new(source) };
             let peer = self.repl.peer(next).await.map_err(fail)?;
             let (w, _) = peer.call(c.clone(), &payload).await.map_err(|e| fail(e.into()))?;
@@ -47,7 +50,7 @@ impl StorageHandler {
         };
         let local = async {
             // The payload stays with the forward while the engine owns the copy it writes.
-            let mut data = pool::global().get(len);
+            let mut data = pool::global().get(payload.len());
             data.copy_from_slice(&payload);
             store.write(c.file, c.chunk, c.offset, c.chunk_size, c.block_size, data).await
         };
