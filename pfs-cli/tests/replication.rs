@@ -129,9 +129,7 @@ async fn a_wiped_server_is_rebuilt_on_the_others_after_rereplicate_after_ms() {
     // After rereplicate_after_ms its replicas are rebuilt on the other two servers.
     let client = cluster.client().await.unwrap();
     wait_until("every chain is whole again without storage-3", || async {
-        client.all_chains().await.is_ok_and(|chains| {
-            chains.iter().all(|c| !c.degraded() && c.state_of(gone).is_none())
-        })
+        client.all_chains().await.is_ok_and(|chains| chains.iter().all(|c| !c.degraded() && c.state_of(gone).is_none()))
     })
     .await;
     let verified = ok(run_tool(PFS, &cfg, &["getstripe", "--verify", "/f"]));

@@ -4,12 +4,12 @@ use crate::cache::CacheStats;
 use crate::error::{Error, Result};
 use crate::file::{File, OpenFile};
 use crate::options::ClientOptions;
+use pfs_common::chain::{Chain, ChainId};
 use pfs_common::ids::{ChunkIndex, FileId, ServerId};
 use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::{ByteRange, Mode, SessionId};
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, FileKind, READDIR_PAGE_MAX};
-use pfs_common::chain::{Chain, ChainId};
 use pfs_common::wire::registry::{
     ChunkInfo, GetChains, GetChunks, GetHealth, Health, ListServers, ServerStatus, GET_CHUNKS_MAX,
 };

@@ -376,7 +376,11 @@ impl OpenFile {
                     }
                     Err(e) => {
                         if readers.len() > 1 {
-                            tracing::warn!("reading chunk {} of {} from {server}: {e}; trying another replica", p.chunk, self.path);
+                            tracing::warn!(
+                                "reading chunk {} of {} from {server}: {e}; trying another replica",
+                                p.chunk,
+                                self.path
+                            );
                         }
                         cure |= Failover::retryable(&e, &chain);
                         last = Some(self.chunk_error("reading", p.chunk, server, e));

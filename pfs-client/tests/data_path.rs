@@ -8,7 +8,13 @@ use pfs_testkit::{DaemonKind, LocalCluster};
 
 fn small_chunks() -> CreateOptions {
     // 4 KiB blocks x 2 = 8 KiB chunks: many boundaries in little data.
-    CreateOptions { block_size: Some(4096), chunk_size: Some(8192), stripe_count: Some(3), replicas: None, exclusive: true }
+    CreateOptions {
+        block_size: Some(4096),
+        chunk_size: Some(8192),
+        stripe_count: Some(3),
+        replicas: None,
+        exclusive: true,
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -7,8 +7,8 @@
 //! first chain, so the DESIGN's `targets[(first + x) mod stripe_count]` is
 //! `chains[x mod stripe_count]` here.
 
-use crate::error::{Error, Result};
 use crate::chain::{ChainId, MAX_REPLICAS};
+use crate::error::{Error, Result};
 use crate::ids::ChunkIndex;
 use serde::{Deserialize, Serialize};
 
@@ -59,7 +59,9 @@ impl LayoutPolicy {
 /// Errors (Layout) unless `replicas` is within 1..=[`MAX_REPLICAS`].
 pub fn check_replicas(replicas: u8) -> Result<()> {
     if replicas == 0 || replicas > MAX_REPLICAS {
-        return Err(Error::Layout(format!("{replicas} replicas: a file keeps 1 to {MAX_REPLICAS} copies of each chunk")));
+        return Err(Error::Layout(format!(
+            "{replicas} replicas: a file keeps 1 to {MAX_REPLICAS} copies of each chunk"
+        )));
     }
     Ok(())
 }

@@ -13,8 +13,8 @@
 //! state directly.
 
 use crate::error::{MetaError, Result};
-use pfs_common::config::Config;
 use pfs_common::chain::Chain;
+use pfs_common::config::Config;
 use pfs_common::layout::{check_replicas, Layout, LayoutChoice, LayoutPolicy, MAX_FILE_SIZE};
 use pfs_common::{FileId, ServerId};
 use serde::{Deserialize, Serialize};

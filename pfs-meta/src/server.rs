@@ -27,8 +27,8 @@ use pfs_common::rpc::{Handler, Peer, Reply};
 use pfs_common::token::SessionId;
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest};
 use pfs_common::wire::registry::{
-    self as reg, ChunkInfo, CommittedChunk, Health, LostChunk, Registered, RegistryRequest, ReportAnswer, StorageNotify,
-    CHUNK_REPORT_PAGE, FENCED_MAX, GET_CHUNKS_MAX,
+    self as reg, ChunkInfo, CommittedChunk, Health, LostChunk, Registered, RegistryRequest, ReportAnswer,
+    StorageNotify, CHUNK_REPORT_PAGE, FENCED_MAX, GET_CHUNKS_MAX,
 };
 use pfs_common::wire::tokens::{self as tok, Granted, SessionGrant, TokenRequest};
 use pfs_common::wire::{MetaRequest, PeerRole};
@@ -385,7 +385,8 @@ impl MetaServer {
                     by_server
                 });
                 let c = self.cluster.lock();
-                let list = c.registry.list(now, |id| c.holders.count(id), |id| syncing.0.get(&id).copied().unwrap_or(0));
+                let list =
+                    c.registry.list(now, |id| c.holders.count(id), |id| syncing.0.get(&id).copied().unwrap_or(0));
                 Reply::to::<reg::ListServers, MetaError>(Ok(list))
             }
             RegistryRequest::GetChunks(c) => Reply::to::<reg::GetChunks, _>(self.get_chunks(c).await),

@@ -130,10 +130,9 @@ impl Replication {
     pub fn check_read(&self, at: ChainRef) -> Result<()> {
         self.current(at, |c| match c.state_of(self.me) {
             Some(ReplicaState::Serving) => Ok(()),
-            _ => Err(StorageError::Stale {
-                server: self.me,
-                what: format!("does not serve reads of {}", c.describe()),
-            }),
+            _ => {
+                Err(StorageError::Stale { server: self.me, what: format!("does not serve reads of {}", c.describe()) })
+            }
         })
     }
 

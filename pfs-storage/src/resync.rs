@@ -98,7 +98,8 @@ struct Layouts(HashMap<FileId, Option<Layout>>);
 
 impl Layouts {
     async fn fetch(&mut self, meta: &RpcClient<MetaRequest>, files: impl Iterator<Item = FileId>) -> Result<()> {
-        let need: Vec<FileId> = files.filter(|f| !self.0.contains_key(f)).collect::<BTreeSet<_>>().into_iter().collect();
+        let need: Vec<FileId> =
+            files.filter(|f| !self.0.contains_key(f)).collect::<BTreeSet<_>>().into_iter().collect();
         for batch in need.chunks(GET_CHUNKS_MAX as usize) {
             let layouts = meta.ask(GetLayouts { files: batch.to_vec() }).await?;
             for (f, l) in batch.iter().zip(layouts) {
@@ -190,16 +191,23 @@ async fn sync_chain(store: &Arc<ChunkStore>, repl: &Replication, chain: &Chain, 
 /// returns the bytes copied.
 ///
 /// Errors: Stale when the file is gone or no other replica serves; the last source's error.
-pub(crate) async fn repair(store: &Arc<ChunkStore>, repl: &Replication, file: FileId, chunk: ChunkIndex) -> Result<u64> {
+pub(crate) async fn repair(
+    store: &Arc<ChunkStore>,
+    repl: &Replication,
+    file: FileId,
+    chunk: ChunkIndex,
+) -> Result<u64> {
     let me = store.id();
     let meta = meta(store)?;
-    let layout = meta.ask(GetLayouts { files: vec![file] }).await?.pop().flatten().ok_or_else(|| {
-        StorageError::Stale { server: me, what: format!("file {file} no longer exists") }
-    })?;
-    let chain = repl.chain(layout.chain(chunk)).ok_or_else(|| StorageError::Stale {
-        server: me,
-        what: format!("does not know {}", layout.chain(chunk)),
-    })?;
+    let layout = meta
+        .ask(GetLayouts { files: vec![file] })
+        .await?
+        .pop()
+        .flatten()
+        .ok_or_else(|| StorageError::Stale { server: me, what: format!("file {file} no longer exists") })?;
+    let chain = repl
+        .chain(layout.chain(chunk))
+        .ok_or_else(|| StorageError::Stale { server: me, what: format!("does not know {}", layout.chain(chunk)) })?;
     let mut last = StorageError::Stale {
         server: me,
         what: format!("{} has no other serving replica to copy chunk {chunk} of file {file} from", chain.describe()),

@@ -57,8 +57,7 @@ pub async fn run(store: Arc<ChunkStore>, repl: Arc<Replication>, scrubber: Arc<S
         } else {
             let _ = tokio::time::timeout(Duration::from_millis(every), woken).await;
         }
-        pass(&store, &repl, &scrubber, config.timeouts.scrub_bytes_per_sec, config.timeouts.resync_bytes_per_sec)
-            .await;
+        pass(&store, &repl, &scrubber, config.timeouts.scrub_bytes_per_sec, config.timeouts.resync_bytes_per_sec).await;
     }
 }
 

@@ -43,7 +43,8 @@ impl StorageHandler {
             return Ok(Written { len: written, boots: vec![(store.id(), store.boot)] });
         };
         let forward = async {
-            let fail = |source: StorageError| StorageError::Forward { server: store.id(), next, source: Box::new(source) };
+            let fail =
+                |source: StorageError| StorageError::Forward { server: store.id(), next, source: Box::new(source) };
             let peer = self.repl.peer(next).await.map_err(fail)?;
             let (w, _) = peer.call(c.clone(), &payload).await.map_err(|e| fail(e.into()))?;
             Ok::<_, StorageError>(w.boots)

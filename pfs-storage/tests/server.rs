@@ -6,12 +6,12 @@
 
 use pfs_common::chain::{ChainId, ChainRef};
 use pfs_common::config::{Config, EngineChoice};
-use pfs_common::wire::registry::GetChains;
 use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::SessionId;
 use pfs_common::wire::frame::{FrameHeader, FrameKind, HEADER_LEN};
 use pfs_common::wire::namespace::Create;
+use pfs_common::wire::registry::GetChains;
 use pfs_common::wire::storage::{FsyncFile, GetStatus, ReadChunk, StorageRequest, WriteChunk};
 use pfs_common::wire::tokens::OpenSession;
 use pfs_common::wire::{self, Hello, MetaRequest, PeerRole, PROTOCOL_VERSION};

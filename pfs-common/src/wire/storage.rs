@@ -133,7 +133,7 @@ pub struct RemoveFile {
 
 /// Make every write to `file` durable, and commit the new chunk states to pfs-meta's chunk
 /// map, before answering. `boot` is the boot id the writer's unsynced writes were answered
-/// with ([`Written::boot`]); if the server restarted since, those writes may be lost and the
+/// with ([`Written::boots`], this server's entry); if the server restarted since, those writes may be lost and the
 /// fsync fails (Io) rather than report them durable; 0 when the writer saw more than one boot.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FsyncFile {

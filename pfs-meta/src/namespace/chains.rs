@@ -161,17 +161,20 @@ impl ChainTable {
                 let m = next.members[i];
                 let others_serving = serving(&next) - usize::from(m.state == ReplicaState::Serving);
                 match m.state {
-                    ReplicaState::Serving | ReplicaState::Syncing if view.gone.contains(&m.server) => {
-                        if m.state == ReplicaState::Syncing || others_serving > 0 {
-                            next.members[i] =
-                                Replica { server: m.server, state: ReplicaState::Offline, offline_since_ms: view.now_ms };
-                        }
+                    // (The last serving replica stays: the chain waits for it.)
+                    ReplicaState::Serving | ReplicaState::Syncing
+                        if view.gone.contains(&m.server)
+                            && (m.state == ReplicaState::Syncing || others_serving > 0) =>
+                    {
+                        next.members[i] =
+                            Replica { server: m.server, state: ReplicaState::Offline, offline_since_ms: view.now_ms };
                     }
                     ReplicaState::Serving if view.restarted.contains(&m.server) && others_serving > 0 => {
                         next.members[i].state = ReplicaState::Syncing;
                     }
                     ReplicaState::Offline if view.up.contains(&m.server) => {
-                        next.members[i] = Replica { server: m.server, state: ReplicaState::Syncing, offline_since_ms: 0 };
+                        next.members[i] =
+                            Replica { server: m.server, state: ReplicaState::Syncing, offline_since_ms: 0 };
                     }
                     ReplicaState::Offline
                         if view.now_ms.saturating_sub(m.offline_since_ms) >= view.rereplicate_after_ms =>
@@ -392,7 +395,10 @@ mod tests {
                 }
                 for s in serving {
                     if let Some(w) = self.acked.iter().find(|w| !self.data[&s].contains(w)) {
-                        return Err(format!("{s} serves reads without acknowledged write {w}: {}", self.chain().describe()));
+                        return Err(format!(
+                            "{s} serves reads without acknowledged write {w}: {}",
+                            self.chain().describe()
+                        ));
                     }
                 }
                 Ok(())
@@ -490,4 +496,3 @@ mod tests {
         }
     }
 }
-

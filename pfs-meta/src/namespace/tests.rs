@@ -100,7 +100,10 @@ fn layouts_inherit_clamp_and_rotate() {
         assert_eq!(members.len(), 2, "{}", chain.describe());
     }
     let layout = LayoutChoice { replicas: Some(4), ..Default::default() };
-    assert!(matches!(run(&mut ns, Op::Create { path: "/r4".into(), layout, exclusive: true }), Err(MetaError::Invalid(_))));
+    assert!(matches!(
+        run(&mut ns, Op::Create { path: "/r4".into(), layout, exclusive: true }),
+        Err(MetaError::Invalid(_))
+    ));
     let layout = LayoutChoice { chunk_size: Some(12288), ..Default::default() };
     let d = file(run(&mut ns, Op::Create { path: "/d3".into(), layout, exclusive: true })).layout.unwrap();
     assert_eq!((d.block_size, d.stripe_blocks), (4096, 3));
@@ -115,7 +118,11 @@ fn layouts_inherit_clamp_and_rotate() {
     let none_up = Context { now_ms: 1, up_servers: &[], is_open: &|_| false };
     assert!(matches!(ns.prepare(&create("/e"), &none_up), Err(MetaError::NoServers { path, .. }) if path == "/e"));
     let one_up = Context { now_ms: 1, up_servers: &[ServerId(1)], is_open: &|_| false };
-    let two = Op::Create { path: "/e".into(), layout: LayoutChoice { replicas: Some(2), ..Default::default() }, exclusive: true };
+    let two = Op::Create {
+        path: "/e".into(),
+        layout: LayoutChoice { replicas: Some(2), ..Default::default() },
+        exclusive: true,
+    };
     assert!(matches!(ns.prepare(&two, &one_up), Err(MetaError::NoServers { .. })), "2 replicas need 2 servers");
 }
 

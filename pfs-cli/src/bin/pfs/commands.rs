@@ -284,7 +284,10 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
         let offset = l.file_offset(x, 0);
         if holders.is_empty() && committed.is_none() {
             let v = if verify { "  ok" } else { "" };
-            println!("  {x:>7}  {offset:>14}  {:>9}  {:<11}  {:<8}  {:<64}{v}", "-", "(none)", "-", "(hole: never written)");
+            println!(
+                "  {x:>7}  {offset:>14}  {:>9}  {:<11}  {:<8}  {:<64}{v}",
+                "-", "(none)", "-", "(hole: never written)"
+            );
             continue;
         }
         for m in &chain.members {

@@ -114,7 +114,12 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
                 Some(have) if have < len => format!("{have} present"),
                 Some(_) => continue,
             };
-            damaged.push((id, *file, *chunk, format!("lost: {path} chunk {chunk} on {id}: {len} committed bytes, {found}")));
+            damaged.push((
+                id,
+                *file,
+                *chunk,
+                format!("lost: {path} chunk {chunk} on {id}: {len} committed bytes, {found}"),
+            ));
         }
     }
     let mut rewritten = 0;
