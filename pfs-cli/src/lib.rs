@@ -7,3 +7,15 @@ pub mod error;
 pub mod tool;
 
 pub use error::{Error, Result};
+
+/// `println!` for a command's report: when standard output is gone (`pfs getstripe | head`),
+/// the command stops quietly with success instead of panicking on the broken pipe.
+#[macro_export]
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        if writeln!(std::io::stdout(), $($arg)*).is_err() {
+            return Ok(());
+        }
+    }};
+}

@@ -1,7 +1,7 @@
 //! The namespace commands of `pfs`.
 
 use crate::Cmd;
-use pfs_cli::{Error, Result};
+use pfs_cli::{out, Error, Result};
 use pfs_client::path::pfs_path;
 use pfs_client::{Client, FileKind};
 use pfs_common::chain::ReplicaState;
@@ -81,23 +81,23 @@ async fn ls(client: &Client, path: &str, long: bool) -> Result<()> {
 
 async fn stat(client: &Client, path: &str) -> Result<()> {
     let a = client.stat(path).await?;
-    println!("path        {path}");
-    println!("id          {}", a.id);
-    println!("kind        {}", if a.kind == FileKind::Dir { "directory" } else { "file" });
+    out!("path        {path}");
+    out!("id          {}", a.id);
+    out!("kind        {}", if a.kind == FileKind::Dir { "directory" } else { "file" });
     if a.kind == FileKind::Dir {
-        println!("entries     {}", a.entries);
+        out!("entries     {}", a.entries);
     } else {
-        println!("size        {} bytes ({})", a.size, human(a.size));
+        out!("size        {} bytes ({})", a.size, human(a.size));
     }
-    println!("generation  {}", a.generation);
-    println!("mtime       {} UTC", mtime(a.mtime_ms));
-    println!("ctime       {} UTC", mtime(a.ctime_ms));
+    out!("generation  {}", a.generation);
+    out!("mtime       {} UTC", mtime(a.mtime_ms));
+    out!("ctime       {} UTC", mtime(a.ctime_ms));
     if let Some(l) = &a.layout {
-        println!("chunk size  {} bytes ({} blocks of {})", l.chunk_size(), l.stripe_blocks, human(l.block_size as u64));
-        println!("replicas    {}", l.replicas);
-        println!("stripe      {} chain(s):", l.stripe_count());
+        out!("chunk size  {} bytes ({} blocks of {})", l.chunk_size(), l.stripe_blocks, human(l.block_size as u64));
+        out!("replicas    {}", l.replicas);
+        out!("stripe      {} chain(s):", l.stripe_count());
         for id in &l.chains {
-            println!("              {}", client.chain(*id).await?.describe());
+            out!("              {}", client.chain(*id).await?.describe());
         }
     }
     Ok(())
@@ -151,9 +151,16 @@ async fn cat(client: &Client, path: &str) -> Result<()> {
 
 async fn df(client: &Client) -> Result<()> {
     let servers = client.servers().await?;
-    println!(
+    out!(
         "{:<12} {:<22} {:<9} {:>10} {:>10} {:>10} {:>5} {:>8}",
-        "server", "address", "state", "size", "used", "free", "use%", "chunks"
+        "server",
+        "address",
+        "state",
+        "size",
+        "used",
+        "free",
+        "use%",
+        "chunks"
     );
     let (mut cap, mut free) = (0u64, 0u64);
     for s in &servers {
@@ -164,7 +171,7 @@ async fn df(client: &Client) -> Result<()> {
             (true, 0) => "up",
             (true, _) => "resyncing",
         };
-        println!(
+        out!(
             "{:<12} {:<22} {:<9} {:>10} {:>10} {:>10} {:>4}% {:>8}",
             s.id.to_string(),
             s.address.to_string(),
@@ -180,7 +187,7 @@ async fn df(client: &Client) -> Result<()> {
             free += s.free_bytes;
         }
     }
-    println!(
+    out!(
         "{} of {} servers up; {} free of {}",
         servers.iter().filter(|s| s.up).count(),
         servers.len(),
@@ -188,9 +195,11 @@ async fn df(client: &Client) -> Result<()> {
         human(cap)
     );
     let h = client.health().await?;
-    println!(
+    out!(
         "{} of {} chains degraded; {} under-replicated chunks",
-        h.degraded_chains, h.chains, h.under_replicated_chunks
+        h.degraded_chains,
+        h.chains,
+        h.under_replicated_chunks
     );
     Ok(())
 }
@@ -216,7 +225,7 @@ async fn scrub(client: &Client) -> Result<()> {
             }
             tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         };
-        println!(
+        out!(
             "{id}: {} chunks ({}) checked, {} damaged, {} repaired from a replica",
             status.chunks,
             human(status.bytes),
@@ -230,9 +239,9 @@ async fn scrub(client: &Client) -> Result<()> {
         repaired += status.repaired;
     }
     for p in &problems {
-        println!("{p}");
+        out!("{p}");
     }
-    println!(
+    out!(
         "scrubbed {chunks} chunks ({}): {damaged} damaged, {repaired} repaired; {} problems",
         human(bytes),
         problems.len()
@@ -248,23 +257,23 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
     let f = client.open(path).await?;
     let l = f.layout().clone();
     let size = f.size();
-    println!("{path}");
-    println!("  file id       {}", f.id());
-    println!("  size          {size} bytes ({})", human(size));
-    println!("  chunk size    {} bytes ({} x {} byte blocks)", l.chunk_size(), l.stripe_blocks, l.block_size);
-    println!("  stripe count  {}", l.stripe_count());
-    println!("  replicas      {}", l.replicas);
+    out!("{path}");
+    out!("  file id       {}", f.id());
+    out!("  size          {size} bytes ({})", human(size));
+    out!("  chunk size    {} bytes ({} x {} byte blocks)", l.chunk_size(), l.stripe_blocks, l.block_size);
+    out!("  stripe count  {}", l.stripe_count());
+    out!("  replicas      {}", l.replicas);
     let mut chains = std::collections::HashMap::new();
     for (i, id) in l.chains.iter().enumerate() {
         let c = client.refresh_chain(*id).await?;
         let label = if i == 0 { "chains" } else { "" };
         let degraded = if c.degraded() { "  DEGRADED" } else { "" };
-        println!("  {label:<12}  {}{degraded}", c.describe());
+        out!("  {label:<12}  {}{degraded}", c.describe());
         chains.insert(*id, c);
     }
     let count = l.chunk_count(size);
     let chunks = client.chunks(f.id(), count).await?;
-    println!(
+    out!(
         "  {:>7}  {:>14}  {:>9}  {:<11}  {:<8}  {:<64}{}",
         "chunk",
         "offset",
@@ -284,9 +293,12 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
         let offset = l.file_offset(x, 0);
         if holders.is_empty() && committed.is_none() {
             let v = if verify { "  ok" } else { "" };
-            println!(
+            out!(
                 "  {x:>7}  {offset:>14}  {:>9}  {:<11}  {:<8}  {:<64}{v}",
-                "-", "(none)", "-", "(hole: never written)"
+                "-",
+                "(none)",
+                "-",
+                "(hole: never written)"
             );
             continue;
         }
@@ -339,7 +351,7 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
                     }
                 }
             };
-            println!(
+            out!(
                 "  {x:>7}  {offset:>14}  {len:>9}  {:<11}  {:<8}  {sha:<64}{v}",
                 m.server.to_string(),
                 m.state.as_str()
@@ -353,7 +365,7 @@ async fn getstripe(client: &Client, path: &str, verify: bool) -> Result<()> {
             }
             return Err(Error::Mismatch(format!("{path}: {} of {count} chunks lost or damaged", bad.len())));
         }
-        println!("  all {count} chunks match their committed SHA-256 on every replica");
+        out!("  all {count} chunks match their committed SHA-256 on every replica");
     }
     Ok(())
 }

@@ -15,7 +15,7 @@
 //! by id before being called orphans. Run it on a quiet cluster: a file being written has
 //! chunks past the size pfs-meta recorded until its writer's next fsync or close.
 
-use pfs_cli::{Error, Result};
+use pfs_cli::{out, Error, Result};
 use pfs_client::{Client, FileKind};
 use pfs_common::chain::{Chain, ChainId};
 use pfs_common::layout::Layout;
@@ -131,7 +131,7 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
         match client.repair_chunk(server, file, chunk).await {
             Ok(()) => {
                 rewritten += 1;
-                println!("repaired from a replica: {what}");
+                out!("repaired from a replica: {what}");
             }
             Err(e) => problems.push(format!("{what}; not repaired: {e}")),
         }
@@ -143,15 +143,15 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
         if repair {
             client.remove_orphan(*server, *file, *chunk).await?;
             repaired += 1;
-            println!("removed orphan on {server}: {why}");
+            out!("removed orphan on {server}: {why}");
         } else {
             problems.push(format!("orphan on {server}: {why}"));
         }
     }
     for p in &problems {
-        println!("{p}");
+        out!("{p}");
     }
-    println!(
+    out!(
         "{} files, {} committed chunks, {listed} chunks listed{}; {} problems{}",
         files.len(),
         committed.len(),
