@@ -307,3 +307,45 @@ async fn writes_go_on_while_a_wiped_server_resyncs() {
     assert!(verified.contains("on every replica"), "{verified}");
     client.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_replica_does_not_hold_up_reads_or_writes() {
+    let mut cluster = LocalCluster::start_with(3, replicated).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let work = tempfile::tempdir().unwrap();
+    let v1 = work.path().join("v1.bin");
+    std::fs::write(&v1, random_bytes(16 << 20, 95)).unwrap();
+    ok(run_tool(PFS_CP, &cfg, &["--chunk-size", "1m", v1.to_str().unwrap(), "pfs:/f"]));
+
+    // A client with connections open to every server, storage-2's included.
+    let client = cluster.client().await.unwrap();
+    let f = client.open("/f").await.unwrap();
+    let mut buf = vec![0u8; 16 << 20];
+    f.read_at(0, &mut buf).await.unwrap();
+
+    // storage-2 stops (SIGSTOP: alive, silent, its connections open). Writes through chains
+    // it heads or forwards to, and their fsync, go on once pfs-meta has taken it out.
+    let hung = ServerId(2);
+    cluster.suspend(DaemonKind::Storage(hung));
+    let v2 = random_bytes(16 << 20, 96);
+    f.write_at(0, &v2).await.unwrap();
+    f.fsync().await.unwrap();
+    f.truncate(15 << 20).await.unwrap();
+    f.close().await.unwrap();
+    // Another writer, then a reader, in new processes.
+    let v3 = work.path().join("v3.bin");
+    std::fs::write(&v3, random_bytes(12 << 20, 97)).unwrap();
+    ok(run_tool(PFS_CP, &cfg, &[v3.to_str().unwrap(), "pfs:/g"]));
+    let out = work.path().join("out.bin");
+    ok(run_tool(PFS_CP, &cfg, &["pfs:/f", out.to_str().unwrap()]));
+    assert_eq!(sha_of_file(&out), sha256_hex(&v2[..15 << 20]));
+
+    // It continues, finds itself declared down, registers again and resyncs.
+    cluster.resume(DaemonKind::Storage(hung));
+    wait_until("every chain is whole again", || all_chains_whole(&client)).await;
+    for path in ["/f", "/g"] {
+        let verified = ok(run_tool(PFS, &cfg, &["getstripe", "--verify", path]));
+        assert!(verified.contains("on every replica"), "{verified}");
+    }
+    client.close().await.unwrap();
+}

@@ -58,7 +58,7 @@ pub(crate) struct Inner {
     meta: tokio::sync::Mutex<Option<RpcClient<MetaRequest>>>,
     storage: parking_lot::Mutex<HashMap<ServerId, RpcClient<StorageRequest>>>,
     /// Serialises connection set-up per storage server so a burst of requests opens one socket.
-    storage_connecting: tokio::sync::Mutex<()>,
+    storage_connecting: parking_lot::Mutex<HashMap<ServerId, Arc<tokio::sync::Mutex<()>>>>,
     addresses: parking_lot::Mutex<HashMap<ServerId, SocketAddr>>,
     /// Replication chains as last heard from pfs-meta (refreshed when a server says Stale).
     chains: parking_lot::Mutex<HashMap<ChainId, Arc<Chain>>>,
@@ -146,7 +146,7 @@ impl Client {
                 opts,
                 meta: tokio::sync::Mutex::new(Some(meta)),
                 storage: parking_lot::Mutex::new(HashMap::new()),
-                storage_connecting: tokio::sync::Mutex::new(()),
+                storage_connecting: parking_lot::Mutex::new(HashMap::new()),
                 addresses: parking_lot::Mutex::new(HashMap::new()),
                 chains: parking_lot::Mutex::new(HashMap::new()),
                 inflight: Arc::new(Semaphore::new(inflight_max as usize)),
@@ -309,7 +309,9 @@ impl Client {
         if let Some(c) = self.inner.storage.lock().get(&id).filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let _one_at_a_time = self.inner.storage_connecting.lock().await;
+        // One connection attempt per server at a time; a server that hangs holds up only its own.
+        let gate = self.inner.storage_connecting.lock().entry(id).or_default().clone();
+        let _one_at_a_time = gate.lock().await;
         if let Some(c) = self.inner.storage.lock().get(&id).filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }

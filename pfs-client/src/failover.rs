@@ -2,8 +2,9 @@
 //!
 //! A request that meets a replica that is down, times out, or answers Stale (the chain moved
 //! on: pfs-meta took a server out, or put one back) is tried again on the chain as pfs-meta
-//! has it now, backing off from 0 to [`BACKOFF_MAX_MS`], until `failover_ms` has passed. A
-//! chain of one replica has nowhere else to go, so only Stale is retried there.
+//! has it now: at once when that is a new version, otherwise backing off up to
+//! [`BACKOFF_MAX_MS`], until `failover_ms` has passed without a new version. A chain of one
+//! replica has nowhere else to go, so only Stale is retried there.
 
 use crate::client::Client;
 use crate::error::{Error, Result};
@@ -37,13 +38,20 @@ impl Failover {
         }
     }
 
-    /// Waits (backing off) and fetches chain `id` again; `None` once the deadline passed.
-    pub(crate) async fn again(&mut self, client: &Client, id: ChainId) -> Result<Option<Arc<Chain>>> {
+    /// Chain `id` to try again on: at once if pfs-meta's chain moved on from version `seen` (a
+    /// new chain is progress, whatever the time); otherwise after a pause (a storage server may
+    /// not have heard of a change yet, or pfs-meta not acted on a failure yet), as pfs-meta has
+    /// it then. `None` once the deadline passed with the chain still at `seen`.
+    pub(crate) async fn again(&mut self, client: &Client, id: ChainId, seen: u64) -> Result<Option<Arc<Chain>>> {
+        let chain = client.refresh_chain(id).await?;
+        if chain.version != seen {
+            return Ok(Some(chain));
+        }
         if Instant::now() >= self.deadline {
             return Ok(None);
         }
-        tokio::time::sleep(self.backoff).await;
         self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_millis(BACKOFF_MAX_MS));
+        tokio::time::sleep(self.backoff).await;
         Ok(Some(client.refresh_chain(id).await?))
     }
 

@@ -270,7 +270,7 @@ impl OpenFile {
         loop {
             let Some(head) = chain.head() else {
                 let e = Error::Unavailable(format!("{} has no replica that takes writes", chain.describe()));
-                match failover.again(&self.client, chain_id).await? {
+                match failover.again(&self.client, chain_id, chain.version).await? {
                     Some(c) => {
                         chain = c;
                         continue;
@@ -288,14 +288,17 @@ impl OpenFile {
                 chain: chain.at(),
             };
             let on_chunk = |e| self.chunk_error("writing", p.chunk, head, e);
-            let written = match self.client.storage(head, req, data).await {
+            let written = match self.bounded(head, &chain, self.client.storage(head, req, data)).await {
                 Ok((written, _)) => written,
                 Err(e) if e.code() == ErrorCode::Evicted => {
                     // Fenced: the session is gone, whatever we have heard from pfs-meta so far.
                     self.client.mark_evicted(e.clone());
                     return Err(on_chunk(e));
                 }
-                Err(e) if Failover::retryable(&e, &chain) => match failover.again(&self.client, chain_id).await? {
+                Err(e) if Failover::retryable(&e, &chain) => match failover
+                    .again(&self.client, chain_id, chain.version)
+                    .await?
+                {
                     Some(c) => {
                         tracing::debug!("writing chunk {} of {}: {e}; again on {}", p.chunk, self.path, c.describe());
                         chain = c;
@@ -359,7 +362,7 @@ impl OpenFile {
                     len: p.len as u32,
                     chain: chain.at(),
                 };
-                match self.client.storage(server, req, &[]).await {
+                match self.bounded(server, &chain, self.client.storage(server, req, &[])).await {
                     Ok((_, data)) => {
                         if data.len() > out.len() {
                             let message = format!("answered {} bytes to a read of {}", data.len(), out.len());
@@ -375,13 +378,12 @@ impl OpenFile {
                         return Ok(());
                     }
                     Err(e) => {
-                        if readers.len() > 1 {
-                            tracing::warn!(
-                                "reading chunk {} of {} from {server}: {e}; trying another replica",
-                                p.chunk,
-                                self.path
-                            );
-                        }
+                        // Counted in `ClientStats::failovers`; a down server would log every chunk.
+                        tracing::debug!(
+                            "reading chunk {} of {} from {server}: {e}; trying another replica",
+                            p.chunk,
+                            self.path
+                        );
                         cure |= Failover::retryable(&e, &chain);
                         last = Some(self.chunk_error("reading", p.chunk, server, e));
                     }
@@ -394,11 +396,40 @@ impl OpenFile {
             if !cure {
                 return Err(failed);
             }
-            match failover.again(&self.client, chain_id).await? {
+            match failover.again(&self.client, chain_id, chain.version).await? {
                 Some(c) => chain = c,
                 None => return Err(failed),
             }
         }
+    }
+
+    /// `call` to `server`, a replica of `chain`: with other replicas to go to, one that hangs
+    /// is given up on (TimedOut) after `failover_ms` instead of the whole request timeout, so
+    /// the request goes on elsewhere or on the chain pfs-meta makes without it.
+    async fn bounded<T>(
+        &self,
+        server: ServerId,
+        chain: &pfs_common::chain::Chain,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        self.bounded_if(chain.members.len() > 1, server, call).await
+    }
+
+    /// [`OpenFile::bounded`] when `replicated`, else `call` as it is.
+    async fn bounded_if<T>(
+        &self,
+        replicated: bool,
+        server: ServerId,
+        call: impl std::future::Future<Output = Result<T>>,
+    ) -> Result<T> {
+        if !replicated {
+            return call.await;
+        }
+        let bound = std::time::Duration::from_millis(self.client.options().failover_ms);
+        tokio::time::timeout(bound, call).await.unwrap_or_else(|_| {
+            let ms = bound.as_millis() as u64;
+            Err(Error::Rpc(pfs_common::Error::TimedOut { peer: server.to_string(), what: "chunk answer", ms }))
+        })
     }
 
     /// `e`, met looking up or using the chain of chunk `chunk` of this file.
@@ -484,7 +515,8 @@ impl OpenFile {
         let mut pending: FuturesUnordered<_> = targets
             .iter()
             .map(|(&t, &boot)| async move {
-                let r = self.client.storage(t, FsyncFile { file: self.id, boot }, &[]).await;
+                let call = self.client.storage(t, FsyncFile { file: self.id, boot }, &[]);
+                let r = self.bounded_if(self.layout.replicas > 1, t, call).await;
                 (t, boot, r.map_err(|e| e.on_file(format!("fsync on {t} of"), &self.path)))
             })
             .collect();
@@ -700,7 +732,8 @@ impl File {
         let mut pending: FuturesUnordered<_> = servers
             .iter()
             .map(|&t| async move {
-                let r = s.client.storage(t, TruncateFile { file: s.id, size, chunk_size }, &[]).await;
+                let call = s.client.storage(t, TruncateFile { file: s.id, size, chunk_size }, &[]);
+                let r = s.bounded_if(s.layout.replicas > 1, t, call).await;
                 (t, r.map_err(|e| e.on_file(format!("truncating on {t}"), &s.path)))
             })
             .collect();

@@ -24,7 +24,6 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::sync::Notify;
 
 const STRIPES: usize = 1024;
 
@@ -40,8 +39,8 @@ pub struct Replication {
     locks: Vec<tokio::sync::RwLock<()>>,
     /// Writes finished per lock stripe.
     writes: Vec<AtomicU64>,
-    /// Wakes the resync task: the view changed.
-    pub(crate) changed: Notify,
+    /// Counts changes of the view (resync and forwarding wait on it).
+    updates: tokio::sync::watch::Sender<u64>,
 }
 
 impl Replication {
@@ -56,7 +55,7 @@ impl Replication {
             connecting: tokio::sync::Mutex::new(()),
             locks: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
             writes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
-            changed: Notify::new(),
+            updates: tokio::sync::watch::Sender::new(0),
         }
     }
 
@@ -81,7 +80,22 @@ impl Replication {
         if whole {
             self.known.store(true, Ordering::Release);
         }
-        self.changed.notify_one();
+        self.updates.send_modify(|n| *n += 1);
+    }
+
+    /// A receiver that sees every later change of the view.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.updates.subscribe()
+    }
+
+    /// Returns once chain `at.id` is no longer at version `at.version` here.
+    pub async fn moved(&self, at: ChainRef) {
+        let mut changes = self.subscribe();
+        while self.chain(at.id).map(|c| c.version) == Some(at.version) {
+            if changes.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
     }
 
     /// Chain `id` as this server knows it.

@@ -42,8 +42,9 @@ const COPY_ATTEMPTS: usize = 8;
 pub async fn run(store: Arc<ChunkStore>, repl: Arc<Replication>, config: Arc<Config>) {
     let mut done: HashMap<ChainId, u64> = HashMap::new();
     let pace = Pace::new(config.timeouts.resync_bytes_per_sec);
+    let mut changes = repl.subscribe();
     loop {
-        let changed = repl.changed.notified();
+        changes.mark_unchanged();
         for chain in repl.syncing() {
             if done.get(&chain.id) == Some(&chain.version) {
                 continue;
@@ -56,7 +57,7 @@ pub async fn run(store: Arc<ChunkStore>, repl: Arc<Replication>, config: Arc<Con
                 Err(e) => warn!("{}: resync of {} stopped: {e}; trying again", store.id(), chain.describe()),
             }
         }
-        let _ = tokio::time::timeout(Duration::from_secs(1), changed).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), changes.changed()).await;
     }
 }
 
