@@ -310,7 +310,7 @@ async fn writes_go_on_while_a_wiped_server_resyncs() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_hung_replica_does_not_hold_up_reads_or_writes() {
-    let mut cluster = LocalCluster::start_with(3, replicated).await.unwrap();
+    let cluster = LocalCluster::start_with(3, replicated).await.unwrap();
     let cfg = cluster.config_path().to_path_buf();
     let work = tempfile::tempdir().unwrap();
     let v1 = work.path().join("v1.bin");
