@@ -41,7 +41,6 @@ const COPY_ATTEMPTS: usize = 8;
 /// every second after a failure).
 pub async fn run(store: Arc<ChunkStore>, repl: Arc<Replication>, config: Arc<Config>) {
     let mut done: HashMap<ChainId, u64> = HashMap::new();
-    let pace = Pace::new(config.timeouts.resync_bytes_per_sec);
     let mut changes = repl.subscribe();
     loop {
         changes.mark_unchanged();
@@ -49,6 +48,8 @@ pub async fn run(store: Arc<ChunkStore>, repl: Arc<Replication>, config: Arc<Con
             if done.get(&chain.id) == Some(&chain.version) {
                 continue;
             }
+            // Paced per chain from its start: idle time earns no burst.
+            let pace = Pace::new(config.timeouts.resync_bytes_per_sec);
             match sync_chain(&store, &repl, &chain, &pace).await {
                 Ok(copied) => {
                     info!("{}: resynced {} ({} chunks copied)", store.id(), chain.describe(), copied);
@@ -61,7 +62,8 @@ pub async fn run(store: Arc<ChunkStore>, repl: Arc<Replication>, config: Arc<Con
     }
 }
 
-/// Spends at most `bytes_per_sec` (0: unbounded), over the pacer's life.
+/// Spends at most `bytes_per_sec` (0: unbounded), averaged from the pacer's creation: make
+/// one per pass, so time spent idle earns no burst.
 pub(crate) struct Pace {
     bytes_per_sec: u64,
     start: Instant,
