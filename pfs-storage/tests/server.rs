@@ -12,7 +12,7 @@ use pfs_common::token::SessionId;
 use pfs_common::wire::frame::{FrameHeader, FrameKind, HEADER_LEN};
 use pfs_common::wire::namespace::Create;
 use pfs_common::wire::registry::GetChains;
-use pfs_common::wire::storage::{FsyncFile, GetStatus, ReadChunk, StorageRequest, WriteChunk};
+use pfs_common::wire::storage::{FsyncFile, GetStatus, ReadChunk, StorageRequest, SyncRead, WriteChunk};
 use pfs_common::wire::tokens::OpenSession;
 use pfs_common::wire::{self, Hello, MetaRequest, PeerRole, PROTOCOL_VERSION};
 use pfs_common::{ErrorCode, FileId};
@@ -205,6 +205,16 @@ async fn scenario(engine: EngineChoice) {
         write(&c, ch, session, fa, 3, 100, b"hello storage").await.is_ok()
     })
     .await;
+    // A request naming another chain version, or a chain this server is not in, is refused
+    // (Stale) before anything is written; only storage servers may copy chunks.
+    let newer = ChainRef { id: ch.id, version: ch.version + 1 };
+    let e = write(&c, newer, session, fa, 7, 0, b"stale").await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Stale, "{e}");
+    let unknown = ChainRef { id: ChainId(999), version: 1 };
+    assert_eq!(try_read(&c, unknown, fa, 3, 0, 10).await.unwrap_err().code(), ErrorCode::Stale);
+    let e = c.call(SyncRead { file: FileId(fa), chunk: 3 }, &[]).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
+    assert!(e.to_string().contains("not a storage server"), "{e}");
     // A session of an older pfs-meta boot is fenced.
     let e = write(&c, ch, session - (1 << 32), fa, 3, 0, b"x").await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Evicted, "{e}");
