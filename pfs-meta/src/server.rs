@@ -64,6 +64,9 @@ pub struct MetaServer {
     ended: Arc<Ended>,
     /// Wakes the chain keeper (a server came, went or restarted).
     keeper_wake: Notify,
+    /// Held while a chain change is planned and logged (keeper passes, registrations of
+    /// restarted servers, `SyncDone`), so they never plan on a state another is changing.
+    chain_lock: tokio::sync::Mutex<()>,
     /// Storage servers' heartbeat period (the keeper's tick) and the re-replication delay, ms.
     heartbeat_ms: u64,
     rereplicate_after_ms: u64,
@@ -102,6 +105,7 @@ impl MetaServer {
             opens: Mutex::new(OpenTable::new()),
             ended,
             keeper_wake: Notify::new(),
+            chain_lock: tokio::sync::Mutex::new(()),
             heartbeat_ms: config.timeouts.heartbeat_ms,
             rereplicate_after_ms: config.timeouts.rereplicate_after_ms,
         })
@@ -122,6 +126,7 @@ impl MetaServer {
 
     /// One pass of the chain keeper; `restarted` servers are resynced.
     async fn keep_chains(&self, restarted: &std::collections::BTreeSet<ServerId>) -> Result<()> {
+        let _one_change_at_a_time = self.chain_lock.lock().await;
         let now = Instant::now();
         let (view, plan) = {
             let cl = self.cluster.lock();
@@ -141,8 +146,9 @@ impl MetaServer {
                 info!("chain change: {} (servers up: {:?})", c.describe(), view.up);
             }
             match self.mutate(Op::SetChains { chains: plan }).await {
-                // Another change got there first: the next pass plans again.
-                Err(MetaError::Stale { .. }) => {}
+                // Cannot happen under the chain lock (creates add chains, never change them);
+                // if it did, the next pass plans again.
+                Err(e @ MetaError::Stale { .. }) => warn!("chain change not applied: {e}"),
                 r => {
                     r?;
                 }
@@ -453,6 +459,7 @@ impl MetaServer {
     async fn sync_done(&self, peer: &Peer, c: reg::SyncDone) -> Result<()> {
         speaks_for(peer, c.id)?;
         self.cluster.lock().registry.check_conn(c.id, peer.conn_id)?;
+        let _one_change_at_a_time = self.chain_lock.lock().await;
         let next = self.store.read(|n| n.chains().sync_done(c.id, c.chain.id, c.chain.version)).0;
         let next = next.ok_or_else(|| MetaError::Stale {
             what: format!("{} is not syncing in {} at version {}", c.id, c.chain.id, c.chain.version),
