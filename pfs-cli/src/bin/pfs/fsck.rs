@@ -105,7 +105,8 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
             }
         }
         for ((file, chunk), (len, holders)) in committed.iter() {
-            if !holders.contains(&id) {
+            // A server that left the chunk's chain (replaced after a long outage) owes nothing.
+            if !holders.contains(&id) || !on_chain(&files[file], *chunk, id) {
                 continue;
             }
             let path = &files[file].path;
