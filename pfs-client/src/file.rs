@@ -502,8 +502,8 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Write-back of everything dirty, fdatasync on every storage target written, then the size
-    /// on pfs-meta. Takes the lock exclusively.
+    /// Write-back of everything dirty, fdatasync on every replica written, then the size on
+    /// pfs-meta. Takes the lock exclusively.
     async fn sync(&self, closing: bool) -> Result<()> {
         let _excl = self.lock.write().await;
         self.client.session()?;
@@ -695,16 +695,19 @@ impl File {
         }
     }
 
-    /// Writes back this client's dirty bytes of the file, makes every write durable on the
-    /// storage servers, then the size durable on pfs-meta. Errors name the server that failed,
+    /// Writes back this client's dirty bytes of the file, makes every write durable on every
+    /// replica that took it, then the size durable on pfs-meta. A replica that fails is
+    /// forgiven only once pfs-meta has taken it out of every chain of the file, each of which
+    /// still has a serving replica (it resyncs from them). Errors name the server that failed,
     /// or an earlier write-back (during a revoke) that failed.
     pub async fn fsync(&self) -> Result<()> {
         self.state.sync(false).await
     }
 
     /// Sets the file size to `size` bytes under a Write token over everything from the new (or
-    /// old) end on: chunks past it are cut on every storage target (durably), then the size is
-    /// recorded on pfs-meta. Growing leaves a hole (zeros).
+    /// old) end on: chunks past it are cut on every replica in the write path of every chain of
+    /// the file (durably; an offline replica is resynced before it serves again), then the size
+    /// is recorded on pfs-meta. Growing leaves a hole (zeros).
     ///
     /// Errors: Invalid, naming the path, for a size past [`MAX_FILE_SIZE`] (nothing is sent);
     /// otherwise the failing server's error naming the path (and the storage server).

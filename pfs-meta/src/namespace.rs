@@ -1,8 +1,8 @@
 //! The namespace: inodes and directory entries as a pure state machine, no I/O.
 //!
 //! Every change runs in two steps. [`Namespace::prepare`] validates an [`Op`] against the
-//! current state and decides everything that could vary (new ids, timestamps, chosen storage
-//! targets), producing a fully determined [`Mutation`]. The caller logs that record to the
+//! current state and decides everything that could vary (new ids, timestamps, chosen chains
+//! and the chains created for them), producing a fully determined [`Mutation`]. The caller logs that record to the
 //! WAL and applies it with [`Namespace::apply`]. Replaying the same records into a namespace
 //! restored from the same checkpoint therefore reaches the same state: a logged operation
 //! never decides differently on replay. `apply` still checks that a record fits the state
