@@ -45,6 +45,13 @@ fn sha_of_file(path: &Path) -> String {
     sha256_hex(&std::fs::read(path).unwrap())
 }
 
+/// Copies `data` in as pfs:/f (1 MiB chunks), through a file in `work`.
+fn copy_in(cfg: &Path, work: &Path, data: &[u8]) {
+    let src = work.join("in.bin");
+    std::fs::write(&src, data).unwrap();
+    ok(run_tool(PFS_CP, cfg, &["--chunk-size", "1m", src.to_str().unwrap(), "pfs:/f"]));
+}
+
 fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
@@ -111,10 +118,9 @@ async fn a_wiped_server_is_rebuilt_on_the_others_after_rereplicate_after_ms() {
     .unwrap();
     let cfg = cluster.config_path().to_path_buf();
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("in.bin");
-    std::fs::write(&src, random_bytes(24 << 20, 92)).unwrap();
-    let want = sha_of_file(&src);
-    ok(run_tool(PFS_CP, &cfg, &["--chunk-size", "1m", src.to_str().unwrap(), "pfs:/f"]));
+    let data = random_bytes(24 << 20, 92);
+    let want = sha256_hex(&data);
+    copy_in(&cfg, work.path(), &data);
 
     // storage-3's disk is gone for good.
     let gone = ServerId(3);
@@ -220,10 +226,8 @@ async fn a_flipped_byte_in_one_replica_is_read_around_scrubbed_and_repaired_by_f
     let cluster = LocalCluster::start_with(2, replicated).await.unwrap();
     let cfg = cluster.config_path().to_path_buf();
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("in.bin");
     let data = random_bytes(8 << 20, 93);
-    std::fs::write(&src, &data).unwrap();
-    ok(run_tool(PFS_CP, &cfg, &["--chunk-size", "1m", src.to_str().unwrap(), "pfs:/f"]));
+    copy_in(&cfg, work.path(), &data);
 
     // Chunk 1's copy on the replica a reader asks first is damaged on disk.
     let client = cluster.client().await.unwrap();
@@ -279,10 +283,8 @@ async fn writes_go_on_while_a_wiped_server_resyncs() {
     .unwrap();
     let cfg = cluster.config_path().to_path_buf();
     let work = tempfile::tempdir().unwrap();
-    let src = work.path().join("in.bin");
     let mut data = random_bytes(32 << 20, 94);
-    std::fs::write(&src, &data).unwrap();
-    ok(run_tool(PFS_CP, &cfg, &["--chunk-size", "1m", src.to_str().unwrap(), "pfs:/f"]));
+    copy_in(&cfg, work.path(), &data);
 
     // storage-2 comes back with an empty disk: every chunk it held is lost there.
     let wiped = ServerId(2);
@@ -318,9 +320,7 @@ async fn a_hung_replica_does_not_hold_up_reads_or_writes() {
     let cluster = LocalCluster::start_with(3, replicated).await.unwrap();
     let cfg = cluster.config_path().to_path_buf();
     let work = tempfile::tempdir().unwrap();
-    let v1 = work.path().join("v1.bin");
-    std::fs::write(&v1, random_bytes(16 << 20, 95)).unwrap();
-    ok(run_tool(PFS_CP, &cfg, &["--chunk-size", "1m", v1.to_str().unwrap(), "pfs:/f"]));
+    copy_in(&cfg, work.path(), &random_bytes(16 << 20, 95));
 
     // A client with connections open to every server, storage-2's included.
     let client = cluster.client().await.unwrap();

@@ -364,14 +364,7 @@ impl OpenFile {
                 };
                 match self.bounded(server, &chain, self.client.storage(server, req, &[])).await {
                     Ok((_, data)) => {
-                        if data.len() > out.len() {
-                            let message = format!("answered {} bytes to a read of {}", data.len(), out.len());
-                            let e = Error::Protocol { peer: server.to_string(), message };
-                            return Err(self.chunk_error("reading", p.chunk, server, e));
-                        }
-                        out[..data.len()].copy_from_slice(&data);
-                        // Past the chunk file's end, below the file size: a hole (zeros).
-                        out[data.len()..].fill(0);
+                        self.fill(out, &data, p.chunk, server)?;
                         if last.is_some() {
                             self.client.inner.counters.failovers.fetch_add(1, Ordering::Relaxed);
                         }
@@ -430,6 +423,20 @@ impl OpenFile {
             let ms = bound.as_millis() as u64;
             Err(Error::Rpc(pfs_common::Error::TimedOut { peer: server.to_string(), what: "chunk answer", ms }))
         })
+    }
+
+    /// Puts `server`'s answer to a read of `out.len()` bytes of chunk `chunk` into `out`; bytes
+    /// past the chunk file's end, below the file size, are a hole (zeros). Errors (Protocol,
+    /// naming the chunk and server) for an answer longer than asked.
+    fn fill(&self, out: &mut [u8], data: &[u8], chunk: u64, server: ServerId) -> Result<()> {
+        if data.len() > out.len() {
+            let message = format!("answered {} bytes to a read of {}", data.len(), out.len());
+            let e = Error::Protocol { peer: server.to_string(), message };
+            return Err(self.chunk_error("reading", chunk, server, e));
+        }
+        out[..data.len()].copy_from_slice(data);
+        out[data.len()..].fill(0);
+        Ok(())
     }
 
     /// `e`, met looking up or using the chain of chunk `chunk` of this file.
@@ -531,7 +538,7 @@ impl OpenFile {
             // A replica that failed (down, restarted) while another serving one of every chain
             // holds the writes is taken out of its chains by pfs-meta and resynced from them:
             // the writes stay durable.
-            if self.layout.replicas > 1 && self.out_of_chains(t).await? {
+            if self.layout.replicas > 1 && self.left_chains(t, false).await? {
                 tracing::warn!("{e}; {t} left the chains of {}, whose other replicas hold the writes", self.path);
                 continue;
             }
@@ -546,14 +553,18 @@ impl OpenFile {
         self.record_size().await
     }
 
-    /// Waits until pfs-meta has taken `server` out of the read path of every chain of this
-    /// file, each of which still has a serving replica; false if that does not happen within
-    /// `failover_ms`.
-    async fn out_of_chains(&self, server: ServerId) -> Result<bool> {
+    /// Waits until pfs-meta has taken `server` out of the read path (`writes` false) or the
+    /// write path (`writes` true) of every chain of this file, each of which still has a serving
+    /// replica; false if that does not happen within `failover_ms`.
+    async fn left_chains(&self, server: ServerId, writes: bool) -> Result<bool> {
         let mut failover = Failover::new(&self.client);
         failover
             .until(&self.client, &self.layout.chains, |chains| {
-                chains.iter().all(|c| !c.readers().any(|s| s == server) && c.readers().next().is_some())
+                chains.iter().all(|c| {
+                    let still =
+                        if writes { c.writers().any(|s| s == server) } else { c.readers().any(|s| s == server) };
+                    !still && c.readers().next().is_some()
+                })
             })
             .await
     }
@@ -609,9 +620,7 @@ impl File {
             let req = ReadChunk { file: s.id, chunk, offset: 0, len: want as u32, chain: chain.at() };
             let (_, data) =
                 s.client.storage(server, req, &[]).await.map_err(|e| s.chunk_error("reading", chunk, server, e))?;
-            let n = data.len().min(want);
-            buf[..n].copy_from_slice(&data[..n]);
-            buf[n..want].fill(0);
+            s.fill(&mut buf[..want], &data, chunk, server)?;
             return Ok(want);
         }
     }
@@ -751,13 +760,7 @@ impl File {
             if s.layout.replicas == 1 || !matches!(e.code(), ErrorCode::Unavailable | ErrorCode::TimedOut) {
                 return Err(e);
             }
-            let mut failover = Failover::new(&s.client);
-            let gone = failover
-                .until(&s.client, &s.layout.chains, |chains| {
-                    chains.iter().all(|c| !c.writers().any(|w| w == t) && c.readers().next().is_some())
-                })
-                .await?;
-            if !gone {
+            if !s.left_chains(t, true).await? {
                 return Err(e);
             }
         }
