@@ -28,5 +28,5 @@ pub fn runtime() -> Result<tokio::runtime::Runtime> {
 /// A client of the cluster that configuration file `path` describes.
 pub async fn connect(path: &Path) -> Result<pfs_client::Client> {
     let config = pfs_common::config::Config::load(path)?;
-    Ok(pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)).await?)
+    Ok(pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)?).await?)
 }

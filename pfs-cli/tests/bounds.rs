@@ -4,13 +4,14 @@
 
 use pfs_client::{CreateOptions, ErrorCode};
 use pfs_common::layout::{LayoutChoice, MAX_FILE_SIZE};
-use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::rpc::RpcClient;
+use pfs_common::wire::storage::StorageRequest;
 use pfs_common::wire::frame::{read_frame, write_frame, FrameKind, DEFAULT_LIMITS};
 use pfs_common::wire::namespace::{Create, Lookup, Mkdir, Readdir, SetSize, Stat, Truncate};
 use pfs_common::wire::registry::{ChunkReport, ChunkState, Fenced, CHUNK_REPORT_PAGE, FENCED_MAX};
 use pfs_common::wire::{self, Hello, HelloReply, MetaRequest, PeerRole, ResponseBody, PROTOCOL_VERSION};
 use pfs_common::{pool, FileId, ServerId};
-use pfs_testkit::{ok, random_bytes, run_tool, LocalCluster};
+use pfs_testkit::{ok, random_bytes, raw, run_tool, LocalCluster};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::process::Output;
@@ -20,38 +21,35 @@ use tokio::net::TcpStream;
 const PFS: &str = env!("CARGO_BIN_EXE_pfs");
 const PFS_CP: &str = env!("CARGO_BIN_EXE_pfs-cp");
 
-fn opts(role: PeerRole) -> ConnectOptions {
-    ConnectOptions {
-        role,
-        name: "bounds-test".into(),
-        connect_timeout: Duration::from_secs(10),
-        request_timeout: Duration::from_secs(60),
-    }
-}
-
 async fn meta(cluster: &LocalCluster, role: PeerRole) -> RpcClient<MetaRequest> {
-    RpcClient::connect(cluster.config().meta.address, "pfs-meta", &opts(role), None).await.unwrap()
+    let opts = raw::cluster_options(cluster.config(), role, "bounds-test");
+    RpcClient::connect(cluster.config().meta.address, "pfs-meta", &opts, None).await.unwrap()
 }
 
 /// A raw connection to `addr` that sent `name` in its handshake; returns the stream and the
 /// handshake's answer.
 async fn raw_hello(addr: SocketAddr, name: String) -> (TcpStream, ResponseBody<HelloReply>) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let hello = Hello { version: PROTOCOL_VERSION, role: PeerRole::Client, name };
-    write_frame(&mut s, FrameKind::Request, 0, &wire::encode(&hello), &[]).await.unwrap();
-    let f = read_frame(&mut s, &DEFAULT_LIMITS, pool::global()).await.unwrap().expect("the handshake is answered");
+    let hello = Hello { version: PROTOCOL_VERSION, role: PeerRole::Client, name, nonce: [3; 32], auth: true, protect_data: false };
+    write_frame(&mut s, FrameKind::Request, 0, &wire::encode(&hello), &[], None).await.unwrap();
+    let f = read_frame(&mut s, &DEFAULT_LIMITS, pool::global(), None).await.unwrap().expect("the handshake is answered");
     let answer = wire::decode(&f.body).unwrap();
     (s, answer)
 }
 
-/// Reads `s` until the server closes it (or resets it). The deadline only turns a server that
-/// never closes into a failure instead of a hang; nothing is timed.
-async fn closed_by_server(s: &mut TcpStream, what: &str) {
-    let next = read_frame(s, &DEFAULT_LIMITS, pool::global());
-    match tokio::time::timeout(Duration::from_secs(120), next).await {
-        Err(_) => panic!("{what}: the server never closed the idle connection"),
-        Ok(Ok(Some(f))) => panic!("{what}: the server sent a {:?} frame to an idle connection", f.header.kind),
-        Ok(Ok(None) | Err(_)) => {}
+/// An authenticated connection to `addr` that sends nothing after its handshake.
+async fn silent<R: serde::Serialize>(cluster: &LocalCluster, addr: SocketAddr) -> RpcClient<R> {
+    let opts = raw::cluster_options(cluster.config(), PeerRole::Client, "idle");
+    RpcClient::connect(addr, "server", &opts, None).await.unwrap()
+}
+
+/// Waits until the server closed `c` (polled every 20 ms). The deadline only turns a server
+/// that never closes into a failure instead of a hang; nothing is timed.
+async fn closed_by_server<R: serde::Serialize>(c: &RpcClient<R>, what: &str) {
+    let end = std::time::Instant::now() + Duration::from_secs(120);
+    while !c.is_closed() {
+        assert!(std::time::Instant::now() < end, "{what}: the server never closed the idle connection");
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -171,12 +169,10 @@ async fn idle_connections_are_closed_and_clients_reconnect() {
     // and by a storage server. The storage server's raw connection is made once pfs-meta's
     // closed, an idle timeout after the client's last storage call: by then the server has
     // closed the client's connections too.
-    let (mut to_meta, answer) = raw_hello(cluster.config().meta.address, "idle".into()).await;
-    answer.unwrap();
-    closed_by_server(&mut to_meta, "pfs-meta").await;
-    let (mut to_storage, answer) = raw_hello(cluster.config().storage[0].address, "idle".into()).await;
-    answer.unwrap();
-    closed_by_server(&mut to_storage, "storage-1").await;
+    let to_meta: RpcClient<MetaRequest> = silent(&cluster, cluster.config().meta.address).await;
+    closed_by_server(&to_meta, "pfs-meta").await;
+    let to_storage: RpcClient<StorageRequest> = silent(&cluster, cluster.config().storage[0].address).await;
+    closed_by_server(&to_storage, "storage-1").await;
 
     // The client kept its session (keep-alives keep its pfs-meta connection busy), and its
     // next reads and writes (a chunk or more: they bypass the cache and go to the servers)

@@ -7,12 +7,12 @@
 use pfs_client::{ByteRange, Client, CreateOptions, Mode};
 use pfs_common::chain::ChainRef;
 use pfs_common::ids::ServerId;
-use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::rpc::RpcClient;
 use pfs_common::token::SessionId;
 use pfs_common::wire::storage::{ReadChunk, StorageRequest, WriteChunk};
 use pfs_common::wire::PeerRole;
 use pfs_common::{ErrorCode, FileId};
-use pfs_testkit::{ok, run_tool, DaemonKind, LocalCluster, Probe};
+use pfs_testkit::{ok, raw, run_tool, DaemonKind, LocalCluster, Probe};
 use std::time::{Duration, Instant};
 
 const PFS: &str = env!("CARGO_BIN_EXE_pfs");
@@ -51,16 +51,14 @@ async fn raw_write(
     session: SessionId,
     at: (FileId, u64, u64, ChainRef),
 ) -> ErrorCode {
-    let opts = ConnectOptions {
-        role: PeerRole::Client,
-        name: "late writer".into(),
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(30),
-    };
+    let opts = raw::cluster_options(cluster.config(), PeerRole::Client, "late writer");
     let addr = cluster.config().storage(server).unwrap().address;
     let conn: RpcClient<StorageRequest> = RpcClient::connect(addr, "storage", &opts, None).await.unwrap();
     let (file, chunk, chunk_size, chain) = at;
-    let write = WriteChunk { file, chunk, offset: 0, chunk_size, block_size: 4096, session, chain };
+    // A capability as valid as the one the holder had: the fence must refuse the write anyway.
+    let cap = raw::mint_capability(cluster.config(), file, ByteRange::ALL, Mode::Write, session, chunk_size);
+    let capabilities = cap.into_iter().collect();
+    let write = WriteChunk { file, chunk, offset: 0, chunk_size, block_size: 4096, session, chain, capabilities };
     match conn.call(write, &[9u8; 4096]).await {
         Ok(_) => panic!("the evicted session's write to {server} was accepted"),
         Err(e) => e.code(),
@@ -178,14 +176,13 @@ async fn a_silent_storage_server_is_declared_down_before_the_token_moves() {
     assert_eq!(raw_write(&cluster, STOPPED, dead, at).await, ErrorCode::Evicted);
     // Nothing of the evicted holder landed: its bytes were only in its cache.
     let addr = cluster.config().storage(STOPPED).unwrap().address;
-    let opts = ConnectOptions {
-        role: PeerRole::Client,
-        name: "reader".into(),
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(30),
-    };
+    let opts = raw::cluster_options(cluster.config(), PeerRole::Client, "reader");
     let conn: RpcClient<StorageRequest> = RpcClient::connect(addr, "storage", &opts, None).await.unwrap();
-    let read = ReadChunk { file: at.0, chunk: at.1, offset: 0, len: 4096, chain: at.3 };
+    let session = admin.session().unwrap();
+    let cap = raw::mint_capability(cluster.config(), at.0, ByteRange::ALL, Mode::Read, session, at.2);
+    let capabilities = cap.into_iter().collect();
+    let read =
+        ReadChunk { file: at.0, chunk: at.1, offset: 0, len: 4096, chain: at.3, chunk_size: at.2, session, capabilities };
     let (_, data) = conn.call(read, &[]).await.unwrap();
     assert!(data.is_empty(), "a write of the evicted session landed on {STOPPED}");
 }

@@ -1,12 +1,12 @@
 //! Byte-range tokens across separate client processes (`pfs-probe`) on a real cluster.
 
-use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::rpc::RpcClient;
+use pfs_common::token::{ByteRange, Mode};
 use pfs_common::wire::storage::{StorageRequest, WriteChunk};
 use pfs_common::wire::PeerRole;
 use pfs_common::ErrorCode;
-use pfs_testkit::LocalCluster;
+use pfs_testkit::{raw, LocalCluster};
 use pfs_testkit::{sha256_hex, Probe};
-use std::time::Duration;
 
 const PROBE: &str = env!("CARGO_BIN_EXE_pfs-probe");
 
@@ -125,14 +125,12 @@ async fn a_killed_writer_is_evicted_and_fenced() {
     let layout = attr.layout.unwrap();
     let chain = client.chain(layout.chain(0)).await.unwrap();
     let target = cluster.config().storage(chain.head().unwrap()).unwrap();
-    let opts = ConnectOptions {
-        role: PeerRole::Client,
-        name: "late writer".into(),
-        connect_timeout: Duration::from_secs(5),
-        request_timeout: Duration::from_secs(5),
-    };
+    let opts = raw::cluster_options(cluster.config(), PeerRole::Client, "late writer");
     let conn: RpcClient<StorageRequest> = RpcClient::connect(target.address, "storage", &opts, None).await.unwrap();
+    // The capability it held is still valid (unexpired): the fence must refuse the write.
+    let cap = raw::mint_capability(cluster.config(), attr.id, ByteRange::ALL, Mode::Write, session, layout.chunk_size());
     let req = WriteChunk {
+        capabilities: cap.into_iter().collect(),
         file: attr.id,
         chunk: 0,
         offset: 0,

@@ -11,10 +11,10 @@ use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::{ByteRange, Mode, SessionId};
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, FileKind, READDIR_PAGE_MAX};
 use pfs_common::wire::registry::{
-    ChunkInfo, GetChains, GetChunks, GetHealth, Health, ListServers, ServerStatus, GET_CHUNKS_MAX,
+    ChunkInfo, GetChains, GetChunks, GetHealth, Health, ListServers, RemoveOrphan, ServerStatus, GET_CHUNKS_MAX,
 };
 use pfs_common::wire::storage::{
-    ChunkPage, GetStatus, ListChunks, RemoveChunk, RemoveFile, RepairChunk, Scrub, ScrubStatus, StorageRequest,
+    ChunkPage, GetStatus, ListChunks, RepairChunk, Scrub, ScrubStatus, StorageRequest,
     StorageStatus,
 };
 use pfs_common::wire::tokens::{self as tok, ClientNotify};
@@ -134,6 +134,7 @@ impl Client {
             name: options.name.clone(),
             connect_timeout: Duration::from_millis(options.connect_timeout_ms),
             request_timeout: Duration::from_millis(options.request_timeout_ms),
+            auth: options.auth.clone(),
         };
         let inflight_max = options.max_inflight_bytes.clamp(1 << 20, u32::MAX as u64 >> 1) as u32;
         // The session lives on this connection: pfs-meta pushes revokes on it, and evicts the
@@ -521,14 +522,11 @@ impl Client {
         Ok(self.storage(id, ListChunks { after, limit, verify }, &[]).await?.0)
     }
 
-    /// Removes chunk `chunk` of `file` (or with `None` every chunk of it) on storage server
-    /// `id`, without asking pfs-meta: for repairing orphans (`pfs fsck --repair`) only.
+    /// Has pfs-meta tell storage server `id` to remove chunk `chunk` of `file` (or with `None`
+    /// every chunk of it), for repairing orphans (`pfs fsck --repair`). pfs-meta checks it is
+    /// one (Denied otherwise); the server removes it in the background.
     pub async fn remove_orphan(&self, id: ServerId, file: FileId, chunk: Option<ChunkIndex>) -> Result<()> {
-        match chunk {
-            Some(chunk) => self.storage(id, RemoveChunk { file, chunk }, &[]).await?,
-            None => self.storage(id, RemoveFile { file }, &[]).await?,
-        };
-        Ok(())
+        self.meta(RemoveOrphan { server: id, file, chunk }).await
     }
 
     /// Storage server `id`'s scrub status; with `start`, a pass starts now (unless one runs).
@@ -683,9 +681,15 @@ mod tests {
                 let (mut s, _) = listener.accept().await.unwrap();
                 counted.fetch_add(1, Ordering::SeqCst);
                 read(&mut s).await;
-                let hello: ResponseBody<HelloReply> =
-                    Ok(HelloReply { version: PROTOCOL_VERSION, server: "fake".into() });
-                write_frame(&mut s, FrameKind::Response, 0, &wire::encode(&hello), &[]).await.unwrap();
+                let hello: ResponseBody<HelloReply> = Ok(HelloReply {
+                    version: PROTOCOL_VERSION,
+                    server: "fake".into(),
+                    nonce: [0; 32],
+                    auth: false,
+                    protect_data: false,
+                    proof: None,
+                });
+                write_frame(&mut s, FrameKind::Response, 0, &wire::encode(&hello), &[], None).await.unwrap();
                 loop {
                     let req = read(&mut s).await;
                     requests += 1;
@@ -703,7 +707,7 @@ mod tests {
                         }),
                     };
                     let body = wire::encode(&answer);
-                    write_frame(&mut s, FrameKind::Response, req.header.request_id, &body, &[]).await.unwrap();
+                    write_frame(&mut s, FrameKind::Response, req.header.request_id, &body, &[], None).await.unwrap();
                 }
             }
         });
@@ -711,7 +715,7 @@ mod tests {
     }
 
     async fn read(s: &mut TcpStream) -> pfs_common::wire::frame::Frame {
-        read_frame(s, &DEFAULT_LIMITS, pool::global()).await.unwrap().unwrap()
+        read_frame(s, &DEFAULT_LIMITS, pool::global(), None).await.unwrap().unwrap()
     }
 
     fn connect(addr: SocketAddr) -> impl std::future::Future<Output = Result<RpcClient<StorageRequest>>> {
@@ -720,6 +724,7 @@ mod tests {
             name: "retry-test".into(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
+            auth: pfs_common::auth::Auth::none(),
         };
         async move { Ok(RpcClient::connect(addr, "storage-1", &opts, None).await?) }
     }

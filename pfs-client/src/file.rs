@@ -23,6 +23,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::failover::Failover;
 use futures_util::stream::{FuturesUnordered, StreamExt};
+use pfs_common::capability::{unix_ms, Access, Capability, MAX_CAPABILITIES};
 use pfs_common::ids::{FileId, ServerId};
 use pfs_common::layout::{Layout, Piece, MAX_FILE_SIZE};
 use pfs_common::pool::{self, PooledBuf};
@@ -35,6 +36,12 @@ use pfs_common::ErrorCode;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// Capabilities kept per open file (the newest; older ones are asked for again if needed).
+const MAX_KEPT_CAPABILITIES: usize = 64;
+/// A kept capability is used only if it stays valid this much longer, ms (a request may
+/// wait in queues, and clocks differ a little).
+const CAPABILITY_MARGIN_MS: u64 = 10_000;
 
 /// An open pfs file. Cheap to clone; clones (and other handles of the same file in the same
 /// client) share its tokens, cache and size.
@@ -52,6 +59,9 @@ pub(crate) struct OpenFile {
     /// Shared by reads and writes, exclusive for revokes, fsync and close.
     lock: tokio::sync::RwLock<()>,
     tokens: parking_lot::Mutex<TokenTable>,
+    /// Capabilities pfs-meta issued with this file's tokens (storage servers want them for
+    /// every read, write and truncate when the cluster authenticates).
+    capabilities: parking_lot::Mutex<Vec<Capability>>,
     cache: Option<parking_lot::Mutex<BlockCache>>,
     /// Largest of: size from pfs-meta (open, grants), end of our writes, our truncates (bytes).
     size: AtomicU64,
@@ -113,6 +123,7 @@ impl OpenFile {
             layout,
             lock: tokio::sync::RwLock::new(()),
             tokens: parking_lot::Mutex::new(TokenTable::default()),
+            capabilities: parking_lot::Mutex::new(Vec::new()),
             cache,
             size: AtomicU64::new(attr.size),
             size_dirty: AtomicBool::new(false),
@@ -152,6 +163,9 @@ impl OpenFile {
                 }
             };
             t.held.grant(granted.range, granted.mode);
+            if let Some(cap) = granted.capability {
+                self.keep_capability(cap);
+            }
             // The size at the grant is pfs-meta's after every conflicting holder recorded its
             // own: it replaces ours, shrinks included (a truncate by another client), unless
             // our own writes grew the file further and pfs-meta does not know yet. A shrink
@@ -175,6 +189,65 @@ impl OpenFile {
             drop(t);
             self.client.inner.counters.acquires.fetch_add(1, Ordering::Relaxed);
         }
+    }
+
+    /// Keeps a capability, dropping those that expired or that it covers.
+    fn keep_capability(&self, cap: Capability) {
+        let now = unix_ms();
+        let mut caps = self.capabilities.lock();
+        caps.retain(|c| {
+            let subsumed = c.range.start >= cap.range.start && c.range.end <= cap.range.end && c.mode <= cap.mode;
+            c.expires_ms > now && !subsumed
+        });
+        if caps.len() >= MAX_KEPT_CAPABILITIES {
+            caps.remove(0);
+        }
+        caps.push(cap);
+    }
+
+    /// Capabilities that together allow `mode` over `range`, for a storage request (none
+    /// when the cluster does not authenticate). Ones kept from grants if they cover it with
+    /// [`CAPABILITY_MARGIN_MS`] to spare; otherwise a fresh one from pfs-meta, which the
+    /// session's tokens must cover (they do: every request goes out under its token, and a
+    /// revoked range stays held until the write-back under the revoke is acknowledged).
+    async fn capabilities_for(&self, range: ByteRange, mode: Mode) -> Result<Vec<Capability>> {
+        if !self.client.inner.options.auth.enabled() {
+            return Ok(Vec::new());
+        }
+        let fresh_after = unix_ms() + CAPABILITY_MARGIN_MS;
+        {
+            let caps = self.capabilities.lock();
+            let mut usable: Vec<&Capability> =
+                caps.iter().filter(|c| c.expires_ms > fresh_after && c.mode >= mode).collect();
+            usable.sort_by_key(|c| c.range.start);
+            let (mut covered, mut chosen) = (range.start, Vec::new());
+            for c in usable {
+                if chosen.len() == MAX_CAPABILITIES || covered >= range.end {
+                    break;
+                }
+                if c.range.start <= covered && c.range.end > covered {
+                    covered = c.range.end;
+                    chosen.push(*c);
+                }
+            }
+            if covered >= range.end {
+                return Ok(chosen);
+            }
+        }
+        let session = self.client.session()?;
+        let cap = self
+            .client
+            .meta(tok::GetCapability { session, file: self.id, mode, range })
+            .await
+            .map_err(|e| e.on_file(format!("capability for {} {range} of", mode_name(mode)), &self.path))?;
+        self.keep_capability(cap);
+        Ok(vec![cap])
+    }
+
+    /// The file bytes a piece covers.
+    fn piece_range(&self, p: &Piece) -> ByteRange {
+        let start = self.layout.file_offset(p.chunk, p.chunk_offset);
+        ByteRange::new(start, start + p.len as u64)
     }
 
     fn holds(&self, range: ByteRange, mode: Mode) -> bool {
@@ -286,6 +359,7 @@ impl OpenFile {
                 block_size: self.layout.block_size,
                 session,
                 chain: chain.at(),
+                capabilities: self.capabilities_for(self.piece_range(&p), Mode::Write).await?,
             };
             let on_chunk = |e| self.chunk_error("writing", p.chunk, head, e);
             let written = match self.bounded(head, &chain, self.client.storage(head, req, data)).await {
@@ -361,6 +435,9 @@ impl OpenFile {
                     offset: p.chunk_offset,
                     len: p.len as u32,
                     chain: chain.at(),
+                    chunk_size: self.layout.chunk_size(),
+                    session: self.client.session()?,
+                    capabilities: self.capabilities_for(self.piece_range(&p), Mode::Read).await?,
                 };
                 match self.bounded(server, &chain, self.client.storage(server, req, &[])).await {
                     Ok((_, data)) => {
@@ -617,7 +694,16 @@ impl File {
             // Our own dirty bytes first, so the replica has what a read would see.
             s.write_back(range, false).await?;
             let chain = s.client.refresh_chain(s.layout.chain(chunk)).await?;
-            let req = ReadChunk { file: s.id, chunk, offset: 0, len: want as u32, chain: chain.at() };
+            let req = ReadChunk {
+                file: s.id,
+                chunk,
+                offset: 0,
+                len: want as u32,
+                chain: chain.at(),
+                chunk_size: s.layout.chunk_size(),
+                session: s.client.session()?,
+                capabilities: s.capabilities_for(range, Mode::Read).await?,
+            };
             let (_, data) =
                 s.client.storage(server, req, &[]).await.map_err(|e| s.chunk_error("reading", chunk, server, e))?;
             s.fill(&mut buf[..want], &data, chunk, server)?;
@@ -741,10 +827,14 @@ impl File {
         for id in &s.layout.chains {
             servers.extend(s.client.refresh_chain(*id).await?.writers());
         }
+        let session = s.client.session()?;
+        let capabilities = s.capabilities_for(Access::from_size(size), Mode::Write).await?;
+        let capabilities = &capabilities;
         let mut pending: FuturesUnordered<_> = servers
             .iter()
             .map(|&t| async move {
-                let call = s.client.storage(t, TruncateFile { file: s.id, size, chunk_size }, &[]);
+                let req = TruncateFile { file: s.id, size, chunk_size, session, capabilities: capabilities.clone() };
+                let call = s.client.storage(t, req, &[]);
                 let r = s.bounded_if(s.layout.replicas > 1, t, call).await;
                 (t, r.map_err(|e| e.on_file(format!("truncating on {t}"), &s.path)))
             })

@@ -1,5 +1,6 @@
 //! [`ClientOptions`]: what a client needs to know to reach a cluster, nothing more.
 
+use pfs_common::auth::Auth;
 use pfs_common::config::{ClientConfig, Config, Timeouts};
 use std::net::SocketAddr;
 
@@ -26,11 +27,15 @@ pub struct ClientOptions {
     /// Three times `timeouts.server_down_ms` (the time pfs-meta needs to see a server gone,
     /// with room to spare).
     pub failover_ms: u64,
+    /// The key this client authenticates with (the cluster secret or a client key), or
+    /// `auth = "none"`; with `protect_data`, chunk payloads are MAC'd too.
+    pub auth: Auth,
 }
 
 impl ClientOptions {
     /// Defaults (those of an empty `[timeouts]` and `[client]` section) for pfs-meta at
-    /// `meta_address`.
+    /// `meta_address`, without authentication (set [`ClientOptions::auth`] for a cluster
+    /// that requires it).
     pub fn new(meta_address: SocketAddr) -> ClientOptions {
         let (t, c) = (Timeouts::default(), ClientConfig::default());
         ClientOptions {
@@ -41,13 +46,17 @@ impl ClientOptions {
             max_inflight_bytes: c.max_inflight_bytes,
             cache_blocks: c.cache_blocks,
             failover_ms: 3 * t.server_down_ms,
+            auth: Auth::none(),
         }
     }
 
-    /// The client settings of a cluster configuration file: pfs-meta's address, `[timeouts]`
-    /// and `[client]`.
-    pub fn from_config(config: &Config) -> ClientOptions {
-        ClientOptions {
+    /// The client settings of a cluster configuration file: pfs-meta's address, `[timeouts]`,
+    /// `[client]` and the key `[auth]` names (read now).
+    ///
+    /// Errors: Common (Config) when the config has no `auth` setting or its key file is
+    /// missing, unreadable or readable by others.
+    pub fn from_config(config: &Config) -> crate::Result<ClientOptions> {
+        Ok(ClientOptions {
             meta_address: config.meta.address,
             name: default_name(),
             connect_timeout_ms: config.timeouts.connect_ms,
@@ -55,7 +64,8 @@ impl ClientOptions {
             max_inflight_bytes: config.client.max_inflight_bytes,
             cache_blocks: config.client.cache_blocks,
             failover_ms: 3 * config.timeouts.server_down_ms,
-        }
+            auth: config.auth(false)?,
+        })
     }
 }
 

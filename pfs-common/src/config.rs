@@ -4,6 +4,7 @@
 //! storage target), layout defaults, timeouts and client limits. Every process reads the same
 //! file; a storage server picks its own section by `--id`.
 
+use crate::auth::{read_key, write_new_key, Auth, Credentials, Key};
 use crate::error::{Error, Result};
 use crate::ids::ServerId;
 use crate::layout::{LayoutPolicy, MAX_CHUNK_SIZE};
@@ -18,6 +19,10 @@ use std::path::{Path, PathBuf};
 pub struct Config {
     /// Base directory for relative data directories, logs and pid files.
     pub data_dir: PathBuf,
+    /// How processes authenticate: `auth = "none"` or an `[auth]` section naming the key
+    /// file. Required: every daemon and client refuses to start without it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auth: Option<AuthConfig>,
     pub meta: MetaConfig,
     #[serde(default)]
     pub storage: Vec<StorageConfig>,
@@ -29,6 +34,66 @@ pub struct Config {
     pub client: ClientConfig,
     #[serde(default)]
     pub tokens: TokenTimeouts,
+}
+
+/// `auth = "none"`, or the `[auth]` section.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AuthConfig {
+    /// `auth = "none"`: connections are neither authenticated nor MAC'd; anyone who can
+    /// reach a port can do anything. Every daemon logs a warning at start.
+    None,
+    /// `[auth]`: the key files.
+    Keys(AuthSettings),
+}
+
+/// The `[auth]` section.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthSettings {
+    /// The cluster secret (32 random bytes, mode 0400, made by `pfs keygen`), relative to
+    /// `data_dir`. pfs-meta and the storage servers need it; so do tools on trusted nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_file: Option<PathBuf>,
+    /// A client key (`pfs keygen --client-key`), for client nodes that must not hold the
+    /// cluster secret: it authenticates as a client only. Used when `secret_file` is absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub client_key_file: Option<PathBuf>,
+    /// MAC chunk payloads too, not only frame headers and bodies (costs a SHA-256 pass over
+    /// every byte on both ends). Either end of a connection asking for it turns it on.
+    #[serde(default)]
+    pub protect_data: bool,
+}
+
+impl Serialize for AuthConfig {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match self {
+            AuthConfig::None => s.serialize_str("none"),
+            AuthConfig::Keys(k) => k.serialize(s),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for AuthConfig {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<AuthConfig, D::Error> {
+        use serde::de::{self, MapAccess, Visitor};
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = AuthConfig;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("auth = \"none\" or an [auth] section with secret_file")
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> std::result::Result<AuthConfig, E> {
+                match v {
+                    "none" => Ok(AuthConfig::None),
+                    _ => Err(E::invalid_value(de::Unexpected::Str(v), &self)),
+                }
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<AuthConfig, A::Error> {
+                AuthSettings::deserialize(de::value::MapAccessDeserializer::new(map)).map(AuthConfig::Keys)
+            }
+        }
+        d.deserialize_any(V)
+    }
 }
 
 /// Token manager timing, all in milliseconds.
@@ -45,6 +110,9 @@ pub struct TokenTimeouts {
     /// was asked is declared down (the session's tokens are handed on once its storage lease,
     /// `timeouts.server_down_ms`, has run out too).
     pub fence_timeout_ms: u64,
+    /// Capabilities pfs-meta issues with tokens are valid this long (clocks of pfs-meta and
+    /// the storage servers must agree to well within it). Default 10 minutes.
+    pub capability_ms: u64,
 }
 
 impl Default for TokenTimeouts {
@@ -54,6 +122,7 @@ impl Default for TokenTimeouts {
             revoke_timeout_ms: 5_000,
             contention_window_ms: 1_000,
             fence_timeout_ms: 2_000,
+            capability_ms: 600_000,
         }
     }
 }
@@ -137,6 +206,9 @@ pub struct Timeouts {
     /// Bytes per second a scrub reads (0: unbounded). Default 128 MiB/s.
     pub scrub_bytes_per_sec: u64,
 }
+
+/// The cluster secret's file name (under `data_dir`) in [`Config::local`].
+pub const LOCAL_SECRET: &str = "cluster.key";
 
 /// `timeouts.idle_ms` must be at least this many times `tokens.lease_ms` and
 /// `timeouts.server_down_ms` (see [`Timeouts::idle_ms`]).
@@ -258,6 +330,61 @@ impl Config {
         Ok(())
     }
 
+    /// How this process authenticates, with its key read from the key file the config names.
+    /// A daemon passes `daemon`: it needs the cluster secret, not a client key.
+    ///
+    /// Errors: Config when the config has no `auth` setting (it must say `auth = "none"`
+    /// explicitly), names no key file, or the key file is missing, unreadable, of the wrong
+    /// size or readable by others.
+    pub fn auth(&self, daemon: bool) -> Result<Auth> {
+        let settings = match &self.auth {
+            None => {
+                return Err(Error::Config(
+                    "no [auth] section: name the cluster secret (`[auth] secret_file`, made by `pfs keygen`) \
+                     or say `auth = \"none\"` to run without authentication"
+                        .into(),
+                ))
+            }
+            Some(AuthConfig::None) => return Ok(Auth::none()),
+            Some(AuthConfig::Keys(k)) => k,
+        };
+        let credentials = match (&settings.secret_file, &settings.client_key_file) {
+            (Some(secret), _) => Credentials::Cluster(read_key(&self.data_dir.join(secret))?),
+            (None, Some(_)) if daemon => {
+                return Err(Error::Config(
+                    "[auth]: a daemon needs the cluster secret (secret_file), a client key is not enough".into(),
+                ))
+            }
+            (None, Some(key)) => Credentials::Client(read_key(&self.data_dir.join(key))?),
+            (None, None) => return Err(Error::Config("[auth] names neither secret_file nor client_key_file".into())),
+        };
+        Ok(Auth { credentials: Some(credentials), protect_data: settings.protect_data })
+    }
+
+    /// The cluster secret's path, if the config names one.
+    pub fn secret_path(&self) -> Option<PathBuf> {
+        match &self.auth {
+            Some(AuthConfig::Keys(AuthSettings { secret_file: Some(p), .. })) => Some(self.data_dir.join(p)),
+            _ => None,
+        }
+    }
+
+    /// Creates the cluster secret the config names if it does not exist yet (for a cluster
+    /// on one host: `pfs up`, `pfs demo`, tests). Returns its path if it created one.
+    ///
+    /// Errors: Io creating it.
+    pub fn ensure_secret(&self) -> Result<Option<PathBuf>> {
+        let Some(path) = self.secret_path() else { return Ok(None) };
+        if path.exists() {
+            return Ok(None);
+        }
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+        }
+        write_new_key(&path, &Key::random())?;
+        Ok(Some(path))
+    }
+
     /// The metadata server's data directory, resolved against `data_dir`.
     pub fn meta_dir(&self) -> PathBuf {
         self.data_dir.join(&self.meta.data_dir)
@@ -283,6 +410,11 @@ impl Config {
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         Config {
             data_dir: data_dir.to_path_buf(),
+            auth: Some(AuthConfig::Keys(AuthSettings {
+                secret_file: Some(LOCAL_SECRET.into()),
+                client_key_file: None,
+                protect_data: false,
+            })),
             meta: MetaConfig {
                 address: addr(base_port),
                 data_dir: "meta".into(),
@@ -356,6 +488,28 @@ mod tests {
         // Read from a file's [timeouts] section.
         let text = cfg.to_toml().replace("idle_ms = 10000", "idle_ms = 12000");
         assert_eq!(Config::from_toml(&text).unwrap().timeouts.idle_ms, 12_000);
+    }
+
+    #[test]
+    fn auth_is_none_or_a_key_file_and_never_implicit() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut cfg = Config::local(dir.path(), 7400, 1);
+        let text = cfg.to_toml();
+        assert!(text.contains("[auth]") && text.contains("secret_file = \"cluster.key\""), "{text}");
+        let e = cfg.auth(true).unwrap_err().to_string();
+        assert!(e.contains("cluster.key") && e.contains("cannot open"), "{e}");
+        assert!(cfg.ensure_secret().unwrap().is_some());
+        assert!(cfg.auth(true).unwrap().enabled());
+        assert!(cfg.ensure_secret().unwrap().is_none(), "an existing secret is kept");
+        cfg.auth = Some(AuthConfig::None);
+        let text = cfg.to_toml();
+        assert!(text.contains("auth = \"none\""), "{text}");
+        assert!(!Config::from_toml(&text).unwrap().auth(true).unwrap().enabled());
+        cfg.auth = None;
+        let e = Config::from_toml(&cfg.to_toml()).unwrap().auth(false).unwrap_err().to_string();
+        assert!(e.contains("auth = \"none\""), "{e}");
+        let e = Config::from_toml(&text.replace("\"none\"", "\"off\"")).unwrap_err().to_string();
+        assert!(e.contains("off"), "{e}");
     }
 
     #[test]

@@ -51,6 +51,12 @@ pub enum ErrorCode {
     /// server not (or no longer) in the chain's read or write path: ask pfs-meta for the
     /// chain again and retry.
     Stale,
+    /// The peer could not prove it holds the cluster's key, or sent a frame that failed its
+    /// integrity check.
+    AuthFailed,
+    /// The authenticated peer may not do this: its role does not allow it, the session is
+    /// another connection's, or it holds no valid capability (EACCES).
+    Denied,
 }
 
 impl ErrorCode {
@@ -74,6 +80,8 @@ impl ErrorCode {
             ErrorCode::NameTooLong => "file name too long",
             ErrorCode::Busy => "device or resource busy",
             ErrorCode::Stale => "stale replication chain",
+            ErrorCode::AuthFailed => "authentication failed",
+            ErrorCode::Denied => "permission denied",
         }
     }
 
@@ -152,6 +160,10 @@ pub enum Error {
     /// role refused).
     #[error("{peer}: {message}")]
     Protocol { peer: String, message: String },
+    /// The handshake with `peer` failed: it could not prove it holds the cluster's key, or
+    /// it does not authenticate while we do.
+    #[error("{peer}: authentication failed: {message}")]
+    Auth { peer: String, message: String },
     /// A frame's length exceeds a limit; checked before anything is allocated.
     #[error("{peer}: {what} of {len} bytes exceeds the limit of {limit} bytes")]
     TooLarge { peer: String, what: &'static str, len: u64, limit: u64 },
@@ -194,6 +206,7 @@ impl Error {
                 _ => ErrorCode::Unavailable,
             },
             Error::Protocol { .. } => ErrorCode::Protocol,
+            Error::Auth { .. } => ErrorCode::AuthFailed,
             Error::TooLarge { .. } => ErrorCode::TooLarge,
             Error::Remote { code, .. } => *code,
             Error::Config(_) | Error::Layout(_) => ErrorCode::Invalid,

@@ -4,6 +4,8 @@
 //! Nothing in here knows about a particular server's state; the metadata server, storage
 //! server and client each build on these pieces.
 
+pub mod auth;
+pub mod capability;
 pub mod chain;
 pub mod config;
 pub mod error;

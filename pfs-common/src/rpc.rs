@@ -3,7 +3,8 @@
 //! dispatch of every pfs server).
 //!
 //! Every connection opens with a [`Hello`] handshake naming the protocol version and the
-//! peer's role. A frame whose header is bad (wrong magic, a length over the limit) gets an
+//! peer's role; unless `auth = "none"`, both sides prove they hold the role's key and every
+//! later frame carries a MAC ([`crate::auth`]). A frame whose header is bad (wrong magic, a length over the limit) gets an
 //! error answer and the connection is closed; a well-framed request whose body does not
 //! decode gets an error answer and the connection stays usable. Either way the server logs it
 //! and keeps serving everyone else. A connection idle past [`ServeOptions::idle_timeout`]
@@ -13,10 +14,13 @@
 //! An [`RpcClient`] is typed by the request enum of the server's service(s), so only calls
 //! that server answers can be sent on it, and each call's answer decodes as [`Call::Reply`].
 
+use crate::auth::{self, Auth, FrameMac};
 use crate::error::{Error, Result, WireCode, WireError};
 use crate::pool::{self, PooledBuf};
 use crate::wire::frame::{read_frame, write_frame, Frame, FrameError, FrameKind, Limits, DEFAULT_LIMITS};
-use crate::wire::{self, Call, Hello, HelloReply, PeerRole, ResponseBody, PEER_NAME_MAX, PROTOCOL_VERSION};
+use crate::wire::{
+    self, Call, Hello, HelloProof, HelloReply, PeerRole, ResponseBody, PEER_NAME_MAX, PROTOCOL_VERSION,
+};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -43,8 +47,19 @@ type Reader = BufReader<OwnedReadHalf>;
 
 /// Requests one server connection runs at once; further requests wait (bounded memory).
 pub const MAX_INFLIGHT_PER_CONN: usize = 64;
-/// Time a new connection has to send its `Hello`.
-pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The sending half of a connection and the MAC state of its direction: every frame is
+/// written (and tagged, in sequence) under the one lock that holds it.
+pub(crate) struct Sender {
+    half: OwnedWriteHalf,
+    mac: Option<FrameMac>,
+}
+
+impl Sender {
+    async fn send(&mut self, kind: FrameKind, id: u64, body: &[u8], payload: &[u8]) -> std::result::Result<(), FrameError> {
+        write_frame(&mut self.half, kind, id, body, payload, self.mac.as_mut()).await
+    }
+}
 
 /// A frame error on the connection to `peer`, as this crate's [`Error`].
 fn frame_error(peer: &str, e: FrameError) -> Error {
@@ -71,6 +86,12 @@ pub struct RpcClient<R> {
     _service: PhantomData<fn(R)>,
 }
 
+impl<R> std::fmt::Debug for RpcClient<R> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RpcClient").field("peer", &self.inner.peer).finish()
+    }
+}
+
 impl<R> Clone for RpcClient<R> {
     fn clone(&self) -> Self {
         RpcClient { inner: self.inner.clone(), _service: PhantomData }
@@ -80,7 +101,7 @@ impl<R> Clone for RpcClient<R> {
 struct ClientInner {
     /// "storage-2 at 127.0.0.1:7402": used in every error.
     peer: String,
-    writer: tokio::sync::Mutex<OwnedWriteHalf>,
+    writer: tokio::sync::Mutex<Sender>,
     pending: Mutex<Pending>,
     next_id: AtomicU64,
     request_timeout: Duration,
@@ -104,6 +125,8 @@ pub struct ConnectOptions {
     pub connect_timeout: Duration,
     /// Deadline for one request's answer.
     pub request_timeout: Duration,
+    /// Our key (for `role`), or `auth = "none"`.
+    pub auth: Auth,
 }
 
 impl<R: Serialize> RpcClient<R> {
@@ -126,39 +149,28 @@ impl<R: Serialize> RpcClient<R> {
             stream.set_nodelay(true).ok();
             let (rd, mut wr) = stream.into_split();
             let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
-            let hello = Hello { version: PROTOCOL_VERSION, role: opts.role, name: opts.name.clone() };
-            write_frame(&mut wr, FrameKind::Request, 0, &wire::encode(&hello), &[])
-                .await
-                .map_err(|e| frame_error(&peer, e))?;
-            let frame = read_frame(&mut rd, &DEFAULT_LIMITS, pool::global())
-                .await
-                .map_err(|e| frame_error(&peer, e))?
-                .ok_or_else(|| Error::Closed { peer: peer.clone() })?;
-            let reply: ResponseBody<HelloReply> = decode_body(&peer, &frame.body)?;
-            let reply = reply.map_err(|e| remote(&peer, e))?;
-            if reply.version != PROTOCOL_VERSION {
-                return Err(Error::Protocol {
-                    peer: peer.clone(),
-                    message: format!("speaks protocol version {}, we speak {PROTOCOL_VERSION}", reply.version),
-                });
-            }
-            Ok::<_, Error>((rd, wr))
+            let macs = client_handshake(&mut rd, &mut wr, &peer, opts).await?;
+            Ok::<_, Error>((rd, wr, macs))
         };
-        let (rd, wr) = match tokio::time::timeout(opts.connect_timeout, setup).await {
+        let (rd, wr, macs) = match tokio::time::timeout(opts.connect_timeout, setup).await {
             Ok(r) => r?,
             Err(_) => {
                 return Err(Error::TimedOut { peer, what: "connection", ms: opts.connect_timeout.as_millis() as u64 })
             }
         };
+        let (send_mac, receive_mac) = match macs {
+            Some((s, r)) => (Some(s), Some(r)),
+            None => (None, None),
+        };
         let inner = Arc::new(ClientInner {
             peer,
-            writer: tokio::sync::Mutex::new(wr),
+            writer: tokio::sync::Mutex::new(Sender { half: wr, mac: send_mac }),
             pending: Mutex::new(Pending::default()),
             next_id: AtomicU64::new(1),
             request_timeout: opts.request_timeout,
             reader: Mutex::new(None),
         });
-        let task = tokio::spawn(read_responses(Arc::downgrade(&inner), rd, notify));
+        let task = tokio::spawn(read_responses(Arc::downgrade(&inner), rd, notify, receive_mac));
         *inner.reader.lock() = Some(task);
         Ok(RpcClient { inner, _service: PhantomData })
     }
@@ -200,8 +212,7 @@ impl<R: Serialize> RpcClient<R> {
         }
         let deadline = Instant::now() + inner.request_timeout;
         let write = async {
-            let mut w = inner.writer.lock().await;
-            write_frame(&mut *w, FrameKind::Request, id, &body, payload).await
+            inner.writer.lock().await.send(FrameKind::Request, id, &body, payload).await
         };
         match tokio::time::timeout_at(deadline.into(), write).await {
             Ok(Ok(())) => {}
@@ -281,9 +292,14 @@ impl Drop for ClientInner {
     }
 }
 
-async fn read_responses(inner: std::sync::Weak<ClientInner>, mut rd: Reader, notify: Option<mpsc::Sender<Frame>>) {
+async fn read_responses(
+    inner: std::sync::Weak<ClientInner>,
+    mut rd: Reader,
+    notify: Option<mpsc::Sender<Frame>>,
+    mut mac: Option<FrameMac>,
+) {
     loop {
-        let result = read_frame(&mut rd, &DEFAULT_LIMITS, pool::global()).await;
+        let result = read_frame(&mut rd, &DEFAULT_LIMITS, pool::global(), mac.as_mut()).await;
         let Some(inner) = inner.upgrade() else { return };
         let err = match result {
             Ok(Some(frame)) => match frame.header.kind {
@@ -336,7 +352,7 @@ pub struct Peer {
 /// Sends one-way [`FrameKind::Notify`] frames on a server-side connection.
 #[derive(Clone)]
 pub struct Notifier {
-    writer: Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    writer: Arc<tokio::sync::Mutex<Sender>>,
     peer: Arc<str>,
 }
 
@@ -346,9 +362,7 @@ impl Notifier {
     /// Errors: Socket or Closed naming the peer when the connection is gone.
     pub async fn notify<T: Serialize>(&self, msg: &T) -> Result<()> {
         let mut w = self.writer.lock().await;
-        write_frame(&mut *w, FrameKind::Notify, 0, &wire::encode(msg), &[])
-            .await
-            .map_err(|e| frame_error(&self.peer, e))
+        w.send(FrameKind::Notify, 0, &wire::encode(msg), &[]).await.map_err(|e| frame_error(&self.peer, e))
     }
 }
 
@@ -414,6 +428,10 @@ pub struct ServeOptions {
     /// this long while none of its requests was in flight (a peer waiting for a slow answer
     /// is not idle); the peer sees the connection closed. `None`: never.
     pub idle_timeout: Option<Duration>,
+    /// A new connection that has not completed its handshake within this long is closed.
+    pub handshake_timeout: Duration,
+    /// The server's key, or `auth = "none"`.
+    pub auth: Auth,
 }
 
 /// Accepts connections on `listener` forever, serving each with `handler`.
@@ -445,11 +463,17 @@ async fn serve_conn<H: Handler>(
 ) {
     let (rd, wr) = stream.into_split();
     let mut rd = BufReader::with_capacity(READ_BUFFER, rd);
-    let writer = Arc::new(tokio::sync::Mutex::new(wr));
-    let peer = match handshake(&mut rd, &writer, addr, conn_id, &opts).await {
-        Ok(p) => p,
-        Err(e) => {
+    let writer = Arc::new(tokio::sync::Mutex::new(Sender { half: wr, mac: None }));
+    let handshake = tokio::time::timeout(opts.handshake_timeout, handshake(&mut rd, &writer, addr, conn_id, &opts));
+    let (peer, mut receive_mac) = match handshake.await {
+        Ok(Ok(p)) => p,
+        Ok(Err(e)) => {
             warn!("{}: connection from {addr} refused: {e}", opts.name);
+            return;
+        }
+        Err(_) => {
+            let ms = opts.handshake_timeout.as_millis();
+            warn!("{}: connection from {addr} closed: no complete handshake within {ms} ms", opts.name);
             return;
         }
     };
@@ -457,7 +481,7 @@ async fn serve_conn<H: Handler>(
     let slots = Arc::new(Semaphore::new(MAX_INFLIGHT_PER_CONN));
     let activity = Arc::new(Activity::new());
     loop {
-        let read = read_frame(&mut rd, &opts.limits, pool::global());
+        let read = read_frame(&mut rd, &opts.limits, pool::global(), receive_mac.as_mut());
         let read = match opts.idle_timeout {
             None => Some(read.await),
             Some(idle) => read_unless_idle(read, idle, &activity).await,
@@ -468,7 +492,7 @@ async fn serve_conn<H: Handler>(
             // keeps the socket open a little longer. Not while a notification is being
             // written (to a peer that may never read it): never wait on the peer here.
             if let Ok(mut w) = writer.try_lock() {
-                let _ = w.shutdown().await;
+                let _ = w.half.shutdown().await;
             }
             break;
         };
@@ -483,8 +507,7 @@ async fn serve_conn<H: Handler>(
             Err(e) => {
                 warn!("{}: bad frame from {} ({addr}), closing the connection: {e}", opts.name, peer.name);
                 let reply = Reply::error(&e);
-                let mut w = writer.lock().await;
-                let _ = write_frame(&mut *w, FrameKind::Response, 0, &reply.body, &[]).await;
+                let _ = writer.lock().await.send(FrameKind::Response, 0, &reply.body, &[]).await;
                 break;
             }
         };
@@ -579,59 +602,175 @@ async fn read_unless_idle<F: Future>(read: F, idle: Duration, activity: &Activit
     }
 }
 
-async fn send_reply(writer: &tokio::sync::Mutex<OwnedWriteHalf>, id: u64, reply: Reply) {
+async fn send_reply(writer: &tokio::sync::Mutex<Sender>, id: u64, reply: Reply) {
     let payload: &[u8] = reply.payload.as_deref().unwrap_or(&[]);
     let mut w = writer.lock().await;
-    if let Err(e) = write_frame(&mut *w, FrameKind::Response, id, &reply.body, payload).await {
+    if let Err(e) = w.send(FrameKind::Response, id, &reply.body, payload).await {
         debug!("answer {id} not delivered: {e}");
     }
 }
 
-/// Reads and checks the peer's [`Hello`], answers it, and returns the peer. A refused
-/// handshake is answered with the reason before the connection is closed.
+/// Reads and checks the peer's [`Hello`], answers it, checks the peer's proof when this
+/// server authenticates, and returns the peer and the MAC state of the receiving direction
+/// (the sending one is installed in `writer`). A refused handshake is answered with the
+/// reason before the connection is closed.
 async fn handshake(
     rd: &mut Reader,
-    writer: &Arc<tokio::sync::Mutex<OwnedWriteHalf>>,
+    writer: &Arc<tokio::sync::Mutex<Sender>>,
     addr: SocketAddr,
     conn_id: u64,
     opts: &ServeOptions,
-) -> Result<Peer> {
+) -> Result<(Peer, Option<FrameMac>)> {
     let at = addr.to_string();
-    let first =
-        tokio::time::timeout(HANDSHAKE_TIMEOUT, read_frame(rd, &opts.limits, pool::global())).await.map_err(|_| {
-            Error::TimedOut { peer: at.clone(), what: "handshake", ms: HANDSHAKE_TIMEOUT.as_millis() as u64 }
-        })?;
     let refuse = |message: String| Error::Protocol { peer: at.clone(), message };
-    let result = match first {
-        Ok(Some(f)) if f.header.kind == FrameKind::Request => {
-            wire::decode::<Hello>(&f.body).map_err(|e| refuse(format!("undecodable handshake: {e}")))
-        }
+    let deny = |message: String| Error::Auth { peer: at.clone(), message };
+    let first = read_frame(rd, &opts.limits, pool::global(), None).await;
+    let hello_bytes = match first {
+        Ok(Some(f)) if f.header.kind == FrameKind::Request => Ok(f.body),
         Ok(Some(_)) => Err(refuse("the first frame is not a handshake request".into())),
         Ok(None) => return Err(Error::Closed { peer: at }),
         Err(e) => Err(frame_error(&at, e)),
     };
-    let result = result.and_then(|hello| {
+    let result = hello_bytes.and_then(|bytes| {
+        let hello = wire::decode::<Hello>(&bytes).map_err(|e| refuse(format!("undecodable handshake: {e}")))?;
         if hello.name.len() > PEER_NAME_MAX {
-            Err(refuse(format!("a peer name of {} bytes (at most {PEER_NAME_MAX})", hello.name.len())))
-        } else if hello.version != PROTOCOL_VERSION {
-            Err(refuse(format!(
+            return Err(refuse(format!("a peer name of {} bytes (at most {PEER_NAME_MAX})", hello.name.len())));
+        }
+        if hello.version != PROTOCOL_VERSION {
+            return Err(refuse(format!(
                 "{} speaks protocol version {}, {} speaks {PROTOCOL_VERSION}",
                 hello.name, hello.version, opts.name
-            )))
-        } else if !opts.roles.contains(&hello.role) {
-            Err(refuse(format!("{} does not accept {:?} connections", opts.name, hello.role)))
-        } else {
-            Ok(hello)
+            )));
         }
+        if !opts.roles.contains(&hello.role) {
+            return Err(deny(format!("{} does not accept {:?} connections", opts.name, hello.role)));
+        }
+        let key = match &opts.auth.credentials {
+            None => None,
+            Some(_) if !hello.auth => {
+                return Err(deny(format!(
+                    "{} requires the cluster's key and {} has none (auth = \"none\")",
+                    opts.name, hello.name
+                )))
+            }
+            Some(c) => Some(c.role_key(hello.role).expect("a server holds the cluster secret")),
+        };
+        Ok((hello, bytes, key))
     });
-    let reply = match &result {
-        Ok(_) => Reply::result::<_, Error>(Ok(HelloReply { version: PROTOCOL_VERSION, server: opts.name.clone() })),
-        Err(e) => Reply::error(e),
+    let (hello, hello_bytes, key) = match result {
+        Ok(r) => r,
+        Err(e) => {
+            send_reply(writer, 0, Reply::error(&e)).await;
+            return Err(e);
+        }
     };
-    send_reply(writer, 0, reply).await;
-    let hello = result?;
+    let mut reply = HelloReply {
+        version: PROTOCOL_VERSION,
+        server: opts.name.clone(),
+        nonce: auth::nonce(),
+        auth: key.is_some(),
+        protect_data: opts.auth.protect_data,
+        proof: None,
+    };
+    let keys = key.map(|key| {
+        let th = auth::transcript(&hello_bytes, &wire::encode(&reply));
+        let protect = hello.protect_data || opts.auth.protect_data;
+        let keys = auth::connection_keys(&key, &hello.nonce, &reply.nonce, &th, protect, false);
+        reply.proof = Some(keys.server_proof());
+        keys
+    });
+    send_reply(writer, 0, Reply::result::<_, Error>(Ok(reply))).await;
     let notifier = Notifier { writer: writer.clone(), peer: format!("{} at {addr}", hello.name).into() };
-    Ok(Peer { conn_id, addr, role: hello.role, name: hello.name, notifier })
+    let peer = Peer { conn_id, addr, role: hello.role, name: hello.name, notifier };
+    let Some(keys) = keys else { return Ok((peer, None)) };
+    let proof = match read_frame(rd, &opts.limits, pool::global(), None).await {
+        Ok(Some(f)) if f.header.kind == FrameKind::Request => wire::decode::<HelloProof>(&f.body).ok(),
+        Ok(None) => {
+            return Err(deny(format!("{} left during the handshake (it holds another cluster key?)", peer.name)))
+        }
+        _ => None,
+    };
+    match proof {
+        Some(p) if keys.client_proof_matches(&p.proof) => {}
+        _ => {
+            let e = deny(format!(
+                "{} ({:?}) sent a wrong proof: another cluster key, or a replayed handshake",
+                peer.name, peer.role
+            ));
+            send_reply(writer, 0, Reply::error(&e)).await;
+            return Err(e);
+        }
+    }
+    send_reply(writer, 0, Reply::result::<_, Error>(Ok(()))).await;
+    // Every later frame is MAC'd.
+    writer.lock().await.mac = Some(keys.send);
+    Ok((peer, Some(keys.receive)))
+}
+
+/// The client's side of the handshake; returns the (send, receive) MAC states when the
+/// connection is authenticated.
+async fn client_handshake(
+    rd: &mut Reader,
+    wr: &mut OwnedWriteHalf,
+    peer: &str,
+    opts: &ConnectOptions,
+) -> Result<Option<(FrameMac, FrameMac)>> {
+    let deny = |message: String| Error::Auth { peer: peer.to_string(), message };
+    let key = match &opts.auth.credentials {
+        None => None,
+        Some(c) => Some(
+            c.role_key(opts.role)
+                .ok_or_else(|| deny(format!("a client key cannot connect as {:?}", opts.role)))?,
+        ),
+    };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: opts.role,
+        name: opts.name.clone(),
+        nonce: auth::nonce(),
+        auth: key.is_some(),
+        protect_data: opts.auth.protect_data,
+    };
+    let hello_bytes = wire::encode(&hello);
+    write_frame(wr, FrameKind::Request, 0, &hello_bytes, &[], None).await.map_err(|e| frame_error(peer, e))?;
+    let frame = read_frame(rd, &DEFAULT_LIMITS, pool::global(), None)
+        .await
+        .map_err(|e| frame_error(peer, e))?
+        .ok_or_else(|| Error::Closed { peer: peer.to_string() })?;
+    let reply: ResponseBody<HelloReply> = decode_body(peer, &frame.body)?;
+    let mut reply = reply.map_err(|e| remote(peer, e))?;
+    if reply.version != PROTOCOL_VERSION {
+        return Err(Error::Protocol {
+            peer: peer.to_string(),
+            message: format!("speaks protocol version {}, we speak {PROTOCOL_VERSION}", reply.version),
+        });
+    }
+    let key = match (key, reply.auth) {
+        (None, false) => return Ok(None),
+        (None, true) => return Err(deny("the server authenticates and we hold no key".into())),
+        (Some(_), false) => {
+            return Err(deny("the server does not authenticate (auth = \"none\") and we require it".into()))
+        }
+        (Some(key), true) => key,
+    };
+    let Some(proof) = reply.proof.take() else {
+        return Err(deny("the server sent no proof".into()));
+    };
+    let th = auth::transcript(&hello_bytes, &wire::encode(&reply));
+    let protect = hello.protect_data || reply.protect_data;
+    let keys = auth::connection_keys(&key, &hello.nonce, &reply.nonce, &th, protect, true);
+    if !keys.server_proof_matches(&proof) {
+        return Err(deny("it could not prove it holds this cluster's key (another cluster's secret?)".into()));
+    }
+    let body = wire::encode(&HelloProof { proof: keys.client_proof() });
+    write_frame(wr, FrameKind::Request, 0, &body, &[], None).await.map_err(|e| frame_error(peer, e))?;
+    let frame = read_frame(rd, &DEFAULT_LIMITS, pool::global(), None)
+        .await
+        .map_err(|e| frame_error(peer, e))?
+        .ok_or_else(|| deny("the server closed the connection after our proof".into()))?;
+    let answer: ResponseBody<()> = decode_body(peer, &frame.body)?;
+    answer.map_err(|e| remote(peer, e))?;
+    Ok(Some((keys.send, keys.receive)))
 }
 
 /// Binds a listener. Errors: Io naming the address.
@@ -665,7 +804,7 @@ mod tests {
     }
 
     /// A server closing connections idle for `idle`, whose answers take `delay`.
-    async fn slow_server(idle: Duration, delay: Duration) -> SocketAddr {
+    async fn slow_server(idle: Duration, delay: Duration, auth: Auth) -> SocketAddr {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let opts = ServeOptions {
@@ -673,6 +812,8 @@ mod tests {
             roles: vec![PeerRole::Client],
             limits: DEFAULT_LIMITS,
             idle_timeout: Some(idle),
+            handshake_timeout: Duration::from_secs(10),
+            auth,
         };
         tokio::spawn(serve(listener, Arc::new(Slow { delay }), opts));
         addr
@@ -681,9 +822,16 @@ mod tests {
     /// A raw connection to `addr` that completed its handshake.
     async fn handshaken(addr: SocketAddr) -> TcpStream {
         let mut s = TcpStream::connect(addr).await.unwrap();
-        let hello = Hello { version: PROTOCOL_VERSION, role: PeerRole::Client, name: "raw".into() };
-        write_frame(&mut s, FrameKind::Request, 0, &wire::encode(&hello), &[]).await.unwrap();
-        let f = read_frame(&mut s, &DEFAULT_LIMITS, pool::global()).await.unwrap().unwrap();
+        let hello = Hello {
+            version: PROTOCOL_VERSION,
+            role: PeerRole::Client,
+            name: "raw".into(),
+            nonce: [0; 32],
+            auth: false,
+            protect_data: false,
+        };
+        write_frame(&mut s, FrameKind::Request, 0, &wire::encode(&hello), &[], None).await.unwrap();
+        let f = read_frame(&mut s, &DEFAULT_LIMITS, pool::global(), None).await.unwrap().unwrap();
         wire::decode::<ResponseBody<HelloReply>>(&f.body).unwrap().unwrap();
         s
     }
@@ -691,7 +839,7 @@ mod tests {
     /// The next frame, or `None` once the server closed (or reset) the connection. The
     /// deadline only turns a server that never closes into a failure instead of a hang.
     async fn next_frame(s: &mut TcpStream) -> Option<Frame> {
-        tokio::time::timeout(Duration::from_secs(60), read_frame(s, &DEFAULT_LIMITS, pool::global()))
+        tokio::time::timeout(Duration::from_secs(60), read_frame(s, &DEFAULT_LIMITS, pool::global(), None))
             .await
             .expect("the server closes idle connections")
             .unwrap_or(None)
@@ -700,7 +848,7 @@ mod tests {
     #[tokio::test]
     async fn idle_connections_are_closed_busy_ones_are_not() {
         let idle = Duration::from_millis(100);
-        let addr = slow_server(idle, idle * 5).await;
+        let addr = slow_server(idle, idle * 5, Auth::none()).await;
 
         // Silent after its handshake: closed.
         let mut silent = handshaken(addr).await;
@@ -717,7 +865,7 @@ mod tests {
         // is closed only once it is idle after the answer.
         let mut busy = handshaken(addr).await;
         let body = wire::encode(&GetStatus.into_request());
-        write_frame(&mut busy, FrameKind::Request, 7, &body, &[]).await.unwrap();
+        write_frame(&mut busy, FrameKind::Request, 7, &body, &[], None).await.unwrap();
         let answer = next_frame(&mut busy).await.expect("answered on the same connection");
         assert_eq!((answer.header.kind, answer.header.request_id), (FrameKind::Response, 7));
         let status: ResponseBody<StorageStatus> = wire::decode(&answer.body).unwrap();
@@ -730,8 +878,48 @@ mod tests {
             name: "after".into(),
             connect_timeout: Duration::from_secs(10),
             request_timeout: Duration::from_secs(60),
+            auth: Auth::none(),
         };
         let c: RpcClient<StorageRequest> = RpcClient::connect(addr, "slow", &opts, None).await.unwrap();
         assert_eq!(c.ask(GetStatus).await.unwrap().engine, "slow");
+    }
+
+    fn client_opts(auth: Auth) -> ConnectOptions {
+        ConnectOptions {
+            role: PeerRole::Client,
+            name: "test".into(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            auth,
+        }
+    }
+
+    #[tokio::test]
+    async fn only_holders_of_the_cluster_key_connect_and_both_sides_must_authenticate() {
+        let secret = auth::Key::random();
+        let addr = slow_server(Duration::from_secs(60), Duration::ZERO, Auth::cluster(secret.clone())).await;
+        let connect = |a: Auth| async move {
+            RpcClient::<StorageRequest>::connect(addr, "slow", &client_opts(a), None).await
+        };
+        // The right key, and the client key derived from it: connected, requests answered.
+        let c = connect(Auth::cluster(secret.clone())).await.unwrap();
+        assert_eq!(c.ask(GetStatus).await.unwrap().engine, "slow");
+        let client_key = auth::Credentials::Cluster(secret.clone()).role_key(PeerRole::Client).unwrap();
+        let only_client = Auth { credentials: Some(auth::Credentials::Client(client_key)), protect_data: true };
+        let c = connect(only_client).await.unwrap();
+        assert_eq!(c.ask(GetStatus).await.unwrap().engine, "slow", "with payload MACs too");
+        // Another cluster's key: the client finds the server cannot prove ours.
+        let e = connect(Auth::cluster(auth::Key::random())).await.unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::AuthFailed, "{e}");
+        // No key at all: the server refuses, saying why.
+        let e = connect(Auth::none()).await.unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::AuthFailed, "{e}");
+        assert!(e.to_string().contains("authentication failed"), "{e}");
+        // A server without authentication is refused by a client that requires it.
+        let open = slow_server(Duration::from_secs(60), Duration::ZERO, Auth::none()).await;
+        let e = RpcClient::<StorageRequest>::connect(open, "slow", &client_opts(Auth::cluster(secret)), None)
+            .await
+            .unwrap_err();
+        assert_eq!(e.code(), crate::ErrorCode::AuthFailed, "{e}");
     }
 }

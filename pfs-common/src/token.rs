@@ -4,18 +4,26 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A client session: the holder of tokens. Unique across pfs-meta restarts: the high 32 bits
-/// are pfs-meta's boot epoch (persisted, bumped at every start), the low 32 a counter. Storage
-/// servers fence by it: writes carrying an evicted session, or one from an older epoch, are
-/// refused.
+/// A client session: the holder of tokens. Unique across pfs-meta restarts: the high 24 bits
+/// are pfs-meta's boot epoch (persisted, bumped at every start), the low
+/// [`SESSION_RANDOM_BITS`] random (unguessable). Storage servers fence by it: writes carrying
+/// an evicted session, or one from an older epoch, are refused.
 pub type SessionId = u64;
+
+/// Random low bits of a [`SessionId`].
+pub const SESSION_RANDOM_BITS: u32 = 40;
+
+/// The first session id of boot epoch `epoch` (every session of older epochs is below it).
+pub fn first_session_of(epoch: u32) -> SessionId {
+    (epoch as u64) << SESSION_RANDOM_BITS
+}
 
 /// The id of one revoke, echoed by the holder's acknowledgement.
 pub type RevokeId = u64;
 
 /// The boot epoch a session id belongs to.
 pub fn session_epoch(session: SessionId) -> u32 {
-    (session >> 32) as u32
+    (session >> SESSION_RANDOM_BITS) as u32
 }
 
 /// Token mode: shared read or exclusive write.
@@ -118,6 +126,6 @@ mod tests {
         assert_eq!(a.intersect(&ByteRange::new(15, 99)), Some(ByteRange::new(15, 20)));
         assert_eq!(a.intersect(&ByteRange::new(20, 99)), None);
         assert_eq!(format!("{:?}", ByteRange::from(3)), "[3, ∞)");
-        assert_eq!(session_epoch((7 << 32) | 9), 7);
+        assert_eq!(session_epoch(first_session_of(7) | 9), 7);
     }
 }

@@ -60,6 +60,11 @@ pub enum MetaError {
     /// server, a storage server opening sessions).
     #[error("{peer} ({role}) may not {what}")]
     Forbidden { peer: String, role: &'static str, what: String },
+    /// An authenticated peer asked for something it may not have: a capability its tokens do
+    /// not cover, a registration under an id or address the config does not give it, or
+    /// one of an id already registered and alive.
+    #[error("denied: {what}")]
+    Denied { what: String },
     /// A storage server's request came from a connection it is not registered on.
     #[error("{server} is not registered on this connection; register again")]
     NotRegistered { server: ServerId },
@@ -123,7 +128,8 @@ impl MetaError {
             MetaError::NotDir { .. } => ErrorCode::NotDir,
             MetaError::IsDir { .. } => ErrorCode::IsDir,
             MetaError::NotEmpty { .. } => ErrorCode::NotEmpty,
-            MetaError::BadPath { .. } | MetaError::Invalid(_) | MetaError::Forbidden { .. } => ErrorCode::Invalid,
+            MetaError::BadPath { .. } | MetaError::Invalid(_) => ErrorCode::Invalid,
+            MetaError::Forbidden { .. } | MetaError::Denied { .. } => ErrorCode::Denied,
             MetaError::NameTooLong { .. } => ErrorCode::NameTooLong,
             MetaError::Busy { .. } => ErrorCode::Busy,
             MetaError::Conflict { .. } => ErrorCode::Conflict,

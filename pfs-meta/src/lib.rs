@@ -27,10 +27,12 @@ use std::sync::Arc;
 /// Runs the metadata server: recovers the WAL in `config.meta_dir()`, listens on
 /// `config.meta.address` and serves clients and storage servers until the WAL fails.
 ///
-/// Errors: Corrupt naming the file and byte offset of a damaged log; Io if the address
+/// Errors: Common (Config) when the config's `[auth]` key file is missing or unsafe; Corrupt naming the file and byte offset of a damaged log; Io if the address
 /// cannot be bound; WalFailed if a WAL write or fsync fails while serving.
 pub async fn run(config: Arc<Config>) -> Result<()> {
-    let server = Arc::new(MetaServer::open(&config)?);
+    let auth = config.auth(true)?;
+    pfs_common::auth::warn_if_off("pfs-meta", &auth);
+    let server = Arc::new(MetaServer::open(&config, &auth)?);
     let listener = rpc::bind(config.meta.address, "pfs-meta").await?;
     let mut durable = server.store().durable();
     let opts = ServeOptions {
@@ -38,6 +40,8 @@ pub async fn run(config: Arc<Config>) -> Result<()> {
         roles: vec![PeerRole::Client, PeerRole::Storage],
         limits: DEFAULT_LIMITS,
         idle_timeout: Some(config.timeouts.idle()),
+        handshake_timeout: std::time::Duration::from_millis(config.timeouts.connect_ms),
+        auth,
     };
     tokio::select! {
         _ = rpc::serve(listener, server.clone(), opts) => Ok(()),

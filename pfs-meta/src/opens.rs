@@ -62,6 +62,11 @@ impl OpenTable {
         }
     }
 
+    /// True if `session` has `file` open.
+    pub fn has_open(&self, session: SessionId, file: FileId) -> bool {
+        self.by_session.get(&session).is_some_and(|f| f.contains(&file))
+    }
+
     /// True if some session has `file` open.
     pub fn is_open(&self, file: FileId) -> bool {
         self.by_file.contains_key(&file)

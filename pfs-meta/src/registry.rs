@@ -66,8 +66,13 @@ impl Registry {
         Registry { servers, down_after: Duration::from_millis(config.timeouts.server_down_ms), started: Instant::now() }
     }
 
-    /// Records a registration of server `id` on connection `conn_id`. A newer registration
-    /// replaces an older connection of the same id (the old one may be half-dead).
+    /// Records a registration of server `id` on connection `conn_id`.
+    ///
+    /// Errors (Denied): `id` is not in the configuration, `address` is not the one the
+    /// configuration gives it, or `id` is registered on another connection and alive (heard
+    /// from within the down timeout, not declared down): nobody takes over a live server's
+    /// id. A registration whose old connection went silent replaces it (a restarted server
+    /// whose old connection is half-dead).
     pub fn register(
         &mut self,
         id: ServerId,
@@ -76,23 +81,11 @@ impl Registry {
         free_bytes: u64,
         conn_id: u64,
         now: Instant,
-    ) {
-        let e = self.servers.entry(id).or_insert(Entry {
-            address,
-            capacity_bytes,
-            free_bytes,
-            last_heard: None,
-            conn_id: None,
-            declared_down: None,
-            listed: false,
-        });
-        if let Some(old) = e.conn_id {
-            if old != conn_id {
-                warn!("{id} registered again on a new connection; dropping its old connection {old}");
-            }
-        }
-        if e.address != address {
-            info!("{id} now at {address} (was {})", e.address);
+    ) -> Result<()> {
+        self.check_register(id, address, conn_id, now)?;
+        let e = self.servers.get_mut(&id).expect("checked: a configured server");
+        if let Some(old) = e.conn_id.filter(|old| *old != conn_id) {
+            warn!("{id} registered again on a new connection; dropping its silent old connection {old}");
         }
         *e = Entry {
             address,
@@ -104,6 +97,27 @@ impl Registry {
             listed: false,
         };
         info!("{id} registered from {address}: {capacity_bytes} bytes capacity, {free_bytes} free");
+        Ok(())
+    }
+
+    /// Whether [`Registry::register`] would accept this registration (see there).
+    pub fn check_register(&self, id: ServerId, address: SocketAddr, conn_id: u64, now: Instant) -> Result<()> {
+        let Some(e) = self.servers.get(&id) else {
+            return Err(MetaError::Denied { what: format!("register {id}: no such storage server in the config") });
+        };
+        if e.address != address {
+            return Err(MetaError::Denied {
+                what: format!("register {id} at {address}: the config puts it at {}", e.address),
+            });
+        }
+        let other_conn = e.conn_id.is_some_and(|old| old != conn_id);
+        let alive = e.declared_down.is_none() && e.last_heard.is_some_and(|t| now.duration_since(t) < self.down_after);
+        if other_conn && alive {
+            return Err(MetaError::Denied {
+                what: format!("register {id}: it is registered and alive on another connection"),
+            });
+        }
+        Ok(())
     }
 
     /// Records a heartbeat. Errors (the server should register again): NotRegistered if `id`
@@ -230,21 +244,29 @@ mod tests {
 
     #[test]
     fn up_and_down() {
-        let config = Config::local(Path::new("/tmp/x"), 7400, 2);
+        let mut config = Config::local(Path::new("/tmp/x"), 7400, 3);
+        config.storage[0].address = "127.0.0.1:9000".parse().unwrap();
+        config.storage[2].id = ServerId(9);
+        config.storage[2].address = "127.0.0.1:9009".parse().unwrap();
         let mut r = Registry::new(&config);
         let t0 = Instant::now();
         let down_after = Duration::from_millis(config.timeouts.server_down_ms);
         let list = r.list(t0, |_| 0, |_| 0);
-        assert_eq!(list.len(), 2);
+        assert_eq!(list.len(), 3);
         assert!(list.iter().all(|s| !s.up && s.last_heartbeat_ms == u64::MAX));
         let addr: SocketAddr = "127.0.0.1:9000".parse().unwrap();
-        r.register(ServerId(1), addr, 100, 50, 7, t0);
-        r.register(ServerId(9), addr, 100, 50, 8, t0);
+        r.register(ServerId(1), addr, 100, 50, 7, t0).unwrap();
+        r.register(ServerId(9), "127.0.0.1:9009".parse().unwrap(), 100, 50, 8, t0).unwrap();
+        // Only configured ids, at their configured addresses, never over a live registration.
+        let denied = |r: Result<()>| matches!(r, Err(MetaError::Denied { .. }));
+        assert!(denied(r.register(ServerId(5), addr, 1, 1, 11, t0)));
+        assert!(denied(r.register(ServerId(2), addr, 1, 1, 11, t0)));
+        assert!(denied(r.register(ServerId(1), addr, 1, 1, 11, t0)), "storage-1 is alive on connection 7");
         assert!(r.up_servers(t0).is_empty(), "not up before their chunk listings");
         r.listed(ServerId(1));
         r.listed(ServerId(9));
         assert_eq!(r.up_servers(t0), vec![ServerId(1), ServerId(9)]);
-        assert_eq!(r.list(t0, |_| 3, |_| 0).len(), 3, "configured plus registered");
+        assert_eq!(r.list(t0, |_| 3, |_| 0).len(), 3);
         // Silence past the timeout: down, computed from the time passed in.
         assert!(!r.up(ServerId(1), t0 + down_after));
         r.heartbeat(ServerId(1), 100, 40, 7, t0 + down_after).unwrap();
@@ -255,7 +277,7 @@ mod tests {
         r.declare_down(ServerId(1), "did not confirm a fence");
         assert!(!r.up(ServerId(1), t0 + down_after));
         assert!(matches!(r.heartbeat(ServerId(1), 1, 1, 7, t0 + down_after), Err(MetaError::DeclaredDown { .. })));
-        r.register(ServerId(1), addr, 100, 50, 10, t0 + down_after);
+        r.register(ServerId(1), addr, 100, 50, 10, t0 + down_after).unwrap();
         r.listed(ServerId(1));
         assert!(r.up(ServerId(1), t0 + down_after));
         assert_eq!(r.disconnected(8), Some(ServerId(9)));

@@ -37,6 +37,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Notify;
+use pfs_common::auth::Auth;
+use pfs_common::capability::{Capability, CapabilityIssuer};
+use pfs_common::token::{ByteRange, Mode};
 use tracing::{debug, info, warn};
 
 /// The registry side of pfs-meta, behind one lock. (The storage servers' connections, for
@@ -70,13 +73,15 @@ pub struct MetaServer {
     /// Storage servers' heartbeat period (the keeper's tick) and the re-replication delay, ms.
     heartbeat_ms: u64,
     rereplicate_after_ms: u64,
+    /// MACs the capabilities clients show storage servers (`None` with `auth = "none"`).
+    capabilities: Option<CapabilityIssuer>,
 }
 
 impl MetaServer {
     /// Opens (recovering) the namespace in `config.meta_dir()`.
     ///
     /// Errors: Corrupt naming the file and byte offset of a damaged log; Io.
-    pub fn open(config: &Config) -> Result<MetaServer> {
+    pub fn open(config: &Config, auth: &Auth) -> Result<MetaServer> {
         let store = NamespaceStore::open(&config.meta_dir(), config.meta.checkpoint_records, config.layout)?;
         let cluster = Arc::new(Mutex::new(Cluster { registry: Registry::new(config), holders: Holders::new() }));
         let t = &config.tokens;
@@ -108,6 +113,7 @@ impl MetaServer {
             chain_lock: tokio::sync::Mutex::new(()),
             heartbeat_ms: config.timeouts.heartbeat_ms,
             rereplicate_after_ms: config.timeouts.rereplicate_after_ms,
+            capabilities: auth.capability_key().map(|k| CapabilityIssuer::new(k, config.tokens.capability_ms)),
         })
     }
 
@@ -350,12 +356,79 @@ impl MetaServer {
                 let (session, lease_ms) = t.open_session(peer.conn_id, peer.notifier.clone());
                 Reply::to::<tok::OpenSession, MetaError>(Ok(SessionGrant { session, lease_ms }))
             }
-            TokenRequest::KeepAlive(c) => Reply::to::<tok::KeepAlive, _>(t.keep_alive(c.session)),
-            TokenRequest::Acquire(c) => Reply::to::<tok::Acquire, _>(self.acquire(c).await),
-            TokenRequest::RevokeDone(c) => Reply::to::<tok::RevokeDone, _>(t.revoke_done(c.session, c.revoke)),
-            TokenRequest::Release(c) => Reply::to::<tok::Release, _>(t.release(c.session, c.file, c.range)),
-            TokenRequest::CloseSession(c) => Reply::to::<tok::CloseSession, _>(t.close_session(c.session)),
+            // Every other call names a session, which must be one this connection opened.
+            TokenRequest::KeepAlive(c) => {
+                let r = self.own(peer, c.session).and_then(|()| t.keep_alive(c.session));
+                Reply::to::<tok::KeepAlive, _>(r)
+            }
+            TokenRequest::Acquire(c) => Reply::to::<tok::Acquire, _>(match self.own(peer, c.session) {
+                Ok(()) => self.acquire(c).await,
+                Err(e) => Err(e),
+            }),
+            TokenRequest::RevokeDone(c) => {
+                let r = self.own(peer, c.session).and_then(|()| t.revoke_done(c.session, c.revoke));
+                Reply::to::<tok::RevokeDone, _>(r)
+            }
+            TokenRequest::Release(c) => {
+                let r = self.own(peer, c.session).and_then(|()| t.release(c.session, c.file, c.range));
+                Reply::to::<tok::Release, _>(r)
+            }
+            TokenRequest::CloseSession(c) => {
+                let r = self.own(peer, c.session).and_then(|()| t.close_session(c.session));
+                Reply::to::<tok::CloseSession, _>(r)
+            }
+            TokenRequest::GetCapability(c) => Reply::to::<tok::GetCapability, _>(match self.own(peer, c.session) {
+                Ok(()) => self.capability(c).await,
+                Err(e) => Err(e),
+            }),
         }
+    }
+
+    /// Errors (Denied, or Evicted when it is not open) unless `session` was opened on
+    /// `peer`'s connection.
+    fn own(&self, peer: &Peer, session: SessionId) -> Result<()> {
+        self.tokens.check_owner(session, peer.conn_id, &peer.name)
+    }
+
+    /// A capability for what the session may do to the file's chunks: read all of a file it
+    /// has open (or holds tokens on), write what its Write tokens cover.
+    async fn capability(&self, c: tok::GetCapability) -> Result<Capability> {
+        let Some(issuer) = &self.capabilities else {
+            return Err(MetaError::Invalid("this cluster does not authenticate: no capabilities are needed".into()));
+        };
+        let (_, chunk_size) = self.file_geometry(c.file).await?;
+        let held = self.tokens.tokens_of(c.session, c.file);
+        let denied = |what: String| MetaError::Denied { what };
+        if c.mode == Mode::Read {
+            if held.is_empty() && !self.opens.lock().has_open(c.session, c.file) {
+                return Err(denied(format!("reading {}: session {:x} has it not open", c.file, c.session)));
+            }
+            return Ok(issuer.issue(c.file, ByteRange::ALL, Mode::Read, c.session, chunk_size));
+        }
+        let mut writable: Vec<ByteRange> = held.into_iter().filter(|(_, m)| *m == Mode::Write).map(|(r, _)| r).collect();
+        writable.sort_by_key(|r| r.start);
+        let mut covered = c.range.start;
+        for r in &writable {
+            if r.start <= covered {
+                covered = covered.max(r.end);
+            }
+        }
+        if c.range.is_empty() || covered < c.range.end {
+            return Err(denied(format!(
+                "writing {} of {}: session {:x} holds no Write token there",
+                c.range, c.file, c.session
+            )));
+        }
+        Ok(issuer.issue(c.file, c.range, Mode::Write, c.session, chunk_size))
+    }
+
+    /// The capability that goes with a grant: Write over the granted range, or Read over the
+    /// whole file (a client reads whole cache blocks, past what its Read token covers; it
+    /// may read any file it opened).
+    fn grant_capability(&self, c: &tok::Acquire, g_mode: Mode, range: ByteRange, chunk_size: u64) -> Option<Capability> {
+        let issuer = self.capabilities.as_ref()?;
+        let range = if g_mode == Mode::Read { ByteRange::ALL } else { range };
+        Some(issuer.issue(c.file, range, g_mode, c.session, chunk_size))
     }
 
     /// Tokens exist for files only; the size answered is the one at the grant, after every
@@ -363,13 +436,24 @@ impl MetaServer {
     async fn acquire(&self, c: tok::Acquire) -> Result<Granted> {
         self.file_size(c.file).await?;
         let g = self.tokens.acquire(c.session, c.file, c.mode, c.required, c.desired).await?;
-        let size = self.file_size(c.file).await?;
-        Ok(Granted { mode: g.mode, range: g.range, size })
+        let (size, chunk_size) = self.file_geometry(c.file).await?;
+        let capability = self.grant_capability(&c, g.mode, g.range, chunk_size);
+        Ok(Granted { mode: g.mode, range: g.range, size, capability })
     }
 
     /// Size in bytes of a regular file, from durable state. Errors: NoSuchFile, IsDir.
     async fn file_size(&self, file: FileId) -> Result<u64> {
         self.query(|n| n.file(file).map(|i| i.size)).await
+    }
+
+    /// Size and chunk size in bytes of a regular file, from durable state. Errors:
+    /// NoSuchFile, IsDir.
+    async fn file_geometry(&self, file: FileId) -> Result<(u64, u64)> {
+        self.query(|n| {
+            let i = n.file(file)?;
+            Ok((i.size, i.layout.as_ref().map_or(0, |l| l.chunk_size())))
+        })
+        .await
     }
 
     /// Serves one request of the registry service.
@@ -399,6 +483,7 @@ impl MetaServer {
             RegistryRequest::GetChains(c) => Reply::to::<reg::GetChains, _>(self.get_chains(c).await),
             RegistryRequest::GetLayouts(c) => Reply::to::<reg::GetLayouts, _>(self.get_layouts(c).await),
             RegistryRequest::SyncDone(c) => Reply::to::<reg::SyncDone, _>(self.sync_done(peer, c).await),
+            RegistryRequest::RemoveOrphan(c) => Reply::to::<reg::RemoveOrphan, _>(self.remove_orphan(peer, c).await),
             RegistryRequest::GetHealth(_) => Reply::to::<reg::GetHealth, _>(
                 self.query(|n| {
                     let t = n.chains();
@@ -415,12 +500,16 @@ impl MetaServer {
 
     async fn register(&self, peer: &Peer, c: reg::Register) -> Result<Registered> {
         speaks_for(peer, c.id)?;
+        // Only under the configured id and address, and never over a live registration.
+        self.cluster.lock().registry.check_register(c.id, c.address, peer.conn_id, Instant::now()).inspect_err(|e| {
+            warn!("refused the registration of {} from {} ({}): {e}", c.id, peer.name, peer.addr)
+        })?;
         // The token service first (it may take the cluster lock to declare servers down).
         let (fenced, lease_ms) = self.tokens.storage_registered(c.id, peer.conn_id, peer.notifier.clone());
         {
             let mut cl = self.cluster.lock();
             let now = Instant::now();
-            cl.registry.register(c.id, c.address, c.capacity_bytes, c.free_bytes, peer.conn_id, now);
+            cl.registry.register(c.id, c.address, c.capacity_bytes, c.free_bytes, peer.conn_id, now)?;
             cl.holders.begin_listing(c.id);
         }
         // The boot id is in the WAL, so a restart is known across pfs-meta's restarts too.
@@ -599,6 +688,46 @@ impl MetaServer {
                 }
             });
         }
+    }
+
+    /// Has a storage server remove a chunk (or a file's chunks) `pfs fsck` found orphaned,
+    /// once checked to be one: clients never remove chunks themselves.
+    async fn remove_orphan(&self, peer: &Peer, c: reg::RemoveOrphan) -> Result<()> {
+        if peer.role != PeerRole::Client {
+            return Err(MetaError::Forbidden {
+                peer: format!("{} at {}", peer.name, peer.addr),
+                role: role_name(peer.role),
+                what: "ask for orphan removal".into(),
+            });
+        }
+        let why_not = self
+            .query(|n| {
+                Ok(match (n.get(c.file), c.chunk) {
+                    (None, _) => None,
+                    (Some(_), None) => Some(format!("{} exists", c.file)),
+                    (Some(i), Some(chunk)) => match &i.layout {
+                        None => None,
+                        Some(l) => {
+                            let on_chain = n.chains().get(l.chain(chunk)).is_some_and(|ch| ch.state_of(c.server).is_some());
+                            (on_chain && l.file_offset(chunk, 0) < i.size)
+                                .then(|| format!("chunk {chunk} of {} belongs to it on {}", c.file, c.server))
+                        }
+                    },
+                })
+            })
+            .await?;
+        if let Some(why) = why_not {
+            return Err(MetaError::Denied { what: format!("not an orphan: {why}") });
+        }
+        let notifier = self.tokens.storage_notifier(c.server).ok_or_else(|| MetaError::NoServers {
+            path: c.file.to_string(),
+            why: format!("{} is not connected", c.server),
+        })?;
+        let note = match c.chunk {
+            Some(chunk) => StorageNotify::RemoveChunk(c.file, chunk),
+            None => StorageNotify::RemoveFiles(vec![c.file]),
+        };
+        notifier.notify(&note).await.map_err(|e| MetaError::NoServers { path: c.file.to_string(), why: e.to_string() })
     }
 
     /// A connection closed: a storage server on it is down; a client's sessions are evicted.

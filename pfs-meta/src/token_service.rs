@@ -21,7 +21,7 @@ use crate::error::{MetaError, Result};
 use crate::tokens::{Input, Output, RequestId, TokenConfig, TokenManager};
 use parking_lot::Mutex;
 use pfs_common::rpc::Notifier;
-use pfs_common::token::{ByteRange, Mode, SessionId};
+use pfs_common::token::{first_session_of, ByteRange, Mode, SessionId, SESSION_RANDOM_BITS};
 use pfs_common::wire::registry::StorageNotify;
 use pfs_common::wire::tokens::ClientNotify;
 use pfs_common::{FileId, ServerId};
@@ -48,7 +48,6 @@ pub type SessionEndHook = Box<dyn Fn(SessionId) + Send + Sync>;
 
 struct State {
     manager: TokenManager,
-    next_session: u32,
     next_request: RequestId,
     waiting: HashMap<RequestId, oneshot::Sender<Result<Granted>>>,
     /// The connection of each open session, for revokes and eviction notices.
@@ -106,7 +105,6 @@ impl TokenService {
         Ok(TokenService {
             state: Mutex::new(State {
                 manager: TokenManager::new(cfg),
-                next_session: 1,
                 next_request: 1,
                 waiting: HashMap::new(),
                 clients: HashMap::new(),
@@ -127,14 +125,26 @@ impl TokenService {
 
     /// Sessions below this id belong to older boots: storage servers refuse their writes.
     pub fn fence_below(&self) -> SessionId {
-        (self.epoch as u64) << 32
+        first_session_of(self.epoch)
+    }
+
+    /// The tokens `session` holds on `file` (those being revoked included, until
+    /// acknowledged).
+    pub fn tokens_of(&self, session: SessionId, file: FileId) -> Vec<(ByteRange, Mode)> {
+        self.state.lock().manager.tokens(session, file)
     }
 
     /// A new session on connection `conn`, with its lease in ms.
     pub fn open_session(&self, conn: u64, notifier: Notifier) -> (SessionId, u64) {
         let session = self.step(|st, now_ms| {
-            let session = ((self.epoch as u64) << 32) | st.next_session as u64;
-            st.next_session = st.next_session.wrapping_add(1).max(1);
+            // Random low bits: nobody can guess another client's session.
+            let session = loop {
+                let low = rand::random::<u64>() & ((1 << SESSION_RANDOM_BITS) - 1);
+                let id = first_session_of(self.epoch) | low;
+                if low != 0 && !st.clients.contains_key(&id) && !st.manager.knows_session(id) {
+                    break id;
+                }
+            };
             st.clients.insert(session, (conn, notifier));
             (Input::OpenSession { session, now_ms }, session)
         });
@@ -385,7 +395,9 @@ fn bump_epoch(dir: &Path) -> Result<u32> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
         Err(e) => return Err(MetaError::io(path.display(), e)),
     };
-    let epoch = old.checked_add(1).ok_or_else(|| corrupt("boot epoch exhausted".into()))?;
+    // Session ids keep 24 bits for the epoch (the rest are random).
+    let epoch = old.checked_add(1).filter(|e| *e < 1 << (64 - SESSION_RANDOM_BITS));
+    let epoch = epoch.ok_or_else(|| corrupt("boot epoch exhausted".into()))?;
     let tmp = dir.join("boot-epoch.tmp");
     let write = || -> std::io::Result<()> {
         use std::io::Write;

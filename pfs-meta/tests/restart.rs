@@ -32,7 +32,15 @@ fn free_port() -> u16 {
 }
 
 fn write_config(dir: &Path) -> (std::path::PathBuf, SocketAddr) {
-    let mut config = Config::local(dir, free_port(), 0);
+    let mut config = Config::local(dir, free_port(), 4);
+    // The fake storage servers register as these (pfs-meta takes only configured ids, at
+    // their configured addresses); nothing listens there.
+    for s in &mut config.storage {
+        s.address = format!("127.0.0.1:{}", 10 + s.id.0).parse().unwrap();
+    }
+    // These tests are about the WAL and speak the protocol by hand; authentication has its
+    // own tests (pfs-cli/tests/auth.rs).
+    config.auth = Some(pfs_common::config::AuthConfig::None);
     // Long enough that a slow test machine never sees the fake storage server go down.
     config.timeouts.server_down_ms = 600_000;
     config.timeouts.idle_ms = 1_200_000;
@@ -47,6 +55,7 @@ fn opts(role: PeerRole) -> ConnectOptions {
         name: "restart-test".into(),
         connect_timeout: Duration::from_secs(5),
         request_timeout: Duration::from_secs(30),
+        auth: pfs_common::auth::Auth::none(),
     }
 }
 
@@ -84,7 +93,7 @@ async fn fake_storage(addr: SocketAddr) -> RpcClient<MetaRequest> {
     let s = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Storage), None).await.unwrap();
     let reg = Register {
         id: ServerId(1),
-        address: "127.0.0.1:1".parse().unwrap(),
+        address: "127.0.0.1:11".parse().unwrap(),
         capacity_bytes: 1 << 30,
         free_bytes: 1 << 29,
         boot: 1,
@@ -92,7 +101,7 @@ async fn fake_storage(addr: SocketAddr) -> RpcClient<MetaRequest> {
     let r = s.ask(reg).await.unwrap();
     assert!(r.orphans.is_empty() && r.fenced.is_empty());
     // Sessions of earlier boots are fenced: the boot epoch is at least 1.
-    assert!(r.fence_below >= 1 << 32, "{:x}", r.fence_below);
+    assert!(r.fence_below >= pfs_common::token::first_session_of(1), "{:x}", r.fence_below);
     assert_eq!(r.lease_ms, 600_000, "the storage lease is timeouts.server_down_ms");
     // Its (empty) chunk listing: only then is it up for new files.
     let answer = s.ask(ChunkReport { id: ServerId(1), chunks: vec![], listing: true, full: true }).await.unwrap();
@@ -151,11 +160,11 @@ async fn namespace_survives_sigkill() {
     let names: Vec<_> = page.entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["f0", "f1", "f2"]);
     assert!(page.entries.iter().all(|e| e.kind == FileKind::File));
-    // The registry starts empty after a restart: nothing configured, nothing registered.
-    assert_eq!(c.ask(ListServers).await.unwrap(), vec![]);
+    // After a restart the registry has the configured servers, none up until they register.
+    assert!(c.ask(ListServers).await.unwrap().iter().all(|s| !s.up));
     // A client may not speak for a storage server.
     let e = c.ask(Heartbeat { id: ServerId(1), capacity_bytes: 0, free_bytes: 0 }).await.unwrap_err();
-    assert_eq!(e.code(), ErrorCode::Invalid);
+    assert_eq!(e.code(), ErrorCode::Denied);
 }
 
 #[tokio::test]
@@ -184,6 +193,9 @@ async fn bad_frames_close_only_their_connection() {
         version: pfs_common::wire::PROTOCOL_VERSION,
         role: PeerRole::Client,
         name: "x".into(),
+        nonce: [1; 32],
+        auth: false,
+        protect_data: false,
     };
     let body = pfs_common::wire::encode(&hello);
     let h = FrameHeader { kind: FrameKind::Request, body_len: body.len() as u32, payload_len: 0, request_id: 0 };
@@ -218,7 +230,7 @@ async fn chunk_reports_orphans_and_remove_notifications() {
         RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Storage), Some(ntx)).await.unwrap();
     let reg = Register {
         id: ServerId(3),
-        address: "127.0.0.1:2".parse().unwrap(),
+        address: "127.0.0.1:13".parse().unwrap(),
         capacity_bytes: 100,
         free_bytes: 60,
         boot: 7,
@@ -269,9 +281,10 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     assert_eq!(s.ask(listing(vec![newer])).await.unwrap().lost, Some(vec![]));
     s.ask(listing(vec![chunk(f.id, 0)])).await.unwrap();
     let list = c.ask(ListServers).await.unwrap();
-    assert_eq!(list.len(), 1);
-    assert!(list[0].up);
-    assert_eq!((list[0].chunks, list[0].free_bytes), (1, 60));
+    assert_eq!(list.len(), 4, "the configured servers");
+    let me = list.iter().find(|s| s.id == ServerId(3)).unwrap();
+    assert!(me.up);
+    assert_eq!((me.chunks, me.free_bytes), (1, 60));
     s.ask(Heartbeat { id: ServerId(3), capacity_bytes: 100, free_bytes: 50 }).await.unwrap();
     // Unlink: the storage server is told to remove the file's chunks.
     c.ask(Unlink { path: "/f".into(), expected_generation: None }).await.unwrap();
@@ -291,7 +304,7 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     assert_eq!(e.code(), ErrorCode::NotFound);
     // A storage server may not use the namespace service.
     let e = s.ask(Mkdir { path: "/x".into() }).await.unwrap_err();
-    assert_eq!(e.code(), ErrorCode::Invalid);
+    assert_eq!(e.code(), ErrorCode::Denied);
 }
 
 #[tokio::test]

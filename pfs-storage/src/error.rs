@@ -24,6 +24,10 @@ pub enum StorageError {
     /// chunk's end).
     #[error("{server}: {what}")]
     Invalid { server: ServerId, what: String },
+    /// The peer may not do this: a client's read, write or truncate without capabilities
+    /// that allow it, or a client asking to remove chunks.
+    #[error("{server}: denied: {what}")]
+    Denied { server: ServerId, what: String },
     /// The writer's session was evicted: its writes are fenced.
     #[error("{server}: session {session:x} was evicted; its writes are fenced")]
     Evicted { server: ServerId, session: SessionId },
@@ -89,6 +93,7 @@ impl StorageError {
         match self {
             StorageError::Io { source, .. } => ErrorCode::of_io(source),
             StorageError::Invalid { .. } => ErrorCode::Invalid,
+            StorageError::Denied { .. } => ErrorCode::Denied,
             StorageError::Evicted { .. } => ErrorCode::Evicted,
             StorageError::NoLease { .. } => ErrorCode::Unavailable,
             StorageError::Stopped { .. } => ErrorCode::Io,

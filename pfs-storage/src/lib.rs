@@ -24,23 +24,27 @@ use pfs_common::wire::frame::DEFAULT_LIMITS;
 use pfs_common::wire::PeerRole;
 use pfs_common::ServerId;
 use std::sync::Arc;
+use std::time::Duration;
 use store::{ChunkStore, StoreOptions};
 
 /// Runs storage server `id` of `config` until the process ends: opens (creating if missing)
 /// its data directory, picks the chunk I/O engine, rebuilds the chunk index, listens on its
 /// address for clients and keeps a session with pfs-meta in the background.
 ///
-/// Errors (start-up only): Common (Config) when `id` is not in the config; Io when the
+/// Errors (start-up only): Common (Config) when `id` is not in the config or the config's
+/// `[auth]` key file is missing or unsafe; Io when the
 /// directory cannot be created or listed, the address cannot be bound, or io_uring was
 /// required but is unavailable.
 pub async fn run(config: Arc<Config>, id: ServerId) -> Result<()> {
     let me = config.storage(id)?;
+    let auth = config.auth(true)?;
+    pfs_common::auth::warn_if_off(&id.to_string(), &auth);
     let dir = config.storage_dir(me);
     std::fs::create_dir_all(&dir).map_err(|e| StorageError::io(format!("creating {}", dir.display()), e).on(id))?;
     let engine = engine::open(me.engine, &dir).map_err(|e| e.on(id))?;
     let store = ChunkStore::open(id, engine, StoreOptions::default()).await?;
     let listener = rpc::bind(me.address, &id.to_string()).await?;
-    let repl = Arc::new(replication::Replication::new(id, config.clone()));
+    let repl = Arc::new(replication::Replication::new(id, config.clone(), auth.clone()));
     tokio::spawn(hasher::run(store.clone()));
     tokio::spawn(meta_link::run(config.clone(), id, store.clone(), repl.clone()));
     tokio::spawn(resync::run(store.clone(), repl.clone(), config.clone()));
@@ -52,6 +56,8 @@ pub async fn run(config: Arc<Config>, id: ServerId) -> Result<()> {
         roles: vec![PeerRole::Client, PeerRole::Storage],
         limits: DEFAULT_LIMITS,
         idle_timeout: Some(config.timeouts.idle()),
+        handshake_timeout: Duration::from_millis(config.timeouts.connect_ms),
+        auth,
     };
     rpc::serve(listener, Arc::new(server::StorageHandler::new(store, repl, scrubber)), opts).await;
     Ok(())

@@ -179,6 +179,7 @@ async fn session(
             name: id.to_string(),
             connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
             request_timeout: Duration::from_millis(config.timeouts.request_ms),
+            auth: repl.auth().clone(),
         };
         let (notify_tx, notify_rx) = mpsc::channel(64);
         let client: RpcClient<MetaRequest> =
@@ -228,6 +229,15 @@ async fn drain_notifications(
             Ok(StorageNotify::RemoveFiles(ids)) => {
                 debug!("{}: pfs-meta asks to remove {} files", store.id, ids.len());
                 remove_files(&store, ids);
+            }
+            Ok(StorageNotify::RemoveChunk(file, chunk)) => {
+                info!("{}: pfs-meta asks to remove orphan chunk {chunk} of file {file}", store.id);
+                let store = store.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = store.remove_chunks(file, &[chunk]).await {
+                        warn!("{}: removing chunk {chunk} of file {file}: {e}", store.id);
+                    }
+                });
             }
             Ok(StorageNotify::Fence(sessions)) => {
                 store.fence.fence(&sessions).await;

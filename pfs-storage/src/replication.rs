@@ -14,6 +14,7 @@
 
 use crate::error::{Result, StorageError};
 use parking_lot::{Mutex, RwLock};
+use pfs_common::auth::Auth;
 use pfs_common::chain::{Chain, ChainId, ChainRef, ReplicaState};
 use pfs_common::config::Config;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
@@ -31,6 +32,8 @@ const STRIPES: usize = 1024;
 pub struct Replication {
     me: ServerId,
     config: Arc<Config>,
+    /// How this server authenticates its connections (to pfs-meta and to other replicas).
+    auth: Auth,
     chains: RwLock<HashMap<ChainId, Chain>>,
     /// A chain table arrived since start.
     known: std::sync::atomic::AtomicBool,
@@ -45,10 +48,11 @@ pub struct Replication {
 
 impl Replication {
     /// An empty view for server `me` of `config` (peers' addresses come from the config).
-    pub fn new(me: ServerId, config: Arc<Config>) -> Replication {
+    pub fn new(me: ServerId, config: Arc<Config>, auth: Auth) -> Replication {
         Replication {
             me,
             config,
+            auth,
             chains: RwLock::new(HashMap::new()),
             known: std::sync::atomic::AtomicBool::new(false),
             peers: Mutex::new(HashMap::new()),
@@ -170,6 +174,11 @@ impl Replication {
         self.writes[Self::stripe(file, chunk)].load(Ordering::Acquire)
     }
 
+    /// How this server authenticates.
+    pub fn auth(&self) -> &Auth {
+        &self.auth
+    }
+
     /// The connection to storage server `id`, opened if needed.
     pub async fn peer(&self, id: ServerId) -> Result<RpcClient<StorageRequest>> {
         if let Some(c) = self.peers.lock().get(&id).filter(|c| !c.is_closed()) {
@@ -185,6 +194,7 @@ impl Replication {
             name: self.me.to_string(),
             connect_timeout: Duration::from_millis(self.config.timeouts.connect_ms),
             request_timeout: Duration::from_millis(self.config.timeouts.request_ms),
+            auth: self.auth.clone(),
         };
         let c = RpcClient::connect(addr, &id.to_string(), &opts, None).await?;
         self.peers.lock().insert(id, c.clone());

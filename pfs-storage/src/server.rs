@@ -7,7 +7,12 @@ use crate::replication::Replication;
 use crate::scrub::Scrubber;
 use crate::store::ChunkStore;
 use crate::{Result, StorageError};
+use pfs_common::auth::Key;
+use pfs_common::capability::{self, unix_ms, Access, Capability};
 use pfs_common::pool::{self, PooledBuf};
+use pfs_common::token::{Mode, SessionId};
+use pfs_common::FileId;
+use tracing::warn;
 use pfs_common::rpc::{Handler, Peer, Reply};
 use pfs_common::wire::storage::{self as st, ReadReply, StorageRequest, SyncData, Written};
 use pfs_common::wire::PeerRole;
@@ -18,17 +23,44 @@ pub struct StorageHandler {
     store: Arc<ChunkStore>,
     repl: Arc<Replication>,
     scrubber: Arc<Scrubber>,
+    /// Checks clients' capabilities (`None` with `auth = "none"`: nothing is checked).
+    capability_key: Option<Key>,
 }
 
 impl StorageHandler {
     /// A handler for `store`, in the chains `repl` knows, with its scrubber.
     pub fn new(store: Arc<ChunkStore>, repl: Arc<Replication>, scrubber: Arc<Scrubber>) -> Self {
-        StorageHandler { store, repl, scrubber }
+        let capability_key = repl.auth().capability_key();
+        StorageHandler { store, repl, scrubber, capability_key }
+    }
+
+    /// Errors (Denied) unless a client's `caps` allow `access`. Storage servers (forwarding
+    /// writes down a chain) need none: they authenticated with the storage role key.
+    fn authorize(&self, peer: &Peer, caps: &[Capability], access: Access) -> Result<()> {
+        let Some(key) = &self.capability_key else { return Ok(()) };
+        if peer.role == PeerRole::Storage {
+            return Ok(());
+        }
+        capability::check(key, caps, &access, unix_ms()).map_err(|why| {
+            warn!("{}: refused a {:?} of {} from {} ({}): {why}", self.store.id(), access.mode, access.file, peer.name, peer.addr);
+            StorageError::Denied { server: self.store.id(), what: why }
+        })
+    }
+
+    /// The file bytes a chunk request touches, as an [`Access`].
+    fn chunk_access(&self, file: FileId, chunk: u64, offset: u64, len: u64, chunk_size: u64, session: SessionId, mode: Mode) -> Result<Access> {
+        let range = Access::chunk_bytes(chunk, chunk_size, offset, len).ok_or_else(|| StorageError::Invalid {
+            server: self.store.id(),
+            what: format!("chunk {chunk} of {file} at offset {offset}: chunk size {chunk_size} places it past any file"),
+        })?;
+        Ok(Access { file, session, chunk_size, range, mode })
     }
 
     /// Writes here and at the chain's next replica (if any) at once; answers when both did.
-    async fn write(&self, c: st::WriteChunk, payload: PooledBuf) -> Result<Written> {
+    async fn write(&self, peer: &Peer, c: st::WriteChunk, payload: PooledBuf) -> Result<Written> {
         let store = &self.store;
+        let access = self.chunk_access(c.file, c.chunk, c.offset, payload.len() as u64, c.chunk_size, c.session, Mode::Write)?;
+        self.authorize(peer, &c.capabilities, access)?;
         let (next, syncing) = self.repl.check_write(c.chain)?;
         let _admitted = store.fence.admit(c.session).await?;
         if syncing {
@@ -87,9 +119,12 @@ impl Handler for StorageHandler {
     async fn handle(self: Arc<Self>, peer: Peer, req: StorageRequest, payload: PooledBuf) -> Reply {
         let store = &self.store;
         match req {
-            StorageRequest::Write(c) => Reply::to::<st::WriteChunk, _>(self.write(c, payload).await),
+            StorageRequest::Write(c) => Reply::to::<st::WriteChunk, _>(self.write(&peer, c, payload).await),
             StorageRequest::Read(c) => {
                 let read = async {
+                    let access =
+                        self.chunk_access(c.file, c.chunk, c.offset, c.len.into(), c.chunk_size, c.session, Mode::Read)?;
+                    self.authorize(&peer, &c.capabilities, access)?;
                     self.repl.check_read(c.chain)?;
                     store.read(c.file, c.chunk, c.offset, c.len).await
                 };
@@ -101,7 +136,21 @@ impl Handler for StorageHandler {
                 }
             }
             StorageRequest::Truncate(c) => {
-                Reply::to::<st::TruncateFile, _>(store.truncate(c.file, c.size, c.chunk_size).await)
+                let access =
+                    Access { file: c.file, session: c.session, chunk_size: c.chunk_size, range: Access::from_size(c.size), mode: Mode::Write };
+                let truncate = async {
+                    self.authorize(&peer, &c.capabilities, access)?;
+                    store.truncate(c.file, c.size, c.chunk_size).await
+                };
+                Reply::to::<st::TruncateFile, _>(truncate.await)
+            }
+            // Chunks are removed on pfs-meta's word only (it sends `RemoveFiles` on its own
+            // connection); no client removes them, whatever it holds.
+            StorageRequest::Remove(_) | StorageRequest::RemoveChunk(_) if peer.role == PeerRole::Client => {
+                Reply::error(&StorageError::Denied {
+                    server: store.id(),
+                    what: format!("{} at {} is a client; only pfs-meta removes chunks", peer.name, peer.addr),
+                })
             }
             StorageRequest::Remove(c) => Reply::to::<st::RemoveFile, _>(store.remove(c.file).await),
             StorageRequest::Fsync(c) if c.boot != store.boot => {

@@ -45,6 +45,7 @@ fn opts() -> ConnectOptions {
         name: "storage-test".into(),
         connect_timeout: Duration::from_secs(2),
         request_timeout: Duration::from_secs(20),
+        auth: pfs_common::auth::Auth::none(),
     }
 }
 
@@ -78,7 +79,9 @@ async fn write(
     offset: u64,
     data: &[u8],
 ) -> pfs_common::Result<u64> {
-    let req = WriteChunk { file: FileId(file), chunk, offset, chunk_size: CS, block_size: 4096, session, chain };
+    let capabilities = vec![];
+    let req =
+        WriteChunk { file: FileId(file), chunk, offset, chunk_size: CS, block_size: 4096, session, chain, capabilities };
     let (written, _) = c.call(req, data).await?;
     assert_eq!(written.len, data.len() as u32);
     assert_eq!(written.boots.len(), 1, "one replica");
@@ -104,7 +107,9 @@ async fn try_read(
     offset: u64,
     len: u32,
 ) -> pfs_common::Result<(Vec<u8>, u64)> {
-    let (r, payload) = c.call(ReadChunk { file: FileId(file), chunk, offset, len, chain }, &[]).await?;
+    let req =
+        ReadChunk { file: FileId(file), chunk, offset, len, chain, chunk_size: CS, session: 0, capabilities: vec![] };
+    let (r, payload) = c.call(req, &[]).await?;
     Ok((payload.to_vec(), r.chunk_len))
 }
 
@@ -152,7 +157,15 @@ async fn rejected(mut s: TcpStream) -> bool {
 }
 
 async fn hello_frame() -> Vec<u8> {
-    let body = wire::encode(&Hello { version: PROTOCOL_VERSION, role: PeerRole::Client, name: "hostile".into() });
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: PeerRole::Client,
+        name: "hostile".into(),
+        nonce: [2; 32],
+        auth: false,
+        protect_data: false,
+    };
+    let body = wire::encode(&hello);
     let h = FrameHeader { kind: FrameKind::Request, body_len: body.len() as u32, payload_len: 0, request_id: 0 };
     let mut out = h.encode().to_vec();
     out.extend_from_slice(&body);
@@ -162,6 +175,8 @@ async fn hello_frame() -> Vec<u8> {
 async fn scenario(engine: EngineChoice) {
     let dir = tempfile::tempdir().unwrap();
     let mut config = Config::local(dir.path(), free_port(), 1);
+    // About the data path and framing; authentication has its own tests (pfs-cli/tests/auth.rs).
+    config.auth = Some(pfs_common::config::AuthConfig::None);
     // pfs-meta's port is left unbound at first.
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()));
     config.storage[0].address = addr;
@@ -216,7 +231,8 @@ async fn scenario(engine: EngineChoice) {
     assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
     assert!(e.to_string().contains("not a storage server"), "{e}");
     // A session of an older pfs-meta boot is fenced.
-    let e = write(&c, ch, session - (1 << 32), fa, 3, 0, b"x").await.unwrap_err();
+    let older = session - pfs_common::token::first_session_of(1);
+    let e = write(&c, ch, older, fa, 3, 0, b"x").await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Evicted, "{e}");
 
     // Write and read chunks; the chunk file appears with the right name and bytes.

@@ -32,7 +32,7 @@ pub async fn wait_ready(config: &Arc<Config>, daemons: &mut [Daemon], timeout: D
             }
         }
         if client.is_none() {
-            match Client::connect(ClientOptions::from_config(config)).await {
+            match Client::connect(ClientOptions::from_config(config)?).await {
                 Ok(c) => client = Some(c),
                 Err(e) => last_err = e.to_string(),
             }
@@ -102,6 +102,8 @@ impl LocalCluster {
         }
         tweak(&mut config);
         config.validate()?;
+        // A fresh cluster secret (the config names it, unless a tweak said `auth = "none"`).
+        config.ensure_secret()?;
         let config_path = dir.path().join("pfs.toml");
         fs::write(&config_path, config.to_toml())
             .map_err(|e| Error::io(format!("writing {}", config_path.display()), e))?;
@@ -183,7 +185,7 @@ impl LocalCluster {
 
     /// A new client connected to the cluster.
     pub async fn client(&self) -> Result<Client> {
-        Ok(Client::connect(ClientOptions::from_config(&self.config)).await?)
+        Ok(Client::connect(ClientOptions::from_config(&self.config)?).await?)
     }
 
     /// Stops every daemon (SIGKILL: the servers' on-disk state is crash-safe by design) and

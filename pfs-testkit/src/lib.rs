@@ -9,6 +9,7 @@
 pub mod cluster;
 pub mod daemon;
 pub mod error;
+pub mod raw;
 pub mod tools;
 
 pub use cluster::{free_ports, wait_ready, LocalCluster, READY_TIMEOUT};

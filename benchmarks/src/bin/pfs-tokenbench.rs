@@ -179,7 +179,7 @@ async fn run(args: Args) -> Result<()> {
         std::process::id(),
         std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis()).unwrap_or(0)
     );
-    let admin = Client::connect(ClientOptions::from_config(&config)).await?;
+    let admin = Client::connect(ClientOptions::from_config(&config)?).await?;
     admin.mkdir_all(&dir).await?;
     println!("pfs-tokenbench: {where_}");
     println!(
@@ -271,7 +271,7 @@ fn range(i: u64) -> ByteRange {
 /// is timed.
 async fn uncontended(config: &Arc<Config>, admin: &Client, dir: &str, warmup: usize, n: usize) -> Result<Latency> {
     let file = make_file(admin, &format!("{dir}/uncontended")).await?;
-    let c = Client::connect(ClientOptions::from_config(config)).await?;
+    let c = Client::connect(ClientOptions::from_config(config)?).await?;
     let mut samples = Vec::with_capacity(n);
     for i in 0..(warmup + n) as u64 {
         let r = range(i);
@@ -311,7 +311,7 @@ async fn grants(
     let barrier = Arc::new(tokio::sync::Barrier::new(k + 1));
     let mut tasks = Vec::with_capacity(k);
     for (j, file) in files.into_iter().enumerate() {
-        let c = Client::connect(ClientOptions::from_config(config)).await?;
+        let c = Client::connect(ClientOptions::from_config(config)?).await?;
         let barrier = barrier.clone();
         tasks.push(tokio::spawn(async move {
             // Client j owns ranges [j*n, (j+1)*n) (+1 for the warm-up pair), so no two
@@ -350,8 +350,8 @@ async fn grants(
 /// acquire latencies and the revokes both clients handled (about one per acquire).
 async fn contended(config: &Arc<Config>, admin: &Client, dir: &str, warmup: usize, n: usize) -> Result<(Latency, u64)> {
     let file = make_file(admin, &format!("{dir}/contended")).await?;
-    let a = Client::connect(ClientOptions::from_config(config)).await?;
-    let b = Client::connect(ClientOptions::from_config(config)).await?;
+    let a = Client::connect(ClientOptions::from_config(config)?).await?;
+    let b = Client::connect(ClientOptions::from_config(config)?).await?;
     let r = range(0);
     a.acquire_token(file, Mode::Write, r, r).await?;
     let mut samples = Vec::with_capacity(n);
@@ -383,7 +383,7 @@ async fn shared_file(config: &Arc<Config>, admin: &Client, dir: &str, per: u64, 
     let mut clients = Vec::with_capacity(WRITERS);
     let mut files: Vec<File> = Vec::with_capacity(WRITERS);
     for _ in 0..WRITERS {
-        let c = Client::connect(ClientOptions::from_config(config)).await?;
+        let c = Client::connect(ClientOptions::from_config(config)?).await?;
         files.push(c.open(&path).await?);
         clients.push(c);
     }
@@ -428,7 +428,7 @@ fn record_bytes(k: u64) -> Vec<u8> {
 }
 
 async fn verify(config: &Arc<Config>, path: &str, total: u64) -> Result<()> {
-    let c = Client::connect(ClientOptions::from_config(config)).await?;
+    let c = Client::connect(ClientOptions::from_config(config)?).await?;
     let f = c.open(path).await?;
     let mut buf = vec![0u8; RECORD as usize];
     for k in 0..total {

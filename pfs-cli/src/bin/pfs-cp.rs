@@ -59,7 +59,7 @@ fn run(args: Args) -> pfs_cli::Result<()> {
     let config = tool::load_config(args.config)?;
     let rt = tool::runtime()?;
     rt.block_on(async {
-        let client = pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)).await?;
+        let client = pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)?).await?;
         let (src, dst) = (Endpoint::parse(&args.src), Endpoint::parse(&args.dst));
         let progress = if std::io::stderr().is_terminal() {
             let bar = indicatif::ProgressBar::new(total_bytes(&client, &src).await?);

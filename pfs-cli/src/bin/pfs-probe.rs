@@ -42,7 +42,7 @@ fn main() {
 }
 
 async fn run(args: Args) -> pfs_cli::Result<()> {
-    let client = Client::connect(ClientOptions::from_config(&*tool::load_config(args.config)?)).await?;
+    let client = Client::connect(ClientOptions::from_config(&*tool::load_config(args.config)?)?).await?;
     client.on_revoke(|ev| eprintln!("revoke file {} {} {:?}", ev.file, ev.range, ev.wanted));
     let mut lines = BufReader::new(tokio::io::stdin()).lines();
     let mut out = tokio::io::stdout();

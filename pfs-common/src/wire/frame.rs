@@ -9,10 +9,13 @@
 //!      8     4  payload length, bytes (little-endian)
 //!     12     8  request id (little-endian); a response carries its request's id
 //! ```
+//! On an authenticated connection a 16-byte tag follows the payload ([`crate::auth`]: an
+//! HMAC of the direction's sequence number, header, body and, with `protect_data`, payload).
 //! Both lengths are checked against [`Limits`] before anything is allocated. Payload bytes
 //! (chunk data) never pass through serde: they are read from the socket straight into a pooled
 //! buffer and written from the caller's buffer with vectored writes.
 
+use crate::auth::{FrameMac, TAG_LEN};
 use crate::error::{ErrorCode, WireCode};
 use crate::layout::MAX_CHUNK_SIZE;
 use crate::pool::{BufPool, PooledBuf};
@@ -66,6 +69,10 @@ pub enum FrameError {
     /// An unknown frame kind.
     #[error("unknown frame kind {0}")]
     BadKind(u8),
+    /// The frame's tag does not check: it was altered, replayed, reordered, or one before it
+    /// was dropped.
+    #[error("a frame failed its integrity check (altered, replayed or reordered)")]
+    BadMac,
     /// A length over its limit.
     #[error("frame {what} of {len} bytes exceeds the limit of {limit} bytes")]
     TooLarge { what: &'static str, len: u64, limit: u64 },
@@ -76,6 +83,7 @@ impl WireCode for FrameError {
         match self {
             FrameError::Io(_) => ErrorCode::Unavailable,
             FrameError::TooLarge { .. } => ErrorCode::TooLarge,
+            FrameError::BadMac => ErrorCode::AuthFailed,
             _ => ErrorCode::Protocol,
         }
     }
@@ -144,12 +152,14 @@ pub struct Frame {
     pub payload: PooledBuf,
 }
 
-/// Reads one frame. `Ok(None)` on a clean end of stream before a header; an error for a bad
-/// header (nothing allocated for it), a short body or payload, or a socket error.
+/// Reads one frame, and with `mac` its tag, which must check. `Ok(None)` on a clean end of
+/// stream before a header; an error for a bad header (nothing allocated for it), a short
+/// body or payload, a tag that does not check (BadMac), or a socket error.
 pub async fn read_frame<R: AsyncRead + Unpin>(
     r: &mut R,
     limits: &Limits,
     pool: &BufPool,
+    mac: Option<&mut FrameMac>,
 ) -> Result<Option<Frame>, FrameError> {
     let mut h = [0u8; HEADER_LEN];
     // Read the first byte separately so a clean close between frames is not an error.
@@ -169,23 +179,34 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
         r.read_exact(&mut p).await.map_err(FrameError::Io)?;
         p
     };
+    if let Some(mac) = mac {
+        let mut tag = [0u8; TAG_LEN];
+        r.read_exact(&mut tag).await.map_err(FrameError::Io)?;
+        if !mac.open(&h, &body, &payload, &tag) {
+            return Err(FrameError::BadMac);
+        }
+    }
     Ok(Some(Frame { header, body, payload }))
 }
 
-/// Writes one frame (header, body, payload) with vectored writes; the payload is written from
-/// the caller's buffer, not copied. Errors if body or payload exceed what a header can carry.
+/// Writes one frame (header, body, payload, and with `mac` its tag) with vectored writes; the
+/// payload is written from the caller's buffer, not copied. Errors if body or payload exceed
+/// what a header can carry.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     kind: FrameKind,
     request_id: u64,
     body: &[u8],
     payload: &[u8],
+    mac: Option<&mut FrameMac>,
 ) -> Result<(), FrameError> {
     let too_large = |what, len: usize| FrameError::TooLarge { what, len: len as u64, limit: u32::MAX.into() };
     let body_len = u32::try_from(body.len()).map_err(|_| too_large("body", body.len()))?;
     let payload_len = u32::try_from(payload.len()).map_err(|_| too_large("payload", payload.len()))?;
     let header = FrameHeader { kind, body_len, payload_len, request_id }.encode();
-    let mut slices = [IoSlice::new(&header), IoSlice::new(body), IoSlice::new(payload)];
+    let tag = mac.map(|m| m.seal(&header, body, payload));
+    let tag: &[u8] = tag.as_ref().map_or(&[], |t| &t[..]);
+    let mut slices = [IoSlice::new(&header), IoSlice::new(body), IoSlice::new(payload), IoSlice::new(tag)];
     let mut bufs: &mut [IoSlice<'_>] = &mut slices;
     while !bufs.is_empty() {
         let n = w.write_vectored(bufs).await.map_err(FrameError::Io)?;
@@ -231,14 +252,14 @@ mod tests {
         let pool = BufPool::new(1 << 20);
         let payload: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
         let writer = tokio::spawn(async move {
-            write_frame(&mut a, FrameKind::Request, 7, b"body", &payload).await.unwrap();
+            write_frame(&mut a, FrameKind::Request, 7, b"body", &payload, None).await.unwrap();
             payload
         });
-        let f = read_frame(&mut b, &DEFAULT_LIMITS, &pool).await.unwrap().unwrap();
+        let f = read_frame(&mut b, &DEFAULT_LIMITS, &pool, None).await.unwrap().unwrap();
         let payload = writer.await.unwrap();
         assert_eq!(f.header.request_id, 7);
         assert_eq!(f.body, b"body");
         assert_eq!(&f.payload[..], &payload[..]);
-        assert!(read_frame(&mut b, &DEFAULT_LIMITS, &pool).await.unwrap().is_none());
+        assert!(read_frame(&mut b, &DEFAULT_LIMITS, &pool, None).await.unwrap().is_none());
     }
 }

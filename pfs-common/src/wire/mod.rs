@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken in the handshake.
-pub const PROTOCOL_VERSION: u16 = 4;
+pub const PROTOCOL_VERSION: u16 = 5;
 
 /// Longest peer name accepted in a [`Hello`], bytes.
 pub const PEER_NAME_MAX: usize = 256;
@@ -44,7 +44,7 @@ pub enum PeerRole {
     Meta,
 }
 
-/// The first request on every connection.
+/// The first request on every connection (the handshake: [`crate::auth`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Hello {
     pub version: u16,
@@ -52,6 +52,12 @@ pub struct Hello {
     /// Free-form name of the connecting process, for logs ("pfs-cp 1234"); at most
     /// [`PEER_NAME_MAX`] bytes.
     pub name: String,
+    /// Fresh random bytes for this connection's keys.
+    pub nonce: [u8; crate::auth::NONCE_LEN],
+    /// The client authenticates (holds a key for its role).
+    pub auth: bool,
+    /// The client asks for payload MACs.
+    pub protect_data: bool,
 }
 
 /// The answer to [`Hello`].
@@ -60,6 +66,21 @@ pub struct HelloReply {
     pub version: u16,
     /// The server's name ("pfs-meta", "storage-3").
     pub server: String,
+    /// Fresh random bytes for this connection's keys.
+    pub nonce: [u8; crate::auth::NONCE_LEN],
+    /// The server authenticates: a [`HelloProof`] must follow.
+    pub auth: bool,
+    /// The server asks for payload MACs.
+    pub protect_data: bool,
+    /// With `auth`: the server's proof over the transcript (this reply with `proof: None`).
+    pub proof: Option<crate::auth::Proof>,
+}
+
+/// The client's proof over the handshake transcript (the second request of an
+/// authenticated connection); answered with `()` or an AuthFailed error.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelloProof {
+    pub proof: crate::auth::Proof,
 }
 
 /// One remote call: the message a caller sends, the request enum of the service it belongs

@@ -23,7 +23,20 @@ service! {
         GetLayouts(GetLayouts) -> Vec<Option<Layout>>,
         SyncDone(SyncDone) -> (),
         GetHealth(GetHealth) -> Health,
+        RemoveOrphan(RemoveOrphan) -> (),
     }
+}
+
+/// Have storage server `server` remove chunk `chunk` of `file` (every chunk with `None`),
+/// which `pfs fsck` found orphaned: pfs-meta checks that it is (the file does not exist, or
+/// the chunk lies past the file's end or the server is not in the chunk's chain) and tells
+/// the server. Errors: Denied when it is not an orphan; Unavailable when the server is not
+/// connected.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveOrphan {
+    pub server: ServerId,
+    pub file: FileId,
+    pub chunk: Option<ChunkIndex>,
 }
 
 /// The cluster's replication health (`pfs df`).
@@ -242,6 +255,8 @@ pub struct ServerStatus {
 pub enum StorageNotify {
     /// These files were unlinked: remove their chunks.
     RemoveFiles(Vec<FileId>),
+    /// Remove this chunk (an orphan `pfs fsck --repair` found).
+    RemoveChunk(FileId, ChunkIndex),
     /// Refuse writes of these (evicted) sessions from now on, then answer with [`Fenced`].
     Fence(Vec<SessionId>),
     /// These chains changed (new versions): the server takes them as its view, resyncs the

@@ -2,6 +2,7 @@
 //! Data travels as the frame payload, never in the body.
 
 use super::service;
+use crate::capability::Capability;
 use crate::chain::ChainRef;
 use crate::ids::{ChunkIndex, FileId, ServerId, Sha256Digest};
 use crate::token::SessionId;
@@ -81,6 +82,10 @@ pub struct WriteChunk {
     pub block_size: u32,
     pub session: SessionId,
     pub chain: ChainRef,
+    /// Write capabilities of `session` covering the bytes written (at most
+    /// [`crate::capability::MAX_CAPABILITIES`]); needed from clients when the cluster
+    /// authenticates (Denied otherwise).
+    pub capabilities: Vec<Capability>,
 }
 
 /// The answer to [`WriteChunk`]: bytes written (the whole payload).
@@ -106,6 +111,12 @@ pub struct ReadChunk {
     pub offset: u64,
     pub len: u32,
     pub chain: ChainRef,
+    /// The file's chunk size, bytes (for the capability check).
+    pub chunk_size: u64,
+    pub session: SessionId,
+    /// Read (or write) capabilities of `session` covering the bytes read; needed from
+    /// clients when the cluster authenticates (Denied otherwise).
+    pub capabilities: Vec<Capability>,
 }
 
 /// The answer to [`ReadChunk`]; the bytes read are the payload.
@@ -123,9 +134,14 @@ pub struct TruncateFile {
     pub file: FileId,
     pub size: u64,
     pub chunk_size: u64,
+    pub session: SessionId,
+    /// Write capabilities of `session` covering everything from `size` on; needed from
+    /// clients when the cluster authenticates (Denied otherwise).
+    pub capabilities: Vec<Capability>,
 }
 
-/// Remove every chunk of `file`. Durable when answered.
+/// Remove every chunk of `file`. Durable when answered. Not from clients: pfs-meta removes
+/// files' chunks (`StorageNotify::RemoveFiles`, `pfs fsck --repair` through `RemoveOrphan`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveFile {
     pub file: FileId,
@@ -206,8 +222,7 @@ pub struct SyncData {
     pub exists: bool,
 }
 
-/// Remove one chunk of a file (`pfs fsck --repair` removing an orphan). Durable when
-/// answered.
+/// Remove one chunk of a file. Durable when answered. Not from clients (see [`RemoveFile`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveChunk {
     pub file: FileId,

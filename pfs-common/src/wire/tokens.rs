@@ -1,8 +1,11 @@
 //! The token service of pfs-meta: client sessions with leases, byte-range tokens, revokes.
 //! A session belongs to the connection that opened it: pfs-meta pushes its revokes there
-//! ([`ClientNotify`]) and evicts it when that connection closes.
+//! ([`ClientNotify`]), evicts it when that connection closes, and refuses (Denied) every
+//! request naming it from another connection. Session ids are unguessable anyway: the high
+//! 24 bits are pfs-meta's boot epoch, the low 40 random.
 
 use super::{service, MetaRequest};
+use crate::capability::Capability;
 use crate::ids::FileId;
 use crate::token::{ByteRange, Mode, RevokeId, SessionId};
 use serde::{Deserialize, Serialize};
@@ -16,7 +19,20 @@ service! {
         RevokeDone(RevokeDone) -> (),
         Release(Release) -> (),
         CloseSession(CloseSession) -> (),
+        GetCapability(GetCapability) -> Capability,
     }
+}
+
+/// A fresh capability for bytes `range` of `file` in `mode`, which the session must hold
+/// tokens for (for a capability that expired, or a write-back spanning grants). Errors:
+/// Evicted; Denied when the session's tokens do not cover `range` in `mode`; Invalid when the
+/// cluster does not authenticate (no capabilities are needed then).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GetCapability {
+    pub session: SessionId,
+    pub file: FileId,
+    pub mode: Mode,
+    pub range: ByteRange,
 }
 
 /// Open a client session (the holder of tokens) on this connection.
@@ -58,6 +74,9 @@ pub struct Granted {
     /// Contains the required range, within the desired one.
     pub range: ByteRange,
     pub size: u64,
+    /// The capability storage servers want for `range` in `mode` (`None` when the cluster
+    /// does not authenticate).
+    pub capability: Option<Capability>,
 }
 
 /// The holder wrote back (or dropped) what revoke `revoke` asked for.

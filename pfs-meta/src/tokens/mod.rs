@@ -590,6 +590,11 @@ impl TokenManager {
         self.files.get(&file).and_then(|f| f.holders.get(&session)).map(RangeMap::to_vec).unwrap_or_default()
     }
 
+    /// True if `session` is or was a session of this manager (open or evicted).
+    pub fn knows_session(&self, session: SessionId) -> bool {
+        self.sessions.contains_key(&session)
+    }
+
     /// Every evicted session: what a registering storage server must refuse.
     pub fn evicted_sessions(&self) -> Vec<SessionId> {
         self.evicted.iter().copied().collect()

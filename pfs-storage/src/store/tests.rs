@@ -437,6 +437,7 @@ impl Handler for FakeMeta {
             }
             RegistryRequest::SyncDone(_) => Reply::to::<reg::SyncDone, StorageError>(Ok(())),
             RegistryRequest::GetHealth(_) => Reply::to::<reg::GetHealth, StorageError>(Ok(Default::default())),
+            RegistryRequest::RemoveOrphan(_) => Reply::to::<reg::RemoveOrphan, StorageError>(Ok(())),
         }
     }
 }
@@ -459,6 +460,8 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
         roles: vec![PeerRole::Storage],
         limits: DEFAULT_LIMITS,
         idle_timeout: None,
+        handshake_timeout: Duration::from_secs(10),
+        auth: pfs_common::auth::Auth::none(),
     };
     tokio::spawn(rpc::serve(listener, fake.clone(), opts));
 
@@ -477,7 +480,7 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     config2.storage[0].id = id;
     tokio::spawn(crate::hasher::run(s.clone()));
     let config2 = Arc::new(config2);
-    let repl = Arc::new(crate::replication::Replication::new(id, config2.clone()));
+    let repl = Arc::new(crate::replication::Replication::new(id, config2.clone(), pfs_common::auth::Auth::none()));
     tokio::spawn(crate::meta_link::run(config2, id, s.clone(), repl));
 
     let deadline = Duration::from_secs(20);

@@ -30,7 +30,9 @@ pub async fn run(client: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Getstripe { path, verify } => getstripe(client, &pfs_path(&path)?, verify).await,
         Cmd::Fsck { repair, quick } => crate::fsck::run(client, repair, !quick).await,
         Cmd::Scrub => scrub(client).await,
-        Cmd::Up | Cmd::Down | Cmd::Demo { .. } | Cmd::Serve { .. } => unreachable!("handled in main"),
+        Cmd::Up | Cmd::Down | Cmd::Demo { .. } | Cmd::Serve { .. } | Cmd::Keygen { .. } => {
+            unreachable!("handled in main")
+        }
     }
 }
 

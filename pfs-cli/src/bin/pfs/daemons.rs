@@ -49,6 +49,11 @@ pub async fn up(config: &std::sync::Arc<Config>, config_path: &Path) -> Result<(
     if roles.is_empty() {
         return Err(Error::Usage("the config names no daemon on this host".into()));
     }
+    // A cluster on one host gets its secret made here; on several hosts, `pfs keygen` it
+    // once and copy it to each (README, "Security model").
+    if let Some(path) = config.ensure_secret()? {
+        println!("created the cluster secret {} (mode 0400)", path.display());
+    }
     let mut started: Vec<Daemon> = Vec::new();
     for (role, _) in &roles {
         let pidf = pid_file(config, *role);

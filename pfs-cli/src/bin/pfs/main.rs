@@ -94,6 +94,15 @@ enum Cmd {
     /// their checksums and SHA-256, and rewrites damaged copies from a good replica. Waits for
     /// the passes and reports; exits 1 if a chunk could not be repaired or a server is down.
     Scrub,
+    /// Write a new cluster secret (32 random bytes, mode 0400) to FILE, which must not exist;
+    /// name it in the config as `[auth] secret_file` and copy it to every host of the cluster.
+    /// With --client-key, write instead the client key derived from the config's secret: it
+    /// lets a node connect as a client only (`[auth] client_key_file`).
+    Keygen {
+        file: PathBuf,
+        #[arg(long)]
+        client_key: bool,
+    },
     /// Run one daemon in the foreground (what `pfs up` starts when the dedicated
     /// pfs-meta / pfs-storage binaries are not installed).
     #[command(hide = true)]
@@ -126,6 +135,7 @@ fn run(args: Args) -> pfs_cli::Result<()> {
         Cmd::Demo { size, servers, replicas } => rt.block_on(demo::run(size, servers, replicas)),
         Cmd::Up => rt.block_on(daemons::up(&tool::load_config(args.config.clone())?, &config_path(&args.config))),
         Cmd::Down => daemons::down(&*tool::load_config(args.config)?),
+        Cmd::Keygen { file, client_key } => keygen(&file, client_key.then_some(args.config)),
         Cmd::Serve { which } => {
             let config = tool::load_config(args.config)?;
             match which {
@@ -136,7 +146,7 @@ fn run(args: Args) -> pfs_cli::Result<()> {
         cmd => {
             let config = tool::load_config(args.config)?;
             rt.block_on(async move {
-                let client = pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)).await?;
+                let client = pfs_client::Client::connect(pfs_client::ClientOptions::from_config(&config)?).await?;
                 let result = commands::run(&client, cmd).await;
                 // End the session cleanly: a dropped connection would be an eviction, fenced on
                 // every storage server.
@@ -145,6 +155,27 @@ fn run(args: Args) -> pfs_cli::Result<()> {
             })
         }
     }
+}
+
+/// `pfs keygen`: a new random cluster secret, or (with a config) the client key derived
+/// from the config's secret.
+fn keygen(file: &std::path::Path, client_key_of: Option<Option<PathBuf>>) -> pfs_cli::Result<()> {
+    use pfs_common::auth::{write_new_key, Credentials, Key};
+    let key = match client_key_of {
+        None => Key::random(),
+        Some(config) => {
+            let config = tool::load_config(config)?;
+            match config.auth(true)?.credentials {
+                Some(c @ Credentials::Cluster(_)) => {
+                    c.role_key(pfs_common::wire::PeerRole::Client).expect("the secret derives every role key")
+                }
+                _ => return Err(pfs_cli::Error::Usage("the config names no cluster secret to derive from".into())),
+            }
+        }
+    };
+    write_new_key(file, &key)?;
+    println!("wrote {} (32 bytes, mode 0400)", file.display());
+    Ok(())
 }
 
 fn config_path(arg: &Option<PathBuf>) -> PathBuf {

@@ -1,0 +1,199 @@
+//! Data-access capabilities: what lets a client read or write chunks on a storage server.
+//!
+//! Storage servers know nothing of tokens, so pfs-meta hands a client, with each token it
+//! grants, a [`Capability`]: "session S may read (or write) bytes R of file F, whose chunks
+//! are C bytes, until T", MAC'd with the capability key that pfs-meta and the storage servers
+//! derive from the cluster secret ([`crate::auth`]) and clients never hold. A storage server
+//! accepts a client's read, write or truncate only with capabilities that check, have not
+//! expired, name the request's file, session and chunk size, grant its access, and together
+//! cover the file bytes it touches. This is the block access token of HDFS (and the
+//! capability of NASD/Ceph): checking it needs no round trip to pfs-meta.
+//!
+//! A capability stays valid until it expires even if its token is revoked sooner (the
+//! holder still needs it to write back under the revoke); the lifetime
+//! (`tokens.capability_ms`, 10 minutes by default) bounds how long a misbehaving client can
+//! go on using it. Expiry is pfs-meta's wall clock: clocks must agree to well within it.
+
+use crate::auth::{Key, TAG_LEN};
+use crate::ids::FileId;
+use crate::layout::MAX_FILE_SIZE;
+use crate::token::{ByteRange, Mode, SessionId};
+use hmac::Mac;
+use serde::{Deserialize, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Most capabilities one request may carry (a write spanning several grants).
+pub const MAX_CAPABILITIES: usize = 8;
+
+/// pfs-meta's MAC'd statement of what a session may do to a file's chunks.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capability {
+    pub file: FileId,
+    /// File bytes it covers.
+    pub range: ByteRange,
+    /// Read, or Write (which implies read).
+    pub mode: Mode,
+    pub session: SessionId,
+    /// The file's chunk size, bytes: fixes which file bytes a chunk offset is.
+    pub chunk_size: u64,
+    /// Unix time in ms (pfs-meta's clock) after which it is refused.
+    pub expires_ms: u64,
+    /// HMAC-SHA256 of the fields above, truncated to 16 bytes.
+    pub tag: [u8; TAG_LEN],
+}
+
+/// Unix time now, ms.
+pub fn unix_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+fn tag_of(key: &Key, c: &Capability) -> hmac::Hmac<sha2::Sha256> {
+    let mut m = key.hmac();
+    m.update(b"pfs v1 capability");
+    m.update(&c.file.0.to_le_bytes());
+    m.update(&c.range.start.to_le_bytes());
+    m.update(&c.range.end.to_le_bytes());
+    m.update(&[c.mode as u8]);
+    m.update(&c.session.to_le_bytes());
+    m.update(&c.chunk_size.to_le_bytes());
+    m.update(&c.expires_ms.to_le_bytes());
+    m
+}
+
+/// Issues capabilities (pfs-meta).
+#[derive(Clone, Debug)]
+pub struct CapabilityIssuer {
+    key: Key,
+    lifetime_ms: u64,
+}
+
+impl CapabilityIssuer {
+    /// Issues with `key` capabilities valid for `lifetime_ms`.
+    pub fn new(key: Key, lifetime_ms: u64) -> CapabilityIssuer {
+        CapabilityIssuer { key, lifetime_ms }
+    }
+
+    /// A capability for `session` over `range` of `file` in `mode`, valid from now on.
+    pub fn issue(&self, file: FileId, range: ByteRange, mode: Mode, session: SessionId, chunk_size: u64) -> Capability {
+        let expires_ms = unix_ms().saturating_add(self.lifetime_ms);
+        sign(&self.key, Capability { file, range, mode, session, chunk_size, expires_ms, tag: [0; TAG_LEN] })
+    }
+}
+
+/// `c` with its tag computed with `key`.
+pub fn sign(key: &Key, mut c: Capability) -> Capability {
+    let full = tag_of(key, &c).finalize().into_bytes();
+    c.tag.copy_from_slice(&full[..TAG_LEN]);
+    c
+}
+
+/// What a storage request needs a capability for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Access {
+    pub file: FileId,
+    pub session: SessionId,
+    pub chunk_size: u64,
+    /// File bytes touched.
+    pub range: ByteRange,
+    pub mode: Mode,
+}
+
+impl Access {
+    /// The file bytes `[chunk × chunk_size + offset, + len)`; `None` when that overflows or
+    /// `chunk_size` is 0.
+    pub fn chunk_bytes(chunk: u64, chunk_size: u64, offset: u64, len: u64) -> Option<ByteRange> {
+        if chunk_size == 0 {
+            return None;
+        }
+        let start = chunk.checked_mul(chunk_size)?.checked_add(offset)?;
+        Some(ByteRange::new(start, start.checked_add(len.max(1))?))
+    }
+
+    /// Everything from `size` on (a truncate to `size`).
+    pub fn from_size(size: u64) -> ByteRange {
+        ByteRange::new(size.min(MAX_FILE_SIZE), u64::MAX)
+    }
+}
+
+/// Checks that `caps` allow `access` at Unix time `now_ms` (storage servers). Errors with
+/// the reason, for the Denied answer.
+pub fn check(key: &Key, caps: &[Capability], access: &Access, now_ms: u64) -> Result<(), String> {
+    if caps.is_empty() {
+        return Err("no capability: ask pfs-meta for a token first".into());
+    }
+    if caps.len() > MAX_CAPABILITIES {
+        return Err(format!("{} capabilities (at most {MAX_CAPABILITIES})", caps.len()));
+    }
+    let mut ranges = Vec::with_capacity(caps.len());
+    for c in caps {
+        if tag_of(key, c).verify_truncated_left(&c.tag).is_err() {
+            return Err(format!("a capability for {} that pfs-meta did not issue (forged or altered)", c.file));
+        }
+        if c.expires_ms <= now_ms {
+            return Err(format!("a capability for {} that expired {} ms ago", c.file, now_ms - c.expires_ms));
+        }
+        if c.file != access.file || c.session != access.session {
+            return Err(format!(
+                "a capability for {} of session {:x}, not {} of session {:x}",
+                c.file, c.session, access.file, access.session
+            ));
+        }
+        if c.chunk_size != access.chunk_size {
+            return Err(format!("a capability for chunks of {} bytes, not {}", c.chunk_size, access.chunk_size));
+        }
+        if access.mode == Mode::Write && c.mode != Mode::Write {
+            return Err(format!("a read capability for a write of {}", access.file));
+        }
+        ranges.push(c.range);
+    }
+    // The union must cover the bytes touched.
+    ranges.sort_by_key(|r| r.start);
+    let mut covered = access.range.start;
+    for r in ranges {
+        if r.start > covered {
+            break;
+        }
+        covered = covered.max(r.end);
+        if covered >= access.range.end {
+            return Ok(());
+        }
+    }
+    Err(format!("capabilities of {} do not cover bytes {}", access.file, access.range))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn access(range: ByteRange, mode: Mode) -> Access {
+        Access { file: FileId(7), session: 9, chunk_size: 1 << 20, range, mode }
+    }
+
+    #[test]
+    fn only_issued_unexpired_covering_capabilities_pass() {
+        let key = Key::random();
+        let issuer = CapabilityIssuer::new(key.clone(), 60_000);
+        let w = issuer.issue(FileId(7), ByteRange::new(0, 100), Mode::Write, 9, 1 << 20);
+        let r = issuer.issue(FileId(7), ByteRange::new(100, 300), Mode::Read, 9, 1 << 20);
+        let now = unix_ms();
+        check(&key, &[w], &access(ByteRange::new(10, 90), Mode::Write), now).unwrap();
+        check(&key, &[r, w], &access(ByteRange::new(50, 250), Mode::Read), now).unwrap();
+        let e = check(&key, &[w, r], &access(ByteRange::new(50, 250), Mode::Write), now).unwrap_err();
+        assert!(e.contains("read capability"), "{e}");
+        let e = check(&key, &[w], &access(ByteRange::new(50, 101), Mode::Write), now).unwrap_err();
+        assert!(e.contains("do not cover"), "{e}");
+        // Forged: widened range, another key, another session, expired.
+        let mut wide = w;
+        wide.range.end = u64::MAX;
+        assert!(check(&key, &[wide], &access(ByteRange::new(0, 200), Mode::Write), now).unwrap_err().contains("forged"));
+        let other = sign(&Key::random(), wide);
+        assert!(check(&key, &[other], &access(ByteRange::new(0, 200), Mode::Write), now).is_err());
+        let e = check(&key, &[w], &Access { session: 10, ..access(ByteRange::new(0, 1), Mode::Read) }, now);
+        assert!(e.unwrap_err().contains("session"));
+        let old = sign(&key, Capability { expires_ms: now - 1, ..w });
+        assert!(check(&key, &[old], &access(ByteRange::new(0, 1), Mode::Read), now).unwrap_err().contains("expired"));
+        assert!(check(&key, &[], &access(ByteRange::new(0, 1), Mode::Read), now).is_err());
+        let e = check(&key, &[w], &Access { chunk_size: 512, ..access(ByteRange::new(0, 1), Mode::Read) }, now);
+        assert!(e.unwrap_err().contains("512"));
+    }
+}
