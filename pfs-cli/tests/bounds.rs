@@ -5,10 +5,10 @@
 use pfs_client::{CreateOptions, ErrorCode};
 use pfs_common::layout::{LayoutChoice, MAX_FILE_SIZE};
 use pfs_common::rpc::RpcClient;
-use pfs_common::wire::storage::StorageRequest;
 use pfs_common::wire::frame::{read_frame, write_frame, FrameKind, DEFAULT_LIMITS};
 use pfs_common::wire::namespace::{Create, Lookup, Mkdir, Readdir, SetSize, Stat, Truncate};
 use pfs_common::wire::registry::{ChunkReport, ChunkState, Fenced, CHUNK_REPORT_PAGE, FENCED_MAX};
+use pfs_common::wire::storage::StorageRequest;
 use pfs_common::wire::{self, Hello, HelloReply, MetaRequest, PeerRole, ResponseBody, PROTOCOL_VERSION};
 use pfs_common::{pool, FileId, ServerId};
 use pfs_testkit::{ok, random_bytes, raw, run_tool, LocalCluster};
@@ -30,9 +30,17 @@ async fn meta(cluster: &LocalCluster, role: PeerRole) -> RpcClient<MetaRequest> 
 /// handshake's answer.
 async fn raw_hello(addr: SocketAddr, name: String) -> (TcpStream, ResponseBody<HelloReply>) {
     let mut s = TcpStream::connect(addr).await.unwrap();
-    let hello = Hello { version: PROTOCOL_VERSION, role: PeerRole::Client, name, nonce: [3; 32], auth: true, protect_data: false };
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role: PeerRole::Client,
+        name,
+        nonce: [3; 32],
+        auth: true,
+        protect_data: false,
+    };
     write_frame(&mut s, FrameKind::Request, 0, &wire::encode(&hello), &[], None).await.unwrap();
-    let f = read_frame(&mut s, &DEFAULT_LIMITS, pool::global(), None).await.unwrap().expect("the handshake is answered");
+    let f =
+        read_frame(&mut s, &DEFAULT_LIMITS, pool::global(), None).await.unwrap().expect("the handshake is answered");
     let answer = wire::decode(&f.body).unwrap();
     (s, answer)
 }

@@ -181,8 +181,16 @@ async fn a_silent_storage_server_is_declared_down_before_the_token_moves() {
     let session = admin.session().unwrap();
     let cap = raw::mint_capability(cluster.config(), at.0, ByteRange::ALL, Mode::Read, session, at.2);
     let capabilities = cap.into_iter().collect();
-    let read =
-        ReadChunk { file: at.0, chunk: at.1, offset: 0, len: 4096, chain: at.3, chunk_size: at.2, session, capabilities };
+    let read = ReadChunk {
+        file: at.0,
+        chunk: at.1,
+        offset: 0,
+        len: 4096,
+        chain: at.3,
+        chunk_size: at.2,
+        session,
+        capabilities,
+    };
     let (_, data) = conn.call(read, &[]).await.unwrap();
     assert!(data.is_empty(), "a write of the evicted session landed on {STOPPED}");
 }

@@ -128,7 +128,8 @@ async fn a_killed_writer_is_evicted_and_fenced() {
     let opts = raw::cluster_options(cluster.config(), PeerRole::Client, "late writer");
     let conn: RpcClient<StorageRequest> = RpcClient::connect(target.address, "storage", &opts, None).await.unwrap();
     // The capability it held is still valid (unexpired): the fence must refuse the write.
-    let cap = raw::mint_capability(cluster.config(), attr.id, ByteRange::ALL, Mode::Write, session, layout.chunk_size());
+    let cap =
+        raw::mint_capability(cluster.config(), attr.id, ByteRange::ALL, Mode::Write, session, layout.chunk_size());
     let req = WriteChunk {
         capabilities: cap.into_iter().collect(),
         file: attr.id,

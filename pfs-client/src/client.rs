@@ -14,8 +14,7 @@ use pfs_common::wire::registry::{
     ChunkInfo, GetChains, GetChunks, GetHealth, Health, ListServers, RemoveOrphan, ServerStatus, GET_CHUNKS_MAX,
 };
 use pfs_common::wire::storage::{
-    ChunkPage, GetStatus, ListChunks, RepairChunk, Scrub, ScrubStatus, StorageRequest,
-    StorageStatus,
+    ChunkPage, GetStatus, ListChunks, RepairChunk, Scrub, ScrubStatus, StorageRequest, StorageStatus,
 };
 use pfs_common::wire::tokens::{self as tok, ClientNotify};
 use pfs_common::wire::{Call, MetaRequest, PeerRole};

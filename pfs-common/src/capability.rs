@@ -185,7 +185,9 @@ mod tests {
         // Forged: widened range, another key, another session, expired.
         let mut wide = w;
         wide.range.end = u64::MAX;
-        assert!(check(&key, &[wide], &access(ByteRange::new(0, 200), Mode::Write), now).unwrap_err().contains("forged"));
+        assert!(check(&key, &[wide], &access(ByteRange::new(0, 200), Mode::Write), now)
+            .unwrap_err()
+            .contains("forged"));
         let other = sign(&Key::random(), wide);
         assert!(check(&key, &[other], &access(ByteRange::new(0, 200), Mode::Write), now).is_err());
         let e = check(&key, &[w], &Access { session: 10, ..access(ByteRange::new(0, 1), Mode::Read) }, now);

@@ -18,9 +18,7 @@ use crate::auth::{self, Auth, FrameMac};
 use crate::error::{Error, Result, WireCode, WireError};
 use crate::pool::{self, PooledBuf};
 use crate::wire::frame::{read_frame, write_frame, Frame, FrameError, FrameKind, Limits, DEFAULT_LIMITS};
-use crate::wire::{
-    self, Call, Hello, HelloProof, HelloReply, PeerRole, ResponseBody, PEER_NAME_MAX, PROTOCOL_VERSION,
-};
+use crate::wire::{self, Call, Hello, HelloProof, HelloReply, PeerRole, ResponseBody, PEER_NAME_MAX, PROTOCOL_VERSION};
 use parking_lot::Mutex;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -56,7 +54,13 @@ pub(crate) struct Sender {
 }
 
 impl Sender {
-    async fn send(&mut self, kind: FrameKind, id: u64, body: &[u8], payload: &[u8]) -> std::result::Result<(), FrameError> {
+    async fn send(
+        &mut self,
+        kind: FrameKind,
+        id: u64,
+        body: &[u8],
+        payload: &[u8],
+    ) -> std::result::Result<(), FrameError> {
         write_frame(&mut self.half, kind, id, body, payload, self.mac.as_mut()).await
     }
 }
@@ -211,9 +215,7 @@ impl<R: Serialize> RpcClient<R> {
             p.waiting.insert(id, tx);
         }
         let deadline = Instant::now() + inner.request_timeout;
-        let write = async {
-            inner.writer.lock().await.send(FrameKind::Request, id, &body, payload).await
-        };
+        let write = async { inner.writer.lock().await.send(FrameKind::Request, id, &body, payload).await };
         match tokio::time::timeout_at(deadline.into(), write).await {
             Ok(Ok(())) => {}
             Ok(Err(e)) => {
@@ -718,10 +720,9 @@ async fn client_handshake(
     let deny = |message: String| Error::Auth { peer: peer.to_string(), message };
     let key = match &opts.auth.credentials {
         None => None,
-        Some(c) => Some(
-            c.role_key(opts.role)
-                .ok_or_else(|| deny(format!("a client key cannot connect as {:?}", opts.role)))?,
-        ),
+        Some(c) => {
+            Some(c.role_key(opts.role).ok_or_else(|| deny(format!("a client key cannot connect as {:?}", opts.role)))?)
+        }
     };
     let hello = Hello {
         version: PROTOCOL_VERSION,
@@ -898,9 +899,8 @@ mod tests {
     async fn only_holders_of_the_cluster_key_connect_and_both_sides_must_authenticate() {
         let secret = auth::Key::random();
         let addr = slow_server(Duration::from_secs(60), Duration::ZERO, Auth::cluster(secret.clone())).await;
-        let connect = |a: Auth| async move {
-            RpcClient::<StorageRequest>::connect(addr, "slow", &client_opts(a), None).await
-        };
+        let connect =
+            |a: Auth| async move { RpcClient::<StorageRequest>::connect(addr, "slow", &client_opts(a), None).await };
         // The right key, and the client key derived from it: connected, requests answered.
         let c = connect(Auth::cluster(secret.clone())).await.unwrap();
         assert_eq!(c.ask(GetStatus).await.unwrap().engine, "slow");

@@ -100,6 +100,11 @@ impl Registry {
         Ok(())
     }
 
+    /// Where storage server `id` serves, if known.
+    pub fn address(&self, id: ServerId) -> Option<SocketAddr> {
+        self.servers.get(&id).map(|e| e.address)
+    }
+
     /// Whether [`Registry::register`] would accept this registration (see there).
     pub fn check_register(&self, id: ServerId, address: SocketAddr, conn_id: u64, now: Instant) -> Result<()> {
         let Some(e) = self.servers.get(&id) else {

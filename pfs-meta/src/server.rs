@@ -19,17 +19,22 @@ use crate::store::NamespaceStore;
 use crate::token_service::TokenService;
 use crate::tokens::TokenConfig;
 use parking_lot::Mutex;
+use pfs_common::auth::Auth;
+use pfs_common::capability::{Capability, CapabilityIssuer};
 use pfs_common::chain::{Chain, ReplicaState};
 use pfs_common::config::Config;
 use pfs_common::layout::Layout;
 use pfs_common::pool::PooledBuf;
+use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::rpc::{Handler, Peer, Reply};
 use pfs_common::token::SessionId;
+use pfs_common::token::{ByteRange, Mode};
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest};
 use pfs_common::wire::registry::{
     self as reg, ChunkInfo, CommittedChunk, Health, LostChunk, Registered, RegistryRequest, ReportAnswer,
     StorageNotify, CHUNK_REPORT_PAGE, FENCED_MAX, GET_CHUNKS_MAX,
 };
+use pfs_common::wire::storage::{RemoveChunk, RemoveFile, StorageRequest};
 use pfs_common::wire::tokens::{self as tok, Granted, SessionGrant, TokenRequest};
 use pfs_common::wire::{MetaRequest, PeerRole};
 use pfs_common::{FileId, ServerId};
@@ -37,9 +42,6 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 use tokio::sync::Notify;
-use pfs_common::auth::Auth;
-use pfs_common::capability::{Capability, CapabilityIssuer};
-use pfs_common::token::{ByteRange, Mode};
 use tracing::{debug, info, warn};
 
 /// The registry side of pfs-meta, behind one lock. (The storage servers' connections, for
@@ -75,6 +77,8 @@ pub struct MetaServer {
     rereplicate_after_ms: u64,
     /// MACs the capabilities clients show storage servers (`None` with `auth = "none"`).
     capabilities: Option<CapabilityIssuer>,
+    /// How pfs-meta connects to a storage server itself (to remove orphaned chunks).
+    storage_connect: ConnectOptions,
 }
 
 impl MetaServer {
@@ -114,6 +118,13 @@ impl MetaServer {
             heartbeat_ms: config.timeouts.heartbeat_ms,
             rereplicate_after_ms: config.timeouts.rereplicate_after_ms,
             capabilities: auth.capability_key().map(|k| CapabilityIssuer::new(k, config.tokens.capability_ms)),
+            storage_connect: ConnectOptions {
+                role: PeerRole::Meta,
+                name: "pfs-meta".into(),
+                connect_timeout: std::time::Duration::from_millis(config.timeouts.connect_ms),
+                request_timeout: std::time::Duration::from_millis(config.timeouts.request_ms),
+                auth: auth.clone(),
+            },
         })
     }
 
@@ -405,7 +416,8 @@ impl MetaServer {
             }
             return Ok(issuer.issue(c.file, ByteRange::ALL, Mode::Read, c.session, chunk_size));
         }
-        let mut writable: Vec<ByteRange> = held.into_iter().filter(|(_, m)| *m == Mode::Write).map(|(r, _)| r).collect();
+        let mut writable: Vec<ByteRange> =
+            held.into_iter().filter(|(_, m)| *m == Mode::Write).map(|(r, _)| r).collect();
         writable.sort_by_key(|r| r.start);
         let mut covered = c.range.start;
         for r in &writable {
@@ -425,7 +437,13 @@ impl MetaServer {
     /// The capability that goes with a grant: Write over the granted range, or Read over the
     /// whole file (a client reads whole cache blocks, past what its Read token covers; it
     /// may read any file it opened).
-    fn grant_capability(&self, c: &tok::Acquire, g_mode: Mode, range: ByteRange, chunk_size: u64) -> Option<Capability> {
+    fn grant_capability(
+        &self,
+        c: &tok::Acquire,
+        g_mode: Mode,
+        range: ByteRange,
+        chunk_size: u64,
+    ) -> Option<Capability> {
         let issuer = self.capabilities.as_ref()?;
         let range = if g_mode == Mode::Read { ByteRange::ALL } else { range };
         Some(issuer.issue(c.file, range, g_mode, c.session, chunk_size))
@@ -501,9 +519,11 @@ impl MetaServer {
     async fn register(&self, peer: &Peer, c: reg::Register) -> Result<Registered> {
         speaks_for(peer, c.id)?;
         // Only under the configured id and address, and never over a live registration.
-        self.cluster.lock().registry.check_register(c.id, c.address, peer.conn_id, Instant::now()).inspect_err(|e| {
-            warn!("refused the registration of {} from {} ({}): {e}", c.id, peer.name, peer.addr)
-        })?;
+        self.cluster
+            .lock()
+            .registry
+            .check_register(c.id, c.address, peer.conn_id, Instant::now())
+            .inspect_err(|e| warn!("refused the registration of {} from {} ({}): {e}", c.id, peer.name, peer.addr))?;
         // The token service first (it may take the cluster lock to declare servers down).
         let (fenced, lease_ms) = self.tokens.storage_registered(c.id, peer.conn_id, peer.notifier.clone());
         {
@@ -708,7 +728,8 @@ impl MetaServer {
                     (Some(i), Some(chunk)) => match &i.layout {
                         None => None,
                         Some(l) => {
-                            let on_chain = n.chains().get(l.chain(chunk)).is_some_and(|ch| ch.state_of(c.server).is_some());
+                            let on_chain =
+                                n.chains().get(l.chain(chunk)).is_some_and(|ch| ch.state_of(c.server).is_some());
                             (on_chain && l.file_offset(chunk, 0) < i.size)
                                 .then(|| format!("chunk {chunk} of {} belongs to it on {}", c.file, c.server))
                         }
@@ -719,15 +740,20 @@ impl MetaServer {
         if let Some(why) = why_not {
             return Err(MetaError::Denied { what: format!("not an orphan: {why}") });
         }
-        let notifier = self.tokens.storage_notifier(c.server).ok_or_else(|| MetaError::NoServers {
+        // Removed (durably) when answered: pfs-meta asks the server itself, as the only role
+        // a storage server takes removals from.
+        let addr = self.cluster.lock().registry.address(c.server).ok_or_else(|| MetaError::NoServers {
             path: c.file.to_string(),
-            why: format!("{} is not connected", c.server),
+            why: format!("{} is not a known storage server", c.server),
         })?;
-        let note = match c.chunk {
-            Some(chunk) => StorageNotify::RemoveChunk(c.file, chunk),
-            None => StorageNotify::RemoveFiles(vec![c.file]),
-        };
-        notifier.notify(&note).await.map_err(|e| MetaError::NoServers { path: c.file.to_string(), why: e.to_string() })
+        let conn: RpcClient<StorageRequest> =
+            RpcClient::connect(addr, &c.server.to_string(), &self.storage_connect, None).await?;
+        match c.chunk {
+            Some(chunk) => conn.ask(RemoveChunk { file: c.file, chunk }).await?,
+            None => conn.ask(RemoveFile { file: c.file }).await?,
+        }
+        info!("removed orphan {} chunk {:?} on {} for {} ({})", c.file, c.chunk, c.server, peer.name, peer.addr);
+        Ok(())
     }
 
     /// A connection closed: a storage server on it is down; a client's sessions are evicted.

@@ -52,8 +52,9 @@ pub async fn run(config: Arc<Config>, id: ServerId) -> Result<()> {
     tokio::spawn(scrub::run(store.clone(), repl.clone(), scrubber.clone(), config.clone()));
     let opts = ServeOptions {
         name: id.to_string(),
-        // Other storage servers forward writes down chains and copy chunks.
-        roles: vec![PeerRole::Client, PeerRole::Storage],
+        // Other storage servers forward writes down chains and copy chunks; pfs-meta removes
+        // orphaned chunks.
+        roles: vec![PeerRole::Client, PeerRole::Storage, PeerRole::Meta],
         limits: DEFAULT_LIMITS,
         idle_timeout: Some(config.timeouts.idle()),
         handshake_timeout: Duration::from_millis(config.timeouts.connect_ms),

@@ -230,15 +230,6 @@ async fn drain_notifications(
                 debug!("{}: pfs-meta asks to remove {} files", store.id, ids.len());
                 remove_files(&store, ids);
             }
-            Ok(StorageNotify::RemoveChunk(file, chunk)) => {
-                info!("{}: pfs-meta asks to remove orphan chunk {chunk} of file {file}", store.id);
-                let store = store.clone();
-                tokio::spawn(async move {
-                    if let Err(e) = store.remove_chunks(file, &[chunk]).await {
-                        warn!("{}: removing chunk {chunk} of file {file}: {e}", store.id);
-                    }
-                });
-            }
             Ok(StorageNotify::Fence(sessions)) => {
                 store.fence.fence(&sessions).await;
                 info!("{}: fenced sessions {sessions:x?}", store.id);

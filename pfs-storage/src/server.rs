@@ -10,13 +10,13 @@ use crate::{Result, StorageError};
 use pfs_common::auth::Key;
 use pfs_common::capability::{self, unix_ms, Access, Capability};
 use pfs_common::pool::{self, PooledBuf};
-use pfs_common::token::{Mode, SessionId};
-use pfs_common::FileId;
-use tracing::warn;
 use pfs_common::rpc::{Handler, Peer, Reply};
+use pfs_common::token::{Mode, SessionId};
 use pfs_common::wire::storage::{self as st, ReadReply, StorageRequest, SyncData, Written};
 use pfs_common::wire::PeerRole;
+use pfs_common::FileId;
 use std::sync::Arc;
+use tracing::warn;
 
 /// Serves [`StorageRequest`]s from clients and other storage servers against one chunk store.
 pub struct StorageHandler {
@@ -42,16 +42,32 @@ impl StorageHandler {
             return Ok(());
         }
         capability::check(key, caps, &access, unix_ms()).map_err(|why| {
-            warn!("{}: refused a {:?} of {} from {} ({}): {why}", self.store.id(), access.mode, access.file, peer.name, peer.addr);
+            warn!(
+                "{}: refused a {:?} of {} from {} ({}): {why}",
+                self.store.id(),
+                access.mode,
+                access.file,
+                peer.name,
+                peer.addr
+            );
             StorageError::Denied { server: self.store.id(), what: why }
         })
     }
 
-    /// The file bytes a chunk request touches, as an [`Access`].
-    fn chunk_access(&self, file: FileId, chunk: u64, offset: u64, len: u64, chunk_size: u64, session: SessionId, mode: Mode) -> Result<Access> {
+    /// The file bytes a chunk request touches (`len` bytes at `offset` in chunk `chunk`), as
+    /// an [`Access`] of `session` in `mode`.
+    fn chunk_access(
+        &self,
+        (file, chunk, chunk_size): (FileId, u64, u64),
+        (offset, len): (u64, u64),
+        session: SessionId,
+        mode: Mode,
+    ) -> Result<Access> {
         let range = Access::chunk_bytes(chunk, chunk_size, offset, len).ok_or_else(|| StorageError::Invalid {
             server: self.store.id(),
-            what: format!("chunk {chunk} of {file} at offset {offset}: chunk size {chunk_size} places it past any file"),
+            what: format!(
+                "chunk {chunk} of {file} at offset {offset}: chunk size {chunk_size} places it past any file"
+            ),
         })?;
         Ok(Access { file, session, chunk_size, range, mode })
     }
@@ -59,7 +75,12 @@ impl StorageHandler {
     /// Writes here and at the chain's next replica (if any) at once; answers when both did.
     async fn write(&self, peer: &Peer, c: st::WriteChunk, payload: PooledBuf) -> Result<Written> {
         let store = &self.store;
-        let access = self.chunk_access(c.file, c.chunk, c.offset, payload.len() as u64, c.chunk_size, c.session, Mode::Write)?;
+        let access = self.chunk_access(
+            (c.file, c.chunk, c.chunk_size),
+            (c.offset, payload.len() as u64),
+            c.session,
+            Mode::Write,
+        )?;
         self.authorize(peer, &c.capabilities, access)?;
         let (next, syncing) = self.repl.check_write(c.chain)?;
         let _admitted = store.fence.admit(c.session).await?;
@@ -122,8 +143,8 @@ impl Handler for StorageHandler {
             StorageRequest::Write(c) => Reply::to::<st::WriteChunk, _>(self.write(&peer, c, payload).await),
             StorageRequest::Read(c) => {
                 let read = async {
-                    let access =
-                        self.chunk_access(c.file, c.chunk, c.offset, c.len.into(), c.chunk_size, c.session, Mode::Read)?;
+                    let piece = (c.offset, c.len.into());
+                    let access = self.chunk_access((c.file, c.chunk, c.chunk_size), piece, c.session, Mode::Read)?;
                     self.authorize(&peer, &c.capabilities, access)?;
                     self.repl.check_read(c.chain)?;
                     store.read(c.file, c.chunk, c.offset, c.len).await
@@ -136,20 +157,25 @@ impl Handler for StorageHandler {
                 }
             }
             StorageRequest::Truncate(c) => {
-                let access =
-                    Access { file: c.file, session: c.session, chunk_size: c.chunk_size, range: Access::from_size(c.size), mode: Mode::Write };
+                let access = Access {
+                    file: c.file,
+                    session: c.session,
+                    chunk_size: c.chunk_size,
+                    range: Access::from_size(c.size),
+                    mode: Mode::Write,
+                };
                 let truncate = async {
                     self.authorize(&peer, &c.capabilities, access)?;
                     store.truncate(c.file, c.size, c.chunk_size).await
                 };
                 Reply::to::<st::TruncateFile, _>(truncate.await)
             }
-            // Chunks are removed on pfs-meta's word only (it sends `RemoveFiles` on its own
-            // connection); no client removes them, whatever it holds.
-            StorageRequest::Remove(_) | StorageRequest::RemoveChunk(_) if peer.role == PeerRole::Client => {
+            // Chunks are removed on pfs-meta's word only; no client removes them, whatever it
+            // holds.
+            StorageRequest::Remove(_) | StorageRequest::RemoveChunk(_) if peer.role != PeerRole::Meta => {
                 Reply::error(&StorageError::Denied {
                     server: store.id(),
-                    what: format!("{} at {} is a client; only pfs-meta removes chunks", peer.name, peer.addr),
+                    what: format!("{} at {} is not pfs-meta; only pfs-meta removes chunks", peer.name, peer.addr),
                 })
             }
             StorageRequest::Remove(c) => Reply::to::<st::RemoveFile, _>(store.remove(c.file).await),

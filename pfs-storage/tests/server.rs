@@ -80,8 +80,16 @@ async fn write(
     data: &[u8],
 ) -> pfs_common::Result<u64> {
     let capabilities = vec![];
-    let req =
-        WriteChunk { file: FileId(file), chunk, offset, chunk_size: CS, block_size: 4096, session, chain, capabilities };
+    let req = WriteChunk {
+        file: FileId(file),
+        chunk,
+        offset,
+        chunk_size: CS,
+        block_size: 4096,
+        session,
+        chain,
+        capabilities,
+    };
     let (written, _) = c.call(req, data).await?;
     assert_eq!(written.len, data.len() as u32);
     assert_eq!(written.boots.len(), 1, "one replica");

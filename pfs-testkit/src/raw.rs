@@ -49,3 +49,76 @@ pub fn resign(config: &Config, cap: Capability, change: impl FnOnce(&mut Capabil
     change(&mut c);
     sign(&config.auth(true).unwrap().capability_key().unwrap(), c)
 }
+
+/// A connection that did the handshake by hand, as an intruder with a key would: the frames
+/// it sent (to replay) and its MAC state (to send well-formed or altered frames).
+pub struct RawConn {
+    pub stream: tokio::net::TcpStream,
+    pub send: pfs_common::auth::FrameMac,
+    pub receive: pfs_common::auth::FrameMac,
+    /// The `Hello` frame and the `HelloProof` frame as sent.
+    pub hello_frame: Vec<u8>,
+    pub proof_frame: Vec<u8>,
+}
+
+/// Encodes one unMAC'd frame (a handshake frame) as bytes.
+fn frame_bytes(body: &[u8]) -> Vec<u8> {
+    use pfs_common::wire::frame::{FrameHeader, FrameKind};
+    let h = FrameHeader { kind: FrameKind::Request, body_len: body.len() as u32, payload_len: 0, request_id: 0 };
+    let mut out = h.encode().to_vec();
+    out.extend_from_slice(body);
+    out
+}
+
+/// The next frame on `s` (no MAC); `None` when the peer closed or reset the connection. The
+/// deadline only turns a peer that never answers into a failure instead of a hang.
+pub async fn next_frame(s: &mut tokio::net::TcpStream) -> Option<pfs_common::wire::frame::Frame> {
+    use pfs_common::wire::frame::{read_frame, DEFAULT_LIMITS};
+    tokio::time::timeout(Duration::from_secs(60), read_frame(s, &DEFAULT_LIMITS, pfs_common::pool::global(), None))
+        .await
+        .expect("the server answers or closes")
+        .unwrap_or(None)
+}
+
+/// Does the handshake with `addr` by hand as `role`, proving `key` (a role key). Errors with
+/// the server's refusal, or the reason the server's proof did not check.
+pub async fn handshake(
+    addr: std::net::SocketAddr,
+    role: PeerRole,
+    key: &pfs_common::auth::Key,
+) -> std::result::Result<RawConn, String> {
+    use pfs_common::auth::{connection_keys, nonce, transcript};
+    use pfs_common::wire::{self, Hello, HelloProof, HelloReply, ResponseBody, PROTOCOL_VERSION};
+    use tokio::io::AsyncWriteExt;
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let hello = Hello {
+        version: PROTOCOL_VERSION,
+        role,
+        name: "by hand".into(),
+        nonce: nonce(),
+        auth: true,
+        protect_data: false,
+    };
+    let hello_body = wire::encode(&hello);
+    let hello_frame = frame_bytes(&hello_body);
+    stream.write_all(&hello_frame).await.map_err(|e| e.to_string())?;
+    let f = next_frame(&mut stream).await.ok_or("closed after the hello")?;
+    let mut reply =
+        wire::decode::<ResponseBody<HelloReply>>(&f.body).map_err(|e| e.to_string())?.map_err(|e| e.message)?;
+    let proof = reply.proof.take().ok_or("no server proof")?;
+    let th = transcript(&hello_body, &wire::encode(&reply));
+    let keys = connection_keys(key, &hello.nonce, &reply.nonce, &th, reply.protect_data, true);
+    if !keys.server_proof_matches(&proof) {
+        return Err("the server's proof does not check".into());
+    }
+    let proof_frame = frame_bytes(&wire::encode(&HelloProof { proof: keys.client_proof() }));
+    stream.write_all(&proof_frame).await.map_err(|e| e.to_string())?;
+    let f = next_frame(&mut stream).await.ok_or("closed after the proof")?;
+    wire::decode::<ResponseBody<()>>(&f.body).map_err(|e| e.to_string())?.map_err(|e| e.message)?;
+    Ok(RawConn { stream, send: keys.send, receive: keys.receive, hello_frame, proof_frame })
+}
+
+/// The key of `role` from `config`'s cluster secret.
+pub fn role_key(config: &Config, role: PeerRole) -> pfs_common::auth::Key {
+    config.auth(true).unwrap().credentials.unwrap().role_key(role).unwrap()
+}

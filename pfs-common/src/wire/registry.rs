@@ -29,9 +29,9 @@ service! {
 
 /// Have storage server `server` remove chunk `chunk` of `file` (every chunk with `None`),
 /// which `pfs fsck` found orphaned: pfs-meta checks that it is (the file does not exist, or
-/// the chunk lies past the file's end or the server is not in the chunk's chain) and tells
-/// the server. Errors: Denied when it is not an orphan; Unavailable when the server is not
-/// connected.
+/// the chunk lies past the file's end or the server is not in the chunk's chain) and asks the
+/// server itself (role Meta). Removed durably when answered. Errors: Denied when it is not an
+/// orphan; the server's error, or Unavailable when it cannot be reached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveOrphan {
     pub server: ServerId,
@@ -255,8 +255,6 @@ pub struct ServerStatus {
 pub enum StorageNotify {
     /// These files were unlinked: remove their chunks.
     RemoveFiles(Vec<FileId>),
-    /// Remove this chunk (an orphan `pfs fsck --repair` found).
-    RemoveChunk(FileId, ChunkIndex),
     /// Refuse writes of these (evicted) sessions from now on, then answer with [`Fenced`].
     Fence(Vec<SessionId>),
     /// These chains changed (new versions): the server takes them as its view, resyncs the

@@ -140,8 +140,8 @@ pub struct TruncateFile {
     pub capabilities: Vec<Capability>,
 }
 
-/// Remove every chunk of `file`. Durable when answered. Not from clients: pfs-meta removes
-/// files' chunks (`StorageNotify::RemoveFiles`, `pfs fsck --repair` through `RemoveOrphan`).
+/// Remove every chunk of `file`. Durable when answered. From pfs-meta only (role Meta: `pfs
+/// fsck --repair` through `RemoveOrphan`; unlinked files go as `StorageNotify::RemoveFiles`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveFile {
     pub file: FileId,
@@ -222,7 +222,7 @@ pub struct SyncData {
     pub exists: bool,
 }
 
-/// Remove one chunk of a file. Durable when answered. Not from clients (see [`RemoveFile`]).
+/// Remove one chunk of a file. Durable when answered. From pfs-meta only (see [`RemoveFile`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveChunk {
     pub file: FileId,
