@@ -8,6 +8,7 @@
 # a 4 s settle, an 8 MiB warm-up, three 256 MiB `pfs-cp` copies in and three out to /dev/null
 # (MiB/s each), then pfs-tokenbench against the same cluster (uncontended acquire p50 in µs,
 # grants/s with 4 clients on one shared file). Quote medians; compare ratios within one run.
+# MODES="none control" compares only those.
 set -euo pipefail
 shopt -s inherit_errexit
 B=$1; ROUNDS=${2:-3}; REPLICAS=${REPLICAS:-1}
@@ -19,7 +20,7 @@ config() { # $1 mode, $2 data dir
   local c
   c=$(sed "s#/tmp/pfs-local#$2#; s#127.0.0.1:74#127.0.0.1:77#; s#^replicas = 2 #replicas = $REPLICAS #" "$ROOT/config/local.toml")
   case $1 in
-    none) echo "$c" | sed '/^\[auth\]/d; /^secret_file/d; /^protect_data/d; s#^data_dir = .*#&\nauth = "none"#' ;;
+    none) echo "$c" | sed '/^\[auth\]/d; /^secret_file/d; /^protect_data/d; 0,/^data_dir = /s#^data_dir = .*#&\nauth = "none"#' ;;
     control) echo "$c" ;;
     data) echo "$c" | sed 's#^protect_data = false#protect_data = true#' ;;
   esac
@@ -40,6 +41,12 @@ run() { # $1 mode
   "$B/pfs" down > /dev/null; rm -rf "$D"
   echo "$out"
 }
-for r in $(seq 1 "$ROUNDS"); do
-  for m in none control data; do printf '%-8s %s\n' "$m" "$(run $m)"; done
+# MODES picks and orders the modes; each round starts one later in that list, so no mode
+# always runs right after the same other one (a previous cluster's writeback lingers).
+read -r -a modes <<< "${MODES:-none control data}"
+for r in $(seq 0 $((ROUNDS - 1))); do
+  for k in $(seq 0 $((${#modes[@]} - 1))); do
+    m=${modes[$(((k + r) % ${#modes[@]}))]}
+    printf '%-8s %s\n' "$m" "$(run "$m")"
+  done
 done

@@ -6,7 +6,7 @@
 
 use pfs_client::{Client, ClientOptions, CreateOptions};
 use pfs_common::auth::{Auth, Credentials, Key};
-use pfs_common::capability::unix_ms;
+use pfs_common::capability::{unix_ms, RENEW_MARGIN_MS};
 use pfs_common::config::{AuthConfig, AuthSettings, Config};
 use pfs_common::rpc::RpcClient;
 use pfs_common::token::{ByteRange, Mode, SessionId};
@@ -471,4 +471,29 @@ async fn payload_macs_and_auth_none_both_round_trip() {
         let log = log_of(&open, kind);
         assert!(log.contains("auth = \"none\"") && log.contains("not authenticated"), "{kind:?} warns: {log}");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_renew_capabilities_that_expire() {
+    // Capabilities valid a hair over the renewal margin: a client finds every kept one too old
+    // and asks pfs-meta for a fresh one before each read, write and truncate, and during the
+    // write-back of a revoke.
+    let cluster = LocalCluster::start_with(2, |c| c.tokens.capability_ms = RENEW_MARGIN_MS + 1).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    round_trip(&cfg, cluster.dir(), "renewed", &random_bytes(6 << 20, 8));
+    let a = cluster.client().await.unwrap();
+    let b = cluster.client().await.unwrap();
+    let fa = a.create("/shared", &CreateOptions::default()).await.unwrap();
+    fa.write_at(0, &[1u8; 100_000]).await.unwrap(); // dirty in a's cache under its Write token
+    let fb = b.open("/shared").await.unwrap();
+    let mut back = vec![0u8; 100_000];
+    // b's read revokes a's token: a writes back with a fresh capability first.
+    assert_eq!(fb.read_at(0, &mut back).await.unwrap(), 100_000);
+    assert!(back.iter().all(|&x| x == 1));
+    fb.truncate(10).await.unwrap();
+    assert_eq!(fb.size(), 10);
+    fa.close().await.unwrap();
+    fb.close().await.unwrap();
+    a.close().await.unwrap();
+    b.close().await.unwrap();
 }

@@ -23,7 +23,7 @@ use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::failover::Failover;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use pfs_common::capability::{unix_ms, Access, Capability, MAX_CAPABILITIES};
+use pfs_common::capability::{unix_ms, Access, Capability, MAX_CAPABILITIES, RENEW_MARGIN_MS};
 use pfs_common::ids::{FileId, ServerId};
 use pfs_common::layout::{Layout, Piece, MAX_FILE_SIZE};
 use pfs_common::pool::{self, PooledBuf};
@@ -39,9 +39,6 @@ use std::sync::Arc;
 
 /// Capabilities kept per open file (the newest; older ones are asked for again if needed).
 const MAX_KEPT_CAPABILITIES: usize = 64;
-/// A kept capability is used only if it stays valid this much longer, ms (a request may
-/// wait in queues, and clocks differ a little).
-const CAPABILITY_MARGIN_MS: u64 = 10_000;
 
 /// An open pfs file. Cheap to clone; clones (and other handles of the same file in the same
 /// client) share its tokens, cache and size.
@@ -207,14 +204,14 @@ impl OpenFile {
 
     /// Capabilities that together allow `mode` over `range`, for a storage request (none
     /// when the cluster does not authenticate). Ones kept from grants if they cover it with
-    /// [`CAPABILITY_MARGIN_MS`] to spare; otherwise a fresh one from pfs-meta, which the
+    /// [`RENEW_MARGIN_MS`] to spare; otherwise a fresh one from pfs-meta, which the
     /// session's tokens must cover (they do: every request goes out under its token, and a
     /// revoked range stays held until the write-back under the revoke is acknowledged).
     async fn capabilities_for(&self, range: ByteRange, mode: Mode) -> Result<Vec<Capability>> {
         if !self.client.inner.options.auth.enabled() {
             return Ok(Vec::new());
         }
-        let fresh_after = unix_ms() + CAPABILITY_MARGIN_MS;
+        let fresh_after = unix_ms() + RENEW_MARGIN_MS;
         {
             let caps = self.capabilities.lock();
             let mut usable: Vec<&Capability> =

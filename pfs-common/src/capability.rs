@@ -25,6 +25,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Most capabilities one request may carry (a write spanning several grants).
 pub const MAX_CAPABILITIES: usize = 8;
 
+/// A client uses a capability it kept only while it stays valid this much longer, ms (a
+/// request may wait in queues, and clocks differ a little); after that it asks pfs-meta for a
+/// fresh one. `tokens.capability_ms` must exceed it.
+pub const RENEW_MARGIN_MS: u64 = 10_000;
+
 /// pfs-meta's MAC'd statement of what a session may do to a file's chunks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Capability {

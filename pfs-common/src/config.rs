@@ -306,6 +306,13 @@ impl Config {
                 "tokens: lease_ms must be at least 3 and revoke_timeout_ms between 1 and timeouts.request_ms".into(),
             ));
         }
+        if t.capability_ms <= crate::capability::RENEW_MARGIN_MS {
+            return Err(Error::Config(format!(
+                "tokens: capability_ms = {} must exceed {} (clients renew capabilities that long before they expire)",
+                t.capability_ms,
+                crate::capability::RENEW_MARGIN_MS
+            )));
+        }
         if t.fence_timeout_ms == 0 {
             return Err(Error::Config("tokens: fence_timeout_ms must be at least 1".into()));
         }

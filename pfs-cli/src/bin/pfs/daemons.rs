@@ -49,10 +49,23 @@ pub async fn up(config: &std::sync::Arc<Config>, config_path: &Path) -> Result<(
     if roles.is_empty() {
         return Err(Error::Usage("the config names no daemon on this host".into()));
     }
-    // A cluster on one host gets its secret made here; on several hosts, `pfs keygen` it
-    // once and copy it to each (README, "Security model").
-    if let Some(path) = config.ensure_secret()? {
-        println!("created the cluster secret {} (mode 0400)", path.display());
+    // A cluster on one host gets its secret made here. On several hosts each would make a
+    // different one: there `pfs keygen` it once and copy it to each (README, "Security model").
+    let single_host = roles.len() == 1 + config.storage.len();
+    match config.secret_path() {
+        Some(path) if !path.exists() && !single_host => {
+            return Err(Error::Usage(format!(
+                "no cluster secret at {}: this cluster spans several hosts, so make one with `pfs keygen {}` \
+                 on one host and copy it (mode 0400) to the same path on every host",
+                path.display(),
+                path.display()
+            )))
+        }
+        _ => {
+            if let Some(path) = config.ensure_secret()? {
+                println!("created the cluster secret {} (mode 0400)", path.display());
+            }
+        }
     }
     let mut started: Vec<Daemon> = Vec::new();
     for (role, _) in &roles {
