@@ -624,8 +624,9 @@ async fn handshake(
     opts: &ServeOptions,
 ) -> Result<(Peer, Option<FrameMac>)> {
     let at = addr.to_string();
-    let refuse = |message: String| Error::Protocol { peer: at.clone(), message };
-    let deny = |message: String| Error::Auth { peer: at.clone(), message };
+    // Refusals name this server: the peer reads them (the log line names the peer's address).
+    let refuse = |message: String| Error::Protocol { peer: opts.name.clone(), message };
+    let deny = |message: String| Error::Auth { peer: opts.name.clone(), message };
     let first = read_frame(rd, &opts.limits, pool::global(), None).await;
     let hello_bytes = match first {
         Ok(Some(f)) if f.header.kind == FrameKind::Request => Ok(f.body),
