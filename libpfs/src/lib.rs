@@ -13,7 +13,7 @@
 
 #![allow(non_camel_case_types)]
 
-use pfs_client::{Client, ClientOptions, CreateOptions, ErrorCode, File};
+use pfs_client::{Client, ClientOptions, CreateOptions, File};
 use pfs_common::config::Config;
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -128,30 +128,8 @@ fn fail(errno: c_int, message: String) -> c_int {
     -errno
 }
 
-/// The errno of a pfs error code.
-fn errno_of(code: ErrorCode) -> c_int {
-    match code {
-        ErrorCode::NotFound => libc::ENOENT,
-        ErrorCode::Exists => libc::EEXIST,
-        ErrorCode::NotDir => libc::ENOTDIR,
-        ErrorCode::IsDir => libc::EISDIR,
-        ErrorCode::NotEmpty => libc::ENOTEMPTY,
-        ErrorCode::Invalid => libc::EINVAL,
-        ErrorCode::Conflict | ErrorCode::Evicted => libc::ESTALE,
-        ErrorCode::Io | ErrorCode::Unavailable => libc::EIO,
-        ErrorCode::TooLarge => libc::EFBIG,
-        ErrorCode::NoSpace => libc::ENOSPC,
-        ErrorCode::TimedOut => libc::ETIMEDOUT,
-        ErrorCode::Protocol => libc::EPROTO,
-        ErrorCode::NameTooLong => libc::ENAMETOOLONG,
-        ErrorCode::Busy => libc::EBUSY,
-        ErrorCode::Stale => libc::EAGAIN,
-        ErrorCode::AuthFailed | ErrorCode::Denied => libc::EACCES,
-    }
-}
-
 fn client_error(e: pfs_client::Error) -> c_int {
-    fail(errno_of(e.code()), e.to_string())
+    fail(e.code().errno(), e.to_string())
 }
 
 /// Runs `f`, turning a panic into `-EIO` (never unwinding into C).

@@ -8,10 +8,22 @@ use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
-/// The directory holding this build's libpfs.so (target/<profile>).
+/// The directory holding this build's libpfs.so (target/<profile>), which it builds first:
+/// a test build links the rlib only, and a .so left from another build may be stale. Cheap
+/// when it is current.
 fn lib_dir() -> PathBuf {
     let exe = std::env::current_exe().unwrap();
-    exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps").to_path_buf()
+    let dir = exe.parent().and_then(Path::parent).expect("tests run from target/<profile>/deps").to_path_buf();
+    let target = dir.parent().expect("target/<profile> has a parent");
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut build = Command::new(cargo);
+    build.args(["build", "-p", "libpfs", "--lib"]).env("CARGO_TARGET_DIR", target);
+    if dir.file_name().is_some_and(|n| n == "release") {
+        build.arg("--release");
+    }
+    let status = build.current_dir(env!("CARGO_MANIFEST_DIR")).status().expect("running cargo");
+    assert!(status.success(), "building libpfs.so failed");
+    dir
 }
 
 #[tokio::test(flavor = "multi_thread")]

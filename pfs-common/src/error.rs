@@ -85,6 +85,30 @@ impl ErrorCode {
         }
     }
 
+    /// The errno a POSIX interface (the mount, the C library) returns for this code: a dead or
+    /// unreachable server is EIO, a deadline ETIMEDOUT, an evicted session ESTALE, refused
+    /// authentication or authorization EACCES.
+    pub fn errno(self) -> i32 {
+        match self {
+            ErrorCode::NotFound => libc::ENOENT,
+            ErrorCode::Exists => libc::EEXIST,
+            ErrorCode::NotDir => libc::ENOTDIR,
+            ErrorCode::IsDir => libc::EISDIR,
+            ErrorCode::NotEmpty => libc::ENOTEMPTY,
+            ErrorCode::Invalid => libc::EINVAL,
+            ErrorCode::Conflict | ErrorCode::Evicted => libc::ESTALE,
+            ErrorCode::Io | ErrorCode::Unavailable => libc::EIO,
+            ErrorCode::TooLarge => libc::EFBIG,
+            ErrorCode::NoSpace => libc::ENOSPC,
+            ErrorCode::TimedOut => libc::ETIMEDOUT,
+            ErrorCode::Protocol => libc::EPROTO,
+            ErrorCode::NameTooLong => libc::ENAMETOOLONG,
+            ErrorCode::Busy => libc::EBUSY,
+            ErrorCode::Stale => libc::EAGAIN,
+            ErrorCode::AuthFailed | ErrorCode::Denied => libc::EACCES,
+        }
+    }
+
     /// The code of a local I/O error, by its kind: a full disk is NoSpace, a refused or
     /// broken connection Unavailable, and so on.
     pub fn of_io(e: &io::Error) -> ErrorCode {

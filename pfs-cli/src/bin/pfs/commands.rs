@@ -30,7 +30,13 @@ pub async fn run(client: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Getstripe { path, verify } => getstripe(client, &pfs_path(&path)?, verify).await,
         Cmd::Fsck { repair, quick } => crate::fsck::run(client, repair, !quick).await,
         Cmd::Scrub => scrub(client).await,
-        Cmd::Up | Cmd::Down | Cmd::Demo { .. } | Cmd::Serve { .. } | Cmd::Keygen { .. } => {
+        Cmd::Up
+        | Cmd::Down
+        | Cmd::Demo { .. }
+        | Cmd::Serve { .. }
+        | Cmd::Keygen { .. }
+        | Cmd::Mount { .. }
+        | Cmd::Umount { .. } => {
             unreachable!("handled in main")
         }
     }

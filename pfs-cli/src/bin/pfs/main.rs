@@ -5,6 +5,7 @@ mod commands;
 mod daemons;
 mod demo;
 mod fsck;
+mod mount;
 
 use clap::{Parser, Subcommand};
 use pfs_cli::tool;
@@ -94,6 +95,16 @@ enum Cmd {
     /// their checksums and SHA-256, and rewrites damaged copies from a good replica. Waits for
     /// the passes and reports; exits 1 if a chunk could not be repaired or a server is down.
     Scrub,
+    /// Mount the cluster at MOUNTPOINT (FUSE) and serve it until Ctrl-C, SIGTERM or `pfs
+    /// umount`, then unmount. Runs in the foreground.
+    Mount {
+        mountpoint: PathBuf,
+        /// FUSE worker threads.
+        #[arg(long, default_value_t = 4)]
+        threads: usize,
+    },
+    /// Unmount a pfs mount (`fusermount3 -u`).
+    Umount { mountpoint: PathBuf },
     /// Write a new cluster secret (32 random bytes, mode 0400) to FILE, which must not exist;
     /// name it in the config as `[auth] secret_file` and copy it to every host of the cluster.
     /// With --client-key, write instead the client key derived from the config's secret: it
@@ -136,6 +147,8 @@ fn run(args: Args) -> pfs_cli::Result<()> {
         Cmd::Up => rt.block_on(daemons::up(&tool::load_config(args.config.clone())?, &config_path(&args.config))),
         Cmd::Down => daemons::down(&*tool::load_config(args.config)?),
         Cmd::Keygen { file, client_key } => keygen(&file, client_key.then_some(args.config)),
+        Cmd::Mount { mountpoint, threads } => mount::run(rt, &*tool::load_config(args.config)?, &mountpoint, threads),
+        Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Serve { which } => {
             let config = tool::load_config(args.config)?;
             match which {

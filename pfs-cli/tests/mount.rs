@@ -1,0 +1,156 @@
+//! `pfs mount` on a real cluster: files written through the mount are the bytes the pfs client
+//! reads and the other way round, another client's change is seen at once, unsupported calls
+//! fail honestly, a dead pfs-meta makes calls fail instead of hang, and SIGTERM unmounts.
+
+use pfs_client::CreateOptions;
+use pfs_testkit::{ok, random_bytes, run_tool, LocalCluster};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PFS: &str = env!("CARGO_BIN_EXE_pfs");
+const PFS_CP: &str = env!("CARGO_BIN_EXE_pfs-cp");
+
+fn mounted(at: &Path) -> bool {
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    mounts.lines().any(|l| l.split(' ').nth(1) == Some(at.to_str().unwrap()))
+}
+
+/// Polls `f` every 20 ms until true; panics naming `what` after 30 s.
+fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while !f() {
+        assert!(Instant::now() < end, "not within 30 s: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A running `pfs mount`, unmounted (SIGKILL and `fusermount3 -u`) if the test fails.
+struct Mount {
+    child: Child,
+    at: PathBuf,
+}
+
+impl Mount {
+    fn start(config: &Path, at: &Path) -> Mount {
+        let child = Command::new(PFS)
+            .args(["--config", config.to_str().unwrap(), "mount", at.to_str().unwrap()])
+            .env("PFS_LOG", "warn")
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let mut m = Mount { child, at: at.to_path_buf() };
+        wait_until("the mount appears", || {
+            assert!(m.child.try_wait().unwrap().is_none(), "pfs mount exited");
+            mounted(at)
+        });
+        m
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        if self.child.try_wait().ok().flatten().is_none() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+        if mounted(&self.at) {
+            let _ = Command::new("fusermount3").arg("-u").arg(&self.at).status();
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn files_through_the_mount_are_pfs_files() {
+    let cluster = LocalCluster::start(2).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let at = cluster.dir().join("mnt");
+    std::fs::create_dir(&at).unwrap();
+    let mut mount = Mount::start(&cfg, &at);
+
+    // Written through the mount, read by the pfs client.
+    let data = random_bytes(5 << 20, 21);
+    std::fs::create_dir(at.join("d")).unwrap();
+    std::fs::write(at.join("d/a.bin"), &data).unwrap();
+    let client = cluster.client().await.unwrap();
+    let f = client.open("/d/a.bin").await.unwrap();
+    let mut back = vec![0u8; data.len()];
+    assert_eq!(f.read_at(0, &mut back).await.unwrap(), data.len());
+    assert!(back == data, "the client reads what was written through the mount");
+    f.close().await.unwrap();
+
+    // Copied in by pfs-cp, read through the mount.
+    let other = random_bytes(3 << 20, 22);
+    let src = cluster.dir().join("b.bin");
+    std::fs::write(&src, &other).unwrap();
+    ok(run_tool(PFS_CP, &cfg, &[src.to_str().unwrap(), "pfs:/d/b.bin"]));
+    assert!(std::fs::read(at.join("d/b.bin")).unwrap() == other, "the mount reads what pfs-cp wrote");
+
+    // Another client's change is seen at once: sizes and names.
+    let g = client.open("/d/b.bin").await.unwrap();
+    g.truncate(1000).await.unwrap();
+    g.close().await.unwrap();
+    assert_eq!(std::fs::metadata(at.join("d/b.bin")).unwrap().len(), 1000);
+    client.rename("/d/b.bin", "/d/c.bin").await.unwrap();
+    let mut names: Vec<String> =
+        std::fs::read_dir(at.join("d")).unwrap().map(|e| e.unwrap().file_name().into_string().unwrap()).collect();
+    names.sort();
+    assert_eq!(names, ["a.bin", "c.bin"]);
+    assert!(std::fs::metadata(at.join("d/b.bin")).is_err());
+    let h = client.create("/d/new", &CreateOptions::default()).await.unwrap();
+    h.write_at(0, b"from the client").await.unwrap();
+    h.close().await.unwrap();
+    assert_eq!(std::fs::read(at.join("d/new")).unwrap(), b"from the client");
+
+    // Renames, removals, truncates through the mount.
+    std::fs::rename(at.join("d/a.bin"), at.join("moved.bin")).unwrap();
+    assert_eq!(client.stat("/moved.bin").await.unwrap().size, data.len() as u64);
+    std::fs::OpenOptions::new().write(true).open(at.join("moved.bin")).unwrap().set_len(10).unwrap();
+    assert_eq!(client.stat("/moved.bin").await.unwrap().size, 10);
+    std::fs::remove_file(at.join("moved.bin")).unwrap();
+    assert!(client.stat("/moved.bin").await.is_err());
+    let e = std::fs::remove_dir(at.join("d")).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{e}");
+    assert_eq!(std::fs::read(at.join("nothing")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
+    // Not stored yet: refused, not pretended.
+    use std::os::unix::fs::PermissionsExt;
+    let e = std::fs::set_permissions(at.join("d/c.bin"), std::fs::Permissions::from_mode(0o600)).unwrap_err();
+    assert_eq!(e.raw_os_error(), Some(libc::ENOSYS), "{e}");
+    // statfs sums the storage servers.
+    let df = Command::new("df").arg(&at).output().unwrap();
+    assert!(String::from_utf8_lossy(&df.stdout).contains("pfs"), "{df:?}");
+    client.close().await.unwrap();
+
+    // SIGTERM unmounts cleanly.
+    // SAFETY: signalling our own child.
+    unsafe { libc::kill(mount.child.id() as i32, libc::SIGTERM) };
+    let status = mount.child.wait().unwrap();
+    assert!(status.success(), "pfs mount after SIGTERM: {status}");
+    assert!(!mounted(&at), "still mounted after SIGTERM");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_cluster_fails_calls_instead_of_hanging() {
+    let mut cluster = LocalCluster::start_with(1, |c| {
+        c.timeouts.request_ms = 2_000;
+        c.timeouts.connect_ms = 1_000;
+        c.tokens.revoke_timeout_ms = 1_000;
+    })
+    .await
+    .unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let at = cluster.dir().join("mnt");
+    std::fs::create_dir(&at).unwrap();
+    let _mount = Mount::start(&cfg, &at);
+    std::fs::write(at.join("f"), b"x").unwrap();
+    cluster.kill(pfs_testkit::DaemonKind::Meta);
+    // A stat after pfs-meta died: an error (EIO or ETIMEDOUT) within the request timeout,
+    // never a hang (a thread with a generous guard turns a hang into a failure).
+    let path = at.join("f");
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || tx.send(std::fs::metadata(&path).map(|m| m.len())).unwrap());
+    let r = rx.recv_timeout(Duration::from_secs(120)).expect("the stat hung");
+    let e = r.expect_err("a stat answered with pfs-meta dead");
+    assert!(matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ETIMEDOUT)), "{e}");
+    let _ = run_tool(PFS, &cfg, &["umount", at.to_str().unwrap()]);
+}
