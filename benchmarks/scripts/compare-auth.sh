@@ -9,13 +9,8 @@
 # (MiB/s each), then pfs-tokenbench against the same cluster (uncontended acquire p50 in µs,
 # grants/s with 4 clients on one shared file). Quote medians; compare ratios within one run.
 # MODES="none control" compares only those.
-set -euo pipefail
-shopt -s inherit_errexit
+source "$(dirname "$0")/common.sh"
 B=$1; ROUNDS=${2:-3}; REPLICAS=${REPLICAS:-1}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-SRC=${SRC:-/tmp/pfs-compare-256m.bin}
-[ -f "$SRC" ] || head -c 256M /dev/urandom > "$SRC"
-head -c 8M "$SRC" > "$SRC.8m"
 config() { # $1 mode, $2 data dir
   local c
   c=$(sed "s#/tmp/pfs-local#$2#; s#127.0.0.1:74#127.0.0.1:77#; s#^replicas = 2 #replicas = $REPLICAS #" "$ROOT/config/local.toml")

@@ -6,13 +6,8 @@
 # /dev/null. Prints MiB/s per copy; quote medians. Needs a 256 MiB file at $SRC (made if absent).
 # BASE_CONFIG / NEW_CONFIG: the cluster configuration each build understands (default: this
 # checkout's config/local.toml; give an older build its own).
-set -euo pipefail
-shopt -s inherit_errexit
+source "$(dirname "$0")/common.sh"
 BASE=$1; NEW=$2; ROUNDS=${3:-3}
-ROOT=$(cd "$(dirname "$0")/../.." && pwd)
-SRC=${SRC:-/tmp/pfs-compare-256m.bin}
-[ -f "$SRC" ] || head -c 256M /dev/urandom > "$SRC"
-head -c 8M "$SRC" > "$SRC.8m"
 run() { # $1 bin dir, $2 port prefix (two digits), $3 config template
   local B=$1 D=/tmp/pfs-compare-$2
   rm -rf "$D"; mkdir -p "$D"
