@@ -101,6 +101,10 @@ async fn files_through_the_mount_are_pfs_files() {
     h.write_at(0, b"from the client").await.unwrap();
     h.close().await.unwrap();
     assert_eq!(std::fs::read(at.join("d/new")).unwrap(), b"from the client");
+    drop(std::fs::OpenOptions::new().write(true).create(true).truncate(false).open(at.join("d/new")).unwrap());
+    assert_eq!(std::fs::read(at.join("d/new")).unwrap(), b"from the client", "O_CREAT without O_TRUNC truncated");
+    drop(std::fs::OpenOptions::new().write(true).create(true).truncate(true).open(at.join("d/new")).unwrap());
+    assert_eq!(client.stat("/d/new").await.unwrap().size, 0, "O_TRUNC");
 
     // Renames, removals, truncates through the mount.
     std::fs::rename(at.join("d/a.bin"), at.join("moved.bin")).unwrap();

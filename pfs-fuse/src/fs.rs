@@ -294,9 +294,21 @@ impl Filesystem for PfsFs {
             Ok(p) => p,
             Err(e) => return reply.error(e),
         };
-        let opts = CreateOptions { exclusive: flags & libc::O_EXCL != 0, ..CreateOptions::default() };
+        // Always exclusive: pfs's non-exclusive create truncates an existing file, which
+        // open(O_CREAT) must not do. A file that appeared since the kernel's lookup (another
+        // client) is opened instead, and truncated only for O_TRUNC.
+        let opts = CreateOptions { exclusive: true, ..CreateOptions::default() };
         let created = self.run(async {
-            let f = self.client.create(&path, &opts).await?;
+            let f = match self.client.create(&path, &opts).await {
+                Err(e) if e.code() == pfs_client::ErrorCode::Exists && flags & libc::O_EXCL == 0 => {
+                    let f = self.client.open(&path).await?;
+                    if flags & libc::O_TRUNC != 0 {
+                        f.truncate(0).await?;
+                    }
+                    f
+                }
+                r => r?,
+            };
             let a = f.stat().await?;
             Ok::<_, pfs_client::Error>((f, a))
         });
