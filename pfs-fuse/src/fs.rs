@@ -111,6 +111,34 @@ impl PfsFs {
         }
     }
 
+    /// Unlinks a file (or with `dir` removes an empty directory) and forgets its path.
+    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
+        let path = match self.child(parent, name) {
+            Ok(p) => p,
+            Err(e) => return reply.error(e),
+        };
+        let removed = if dir { self.run(self.client.rmdir(&path)) } else { self.run(self.client.unlink(&path)) };
+        match removed {
+            Ok(()) => {
+                self.paths.lock().removed(&path);
+                reply.ok()
+            }
+            Err(e) => reply.error(errno(&path, e)),
+        }
+    }
+
+    /// Makes the writes of handle `fh` durable (flush at every close(2), and fsync).
+    fn sync(&self, fh: FileHandle, reply: ReplyEmpty) {
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        match self.run(f.fsync()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(f.path(), e)),
+        }
+    }
+
     /// Stats `path`, remembers its inode, and answers the entry.
     fn entry(&self, path: String, reply: ReplyEntry) {
         match self.run(self.client.stat(&path)) {
@@ -203,31 +231,11 @@ impl Filesystem for PfsFs {
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        match self.run(self.client.unlink(&path)) {
-            Ok(()) => {
-                self.paths.lock().removed(&path);
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(&path, e)),
-        }
+        self.remove(parent, name, false, reply);
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        match self.run(self.client.rmdir(&path)) {
-            Ok(()) => {
-                self.paths.lock().removed(&path);
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(&path, e)),
-        }
+        self.remove(parent, name, true, reply);
     }
 
     fn rename(
@@ -369,25 +377,11 @@ impl Filesystem for PfsFs {
 
     /// Every `close(2)`: the file's writes are made durable, and a failure is the close's.
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
-        let f = match self.file(fh) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
-        match self.run(f.fsync()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(f.path(), e)),
-        }
+        self.sync(fh, reply);
     }
 
     fn fsync(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _datasync: bool, reply: ReplyEmpty) {
-        let f = match self.file(fh) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
-        match self.run(f.fsync()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(f.path(), e)),
-        }
+        self.sync(fh, reply);
     }
 
     fn release(

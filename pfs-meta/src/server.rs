@@ -362,36 +362,23 @@ impl MetaServer {
     /// Serves one request of the token service.
     async fn tokens(&self, peer: &Peer, req: TokenRequest) -> Reply {
         let t = &self.tokens;
+        // Every call but OpenSession names a session, which must be one this connection opened.
+        if let Some(session) = req.session() {
+            if let Err(e) = self.own(peer, session) {
+                return Reply::error(&e);
+            }
+        }
         match req {
             TokenRequest::OpenSession(_) => {
                 let (session, lease_ms) = t.open_session(peer.conn_id, peer.notifier.clone());
                 Reply::to::<tok::OpenSession, MetaError>(Ok(SessionGrant { session, lease_ms }))
             }
-            // Every other call names a session, which must be one this connection opened.
-            TokenRequest::KeepAlive(c) => {
-                let r = self.own(peer, c.session).and_then(|()| t.keep_alive(c.session));
-                Reply::to::<tok::KeepAlive, _>(r)
-            }
-            TokenRequest::Acquire(c) => Reply::to::<tok::Acquire, _>(match self.own(peer, c.session) {
-                Ok(()) => self.acquire(c).await,
-                Err(e) => Err(e),
-            }),
-            TokenRequest::RevokeDone(c) => {
-                let r = self.own(peer, c.session).and_then(|()| t.revoke_done(c.session, c.revoke));
-                Reply::to::<tok::RevokeDone, _>(r)
-            }
-            TokenRequest::Release(c) => {
-                let r = self.own(peer, c.session).and_then(|()| t.release(c.session, c.file, c.range));
-                Reply::to::<tok::Release, _>(r)
-            }
-            TokenRequest::CloseSession(c) => {
-                let r = self.own(peer, c.session).and_then(|()| t.close_session(c.session));
-                Reply::to::<tok::CloseSession, _>(r)
-            }
-            TokenRequest::GetCapability(c) => Reply::to::<tok::GetCapability, _>(match self.own(peer, c.session) {
-                Ok(()) => self.capability(c).await,
-                Err(e) => Err(e),
-            }),
+            TokenRequest::KeepAlive(c) => Reply::to::<tok::KeepAlive, _>(t.keep_alive(c.session)),
+            TokenRequest::Acquire(c) => Reply::to::<tok::Acquire, _>(self.acquire(c).await),
+            TokenRequest::RevokeDone(c) => Reply::to::<tok::RevokeDone, _>(t.revoke_done(c.session, c.revoke)),
+            TokenRequest::Release(c) => Reply::to::<tok::Release, _>(t.release(c.session, c.file, c.range)),
+            TokenRequest::CloseSession(c) => Reply::to::<tok::CloseSession, _>(t.close_session(c.session)),
+            TokenRequest::GetCapability(c) => Reply::to::<tok::GetCapability, _>(self.capability(c).await),
         }
     }
 

@@ -23,6 +23,21 @@ service! {
     }
 }
 
+impl TokenRequest {
+    /// The session the call speaks for (every call but `OpenSession`).
+    pub fn session(&self) -> Option<SessionId> {
+        match self {
+            TokenRequest::OpenSession(_) => None,
+            TokenRequest::KeepAlive(c) => Some(c.session),
+            TokenRequest::Acquire(c) => Some(c.session),
+            TokenRequest::RevokeDone(c) => Some(c.session),
+            TokenRequest::Release(c) => Some(c.session),
+            TokenRequest::CloseSession(c) => Some(c.session),
+            TokenRequest::GetCapability(c) => Some(c.session),
+        }
+    }
+}
+
 /// A fresh capability for bytes `range` of `file` in `mode`, which the session must hold
 /// tokens for (for a capability that expired, or a write-back spanning grants). Errors:
 /// Evicted; Denied when the session's tokens do not cover `range` in `mode`; Invalid when the
