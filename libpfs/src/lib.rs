@@ -352,8 +352,8 @@ pub unsafe extern "C" fn pfs_fstat(fd: c_int, st: *mut pfs_stat) -> c_int {
             let layout = f.file.layout();
             let out = pfs_stat {
                 size: f.file.size(),
-                mtime_ms: attr.mtime_ms,
-                ctime_ms: attr.ctime_ms,
+                mtime_ms: attr.mtime_ns.max(0) as u64 / 1_000_000,
+                ctime_ms: attr.ctime_ns.max(0) as u64 / 1_000_000,
                 file_id: attr.id.0,
                 generation: attr.generation,
                 stripe_width: layout.stripe_count() as u32,

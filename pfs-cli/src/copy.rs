@@ -210,9 +210,14 @@ async fn list_dir(client: &Client, e: &Endpoint) -> Result<Vec<(String, bool)>> 
             out.sort();
             Ok(out)
         }
-        Endpoint::Pfs(p) => {
-            Ok(client.readdir(p).await?.into_iter().map(|e| (e.name, e.kind == FileKind::Dir)).collect())
-        }
+        // As for local trees: directories and regular files; links, pipes and devices are left.
+        Endpoint::Pfs(p) => Ok(client
+            .readdir(p)
+            .await?
+            .into_iter()
+            .filter(|e| matches!(e.kind, FileKind::Dir | FileKind::File))
+            .map(|e| (e.name, e.kind == FileKind::Dir))
+            .collect()),
     }
 }
 

@@ -204,7 +204,16 @@ async fn replayed_handshakes_and_altered_or_replayed_frames_are_refused() {
 
     // A frame altered in flight (a byte of its body): refused unexecuted, connection closed.
     let mut altered = raw::handshake(meta, PeerRole::Client, &key).await.unwrap();
-    send_raw(&mut altered, 1, Mkdir { path: "/intruded".into() }, |b| b[25] ^= 1).await;
+    send_raw(
+        &mut altered,
+        1,
+        Mkdir {
+            target: "/intruded".into(),
+            attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+        },
+        |b| b[25] ^= 1,
+    )
+    .await;
     assert!(!answered_ok_before_closing(&mut altered).await);
     // A frame sent twice (replayed): the second is out of sequence.
     let mut replayed = raw::handshake(meta, PeerRole::Client, &key).await.unwrap();
@@ -362,7 +371,7 @@ async fn a_session_answers_only_to_the_connection_that_opened_it() {
     denied(intruder.ask(acquire).await.unwrap_err());
     let cap = tok::GetCapability { session: theirs, file: f.id(), mode: Mode::Write, range: ByteRange::new(0, 1) };
     denied(intruder.ask(cap).await.unwrap_err());
-    denied(intruder.ask(Open { path: "/mine".into(), session: theirs }).await.unwrap_err());
+    denied(intruder.ask(Open { target: "/mine".into(), session: theirs }).await.unwrap_err());
 
     // The victim's session lives on, its token and cache intact: it writes and reads on.
     f.write_at(6, b" after").await.unwrap();

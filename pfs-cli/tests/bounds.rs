@@ -79,7 +79,13 @@ async fn bad_requests_get_clear_errors_and_the_servers_serve_on() {
     let cluster = LocalCluster::start(2).await.unwrap();
     let c = meta(&cluster, PeerRole::Client).await;
     let f = c
-        .ask(Create { path: "/f".into(), layout: LayoutChoice::default(), exclusive: true, session: None })
+        .ask(Create {
+            target: "/f".into(),
+            layout: LayoutChoice::default(),
+            exclusive: true,
+            session: None,
+            attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
+        })
         .await
         .unwrap();
 
@@ -97,15 +103,26 @@ async fn bad_requests_get_clear_errors_and_the_servers_serve_on() {
 
     // A readdir position longer than any name (1 MiB): refused before it is compared.
     let after = Some("x".repeat(1 << 20));
-    let e = c.ask(Readdir { path: "/".into(), after, limit: 10 }).await.unwrap_err();
+    let e = c.ask(Readdir { dir: "/".into(), after, limit: 10 }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::NameTooLong, "{e}");
     assert!(e.to_string().contains("after") && e.to_string().contains("1048576 bytes"), "{e}");
 
     // A 256-byte name is too long, a 255-byte one is fine.
-    let e = c.ask(Mkdir { path: format!("/{}", "n".repeat(256)) }).await.unwrap_err();
+    let e = c
+        .ask(Mkdir {
+            target: format!("/{}", "n".repeat(256)).into(),
+            attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::NameTooLong, "{e}");
     assert!(e.to_string().contains("file name too long") && e.to_string().contains("256 bytes"), "{e}");
-    c.ask(Mkdir { path: format!("/{}", "n".repeat(255)) }).await.unwrap();
+    c.ask(Mkdir {
+        target: format!("/{}", "n".repeat(255)).into(),
+        attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+    })
+    .await
+    .unwrap();
 
     // A handshake with a 1 MiB name is refused, naming the limit.
     let (_, answer) = raw_hello(cluster.config().meta.address, "h".repeat(1 << 20)).await;
@@ -144,7 +161,7 @@ async fn bad_requests_get_clear_errors_and_the_servers_serve_on() {
     assert_eq!(client.stat("/f").await.unwrap().size, MAX_FILE_SIZE);
 
     // Everyone is still served: the same connections, and new clients.
-    assert_eq!(c.ask(Lookup { path: "/f".into() }).await.unwrap().id, f.id);
+    assert_eq!(c.ask(Lookup { target: "/f".into() }).await.unwrap().id, f.id);
     let other = cluster.client().await.unwrap();
     other.create("/after", &CreateOptions::default()).await.unwrap().close().await.unwrap();
     assert_eq!(other.stat("/after").await.unwrap().size, 0);

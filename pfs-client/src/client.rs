@@ -9,7 +9,7 @@ use pfs_common::ids::{ChunkIndex, FileId, ServerId};
 use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::{ByteRange, Mode, SessionId};
-use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, FileKind, READDIR_PAGE_MAX};
+use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, FileKind, NewAttrs, Target, READDIR_PAGE_MAX};
 use pfs_common::wire::registry::{
     ChunkInfo, GetChains, GetChunks, GetHealth, Health, ListServers, RemoveOrphan, ServerStatus, GET_CHUNKS_MAX,
 };
@@ -43,6 +43,8 @@ pub struct CreateOptions {
     pub replicas: Option<u8>,
     /// Fail with Exists if the file exists (otherwise it is opened and truncated to 0).
     pub exclusive: bool,
+    /// Owner and mode of the new file; unset: [`NewAttrs::for_process`].
+    pub attrs: Option<NewAttrs>,
 }
 
 /// A connection to a pfs cluster. Cheap to clone; clones share connections.
@@ -355,9 +357,16 @@ impl Client {
 
     // --- namespace --------------------------------------------------------------------
 
-    /// Makes a directory. Errors: Exists, NotFound (parent), NotDir.
-    pub async fn mkdir(&self, path: &str) -> Result<()> {
-        self.meta(ns::Mkdir { path: path.to_string() }).await
+    /// Makes a directory (owned by this process's user, mode `0o755`).
+    /// Errors: Exists, NotFound (parent), NotDir.
+    pub async fn mkdir(&self, target: impl Into<Target>) -> Result<()> {
+        self.mkdir_with(target, NewAttrs::for_process(FileKind::Dir)).await.map(drop)
+    }
+
+    /// Makes a directory with this owner and mode (a set-group-ID parent's group wins, as on
+    /// Linux). Errors: Exists, NotFound (parent), NotDir, Invalid (mode bits past `0o7777`).
+    pub async fn mkdir_with(&self, target: impl Into<Target>, attrs: NewAttrs) -> Result<Attr> {
+        self.meta(ns::Mkdir { target: target.into(), attrs }).await
     }
 
     /// Makes a directory and any missing parents; an existing directory is fine.
@@ -383,9 +392,10 @@ impl Client {
     /// Creates a file (or, unless `exclusive`, opens an existing one and truncates it to 0)
     /// and returns it open for reading and writing.
     ///
-    /// Errors: Exists (exclusive), NotFound (parent), IsDir, Invalid (layout, a replica count
-    /// outside 1..=3), Unavailable (fewer storage servers up than replicas).
-    pub async fn create(&self, path: &str, opts: &CreateOptions) -> Result<File> {
+    /// Errors: Exists (exclusive, or something not a file is there), NotFound (parent),
+    /// IsDir, Invalid (layout, a replica count outside 1..=3), Unavailable (fewer storage
+    /// servers up than replicas).
+    pub async fn create(&self, target: impl Into<Target>, opts: &CreateOptions) -> Result<File> {
         let layout = LayoutChoice {
             block_size: opts.block_size,
             chunk_size: opts.chunk_size,
@@ -393,26 +403,33 @@ impl Client {
             replicas: opts.replicas,
         };
         let session = Some(self.session()?);
-        let attr = self.meta(ns::Create { path: path.to_string(), layout, exclusive: opts.exclusive, session }).await?;
-        let file = File { state: self.file_state(path, attr)? };
+        let attrs = opts.attrs.unwrap_or_else(|| NewAttrs::for_process(FileKind::File));
+        let target = target.into();
+        let name = target.to_string();
+        let attr = self.meta(ns::Create { target, layout, exclusive: opts.exclusive, session, attrs }).await?;
+        let file = File { state: self.file_state(&name, attr)? };
         if file.size() > 0 {
             file.truncate(0).await?;
         }
         Ok(file)
     }
 
-    /// Opens an existing file. Until it is closed (or the session ends), the file's data stays
-    /// readable and writable through it even if another client removes or replaces the file,
-    /// as POSIX keeps an unlinked open file. Errors: NotFound, IsDir, Evicted.
-    pub async fn open(&self, path: &str) -> Result<File> {
+    /// Opens an existing file, by path, directory entry or id (an id only while the file has
+    /// a name). Until it is closed (or the session ends), the file's data stays readable and
+    /// writable through it even if another client removes or replaces the file, as POSIX
+    /// keeps an unlinked open file. Errors: NotFound, NoSuchFile, IsDir (not a regular
+    /// file), Evicted.
+    pub async fn open(&self, target: impl Into<Target>) -> Result<File> {
         let session = self.session()?;
-        let attr = self.meta(ns::Open { path: path.to_string(), session }).await?;
-        Ok(File { state: self.file_state(path, attr)? })
+        let target = target.into();
+        let name = target.to_string();
+        let attr = self.meta(ns::Open { target, session }).await?;
+        Ok(File { state: self.file_state(&name, attr)? })
     }
 
-    /// Attributes of `path`. Errors: NotFound, NotDir.
-    pub async fn stat(&self, path: &str) -> Result<Attr> {
-        self.meta(ns::Lookup { path: path.to_string() }).await
+    /// Attributes of what `target` names. Errors: NotFound, NoSuchFile, NotDir.
+    pub async fn stat(&self, target: impl Into<Target>) -> Result<Attr> {
+        self.meta(ns::Lookup { target: target.into() }).await
     }
 
     /// Attributes of a file by id. Errors: NotFound.
@@ -420,12 +437,13 @@ impl Client {
         self.meta(ns::Stat { file }).await
     }
 
-    /// Every entry of directory `path`, in name order (fetched in pages).
-    pub async fn readdir(&self, path: &str) -> Result<Vec<DirEntry>> {
+    /// Every entry of a directory (by path, entry or id), in name order (fetched in pages).
+    pub async fn readdir(&self, dir: impl Into<Target>) -> Result<Vec<DirEntry>> {
+        let dir = dir.into();
         let mut all = Vec::new();
         let mut after = None;
         loop {
-            let req = ns::Readdir { path: path.to_string(), after: after.clone(), limit: READDIR_PAGE_MAX };
+            let req = ns::Readdir { dir: dir.clone(), after: after.clone(), limit: READDIR_PAGE_MAX };
             let page = self.meta(req).await?;
             after = page.entries.last().map(|e| e.name.clone());
             all.extend(page.entries);
@@ -435,20 +453,51 @@ impl Client {
         }
     }
 
-    /// Renames `from` to `to` (replacing a file at `to`). Metadata only: chunk files are
-    /// named by file id, so no data moves.
-    pub async fn rename(&self, from: &str, to: &str) -> Result<()> {
-        self.meta(ns::Rename { from: from.to_string(), to: to.to_string(), expected_generation: None }).await
+    /// Renames `from` to `to`, replacing what `to` names as rename(2) does. Metadata only:
+    /// chunk files are named by file id, so no data moves.
+    pub async fn rename(&self, from: impl Into<Target>, to: impl Into<Target>) -> Result<()> {
+        self.rename_with(from, to, false).await
     }
 
-    /// Removes a file; pfs-meta tells its storage servers to delete the chunks.
-    pub async fn unlink(&self, path: &str) -> Result<()> {
-        self.meta(ns::Unlink { path: path.to_string(), expected_generation: None }).await
+    /// [`Client::rename`]; with `no_replace`, an existing `to` is Exists (RENAME_NOREPLACE).
+    pub async fn rename_with(&self, from: impl Into<Target>, to: impl Into<Target>, no_replace: bool) -> Result<()> {
+        let (from, to) = (from.into(), to.into());
+        self.meta(ns::Rename { from, to, expected_generation: None, no_replace }).await
+    }
+
+    /// Removes a name of anything but a directory; with the last name of a file, pfs-meta
+    /// tells its storage servers to delete the chunks (at the last close if it is open).
+    pub async fn unlink(&self, target: impl Into<Target>) -> Result<()> {
+        self.meta(ns::Unlink { target: target.into(), expected_generation: None }).await
     }
 
     /// Removes an empty directory. Errors: NotEmpty, NotDir, NotFound.
-    pub async fn rmdir(&self, path: &str) -> Result<()> {
-        self.meta(ns::Rmdir { path: path.to_string(), expected_generation: None }).await
+    pub async fn rmdir(&self, target: impl Into<Target>) -> Result<()> {
+        self.meta(ns::Rmdir { target: target.into(), expected_generation: None }).await
+    }
+
+    /// Makes a named pipe, socket or device node (metadata only).
+    /// Errors: Exists, NotFound, NotDir, Invalid (another kind).
+    pub async fn mknod(&self, target: impl Into<Target>, kind: FileKind, rdev: u64, attrs: NewAttrs) -> Result<Attr> {
+        self.meta(ns::Mknod { target: target.into(), kind, rdev, attrs }).await
+    }
+
+    /// Makes a symbolic link to `link` (1 to 4096 bytes, not checked to exist).
+    /// Errors: Exists, NotFound, NotDir, Invalid.
+    pub async fn symlink(&self, target: impl Into<Target>, link: &str, uid: u32, gid: u32) -> Result<Attr> {
+        self.meta(ns::Symlink { target: target.into(), link: link.to_string(), uid, gid }).await
+    }
+
+    /// Gives `file` (not a directory) a further name. Errors: Exists, IsDir, NoSuchFile,
+    /// Invalid (too many links).
+    pub async fn link(&self, file: FileId, target: impl Into<Target>) -> Result<Attr> {
+        self.meta(ns::Link { file, target: target.into() }).await
+    }
+
+    /// Changes mode, owner, group or times (`None` fields stay); returns the new attributes.
+    /// pfs-meta checks no permission (a mount's kernel does). Errors: NoSuchFile, Invalid.
+    pub async fn set_attr(&self, change: ns::SetAttr) -> Result<Attr> {
+        self.meta(change).await
     }
 
     /// Holders, lengths and SHA-256 of every chunk of `file` that pfs-meta knows of, for

@@ -36,7 +36,7 @@ pub use error::{Error, Result};
 pub use file::File;
 pub use options::ClientOptions;
 pub use pfs_common::token::{ByteRange, Mode};
-pub use pfs_common::wire::namespace::{Attr, DirEntry, FileKind};
+pub use pfs_common::wire::namespace::{Attr, DirEntry, FileKind, NewAttrs, SetAttr, SetTime, Target};
 pub use pfs_common::wire::registry::{ChunkHolder, ChunkInfo, Health, ServerStatus};
 pub use pfs_common::wire::storage::ScrubStatus;
 pub use pfs_common::ErrorCode;

@@ -14,6 +14,7 @@ fn small_chunks() -> CreateOptions {
         stripe_count: Some(3),
         replicas: None,
         exclusive: true,
+        attrs: None,
     }
 }
 

@@ -1,15 +1,22 @@
 //! [`PfsFs`]: FUSE requests as pfs client calls.
+//!
+//! The kernel names everything by inode number, and so does pfs-meta: an inode number is
+//! the pfs file id, a name is an entry of a directory given by id ([`Target::Entry`]), and a
+//! file is opened by id. No path is kept here, so a rename by another client can never leave
+//! this mount acting on a stale path.
 
-use crate::paths::Paths;
 use fuser::{
     Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, KernelConfig, LockOwner,
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
-use pfs_client::{Attr, Client, CreateOptions, DirEntry, File, FileKind};
+use pfs_client::{Attr, Client, CreateOptions, DirEntry, File, FileKind, NewAttrs, SetAttr, SetTime, Target};
+use pfs_common::FileId;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::future::Future;
+use std::os::unix::ffi::OsStrExt;
+use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -19,20 +26,19 @@ use tracing::warn;
 const TTL: Duration = Duration::ZERO;
 /// Largest read or write the kernel sends, bytes (this kernel's FUSE limit).
 const MAX_IO: u32 = 1 << 20;
+/// How files are opened: no page cache (the client's token-coherent cache serves), and
+/// writes to one file from several threads go in parallel (byte-range tokens order them).
+const OPEN_FLAGS: FopenFlags = FopenFlags::FOPEN_DIRECT_IO.union(FopenFlags::FOPEN_PARALLEL_DIRECT_WRITES);
 
 /// A pfs cluster as a FUSE file system (see the crate documentation).
 pub struct PfsFs {
     rt: Arc<tokio::runtime::Runtime>,
     client: Client,
-    paths: parking_lot::Mutex<Paths>,
     /// Open files by handle.
     files: parking_lot::Mutex<HashMap<u64, File>>,
     /// Directory listings by handle, taken at opendir (readdir pages through them).
     dirs: parking_lot::Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_handle: AtomicU64,
-    /// Owner shown for every file: the mounting user.
-    uid: u32,
-    gid: u32,
 }
 
 /// The errno of a client error; the full message goes to the mount's log.
@@ -44,23 +50,70 @@ fn errno(what: &str, e: pfs_client::Error) -> Errno {
     Errno::from_i32(code)
 }
 
-fn time(ms: u64) -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(ms)
+/// ns since the Unix epoch as a `SystemTime`.
+fn time(ns: i64) -> SystemTime {
+    let d = Duration::from_nanos(ns.unsigned_abs());
+    if ns >= 0 {
+        UNIX_EPOCH + d
+    } else {
+        UNIX_EPOCH - d
+    }
+}
+
+/// A `SystemTime` as ns since the Unix epoch (saturating past ±292 years).
+fn nanos(t: SystemTime) -> i64 {
+    match t.duration_since(UNIX_EPOCH) {
+        Ok(d) => i64::try_from(d.as_nanos()).unwrap_or(i64::MAX),
+        Err(e) => i64::try_from(e.duration().as_nanos()).map_or(i64::MIN, |n| -n),
+    }
+}
+
+fn set_time(t: Option<TimeOrNow>) -> Option<SetTime> {
+    t.map(|t| match t {
+        TimeOrNow::Now => SetTime::Now,
+        TimeOrNow::SpecificTime(t) => SetTime::At(nanos(t)),
+    })
+}
+
+fn file_type(kind: FileKind) -> FileType {
+    match kind {
+        FileKind::File => FileType::RegularFile,
+        FileKind::Dir => FileType::Directory,
+        FileKind::Symlink => FileType::Symlink,
+        FileKind::Fifo => FileType::NamedPipe,
+        FileKind::Socket => FileType::Socket,
+        FileKind::CharDevice => FileType::CharDevice,
+        FileKind::BlockDevice => FileType::BlockDevice,
+    }
+}
+
+/// Entry `name` of directory `dir`. Errors: EINVAL for a name that is not UTF-8 (pfs names
+/// are strings).
+fn entry(dir: INodeNo, name: &OsStr) -> Result<Target, Errno> {
+    let name = name.to_str().ok_or(Errno::EINVAL)?;
+    Ok(Target::Entry { dir: FileId(dir.0), name: name.to_string() })
+}
+
+/// Owner and mode of something `req` creates with `mode` under `umask`.
+fn new_attrs(req: &Request, mode: u32, umask: u32) -> NewAttrs {
+    NewAttrs { mode: mode & !umask & 0o7777, uid: req.uid(), gid: req.gid() }
 }
 
 impl PfsFs {
-    /// A file system over `client`, whose runtime is `rt`; files show as owned by `uid`/`gid`.
-    pub fn new(rt: Arc<tokio::runtime::Runtime>, client: Client, uid: u32, gid: u32) -> PfsFs {
+    /// A file system over `client`, whose runtime is `rt`.
+    pub fn new(rt: Arc<tokio::runtime::Runtime>, client: Client) -> PfsFs {
         PfsFs {
             rt,
             client,
-            paths: parking_lot::Mutex::new(Paths::default()),
             files: parking_lot::Mutex::new(HashMap::new()),
             dirs: parking_lot::Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
-            uid,
-            gid,
         }
+    }
+
+    /// The pfs client behind the mount.
+    pub fn client(&self) -> &Client {
+        &self.client
     }
 
     fn run<T>(&self, f: impl Future<Output = T>) -> T {
@@ -71,83 +124,64 @@ impl PfsFs {
         self.next_handle.fetch_add(1, Ordering::Relaxed)
     }
 
-    fn path(&self, ino: INodeNo) -> Result<String, Errno> {
-        self.paths.lock().get(ino.0).ok_or(Errno::ENOENT)
-    }
-
-    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<String, Errno> {
-        self.paths.lock().child(parent.0, name).map_err(Errno::from_i32)
-    }
-
     fn file(&self, fh: FileHandle) -> Result<File, Errno> {
         self.files.lock().get(&fh.0).cloned().ok_or(Errno::EBADF)
     }
 
-    /// The kernel's view of `a`; the size is at least what an open handle of this client
-    /// wrote (its writes may not be recorded on pfs-meta yet).
+    /// The kernel's view of `a`; a file's size is at least what an open handle of this
+    /// client wrote (its writes may not be recorded on pfs-meta yet).
     fn attr(&self, a: &Attr) -> FileAttr {
-        let (kind, perm, nlink) = match a.kind {
-            FileKind::Dir => (FileType::Directory, 0o755, 2),
-            FileKind::File => (FileType::RegularFile, 0o644, 1),
-        };
-        let local = self.files.lock().values().filter(|f| f.id() == a.id).map(File::size).max().unwrap_or(0);
-        let size = a.size.max(local);
+        let mut size = a.size;
+        if a.kind == FileKind::File {
+            let local = self.files.lock().values().filter(|f| f.id() == a.id).map(File::size).max();
+            size = size.max(local.unwrap_or(0));
+        }
         FileAttr {
             ino: INodeNo(a.id.0),
             size,
             blocks: size.div_ceil(512),
-            atime: time(a.mtime_ms),
-            mtime: time(a.mtime_ms),
-            ctime: time(a.ctime_ms),
-            crtime: time(a.ctime_ms),
-            kind,
-            perm,
-            nlink,
-            uid: self.uid,
-            gid: self.gid,
-            rdev: 0,
+            atime: time(a.atime_ns),
+            mtime: time(a.mtime_ns),
+            ctime: time(a.ctime_ns),
+            crtime: time(a.ctime_ns),
+            kind: file_type(a.kind),
+            perm: (a.mode & 0o7777) as u16,
+            nlink: a.nlink,
+            uid: a.uid,
+            gid: a.gid,
+            rdev: a.rdev as u32,
             blksize: a.layout.as_ref().map_or(4096, |l| l.block_size),
             flags: 0,
         }
     }
 
-    /// Unlinks a file (or with `dir` removes an empty directory) and forgets its path.
-    fn remove(&self, parent: INodeNo, name: &OsStr, dir: bool, reply: ReplyEmpty) {
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        let removed = if dir { self.run(self.client.rmdir(&path)) } else { self.run(self.client.unlink(&path)) };
-        match removed {
-            Ok(()) => {
-                self.paths.lock().removed(&path);
-                reply.ok()
-            }
-            Err(e) => reply.error(errno(&path, e)),
+    /// Answers a lookup-like request with its inode's attributes.
+    fn reply_entry(&self, what: &str, r: pfs_client::Result<Attr>, reply: ReplyEntry) {
+        match r {
+            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
+            Err(e) => reply.error(errno(what, e)),
+        }
+    }
+
+    fn reply_empty(&self, what: &str, r: pfs_client::Result<()>, reply: ReplyEmpty) {
+        match r {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(errno(what, e)),
         }
     }
 
     /// Makes the writes of handle `fh` durable (flush at every close(2), and fsync).
     fn sync(&self, fh: FileHandle, reply: ReplyEmpty) {
-        let f = match self.file(fh) {
-            Ok(f) => f,
-            Err(e) => return reply.error(e),
-        };
-        match self.run(f.fsync()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(f.path(), e)),
+        match self.file(fh) {
+            Ok(f) => self.reply_empty(f.path(), self.run(f.fsync()), reply),
+            Err(e) => reply.error(e),
         }
     }
 
-    /// Stats `path`, remembers its inode, and answers the entry.
-    fn entry(&self, path: String, reply: ReplyEntry) {
-        match self.run(self.client.stat(&path)) {
-            Ok(a) => {
-                self.paths.lock().learn(a.id.0, path);
-                reply.entry(&TTL, &self.attr(&a), Generation(0));
-            }
-            Err(e) => reply.error(errno(&path, e)),
-        }
+    fn add_file(&self, f: File) -> FileHandle {
+        let fh = self.handle();
+        self.files.lock().insert(fh, f);
+        FileHandle(fh)
     }
 }
 
@@ -155,19 +189,20 @@ impl Filesystem for PfsFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_IO);
         let _ = config.set_max_readahead(MAX_IO);
+        // Memory maps through the page cache, kept coherent by `invalidate`.
+        let _ = config.add_capabilities(fuser::InitFlags::FUSE_DIRECT_IO_ALLOW_MMAP);
         Ok(())
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
-        match self.child(parent, name) {
-            Ok(path) => self.entry(path, reply),
+        match entry(parent, name) {
+            Ok(t) => self.reply_entry("lookup", self.run(self.client.stat(t)), reply),
             Err(e) => reply.error(e),
         }
     }
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
-        // By id: right even if another client renamed it.
-        match self.run(self.client.stat_id(pfs_common::FileId(ino.0))) {
+        match self.run(self.client.stat_id(FileId(ino.0))) {
             Ok(a) => reply.attr(&TTL, &self.attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
         }
@@ -191,27 +226,39 @@ impl Filesystem for PfsFs {
         _flags: Option<fuser::BsdFileFlags>,
         reply: ReplyAttr,
     ) {
-        if mode.is_some() || uid.is_some() || gid.is_some() || atime.is_some() || mtime.is_some() {
-            // Not stored yet: say so rather than pretend.
-            reply.error(Errno::ENOSYS);
-            return;
-        }
+        // The kernel checked the caller's right to each change (`default_permissions`).
+        let id = FileId(ino.0);
         let result = self.run(async {
             if let Some(size) = size {
                 let open = fh.and_then(|h| self.files.lock().get(&h.0).cloned());
                 match open {
                     Some(f) => f.truncate(size).await?,
                     None => {
-                        let path =
-                            self.paths.lock().get(ino.0).ok_or(pfs_client::Error::Invalid("unknown inode".into()))?;
-                        let f = self.client.open(&path).await?;
+                        let f = self.client.open(id).await?;
                         let r = f.truncate(size).await;
                         f.close().await?;
                         r?;
                     }
                 }
             }
-            self.client.stat_id(pfs_common::FileId(ino.0)).await
+            let change = SetAttr {
+                file: id,
+                mode: mode.map(|m| m & 0o7777),
+                uid,
+                gid,
+                atime: set_time(atime),
+                mtime: set_time(mtime),
+            };
+            let only_size = change.mode.is_none()
+                && uid.is_none()
+                && gid.is_none()
+                && change.atime.is_none()
+                && change.mtime.is_none();
+            if only_size && size.is_some() {
+                return self.client.stat_id(id).await;
+            }
+            // Nothing but the change time (chown -1 -1) still sets it, as Linux does.
+            self.client.set_attr(change).await
         });
         match result {
             Ok(a) => reply.attr(&TTL, &self.attr(&a)),
@@ -219,23 +266,73 @@ impl Filesystem for PfsFs {
         }
     }
 
-    fn mkdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, _mode: u32, _umask: u32, reply: ReplyEntry) {
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
+    fn readlink(&self, _req: &Request, ino: INodeNo, reply: ReplyData) {
+        match self.run(self.client.stat_id(FileId(ino.0))) {
+            Ok(a) => match a.symlink {
+                Some(link) => reply.data(link.as_bytes()),
+                None => reply.error(Errno::EINVAL),
+            },
+            Err(e) => reply.error(errno("readlink", e)),
+        }
+    }
+
+    fn mknod(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, rdev: u32, reply: ReplyEntry) {
+        let target = match entry(parent, name) {
+            Ok(t) => t,
             Err(e) => return reply.error(e),
         };
-        match self.run(self.client.mkdir(&path)) {
-            Ok(()) => self.entry(path, reply),
-            Err(e) => reply.error(errno(&path, e)),
+        let attrs = new_attrs(req, mode, umask);
+        let made = self.run(async {
+            match FileKind::from_mode(mode) {
+                Some(FileKind::File) => {
+                    let opts = CreateOptions { exclusive: true, attrs: Some(attrs), ..CreateOptions::default() };
+                    let f = self.client.create(target, &opts).await?;
+                    let a = f.stat().await;
+                    f.close().await?;
+                    a
+                }
+                Some(kind) => self.client.mknod(target, kind, u64::from(rdev), attrs).await,
+                None => Err(pfs_client::Error::Invalid(format!("mknod: mode {mode:o} names no file type"))),
+            }
+        });
+        self.reply_entry("mknod", made, reply);
+    }
+
+    fn mkdir(&self, req: &Request, parent: INodeNo, name: &OsStr, mode: u32, umask: u32, reply: ReplyEntry) {
+        match entry(parent, name) {
+            Ok(t) => self.reply_entry("mkdir", self.run(self.client.mkdir_with(t, new_attrs(req, mode, umask))), reply),
+            Err(e) => reply.error(e),
+        }
+    }
+
+    fn symlink(&self, req: &Request, parent: INodeNo, link_name: &OsStr, target: &Path, reply: ReplyEntry) {
+        let (t, link) = match (entry(parent, link_name), target.as_os_str().to_str()) {
+            (Ok(t), Some(link)) => (t, link),
+            (Err(e), _) => return reply.error(e),
+            (_, None) => return reply.error(Errno::EINVAL),
+        };
+        self.reply_entry("symlink", self.run(self.client.symlink(t, link, req.uid(), req.gid())), reply);
+    }
+
+    fn link(&self, _req: &Request, ino: INodeNo, newparent: INodeNo, newname: &OsStr, reply: ReplyEntry) {
+        match entry(newparent, newname) {
+            Ok(t) => self.reply_entry("link", self.run(self.client.link(FileId(ino.0), t)), reply),
+            Err(e) => reply.error(e),
         }
     }
 
     fn unlink(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove(parent, name, false, reply);
+        match entry(parent, name) {
+            Ok(t) => self.reply_empty("unlink", self.run(self.client.unlink(t)), reply),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn rmdir(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        self.remove(parent, name, true, reply);
+        match entry(parent, name) {
+            Ok(t) => self.reply_empty("rmdir", self.run(self.client.rmdir(t)), reply),
+            Err(e) => reply.error(e),
+        }
     }
 
     fn rename(
@@ -248,68 +345,57 @@ impl Filesystem for PfsFs {
         flags: RenameFlags,
         reply: ReplyEmpty,
     ) {
-        if !flags.is_empty() {
-            // RENAME_NOREPLACE / RENAME_EXCHANGE are not supported yet.
+        let no_replace = flags.contains(RenameFlags::RENAME_NOREPLACE);
+        if !(flags - RenameFlags::RENAME_NOREPLACE).is_empty() {
+            // RENAME_EXCHANGE and RENAME_WHITEOUT are not supported.
             return reply.error(Errno::EINVAL);
         }
-        let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
-            (Ok(f), Ok(t)) => (f, t),
-            (Err(e), _) | (_, Err(e)) => return reply.error(e),
-        };
-        match self.run(self.client.rename(&from, &to)) {
-            Ok(()) => {
-                self.paths.lock().renamed(&from, &to);
-                reply.ok()
+        match (entry(parent, name), entry(newparent, newname)) {
+            (Ok(from), Ok(to)) => {
+                self.reply_empty("rename", self.run(self.client.rename_with(from, to, no_replace)), reply)
             }
-            Err(e) => reply.error(errno(&from, e)),
+            (Err(e), _) | (_, Err(e)) => reply.error(e),
         }
     }
 
     fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        let path = match self.path(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
         let truncate = flags.0 & libc::O_TRUNC != 0;
         let opened = self.run(async {
-            let f = self.client.open(&path).await?;
+            let f = self.client.open(FileId(ino.0)).await?;
             if truncate {
                 f.truncate(0).await?;
             }
             Ok::<_, pfs_client::Error>(f)
         });
         match opened {
-            Ok(f) => {
-                let fh = self.handle();
-                self.files.lock().insert(fh, f);
-                reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
-            }
-            Err(e) => reply.error(errno(&path, e)),
+            Ok(f) => reply.opened(self.add_file(f), OPEN_FLAGS),
+            Err(e) => reply.error(errno("open", e)),
         }
     }
 
     fn create(
         &self,
-        _req: &Request,
+        req: &Request,
         parent: INodeNo,
         name: &OsStr,
-        _mode: u32,
-        _umask: u32,
+        mode: u32,
+        umask: u32,
         flags: i32,
         reply: ReplyCreate,
     ) {
-        let path = match self.child(parent, name) {
-            Ok(p) => p,
+        let target = match entry(parent, name) {
+            Ok(t) => t,
             Err(e) => return reply.error(e),
         };
         // Always exclusive: pfs's non-exclusive create truncates an existing file, which
         // open(O_CREAT) must not do. A file that appeared since the kernel's lookup (another
         // client) is opened instead, and truncated only for O_TRUNC.
-        let opts = CreateOptions { exclusive: true, ..CreateOptions::default() };
+        let opts =
+            CreateOptions { exclusive: true, attrs: Some(new_attrs(req, mode, umask)), ..CreateOptions::default() };
         let created = self.run(async {
-            let f = match self.client.create(&path, &opts).await {
+            let f = match self.client.create(target.clone(), &opts).await {
                 Err(e) if e.code() == pfs_client::ErrorCode::Exists && flags & libc::O_EXCL == 0 => {
-                    let f = self.client.open(&path).await?;
+                    let f = self.client.open(target).await?;
                     if flags & libc::O_TRUNC != 0 {
                         f.truncate(0).await?;
                     }
@@ -322,12 +408,10 @@ impl Filesystem for PfsFs {
         });
         match created {
             Ok((f, a)) => {
-                self.paths.lock().learn(a.id.0, path);
-                let fh = self.handle();
-                self.files.lock().insert(fh, f);
-                reply.created(&TTL, &self.attr(&a), Generation(0), FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                let fh = self.add_file(f);
+                reply.created(&TTL, &self.attr(&a), Generation(0), fh, OPEN_FLAGS);
             }
-            Err(e) => reply.error(errno(&path, e)),
+            Err(e) => reply.error(errno("create", e)),
         }
     }
 
@@ -375,6 +459,39 @@ impl Filesystem for PfsFs {
         }
     }
 
+    /// `fallocate` mode 0 (what `posix_fallocate` asks for): the size grows to cover the range
+    /// and the change time moves, but no space is reserved: chunks are written sparse, so a
+    /// later write can still find a storage target full. Other modes (punching holes, zeroing
+    /// ranges, keeping the size) are EOPNOTSUPP.
+    fn fallocate(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        length: u64,
+        mode: i32,
+        reply: ReplyEmpty,
+    ) {
+        if mode != 0 {
+            return reply.error(Errno::EOPNOTSUPP);
+        }
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        let grown = self.run(async {
+            let end = offset.checked_add(length).ok_or(pfs_client::Error::Invalid("fallocate past 2^64".into()))?;
+            if end > f.stat().await?.size.max(f.size()) {
+                f.truncate(end).await
+            } else {
+                let touch = SetAttr { file: FileId(ino.0), mode: None, uid: None, gid: None, atime: None, mtime: None };
+                self.client.set_attr(touch).await.map(drop)
+            }
+        });
+        self.reply_empty(f.path(), grown, reply);
+    }
+
     /// Every `close(2)`: the file's writes are made durable, and a failure is the close's.
     fn flush(&self, _req: &Request, _ino: INodeNo, fh: FileHandle, _lock_owner: LockOwner, reply: ReplyEmpty) {
         self.sync(fh, reply);
@@ -396,30 +513,17 @@ impl Filesystem for PfsFs {
     ) {
         let Some(f) = self.files.lock().remove(&fh.0) else { return reply.error(Errno::EBADF) };
         let path = f.path().to_string();
-        match self.run(f.close()) {
-            Ok(()) => reply.ok(),
-            Err(e) => reply.error(errno(&path, e)),
-        }
+        self.reply_empty(&path, self.run(f.close()), reply);
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let path = match self.path(ino) {
-            Ok(p) => p,
-            Err(e) => return reply.error(e),
-        };
-        match self.run(self.client.readdir(&path)) {
+        match self.run(self.client.readdir(FileId(ino.0))) {
             Ok(entries) => {
-                let mut paths = self.paths.lock();
-                for e in &entries {
-                    let child = if path == "/" { format!("/{}", e.name) } else { format!("{path}/{}", e.name) };
-                    paths.learn(e.id.0, child);
-                }
-                drop(paths);
                 let fh = self.handle();
                 self.dirs.lock().insert(fh, entries);
                 reply.opened(FileHandle(fh), FopenFlags::empty());
             }
-            Err(e) => reply.error(errno(&path, e)),
+            Err(e) => reply.error(errno("opendir", e)),
         }
     }
 
@@ -427,6 +531,7 @@ impl Filesystem for PfsFs {
         let dirs = self.dirs.lock();
         let Some(entries) = dirs.get(&fh.0) else { return reply.error(Errno::EBADF) };
         // Offsets: 1 is ".", 2 "..", 3 + i entry i; the offset given is the next to send.
+        // ".." carries this directory's number: the kernel answers `..` lookups itself.
         let mut next = offset;
         loop {
             let full = match next {
@@ -434,8 +539,7 @@ impl Filesystem for PfsFs {
                 1 => reply.add(ino, 2, FileType::Directory, ".."),
                 n => match entries.get((n - 2) as usize) {
                     Some(e) => {
-                        let kind = if e.kind == FileKind::Dir { FileType::Directory } else { FileType::RegularFile };
-                        reply.add(INodeNo(e.id.0), n + 1, kind, &e.name)
+                        reply.add(INodeNo(e.id.0), n + 1, file_type(e.kind), OsStr::from_bytes(e.name.as_bytes()))
                     }
                     None => break,
                 },

@@ -8,13 +8,21 @@
 //! attributes and directory entries are given a zero timeout, so every `stat` and lookup asks
 //! pfs-meta: a size or name changed by another client is seen at once.
 //!
-//! What is missing (issue 11 goes on): modes, owners and times are not stored (files show
-//! 0644 and directories 0755, owned by the mounting user; chmod, chown and utimens fail with
-//! ENOSYS), no symbolic or hard links, no `O_APPEND` beyond what the kernel does with the size
-//! it last saw.
+//! Memory maps: `mmap` of a file uses the kernel's page cache (FUSE_DIRECT_IO_ALLOW_MMAP)
+//! while `read`/`write` stay direct. When another client's access revokes one of this
+//! mount's tokens, the mount tells the kernel to drop (and first write back) its cached
+//! pages of that range ([`invalidate`]); this happens just after the revoke is acknowledged,
+//! so for that moment a mapped page can still show the old bytes: maps are coherent across
+//! nodes within milliseconds, not byte-exactly as `read` and `write` are.
+//!
+//! Permissions: modes, owners and groups live in pfs-meta; the mount asks the kernel to check
+//! them (`default_permissions`) against the uid and gid of the process making each call, so
+//! pfs trusts the client node about who its users are, as NFS does with AUTH_SYS. Mounted by
+//! root, the mount is open to every user of the node (`allow_other`), as a shared file
+//! system is.
 
 mod fs;
-pub mod paths;
+mod invalidate;
 
 pub use fs::PfsFs;
 
@@ -27,13 +35,20 @@ use std::path::Path;
 /// Errors: the mount's (no such directory, no `/dev/fuse`, no permission, `fusermount3`
 /// missing).
 pub fn mount(fs: PfsFs, mountpoint: &Path, threads: usize) -> io::Result<fuser::BackgroundSession> {
+    let client = fs.client().clone();
     let mut config = fuser::Config::default();
     config.mount_options = vec![
         fuser::MountOption::FSName("pfs".into()),
         fuser::MountOption::Subtype("pfs".into()),
         fuser::MountOption::DefaultPermissions,
     ];
+    // SAFETY: geteuid cannot fail and touches no memory.
+    if unsafe { libc::geteuid() } == 0 {
+        config.acl = fuser::SessionACL::All;
+    }
     config.n_threads = Some(threads.max(1));
     config.clone_fd = threads > 1;
-    fuser::spawn_mount(fs, mountpoint, &config)
+    let session = fuser::spawn_mount(fs, mountpoint, &config)?;
+    invalidate::on_revoke(&client, session.notifier());
+    Ok(session)
 }

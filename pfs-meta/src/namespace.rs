@@ -16,6 +16,7 @@ use crate::error::{MetaError, Result};
 use pfs_common::chain::Chain;
 use pfs_common::config::Config;
 use pfs_common::layout::{check_replicas, Layout, LayoutChoice, LayoutPolicy, MAX_FILE_SIZE};
+pub use pfs_common::wire::namespace::{FileKind as InodeKind, NewAttrs, SetTime, Target, LINK_MAX};
 use pfs_common::{FileId, ServerId};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -34,38 +35,81 @@ pub const PATH_MAX_BYTES: usize = pfs_common::wire::namespace::PATH_MAX;
 /// Most entries one [`Namespace::readdir`] returns.
 pub const READDIR_LIMIT_MAX: usize = 4096;
 
-/// File or directory.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum InodeKind {
-    File,
-    Dir,
-}
+/// Permission bits an inode's mode may carry: rwx for user, group and others, set-user-ID,
+/// set-group-ID and sticky.
+pub const MODE_BITS: u32 = 0o7777;
+const S_ISGID: u32 = 0o2000;
 
-/// One file or directory.
+/// One inode: a file, directory, symbolic link, named pipe, socket or device node.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Inode {
     pub id: FileId,
     pub kind: InodeKind,
-    /// Size in bytes (0 for directories).
+    /// Size in bytes: the data of a file, the contents of a symbolic link, else 0.
     pub size: u64,
-    /// Last data or size change, ms since the Unix epoch.
-    pub mtime_ms: u64,
-    /// Last attribute change, ms since the Unix epoch.
-    pub ctime_ms: u64,
+    /// Permission bits ([`MODE_BITS`]).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Names of this inode; a directory has 2 plus one per subdirectory (its `.` and its
+    /// subdirectories' `..`), as on Linux; an orphan has 0.
+    pub nlink: u32,
+    /// Device number (device nodes only).
+    pub rdev: u64,
+    /// Last access (set at creation and by `SetAttr` only), ns since the Unix epoch.
+    pub atime_ns: i64,
+    /// Last data or size change, ns since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Last change of the inode, ns since the Unix epoch.
+    pub ctime_ns: i64,
     /// Bumped on every change of this inode (for directories: also when entries change).
     pub generation: u64,
     /// The stripe layout (files only).
     pub layout: Option<Layout>,
     /// Layout defaults inherited by children created in it (directories only).
     pub policy: Option<LayoutPolicy>,
+    /// Contents of a symbolic link.
+    pub symlink: Option<String>,
+    /// The directory holding this directory and its name there (directories but the root:
+    /// a directory has exactly one name, so its path can be rebuilt from its id).
+    pub parent: Option<(FileId, String)>,
     /// Entries by name, in name order (directories only).
     pub entries: BTreeMap<String, FileId>,
 }
 
 impl Inode {
-    fn touch(&mut self, time_ms: u64) {
+    /// A new inode with owner and mode from `attrs` and every time `time_ns`.
+    fn new(id: FileId, kind: InodeKind, attrs: &NewAttrs, time_ns: i64) -> Inode {
+        Inode {
+            id,
+            kind,
+            size: 0,
+            mode: attrs.mode & MODE_BITS,
+            uid: attrs.uid,
+            gid: attrs.gid,
+            nlink: if kind == InodeKind::Dir { 2 } else { 1 },
+            rdev: 0,
+            atime_ns: time_ns,
+            mtime_ns: time_ns,
+            ctime_ns: time_ns,
+            generation: 1,
+            layout: None,
+            policy: None,
+            symlink: None,
+            parent: None,
+            entries: BTreeMap::new(),
+        }
+    }
+
+    fn touch(&mut self, time_ns: i64) {
         self.generation += 1;
-        self.ctime_ms = time_ms;
+        self.ctime_ns = time_ns;
+    }
+
+    /// A directory's entries changed: its mtime and ctime move (POSIX).
+    fn touch_dir(&mut self, time_ns: i64) {
+        self.touch(time_ns);
+        self.mtime_ns = time_ns;
     }
 
     /// A copy without the directory entries (what an answer about the inode needs).
@@ -78,12 +122,26 @@ impl Inode {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
     /// Make directory `path`. Errors: Exists, NotFound (parent), NotDir.
-    Mkdir { path: String },
+    Mkdir { path: String, attrs: NewAttrs },
     /// Create file `path`; without `exclusive` an existing file is answered as it is.
-    Create { path: String, layout: LayoutChoice, exclusive: bool },
-    /// Move `from` to `to`, replacing a file or an empty directory there.
-    Rename { from: String, to: String, expected_generation: Option<u64> },
-    /// Remove file `path`.
+    Create { path: String, layout: LayoutChoice, exclusive: bool, attrs: NewAttrs },
+    /// Make a symbolic link (`symlink` its contents) or a named pipe, socket or device node
+    /// at `path`.
+    MakeNode { path: String, kind: InodeKind, rdev: u64, symlink: Option<String>, attrs: NewAttrs },
+    /// Give `file` (not a directory) the further name `path`.
+    Link { file: FileId, path: String },
+    /// Change mode, owner, group or times of `file`; `None` leaves one as it is.
+    SetAttr {
+        file: FileId,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        atime: Option<SetTime>,
+        mtime: Option<SetTime>,
+    },
+    /// Move `from` to `to`, replacing what is there (unless `no_replace`) as rename(2) does.
+    Rename { from: String, to: String, expected_generation: Option<u64>, no_replace: bool },
+    /// Remove the name `path` of anything but a directory.
     Unlink { path: String, expected_generation: Option<u64> },
     /// Remove empty directory `path`.
     Rmdir { path: String, expected_generation: Option<u64> },
@@ -101,24 +159,57 @@ pub enum Op {
     Boot { server: ServerId, boot: u64 },
 }
 
-/// A fully determined change of the namespace, as logged in the WAL.
+/// A fully determined change of the namespace, as logged in the WAL. Times are ns since the
+/// Unix epoch.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum Mutation {
-    /// New directory `id` named `name` in `parent`, with the layout policy it inherits.
-    Mkdir { parent: FileId, name: String, id: FileId, policy: LayoutPolicy, time_ms: u64 },
+    /// New directory `id` named `name` in `parent`, with the layout policy it inherits and
+    /// its owner and mode as decided (set-group-ID inheritance applied).
+    Mkdir { parent: FileId, name: String, id: FileId, policy: LayoutPolicy, attrs: NewAttrs, time_ns: i64 },
     /// New file `id` named `name` in `parent`, with its chosen layout and the chains it
     /// created for it.
-    Create { parent: FileId, name: String, id: FileId, layout: Layout, new_chains: Vec<Chain>, time_ms: u64 },
-    /// Move an entry; whatever `to_name` named in `to_parent` is dropped, or kept as an
-    /// orphan with `orphan` (a file some session has open).
-    Rename { from_parent: FileId, from_name: String, to_parent: FileId, to_name: String, time_ms: u64, orphan: bool },
-    /// Remove the entry `name` of `parent` (a file or an empty directory) and its inode, or
-    /// keep the inode as an orphan with `orphan` (a file some session has open).
-    Remove { parent: FileId, name: String, time_ms: u64, orphan: bool },
+    Create {
+        parent: FileId,
+        name: String,
+        id: FileId,
+        layout: Layout,
+        new_chains: Vec<Chain>,
+        attrs: NewAttrs,
+        time_ns: i64,
+    },
+    /// New symbolic link, named pipe, socket or device node `id` named `name` in `parent`.
+    MakeNode {
+        parent: FileId,
+        name: String,
+        id: FileId,
+        kind: InodeKind,
+        rdev: u64,
+        symlink: Option<String>,
+        attrs: NewAttrs,
+        time_ns: i64,
+    },
+    /// `file` gets the further name `name` in `parent`.
+    Link { file: FileId, parent: FileId, name: String, time_ns: i64 },
+    /// New mode, owner, group or times of `file` (its ctime becomes `time_ns`).
+    SetAttr {
+        file: FileId,
+        mode: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
+        atime_ns: Option<i64>,
+        mtime_ns: Option<i64>,
+        time_ns: i64,
+    },
+    /// Move an entry; whatever `to_name` named in `to_parent` loses that name (and goes with
+    /// its last one, or is kept as an orphan with `orphan`: a file some session has open).
+    Rename { from_parent: FileId, from_name: String, to_parent: FileId, to_name: String, time_ns: i64, orphan: bool },
+    /// Remove the entry `name` of `parent`; its inode goes with its last name, or is kept as
+    /// an orphan with `orphan` (a file some session has open).
+    Remove { parent: FileId, name: String, time_ns: i64, orphan: bool },
     /// Set a file's size exactly.
-    Truncate { file: FileId, size: u64, time_ms: u64 },
+    Truncate { file: FileId, size: u64, time_ns: i64 },
     /// Raise a file's size to at least `size` and set its mtime.
-    SetSize { file: FileId, size: u64, time_ms: u64 },
+    SetSize { file: FileId, size: u64, time_ns: i64 },
     /// Chunk states `server` made durable become the committed ones.
     CommitChunks { server: ServerId, chunks: Vec<(FileId, Commit)> },
     /// Drop orphan `file` (unlinked while open; the last open is gone).
@@ -154,8 +245,8 @@ pub struct Applied {
 /// What `prepare` needs from outside the namespace.
 #[derive(Clone)]
 pub struct Context<'a> {
-    /// Wall-clock time, ms since the Unix epoch; recorded in the mutation.
-    pub now_ms: u64,
+    /// Wall-clock time, ns since the Unix epoch; recorded in the mutation.
+    pub now_ns: i64,
     /// Storage servers that are up, for the layouts of new files.
     pub up_servers: &'a [ServerId],
     /// Whether some session has the file open (a removed open file becomes an orphan).
@@ -183,18 +274,11 @@ pub struct Namespace {
 
 impl Namespace {
     /// An empty namespace: just the root directory, with `root_policy` for new files.
+    /// The root is owned by this process's effective user and group, mode `0o755`, as mkfs
+    /// makes it; change it with [`Op::SetAttr`] (through a mount: chown and chmod).
     pub fn new(root_policy: LayoutPolicy) -> Namespace {
-        let root = Inode {
-            id: FileId::ROOT,
-            kind: InodeKind::Dir,
-            size: 0,
-            mtime_ms: 0,
-            ctime_ms: 0,
-            generation: 1,
-            layout: None,
-            policy: Some(root_policy),
-            entries: BTreeMap::new(),
-        };
+        let mut root = Inode::new(FileId::ROOT, InodeKind::Dir, &NewAttrs::for_process(InodeKind::Dir), 0);
+        root.policy = Some(root_policy);
         Namespace {
             inodes: BTreeMap::from([(FileId::ROOT, root)]),
             next_id: FileId::ROOT.0 + 1,
@@ -282,13 +366,14 @@ impl Namespace {
         self.inodes.get(&id).ok_or(MetaError::NoSuchFile { file: id })
     }
 
-    /// The regular file `id`. Errors: NoSuchFile, IsDir.
+    /// The regular file `id`. Errors: NoSuchFile, IsDir, Invalid (a link, pipe or device).
     pub fn file(&self, id: FileId) -> Result<&Inode> {
         let inode = self.inode(id)?;
-        if inode.kind == InodeKind::Dir {
-            return Err(MetaError::IsDir { path: format!("file {id}") });
+        match inode.kind {
+            InodeKind::File => Ok(inode),
+            InodeKind::Dir => Err(MetaError::IsDir { path: format!("file {id}") }),
+            k => Err(MetaError::Invalid(format!("{id} is a {k:?}, not a regular file"))),
         }
-        Ok(inode)
     }
 
     /// Up to `limit` (at most [`READDIR_LIMIT_MAX`]) entries of directory `path` in name
@@ -321,6 +406,85 @@ impl Namespace {
         Ok((entries, more))
     }
 
+    /// The absolute path of directory `dir`, rebuilt from the directories' parent links.
+    /// Errors: NoSuchFile; NotDir (`dir` is not a directory).
+    pub fn dir_path(&self, dir: FileId) -> Result<String> {
+        let mut names = Vec::new();
+        let mut cur = self.inode(dir)?;
+        if cur.kind != InodeKind::Dir {
+            return Err(MetaError::NotDir { path: format!("file {dir}") });
+        }
+        while let Some((parent, name)) = &cur.parent {
+            names.push(name.as_str());
+            // Parent links never loop (rename refuses to move a directory into itself), and a
+            // directory's depth is below the number of inodes.
+            if names.len() > self.inodes.len() {
+                return Err(MetaError::Invalid(format!("directory {dir}: its parent links loop")));
+            }
+            cur = self.inode(*parent)?;
+        }
+        let mut path = String::new();
+        for name in names.iter().rev() {
+            path.push('/');
+            path.push_str(name);
+        }
+        if path.is_empty() {
+            path.push('/');
+        }
+        Ok(path)
+    }
+
+    /// The absolute path `target` names now: an entry of a directory given by id becomes the
+    /// directory's path and the name.
+    ///
+    /// Errors: BadPath (an entry name that is empty, `.`, `..`, or holds `/` or NUL; or an
+    /// inode id, which names no path); NoSuchFile and NotDir for the directory.
+    pub fn target_path(&self, target: &Target) -> Result<String> {
+        match target {
+            Target::Path(p) => Ok(p.clone()),
+            Target::Entry { dir, name } => {
+                if name.is_empty() || name == "." || name == ".." || name.contains(['/', '\0']) {
+                    return Err(MetaError::BadPath {
+                        path: target.to_string(),
+                        reason: "an entry name must be one component: not empty, `.` or `..`, no `/` or NUL".into(),
+                    });
+                }
+                let dir = self.dir_path(*dir)?;
+                Ok(if dir == "/" { format!("/{name}") } else { format!("{dir}/{name}") })
+            }
+            Target::Id(_) => Err(MetaError::BadPath {
+                path: target.to_string(),
+                reason: "this request needs a path or a directory entry, not an inode id".into(),
+            }),
+        }
+    }
+
+    /// The inode `target` names. Errors: as [`Namespace::resolve`] and
+    /// [`Namespace::target_path`]; NoSuchFile for an id.
+    pub fn lookup(&self, target: &Target) -> Result<&Inode> {
+        match target {
+            Target::Id(id) => self.inode(*id),
+            t => self.resolve(&self.target_path(t)?),
+        }
+    }
+
+    /// The owner and mode a new inode gets in directory `parent`: as asked, except that a
+    /// set-group-ID directory gives its group, and to a new directory also the bit (Linux's
+    /// `inode_init_owner`).
+    fn inherit(parent: &Inode, attrs: &NewAttrs, kind: InodeKind) -> Result<NewAttrs> {
+        if attrs.mode & !MODE_BITS != 0 {
+            return Err(MetaError::Invalid(format!("mode {:o} has bits beyond {MODE_BITS:o}", attrs.mode)));
+        }
+        let mut attrs = *attrs;
+        if parent.mode & S_ISGID != 0 {
+            attrs.gid = parent.gid;
+            if kind == InodeKind::Dir {
+                attrs.mode |= S_ISGID;
+            }
+        }
+        Ok(attrs)
+    }
+
     fn entry<'s>(&'s self, parent: &'s Inode, name: &str, path: &str) -> Result<&'s Inode> {
         let id = *parent.entries.get(name).ok_or_else(|| MetaError::NotFound { path: path.to_string() })?;
         self.inode(id)
@@ -333,9 +497,9 @@ impl Namespace {
     /// the path or file. Paths ending in `.`, `..` or `/` get Linux's errors ([`path`]).
     pub fn prepare(&self, op: &Op, ctx: &Context<'_>) -> Result<Decision> {
         self.check_path_rules(op)?;
-        let now = ctx.now_ms;
+        let now = ctx.now_ns;
         match op {
-            Op::Mkdir { path } => {
+            Op::Mkdir { path, attrs } => {
                 let (parent, name) = self.parent_of(path)?;
                 if parent.entries.contains_key(name) {
                     return Err(MetaError::Exists { path: path.clone() });
@@ -346,10 +510,82 @@ impl Namespace {
                     name: name.to_string(),
                     id: FileId(self.next_id),
                     policy,
-                    time_ms: now,
+                    attrs: Self::inherit(parent, attrs, InodeKind::Dir)?,
+                    time_ns: now,
                 }))
             }
-            Op::Create { path, layout, exclusive } => {
+            Op::MakeNode { path, kind, rdev, symlink, attrs } => {
+                let (parent, name) = self.parent_of(path)?;
+                if parent.entries.contains_key(name) {
+                    return Err(MetaError::Exists { path: path.clone() });
+                }
+                match (kind, symlink) {
+                    (InodeKind::Symlink, Some(s)) if !s.is_empty() && s.len() <= PATH_MAX_BYTES => {}
+                    (InodeKind::Symlink, _) => {
+                        return Err(MetaError::Invalid(format!(
+                            "{path}: a symbolic link's contents must be 1 to {PATH_MAX_BYTES} bytes"
+                        )))
+                    }
+                    (InodeKind::Fifo | InodeKind::Socket | InodeKind::CharDevice | InodeKind::BlockDevice, None) => {}
+                    _ => {
+                        return Err(MetaError::Invalid(format!("{path}: cannot make a node of kind {kind:?} this way")))
+                    }
+                }
+                Ok(Decision::Mutate(Mutation::MakeNode {
+                    parent: parent.id,
+                    name: name.to_string(),
+                    id: FileId(self.next_id),
+                    kind: *kind,
+                    rdev: *rdev,
+                    symlink: symlink.clone(),
+                    attrs: Self::inherit(parent, attrs, *kind)?,
+                    time_ns: now,
+                }))
+            }
+            Op::Link { file, path } => {
+                let inode = self.inode(*file)?;
+                if inode.kind == InodeKind::Dir {
+                    return Err(MetaError::IsDir { path: format!("{path} (a hard link to directory {file})") });
+                }
+                if inode.nlink == 0 {
+                    return Err(MetaError::NoSuchFile { file: *file });
+                }
+                if inode.nlink >= LINK_MAX {
+                    return Err(MetaError::Invalid(format!("{path}: {file} has {LINK_MAX} links, the most allowed")));
+                }
+                let (parent, name) = self.parent_of(path)?;
+                if parent.entries.contains_key(name) {
+                    return Err(MetaError::Exists { path: path.clone() });
+                }
+                Ok(Decision::Mutate(Mutation::Link {
+                    file: *file,
+                    parent: parent.id,
+                    name: name.to_string(),
+                    time_ns: now,
+                }))
+            }
+            Op::SetAttr { file, mode, uid, gid, atime, mtime } => {
+                self.inode(*file)?;
+                if let Some(m) = mode.filter(|m| m & !MODE_BITS != 0) {
+                    return Err(MetaError::Invalid(format!("file {file}: mode {m:o} has bits beyond {MODE_BITS:o}")));
+                }
+                let at = |t: &Option<SetTime>| {
+                    t.map(|t| match t {
+                        SetTime::Now => now,
+                        SetTime::At(ns) => ns,
+                    })
+                };
+                Ok(Decision::Mutate(Mutation::SetAttr {
+                    file: *file,
+                    mode: *mode,
+                    uid: *uid,
+                    gid: *gid,
+                    atime_ns: at(atime),
+                    mtime_ns: at(mtime),
+                    time_ns: now,
+                }))
+            }
+            Op::Create { path, layout, exclusive, attrs } => {
                 let (parent, name) = self.parent_of(path)?;
                 if let Some(&id) = parent.entries.get(name) {
                     let existing = self.inode(id)?;
@@ -359,8 +595,12 @@ impl Namespace {
                     if existing.kind == InodeKind::Dir {
                         return Err(MetaError::IsDir { path: path.clone() });
                     }
+                    if existing.kind != InodeKind::File {
+                        return Err(MetaError::Exists { path: path.clone() });
+                    }
                     return Ok(Decision::Unchanged(Some(existing.summary())));
                 }
+                let attrs = Self::inherit(parent, attrs, InodeKind::File)?;
                 let policy = parent.policy.unwrap_or_default();
                 let (layout, new_chains) = self.choose_layout(path, layout, &policy, ctx.up_servers)?;
                 Ok(Decision::Mutate(Mutation::Create {
@@ -369,10 +609,13 @@ impl Namespace {
                     id: FileId(self.next_id),
                     layout,
                     new_chains,
-                    time_ms: now,
+                    attrs,
+                    time_ns: now,
                 }))
             }
-            Op::Rename { from, to, expected_generation } => self.prepare_rename(from, to, *expected_generation, ctx),
+            Op::Rename { from, to, expected_generation, no_replace } => {
+                self.prepare_rename(from, to, *expected_generation, *no_replace, ctx)
+            }
             Op::Unlink { path, expected_generation } => {
                 let (parent, name) = self.parent_of(path)?;
                 let target = self.entry(parent, name, path)?;
@@ -380,12 +623,11 @@ impl Namespace {
                     return Err(MetaError::IsDir { path: path.clone() });
                 }
                 check_generation(path, target, *expected_generation)?;
-                let orphan = (ctx.is_open)(target.id);
                 Ok(Decision::Mutate(Mutation::Remove {
                     parent: parent.id,
                     name: name.to_string(),
-                    time_ms: now,
-                    orphan,
+                    time_ns: now,
+                    orphan: last_name_of_open_file(target, ctx),
                 }))
             }
             Op::Rmdir { path, expected_generation } => {
@@ -399,19 +641,19 @@ impl Namespace {
                 }
                 check_generation(path, target, *expected_generation)?;
                 let remove =
-                    Mutation::Remove { parent: parent.id, name: name.to_string(), time_ms: now, orphan: false };
+                    Mutation::Remove { parent: parent.id, name: name.to_string(), time_ns: now, orphan: false };
                 Ok(Decision::Mutate(remove))
             }
             Op::Truncate { file, size, expected_generation } => {
                 let inode = self.file(*file)?;
                 check_size(*file, *size)?;
                 check_generation(&format!("file {file}"), inode, *expected_generation)?;
-                Ok(Decision::Mutate(Mutation::Truncate { file: *file, size: *size, time_ms: now }))
+                Ok(Decision::Mutate(Mutation::Truncate { file: *file, size: *size, time_ns: now }))
             }
             Op::SetSize { file, size } => {
                 self.file(*file)?;
                 check_size(*file, *size)?;
-                Ok(Decision::Mutate(Mutation::SetSize { file: *file, size: *size, time_ms: now }))
+                Ok(Decision::Mutate(Mutation::SetSize { file: *file, size: *size, time_ns: now }))
             }
             Op::CommitChunks { server, chunks } => {
                 // Chunks of a removed file are orphaned data, not commits; a state committed
@@ -490,7 +732,14 @@ impl Namespace {
         Ok((layout, created))
     }
 
-    fn prepare_rename(&self, from: &str, to: &str, expected: Option<u64>, ctx: &Context<'_>) -> Result<Decision> {
+    fn prepare_rename(
+        &self,
+        from: &str,
+        to: &str,
+        expected: Option<u64>,
+        no_replace: bool,
+        ctx: &Context<'_>,
+    ) -> Result<Decision> {
         let from_parts = split_path(from)?;
         let to_parts = split_path(to)?;
         let (from_parent, from_name) = self.parent_of(from)?;
@@ -506,12 +755,20 @@ impl Namespace {
         }
         let mut orphan = false;
         if let Some(&target_id) = to_parent.entries.get(to_name) {
+            if no_replace {
+                return Err(MetaError::Exists { path: to.to_string() });
+            }
+            if target_id == source.id {
+                // POSIX: two names of the same file stay as they are.
+                return Ok(Decision::Unchanged(None));
+            }
             let target = self.inode(target_id)?;
-            orphan = target.kind == InodeKind::File && (ctx.is_open)(target_id);
-            match (source.kind, target.kind) {
-                (InodeKind::File, InodeKind::Dir) => return Err(MetaError::IsDir { path: to.to_string() }),
-                (InodeKind::Dir, InodeKind::File) => return Err(MetaError::NotDir { path: to.to_string() }),
-                (InodeKind::Dir, InodeKind::Dir) if !target.entries.is_empty() => {
+            orphan = last_name_of_open_file(target, ctx);
+            let dir = |k: InodeKind| k == InodeKind::Dir;
+            match (dir(source.kind), dir(target.kind)) {
+                (false, true) => return Err(MetaError::IsDir { path: to.to_string() }),
+                (true, false) => return Err(MetaError::NotDir { path: to.to_string() }),
+                (true, true) if !target.entries.is_empty() => {
                     return Err(MetaError::NotEmpty { path: to.to_string(), entries: target.entries.len() as u64 })
                 }
                 _ => {}
@@ -522,7 +779,7 @@ impl Namespace {
             from_name: from_name.to_string(),
             to_parent: to_parent.id,
             to_name: to_name.to_string(),
-            time_ms: ctx.now_ms,
+            time_ns: ctx.now_ns,
             orphan,
         }))
     }
@@ -538,80 +795,92 @@ impl Namespace {
         self.check_applies(m).map_err(|why| MetaError::Invalid(format!("{m:?} does not apply: {why}")))?;
         let mut applied = Applied::default();
         match m {
-            Mutation::Mkdir { parent, name, id, policy, time_ms } => {
+            Mutation::Mkdir { parent, name, id, policy, attrs, time_ns } => {
                 self.next_id = self.next_id.max(id.0 + 1);
-                let inode = Inode {
-                    id: *id,
-                    kind: InodeKind::Dir,
-                    size: 0,
-                    mtime_ms: *time_ms,
-                    ctime_ms: *time_ms,
-                    generation: 1,
-                    layout: None,
-                    policy: Some(*policy),
-                    entries: BTreeMap::new(),
-                };
-                self.link(*parent, name, inode, *time_ms);
+                let mut inode = Inode::new(*id, InodeKind::Dir, attrs, *time_ns);
+                inode.policy = Some(*policy);
+                inode.parent = Some((*parent, name.clone()));
+                applied.inode = Some(inode.clone());
+                self.link(*parent, name, inode, *time_ns);
+                self.dir_mut(*parent).nlink += 1;
             }
-            Mutation::Create { parent, name, id, layout, new_chains, time_ms } => {
+            Mutation::Create { parent, name, id, layout, new_chains, attrs, time_ns } => {
                 self.next_id = self.next_id.max(id.0 + 1);
                 self.next_first = self.next_first.wrapping_add(1);
                 self.chains.insert(new_chains);
                 applied.chains = new_chains.clone();
-                let inode = Inode {
-                    id: *id,
-                    kind: InodeKind::File,
-                    size: 0,
-                    mtime_ms: *time_ms,
-                    ctime_ms: *time_ms,
-                    generation: 1,
-                    layout: Some(layout.clone()),
-                    policy: None,
-                    entries: BTreeMap::new(),
-                };
+                let mut inode = Inode::new(*id, InodeKind::File, attrs, *time_ns);
+                inode.layout = Some(layout.clone());
                 applied.inode = Some(inode.clone());
-                self.link(*parent, name, inode, *time_ms);
+                self.link(*parent, name, inode, *time_ns);
             }
-            Mutation::Rename { from_parent, from_name, to_parent, to_name, time_ms, orphan } => {
+            Mutation::MakeNode { parent, name, id, kind, rdev, symlink, attrs, time_ns } => {
+                self.next_id = self.next_id.max(id.0 + 1);
+                let mut inode = Inode::new(*id, *kind, attrs, *time_ns);
+                inode.rdev = *rdev;
+                inode.size = symlink.as_ref().map_or(0, |s| s.len() as u64);
+                inode.symlink = symlink.clone();
+                if *kind == InodeKind::Symlink {
+                    inode.mode = 0o777;
+                }
+                applied.inode = Some(inode.clone());
+                self.link(*parent, name, inode, *time_ns);
+            }
+            Mutation::Link { file, parent, name, time_ns } => {
+                let p = self.dir_mut(*parent);
+                p.entries.insert(name.clone(), *file);
+                p.touch_dir(*time_ns);
+                let inode = self.inodes.get_mut(file).expect("checked: the file exists");
+                inode.nlink += 1;
+                inode.touch(*time_ns);
+                applied.inode = Some(inode.summary());
+            }
+            Mutation::SetAttr { file, mode, uid, gid, atime_ns, mtime_ns, time_ns } => {
+                let inode = self.inodes.get_mut(file).expect("checked: the inode exists");
+                if let Some(m) = mode {
+                    inode.mode = m & MODE_BITS;
+                }
+                inode.uid = uid.unwrap_or(inode.uid);
+                inode.gid = gid.unwrap_or(inode.gid);
+                inode.atime_ns = atime_ns.unwrap_or(inode.atime_ns);
+                inode.mtime_ns = mtime_ns.unwrap_or(inode.mtime_ns);
+                inode.touch(*time_ns);
+                applied.inode = Some(inode.summary());
+            }
+            Mutation::Rename { from_parent, from_name, to_parent, to_name, time_ns, orphan } => {
                 let p = self.dir_mut(*from_parent);
                 let moved = p.entries.remove(from_name).expect("checked: the source entry exists");
-                p.touch(*time_ms);
-                p.mtime_ms = *time_ms;
+                p.touch_dir(*time_ns);
                 let p = self.dir_mut(*to_parent);
                 let replaced = p.entries.insert(to_name.clone(), moved);
-                p.touch(*time_ms);
-                p.mtime_ms = *time_ms;
-                if let Some(m) = self.inodes.get_mut(&moved) {
-                    m.touch(*time_ms);
+                p.touch_dir(*time_ns);
+                let m = self.inodes.get_mut(&moved).expect("checked: entries name inodes");
+                m.touch(*time_ns);
+                if m.kind == InodeKind::Dir {
+                    m.parent = Some((*to_parent, to_name.clone()));
+                    // Its `..` now counts in the new parent.
+                    self.dir_mut(*from_parent).nlink -= 1;
+                    self.dir_mut(*to_parent).nlink += 1;
                 }
-                match replaced {
-                    Some(old) if old != moved && *orphan => {
-                        self.orphans.insert(old);
-                    }
-                    Some(old) if old != moved => self.drop_inode(old, &mut applied.removed_files),
-                    _ => {}
+                if let Some(old) = replaced.filter(|old| *old != moved) {
+                    self.unname(*to_parent, old, *orphan, *time_ns, &mut applied.removed_files);
                 }
             }
-            Mutation::Remove { parent, name, time_ms, orphan } => {
+            Mutation::Remove { parent, name, time_ns, orphan } => {
                 let p = self.dir_mut(*parent);
                 let id = p.entries.remove(name).expect("checked: the entry exists");
-                p.touch(*time_ms);
-                p.mtime_ms = *time_ms;
-                if *orphan {
-                    self.orphans.insert(id);
-                } else {
-                    self.drop_inode(id, &mut applied.removed_files);
-                }
+                p.touch_dir(*time_ns);
+                self.unname(*parent, id, *orphan, *time_ns, &mut applied.removed_files);
             }
-            Mutation::Truncate { file, size, time_ms } => {
-                let inode = self.resize(*file, *time_ms, |_| *size);
+            Mutation::Truncate { file, size, time_ns } => {
+                let inode = self.resize(*file, *time_ns, |_| *size);
                 if let Some(layout) = &inode.layout {
                     self.chunks.truncate(*file, *size, layout.chunk_size());
                 }
                 applied.inode = Some(inode);
             }
-            Mutation::SetSize { file, size, time_ms } => {
-                self.resize(*file, *time_ms, |old| old.max(*size));
+            Mutation::SetSize { file, size, time_ns } => {
+                self.resize(*file, *time_ns, |old| old.max(*size));
             }
             Mutation::CommitChunks { server, chunks } => {
                 for (file, c) in chunks {
@@ -644,7 +913,9 @@ impl Namespace {
             Mutation::Create { new_chains, .. } if new_chains.iter().any(|c| self.chains.get(c.id).is_some()) => {
                 Err("it creates a chain that exists".into())
             }
-            Mutation::Mkdir { parent, name, id, .. } | Mutation::Create { parent, name, id, .. } => {
+            Mutation::Mkdir { parent, name, id, .. }
+            | Mutation::Create { parent, name, id, .. }
+            | Mutation::MakeNode { parent, name, id, .. } => {
                 if dir(parent)?.entries.contains_key(name) {
                     return Err(format!("{name:?} already exists in {parent}"));
                 }
@@ -675,6 +946,20 @@ impl Namespace {
                     _ => Ok(()),
                 }
             }
+            Mutation::Link { file, parent, name, .. } => {
+                if dir(parent)?.entries.contains_key(name) {
+                    return Err(format!("{name:?} already exists in {parent}"));
+                }
+                match self.inodes.get(file) {
+                    Some(i) if i.kind != InodeKind::Dir && i.nlink > 0 => Ok(()),
+                    Some(_) => Err(format!("{file} is a directory or has no name left")),
+                    None => Err(format!("{file} does not exist")),
+                }
+            }
+            Mutation::SetAttr { file, .. } => match self.inodes.contains_key(file) {
+                true => Ok(()),
+                false => Err(format!("{file} does not exist")),
+            },
             Mutation::Reap { file } => match self.orphans.contains(file) {
                 true => Ok(()),
                 false => Err(format!("{file} is not an orphan")),
@@ -699,12 +984,40 @@ impl Namespace {
         self.inodes.get_mut(&id).expect("checked: the directory exists")
     }
 
-    fn link(&mut self, parent: FileId, name: &str, inode: Inode, time_ms: u64) {
+    fn link(&mut self, parent: FileId, name: &str, inode: Inode, time_ns: i64) {
         let p = self.dir_mut(parent);
         p.entries.insert(name.to_string(), inode.id);
-        p.touch(time_ms);
-        p.mtime_ms = time_ms;
+        p.touch_dir(time_ns);
         self.inodes.insert(inode.id, inode);
+    }
+
+    /// Inode `id` lost a name in `parent` (already taken out of its entries): a directory
+    /// goes (and its `..` from the parent's count); anything else goes with its last name, or
+    /// becomes an orphan with `orphan`.
+    fn unname(
+        &mut self,
+        parent: FileId,
+        id: FileId,
+        orphan: bool,
+        time_ns: i64,
+        removed: &mut Vec<(FileId, Vec<ServerId>)>,
+    ) {
+        let inode = self.inodes.get_mut(&id).expect("checked: entries name inodes");
+        if inode.kind == InodeKind::Dir {
+            self.dir_mut(parent).nlink -= 1;
+            self.drop_inode(id, removed);
+            return;
+        }
+        inode.nlink = inode.nlink.saturating_sub(1);
+        inode.touch(time_ns);
+        if inode.nlink > 0 {
+            return;
+        }
+        if orphan {
+            self.orphans.insert(id);
+        } else {
+            self.drop_inode(id, removed);
+        }
     }
 
     fn drop_inode(&mut self, id: FileId, removed: &mut Vec<(FileId, Vec<ServerId>)>) {
@@ -716,18 +1029,20 @@ impl Namespace {
         }
     }
 
-    fn resize(&mut self, file: FileId, time_ms: u64, new_size: impl FnOnce(u64) -> u64) -> Inode {
+    fn resize(&mut self, file: FileId, time_ns: i64, new_size: impl FnOnce(u64) -> u64) -> Inode {
         let inode = self.inodes.get_mut(&file).expect("checked: the file exists");
         inode.size = new_size(inode.size);
-        inode.mtime_ms = time_ms;
-        inode.touch(time_ms);
+        inode.mtime_ns = time_ns;
+        inode.touch(time_ns);
         inode.summary()
     }
 
     /// Checks the tree's invariants; the error names the first broken one. Every entry names
-    /// an existing inode, every inode but the root and the orphans is named exactly once (the
-    /// orphans never), orphans are files, directories have no layout and files no entries, no
-    /// id reaches `next_id`, and committed chunks belong to existing files.
+    /// an existing inode; every inode is named as often as its link count says (a directory
+    /// once, the root and the orphans never); a directory's link count is 2 plus its
+    /// subdirectories and its parent link names the entry naming it; orphans are files; only
+    /// files have a layout and only directories entries; no id reaches `next_id`; committed
+    /// chunks belong to existing files.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let mut named: BTreeMap<FileId, usize> = BTreeMap::new();
         for inode in self.inodes.values() {
@@ -738,8 +1053,27 @@ impl Namespace {
                 InodeKind::File if !inode.entries.is_empty() || inode.layout.is_none() => {
                     return Err(format!("file {} has entries or no layout", inode.id))
                 }
+                InodeKind::File => {}
                 InodeKind::Dir if inode.layout.is_some() || inode.size != 0 => {
                     return Err(format!("directory {} has a layout or a size", inode.id))
+                }
+                InodeKind::Dir => {
+                    let subdirs = inode
+                        .entries
+                        .values()
+                        .filter(|id| self.inodes.get(id).is_some_and(|c| c.kind == InodeKind::Dir));
+                    if inode.nlink as usize != 2 + subdirs.count() {
+                        return Err(format!("directory {} has link count {}", inode.id, inode.nlink));
+                    }
+                    let named_there = inode.parent.as_ref().is_some_and(|(p, name)| {
+                        self.inodes.get(p).is_some_and(|p| p.entries.get(name) == Some(&inode.id))
+                    });
+                    if named_there != (inode.id != FileId::ROOT) {
+                        return Err(format!("directory {} has parent link {:?}", inode.id, inode.parent));
+                    }
+                }
+                _ if !inode.entries.is_empty() || inode.layout.is_some() => {
+                    return Err(format!("{} is not a file or directory but has entries or a layout", inode.id))
                 }
                 _ => {}
             }
@@ -758,11 +1092,14 @@ impl Namespace {
         if let Some(f) = self.chunks.files().find(|f| !self.inodes.get(f).is_some_and(|i| i.kind == InodeKind::File)) {
             return Err(format!("committed chunks of {f}, which is not a file"));
         }
-        for id in self.inodes.keys() {
+        for (id, inode) in &self.inodes {
             let n = named.get(id).copied().unwrap_or(0);
-            let want = usize::from(*id != FileId::ROOT && !self.orphans.contains(id));
-            if n != want {
-                return Err(format!("{id} is named {n} times"));
+            let want = match inode.kind {
+                InodeKind::Dir => usize::from(*id != FileId::ROOT),
+                _ => inode.nlink as usize,
+            };
+            if n != want || (self.orphans.contains(id) && n != 0) {
+                return Err(format!("{id} is named {n} times, its link count is {}", inode.nlink));
             }
         }
         Ok(())
@@ -778,6 +1115,12 @@ fn check_size(file: FileId, size: u64) -> Result<()> {
         )));
     }
     Ok(())
+}
+
+/// Whether removing a name of `inode` leaves an orphan: its last name, of a file some session
+/// has open.
+fn last_name_of_open_file(inode: &Inode, ctx: &Context<'_>) -> bool {
+    inode.kind == InodeKind::File && inode.nlink <= 1 && (ctx.is_open)(inode.id)
 }
 
 fn check_generation(what: &str, inode: &Inode, expected: Option<u64>) -> Result<()> {

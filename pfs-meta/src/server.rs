@@ -29,7 +29,7 @@ use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::rpc::{Handler, Peer, Reply};
 use pfs_common::token::SessionId;
 use pfs_common::token::{ByteRange, Mode};
-use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest};
+use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest, NewAttrs};
 use pfs_common::wire::registry::{
     self as reg, ChunkInfo, CommittedChunk, Health, LostChunk, Registered, RegistryRequest, ReportAnswer,
     StorageNotify, CHUNK_REPORT_PAGE, FENCED_MAX, GET_CHUNKS_MAX,
@@ -152,7 +152,7 @@ impl MetaServer {
                 up: ids.iter().copied().filter(|s| cl.registry.up(*s, now)).collect(),
                 gone: ids.iter().copied().filter(|s| cl.registry.gone(*s, now)).collect(),
                 restarted: restarted.clone(),
-                now_ms: crate::store::now_ms(),
+                now_ms: (crate::store::now_ns() / 1_000_000) as u64,
                 rereplicate_after_ms: self.rereplicate_after_ms,
             };
             let plan = self.store.read(|n| n.chains().plan(&view)).0;
@@ -236,25 +236,50 @@ impl MetaServer {
     /// Serves one request of the namespace service.
     async fn namespace(&self, peer: &Peer, req: NamespaceRequest) -> Reply {
         match req {
-            NamespaceRequest::Mkdir(c) => {
-                Reply::to::<ns::Mkdir, _>(self.mutate(Op::Mkdir { path: c.path }).await.map(drop))
-            }
+            NamespaceRequest::Mkdir(c) => Reply::to::<ns::Mkdir, _>(
+                self.mutate_at(&c.target, |path| Op::Mkdir { path, attrs: c.attrs })
+                    .await
+                    .and_then(|i| answered(i, "mkdir")),
+            ),
             NamespaceRequest::Create(c) => Reply::to::<ns::Create, _>(self.create(peer, c).await),
+            NamespaceRequest::Mknod(c) => {
+                let op = |path| Op::MakeNode { path, kind: c.kind, rdev: c.rdev, symlink: None, attrs: c.attrs };
+                Reply::to::<ns::Mknod, _>(self.mutate_at(&c.target, op).await.and_then(|i| answered(i, "mknod")))
+            }
+            NamespaceRequest::Symlink(c) => {
+                let attrs = NewAttrs { mode: 0o777, uid: c.uid, gid: c.gid };
+                let op = |path| Op::MakeNode { path, kind: FileKind::Symlink, rdev: 0, symlink: Some(c.link), attrs };
+                Reply::to::<ns::Symlink, _>(self.mutate_at(&c.target, op).await.and_then(|i| answered(i, "symlink")))
+            }
+            NamespaceRequest::Link(c) => Reply::to::<ns::Link, _>(
+                self.mutate_at(&c.target, |path| Op::Link { file: c.file, path })
+                    .await
+                    .and_then(|i| answered(i, "link")),
+            ),
+            NamespaceRequest::SetAttr(c) => {
+                let op =
+                    Op::SetAttr { file: c.file, mode: c.mode, uid: c.uid, gid: c.gid, atime: c.atime, mtime: c.mtime };
+                Reply::to::<ns::SetAttr, _>(self.mutate(op).await.and_then(|i| answered(i, "setattr")))
+            }
             NamespaceRequest::Open(c) => Reply::to::<ns::Open, _>(self.open_file(peer, c).await),
             NamespaceRequest::Close(c) => Reply::to::<ns::Close, _>(self.close_file(peer, c).await),
             NamespaceRequest::Lookup(c) => {
-                Reply::to::<ns::Lookup, _>(self.query(|n| n.resolve(&c.path).map(attr)).await)
+                Reply::to::<ns::Lookup, _>(self.query(|n| n.lookup(&c.target).map(attr)).await)
             }
             NamespaceRequest::Stat(c) => Reply::to::<ns::Stat, _>(self.query(|n| n.inode(c.file).map(attr)).await),
             NamespaceRequest::Readdir(c) => Reply::to::<ns::Readdir, _>(
                 self.query(|n| {
-                    let (entries, more) = n.readdir(&c.path, c.after.as_deref(), c.limit as usize)?;
+                    let path = match &c.dir {
+                        ns::Target::Id(id) => n.dir_path(*id)?,
+                        t => n.target_path(t)?,
+                    };
+                    let (entries, more) = n.readdir(&path, c.after.as_deref(), c.limit as usize)?;
                     let entries = entries
                         .into_iter()
                         .map(|(name, i)| DirEntry {
                             name: name.to_string(),
                             id: i.id,
-                            kind: kind(i.kind),
+                            kind: i.kind,
                             size: i.size,
                             generation: i.generation,
                         })
@@ -264,15 +289,26 @@ impl MetaServer {
                 .await,
             ),
             NamespaceRequest::Rename(c) => Reply::to::<ns::Rename, _>(
-                self.mutate(Op::Rename { from: c.from, to: c.to, expected_generation: c.expected_generation })
+                self.mutate_with(|n| {
+                    Ok(Op::Rename {
+                        from: n.target_path(&c.from)?,
+                        to: n.target_path(&c.to)?,
+                        expected_generation: c.expected_generation,
+                        no_replace: c.no_replace,
+                    })
+                })
+                .await
+                .map(drop),
+            ),
+            NamespaceRequest::Unlink(c) => Reply::to::<ns::Unlink, _>(
+                self.mutate_at(&c.target, |path| Op::Unlink { path, expected_generation: c.expected_generation })
                     .await
                     .map(drop),
             ),
-            NamespaceRequest::Unlink(c) => Reply::to::<ns::Unlink, _>(
-                self.mutate(Op::Unlink { path: c.path, expected_generation: c.expected_generation }).await.map(drop),
-            ),
             NamespaceRequest::Rmdir(c) => Reply::to::<ns::Rmdir, _>(
-                self.mutate(Op::Rmdir { path: c.path, expected_generation: c.expected_generation }).await.map(drop),
+                self.mutate_at(&c.target, |path| Op::Rmdir { path, expected_generation: c.expected_generation })
+                    .await
+                    .map(drop),
             ),
             NamespaceRequest::Truncate(c) => {
                 let what = format!("file {}", c.file);
@@ -291,15 +327,16 @@ impl MetaServer {
         if let Some(session) = c.session {
             self.tokens.check_owner(session, peer.conn_id, &peer.name)?;
         }
-        let op = Op::Create { path: c.path.clone(), layout: c.layout, exclusive: c.exclusive };
-        let attr = self.mutate(op).await.and_then(|i| answered(i, &c.path))?;
+        let what = c.target.to_string();
+        let op = |path| Op::Create { path, layout: c.layout, exclusive: c.exclusive, attrs: c.attrs };
+        let attr = self.mutate_at(&c.target, op).await.and_then(|i| answered(i, &what))?;
         if let Some(session) = c.session {
             // Another client may have removed it between the create and now: then opening by
-            // id would revive a file nobody can name, so open by path like `Open` does.
+            // id would revive a file nobody can name, so open by name like `Open` does.
             let (opened, lsn) = self.store.read(|n| {
-                let inode = n.resolve(&c.path)?;
+                let inode = n.lookup(&c.target)?;
                 if inode.id != attr.id {
-                    return Err(MetaError::NotFound { path: c.path.clone() });
+                    return Err(MetaError::NotFound { path: what.clone() });
                 }
                 self.opens.lock().open(session, inode.id);
                 Ok(attr)
@@ -310,13 +347,17 @@ impl MetaServer {
         Ok(attr)
     }
 
-    /// Resolves a path to a file and records that the session has it open.
+    /// Resolves a target to a file and records that the session has it open.
     async fn open_file(&self, peer: &Peer, c: ns::Open) -> Result<Attr> {
         self.tokens.check_owner(c.session, peer.conn_id, &peer.name)?;
         let (opened, lsn) = self.store.read(|n| {
-            let inode = n.resolve(&c.path)?;
+            let inode = n.lookup(&c.target)?;
             if inode.kind != InodeKind::File {
-                return Err(MetaError::IsDir { path: c.path.clone() });
+                return Err(MetaError::IsDir { path: c.target.to_string() });
+            }
+            if inode.nlink == 0 {
+                // An orphan by id: only those who had it open before its last name went.
+                return Err(MetaError::NoSuchFile { file: inode.id });
             }
             // Under the store's lock: no removal can slip between the lookup and this.
             self.opens.lock().open(c.session, inode.id);
@@ -325,7 +366,6 @@ impl MetaServer {
         self.store.wait_durable(lsn).await?;
         opened
     }
-
     /// The session closed the file: an orphan nobody has open any more goes.
     async fn close_file(&self, peer: &Peer, c: ns::Close) -> Result<()> {
         self.tokens.check_owner(c.session, peer.conn_id, &peer.name)?;
@@ -347,9 +387,19 @@ impl MetaServer {
     /// Runs a namespace change (durable when it returns) and tells storage servers about
     /// files it removed. Returns the inode the change answers with, if any.
     async fn mutate(&self, op: Op) -> Result<Option<Inode>> {
+        self.mutate_with(|_| Ok(op)).await
+    }
+
+    /// [`MetaServer::mutate`] of the operation `make` builds from `target`'s path now.
+    async fn mutate_at(&self, target: &ns::Target, make: impl FnOnce(String) -> Op) -> Result<Option<Inode>> {
+        self.mutate_with(|n| Ok(make(n.target_path(target)?))).await
+    }
+
+    /// [`MetaServer::mutate`] of the operation `make` builds under the store's lock.
+    async fn mutate_with(&self, make: impl FnOnce(&Namespace) -> Result<Op>) -> Result<Option<Inode>> {
         let up = self.cluster.lock().registry.up_servers(Instant::now());
         let is_open = |f: FileId| self.opens.lock().is_open(f);
-        let applied = self.store.execute(&op, &up, &is_open).await?;
+        let applied = self.store.execute_with(make, &up, &is_open).await?;
         if !applied.removed_files.is_empty() {
             self.removed(applied.removed_files);
         }
@@ -791,24 +841,24 @@ fn answered(inode: Option<Inode>, what: &str) -> Result<Attr> {
     inode.map(|i| attr(&i)).ok_or_else(|| MetaError::Invalid(format!("{what}: the change answered no inode")))
 }
 
-fn kind(k: InodeKind) -> FileKind {
-    match k {
-        InodeKind::File => FileKind::File,
-        InodeKind::Dir => FileKind::Dir,
-    }
-}
-
 /// An inode's attributes as sent on the wire.
 fn attr(i: &Inode) -> Attr {
     Attr {
         id: i.id,
-        kind: kind(i.kind),
+        kind: i.kind,
         size: i.size,
-        mtime_ms: i.mtime_ms,
-        ctime_ms: i.ctime_ms,
+        mode: i.mode,
+        uid: i.uid,
+        gid: i.gid,
+        nlink: i.nlink,
+        rdev: i.rdev,
+        atime_ns: i.atime_ns,
+        mtime_ns: i.mtime_ns,
+        ctime_ns: i.ctime_ns,
         generation: i.generation,
         layout: i.layout.clone(),
         entries: i.entries.len() as u64,
+        symlink: i.symlink.clone(),
     }
 }
 

@@ -26,9 +26,9 @@ pub struct NamespaceStore {
     checkpoint_records: u64,
 }
 
-/// Wall-clock time, ms since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+/// Wall-clock time, ns since the Unix epoch (0 before it: a clock that far off is wrong).
+pub fn now_ns() -> i64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos() as i64).unwrap_or(0)
 }
 
 impl NamespaceStore {
@@ -64,11 +64,24 @@ impl NamespaceStore {
         up_servers: &[ServerId],
         is_open: &(dyn Fn(FileId) -> bool + Sync),
     ) -> Result<Applied> {
+        self.execute_with(|_| Ok(op.clone()), up_servers, is_open).await
+    }
+
+    /// [`NamespaceStore::execute`] of the operation `make` builds from the namespace under
+    /// the store's lock (for an operation naming a directory by id: its path cannot change
+    /// between the lookup and the change).
+    pub async fn execute_with(
+        &self,
+        make: impl FnOnce(&Namespace) -> Result<Op>,
+        up_servers: &[ServerId],
+        is_open: &(dyn Fn(FileId) -> bool + Sync),
+    ) -> Result<Applied> {
         let permit = self.wal.reserve().await?;
         let (applied, wait_lsn) = {
             let mut inner = self.inner.lock();
-            let ctx = Context { now_ms: now_ms(), up_servers, is_open };
-            match inner.namespace.prepare(op, &ctx)? {
+            let ctx = Context { now_ns: now_ns(), up_servers, is_open };
+            let op = make(&inner.namespace)?;
+            match inner.namespace.prepare(&op, &ctx)? {
                 Decision::Unchanged(inode) => {
                     drop(permit);
                     (Applied { inode, ..Applied::default() }, inner.applied_lsn)

@@ -242,6 +242,44 @@ fn corrupt_at(path: &Path, offset: u64, reason: String) -> MetaError {
     MetaError::Corrupt { what: "WAL segment", file: path.to_path_buf(), offset: Some(offset), reason }
 }
 
+/// The on-disk format this pfs-meta writes and reads, kept in the file [`FORMAT_FILE`] of the
+/// metadata directory. Format 2: POSIX inodes (mode, owner, nanosecond times, link counts,
+/// symbolic links and device nodes).
+pub const FORMAT: &str = "pfs-meta format 2";
+/// The file in the metadata directory naming its [`FORMAT`].
+pub const FORMAT_FILE: &str = "FORMAT";
+
+/// Refuses a metadata directory written in another format (an old log decoded as this one
+/// would be garbage); writes the format file into an empty directory (`fresh`), durably.
+fn check_format(dir: &Path, fresh: bool) -> Result<()> {
+    let path = dir.join(FORMAT_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(found) if found.trim_end() == FORMAT => Ok(()),
+        Ok(found) => Err(MetaError::Corrupt {
+            what: "metadata directory",
+            file: path,
+            offset: None,
+            reason: format!("it says {:?}; this pfs-meta reads {FORMAT:?} only", found.trim_end()),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !fresh => Err(MetaError::Corrupt {
+            what: "metadata directory",
+            file: path,
+            offset: None,
+            reason: format!(
+                "missing: the log was written by a pfs-meta older than {FORMAT:?}, which this one cannot read"
+            ),
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let mut f = File::create(&path).map_err(|e| MetaError::io(format!("creating {}", path.display()), e))?;
+            f.write_all(format!("{FORMAT}\n").as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|e| MetaError::io(format!("writing {}", path.display()), e))?;
+            fsync_dir(dir)
+        }
+        Err(e) => Err(MetaError::io(format!("reading {}", path.display()), e)),
+    }
+}
+
 /// Loads the newest valid checkpoint in `dir` (created if missing) and replays the later
 /// records. A torn final record of the newest segment is cut off (logged); any other damage
 /// is an error naming the file and byte offset.
@@ -254,6 +292,7 @@ pub fn recover(dir: &Path, root_policy: LayoutPolicy) -> Result<Recovered> {
         }
     }
     let (segments, checkpoints) = list_dir(dir)?;
+    check_format(dir, segments.is_empty() && checkpoints.is_empty())?;
     let mut namespace = Namespace::new(root_policy);
     let mut checkpoint_lsn = 0;
     for (lsn, path) in checkpoints.iter().rev() {

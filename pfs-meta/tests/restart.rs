@@ -85,7 +85,13 @@ async fn start(config: &Path, addr: SocketAddr) -> (Meta, RpcClient<MetaRequest>
 }
 
 fn create(path: &str) -> Create {
-    Create { path: path.into(), layout: LayoutChoice::default(), exclusive: true, session: None }
+    Create {
+        target: path.into(),
+        layout: LayoutChoice::default(),
+        exclusive: true,
+        session: None,
+        attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
+    }
 }
 
 /// Registers a fake storage server so files can get a layout; returns its connection.
@@ -116,8 +122,15 @@ async fn namespace_survives_sigkill() {
     let (meta, c) = start(&config, addr).await;
     let storage = fake_storage(addr).await;
 
-    c.ask(Mkdir { path: "/a".into() }).await.unwrap();
-    c.ask(Mkdir { path: "/a/b".into() }).await.unwrap();
+    c.ask(Mkdir { target: "/a".into(), attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 } })
+        .await
+        .unwrap();
+    c.ask(Mkdir {
+        target: "/a/b".into(),
+        attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+    })
+    .await
+    .unwrap();
     let mut files = Vec::new();
     for i in 0..5u64 {
         let f = c.ask(create(&format!("/a/b/f{i}"))).await.unwrap();
@@ -131,12 +144,20 @@ async fn namespace_survives_sigkill() {
         assert_eq!(f.size, 4096 * (i + 1));
         files.push(f);
     }
-    c.ask(Rename { from: "/a/b/f4".into(), to: "/a/moved".into(), expected_generation: None }).await.unwrap();
-    c.ask(Unlink { path: "/a/b/f3".into(), expected_generation: None }).await.unwrap();
-    let e = c.ask(Mkdir { path: "/a".into() }).await.unwrap_err();
+    c.ask(Rename { from: "/a/b/f4".into(), to: "/a/moved".into(), expected_generation: None, no_replace: false })
+        .await
+        .unwrap();
+    c.ask(Unlink { target: "/a/b/f3".into(), expected_generation: None }).await.unwrap();
+    let e = c
+        .ask(Mkdir {
+            target: "/a".into(),
+            attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Exists);
-    let b_before = c.ask(Lookup { path: "/a/b".into() }).await.unwrap();
-    let moved_before = c.ask(Lookup { path: "/a/moved".into() }).await.unwrap();
+    let b_before = c.ask(Lookup { target: "/a/b".into() }).await.unwrap();
+    let moved_before = c.ask(Lookup { target: "/a/moved".into() }).await.unwrap();
     let mut sizes_before = Vec::new();
     for f in &files[..3] {
         sizes_before.push(c.ask(Stat { file: f.id }).await.unwrap());
@@ -150,12 +171,12 @@ async fn namespace_survives_sigkill() {
     for before in &sizes_before {
         assert_eq!(&c.ask(Stat { file: before.id }).await.unwrap(), before);
     }
-    assert_eq!(c.ask(Lookup { path: "/a/b".into() }).await.unwrap(), b_before);
-    assert_eq!(c.ask(Lookup { path: "/a/moved".into() }).await.unwrap(), moved_before);
+    assert_eq!(c.ask(Lookup { target: "/a/b".into() }).await.unwrap(), b_before);
+    assert_eq!(c.ask(Lookup { target: "/a/moved".into() }).await.unwrap(), moved_before);
     assert_eq!(moved_before.size, 4096 * 5);
-    let e = c.ask(Lookup { path: "/a/b/f3".into() }).await.unwrap_err();
+    let e = c.ask(Lookup { target: "/a/b/f3".into() }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound);
-    let page = c.ask(Readdir { path: "/a/b".into(), after: None, limit: 100 }).await.unwrap();
+    let page = c.ask(Readdir { dir: "/a/b".into(), after: None, limit: 100 }).await.unwrap();
     assert!(!page.more);
     let names: Vec<_> = page.entries.iter().map(|e| e.name.as_str()).collect();
     assert_eq!(names, ["f0", "f1", "f2"]);
@@ -209,10 +230,15 @@ async fn bad_frames_close_only_their_connection() {
     assert!(!sink.is_empty(), "the handshake was answered");
 
     // The well-behaved client is still served, and so is a new one.
-    good.ask(Mkdir { path: "/still".into() }).await.unwrap();
+    good.ask(Mkdir {
+        target: "/still".into(),
+        attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+    })
+    .await
+    .unwrap();
     let fresh: RpcClient<MetaRequest> =
         RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
-    let a = fresh.ask(Lookup { path: "/still".into() }).await.unwrap();
+    let a = fresh.ask(Lookup { target: "/still".into() }).await.unwrap();
     assert_eq!(a.kind, FileKind::Dir);
 }
 
@@ -287,7 +313,7 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     assert_eq!((me.chunks, me.free_bytes), (1, 60));
     s.ask(Heartbeat { id: ServerId(3), capacity_bytes: 100, free_bytes: 50 }).await.unwrap();
     // Unlink: the storage server is told to remove the file's chunks.
-    c.ask(Unlink { path: "/f".into(), expected_generation: None }).await.unwrap();
+    c.ask(Unlink { target: "/f".into(), expected_generation: None }).await.unwrap();
     // (The chain created with /f was pushed to it before.)
     let note = loop {
         let frame = tokio::time::timeout(Duration::from_secs(30), nrx.recv()).await.expect("notified").unwrap();
@@ -303,7 +329,13 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     let e = s.ask(ChunkReport { id: ServerId(4), chunks: vec![], listing: false, full: false }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound);
     // A storage server may not use the namespace service.
-    let e = s.ask(Mkdir { path: "/x".into() }).await.unwrap_err();
+    let e = s
+        .ask(Mkdir {
+            target: "/x".into(),
+            attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+        })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Denied);
 }
 
@@ -314,7 +346,12 @@ async fn corrupt_wal_stops_startup_with_one_line_error() {
     {
         let (_meta, c) = start(&config, addr).await;
         for d in ["/a", "/b", "/c"] {
-            c.ask(Mkdir { path: d.into() }).await.unwrap();
+            c.ask(Mkdir {
+                target: d.into(),
+                attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+            })
+            .await
+            .unwrap();
         }
     }
     let meta_dir = dir.path().join("meta");
@@ -352,7 +389,16 @@ async fn a_storage_server_restarted_while_pfs_meta_was_down_resyncs() {
     let (meta, c) = start(&config, addr).await;
     let (s1, s2) = (register(addr, 1, 11).await, register(addr, 2, 21).await);
     let layout = LayoutChoice { replicas: Some(2), ..Default::default() };
-    let f = c.ask(Create { path: "/f".into(), layout, exclusive: true, session: None }).await.unwrap();
+    let f = c
+        .ask(Create {
+            target: "/f".into(),
+            layout,
+            exclusive: true,
+            session: None,
+            attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
+        })
+        .await
+        .unwrap();
     let ids = f.layout.unwrap().chains;
     let states = |chains: &[pfs_common::chain::Chain], s: u32| -> Vec<Option<ReplicaState>> {
         chains.iter().map(|ch| ch.state_of(ServerId(s))).collect()

@@ -21,7 +21,12 @@ async fn exec(store: &NamespaceStore, op: Op) -> pfs_meta::Result<Option<Inode>>
 }
 
 fn create(path: &str) -> Op {
-    Op::Create { path: path.into(), layout: LayoutChoice::default(), exclusive: true }
+    Op::Create {
+        path: path.into(),
+        layout: LayoutChoice::default(),
+        exclusive: true,
+        attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
+    }
 }
 
 fn lookup(store: &NamespaceStore, path: &str) -> Inode {
@@ -34,7 +39,12 @@ fn stat(store: &NamespaceStore, file: FileId) -> Inode {
 
 /// Makes a small tree: /d, /d/f<i> with sizes; returns the number of records written.
 async fn populate(store: &NamespaceStore, files: u64) -> u64 {
-    exec(store, Op::Mkdir { path: "/d".into() }).await.unwrap();
+    exec(
+        store,
+        Op::Mkdir { path: "/d".into(), attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 } },
+    )
+    .await
+    .unwrap();
     for i in 0..files {
         let a = exec(store, create(&format!("/d/f{i}"))).await.unwrap().unwrap();
         exec(store, Op::SetSize { file: a.id, size: 1000 + i }).await.unwrap();
@@ -189,9 +199,9 @@ async fn a_record_that_does_not_apply_fails_startup_naming_file_and_offset() {
     let at = std::fs::metadata(&seg).unwrap().len();
     let bad = wal::Record {
         lsn: 6,
-        mutation: Mutation::Remove { parent: FileId::ROOT, name: "ghost".into(), time_ms: 1, orphan: false },
+        mutation: Mutation::Remove { parent: FileId::ROOT, name: "ghost".into(), time_ns: 1, orphan: false },
     };
-    let next = wal::Record { lsn: 7, mutation: Mutation::SetSize { file: FileId(3), size: 1, time_ms: 1 } };
+    let next = wal::Record { lsn: 7, mutation: Mutation::SetSize { file: FileId(3), size: 1, time_ns: 1 } };
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes.extend(wal::frame_record(&bad));
     bytes.extend(wal::frame_record(&next));
@@ -209,7 +219,12 @@ async fn checkpoint_and_rotation_then_replay_gives_same_state() {
         let store = open(dir.path(), 4).unwrap();
         let records = populate(&store, 10).await;
         assert_eq!(records, 21);
-        exec(&store, Op::Rename { from: "/d/f0".into(), to: "/d/f1".into(), expected_generation: None }).await.unwrap();
+        exec(
+            &store,
+            Op::Rename { from: "/d/f0".into(), to: "/d/f1".into(), expected_generation: None, no_replace: false },
+        )
+        .await
+        .unwrap();
         exec(&store, Op::Unlink { path: "/d/f2".into(), expected_generation: None }).await.unwrap();
         store.snapshot()
     };
@@ -223,7 +238,12 @@ async fn checkpoint_and_rotation_then_replay_gives_same_state() {
     let store = open(dir.path(), 4).unwrap();
     assert_eq!(store.snapshot(), before);
     // And once more after further records and checkpoints.
-    exec(&store, Op::Mkdir { path: "/e".into() }).await.unwrap();
+    exec(
+        &store,
+        Op::Mkdir { path: "/e".into(), attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 } },
+    )
+    .await
+    .unwrap();
     let again = store.snapshot();
     drop(store);
     assert_eq!(open(dir.path(), 4).unwrap().snapshot(), again);
@@ -251,7 +271,12 @@ async fn recover_reads_checkpoint_even_without_segments() {
 async fn group_commit_makes_many_concurrent_mutations_durable() {
     let dir = tempfile::tempdir().unwrap();
     let store = Arc::new(open(dir.path(), 1_000_000).unwrap());
-    exec(&store, Op::Mkdir { path: "/g".into() }).await.unwrap();
+    exec(
+        &store,
+        Op::Mkdir { path: "/g".into(), attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 } },
+    )
+    .await
+    .unwrap();
     let mut tasks = Vec::new();
     for t in 0..16 {
         let store = store.clone();

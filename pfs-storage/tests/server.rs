@@ -216,8 +216,13 @@ async fn scenario(engine: EngineChoice) {
     let m: RpcClient<MetaRequest> = connect(config.meta.address, "pfs-meta").await;
     let session = m.ask(OpenSession).await.unwrap().session;
     // Files pfs-meta knows (chunks of unknown files are orphans, which it has removed).
-    let create =
-        |path: &str| Create { path: path.into(), layout: LayoutChoice::default(), exclusive: false, session: None };
+    let create = |path: &str| Create {
+        target: path.into(),
+        layout: LayoutChoice::default(),
+        exclusive: false,
+        session: None,
+        attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
+    };
     wait_until("a storage server is up for new files", || async { m.ask(create("/a")).await.is_ok() }).await;
     let a = m.ask(create("/a")).await.unwrap();
     let fa = a.id.0;

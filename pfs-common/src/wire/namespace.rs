@@ -13,8 +13,12 @@ use serde::{Deserialize, Serialize};
 service! {
     /// Requests of the namespace service.
     pub enum NamespaceRequest in MetaRequest::Namespace {
-        Mkdir(Mkdir) -> (),
+        Mkdir(Mkdir) -> Attr,
         Create(Create) -> Attr,
+        Mknod(Mknod) -> Attr,
+        Symlink(Symlink) -> Attr,
+        Link(Link) -> Attr,
+        SetAttr(SetAttr) -> Attr,
         Lookup(Lookup) -> Attr,
         Stat(Stat) -> Attr,
         Readdir(Readdir) -> DirPage,
@@ -28,10 +32,80 @@ service! {
     }
 }
 
-/// Make a directory. Errors: Exists, NotFound (parent), NotDir.
+/// Where a request points: an absolute path, an entry of a directory given by id (what a
+/// FUSE mount knows: right even after another client renamed a directory above it), or an
+/// inode by id (for [`Lookup`], [`Readdir`] and [`Open`] only).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Target {
+    /// An absolute path (see the module documentation).
+    Path(String),
+    /// Entry `name` of directory `dir`; `name` is one component: no `/`, not `.` or `..`,
+    /// at most [`NAME_MAX`] bytes (BadPath, NameTooLong).
+    Entry { dir: FileId, name: String },
+    /// The inode itself, whatever its names.
+    Id(FileId),
+}
+
+impl From<&str> for Target {
+    fn from(path: &str) -> Target {
+        Target::Path(path.to_string())
+    }
+}
+
+impl From<&String> for Target {
+    fn from(path: &String) -> Target {
+        Target::Path(path.clone())
+    }
+}
+
+impl From<FileId> for Target {
+    fn from(id: FileId) -> Target {
+        Target::Id(id)
+    }
+}
+
+impl From<String> for Target {
+    fn from(path: String) -> Target {
+        Target::Path(path)
+    }
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Path(p) => f.write_str(p),
+            Target::Entry { dir, name } => write!(f, "{name:?} in directory {dir}"),
+            Target::Id(id) => write!(f, "file {id}"),
+        }
+    }
+}
+
+/// Owner and permission bits of a new inode. A directory with the set-group-ID bit gives
+/// its group (and, to new directories, the bit) to what is created in it, as on Linux.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct NewAttrs {
+    /// Permission bits with set-user-ID, set-group-ID and sticky (`0o7777`; more is Invalid).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+impl NewAttrs {
+    /// What pfs's own tools give what they create: this process's effective user and group,
+    /// `0o755` for a directory and `0o644` for anything else.
+    pub fn for_process(kind: FileKind) -> NewAttrs {
+        // SAFETY: geteuid and getegid cannot fail and touch no memory.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let mode = if kind == FileKind::Dir { 0o755 } else { 0o644 };
+        NewAttrs { mode, uid, gid }
+    }
+}
+
+/// Make a directory. Errors: Exists, NotFound (parent), NotDir, Invalid (mode).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mkdir {
-    pub path: String,
+    pub target: Target,
+    pub attrs: NewAttrs,
 }
 
 /// Create a regular file with a layout (unset fields inherit from the parent directory's
@@ -40,19 +114,75 @@ pub struct Mkdir {
 /// [`Open`] does, in the same step.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Create {
-    pub path: String,
+    pub target: Target,
     pub layout: LayoutChoice,
     pub exclusive: bool,
     pub session: Option<SessionId>,
+    pub attrs: NewAttrs,
 }
 
-/// Resolve a path to a regular file and record that `session` has it open: until the session
-/// closes it ([`Close`]) or ends, removing or replacing the file keeps its data (an orphan),
-/// as POSIX does for an unlinked open file. The session must be this connection's.
-/// Errors: NotFound, NotDir, IsDir, Evicted, Invalid (another connection's session).
+/// Make a named pipe, socket or device node (`kind` Fifo, Socket, CharDevice or
+/// BlockDevice; `rdev` the device number, 0 for the others). pfs keeps only the inode: the
+/// kernel of the node that opens it provides the pipe, socket or device.
+/// Errors: as [`Mkdir`]; Invalid for another kind.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Mknod {
+    pub target: Target,
+    pub kind: FileKind,
+    pub rdev: u64,
+    pub attrs: NewAttrs,
+}
+
+/// Make a symbolic link at `target` whose contents are `link` (1 to [`PATH_MAX`] bytes, not
+/// resolved by pfs-meta). Its mode is always `0o777`. Errors: as [`Mkdir`]; NameTooLong.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Symlink {
+    pub target: Target,
+    pub link: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// Give `file` (not a directory) another name, `target`; its link count goes up by one.
+/// Errors: NoSuchFile, IsDir (`file` is a directory), Exists, NotFound, NotDir,
+/// Invalid (the link count would pass [`LINK_MAX`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Link {
+    pub file: FileId,
+    pub target: Target,
+}
+
+/// A time to set: the time pfs-meta handles the request, or a given one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum SetTime {
+    Now,
+    /// Nanoseconds since the Unix epoch (negative: before it).
+    At(i64),
+}
+
+/// Change `file`'s mode (`0o7777` bits), owner, group, or access and modification times;
+/// `None` leaves a field as it is. The change time is always set to now. pfs-meta makes no
+/// permission check: the mount's kernel checked the caller (see the README's trust model).
+/// Errors: NoSuchFile, Invalid (mode bits beyond `0o7777`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetAttr {
+    pub file: FileId,
+    pub mode: Option<u32>,
+    pub uid: Option<u32>,
+    pub gid: Option<u32>,
+    pub atime: Option<SetTime>,
+    pub mtime: Option<SetTime>,
+}
+
+/// Resolve a regular file (by path, or by id while it has a name) and record that `session`
+/// has it open: until the session closes it ([`Close`]) or ends, removing or replacing the
+/// file keeps its data (an orphan), as POSIX does for an unlinked open file. The session
+/// must be this connection's.
+/// Errors: NotFound, NoSuchFile, NotDir, IsDir (not a regular file), Evicted, Denied
+/// (another connection's session).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Open {
-    pub path: String,
+    pub target: Target,
     pub session: SessionId,
 }
 
@@ -64,10 +194,10 @@ pub struct Close {
     pub session: SessionId,
 }
 
-/// Resolve a path to its attributes. Errors: NotFound, NotDir.
+/// Resolve a target to its attributes. Errors: NotFound, NoSuchFile, NotDir.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Lookup {
-    pub path: String,
+    pub target: Target,
 }
 
 /// Attributes of a file by id. Errors: NotFound.
@@ -81,32 +211,36 @@ pub struct Stat {
 /// [`NAME_MAX`] bytes, which no entry can follow).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Readdir {
-    pub path: String,
+    pub dir: Target,
     /// The last name of the previous page; at most [`NAME_MAX`] bytes.
     pub after: Option<String>,
     pub limit: u32,
 }
 
-/// Move `from` to `to`, replacing a file at `to` (not a directory). With
+/// Move `from` to `to` as rename(2) does: an entry at `to` is replaced (a directory only by
+/// a directory, and only if empty); two names of the same inode are left as they are. With
+/// `no_replace`, an entry at `to` is Exists (renameat2's RENAME_NOREPLACE). With
 /// `expected_generation`, fails with Conflict if `from` has another generation.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rename {
-    pub from: String,
-    pub to: String,
+    pub from: Target,
+    pub to: Target,
     pub expected_generation: Option<u64>,
+    pub no_replace: bool,
 }
 
-/// Remove a file. Errors: NotFound, IsDir, Conflict.
+/// Remove a name of anything but a directory; the inode goes with its last name (or, open
+/// somewhere, with its last close). Errors: NotFound, IsDir, Conflict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Unlink {
-    pub path: String,
+    pub target: Target,
     pub expected_generation: Option<u64>,
 }
 
 /// Remove an empty directory. Errors: NotFound, NotDir, NotEmpty, Conflict.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rmdir {
-    pub path: String,
+    pub target: Target,
     pub expected_generation: Option<u64>,
 }
 
@@ -130,30 +264,83 @@ pub struct SetSize {
     pub size: u64,
 }
 
-/// File or directory.
+/// What an inode is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum FileKind {
+    /// A regular file: striped data.
     File,
     Dir,
+    Symlink,
+    Fifo,
+    Socket,
+    CharDevice,
+    BlockDevice,
 }
 
-/// Attributes of a file or directory.
+impl FileKind {
+    /// The `S_IFMT` bits of this kind (`st_mode`).
+    pub fn mode_bits(self) -> u32 {
+        match self {
+            FileKind::File => libc::S_IFREG,
+            FileKind::Dir => libc::S_IFDIR,
+            FileKind::Symlink => libc::S_IFLNK,
+            FileKind::Fifo => libc::S_IFIFO,
+            FileKind::Socket => libc::S_IFSOCK,
+            FileKind::CharDevice => libc::S_IFCHR,
+            FileKind::BlockDevice => libc::S_IFBLK,
+        }
+    }
+
+    /// The kind whose `S_IFMT` bits `mode` carries, if any.
+    pub fn from_mode(mode: u32) -> Option<FileKind> {
+        [
+            FileKind::File,
+            FileKind::Dir,
+            FileKind::Symlink,
+            FileKind::Fifo,
+            FileKind::Socket,
+            FileKind::CharDevice,
+            FileKind::BlockDevice,
+        ]
+        .into_iter()
+        .find(|k| k.mode_bits() == mode & libc::S_IFMT)
+    }
+}
+
+/// Most names one inode may have (Linux ext4's limit).
+pub const LINK_MAX: u32 = 65000;
+
+/// Attributes of an inode.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Attr {
     pub id: FileId,
     pub kind: FileKind,
-    /// Size in bytes (0 for directories).
+    /// Size in bytes: of the data for files, of the contents for symbolic links, else 0.
     pub size: u64,
-    /// Last data or size change, ms since the Unix epoch.
-    pub mtime_ms: u64,
-    /// Last attribute change, ms since the Unix epoch.
-    pub ctime_ms: u64,
+    /// Permission bits with set-user-ID, set-group-ID and sticky (`0o7777`).
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    /// Names of this inode (a directory: 2 plus its subdirectories; an open file with no
+    /// name left: 0).
+    pub nlink: u32,
+    /// Device number (character and block devices).
+    pub rdev: u64,
+    /// Last access set by `utimens`, creation otherwise (pfs does not record reads), ns
+    /// since the Unix epoch.
+    pub atime_ns: i64,
+    /// Last data or size change, ns since the Unix epoch.
+    pub mtime_ns: i64,
+    /// Last change of the inode (attributes, names, data), ns since the Unix epoch.
+    pub ctime_ns: i64,
     /// Bumped on every change of this inode (conditional operations compare it).
     pub generation: u64,
     /// The stripe layout (files only).
     pub layout: Option<Layout>,
     /// Number of entries (directories only).
     pub entries: u64,
+    /// Contents of a symbolic link.
+    pub symlink: Option<String>,
 }
 
 /// One page of a directory listing.

@@ -235,7 +235,7 @@ impl Namespace {
     /// NotDir, NotEmpty, Invalid and Busy as the table gives them.
     pub(super) fn check_path_rules(&self, op: &Op) -> Result<()> {
         match op {
-            Op::Mkdir { path } => {
+            Op::Mkdir { path, .. } | Op::MakeNode { path, .. } | Op::Link { path, .. } => {
                 let p = parse(path)?;
                 if p.split_name().is_none() {
                     self.walk(path, &p.components)?;
@@ -346,7 +346,7 @@ mod tests {
     const UP: [ServerId; 1] = [ServerId(1)];
 
     fn prepare(ns: &Namespace, op: Op) -> Result<Decision> {
-        ns.prepare(&op, &Context { now_ms: 1, up_servers: &UP, is_open: &|_| false })
+        ns.prepare(&op, &Context { now_ns: 1, up_servers: &UP, is_open: &|_| false })
     }
 
     fn run(ns: &mut Namespace, op: Op) -> Result<()> {
@@ -358,10 +358,15 @@ mod tests {
     }
 
     fn mkdir(p: &str) -> Op {
-        Op::Mkdir { path: p.into() }
+        Op::Mkdir { path: p.into(), attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 } }
     }
     fn create(p: &str, exclusive: bool) -> Op {
-        Op::Create { path: p.into(), layout: LayoutChoice::default(), exclusive }
+        Op::Create {
+            path: p.into(),
+            layout: LayoutChoice::default(),
+            exclusive,
+            attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
+        }
     }
     fn unlink(p: &str) -> Op {
         Op::Unlink { path: p.into(), expected_generation: None }
@@ -370,7 +375,7 @@ mod tests {
         Op::Rmdir { path: p.into(), expected_generation: None }
     }
     fn rename(from: &str, to: &str) -> Op {
-        Op::Rename { from: from.into(), to: to.into(), expected_generation: None }
+        Op::Rename { from: from.into(), to: to.into(), expected_generation: None, no_replace: false }
     }
 
     /// `/d` (holding `/d/g` and the empty `/d/e`) and the file `/f`.

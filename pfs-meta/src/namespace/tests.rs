@@ -4,8 +4,11 @@ use proptest::prelude::*;
 
 const UP: [ServerId; 3] = [ServerId(1), ServerId(2), ServerId(3)];
 
-fn ctx(now_ms: u64) -> Context<'static> {
-    Context { now_ms, up_servers: &UP, is_open: &|_| false }
+const FILE_ATTRS: NewAttrs = NewAttrs { mode: 0o644, uid: 0, gid: 0 };
+const DIR_ATTRS: NewAttrs = NewAttrs { mode: 0o755, uid: 0, gid: 0 };
+
+fn ctx(now_ns: i64) -> Context<'static> {
+    Context { now_ns, up_servers: &UP, is_open: &|_| false }
 }
 
 /// Prepares and applies `op`; returns the inode it is about (if any).
@@ -23,13 +26,13 @@ fn file(r: Result<Option<Inode>>) -> Inode {
 }
 
 fn mkdir(p: &str) -> Op {
-    Op::Mkdir { path: p.into() }
+    Op::Mkdir { path: p.into(), attrs: DIR_ATTRS }
 }
 fn create(p: &str) -> Op {
-    Op::Create { path: p.into(), layout: LayoutChoice::default(), exclusive: true }
+    Op::Create { path: p.into(), layout: LayoutChoice::default(), exclusive: true, attrs: FILE_ATTRS }
 }
 fn rename(from: &str, to: &str) -> Op {
-    Op::Rename { from: from.into(), to: to.into(), expected_generation: None }
+    Op::Rename { from: from.into(), to: to.into(), expected_generation: None, no_replace: false }
 }
 
 #[test]
@@ -51,7 +54,7 @@ fn paths_are_validated() {
 #[test]
 fn mkdir_create_lookup_and_errors() {
     let mut ns = Namespace::new(LayoutPolicy::default());
-    assert_eq!(run(&mut ns, mkdir("/d")).unwrap(), None);
+    assert_eq!(run(&mut ns, mkdir("/d")).unwrap().unwrap().kind, InodeKind::Dir, "mkdir answers the new directory");
     let d = ns.resolve("/d").unwrap().clone();
     assert_eq!(d.kind, InodeKind::Dir);
     assert!(matches!(run(&mut ns, mkdir("/d")), Err(MetaError::Exists { path }) if path == "/d"));
@@ -61,8 +64,10 @@ fn mkdir_create_lookup_and_errors() {
     assert!(f.id.0 > d.id.0);
     assert!(matches!(run(&mut ns, create("/d/f")), Err(MetaError::Exists { path }) if path == "/d/f"));
     // Non-exclusive create answers the existing file.
-    let again =
-        file(run(&mut ns, Op::Create { path: "/d/f".into(), layout: LayoutChoice::default(), exclusive: false }));
+    let again = file(run(
+        &mut ns,
+        Op::Create { path: "/d/f".into(), layout: LayoutChoice::default(), exclusive: false, attrs: FILE_ATTRS },
+    ));
     assert_eq!(again, f);
     assert!(matches!(run(&mut ns, create("/d/f/g")), Err(MetaError::NotDir { .. })));
     assert!(matches!(ns.resolve("/d/f/g"), Err(MetaError::NotDir { .. })));
@@ -87,12 +92,16 @@ fn layouts_inherit_clamp_and_rotate() {
     assert_eq!(a.chains[1], b.chains[0], "one chain per head and replica count, shared by files");
     // A larger block keeps the policy's chunk size (16 KiB = 2 blocks of 8 KiB).
     let layout = LayoutChoice { block_size: Some(8192), chunk_size: None, stripe_count: Some(99), replicas: None };
-    let c = file(run(&mut ns, Op::Create { path: "/c".into(), layout, exclusive: true })).layout.unwrap();
+    let c = file(run(&mut ns, Op::Create { path: "/c".into(), layout, exclusive: true, attrs: FILE_ATTRS }))
+        .layout
+        .unwrap();
     assert_eq!((c.block_size, c.stripe_blocks), (8192, 2));
     assert_eq!(servers(&ns, &c), vec![ServerId(3), ServerId(1), ServerId(2)]);
     // Two replicas: chains of two distinct servers, heads spread.
     let layout = LayoutChoice { replicas: Some(2), ..Default::default() };
-    let r = file(run(&mut ns, Op::Create { path: "/r".into(), layout, exclusive: true })).layout.unwrap();
+    let r = file(run(&mut ns, Op::Create { path: "/r".into(), layout, exclusive: true, attrs: FILE_ATTRS }))
+        .layout
+        .unwrap();
     assert_eq!(r.replicas, 2);
     for id in &r.chains {
         let chain = ns.chains().get(*id).unwrap();
@@ -101,27 +110,31 @@ fn layouts_inherit_clamp_and_rotate() {
     }
     let layout = LayoutChoice { replicas: Some(4), ..Default::default() };
     assert!(matches!(
-        run(&mut ns, Op::Create { path: "/r4".into(), layout, exclusive: true }),
+        run(&mut ns, Op::Create { path: "/r4".into(), layout, exclusive: true, attrs: FILE_ATTRS }),
         Err(MetaError::Invalid(_))
     ));
     let layout = LayoutChoice { chunk_size: Some(12288), ..Default::default() };
-    let d = file(run(&mut ns, Op::Create { path: "/d3".into(), layout, exclusive: true })).layout.unwrap();
+    let d = file(run(&mut ns, Op::Create { path: "/d3".into(), layout, exclusive: true, attrs: FILE_ATTRS }))
+        .layout
+        .unwrap();
     assert_eq!((d.block_size, d.stripe_blocks), (4096, 3));
     for layout in [
         LayoutChoice { block_size: Some(1000), ..Default::default() },
         LayoutChoice { chunk_size: Some(5000), ..Default::default() },
         LayoutChoice { chunk_size: Some(0), ..Default::default() },
     ] {
-        let e = run(&mut ns, Op::Create { path: "/bad".into(), layout, exclusive: true }).unwrap_err();
+        let e =
+            run(&mut ns, Op::Create { path: "/bad".into(), layout, exclusive: true, attrs: FILE_ATTRS }).unwrap_err();
         assert!(matches!(e, MetaError::Invalid(_)), "{layout:?}: {e}");
     }
-    let none_up = Context { now_ms: 1, up_servers: &[], is_open: &|_| false };
+    let none_up = Context { now_ns: 1, up_servers: &[], is_open: &|_| false };
     assert!(matches!(ns.prepare(&create("/e"), &none_up), Err(MetaError::NoServers { path, .. }) if path == "/e"));
-    let one_up = Context { now_ms: 1, up_servers: &[ServerId(1)], is_open: &|_| false };
+    let one_up = Context { now_ns: 1, up_servers: &[ServerId(1)], is_open: &|_| false };
     let two = Op::Create {
         path: "/e".into(),
         layout: LayoutChoice { replicas: Some(2), ..Default::default() },
         exclusive: true,
+        attrs: FILE_ATTRS,
     };
     assert!(matches!(ns.prepare(&two, &one_up), Err(MetaError::NoServers { .. })), "2 replicas need 2 servers");
 }
@@ -156,7 +169,12 @@ fn rename_rules() {
     assert!(matches!(run(&mut ns, rename("/d", "/f")), Err(MetaError::NotDir { .. })));
     assert!(matches!(run(&mut ns, rename("/d", "/full")), Err(MetaError::NotEmpty { entries: 1, .. })));
     assert!(matches!(run(&mut ns, rename("/nope", "/z")), Err(MetaError::NotFound { .. })));
-    let stale = Op::Rename { from: "/f".into(), to: "/h".into(), expected_generation: Some(f.generation + 5) };
+    let stale = Op::Rename {
+        from: "/f".into(),
+        to: "/h".into(),
+        expected_generation: Some(f.generation + 5),
+        no_replace: false,
+    };
     match run(&mut ns, stale) {
         Err(MetaError::Conflict { what, expected, found }) => {
             assert_eq!((what.as_str(), expected, found), ("/f", f.generation + 5, f.generation))
@@ -226,22 +244,29 @@ fn records_that_do_not_fit_are_refused_and_change_nothing() {
     assert!(matches!(ns.apply(&m), Err(MetaError::Invalid(_))));
     let f = ns.resolve("/f").unwrap().id;
     for bad in [
-        Mutation::Remove { parent: FileId::ROOT, name: "nope".into(), time_ms: 2, orphan: false },
-        Mutation::Remove { parent: FileId(999), name: "f".into(), time_ms: 2, orphan: false },
+        Mutation::Remove { parent: FileId::ROOT, name: "nope".into(), time_ns: 2, orphan: false },
+        Mutation::Remove { parent: FileId(999), name: "f".into(), time_ns: 2, orphan: false },
         Mutation::Reap { file: f },
         Mutation::CommitChunks {
             server: ServerId(1),
             chunks: vec![(FileId(999), Commit { chunk: 0, len: 1, sha256: Sha256Digest([0; 32]), version: 1 })],
         },
-        Mutation::Mkdir { parent: f, name: "x".into(), id: FileId(50), policy: LayoutPolicy::default(), time_ms: 2 },
-        Mutation::SetSize { file: FileId::ROOT, size: 5, time_ms: 2 },
-        Mutation::Truncate { file: FileId(999), size: 5, time_ms: 2 },
+        Mutation::Mkdir {
+            parent: f,
+            name: "x".into(),
+            id: FileId(50),
+            policy: LayoutPolicy::default(),
+            attrs: DIR_ATTRS,
+            time_ns: 2,
+        },
+        Mutation::SetSize { file: FileId::ROOT, size: 5, time_ns: 2 },
+        Mutation::Truncate { file: FileId(999), size: 5, time_ns: 2 },
         Mutation::Rename {
             from_parent: FileId::ROOT,
             from_name: "nope".into(),
             to_parent: FileId::ROOT,
             to_name: "x".into(),
-            time_ms: 2,
+            time_ns: 2,
             orphan: false,
         },
     ] {
@@ -260,13 +285,38 @@ fn arb_path() -> impl Strategy<Value = String> {
 
 fn arb_op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        arb_path().prop_map(|path| Op::Mkdir { path }),
+        (arb_path(), 0u32..0o10000)
+            .prop_map(|(path, mode)| Op::Mkdir { path, attrs: NewAttrs { mode, uid: 1, gid: 2 } }),
         (arb_path(), any::<bool>(), prop::option::of(0u32..5)).prop_map(|(path, exclusive, sc)| Op::Create {
             path,
             layout: LayoutChoice { stripe_count: sc, ..Default::default() },
             exclusive,
+            attrs: FILE_ATTRS,
         }),
-        (arb_path(), arb_path()).prop_map(|(from, to)| Op::Rename { from, to, expected_generation: None }),
+        (arb_path(), prop::option::of("[a-z/]{1,8}")).prop_map(|(path, symlink)| Op::MakeNode {
+            path,
+            kind: if symlink.is_some() { InodeKind::Symlink } else { InodeKind::Fifo },
+            rdev: 0,
+            symlink,
+            attrs: FILE_ATTRS,
+        }),
+        (2u64..20, arb_path()).prop_map(|(f, path)| Op::Link { file: FileId(f), path }),
+        (2u64..20, prop::option::of(0u32..0o10000), prop::option::of(0u32..3), prop::option::of(-5i64..5)).prop_map(
+            |(f, mode, uid, t)| Op::SetAttr {
+                file: FileId(f),
+                mode,
+                uid,
+                gid: uid,
+                atime: t.map(SetTime::At),
+                mtime: t.map(|_| SetTime::Now),
+            }
+        ),
+        (arb_path(), arb_path(), any::<bool>()).prop_map(|(from, to, no_replace)| Op::Rename {
+            from,
+            to,
+            expected_generation: None,
+            no_replace
+        }),
         arb_path().prop_map(|path| Op::Unlink { path, expected_generation: None }),
         arb_path().prop_map(|path| Op::Rmdir { path, expected_generation: None }),
         (2u64..20, 0u64..1000).prop_map(|(f, size)| Op::SetSize { file: FileId(f), size }),
@@ -302,7 +352,7 @@ proptest! {
         for (i, op) in ops.iter().enumerate() {
             // Which files are open changes from step to step, so orphans are made and reaped.
             let is_open = |f: FileId| (f.0 + i as u64).is_multiple_of(3);
-            let ctx = Context { now_ms: i as u64, up_servers: &UP, is_open: &is_open };
+            let ctx = Context { now_ns: i as i64, up_servers: &UP, is_open: &is_open };
             if let Ok(Decision::Mutate(m)) = ns.prepare(op, &ctx) {
                 prop_assert!(ns.apply(&m).is_ok(), "a prepared record did not apply: {:?}", m);
                 log.push(postcard::to_allocvec(&m).unwrap());
@@ -338,4 +388,108 @@ fn sizes_past_the_largest_file_are_refused() {
     assert_eq!(ns.get(f.id).unwrap(), &f, "nothing changed");
     run(&mut ns, Op::SetSize { file: f.id, size: MAX_FILE_SIZE }).unwrap();
     assert_eq!(ns.get(f.id).unwrap().size, MAX_FILE_SIZE, "the largest size itself is fine");
+}
+
+#[test]
+fn hard_links_count_names_and_the_last_name_takes_the_file() {
+    let mut ns = Namespace::new(LayoutPolicy::default());
+    run(&mut ns, mkdir("/d")).unwrap();
+    let f = file(run(&mut ns, create("/f")));
+    let linked = file(run(&mut ns, Op::Link { file: f.id, path: "/d/g".into() }));
+    assert_eq!((linked.id, linked.nlink), (f.id, 2));
+    assert!(linked.ctime_ns >= f.ctime_ns && linked.generation > f.generation, "a link changes the inode");
+    assert!(matches!(run(&mut ns, Op::Link { file: f.id, path: "/d/g".into() }), Err(MetaError::Exists { .. })));
+    let d = ns.resolve("/d").unwrap().id;
+    assert!(matches!(run(&mut ns, Op::Link { file: d, path: "/e".into() }), Err(MetaError::IsDir { .. })));
+    // Renaming one name of a file onto another name of it changes nothing (POSIX).
+    run(&mut ns, rename("/f", "/d/g")).unwrap();
+    assert_eq!(ns.resolve("/f").unwrap().id, f.id);
+    // Removing a name keeps the file under the other.
+    run(&mut ns, Op::Unlink { path: "/f".into(), expected_generation: None }).unwrap();
+    assert_eq!(ns.resolve("/d/g").unwrap().nlink, 1);
+    assert!(ns.get(f.id).is_some());
+    // Replacing the last name by a rename drops it (no session has it open).
+    run(&mut ns, create("/h")).unwrap();
+    let removed = match ns.prepare(&rename("/h", "/d/g"), &ctx(2000)).unwrap() {
+        Decision::Mutate(m) => ns.apply(&m).unwrap().removed_files,
+        d => panic!("{d:?}"),
+    };
+    assert_eq!(removed.iter().map(|(id, _)| *id).collect::<Vec<_>>(), vec![f.id]);
+    assert!(ns.get(f.id).is_none());
+    ns.check_invariants().unwrap();
+}
+
+#[test]
+fn directory_link_counts_and_paths_follow_mkdir_rename_and_rmdir() {
+    let mut ns = Namespace::new(LayoutPolicy::default());
+    for p in ["/a", "/a/b", "/c"] {
+        run(&mut ns, mkdir(p)).unwrap();
+    }
+    let nlink = |ns: &Namespace, p: &str| ns.resolve(p).unwrap().nlink;
+    assert_eq!((nlink(&ns, "/"), nlink(&ns, "/a"), nlink(&ns, "/a/b")), (4, 3, 2));
+    let b = ns.resolve("/a/b").unwrap().id;
+    run(&mut ns, rename("/a/b", "/c/b2")).unwrap();
+    assert_eq!((nlink(&ns, "/a"), nlink(&ns, "/c")), (2, 3));
+    assert_eq!(ns.dir_path(b).unwrap(), "/c/b2");
+    assert_eq!(ns.target_path(&Target::Entry { dir: b, name: "x".into() }).unwrap(), "/c/b2/x");
+    for bad in ["", ".", "..", "a/b", "a\0"] {
+        let t = Target::Entry { dir: b, name: bad.into() };
+        assert!(matches!(ns.target_path(&t), Err(MetaError::BadPath { .. })), "{bad:?}");
+    }
+    // A directory replacing an empty one: the replaced one's `..` leaves the count.
+    run(&mut ns, rename("/a", "/c/b2")).unwrap();
+    assert_eq!((nlink(&ns, "/"), nlink(&ns, "/c")), (3, 3));
+    run(&mut ns, Op::Rmdir { path: "/c/b2".into(), expected_generation: None }).unwrap();
+    assert_eq!(nlink(&ns, "/c"), 2);
+    assert!(matches!(
+        run(&mut ns, Op::Rename { from: "/c".into(), to: "/c".into(), expected_generation: None, no_replace: false }),
+        Ok(None)
+    ));
+    run(&mut ns, mkdir("/e")).unwrap();
+    let no_replace = Op::Rename { from: "/c".into(), to: "/e".into(), expected_generation: None, no_replace: true };
+    assert!(matches!(run(&mut ns, no_replace), Err(MetaError::Exists { .. })));
+}
+
+#[test]
+fn attributes_owners_times_symlinks_and_nodes() {
+    let mut ns = Namespace::new(LayoutPolicy::default());
+    let user = NewAttrs { mode: 0o640, uid: 1000, gid: 100 };
+    let f = file(run(
+        &mut ns,
+        Op::Create { path: "/f".into(), layout: LayoutChoice::default(), exclusive: true, attrs: user },
+    ));
+    assert_eq!((f.mode, f.uid, f.gid, f.nlink, f.atime_ns), (0o640, 1000, 100, 1, 1000));
+    let set = |mode, atime| Op::SetAttr { file: f.id, mode, uid: Some(7), gid: None, atime, mtime: None };
+    let changed = file(run(&mut ns, set(Some(0o4755), Some(SetTime::At(-1_500)))));
+    assert_eq!((changed.mode, changed.uid, changed.gid, changed.atime_ns), (0o4755, 7, 100, -1_500));
+    assert_eq!(changed.mtime_ns, f.mtime_ns);
+    assert!(matches!(run(&mut ns, set(Some(0o10000), None)), Err(MetaError::Invalid(_))));
+    // A set-group-ID directory gives its group, and to directories its bit.
+    let sgid = NewAttrs { mode: 0o2775, uid: 0, gid: 50 };
+    run(&mut ns, Op::Mkdir { path: "/s".into(), attrs: sgid }).unwrap();
+    let sub = file(run(&mut ns, Op::Mkdir { path: "/s/sub".into(), attrs: user }));
+    assert_eq!((sub.gid, sub.mode), (50, 0o2640));
+    let inner = file(run(
+        &mut ns,
+        Op::Create { path: "/s/f".into(), layout: LayoutChoice::default(), exclusive: true, attrs: user },
+    ));
+    assert_eq!((inner.gid, inner.mode), (50, 0o640));
+    let link = Op::MakeNode {
+        path: "/l".into(),
+        kind: InodeKind::Symlink,
+        rdev: 0,
+        symlink: Some("f/../x".into()),
+        attrs: user,
+    };
+    let l = file(run(&mut ns, link));
+    assert_eq!((l.kind, l.size, l.mode, l.symlink.as_deref()), (InodeKind::Symlink, 6, 0o777, Some("f/../x")));
+    let dev =
+        Op::MakeNode { path: "/dev".into(), kind: InodeKind::CharDevice, rdev: 0x0103, symlink: None, attrs: user };
+    assert_eq!(file(run(&mut ns, dev)).rdev, 0x0103);
+    let bad = Op::MakeNode { path: "/x".into(), kind: InodeKind::File, rdev: 0, symlink: None, attrs: user };
+    assert!(matches!(run(&mut ns, bad), Err(MetaError::Invalid(_))), "regular files come from Create");
+    // Not a regular file: no size changes, no opening as a file.
+    assert!(matches!(run(&mut ns, Op::SetSize { file: l.id, size: 9 }), Err(MetaError::Invalid(_))));
+    run(&mut ns, Op::Unlink { path: "/l".into(), expected_generation: None }).unwrap();
+    assert!(ns.get(l.id).is_none());
 }

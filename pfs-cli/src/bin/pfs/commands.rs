@@ -42,11 +42,37 @@ pub async fn run(client: &Client, cmd: Cmd) -> Result<()> {
     }
 }
 
-fn mtime(ms: u64) -> String {
-    let secs = ms / 1000;
-    let (days, rem) = (secs / 86_400, secs % 86_400);
+/// `ls -l`'s letter for a kind.
+fn kind_letter(kind: FileKind) -> char {
+    match kind {
+        FileKind::File => '-',
+        FileKind::Dir => 'd',
+        FileKind::Symlink => 'l',
+        FileKind::Fifo => 'p',
+        FileKind::Socket => 's',
+        FileKind::CharDevice => 'c',
+        FileKind::BlockDevice => 'b',
+    }
+}
+
+fn kind_name(kind: FileKind) -> &'static str {
+    match kind {
+        FileKind::File => "file",
+        FileKind::Dir => "directory",
+        FileKind::Symlink => "symbolic link",
+        FileKind::Fifo => "named pipe",
+        FileKind::Socket => "socket",
+        FileKind::CharDevice => "character device",
+        FileKind::BlockDevice => "block device",
+    }
+}
+
+/// A time in ns since the Unix epoch as a UTC date and time (to the second).
+fn mtime(ns: i64) -> String {
+    let secs = ns.div_euclid(1_000_000_000);
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil date from days since 1970-01-01 (Howard Hinnant's days_from_civil inverse).
-    let z = days as i64 + 719_468;
+    let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
@@ -75,7 +101,7 @@ async fn ls(client: &Client, path: &str, long: bool) -> Result<()> {
     for e in entries {
         let name = if e.kind == FileKind::Dir { format!("{}/", e.name) } else { e.name.clone() };
         let line = if long {
-            let kind = if e.kind == FileKind::Dir { 'd' } else { '-' };
+            let kind = kind_letter(e.kind);
             format!("{kind} {:>14} gen {:>6}  id {}  {name}", e.size, e.generation, e.id)
         } else {
             name
@@ -91,15 +117,20 @@ async fn stat(client: &Client, path: &str) -> Result<()> {
     let a = client.stat(path).await?;
     out!("path        {path}");
     out!("id          {}", a.id);
-    out!("kind        {}", if a.kind == FileKind::Dir { "directory" } else { "file" });
+    out!("kind        {}", kind_name(a.kind));
+    out!("mode        {:04o}  uid {}  gid {}  links {}", a.mode, a.uid, a.gid, a.nlink);
+    if let Some(link) = &a.symlink {
+        out!("link to     {link}");
+    }
     if a.kind == FileKind::Dir {
         out!("entries     {}", a.entries);
     } else {
         out!("size        {} bytes ({})", a.size, human(a.size));
     }
     out!("generation  {}", a.generation);
-    out!("mtime       {} UTC", mtime(a.mtime_ms));
-    out!("ctime       {} UTC", mtime(a.ctime_ms));
+    out!("atime       {} UTC", mtime(a.atime_ns));
+    out!("mtime       {} UTC", mtime(a.mtime_ns));
+    out!("ctime       {} UTC", mtime(a.ctime_ns));
     if let Some(l) = &a.layout {
         out!("chunk size  {} bytes ({} blocks of {})", l.chunk_size(), l.stripe_blocks, human(l.block_size as u64));
         out!("replicas    {}", l.replicas);

@@ -184,6 +184,8 @@ async fn walk(client: &Client) -> Result<BTreeMap<FileId, Found>> {
                     let layout = attr.layout.ok_or_else(|| Error::Mismatch(format!("{path} has no layout")))?;
                     files.insert(e.id, Found { path, size: attr.size, layout });
                 }
+                // Links, pipes and devices hold no chunks.
+                _ => {}
             }
         }
     }

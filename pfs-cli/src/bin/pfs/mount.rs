@@ -11,9 +11,7 @@ use std::time::Duration;
 pub fn run(rt: tokio::runtime::Runtime, config: &Config, mountpoint: &Path, threads: usize) -> Result<()> {
     let rt = Arc::new(rt);
     let client = rt.block_on(pfs_client::Client::connect(pfs_client::ClientOptions::from_config(config)?))?;
-    // SAFETY: getuid/getgid cannot fail.
-    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
-    let fs = pfs_fuse::PfsFs::new(rt.clone(), client.clone(), uid, gid);
+    let fs = pfs_fuse::PfsFs::new(rt.clone(), client.clone());
     let session = pfs_fuse::mount(fs, mountpoint, threads)
         .map_err(|e| Error::io(format!("mounting pfs at {}", mountpoint.display()), e))?;
     println!("pfs mounted at {} (Ctrl-C or `pfs umount {}` to unmount)", mountpoint.display(), mountpoint.display());
