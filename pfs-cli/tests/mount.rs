@@ -116,10 +116,35 @@ async fn files_through_the_mount_are_pfs_files() {
     let e = std::fs::remove_dir(at.join("d")).unwrap_err();
     assert_eq!(e.raw_os_error(), Some(libc::ENOTEMPTY), "{e}");
     assert_eq!(std::fs::read(at.join("nothing")).unwrap_err().kind(), std::io::ErrorKind::NotFound);
-    // Not stored yet: refused, not pretended.
-    use std::os::unix::fs::PermissionsExt;
-    let e = std::fs::set_permissions(at.join("d/c.bin"), std::fs::Permissions::from_mode(0o600)).unwrap_err();
-    assert_eq!(e.raw_os_error(), Some(libc::ENOSYS), "{e}");
+    // Modes, owners, links: stored in pfs-meta, so every client sees them.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    std::fs::set_permissions(at.join("d/c.bin"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    std::os::unix::fs::chown(at.join("d/c.bin"), Some(1234), Some(5678)).unwrap();
+    let c = client.stat("/d/c.bin").await.unwrap();
+    assert_eq!((c.mode, c.uid, c.gid), (0o640, 1234, 5678));
+    std::fs::hard_link(at.join("d/c.bin"), at.join("c.link")).unwrap();
+    assert_eq!(client.stat("/c.link").await.unwrap().id, c.id);
+    assert_eq!(std::fs::metadata(at.join("d/c.bin")).unwrap().nlink(), 2);
+    std::os::unix::fs::symlink("d/c.bin", at.join("c.sym")).unwrap();
+    assert_eq!(client.stat("/c.sym").await.unwrap().symlink.as_deref(), Some("d/c.bin"));
+    assert_eq!(std::fs::read(at.join("c.sym")).unwrap(), std::fs::read(at.join("c.link")).unwrap());
+    // The mount names entries by directory id: a directory another client renames under it
+    // stays the one the kernel holds (no stale path reaches the old name's new owner).
+    std::fs::create_dir(at.join("held")).unwrap();
+    let held = std::fs::File::open(at.join("held")).unwrap();
+    client.rename("/held", "/renamed").await.unwrap();
+    client.mkdir("/held").await.unwrap();
+    // SAFETY: a valid directory descriptor and a NUL-terminated name.
+    let fd = unsafe {
+        use std::os::fd::AsRawFd;
+        libc::openat(held.as_raw_fd(), c"inside".as_ptr(), libc::O_CREAT | libc::O_WRONLY, 0o644)
+    };
+    assert!(fd >= 0, "{}", std::io::Error::last_os_error());
+    // SAFETY: the descriptor just opened.
+    unsafe { libc::close(fd) };
+    assert!(client.stat("/renamed/inside").await.is_ok(), "created in the directory the descriptor holds");
+    assert!(client.stat("/held/inside").await.is_err(), "not in the new directory of the old name");
+    drop(held);
     // statfs sums the storage servers.
     let df = Command::new("df").arg(&at).output().unwrap();
     assert!(String::from_utf8_lossy(&df.stdout).contains("pfs"), "{df:?}");
