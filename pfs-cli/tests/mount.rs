@@ -122,6 +122,14 @@ async fn files_through_the_mount_are_pfs_files() {
     std::os::unix::fs::chown(at.join("d/c.bin"), Some(1234), Some(5678)).unwrap();
     let c = client.stat("/d/c.bin").await.unwrap();
     assert_eq!((c.mode, c.uid, c.gid), (0o640, 1234, 5678));
+    // utimens is stored; an overwrite that grows nothing still moves the mtime (at close).
+    let old = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000_000);
+    let f = std::fs::OpenOptions::new().write(true).open(at.join("d/c.bin")).unwrap();
+    f.set_modified(old).unwrap();
+    assert_eq!(client.stat("/d/c.bin").await.unwrap().mtime_ns, 1_000_000_000 * 1_000_000_000);
+    std::os::unix::fs::FileExt::write_all_at(&f, b"x", 0).unwrap();
+    drop(f);
+    assert!(std::fs::metadata(at.join("d/c.bin")).unwrap().modified().unwrap() > old, "a write moves the mtime");
     std::fs::hard_link(at.join("d/c.bin"), at.join("c.link")).unwrap();
     assert_eq!(client.stat("/c.link").await.unwrap().id, c.id);
     assert_eq!(std::fs::metadata(at.join("d/c.bin")).unwrap().nlink(), 2);
@@ -182,4 +190,50 @@ async fn a_dead_cluster_fails_calls_instead_of_hanging() {
     let e = r.expect_err("a stat answered with pfs-meta dead");
     assert!(matches!(e.raw_os_error(), Some(libc::EIO) | Some(libc::ETIMEDOUT)), "{e}");
     let _ = run_tool(PFS, &cfg, &["umount", at.to_str().unwrap()]);
+}
+
+/// `mmap` goes through the kernel's page cache: a page mapped on the mount is dropped when
+/// another client's write revokes the mount's token (polled: the drop follows the revoke
+/// asynchronously), and bytes stored through a shared writable map reach other clients.
+#[tokio::test(flavor = "multi_thread")]
+async fn memory_maps_follow_other_clients() {
+    let cluster = LocalCluster::start(2).await.unwrap();
+    let cfg = cluster.config_path().to_path_buf();
+    let at = cluster.dir().join("mnt");
+    std::fs::create_dir(&at).unwrap();
+    let _mount = Mount::start(&cfg, &at);
+    const LEN: usize = 16384;
+    std::fs::write(at.join("m"), vec![b'a'; LEN]).unwrap();
+    let f = std::fs::OpenOptions::new().read(true).write(true).open(at.join("m")).unwrap();
+    use std::os::fd::AsRawFd;
+    // SAFETY: a fresh shared mapping of LEN bytes of an open file, unmapped below; bytes are
+    // read and written through raw pointers with volatile accesses (another process changes them).
+    let map = unsafe {
+        libc::mmap(std::ptr::null_mut(), LEN, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_SHARED, f.as_raw_fd(), 0)
+    };
+    assert_ne!(map, libc::MAP_FAILED, "{}", std::io::Error::last_os_error());
+    let map = map.cast::<u8>();
+    // SAFETY: offsets below LEN of the mapping above.
+    let byte = |at: usize| unsafe { std::ptr::read_volatile(map.add(at)) };
+    assert_eq!(byte(100), b'a');
+
+    let client = cluster.client().await.unwrap();
+    let other = client.open("/m").await.unwrap();
+    other.write_at(100, b"BBBB").await.unwrap();
+    other.fsync().await.unwrap();
+    wait_until("the map shows the other client's bytes", || byte(100) == b'B' && byte(103) == b'B');
+
+    // SAFETY: as above; msync of the whole mapping.
+    unsafe {
+        std::ptr::write_volatile(map.add(9000), b'C');
+        assert_eq!(libc::msync(map.cast(), LEN, libc::MS_SYNC), 0, "{}", std::io::Error::last_os_error());
+    }
+    let mut buf = [0u8; 1];
+    assert_eq!(other.read_at(9000, &mut buf).await.unwrap(), 1);
+    assert_eq!(&buf, b"C", "a byte stored through the map reaches another client");
+    other.close().await.unwrap();
+    // SAFETY: the mapping made above, no longer used.
+    unsafe { libc::munmap(map.cast(), LEN) };
+    drop(f);
+    client.close().await.unwrap();
 }

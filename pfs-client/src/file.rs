@@ -64,6 +64,9 @@ pub(crate) struct OpenFile {
     size: AtomicU64,
     /// Our writes grew the size and pfs-meta does not know yet.
     size_dirty: AtomicBool,
+    /// We wrote since pfs-meta last set the file's mtime for us (an overwrite that grew
+    /// nothing still moves the mtime, as POSIX asks).
+    mtime_dirty: AtomicBool,
     /// Storage servers (every replica) written since the last fsync, with the boot id of the
     /// server process that took the writes (0 when they went to more than one: a restart lost
     /// some).
@@ -124,6 +127,7 @@ impl OpenFile {
             cache,
             size: AtomicU64::new(attr.size),
             size_dirty: AtomicBool::new(false),
+            mtime_dirty: AtomicBool::new(false),
             unsynced: parking_lot::Mutex::new(BTreeMap::new()),
             write_seq: AtomicU64::new(0),
             writeback_error: parking_lot::Mutex::new(None),
@@ -265,7 +269,8 @@ impl OpenFile {
         }
         let result = async {
             self.write_back(range, false).await?;
-            self.record_size().await
+            // The next holder needs the size; the mtime waits for our fsync or close.
+            self.record_size(false).await
         }
         .await;
         if let Err(e) = result {
@@ -305,12 +310,18 @@ impl OpenFile {
         Ok(())
     }
 
-    /// Tells pfs-meta the size our writes reached, if it grew.
-    async fn record_size(&self) -> Result<()> {
-        if self.size_dirty.swap(false, Ordering::AcqRel) {
-            let size = self.size.load(Ordering::Acquire);
+    /// Tells pfs-meta the size our writes reached, if it grew, and with `mtime` that they
+    /// changed the data (its mtime moves), if we wrote at all.
+    async fn record_size(&self, mtime: bool) -> Result<()> {
+        let grew = self.size_dirty.swap(false, Ordering::AcqRel);
+        let wrote = mtime && self.mtime_dirty.swap(false, Ordering::AcqRel);
+        if grew || wrote {
+            // Size 0 raises nothing: an overwrite must not re-grow a file another client
+            // has truncated since our last grant.
+            let size = if grew { self.size.load(Ordering::Acquire) } else { 0 };
             if let Err(e) = self.client.meta(ns::SetSize { file: self.id, size }).await {
-                self.size_dirty.store(true, Ordering::Release);
+                self.size_dirty.fetch_or(grew, Ordering::AcqRel);
+                self.mtime_dirty.fetch_or(wrote, Ordering::AcqRel);
                 return Err(e.on_file("recording the size of", &self.path));
             }
         }
@@ -580,6 +591,7 @@ impl OpenFile {
         if self.size.fetch_max(end, Ordering::AcqRel) < end {
             self.size_dirty.store(true, Ordering::Release);
         }
+        self.mtime_dirty.store(true, Ordering::Release);
         Ok(())
     }
 
@@ -624,7 +636,7 @@ impl OpenFile {
             }
             return Err(e);
         }
-        self.record_size().await
+        self.record_size(true).await
     }
 
     /// Waits until pfs-meta has taken `server` out of the read path (`writes` false) or the
@@ -854,6 +866,7 @@ impl File {
         s.client.meta(ns::Truncate { file: s.id, size, expected_generation: None }).await?;
         s.size.store(size, Ordering::Release);
         s.size_dirty.store(false, Ordering::Release);
+        s.mtime_dirty.store(false, Ordering::Release);
         Ok(())
     }
 

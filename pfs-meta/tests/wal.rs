@@ -297,3 +297,32 @@ async fn group_commit_makes_many_concurrent_mutations_durable() {
     assert_eq!(store.snapshot(), before);
     assert_eq!(lookup(&store, "/g").entries.len(), 400);
 }
+
+/// A metadata directory from another format is refused at start with an error naming the
+/// format file, never decoded as this one; POSIX attributes and links survive a replay.
+#[tokio::test]
+async fn another_format_is_refused_and_posix_attributes_replay() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("meta");
+    {
+        let store = open(&dir, 1000).unwrap();
+        populate(&store, 1).await;
+        let f = lookup(&store, "/d/f0");
+        let change =
+            Op::SetAttr { file: f.id, mode: Some(0o4750), uid: Some(42), gid: Some(7), atime: None, mtime: None };
+        exec(&store, change).await.unwrap();
+        exec(&store, Op::Link { file: f.id, path: "/d/again".into() }).await.unwrap();
+    }
+    let store = open(&dir, 1000).unwrap();
+    let f = lookup(&store, "/d/again");
+    assert_eq!((f.mode, f.uid, f.gid, f.nlink), (0o4750, 42, 7, 2));
+    drop(store);
+
+    let format = dir.join(wal::FORMAT_FILE);
+    std::fs::write(&format, "pfs-meta format 1\n").unwrap();
+    let e = open(&dir, 1000).err().expect("another format is refused");
+    assert!(matches!(e, MetaError::Corrupt { .. }) && e.to_string().contains("format 1"), "{e}");
+    std::fs::remove_file(&format).unwrap();
+    let e = open(&dir, 1000).err().expect("a log without a format file is refused");
+    assert!(e.to_string().contains(wal::FORMAT_FILE) && e.to_string().contains("older"), "{e}");
+}
