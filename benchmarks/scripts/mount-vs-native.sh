@@ -29,11 +29,11 @@ creates() { awk '/File creation/ { print $4; exit }'; }
 "$B/pfs-cp" "$SRC.8m" pfs:/warm > /dev/null   # warm-up
 for i in $(seq 1 "$ROUNDS"); do
   s=$(date +%s.%N)
-  for j in 1 2 3 4; do "$B/pfs-cp" "$SRC" "pfs:/cp$i.$j" > /dev/null & done; wait
+  pids=(); for j in 1 2 3 4; do "$B/pfs-cp" "$SRC" "pfs:/cp$i.$j" > /dev/null & pids+=($!); done; wait "${pids[@]}"
   e=$(date +%s.%N); cw=$(gib "$s" "$e")
   mkdir -p "$M/fio"; mw=$(fio_run write | fio_bw write)
   s=$(date +%s.%N)
-  for j in 1 2 3 4; do "$B/pfs-cp" "pfs:/cp$i.$j" /dev/null > /dev/null & done; wait
+  pids=(); for j in 1 2 3 4; do "$B/pfs-cp" "pfs:/cp$i.$j" /dev/null > /dev/null & pids+=($!); done; wait "${pids[@]}"
   e=$(date +%s.%N); cr=$(gib "$s" "$e")
   mr=$(fio_run read | fio_bw read)
   rm -rf "$M/fio"; for j in 1 2 3 4; do "$B/pfs" rm "/cp$i.$j"; done

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tracing::warn;
 
-/// Attribute and entry timeout: none, so another client's change is seen at once.
+/// Attribute and entry timeout of files and everything but directories and symbolic links:
+/// none, so another client's change of a size or name is seen at once.
 const TTL: Duration = Duration::ZERO;
 /// Largest read or write the kernel sends, bytes (this kernel's FUSE limit).
 const MAX_IO: u32 = 1 << 20;
@@ -39,6 +40,10 @@ pub struct PfsFs {
     /// Directory listings by handle, taken at opendir (readdir pages through them).
     dirs: parking_lot::Mutex<HashMap<u64, Vec<DirEntry>>>,
     next_handle: AtomicU64,
+    /// Attribute and entry timeout of directories and symbolic links: how long the kernel may
+    /// walk a path (and check permissions) without asking pfs-meta, so how long a directory
+    /// or link another client renamed, removed or chmod'ed can still be seen as it was.
+    dir_ttl: Duration,
 }
 
 /// The errno of a client error; the full message goes to the mount's log.
@@ -100,14 +105,24 @@ fn new_attrs(req: &Request, mode: u32, umask: u32) -> NewAttrs {
 }
 
 impl PfsFs {
-    /// A file system over `client`, whose runtime is `rt`.
-    pub fn new(rt: Arc<tokio::runtime::Runtime>, client: Client) -> PfsFs {
+    /// A file system over `client`, whose runtime is `rt`; the kernel may keep the attributes
+    /// and names of directories and symbolic links for `dir_ttl` (zero: ask every time).
+    pub fn new(rt: Arc<tokio::runtime::Runtime>, client: Client, dir_ttl: Duration) -> PfsFs {
         PfsFs {
             rt,
             client,
             files: parking_lot::Mutex::new(HashMap::new()),
             dirs: parking_lot::Mutex::new(HashMap::new()),
             next_handle: AtomicU64::new(1),
+            dir_ttl,
+        }
+    }
+
+    /// How long the kernel may keep `a` and the name leading to it.
+    fn ttl(&self, a: &Attr) -> Duration {
+        match a.kind {
+            FileKind::Dir | FileKind::Symlink => self.dir_ttl,
+            _ => TTL,
         }
     }
 
@@ -158,7 +173,7 @@ impl PfsFs {
     /// Answers a lookup-like request with its inode's attributes.
     fn reply_entry(&self, what: &str, r: pfs_client::Result<Attr>, reply: ReplyEntry) {
         match r {
-            Ok(a) => reply.entry(&TTL, &self.attr(&a), Generation(0)),
+            Ok(a) => reply.entry(&self.ttl(&a), &self.attr(&a), Generation(0)),
             Err(e) => reply.error(errno(what, e)),
         }
     }
@@ -203,7 +218,7 @@ impl Filesystem for PfsFs {
 
     fn getattr(&self, _req: &Request, ino: INodeNo, _fh: Option<FileHandle>, reply: ReplyAttr) {
         match self.run(self.client.stat_id(FileId(ino.0))) {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.ttl(&a), &self.attr(&a)),
             Err(e) => reply.error(errno("getattr", e)),
         }
     }
@@ -261,7 +276,7 @@ impl Filesystem for PfsFs {
             self.client.set_attr(change).await
         });
         match result {
-            Ok(a) => reply.attr(&TTL, &self.attr(&a)),
+            Ok(a) => reply.attr(&self.ttl(&a), &self.attr(&a)),
             Err(e) => reply.error(errno("setattr", e)),
         }
     }
@@ -393,18 +408,17 @@ impl Filesystem for PfsFs {
         let opts =
             CreateOptions { exclusive: true, attrs: Some(new_attrs(req, mode, umask)), ..CreateOptions::default() };
         let created = self.run(async {
-            let f = match self.client.create(target.clone(), &opts).await {
+            match self.client.create_with_attr(target.clone(), &opts).await {
                 Err(e) if e.code() == pfs_client::ErrorCode::Exists && flags & libc::O_EXCL == 0 => {
                     let f = self.client.open(target).await?;
                     if flags & libc::O_TRUNC != 0 {
                         f.truncate(0).await?;
                     }
-                    f
+                    let a = f.stat().await?;
+                    Ok((f, a))
                 }
-                r => r?,
-            };
-            let a = f.stat().await?;
-            Ok::<_, pfs_client::Error>((f, a))
+                r => r,
+            }
         });
         match created {
             Ok((f, a)) => {

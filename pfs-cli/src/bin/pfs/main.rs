@@ -102,6 +102,13 @@ enum Cmd {
         /// FUSE worker threads.
         #[arg(long, default_value_t = 4)]
         threads: usize,
+        /// How long the kernel may keep the attributes and names of directories and symbolic
+        /// links, ms: path walks and permission checks skip pfs-meta meanwhile, and a
+        /// directory another client renames, removes or chmods can be seen as it was for that
+        /// long. 0: ask pfs-meta every time. Files are never cached (sizes and names of files
+        /// are always current).
+        #[arg(long, default_value_t = 1000)]
+        dir_cache_ms: u64,
     },
     /// Unmount a pfs mount (`fusermount3 -u`).
     Umount { mountpoint: PathBuf },
@@ -147,7 +154,10 @@ fn run(args: Args) -> pfs_cli::Result<()> {
         Cmd::Up => rt.block_on(daemons::up(&tool::load_config(args.config.clone())?, &config_path(&args.config))),
         Cmd::Down => daemons::down(&*tool::load_config(args.config)?),
         Cmd::Keygen { file, client_key } => keygen(&file, client_key.then_some(args.config)),
-        Cmd::Mount { mountpoint, threads } => mount::run(rt, &*tool::load_config(args.config)?, &mountpoint, threads),
+        Cmd::Mount { mountpoint, threads, dir_cache_ms } => {
+            let dir_ttl = std::time::Duration::from_millis(dir_cache_ms);
+            mount::run(rt, &*tool::load_config(args.config)?, &mountpoint, threads, dir_ttl)
+        }
         Cmd::Umount { mountpoint } => mount::umount(&mountpoint),
         Cmd::Serve { which } => {
             let config = tool::load_config(args.config)?;

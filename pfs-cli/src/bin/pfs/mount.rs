@@ -8,10 +8,16 @@ use std::time::Duration;
 
 /// Mounts the cluster at `mountpoint` and serves it until SIGINT or SIGTERM (then unmounts) or
 /// until someone unmounts it; the session then ends cleanly.
-pub fn run(rt: tokio::runtime::Runtime, config: &Config, mountpoint: &Path, threads: usize) -> Result<()> {
+pub fn run(
+    rt: tokio::runtime::Runtime,
+    config: &Config,
+    mountpoint: &Path,
+    threads: usize,
+    dir_ttl: Duration,
+) -> Result<()> {
     let rt = Arc::new(rt);
     let client = rt.block_on(pfs_client::Client::connect(pfs_client::ClientOptions::from_config(config)?))?;
-    let fs = pfs_fuse::PfsFs::new(rt.clone(), client.clone());
+    let fs = pfs_fuse::PfsFs::new(rt.clone(), client.clone(), dir_ttl);
     let session = pfs_fuse::mount(fs, mountpoint, threads)
         .map_err(|e| Error::io(format!("mounting pfs at {}", mountpoint.display()), e))?;
     println!("pfs mounted at {} (Ctrl-C or `pfs umount {}` to unmount)", mountpoint.display(), mountpoint.display());
