@@ -6,7 +6,9 @@ use pfs_client::{CreateOptions, ErrorCode};
 use pfs_common::layout::{LayoutChoice, MAX_FILE_SIZE};
 use pfs_common::rpc::RpcClient;
 use pfs_common::wire::frame::{read_frame, write_frame, FrameKind, DEFAULT_LIMITS};
-use pfs_common::wire::namespace::{Create, Lookup, Mkdir, Readdir, SetSize, Stat, Truncate};
+use pfs_common::wire::namespace::{
+    Create, FileKind, Link, Lookup, Mkdir, Mknod, NewAttrs, Readdir, SetAttr, SetSize, Stat, Symlink, Target, Truncate,
+};
 use pfs_common::wire::registry::{ChunkReport, ChunkState, Fenced, CHUNK_REPORT_PAGE, FENCED_MAX};
 use pfs_common::wire::storage::StorageRequest;
 use pfs_common::wire::{self, Hello, HelloReply, MetaRequest, PeerRole, ResponseBody, PROTOCOL_VERSION};
@@ -123,6 +125,36 @@ async fn bad_requests_get_clear_errors_and_the_servers_serve_on() {
     })
     .await
     .unwrap();
+
+    // POSIX requests that lie: entry names that are paths or dots, directory ids that are
+    // files or missing, mode bits past 0o7777, empty or huge link contents, a hard link to a
+    // directory, a node kind Mknod does not make. Each refused with a clear error.
+    let attrs = NewAttrs { mode: 0o644, uid: 0, gid: 0 };
+    for name in ["a/b", "..", ".", "", "x\0y"] {
+        let e =
+            c.ask(Mkdir { target: Target::Entry { dir: FileId::ROOT, name: name.into() }, attrs }).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Invalid, "{name:?}: {e}");
+        assert!(e.to_string().contains("one component"), "{e}");
+    }
+    for dir in [f.id, FileId(1 << 40)] {
+        let e = c.ask(Mkdir { target: Target::Entry { dir, name: "x".into() }, attrs }).await.unwrap_err();
+        assert!(matches!(e.code(), ErrorCode::NotDir | ErrorCode::NotFound), "{dir}: {e}");
+    }
+    let e = c.ask(Mkdir { target: Target::Id(f.id), attrs }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
+    let e = c.ask(Mkdir { target: "/m".into(), attrs: NewAttrs { mode: 0o170777, ..attrs } }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
+    let set = SetAttr { file: f.id, mode: Some(0o10000), uid: None, gid: None, atime: None, mtime: None };
+    assert_eq!(c.ask(set).await.unwrap_err().code(), ErrorCode::Invalid);
+    for link in [String::new(), "l".repeat(4097)] {
+        let e = c.ask(Symlink { target: "/s".into(), link, uid: 0, gid: 0 }).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
+    }
+    let e = c.ask(Link { file: FileId::ROOT, target: "/root-link".into() }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::IsDir, "{e}");
+    let e = c.ask(Mknod { target: "/n".into(), kind: FileKind::Dir, rdev: 0, attrs }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
+    assert_eq!(c.ask(Stat { file: FileId::ROOT }).await.unwrap().nlink, 3, "only the 255-byte directory was made");
 
     // A handshake with a 1 MiB name is refused, naming the limit.
     let (_, answer) = raw_hello(cluster.config().meta.address, "h".repeat(1 << 20)).await;

@@ -3,10 +3,12 @@
 //! The mount is one pfs client (one session, its tokens and block cache); every FUSE request
 //! becomes a call of that client, run on its tokio runtime from the FUSE worker threads.
 //!
-//! Coherence with other clients: file data is opened with direct I/O, so the kernel's page
-//! cache never holds pfs bytes (the client's block cache, kept coherent by tokens, does), and
-//! attributes and directory entries are given a zero timeout, so every `stat` and lookup asks
-//! pfs-meta: a size or name changed by another client is seen at once.
+//! Coherence with other clients: `read` and `write` use direct I/O, so the kernel's page cache
+//! never holds their bytes (the client's block cache, kept coherent by tokens, does). Files'
+//! attributes and names have a zero timeout, so every `stat` and lookup of a file asks
+//! pfs-meta: a size or name changed by another client is seen at once. Directories and
+//! symbolic links may be kept for the `dir_ttl` given to [`PfsFs::new`], so path walks and
+//! permission checks need not ask pfs-meta for every component.
 //!
 //! Memory maps: `mmap` of a file uses the kernel's page cache (FUSE_DIRECT_IO_ALLOW_MMAP)
 //! while `read`/`write` stay direct. When another client's access revokes one of this
