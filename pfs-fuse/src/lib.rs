@@ -13,7 +13,7 @@
 //! Memory maps: `mmap` of a file uses the kernel's page cache (FUSE_DIRECT_IO_ALLOW_MMAP)
 //! while `read`/`write` stay direct. When another client's access revokes one of this
 //! mount's tokens, the mount tells the kernel to drop (and first write back) its cached
-//! pages of that range ([`invalidate`]); this happens just after the revoke is acknowledged,
+//! pages of that range (module `invalidate`); this happens just after the revoke is acknowledged,
 //! so for that moment a mapped page can still show the old bytes: maps are coherent across
 //! nodes within milliseconds, not byte-exactly as `read` and `write` are.
 //!
