@@ -4,8 +4,13 @@
 //! A file is moved in segments of `stripe_count × chunk_size` bytes (at least 4 MiB, at most
 //! 16 MiB) so that one segment keeps every storage target of the file busy. Up to
 //! [`DEPTH`] segment reads and [`DEPTH`] segment writes run at once as separate tasks, so
-//! memory stays at `2 × DEPTH` segments whatever the file size. Segments are hashed in file
-//! order as they pass, for `verify`.
+//! memory stays at `2 × DEPTH` segments whatever the file size (`3 × DEPTH` verifying: a
+//! segment being read back).
+//!
+//! `verify` checks every segment on its own: its SHA-256 as read from the source against the
+//! SHA-256 of the same bytes read back from the destination once written. Segments are hashed
+//! on tokio's blocking threads while other segments move, so verification overlaps the copy
+//! and uses every core; a whole-file digest would have to run on one core in file order.
 
 use crate::error::{Error, Result};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
@@ -59,7 +64,8 @@ pub struct CopyOptions {
     pub recursive: bool,
     /// Layout of new pfs files.
     pub create: CreateOptions,
-    /// Compare SHA-256 of source and destination after each file.
+    /// Read every segment back from the destination once written and compare its SHA-256
+    /// with the source's.
     pub verify: bool,
     /// Advanced by the bytes copied (hidden when not on a terminal).
     pub progress: Option<indicatif::ProgressBar>,
@@ -71,8 +77,6 @@ pub struct CopyStats {
     pub files: u64,
     pub bytes: u64,
     pub elapsed: Duration,
-    /// SHA-256 of the last file copied, when verified.
-    pub sha256: Option<String>,
 }
 
 impl CopyStats {
@@ -273,6 +277,59 @@ impl Sink {
             Sink::Pfs(f) => Ok(f.write_at(offset, &buf).await?),
         }
     }
+
+    /// Writes `buf` at `offset`, reads the bytes back from the destination and compares their
+    /// SHA-256 with `buf`'s. Errors: Mismatch naming the destination and byte range.
+    async fn write_verified(self, offset: u64, buf: PooledBuf) -> Result<usize> {
+        let (buf, want) = hash(buf).await?;
+        let len = buf.len();
+        self.clone().write(offset, buf).await?;
+        let back = self.read_back(offset, len).await?;
+        let (_, got) = hash(back).await?;
+        if got != want {
+            return Err(Error::Mismatch(format!(
+                "verify failed: bytes {offset}..{} of {} read back with sha256 {}, the source's have {}",
+                offset + len as u64,
+                self.name(),
+                hex::encode(got),
+                hex::encode(want)
+            )));
+        }
+        Ok(len)
+    }
+
+    /// `len` bytes at `offset`, read back from the destination (pfs: from the storage servers,
+    /// a segment being at least a chunk, which the client's cache never holds).
+    async fn read_back(&self, offset: u64, len: usize) -> Result<PooledBuf> {
+        let mut buf = pool::global().get(len);
+        let n = match self {
+            Sink::Local(f, path) => {
+                let (f, path) = (f.clone(), path.clone());
+                return tokio::task::spawn_blocking(move || {
+                    f.read_exact_at(&mut buf, offset)
+                        .map_err(|e| Error::io(format!("reading {} back at {offset}", path.display()), e))?;
+                    Ok(buf)
+                })
+                .await
+                .map_err(|e| Error::Task(format!("a read-back task failed: {e}")))?;
+            }
+            Sink::Pfs(f) => f.read_at(offset, &mut buf).await?,
+        };
+        if n != len {
+            return Err(Error::Mismatch(format!(
+                "verify failed: {} read back {n} of {len} bytes at {offset}",
+                self.name()
+            )));
+        }
+        Ok(buf)
+    }
+
+    fn name(&self) -> String {
+        match self {
+            Sink::Local(_, p) => p.display().to_string(),
+            Sink::Pfs(f) => format!("pfs:{}", f.path()),
+        }
+    }
 }
 
 fn segment_size(layout: Option<&pfs_common::layout::Layout>) -> u64 {
@@ -304,7 +361,14 @@ async fn copy_one(
     };
     let sink = match dst {
         Endpoint::Local(p) => {
-            let f = std::fs::File::create(p).map_err(|e| Error::io(p.display(), e))?;
+            // Readable too: `verify` reads the bytes back.
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(true)
+                .open(p)
+                .map_err(|e| Error::io(p.display(), e))?;
             Sink::Local(Arc::new(f), p.clone())
         }
         Endpoint::Pfs(p) => {
@@ -315,20 +379,15 @@ async fn copy_one(
         Sink::Pfs(f) => segment_size(Some(f.layout())),
         Sink::Local(..) => segment_size(src_layout.as_ref()),
     };
-    match pump(source, sink.clone(), size, seg, opts).await {
-        Ok(digest) => {
-            if let Sink::Pfs(f) = &sink {
-                f.fsync().await.map_err(|e| Error::from(e).context(format!("{dst} (the copy is incomplete)")))?;
-            }
-            if let Some(src_sha) = digest {
-                let dst_sha = sha256_of(client, dst).await?;
-                if dst_sha != src_sha {
-                    return Err(Error::Mismatch(format!(
-                        "verify failed: {src} has sha256 {src_sha}, {dst} has {dst_sha}"
-                    )));
-                }
-                stats.sha256 = Some(dst_sha);
-            }
+    let pumped = async {
+        pump(source, sink.clone(), size, seg, opts).await?;
+        if let Sink::Pfs(f) = &sink {
+            f.fsync().await.map_err(|e| Error::from(e).context(format!("{dst} (the copy is incomplete)")))?;
+        }
+        Ok::<_, Error>(())
+    };
+    match pumped.await {
+        Ok(()) => {
             stats.files += 1;
             stats.bytes += size;
             Ok(())
@@ -344,9 +403,8 @@ async fn copy_one(
     }
 }
 
-/// Moves `size` bytes from `source` to `sink`; returns the source's SHA-256 if verifying.
-async fn pump(source: Source, sink: Sink, size: u64, seg: u64, opts: &CopyOptions) -> Result<Option<String>> {
-    let mut hasher = opts.verify.then(Sha256::new);
+/// Moves `size` bytes from `source` to `sink`, each segment verified with `opts.verify`.
+async fn pump(source: Source, sink: Sink, size: u64, seg: u64, opts: &CopyOptions) -> Result<()> {
     let mut reads = FuturesOrdered::new();
     let mut writes = FuturesUnordered::new();
     let mut next = 0u64;
@@ -359,11 +417,11 @@ async fn pump(source: Source, sink: Sink, size: u64, seg: u64, opts: &CopyOption
         }
         let Some(joined) = reads.next().await else { break };
         let (off, buf) = joined.map_err(|e| Error::Task(format!("a read task failed: {e}")))??;
-        if let Some(h) = hasher.as_mut() {
-            h.update(&buf[..]);
-        }
         let s = sink.clone();
-        writes.push(tokio::spawn(s.write(off, buf)));
+        match opts.verify {
+            true => writes.push(tokio::spawn(s.write_verified(off, buf))),
+            false => writes.push(tokio::spawn(s.write(off, buf))),
+        }
         while writes.len() >= DEPTH {
             finish_write(writes.next().await, opts)?;
         }
@@ -371,7 +429,18 @@ async fn pump(source: Source, sink: Sink, size: u64, seg: u64, opts: &CopyOption
     while let Some(w) = writes.next().await {
         finish_write(Some(w), opts)?;
     }
-    Ok(hasher.map(|h| hex::encode(h.finalize())))
+    Ok(())
+}
+
+/// SHA-256 of `buf` on a blocking thread (hashing is CPU work: it must not hold up the
+/// runtime's I/O); gives the buffer back.
+async fn hash(buf: PooledBuf) -> Result<(PooledBuf, [u8; 32])> {
+    tokio::task::spawn_blocking(move || {
+        let digest: [u8; 32] = Sha256::digest(&buf[..]).into();
+        (buf, digest)
+    })
+    .await
+    .map_err(|e| Error::Task(format!("a hash task failed: {e}")))
 }
 
 fn finish_write(
