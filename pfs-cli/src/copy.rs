@@ -394,7 +394,12 @@ async fn copy_one(
         }
         Err(e) => {
             let removed = match dst {
-                Endpoint::Local(p) => std::fs::remove_file(p).is_ok(),
+                // Only a regular file is ours to remove: a copy to /dev/null or a pipe that
+                // failed must never delete the device or the pipe.
+                Endpoint::Local(p) => {
+                    std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_file())
+                        && std::fs::remove_file(p).is_ok()
+                }
                 Endpoint::Pfs(p) => client.unlink(p).await.is_ok(),
             };
             let note = if removed { "partial destination removed" } else { "partial destination left behind" };

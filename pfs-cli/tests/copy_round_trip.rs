@@ -50,6 +50,24 @@ async fn a_64_mib_file_round_trips_through_pfs_cp() {
         assert!(out.contains(&format!("storage-{id}")), "{out}");
     }
     assert!(out.contains(&format!("all {} chunks match", chunks.len())), "{out}");
+
+    // --verify reads the destination back: a destination that does not keep what is written
+    // (/dev/zero takes writes and reads back zeros; /dev/null reads back nothing) fails the
+    // copy, naming the byte range and both digests, with exit status 1.
+    let out = run_tool(PFS_CP, &cfg, &["--verify", "pfs:/in.bin", "/dev/zero"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("verify failed: bytes ") && err.contains("/dev/zero read back with sha256"), "{err}");
+    let out = run_tool(PFS_CP, &cfg, &["--verify", "pfs:/in.bin", "/dev/null"]);
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
+    // The failed copies left the devices alone (only a regular file is removed as partial).
+    use std::os::unix::fs::FileTypeExt;
+    for dev in ["/dev/zero", "/dev/null"] {
+        assert!(std::fs::metadata(dev).unwrap().file_type().is_char_device(), "{dev} is still a device");
+    }
+    assert!(err.contains("partial destination left behind"), "{err}");
+    // Without --verify the same copy succeeds (nothing reads it back).
+    ok(run_tool(PFS_CP, &cfg, &["pfs:/in.bin", "/dev/null"]));
 }
 
 #[tokio::test(flavor = "multi_thread")]
