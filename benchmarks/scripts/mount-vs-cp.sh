@@ -5,14 +5,8 @@
 # directory; per round 256 MiB in with `pfs-cp` and with `dd bs=1M conv=fsync` through the
 # mount, then out to /dev/null each way. MiB/s; quote medians.
 source "$(dirname "$0")/common.sh"
-B=$1; ROUNDS=${2:-3}; REPLICAS=${REPLICAS:-1}
-D=$(mktemp -d /tmp/pfs-mount-bench-XXXXXX); M=$D/mnt; mkdir "$M"
-sed "s#/tmp/pfs-local#$D#; s#127.0.0.1:74#127.0.0.1:71#; s#^replicas = 2 #replicas = $REPLICAS #" "$ROOT/config/local.toml" > "$D/cfg.toml"
-export PFS_CONFIG=$D/cfg.toml PFS_LOG=warn
-trap '"$B/pfs" umount "$M" 2> /dev/null || true; "$B/pfs" down > /dev/null 2>&1 || true; rm -rf "$D"' EXIT
-timeout 60 "$B/pfs" up > /dev/null; sleep 4
-"$B/pfs" mount "$M" > "$D/mount.log" 2>&1 &
-for _ in $(seq 100); do grep -q " $M " /proc/mounts && break; sleep 0.1; done
+B=$1; ROUNDS=${2:-3}
+mount_cluster "$B"
 for i in $(seq 1 "$ROUNDS"); do
   s=$(date +%s.%N); "$B/pfs-cp" "$SRC" "pfs:/cp$i"; e=$(date +%s.%N); cw=$(rate "$s" "$e")
   s=$(date +%s.%N); dd if="$SRC" of="$M/dd$i" bs=1M conv=fsync status=none; e=$(date +%s.%N); mw=$(rate "$s" "$e")

@@ -10,14 +10,8 @@
 #     -a POSIX on the mount (durable creates).
 # Prints MiB/s and creates/s per round; quote medians.
 source "$(dirname "$0")/common.sh"
-B=$1; ROUNDS=${2:-3}; REPLICAS=${REPLICAS:-1}
-D=$(mktemp -d /tmp/pfs-mount-bench-XXXXXX); M=$D/mnt; mkdir "$M"
-sed "s#/tmp/pfs-local#$D#; s#127.0.0.1:74#127.0.0.1:71#; s#^replicas = 2 #replicas = $REPLICAS #" "$ROOT/config/local.toml" > "$D/cfg.toml"
-export PFS_CONFIG=$D/cfg.toml PFS_LOG=warn
-trap '"$B/pfs" umount "$M" 2> /dev/null || true; "$B/pfs" down > /dev/null 2>&1 || true; rm -rf "$D"' EXIT
-timeout 60 "$B/pfs" up > /dev/null; sleep 4
-"$B/pfs" mount "$M" > "$D/mount.log" 2>&1 &
-for _ in $(seq 100); do grep -q " $M fuse" /proc/mounts && break; sleep 0.1; done
+B=$1; ROUNDS=${2:-3}
+mount_cluster "$B"
 gib() { echo "1024 / ($2 - $1)" | bc -l | cut -c1-6; }
 fio_bw() { # fio JSON on stdin -> MiB/s of the write or read side
   python3 -c "import json,sys; j=json.load(sys.stdin)['jobs'][0]; print(round(j['$1']['bw_bytes']/2**20))"; }
