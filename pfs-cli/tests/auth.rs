@@ -367,6 +367,7 @@ async fn a_session_answers_only_to_the_connection_that_opened_it() {
         mode: Mode::Write,
         required: ByteRange::new(0, 1),
         desired: ByteRange::ALL,
+        ahead: None,
     };
     denied(intruder.ask(acquire).await.unwrap_err());
     let cap = tok::GetCapability { session: theirs, file: f.id(), mode: Mode::Write, range: ByteRange::new(0, 1) };

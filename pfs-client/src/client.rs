@@ -244,7 +244,7 @@ impl Client {
         desired: ByteRange,
     ) -> Result<ByteRange> {
         let session = self.session()?;
-        let granted = self.meta(tok::Acquire { session, file, mode, required, desired }).await?;
+        let granted = self.meta(tok::Acquire { session, file, mode, required, desired, ahead: None }).await?;
         self.inner.counters.acquires.fetch_add(1, Ordering::Relaxed);
         Ok(granted.range)
     }

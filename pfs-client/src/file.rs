@@ -22,13 +22,14 @@ use crate::cache::{BlockCache, CacheStats, Run};
 use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::failover::Failover;
+use crate::stride::{Advice, StrideDetector};
 use futures_util::stream::{FuturesUnordered, StreamExt};
 use pfs_common::capability::{unix_ms, Access, Capability, MAX_CAPABILITIES, RENEW_MARGIN_MS};
 use pfs_common::ids::{FileId, ServerId};
 use pfs_common::layout::{Layout, Piece, MAX_FILE_SIZE};
 use pfs_common::pool::{self, PooledBuf};
 use pfs_common::range_map::RangeMap;
-use pfs_common::token::{ByteRange, Mode};
+use pfs_common::token::{ByteRange, Mode, Stride};
 use pfs_common::wire::namespace::{self as ns, Attr, FileKind};
 use pfs_common::wire::storage::{FsyncFile, ReadChunk, TruncateFile, WriteChunk};
 use pfs_common::wire::tokens as tok;
@@ -36,6 +37,10 @@ use pfs_common::ErrorCode;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// Dirty runs written back at once (their payload bytes are bounded by the client's
+/// in-flight limit as well).
+const WRITE_BACK_RUNS: usize = 16;
 
 /// Capabilities kept per open file (the newest; older ones are asked for again if needed).
 const MAX_KEPT_CAPABILITIES: usize = 64;
@@ -56,6 +61,8 @@ pub(crate) struct OpenFile {
     /// Shared by reads and writes, exclusive for revokes, fsync and close.
     lock: tokio::sync::RwLock<()>,
     tokens: parking_lot::Mutex<TokenTable>,
+    /// The pattern of our writes, for asking for records ahead of need.
+    stride: parking_lot::Mutex<StrideDetector>,
     /// Capabilities pfs-meta issued with this file's tokens (storage servers want them for
     /// every read, write and truncate when the cluster authenticates).
     capabilities: parking_lot::Mutex<Vec<Capability>>,
@@ -123,6 +130,7 @@ impl OpenFile {
             layout,
             lock: tokio::sync::RwLock::new(()),
             tokens: parking_lot::Mutex::new(TokenTable::default()),
+            stride: parking_lot::Mutex::new(StrideDetector::default()),
             capabilities: parking_lot::Mutex::new(Vec::new()),
             cache,
             size: AtomicU64::new(attr.size),
@@ -139,8 +147,9 @@ impl OpenFile {
         self.cache.as_ref().map(|c| c.lock().stats()).unwrap_or_default()
     }
 
-    /// Makes sure the session holds `mode` over `required`, asking for `desired`.
-    async fn ensure(&self, mode: Mode, required: ByteRange, desired: ByteRange) -> Result<()> {
+    /// Makes sure the session holds `mode` over `required`, asking for `desired` and the
+    /// records of `ahead`.
+    async fn ensure(&self, mode: Mode, required: ByteRange, desired: ByteRange, ahead: Option<Stride>) -> Result<()> {
         loop {
             let start_seq = {
                 let mut t = self.tokens.lock();
@@ -151,7 +160,8 @@ impl OpenFile {
                 t.seq
             };
             let session = self.client.session()?;
-            let answer = self.client.meta(tok::Acquire { session, file: self.id, mode, required, desired }).await;
+            let answer =
+                self.client.meta(tok::Acquire { session, file: self.id, mode, required, desired, ahead }).await;
             let mut t = self.tokens.lock();
             t.acquiring -= 1;
             let granted = match answer {
@@ -164,6 +174,9 @@ impl OpenFile {
                 }
             };
             t.held.grant(granted.range, granted.mode);
+            for record in ahead.iter().flat_map(|a| a.records(granted.ahead)) {
+                t.held.grant(record, granted.mode);
+            }
             if let Some(cap) = granted.capability {
                 self.keep_capability(cap);
             }
@@ -284,6 +297,22 @@ impl OpenFile {
         }
     }
 
+    /// Gives back our tokens within `range` as a revoke would take them (dirty bytes written
+    /// back first), so that other clients' requests find them free. A failed write-back is
+    /// kept for the next fsync, as in a revoke; a failed release only leaves pfs-meta counting
+    /// us as holder a while longer (we hold less than it thinks, never more).
+    async fn give_back(&self, range: ByteRange) {
+        if self.tokens.lock().held.overlapping(range).next().is_none() {
+            return;
+        }
+        self.revoke(range, Mode::Write).await;
+        if let Ok(session) = self.client.session() {
+            if let Err(e) = self.client.meta(tok::Release { session, file: self.id, range }).await {
+                tracing::debug!("giving back {} {range}: {e}", self.path);
+            }
+        }
+    }
+
     /// Writes back our dirty cached bytes within `range`.
     async fn write_back(&self, range: ByteRange, closing: bool) -> Result<()> {
         let runs = match &self.cache {
@@ -293,21 +322,34 @@ impl OpenFile {
         self.write_runs(runs).await
     }
 
+    /// Writes `runs` (disjoint dirty extents) to the storage servers, up to
+    /// [`WRITE_BACK_RUNS`] at a time: a strided writer's write-back is many small runs, and
+    /// one at a time it would cost a round trip each. Every run is tried; the ones that fail
+    /// are dirtied again for a later fsync, and the first error is returned.
     async fn write_runs(&self, runs: Vec<Run>) -> Result<()> {
-        for run in runs {
-            if let Err(e) = self.write_through(run.offset, &run.data).await {
-                // Keep the bytes: re-dirty them so a later fsync retries.
-                if let Some(c) = &self.cache {
-                    if !c.lock().write(self.id, run.offset, &run.data).is_empty() {
-                        // Re-dirtying pushed other dirty bytes out that cannot be written either.
-                        let lost = e.clone().on_file("dirty cached data lost writing back", &self.path);
-                        self.writeback_error.lock().get_or_insert(lost);
-                    }
-                }
-                return Err(e);
-            }
+        if runs.is_empty() {
+            return Ok(());
         }
-        Ok(())
+        let mut done = futures_util::stream::iter(runs)
+            .map(|run| async move {
+                let r = self.write_through(run.offset, &run.data).await;
+                (run, r)
+            })
+            .buffer_unordered(WRITE_BACK_RUNS);
+        let mut first = None;
+        while let Some((run, r)) = done.next().await {
+            let Err(e) = r else { continue };
+            // Keep the bytes: re-dirty them so a later fsync retries.
+            if let Some(c) = &self.cache {
+                if !c.lock().write(self.id, run.offset, &run.data).is_empty() {
+                    // Re-dirtying pushed other dirty bytes out that cannot be written either.
+                    let lost = e.clone().on_file("dirty cached data lost writing back", &self.path);
+                    self.writeback_error.lock().get_or_insert(lost);
+                }
+            }
+            first.get_or_insert(e);
+        }
+        first.map_or(Ok(()), Err)
     }
 
     /// Tells pfs-meta the size our writes reached, if it grew, and with `mtime` that they
@@ -695,7 +737,7 @@ impl File {
         }
         let range = ByteRange::new(start, start + want as u64);
         loop {
-            s.ensure(Mode::Read, range, range).await?;
+            s.ensure(Mode::Read, range, range, None).await?;
             let _shared = s.lock.read().await;
             if !s.holds(range, Mode::Read) {
                 continue;
@@ -758,16 +800,39 @@ impl File {
             ))
         })?;
         let required = ByteRange::new(offset, end);
+        // A strided writer asks for exactly its record and the next ones of its pattern; a
+        // sequential one (or one without a pattern yet) to the end of the file.
+        let (ahead, new_pattern) = {
+            let mut d = s.stride.lock();
+            let new = d.observe(offset, buf.len() as u64);
+            (d.ahead(offset, buf.len() as u64), new)
+        };
+        let desired = if ahead.is_some() { required } else { ByteRange::from(offset) };
         loop {
-            s.ensure(Mode::Write, required, ByteRange::from(offset)).await?;
+            s.ensure(Mode::Write, required, desired, ahead).await?;
             let _shared = s.lock.read().await;
             if !s.holds(required, Mode::Write) {
                 continue; // revoked between the grant and the lock: ask again
             }
             s.client.session()?;
             s.write_locked(offset, buf).await?;
-            return Ok(buf.len());
+            break;
         }
+        if new_pattern {
+            // What we hold past this record (a token to the end of the file, from before the
+            // pattern showed) covers the other writers' records: give it back so their
+            // requests ahead find those free, and ask for our own records from now on.
+            s.give_back(ByteRange::from(end)).await;
+        }
+        Ok(buf.len())
+    }
+
+    /// Tells the client what pattern the coming writes of this file follow (see [`Advice`]):
+    /// with [`Advice::Strided`], every token request also asks for the next records of the
+    /// pattern, from the first write on, instead of after three writes have shown it.
+    /// Applies to every handle of the file in this client.
+    pub fn advise(&self, advice: Advice) {
+        self.state.stride.lock().advise(advice);
     }
 
     /// Reads into `buf` from byte `offset` under a Read token. Returns the bytes read: fewer
@@ -783,7 +848,7 @@ impl File {
         let end = offset.saturating_add(buf.len() as u64).min(u64::MAX - 1);
         let required = ByteRange::new(offset, end);
         loop {
-            s.ensure(Mode::Read, required, ByteRange::ALL).await?;
+            s.ensure(Mode::Read, required, ByteRange::ALL, None).await?;
             let _shared = s.lock.read().await;
             if !s.holds(required, Mode::Read) {
                 continue;
@@ -824,7 +889,7 @@ impl File {
             )));
         }
         let from = size.min(self.size());
-        s.ensure(Mode::Write, ByteRange::from(from), ByteRange::from(from)).await?;
+        s.ensure(Mode::Write, ByteRange::from(from), ByteRange::from(from), None).await?;
         let _excl = s.lock.write().await;
         if let Some(c) = &s.cache {
             c.lock().invalidate(s.id, size..u64::MAX, false);

@@ -29,6 +29,7 @@ mod failover;
 mod file;
 mod options;
 pub mod path;
+mod stride;
 
 pub use cache::CacheStats;
 pub use client::{Client, ClientStats, CreateOptions, RevokeCallback, RevokeEvent};
@@ -40,3 +41,4 @@ pub use pfs_common::wire::namespace::{Attr, DirEntry, FileKind, NewAttrs, SetAtt
 pub use pfs_common::wire::registry::{ChunkHolder, ChunkInfo, Health, ServerStatus};
 pub use pfs_common::wire::storage::ScrubStatus;
 pub use pfs_common::ErrorCode;
+pub use stride::Advice;

@@ -97,6 +97,59 @@ impl ByteRange {
     }
 }
 
+/// Most records a [`Stride`] names (a grant answers which of them it covers in one `u64`).
+pub const STRIDE_RECORDS_MAX: u8 = 64;
+
+/// Records a strided reader or writer will want next, asked for ahead of need: record `k`
+/// (`0 ≤ k < count`) is `[start + k × step, start + k × step + len)`, bytes. IOR's segmented
+/// shared file (rank `r` writes `blockSize` bytes at `(s × ranks + r) × blockSize`) is one
+/// stride per rank. The token manager grants each record whole where it conflicts with no one
+/// and never revokes for one, as Lustre's lockahead asks for locks ahead of I/O (Lustre asks
+/// the application; pfs clients detect the pattern themselves or take `File::advise`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct Stride {
+    /// First byte of record 0.
+    pub start: u64,
+    /// Distance between the starts of consecutive records, bytes (at least `len`).
+    pub step: u64,
+    /// Length of every record, bytes (at least 1).
+    pub len: u64,
+    /// Records, 1 to [`STRIDE_RECORDS_MAX`].
+    pub count: u8,
+}
+
+impl Stride {
+    /// Why the stride is malformed, if it is: an empty record, records that overlap
+    /// (`step < len`), a count outside 1..=[`STRIDE_RECORDS_MAX`], or a last record that
+    /// does not end before `u64::MAX`.
+    pub fn check(&self) -> Result<(), String> {
+        if self.len == 0 || self.step < self.len {
+            return Err(format!("stride records of {} bytes every {} bytes overlap or are empty", self.len, self.step));
+        }
+        if self.count == 0 || self.count > STRIDE_RECORDS_MAX {
+            return Err(format!("stride of {} records (1 to {STRIDE_RECORDS_MAX})", self.count));
+        }
+        (self.count as u64 - 1)
+            .checked_mul(self.step)
+            .and_then(|o| o.checked_add(self.start))
+            .and_then(|s| s.checked_add(self.len))
+            .filter(|end| *end < u64::MAX) // u64::MAX as an end means "to infinity"
+            .map(|_| ())
+            .ok_or_else(|| format!("stride from {} every {} bytes runs past the largest offset", self.start, self.step))
+    }
+
+    /// Record `k` (the stride must have passed [`Stride::check`] and `k < count`).
+    pub fn record(&self, k: u8) -> ByteRange {
+        let start = self.start + k as u64 * self.step;
+        ByteRange { start, end: start + self.len }
+    }
+
+    /// The records whose bit is set in `mask` (bit `k` for record `k`).
+    pub fn records(&self, mask: u64) -> impl Iterator<Item = ByteRange> + '_ {
+        (0..self.count).filter(move |k| mask >> k & 1 == 1).map(|k| self.record(k))
+    }
+}
+
 impl fmt::Debug for ByteRange {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         if self.end == u64::MAX {
@@ -127,5 +180,21 @@ mod tests {
         assert_eq!(a.intersect(&ByteRange::new(20, 99)), None);
         assert_eq!(format!("{:?}", ByteRange::from(3)), "[3, ∞)");
         assert_eq!(session_epoch(first_session_of(7) | 9), 7);
+    }
+
+    #[test]
+    fn stride_records_and_checks() {
+        let s = Stride { start: 100, step: 40, len: 10, count: 3 };
+        assert_eq!(s.check(), Ok(()));
+        assert_eq!(s.record(2), ByteRange::new(180, 190));
+        assert_eq!(s.records(0b101).collect::<Vec<_>>(), vec![ByteRange::new(100, 110), ByteRange::new(180, 190)]);
+        assert!(Stride { len: 0, ..s }.check().is_err());
+        assert!(Stride { step: 9, ..s }.check().is_err());
+        assert!(Stride { count: 0, ..s }.check().is_err());
+        assert!(Stride { count: 65, ..s }.check().is_err());
+        assert!(Stride { start: u64::MAX - 50, ..s }.check().is_err());
+        assert!(Stride { start: u64::MAX - 90, ..s }.check().is_err(), "ends at u64::MAX, which means ∞");
+        assert_eq!(Stride { start: u64::MAX - 91, ..s }.check(), Ok(()));
+        assert_eq!(Stride { step: 10, count: 64, ..s }.check(), Ok(()));
     }
 }

@@ -490,10 +490,13 @@ impl MetaServer {
     /// conflicting holder wrote back and recorded its size.
     async fn acquire(&self, c: tok::Acquire) -> Result<Granted> {
         self.file_size(c.file).await?;
-        let g = self.tokens.acquire(c.session, c.file, c.mode, c.required, c.desired).await?;
+        let g = self.tokens.acquire(c.session, c.file, c.mode, c.required, c.desired, c.ahead).await?;
         let (size, chunk_size) = self.file_geometry(c.file).await?;
-        let capability = self.grant_capability(&c, g.mode, g.range, chunk_size);
-        Ok(Granted { mode: g.mode, range: g.range, size, capability })
+        // One capability over the hull of the range and the records: storage servers check
+        // capabilities, not tokens, and the tokens keep the writers apart.
+        let hull = c.ahead.iter().flat_map(|a| a.records(g.ahead)).fold(g.range, |h, r| h.hull(&r));
+        let capability = self.grant_capability(&c, g.mode, hull, chunk_size);
+        Ok(Granted { mode: g.mode, range: g.range, ahead: g.ahead, size, capability })
     }
 
     /// Size in bytes of a regular file, from durable state. Errors: NoSuchFile, IsDir.

@@ -21,7 +21,7 @@ use crate::error::{MetaError, Result};
 use crate::tokens::{Input, Output, RequestId, TokenConfig, TokenManager};
 use parking_lot::Mutex;
 use pfs_common::rpc::Notifier;
-use pfs_common::token::{first_session_of, ByteRange, Mode, SessionId, SESSION_RANDOM_BITS};
+use pfs_common::token::{first_session_of, ByteRange, Mode, SessionId, Stride, SESSION_RANDOM_BITS};
 use pfs_common::wire::registry::StorageNotify;
 use pfs_common::wire::tokens::ClientNotify;
 use pfs_common::{FileId, ServerId};
@@ -39,6 +39,8 @@ pub struct Granted {
     pub mode: Mode,
     /// The byte range granted: contains the request's required range, within its desired one.
     pub range: ByteRange,
+    /// The records of the request's stride granted too: bit `k` for record `k`.
+    pub ahead: u64,
 }
 
 /// Called (outside the service's lock) when the manager declares a storage server down.
@@ -164,13 +166,14 @@ impl TokenService {
         mode: Mode,
         required: ByteRange,
         desired: ByteRange,
+        ahead: Option<Stride>,
     ) -> Result<Granted> {
         let (rx, refused) = self.step(|st, now_ms| {
             let request = st.next_request;
             st.next_request += 1;
             let (tx, rx) = oneshot::channel();
             st.waiting.insert(request, tx);
-            (Input::Acquire { session, request, file, mode, required, desired, now_ms }, rx)
+            (Input::Acquire { session, request, file, mode, required, desired, ahead, now_ms }, rx)
         });
         if let Some(e) = refused {
             return Err(e);
@@ -313,9 +316,9 @@ impl TokenService {
         let mut fx = Effects::default();
         for o in outputs {
             match o {
-                Output::Grant { request, mode, range, .. } => {
+                Output::Grant { request, mode, range, ahead, .. } => {
                     if let Some(tx) = st.waiting.remove(&request) {
-                        fx.answers.push((tx, Ok(Granted { mode, range })));
+                        fx.answers.push((tx, Ok(Granted { mode, range, ahead })));
                     }
                 }
                 Output::Refuse { request: Some(request), error, .. } => {

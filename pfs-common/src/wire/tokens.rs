@@ -7,7 +7,7 @@
 use super::{service, MetaRequest};
 use crate::capability::Capability;
 use crate::ids::FileId;
-use crate::token::{ByteRange, Mode, RevokeId, SessionId};
+use crate::token::{ByteRange, Mode, RevokeId, SessionId, Stride};
 use serde::{Deserialize, Serialize};
 
 service! {
@@ -79,6 +79,9 @@ pub struct Acquire {
     pub mode: Mode,
     pub required: ByteRange,
     pub desired: ByteRange,
+    /// Records the client will want next, granted where free and never revoked for
+    /// (strided I/O; see [`Stride`]). Errors: Invalid if malformed ([`Stride::check`]).
+    pub ahead: Option<Stride>,
 }
 
 /// The answer to [`Acquire`]: the token granted and the file's size, bytes, as pfs-meta
@@ -88,6 +91,8 @@ pub struct Granted {
     pub mode: Mode,
     /// Contains the required range, within the desired one.
     pub range: ByteRange,
+    /// The records of the request's `ahead` stride granted too: bit `k` for record `k`.
+    pub ahead: u64,
     pub size: u64,
     /// The capability storage servers want for `range` in `mode` (`None` when the cluster
     /// does not authenticate).

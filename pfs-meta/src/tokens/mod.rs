@@ -34,6 +34,24 @@
 //! so on. The state is per file and is forgotten when a file has no tokens, requests or
 //! revokes left; the last `LOST_MAX` (32) revokes per file are remembered for the detection.
 //!
+//! # Strided records (lockahead without asking the application)
+//! Writers of interleaved records (IOR's segmented shared file: rank `r` of `n` writes record
+//! `s × n + r`) make the file contended, so every record would cost an acquire, and a revoke
+//! too when the tail holder still has its early token to end of file. An acquire may
+//! therefore name the next records of its pattern as a [`Stride`] (`ahead`, at most
+//! [`pfs_common::token::STRIDE_RECORDS_MAX`] records). When the request is granted, each
+//! record that overlaps no obstacle of the expansion (other sessions' incompatible tokens and
+//! queued requests, the requester's ranges under revoke) is granted whole with it, and the
+//! grant says which ([`Output::Grant`]'s `ahead` bits). A record that is not free is left
+//! alone: it never causes a revoke or a wait, contended or not, so asking ahead cannot make a
+//! writer ping-pong or slow anyone down. Records are ordinary tokens once granted: a later
+//! conflicting request revokes them like any other. The clients detect a constant stride of
+//! their own I/O (and take `File::advise`), ask for exactly the record they need plus the
+//! records ahead, and give back a token that reaches beyond their pattern when they first see
+//! it, so that the others' records come free. With interleaved writers this is one acquire
+//! per writer per 64 records and no revokes once the pattern is known, where Lustre's
+//! lockahead needs the application to ask and GPFS rounds to blocks.
+//!
 //! # Conflicts and revokes
 //! A request that overlaps an incompatible token of another session makes the manager send
 //! [`Output::Revoke`] to that holder, for the hull of the conflicting bytes (within `desired`
@@ -102,8 +120,8 @@
 //! sequentially costs one entry however many grants it received. An entry is 24 bytes (8-byte
 //! key + 16-byte [`pfs_common::range_map::Extent`]); with B-tree leaf nodes of 11 entries (~280 bytes, at least half
 //! full) that is 25-56 bytes per token. Each (file, holder) adds about 80 bytes (the map
-//! header plus its entry in the file's holder map), each queued request 56 bytes
-//! (`Waiter`), each outstanding revoke 48 bytes plus its 16-byte id→file index entry
+//! header plus its entry in the file's holder map), each queued request 96 bytes (`Waiter`,
+//! a third of it the optional stride), each outstanding revoke 48 bytes plus its 16-byte id→file index entry
 //! (`PendingRevoke`), and each evicted session id 8 bytes (kept to refuse it).
 //! `tests::memory_per_token` checks these sizes.
 //!
@@ -117,7 +135,7 @@ use pfs_common::range_map::RangeMap;
 use pfs_common::{FileId, ServerId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-pub use pfs_common::token::{ByteRange, Mode, RevokeId, SessionId};
+pub use pfs_common::token::{ByteRange, Mode, RevokeId, SessionId, Stride};
 /// The caller's id of an [`Input::Acquire`], echoed in [`Output::Grant`].
 pub type RequestId = u64;
 
@@ -148,7 +166,8 @@ pub enum Input {
     /// Renews the session's lease.
     Heartbeat { session: SessionId, now_ms: u64 },
     /// Asks for a token over `required` (at least) and `desired` (at most), `required` ⊆
-    /// `desired`, both non-empty.
+    /// `desired`, both non-empty, and for the records of `ahead` where they are free (see
+    /// the module documentation, "Strided records").
     Acquire {
         session: SessionId,
         request: RequestId,
@@ -156,6 +175,7 @@ pub enum Input {
         mode: Mode,
         required: ByteRange,
         desired: ByteRange,
+        ahead: Option<Stride>,
         now_ms: u64,
     },
     /// The session has written back / dropped the range of revoke `revoke`.
@@ -202,8 +222,9 @@ impl Input {
 #[derive(Clone, Debug)]
 pub enum Output {
     /// Session `session` now holds `mode` over `range` of `file` (`required` ⊆ `range` ⊆
-    /// `desired` of request `request`).
-    Grant { session: SessionId, request: RequestId, file: FileId, mode: Mode, range: ByteRange },
+    /// `desired` of request `request`) and over record `k` of the request's `ahead` stride for
+    /// every bit `k` set in `ahead`.
+    Grant { session: SessionId, request: RequestId, file: FileId, mode: Mode, range: ByteRange, ahead: u64 },
     /// Session `session` must write back (holds Write) or drop (holds Read) `range` of `file`
     /// and ack with `revoke`. `wanted` = Read: it keeps a Read token over its Write bytes there.
     Revoke { session: SessionId, revoke: RevokeId, file: FileId, range: ByteRange, wanted: Mode },
@@ -253,6 +274,7 @@ struct Waiter {
     mode: Mode,
     required: ByteRange,
     desired: ByteRange,
+    ahead: Option<Stride>,
 }
 
 impl Waiter {
@@ -371,6 +393,33 @@ impl FileTokens {
         }
         ByteRange { start: lo, end: hi }
     }
+
+    /// The records of `ahead` (a bit per record) that overlap no obstacle of the waiter `w` at
+    /// `i` (the obstacles of [`FileTokens::expand`]): free records are granted, the others
+    /// are left alone, never revoked for.
+    fn free_records(&self, w: &Waiter, i: usize, ahead: &Stride) -> u64 {
+        let hull = ahead.record(0).hull(&ahead.record(ahead.count - 1));
+        let mut obstacles: Vec<ByteRange> = Vec::new();
+        for (&holder, map) in &self.holders {
+            if holder != w.session {
+                obstacles.extend(map.overlapping(hull).filter(|(_, m)| m.conflicts_with(w.mode)).map(|(t, _)| t));
+            }
+        }
+        for (j, o) in self.waiters.iter().enumerate() {
+            if j != i && o.session != w.session && o.mode.conflicts_with(w.mode) && o.required.overlaps(&hull) {
+                obstacles.push(o.required);
+            }
+        }
+        obstacles.extend(self.revokes.values().filter(|r| r.session == w.session).map(|r| r.range));
+        let mut free = 0u64;
+        for k in 0..ahead.count {
+            let record = ahead.record(k);
+            if !obstacles.iter().any(|o| o.overlaps(&record)) {
+                free |= 1 << k;
+            }
+        }
+        free
+    }
 }
 
 /// An open session.
@@ -477,15 +526,15 @@ impl TokenManager {
                     out.push(self.refusal(session, None));
                 }
             }
-            Input::Acquire { session, request, file, mode, required, desired, .. } => {
+            Input::Acquire { session, request, file, mode, required, desired, ahead, .. } => {
                 if !self.touch(session) {
                     out.push(self.refusal(session, Some(request)));
-                } else if let Err(why) = check_acquire(required, desired) {
+                } else if let Err(why) = check_acquire(required, desired, ahead) {
                     let error =
                         MetaError::Invalid(format!("acquire {request} of session {session:x} on {file}: {why}"));
                     out.push(Output::Refuse { session, request: Some(request), error });
                 } else {
-                    let w = Waiter { session, request, mode, required, desired };
+                    let w = Waiter { session, request, mode, required, desired, ahead };
                     self.files.entry(file).or_default().waiters.push_back(w);
                     self.process_file(file, &mut out);
                 }
@@ -709,7 +758,7 @@ impl TokenManager {
                 if !self.sessions.contains_key(&w.session) {
                     return Err(format!("{file}: request {} of session {} queued but not open", w.request, w.session));
                 }
-                if check_acquire(w.required, w.desired).is_err() {
+                if check_acquire(w.required, w.desired, w.ahead).is_err() {
                     return Err(format!("{file}: request {} queued with bad ranges", w.request));
                 }
                 if fs.behind_earlier(i) {
@@ -965,10 +1014,15 @@ impl TokenManager {
                 continue;
             }
             let range = if now < fs.contended_until_ms { w.required } else { fs.expand(&w, i) };
-            fs.holders.entry(w.session).or_default().grant(range, w.mode);
+            let ahead = w.ahead.map_or(0, |a| fs.free_records(&w, i, &a));
+            let map = fs.holders.entry(w.session).or_default();
+            map.grant(range, w.mode);
+            for record in w.ahead.iter().flat_map(|a| a.records(ahead)) {
+                map.grant(record, w.mode);
+            }
             fs.waiters.remove(i);
             self.grants += 1;
-            out.push(Output::Grant { session: w.session, request: w.request, file, mode: w.mode, range });
+            out.push(Output::Grant { session: w.session, request: w.request, file, mode: w.mode, range, ahead });
         }
         if fs.is_idle() {
             self.files.remove(&file);
@@ -976,15 +1030,16 @@ impl TokenManager {
     }
 }
 
-/// Why an acquire's ranges are refused: unless both are non-empty and `required` ⊆ `desired`.
-fn check_acquire(required: ByteRange, desired: ByteRange) -> Result<(), String> {
+/// Why an acquire's ranges are refused: unless both are non-empty, `required` ⊆ `desired`
+/// and the stride, if any, is well formed ([`Stride::check`]).
+fn check_acquire(required: ByteRange, desired: ByteRange, ahead: Option<Stride>) -> Result<(), String> {
     if required.is_empty() || desired.is_empty() {
         return Err(format!("empty range (required {required}, desired {desired})"));
     }
     if !desired.contains(&required) {
         return Err(format!("required {required} is not within desired {desired}"));
     }
-    Ok(())
+    ahead.as_ref().map_or(Ok(()), Stride::check)
 }
 
 #[cfg(test)]

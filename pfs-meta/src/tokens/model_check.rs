@@ -1,6 +1,7 @@
 //! Exhaustive model check (stateright) of small configurations: one file, ranges within
 //! [0, 4) (desired may reach ∞), each session acquires up to twice (one request at a time) and
-//! may release, acks arrive in any order, and one session may crash.
+//! may release, acks arrive in any order, and one session may crash. The strided
+//! configurations also ask for records ahead (multi-range grants) within [0, 6).
 //!
 //! The fencing configurations add two storage servers as pfs-storage behaves: each refuses
 //! the writes of the sessions it fenced, and every write once half its lease has passed since
@@ -18,6 +19,9 @@ const F: FileId = FileId(1);
 /// The storage server that never confirms a fence.
 const SILENT: usize = 1;
 
+/// An outstanding request: (id, required, desired, records ahead).
+type Pending = (RequestId, ByteRange, ByteRange, Option<Stride>);
+
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 struct St {
     m: TokenManager,
@@ -28,8 +32,8 @@ struct St {
     /// A session evicted because its connection closed (it may still write).
     disconnected: Option<usize>,
     acquires_left: Vec<u8>,
-    /// Per slot: the outstanding request (id, required, desired).
-    pending: Vec<Option<(RequestId, ByteRange, ByteRange)>>,
+    /// Per slot: the outstanding request (id, required, desired, records ahead).
+    pending: Vec<Option<Pending>>,
     next_req: RequestId,
     servers: Vec<StorageModel>,
     /// Per evicted session, the tokens it held at its eviction (what it may still write).
@@ -47,7 +51,7 @@ struct St {
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 enum Act {
-    Acquire(usize, Mode, ByteRange, ByteRange),
+    Acquire(usize, Mode, ByteRange, ByteRange, Option<Stride>),
     Ack(usize, RevokeId),
     Release(usize),
     Crash(usize),
@@ -69,6 +73,8 @@ struct TokModel {
     requireds: Vec<ByteRange>,
     /// Offer `desired` = ∞ as well as `desired` = `required`.
     expand: bool,
+    /// Offer each of these records ahead with `desired` = `required`.
+    strides: Vec<Stride>,
     /// Acquires per session.
     acquires: u8,
     /// Offer whole-file releases.
@@ -108,14 +114,20 @@ impl TokModel {
         let mut refused_server = false;
         for o in st.m.handle(input) {
             match o {
-                Output::Grant { session, request, mode, range, .. } => {
+                Output::Grant { session, request, mode, range, ahead, .. } => {
                     let s = (session - 1) as usize;
+                    let mut granted = vec![range];
                     match st.pending[s].take() {
-                        Some((q, req, des)) if q == request && range.contains(&req) && des.contains(&range) => {}
+                        Some((q, req, des, stride)) if q == request && range.contains(&req) && des.contains(&range) => {
+                            let count = stride.map_or(0, |a| a.count);
+                            st.bad |= ahead >> count != 0;
+                            granted.extend(stride.iter().flat_map(|a| a.records(ahead)));
+                        }
                         _ => st.bad = true,
                     }
                     for (x, tokens) in &st.evicted {
-                        let conflicts = tokens.iter().any(|(r, m)| r.overlaps(&range) && m.conflicts_with(mode));
+                        let conflicts =
+                            tokens.iter().any(|(r, m)| granted.iter().any(|g| r.overlaps(g)) && m.conflicts_with(mode));
                         if *x != session && conflicts {
                             if st.servers.iter().any(|v| v.accepts(*x, st.now)) {
                                 st.unsafe_grant = true;
@@ -216,9 +228,12 @@ impl Model for TokModel {
             if st.pending[s].is_none() && st.acquires_left[s] > 0 {
                 for mode in [Mode::Read, Mode::Write] {
                     for &req in &self.requireds {
-                        actions.push(Act::Acquire(s, mode, req, req));
+                        actions.push(Act::Acquire(s, mode, req, req, None));
                         if self.expand {
-                            actions.push(Act::Acquire(s, mode, req, ByteRange::new(req.start, u64::MAX)));
+                            actions.push(Act::Acquire(s, mode, req, ByteRange::new(req.start, u64::MAX), None));
+                        }
+                        for &a in &self.strides {
+                            actions.push(Act::Acquire(s, mode, req, req, Some(a)));
                         }
                     }
                 }
@@ -264,12 +279,13 @@ impl Model for TokModel {
         let mut n = st.clone();
         let now_ms = n.now;
         match act {
-            Act::Acquire(s, mode, required, desired) => {
+            Act::Acquire(s, mode, required, desired, ahead) => {
                 let request = n.next_req;
                 n.next_req += 1;
                 n.acquires_left[s] -= 1;
-                n.pending[s] = Some((request, required, desired));
-                let input = Input::Acquire { session: sid(s), request, file: F, mode, required, desired, now_ms };
+                n.pending[s] = Some((request, required, desired, ahead));
+                let input =
+                    Input::Acquire { session: sid(s), request, file: F, mode, required, desired, ahead, now_ms };
                 self.apply(&mut n, input);
             }
             Act::Ack(s, revoke) => {
@@ -391,6 +407,7 @@ fn without_storage(sessions: usize, requireds: &[ByteRange], expand: bool, acqui
         crash: true,
         requireds: requireds.to_vec(),
         expand,
+        strides: Vec::new(),
         acquires,
         release,
         cfg: CFG,
@@ -421,6 +438,32 @@ fn three_sessions_one_acquire_each_with_expansion_release_and_crash() {
     check(without_storage(3, &R3, true, 1, true), "3 sessions, 1 acquire each, expansion, release, crash");
 }
 
+/// Records ahead, interleaved and overlapping: [2, 3) and [4, 5); [1, 2) and [3, 4).
+const STRIDES: [Stride; 2] =
+    [Stride { start: 2, step: 2, len: 1, count: 2 }, Stride { start: 1, step: 2, len: 1, count: 2 }];
+
+#[test]
+fn two_sessions_with_records_ahead_expansion_and_crash() {
+    let mut model = without_storage(2, &R3[..2], true, 2, true);
+    model.strides = STRIDES.to_vec();
+    check(model, "2 sessions, records ahead, expansion, release, crash");
+}
+
+#[test]
+fn three_sessions_with_records_ahead_contended_and_crash() {
+    let mut model = without_storage(3, &R3[..2], false, 1, true);
+    model.strides = STRIDES.to_vec();
+    model.cfg.contention_window_ms = 10;
+    check(model, "3 sessions, 1 acquire each, records ahead, contention window, release, crash");
+}
+
+#[test]
+fn records_ahead_respect_an_unconfirmed_fence() {
+    let mut model = fencing(2, &R3[..2], 2, false);
+    model.strides = STRIDES[..1].to_vec();
+    check(model, "fencing, 2 sessions × 2 acquires with records ahead, silent server heartbeating");
+}
+
 /// Two storage servers of which one never confirms a fence (it heartbeats, or stops for
 /// good), a holder evicted while alive.
 fn fencing(sessions: usize, requireds: &[ByteRange], acquires: u8, stop: bool) -> TokModel {
@@ -429,6 +472,7 @@ fn fencing(sessions: usize, requireds: &[ByteRange], acquires: u8, stop: bool) -
         crash: false,
         requireds: requireds.to_vec(),
         expand: true,
+        strides: Vec::new(),
         acquires,
         release: false,
         // Ticks finer than half a storage lease, so a server that was declared down, or stopped,

@@ -45,6 +45,9 @@ enum Step {
         above: u64,
         to_inf: bool,
         exact: bool,
+        /// Records asked for ahead: (gap after `required`, step, length, count), kept only
+        /// if all records end by byte 64.
+        ahead: Option<(u64, u64, u64, u8)>,
     },
     Release {
         s: usize,
@@ -108,9 +111,13 @@ enum Step {
 fn step() -> impl Strategy<Value = Step> {
     let s = 0..SLOTS;
     prop_oneof![
-        8 => (s.clone(), 0..2usize, any::<bool>(), 0..64u64, 1..17u64, 0..32u64, 0..32u64, any::<bool>(), any::<bool>())
-            .prop_map(|(s, f, write, start, len, below, above, to_inf, exact)| Step::Acquire {
-                s, f, write, start, len, below, above, to_inf, exact
+        8 => (
+            (s.clone(), 0..2usize, any::<bool>(), 0..64u64, 1..17u64, 0..32u64, 0..32u64, any::<bool>(), any::<bool>()),
+            proptest::option::weighted(0.4, (0..8u64, 1..9u64, 1..5u64, 1..9u8)),
+        )
+            .prop_map(|((s, f, write, start, len, below, above, to_inf, exact), ahead)| Step::Acquire {
+                s, f, write, start, len, below, above, to_inf, exact,
+                ahead: ahead.map(|(gap, step, len, count)| (gap, step.max(len), len, count)),
             }),
         2 => (s.clone(), 0..2usize, 0..64u64, 1..65u64, any::<bool>())
             .prop_map(|(s, f, start, len, all)| Step::Release { s, f, start, len, all }),
@@ -144,7 +151,7 @@ struct Client {
     last_seen: u64,
     inbox: Vec<Received>,
     cells: [Cells; 2],
-    pending: BTreeMap<RequestId, (usize, Mode, ByteRange, ByteRange)>,
+    pending: BTreeMap<RequestId, (usize, Mode, ByteRange, ByteRange, Option<Stride>)>,
 }
 
 impl Client {
@@ -198,6 +205,9 @@ static EVICTIONS: AtomicU64 = AtomicU64::new(0);
 static FENCES: AtomicU64 = AtomicU64::new(0);
 static SERVERS_DOWN: AtomicU64 = AtomicU64::new(0);
 static HELD_BACK: AtomicU64 = AtomicU64::new(0);
+/// Records granted ahead of need, and records asked for but left alone (not free).
+static AHEAD_GRANTED: AtomicU64 = AtomicU64::new(0);
+static AHEAD_LEFT: AtomicU64 = AtomicU64::new(0);
 
 struct World {
     m: TokenManager,
@@ -313,44 +323,55 @@ impl World {
         let mut refusals = Vec::new();
         for o in out {
             match o {
-                Output::Grant { session, request, file, mode, range } => {
+                Output::Grant { session, request, file, mode, range: hit, ahead: bits } => {
                     GRANTS.fetch_add(1, Relaxed);
                     let s = self.slot_of(*session);
-                    let f = FILES.iter().position(|x| x == file).unwrap();
-                    // Nothing an evicted session may still write somewhere is granted.
-                    for (x, cells) in &self.evicted {
-                        let conflicts = span(*range).any(|i| cells[f][i].is_some_and(|h| h.conflicts_with(*mode)));
-                        if conflicts {
-                            for (v, srv) in self.servers.iter().enumerate() {
-                                assert!(
-                                    !srv.accepts(*x, self.now),
-                                    "grant of {range} {mode:?} to {session} at {} ms while storage-{v} still \
-                                     accepts writes of evicted session {x}",
-                                    self.now
-                                );
-                            }
-                            HELD_BACK.fetch_add(1, Relaxed);
-                        }
-                    }
-                    let (f, m, req, des) =
+                    let (f, m, req, des, stride) =
                         self.clients[s].pending.remove(request).expect("grant of a request not pending");
                     assert_eq!((FILES[f], m), (*file, *mode));
-                    assert!(range.contains(&req) && des.contains(range), "grant {range} for {req} in {des}");
-                    // Against what the manager and the clients believe the others hold.
-                    for (o, c) in self.clients.iter().enumerate() {
-                        if o != s && c.alive {
-                            let theirs = cells_of(&self.m.tokens(c.id, *file));
-                            for i in span(*range) {
-                                for held in [c.cells[f][i], theirs[i]].into_iter().flatten() {
-                                    let id = c.id;
-                                    assert!(!held.conflicts_with(*mode), "grant {range} {mode:?} vs {held:?} of {id}");
+                    assert!(hit.contains(&req) && des.contains(hit), "grant {hit} for {req} in {des}");
+                    let count = stride.map_or(0, |a| a.count);
+                    assert_eq!(bits >> count, 0, "grant of records beyond the {count} asked for");
+                    AHEAD_GRANTED.fetch_add(bits.count_ones() as u64, Relaxed);
+                    AHEAD_LEFT.fetch_add(count as u64 - bits.count_ones() as u64, Relaxed);
+                    // The range, and every record granted with it, is checked alike.
+                    let granted: Vec<ByteRange> =
+                        std::iter::once(*hit).chain(stride.iter().flat_map(|a| a.records(*bits))).collect();
+                    for range in &granted {
+                        // Nothing an evicted session may still write somewhere is granted.
+                        for (x, cells) in &self.evicted {
+                            let conflicts = span(*range).any(|i| cells[f][i].is_some_and(|h| h.conflicts_with(*mode)));
+                            if conflicts {
+                                for (v, srv) in self.servers.iter().enumerate() {
+                                    assert!(
+                                        !srv.accepts(*x, self.now),
+                                        "grant of {range} {mode:?} to {session} at {} ms while storage-{v} still \
+                                     accepts writes of evicted session {x}",
+                                        self.now
+                                    );
+                                }
+                                HELD_BACK.fetch_add(1, Relaxed);
+                            }
+                        }
+                        // Against what the manager and the clients believe the others hold.
+                        for (o, c) in self.clients.iter().enumerate() {
+                            if o != s && c.alive {
+                                let theirs = cells_of(&self.m.tokens(c.id, *file));
+                                for i in span(*range) {
+                                    for held in [c.cells[f][i], theirs[i]].into_iter().flatten() {
+                                        let id = c.id;
+                                        assert!(
+                                            !held.conflicts_with(*mode),
+                                            "grant {range} {mode:?} vs {held:?} of {id}"
+                                        );
+                                    }
                                 }
                             }
                         }
-                    }
-                    for x in &mut self.clients[s].cells[f][span(*range)] {
-                        if *mode == Mode::Write || *x != Some(Mode::Write) {
-                            *x = Some(*mode);
+                        for x in &mut self.clients[s].cells[f][span(*range)] {
+                            if *mode == Mode::Write || *x != Some(Mode::Write) {
+                                *x = Some(*mode);
+                            }
                         }
                     }
                 }
@@ -461,7 +482,7 @@ impl World {
     fn step(&mut self, step: Step) {
         let now_ms = self.now;
         match step {
-            Step::Acquire { s, f, write, start, len, below, above, to_inf, exact } => {
+            Step::Acquire { s, f, write, start, len, below, above, to_inf, exact, ahead } => {
                 if self.clients[s].crashed {
                     return;
                 }
@@ -476,10 +497,13 @@ impl World {
                 let request = self.next_req;
                 self.next_req += 1;
                 let session = self.clients[s].id;
+                let ahead = ahead
+                    .map(|(gap, step, len, count)| Stride { start: required.end + gap, step, len, count })
+                    .filter(|a| a.record(a.count - 1).end <= 64);
                 if self.clients[s].alive {
-                    self.clients[s].pending.insert(request, (f, mode, required, desired));
+                    self.clients[s].pending.insert(request, (f, mode, required, desired, ahead));
                 }
-                let input = Input::Acquire { session, request, file: FILES[f], mode, required, desired, now_ms };
+                let input = Input::Acquire { session, request, file: FILES[f], mode, required, desired, ahead, now_ms };
                 self.send(Some(s), input, false);
                 // Refused (evicted on the way): not pending.
                 if !self.clients[s].alive {
@@ -563,8 +587,16 @@ impl World {
                 let request = self.next_req;
                 self.next_req += 1;
                 let session = self.clients[s].id;
-                let input =
-                    Input::Acquire { session, request, file: FILES[0], mode: Mode::Write, required, desired, now_ms };
+                let input = Input::Acquire {
+                    session,
+                    request,
+                    file: FILES[0],
+                    mode: Mode::Write,
+                    required,
+                    desired,
+                    ahead: None,
+                    now_ms,
+                };
                 self.send(Some(s), input, true);
             }
             Step::Disconnect { s } => {
@@ -654,7 +686,7 @@ fn random_sessions_against_a_client_model() {
         .unwrap();
     println!(
         "token proptest: {} cases, {} checked steps, {} grants ({} held back by a fence first), {} revokes, {} \
-         evictions, {} fences, {} servers declared down",
+         evictions, {} fences, {} servers declared down, {} records granted ahead, {} left alone",
         CASES.load(Relaxed),
         STEPS.load(Relaxed),
         GRANTS.load(Relaxed),
@@ -662,8 +694,11 @@ fn random_sessions_against_a_client_model() {
         REVOKES.load(Relaxed),
         EVICTIONS.load(Relaxed),
         FENCES.load(Relaxed),
-        SERVERS_DOWN.load(Relaxed)
+        SERVERS_DOWN.load(Relaxed),
+        AHEAD_GRANTED.load(Relaxed),
+        AHEAD_LEFT.load(Relaxed)
     );
     // The interesting paths were taken, not just the easy ones.
     assert!(FENCES.load(Relaxed) > 0 && SERVERS_DOWN.load(Relaxed) > 0 && HELD_BACK.load(Relaxed) > 0);
+    assert!(AHEAD_GRANTED.load(Relaxed) > 0 && AHEAD_LEFT.load(Relaxed) > 0);
 }

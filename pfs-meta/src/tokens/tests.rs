@@ -45,7 +45,8 @@ impl H {
         let request = self.next_req;
         self.next_req += 1;
         let now_ms = self.now;
-        (request, self.input(Input::Acquire { session: s, request, file: F, mode, required, desired, now_ms }))
+        let ahead = None;
+        (request, self.input(Input::Acquire { session: s, request, file: F, mode, required, desired, ahead, now_ms }))
     }
 
     fn ack(&mut self, s: SessionId, revoke: RevokeId) -> Vec<Output> {
@@ -458,6 +459,6 @@ fn memory_per_token() {
     assert_eq!(size_of::<Extent>(), 16);
     assert_eq!(entry, 24);
     assert_eq!(size_of::<RangeMap>(), 24);
-    assert_eq!(size_of::<Waiter>(), 56);
+    assert_eq!(size_of::<Waiter>(), 96);
     assert_eq!(size_of::<PendingRevoke>(), 48);
 }
