@@ -42,6 +42,9 @@ use std::sync::Arc;
 /// in-flight limit as well).
 const WRITE_BACK_RUNS: usize = 16;
 
+/// Records of a strided reader fetched into the cache ahead of its reads.
+const READ_AHEAD_RECORDS: u64 = 8;
+
 /// Capabilities kept per open file (the newest; older ones are asked for again if needed).
 const MAX_KEPT_CAPABILITIES: usize = 64;
 
@@ -63,6 +66,8 @@ pub(crate) struct OpenFile {
     tokens: parking_lot::Mutex<TokenTable>,
     /// The pattern of our writes, for asking for records ahead of need.
     stride: parking_lot::Mutex<StrideDetector>,
+    /// The pattern of our cached reads, for fetching records ahead of them.
+    read_ahead: parking_lot::Mutex<ReadAhead>,
     /// Capabilities pfs-meta issued with this file's tokens (storage servers want them for
     /// every read, write and truncate when the cluster authenticates).
     capabilities: parking_lot::Mutex<Vec<Capability>>,
@@ -104,6 +109,45 @@ struct TokenTable {
     recent: Vec<(u64, ByteRange, Mode)>,
 }
 
+/// Read-ahead of a strided reader (IOR's segmented shared file read back): once its small
+/// reads show a constant stride, the next [`READ_AHEAD_RECORDS`] records are fetched into the
+/// cache in the background, so the reads find them there instead of waiting a round trip each.
+#[derive(Default)]
+struct ReadAhead {
+    pattern: StrideDetector,
+    /// Start of the last record fetched ahead, bytes.
+    last: u64,
+}
+
+impl ReadAhead {
+    /// Notes a read of `len` bytes at `offset` of a file of `size` bytes; returns the records
+    /// to fetch ahead now (not fetched ahead before, within the file).
+    fn next(&mut self, offset: u64, len: u64, size: u64) -> Vec<ByteRange> {
+        self.pattern.observe(offset, len);
+        let Some((plen, step)) = self.pattern.pattern().filter(|(plen, _)| *plen == len) else {
+            return Vec::new();
+        };
+        debug_assert_eq!(plen, len);
+        let horizon = READ_AHEAD_RECORDS.saturating_mul(step);
+        if self.last <= offset || self.last > offset.saturating_add(horizon) {
+            // Behind the reader, or a new pass over the file: start again from here.
+            self.last = offset;
+        }
+        let mut out = Vec::new();
+        for k in 1..=READ_AHEAD_RECORDS {
+            let Some(start) = k.checked_mul(step).and_then(|o| o.checked_add(offset)) else { break };
+            if start >= size {
+                break;
+            }
+            if start > self.last {
+                out.push(ByteRange::new(start, start.saturating_add(len).min(size)));
+                self.last = start;
+            }
+        }
+        out
+    }
+}
+
 impl TokenTable {
     fn apply_revoke(&mut self, range: ByteRange, wanted: Mode) {
         match wanted {
@@ -131,6 +175,7 @@ impl OpenFile {
             lock: tokio::sync::RwLock::new(()),
             tokens: parking_lot::Mutex::new(TokenTable::default()),
             stride: parking_lot::Mutex::new(StrideDetector::default()),
+            read_ahead: parking_lot::Mutex::new(ReadAhead::default()),
             capabilities: parking_lot::Mutex::new(Vec::new()),
             cache,
             size: AtomicU64::new(attr.size),
@@ -310,6 +355,19 @@ impl OpenFile {
             if let Err(e) = self.client.meta(tok::Release { session, file: self.id, range }).await {
                 tracing::debug!("giving back {} {range}: {e}", self.path);
             }
+        }
+    }
+
+    /// Fetches `range` into the cache if we hold a Read token over it (read-ahead: nothing is
+    /// acquired for it, and a failure only costs the read that comes for it later).
+    async fn prefetch(&self, range: ByteRange) {
+        let _shared = self.lock.read().await;
+        if !self.holds(range, Mode::Read) || self.client.session().is_err() {
+            return;
+        }
+        let mut scratch = pool::global().get(range.len() as usize);
+        if let Err(e) = self.read_locked(range.start, &mut scratch).await {
+            tracing::debug!("read-ahead of {} {range}: {e}", self.path);
         }
     }
 
@@ -859,6 +917,13 @@ impl File {
                 return Ok(0);
             }
             let n = (size - offset).min(buf.len() as u64) as usize;
+            if !s.bypass(n) {
+                let ahead = s.read_ahead.lock().next(offset, n as u64, size);
+                for record in ahead {
+                    let file = self.state.clone();
+                    tokio::spawn(async move { file.prefetch(record).await });
+                }
+            }
             s.read_locked(offset, &mut buf[..n]).await?;
             return Ok(n);
         }
