@@ -10,6 +10,7 @@
 # grants/s with 4 clients on one shared file). Quote medians; compare ratios within one run.
 # MODES="none control" compares only those.
 source "$(dirname "$0")/common.sh"
+make_src
 B=$1; ROUNDS=${2:-3}; REPLICAS=${REPLICAS:-1}
 config() { # $1 mode, $2 data dir
   local c

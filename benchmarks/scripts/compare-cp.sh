@@ -7,6 +7,7 @@
 # BASE_CONFIG / NEW_CONFIG: the cluster configuration each build understands (default: this
 # checkout's config/local.toml; give an older build its own).
 source "$(dirname "$0")/common.sh"
+make_src
 BASE=$1; NEW=$2; ROUNDS=${3:-3}
 run() { # $1 bin dir, $2 port prefix (two digits), $3 config template
   local B=$1 D=/tmp/pfs-compare-$2

@@ -5,6 +5,7 @@
 # directory; per round 256 MiB in with `pfs-cp` and with `dd bs=1M conv=fsync` through the
 # mount, then out to /dev/null each way. MiB/s; quote medians.
 source "$(dirname "$0")/common.sh"
+make_src
 B=$1; ROUNDS=${2:-3}
 mount_cluster "$B"
 for i in $(seq 1 "$ROUNDS"); do

@@ -10,6 +10,7 @@
 #     -a POSIX on the mount (durable creates).
 # Prints MiB/s and creates/s per round; quote medians.
 source "$(dirname "$0")/common.sh"
+make_src
 B=$1; ROUNDS=${2:-3}
 mount_cluster "$B"
 gib() { echo "1024 / ($2 - $1)" | bc -l | cut -c1-6; }

@@ -9,9 +9,10 @@
 //! over the time from the first rank's open to the last rank's close.
 
 use crate::comm::{now, Comm};
+use crate::cpu::{self, CpuTimes, CpuUse};
 use crate::launch;
 use crate::pattern;
-use crate::store::{self, Api, Backend, Handle};
+use crate::store::{self, AlignedBuf, Api, Backend, Handle};
 use crate::Error;
 use clap::{Parser, ValueEnum};
 use std::fmt::Write as _;
@@ -100,6 +101,14 @@ pub struct IorArgs {
     /// deadlineForStonewalling: stop a write or read stage after this many seconds.
     #[arg(short = 'D')]
     pub stonewall: Option<u64>,
+    /// POSIX API: open the test files with O_DIRECT (bypassing the page cache); -t and -b must
+    /// then be multiples of 4096 bytes. The PFS API ignores it.
+    #[arg(long = "posix.odirect")]
+    pub odirect: bool,
+    /// Report the host's CPU time per GiB moved in each write and read stage (from /proc/stat:
+    /// every process of the host, the pfs servers included when they run here).
+    #[arg(long)]
+    pub cpu: bool,
     #[command(flatten)]
     pub launch: launch::LaunchArgs,
     /// io500-style preset; explicit options override its values.
@@ -133,6 +142,10 @@ pub struct Params {
     pub keep: bool,
     /// Seconds; 0 = no stonewall.
     pub stonewall: u64,
+    /// POSIX files opened with O_DIRECT (`--posix.odirect`).
+    pub odirect: bool,
+    /// Measure the host's CPU time per stage (`--cpu`).
+    pub cpu: bool,
 }
 
 impl IorArgs {
@@ -176,6 +189,8 @@ impl IorArgs {
             random: self.random,
             keep: self.keep,
             stonewall: self.stonewall.unwrap_or(0),
+            odirect: self.odirect,
+            cpu: self.cpu,
         };
         if p.transfer == 0 || p.block == 0 || p.segments == 0 {
             return Err("-b, -t and -s must be positive".into());
@@ -185,6 +200,23 @@ impl IorArgs {
         }
         if p.transfer > 1 << 30 {
             return Err("transfer size must be at most 1 GiB".into());
+        }
+        // As IOR: O_DIRECT fails on unaligned transfers, so refuse them before starting. Every
+        // offset is a multiple of the transfer size, so aligned sizes give aligned offsets.
+        let align = store::DIRECT_ALIGN as u64;
+        if p.odirect
+            && p.apis.contains(&Api::Posix)
+            && (!p.transfer.is_multiple_of(align) || !p.block.is_multiple_of(align))
+        {
+            let mut e = format!(
+                "--posix.odirect needs the transfer size (-t) and block size (-b) to be multiples of {align} bytes \
+                 (O_DIRECT alignment); got -t {} and -b {}",
+                p.transfer, p.block
+            );
+            if self.preset == Some(Preset::IorHard) {
+                e.push_str(&format!(" (--preset ior-hard's {HARD_XFER}-byte records cannot be used with O_DIRECT)"));
+            }
+            return Err(e);
         }
         if p.reps == 0 {
             return Err("-i must be at least 1".into());
@@ -206,6 +238,13 @@ pub fn main() -> i32 {
             return 1;
         }
     };
+    // Before any cluster or rank starts: a host without /proc/stat cannot give --cpu figures.
+    if params.cpu {
+        if let Err(e) = cpu::sample().and_then(|_| cpu::ticks_per_second()) {
+            eprintln!("pfs-ior: error: --cpu: {e}");
+            return 1;
+        }
+    }
     let (pfs, posix) = (params.apis.contains(&Api::Pfs), params.apis.contains(&Api::Posix));
     launch::main("pfs-ior", &args.launch, pfs, posix, |comm, config, posix_dir| {
         rank_job(comm, &args, &params, config, posix_dir)
@@ -261,6 +300,15 @@ pub struct Row {
     pub wrrd: f64,
     pub close: f64,
     pub total: f64,
+    /// The host's CPU use over the stage (`--cpu`; measured by rank 0 only, `None` elsewhere).
+    pub cpu: Option<CpuUse>,
+}
+
+impl Row {
+    /// Busy CPU-seconds of the host per GiB that all ranks moved in the stage (`--cpu`).
+    pub fn cpu_per_gib(&self) -> Option<f64> {
+        self.cpu.and_then(|c| c.per_gib(self.bytes))
+    }
 }
 
 /// The byte offsets `owner` accesses, in order.
@@ -365,6 +413,7 @@ fn reduce(all: &[Vec<f64>], access: Access, iter: u32) -> Row {
         wrrd,
         close: max(5) - min(4),
         total,
+        cpu: None,
     }
 }
 
@@ -386,7 +435,27 @@ pub fn pp(x: f64) -> String {
 /// IOR's table header (two lines).
 pub const TABLE_HEADER: &str = "access    bw(MiB/s)  IOPS       Latency(s)  block(KiB) xfer(KiB)  open(s)    wr/rd(s)   close(s)   total(s)   iter\n------    ---------  ----       ----------  ---------- ---------  --------   --------   --------   --------   ----";
 
+/// IOR's table header, with a trailing `CPU-s/GiB` column under `--cpu` (IOR's columns stay
+/// where they are).
+fn table_header(p: &Params) -> String {
+    if p.cpu {
+        let (names, rules) = TABLE_HEADER.split_once('\n').unwrap_or((TABLE_HEADER, ""));
+        format!("{names} CPU-s/GiB\n{rules} ---------")
+    } else {
+        TABLE_HEADER.to_string()
+    }
+}
+
 fn row_line(r: &Row, p: &Params) -> String {
+    let mut line = iors_row(r, p);
+    if p.cpu {
+        line.push(' ');
+        line.push_str(pp(r.cpu_per_gib().unwrap_or(-1.0)).trim_end());
+    }
+    line
+}
+
+fn iors_row(r: &Row, p: &Params) -> String {
     format!(
         "{:<10}{} {} {}  {} {}  {} {} {} {} {:<4}",
         r.access,
@@ -439,6 +508,19 @@ impl ApiResults {
     fn max_mib(&self, access: &str) -> Option<f64> {
         self.of(access).iter().map(|r| r.bw_mib).reduce(f64::max)
     }
+
+    /// The host's CPU use summed over the iterations of `access`, and the bytes they moved.
+    fn cpu_total(&self, access: &str) -> Option<(CpuUse, f64)> {
+        let rows = self.of(access);
+        let mut it = rows.iter().filter_map(|r| r.cpu.map(|c| (c, r.bytes)));
+        let first = it.next()?;
+        Some(it.fold(first, |(c, b), (c2, b2)| (c.add(&c2), b + b2)))
+    }
+
+    /// Busy CPU-seconds per GiB over all iterations of `access` (`--cpu`).
+    fn cpu_per_gib(&self, access: &str) -> Option<f64> {
+        self.cpu_total(access).and_then(|(c, bytes)| c.per_gib(bytes))
+    }
 }
 
 /// The job on one rank. Returns the number of mismatched bytes found by checks, over all ranks.
@@ -453,6 +535,14 @@ async fn run(
     let lead = rank == 0;
     let mut errors_total = 0u64;
     let mut results = Vec::new();
+    // --cpu: rank 0 reads the host's counters around every stage (they cover the whole host,
+    // so one reader is enough on one host).
+    let hz = if p.cpu && lead { Some(cpu::ticks_per_second()?) } else { None };
+    let cpu_mark = || -> crate::Result<Option<CpuTimes>> { hz.map(|_| cpu::sample()).transpose() };
+    let cpu_use = |a: Option<CpuTimes>, b: Option<CpuTimes>| match (a, b, hz) {
+        (Some(a), Some(b), Some(hz)) => Some(CpuUse::between(&a, &b, hz)),
+        _ => None,
+    };
     if lead {
         let cmd: Vec<String> = std::env::args().take_while(|a| a != "--rank").collect();
         if comm.is_mpi() {
@@ -469,13 +559,14 @@ async fn run(
                     config.ok_or_else(|| Error::Invalid("no cluster configuration passed to the rank".into()))?;
                 (Backend::Pfs(crate::connect(path).await?), store::pfs_path(&p.test_file)?)
             }
-            Api::Posix => (Backend::Posix, store::posix_path(&p.test_file, posix_dir)),
+            Api::Posix => (Backend::Posix { odirect: p.odirect }, store::posix_path(&p.test_file, posix_dir)),
         };
         if lead {
             print_options(p, api, &base, ranks, comm.nodes());
         }
         let mut res = ApiResults { api, path: base.clone(), rows: Vec::new() };
-        let mut buf = vec![0u8; p.transfer as usize];
+        // Aligned for O_DIRECT (--posix.odirect); costs nothing otherwise.
+        let mut buf = AlignedBuf::new(p.transfer as usize);
         let reader_owner = if p.reorder { (rank + 1) % ranks } else { rank };
         let deadline = |t: f64| (p.stonewall > 0).then_some(t + p.stonewall as f64);
         for iter in 0..p.reps {
@@ -488,6 +579,7 @@ async fn run(
                 }
                 comm.barrier()?;
                 store.unlink_if_exists(&file_of(&base, p, rank)).await?;
+                let c0 = cpu_mark()?;
                 comm.barrier()?;
                 let t0 = now();
                 let h = store.create(&file_of(&base, p, rank)).await?;
@@ -503,14 +595,17 @@ async fn run(
                 let t4 = now();
                 h.close().await?;
                 let t5 = now();
+                // Every rank has closed once the allgather returns: the stage's end.
                 let all = comm.allgather(&[t0, t1, t2, t3, t4, t5, m.bytes as f64, m.count as f64])?;
+                let c1 = cpu_mark()?;
                 if p.stonewall > 0 {
                     written = Some(all.iter().map(|v| v[7] as u64).collect());
                 }
-                let row = reduce(&all, Access::Write, iter);
+                let mut row = reduce(&all, Access::Write, iter);
+                row.cpu = cpu_use(c0, c1);
                 if lead {
                     if iter == 0 {
-                        println!("\nResults: \n\n{TABLE_HEADER}");
+                        println!("\nResults: \n\n{}", table_header(p));
                     }
                     println!("{}", row_line(&row, p));
                 }
@@ -522,6 +617,7 @@ async fn run(
             }
             if p.read {
                 let limit = written.as_ref().map(|w| w[reader_owner]);
+                let c0 = cpu_mark()?;
                 comm.barrier()?;
                 let t0 = now();
                 let h = store.open(&file_of(&base, p, reader_owner)).await?;
@@ -536,10 +632,12 @@ async fn run(
                 h.close().await?;
                 let t5 = now();
                 let all = comm.allgather(&[t0, t1, t2, t3, t4, t5, m.bytes as f64, m.count as f64])?;
-                let row = reduce(&all, Access::Read, iter);
+                let c1 = cpu_mark()?;
+                let mut row = reduce(&all, Access::Read, iter);
+                row.cpu = cpu_use(c0, c1);
                 if lead {
                     if iter == 0 && !p.write {
-                        println!("\nResults: \n\n{TABLE_HEADER}");
+                        println!("\nResults: \n\n{}", table_header(p));
                     }
                     println!("{}", row_line(&row, p));
                 }
@@ -559,13 +657,13 @@ async fn run(
         comm.barrier()?;
         store.close().await?;
         if lead {
-            print_summary(&res, p, ranks);
+            print_summary(&res, p, ranks, comm.nodes());
         }
         results.push(res);
     }
     if lead {
         if results.len() > 1 {
-            print_ratio(&results);
+            print_ratio(&results, p);
         }
         if p.check_write || p.check_read {
             if errors_total > 0 {
@@ -635,14 +733,43 @@ fn print_options(p: &Params, api: Api, path: &str, ranks: usize, nodes: usize) {
     if p.fsync {
         line("fsync", "1".into());
     }
+    // IOR names the setting useO_DIRECT; it only applies to its POSIX back end.
+    if p.odirect {
+        match api {
+            Api::Posix => {
+                line("useO_DIRECT", format!("1 (--posix.odirect: O_DIRECT, {}-byte aligned)", store::DIRECT_ALIGN))
+            }
+            Api::Pfs => line("useO_DIRECT", "0 (--posix.odirect applies to -a POSIX only)".into()),
+        }
+    }
+    if p.cpu {
+        line("cpu", "CPU-s/GiB per stage: the whole host's busy CPU time (/proc/stat) over all ranks' bytes".into());
+    }
 }
 
-fn print_summary(res: &ApiResults, p: &Params, ranks: usize) {
+fn print_summary(res: &ApiResults, p: &Params, ranks: usize, nodes: usize) {
     if let Some(m) = res.max_mib("write") {
         println!("Max Write: {:.2} MiB/sec ({:.2} MB/sec)", m, m * MIB / MB);
     }
     if let Some(m) = res.max_mib("read") {
         println!("Max Read:  {:.2} MiB/sec ({:.2} MB/sec)", m, m * MIB / MB);
+    }
+    for (access, label) in [("write", "CPU Write:"), ("read", "CPU Read: ")] {
+        let Some((c, bytes)) = res.cpu_total(access) else { continue };
+        let per_gib = c.per_gib(bytes).map_or("-".to_string(), |x| format!("{x:.3}"));
+        // Across hosts rank 0 sees its own host only, while the bytes are every rank's.
+        let host = if nodes > 1 { format!("rank 0's host only, of {nodes}") } else { "whole host".to_string() };
+        // /proc/stat charges whole ticks (10 ms at USER_HZ 100) to the state a CPU is in when
+        // the tick fires: under 1 CPU-s (100 ticks) the figure is off by several per cent.
+        let coarse = if c.total_s < 1.0 { "; under 1 CPU-s: coarse, /proc/stat counts in ticks" } else { "" };
+        println!(
+            "{label} {per_gib} CPU-s/GiB ({host}, {} cpus: busy {:.2} of {:.2} CPU-s, {:.0} %, {} iteration(s){coarse})",
+            c.cpus,
+            c.busy_s,
+            c.total_s,
+            c.utilisation() * 100.0,
+            res.of(access).len()
+        );
     }
     println!("\nSummary of all tests:");
     println!("Operation   Max(MiB)   Min(MiB)  Mean(MiB)     StdDev   Max(OPs)   Min(OPs)  Mean(OPs)     StdDev    Mean(s) Test# #Tasks tPN reps fPP reord reordoff reordrand seed segcnt   blksiz    xsize aggs(MiB)   API RefNum");
@@ -671,7 +798,7 @@ fn print_summary(res: &ApiResults, p: &Params, ranks: usize) {
     }
 }
 
-fn print_ratio(results: &[ApiResults]) {
+fn print_ratio(results: &[ApiResults], p: &Params) {
     let (Some(pfs), Some(posix)) =
         (results.iter().find(|r| r.api == Api::Pfs), results.iter().find(|r| r.api == Api::Posix))
     else {
@@ -684,14 +811,32 @@ fn print_ratio(results: &[ApiResults]) {
             println!("{access:<9} PFS {a:10.2} MiB/s   POSIX {b:10.2} MiB/s   ratio {ratio:.2}");
         }
     }
+    if !p.cpu {
+        return;
+    }
+    println!("PFS / POSIX (host CPU-s per GiB, all iterations):");
+    for access in ["write", "read"] {
+        if let (Some(a), Some(b)) = (pfs.cpu_per_gib(access), posix.cpu_per_gib(access)) {
+            let ratio = if b > 0.0 { format!("{:.2}", a / b) } else { "-".to_string() };
+            println!("{access:<9} PFS {a:10.3} CPU-s/GiB   POSIX {b:10.3} CPU-s/GiB   ratio {ratio}");
+        }
+    }
+}
+
+/// A JSON number, or null for none (or a value JSON cannot hold).
+fn json_num(x: Option<f64>) -> String {
+    match x {
+        Some(v) if v.is_finite() => v.to_string(),
+        _ => "null".to_string(),
+    }
 }
 
 fn to_json(results: &[ApiResults], p: &Params, ranks: usize, errors: u64) -> String {
     let mut s = String::new();
     let _ = write!(
         s,
-        "{{\"tool\":\"pfs-ior\",\"ranks\":{ranks},\"blockSize\":{},\"transferSize\":{},\"segmentCount\":{},\"filePerProc\":{},\"reorderTasks\":{},\"fsync\":{},\"randomOffset\":{},\"repetitions\":{},\"mismatchedBytes\":{errors},\"tests\":[",
-        p.block, p.transfer, p.segments, p.file_per_proc, p.reorder, p.fsync, p.random, p.reps
+        "{{\"tool\":\"pfs-ior\",\"ranks\":{ranks},\"blockSize\":{},\"transferSize\":{},\"segmentCount\":{},\"filePerProc\":{},\"reorderTasks\":{},\"fsync\":{},\"randomOffset\":{},\"repetitions\":{},\"odirect\":{},\"mismatchedBytes\":{errors},\"tests\":[",
+        p.block, p.transfer, p.segments, p.file_per_proc, p.reorder, p.fsync, p.random, p.reps, p.odirect
     );
     for (i, r) in results.iter().enumerate() {
         if i > 0 {
@@ -704,9 +849,20 @@ fn to_json(results: &[ApiResults], p: &Params, ranks: usize, errors: u64) -> Str
             }
             let _ = write!(
                 s,
-                "{{\"access\":\"{}\",\"iteration\":{},\"bytes\":{},\"bwMiB\":{},\"iops\":{},\"latency\":{},\"openTime\":{},\"wrRdTime\":{},\"closeTime\":{},\"totalTime\":{}}}",
+                "{{\"access\":\"{}\",\"iteration\":{},\"bytes\":{},\"bwMiB\":{},\"iops\":{},\"latency\":{},\"openTime\":{},\"wrRdTime\":{},\"closeTime\":{},\"totalTime\":{}",
                 row.access, row.iter, row.bytes, row.bw_mib, row.iops, row.latency, row.open, row.wrrd, row.close, row.total
             );
+            if let Some(c) = row.cpu {
+                let _ = write!(
+                    s,
+                    ",\"cpuSecondsPerGiB\":{},\"cpuBusySeconds\":{},\"cpuTotalSeconds\":{},\"cpus\":{}",
+                    json_num(row.cpu_per_gib()),
+                    c.busy_s,
+                    c.total_s,
+                    c.cpus
+                );
+            }
+            s.push('}');
         }
         s.push_str("],\"max\":{");
         let mut first = true;
@@ -719,7 +875,16 @@ fn to_json(results: &[ApiResults], p: &Params, ranks: usize, errors: u64) -> Str
                 let _ = write!(s, "\"{access}MiB\":{m}");
             }
         }
-        s.push_str("}}");
+        s.push('}');
+        if p.cpu {
+            let _ = write!(
+                s,
+                ",\"cpuSecondsPerGiB\":{{\"write\":{},\"read\":{}}}",
+                json_num(r.cpu_per_gib("write")),
+                json_num(r.cpu_per_gib("read"))
+            );
+        }
+        s.push('}');
     }
     s.push_str("]}\n");
     s

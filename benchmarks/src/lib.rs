@@ -5,6 +5,7 @@
 //! the cargo feature `mpi`, they also run as the ranks of `mpirun` ([`mpirun`]).
 
 pub mod comm;
+pub mod cpu;
 pub mod error;
 pub mod ior;
 pub mod launch;

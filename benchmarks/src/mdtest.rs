@@ -308,7 +308,7 @@ async fn run(comm: &mut Comm, p: &Params, config: Option<&Path>, posix_dir: &Pat
                     config.ok_or_else(|| Error::Invalid("no cluster configuration passed to the rank".into()))?;
                 (Backend::Pfs(crate::connect(path).await?), store::pfs_path(&p.dir)?)
             }
-            Api::Posix => (Backend::Posix, store::posix_path(&p.dir, posix_dir)),
+            Api::Posix => (Backend::Posix { odirect: false }, store::posix_path(&p.dir, posix_dir)),
         };
         if lead {
             let cmd: Vec<String> = std::env::args().take_while(|a| a != "--rank").collect();

@@ -138,3 +138,27 @@ fn mdtest_presets() {
     assert!(p.files && !p.dirs && !p.unique);
     assert_eq!((p.items, p.write_bytes, p.read_bytes), (100, 3901, 3901));
 }
+
+#[test]
+fn posix_odirect_needs_aligned_sizes_for_posix() {
+    let p = ior(&["-a", "POSIX", "--posix.odirect", "-t", "64k", "-b", "256k"]).unwrap();
+    assert!(p.odirect);
+    assert!(!ior(&["-a", "POSIX"]).unwrap().odirect);
+    // An unaligned transfer size is refused, naming the option and the values.
+    let e = ior(&["-a", "POSIX", "--posix.odirect", "-t", "47008", "-b", "94016"]).unwrap_err();
+    assert!(e.contains("--posix.odirect") && e.contains("-t 47008") && e.contains("-b 94016"), "{e}");
+    let e = ior(&["-a", "PFS,POSIX", "--posix.odirect", "-t", "1000", "-b", "4000"]).unwrap_err();
+    assert!(e.contains("multiples of 4096"), "{e}");
+    // ior-hard's records cannot be aligned: the error says so.
+    let e = ior(&["-a", "POSIX", "--posix.odirect", "--preset", "ior-hard"]).unwrap_err();
+    assert!(e.contains("ior-hard") && e.contains("47008"), "{e}");
+    assert!(ior(&["-a", "POSIX", "--posix.odirect", "--preset", "ior-easy"]).is_ok());
+    // The PFS API ignores the option, so nothing to refuse.
+    assert!(ior(&["-a", "PFS", "--posix.odirect", "--preset", "ior-hard"]).is_ok());
+}
+
+#[test]
+fn cpu_flag() {
+    assert!(ior(&["--cpu"]).unwrap().cpu);
+    assert!(!ior(&[]).unwrap().cpu);
+}

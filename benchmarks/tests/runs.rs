@@ -123,6 +123,108 @@ fn read_check_counts_one_corrupted_byte_pfs() {
     assert!(out.contains("Data check passed: 0 mismatched bytes"), "{out}");
 }
 
+/// A directory for O_DIRECT files: under the target directory (a disk file system, where the
+/// system temporary directory may be a tmpfs that refuses O_DIRECT), or `None` with the reason
+/// if even that refuses it.
+fn odirect_dir() -> Result<tempfile::TempDir, String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
+    let probe = dir.path().join("probe");
+    match std::fs::OpenOptions::new().write(true).create(true).custom_flags(libc::O_DIRECT).open(&probe) {
+        Ok(_) => {
+            std::fs::remove_file(&probe).unwrap();
+            Ok(dir)
+        }
+        Err(e) => Err(format!("{} refuses O_DIRECT: {e}", dir.path().display())),
+    }
+}
+
+/// `--posix.odirect`: POSIX files opened with O_DIRECT, aligned buffers, written, read back by
+/// the neighbouring rank and checked, in a shared file and in a file per process.
+#[test]
+fn posix_odirect_runs_and_checks() {
+    let dir = match odirect_dir() {
+        Ok(d) => d,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let d = dir.path().to_str().unwrap();
+    for layout in [&["-F"][..], &["-s", "2"][..]] {
+        let mut args = vec!["--np", "2", "-a", "POSIX", "--posix.odirect", "-t", "64k", "-b", "256k", "-W", "-R", "-C"];
+        args.extend_from_slice(&["--posix-dir", d]);
+        args.extend_from_slice(layout);
+        let (code, out) = run(IOR, &args);
+        assert_eq!(code, 0, "{out}");
+        assert!(out.contains("useO_DIRECT         : 1"), "{out}");
+        assert!(out.contains("Data check passed: 0 mismatched bytes"), "{out}");
+        assert!(!out.contains("WARNING"), "{out}");
+    }
+}
+
+/// Under --posix.odirect an unaligned transfer size fails before anything runs, as in IOR.
+#[test]
+fn posix_odirect_refuses_unaligned_transfers() {
+    let (code, out) = run(IOR, &["-a", "POSIX", "--posix.odirect", "-t", "47008", "-b", "47008"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("--posix.odirect") && out.contains("-t 47008"), "{out}");
+    assert!(!out.contains("Results:"), "{out}");
+    let (code, out) = run(IOR, &["-a", "POSIX", "--posix.odirect", "--preset", "ior-hard"]);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("ior-hard"), "{out}");
+}
+
+/// The numbers after each `key` in `text` (JSON members or output fields), skipping those
+/// followed by an object.
+fn number_after(text: &str, key: &str) -> Vec<f64> {
+    text.match_indices(key)
+        .map(|(i, _)| text[i + key.len()..].trim_start())
+        .filter(|rest| !rest.starts_with('{'))
+        .map(|rest| {
+            let end =
+                rest.find(|c: char| !(c.is_ascii_digit() || c == '.' || c == '-' || c == 'e')).unwrap_or(rest.len());
+            rest[..end].parse::<f64>().unwrap_or_else(|_| panic!("no number after {key:?} in {rest:.40}"))
+        })
+        .collect()
+}
+
+/// `--cpu`: a CPU-s/GiB column in the table, a summary line per access, and JSON members. The
+/// stages move 64 MiB each through pfs, which costs the host far more than a clock tick, so
+/// the figures are positive.
+#[test]
+fn cpu_reports_cpu_seconds_per_gib() {
+    let dir = tempfile::tempdir().unwrap();
+    let json = dir.path().join("r.json");
+    let (code, out) =
+        run(IOR, &["--np", "2", "--cpu", "-F", "-t", "1m", "-b", "32m", "--json", json.to_str().unwrap()]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("   iter CPU-s/GiB\n"), "{out}");
+    for line in ["CPU Write: ", "CPU Read:  "] {
+        let v = number_after(&out, line);
+        assert_eq!(v.len(), 1, "{line}: {out}");
+        assert!(v[0] > 0.0, "{line}{}: {out}", v[0]);
+    }
+    // Table rows (IOR's 11 fields, then the figure; the summary's rows have more) end with it.
+    let rows: Vec<&str> = out
+        .lines()
+        .filter(|l| (l.starts_with("write ") || l.starts_with("read ")) && l.split_whitespace().count() == 12)
+        .collect();
+    assert_eq!(rows.len(), 2, "{out}");
+    for r in rows {
+        let last: f64 = r.split_whitespace().last().unwrap().parse().unwrap();
+        assert!(last > 0.0, "{r}");
+    }
+    let j = std::fs::read_to_string(&json).unwrap();
+    let per_row = number_after(&j, "\"cpuSecondsPerGiB\":");
+    assert_eq!(per_row.len(), 2, "{j}");
+    assert!(per_row.iter().all(|&x| x > 0.0), "{j}");
+    // And per test, over all iterations.
+    assert!(j.contains("\"cpuSecondsPerGiB\":{\"write\":"), "{j}");
+    assert!(number_after(&j, "\"cpuSecondsPerGiB\":{\"write\":").iter().all(|&x| x > 0.0), "{j}");
+    assert!(number_after(&j, "\"cpuBusySeconds\":").iter().all(|&x| x > 0.0), "{j}");
+}
+
 #[test]
 fn mdtest_four_ranks_prints_the_summary() {
     let (code, out) = run(MDTEST, &["--np", "4", "-n", "25", "-w", "100", "-e", "100", "-i", "2"]);
