@@ -40,10 +40,10 @@ use std::sync::Arc;
 
 /// Dirty runs written back at once (their payload bytes are bounded by the client's
 /// in-flight limit as well).
-const WRITE_BACK_RUNS: usize = 16;
+const WRITE_BACK_RUNS: usize = 64;
 
 /// Records of a strided reader fetched into the cache ahead of its reads.
-const READ_AHEAD_RECORDS: u64 = 8;
+const READ_AHEAD_RECORDS: u64 = 32;
 
 /// Capabilities kept per open file (the newest; older ones are asked for again if needed).
 const MAX_KEPT_CAPABILITIES: usize = 64;
@@ -649,10 +649,12 @@ impl OpenFile {
         }
         let cache = self.cache.as_ref().expect("not bypassing, so cached");
         let missing = cache.lock().read(self.id, offset, buf);
-        let bs = self.layout.block_size as u64;
+        // Whole blocks (up to end of file) so neighbours are cached too, unless the reader is
+        // strided: its neighbours are other readers' records, and its own next ones are
+        // fetched ahead exactly.
+        let bs = if self.read_ahead.lock().pattern.pattern().is_some() { 1 } else { self.layout.block_size as u64 };
         let size = self.size.load(Ordering::Acquire);
         for m in missing {
-            // Whole blocks (up to end of file) so neighbours are cached too.
             let fs = m.start / bs * bs;
             let fe = (m.end.div_ceil(bs) * bs).min(size.max(m.end));
             let seq = self.write_seq.load(Ordering::Acquire);
