@@ -66,9 +66,11 @@ async fn interleaved_writers_ask_ahead_and_keep_every_byte() {
         for (w, (acquires, revokes)) in counts.iter().enumerate() {
             // Without records ahead every record after the first few is an acquire (and
             // mostly a revoke): 96 each. Asking 64 ahead, a writer needs at most its first
-            // three records to show the pattern, then one acquire per 64 records.
+            // three records to show the pattern, then one acquire per 64 records. The writer
+            // that got the token to the end of the file first loses at most the others' first
+            // three records each (6) before it gives the rest back.
             assert!(*acquires <= 8, "writer {w}: {acquires} acquires for {RECORDS} records");
-            assert!(*revokes <= 4, "writer {w}: {revokes} revokes for {RECORDS} records");
+            assert!(*revokes <= 8, "writer {w}: {revokes} revokes for {RECORDS} records");
         }
         let reader = cluster.client().await.unwrap();
         let f = reader.open("/strided").await.unwrap();

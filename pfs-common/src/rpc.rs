@@ -28,6 +28,7 @@ use std::marker::PhantomData;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncWriteExt, BufReader};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -346,7 +347,8 @@ pub struct Peer {
     pub conn_id: u64,
     pub addr: SocketAddr,
     pub role: PeerRole,
-    pub name: String,
+    /// Shared: a `Peer` is cloned for every request.
+    pub name: Arc<str>,
     /// Pushes one-way frames to this peer.
     pub notifier: Notifier,
 }
@@ -522,16 +524,29 @@ async fn serve_conn<H: Handler>(
         let reply_to = writer.clone();
         match wire::decode::<H::Request>(&frame.body) {
             Ok(req) => {
-                let handler = handler.clone();
-                let peer = peer.clone();
-                let activity = activity.clone();
                 activity.begin();
-                tokio::spawn(async move {
-                    let reply = handler.handle(peer, req, frame.payload).await;
-                    send_reply(&reply_to, id, reply).await;
-                    activity.end();
-                    drop(permit);
-                });
+                let mut handling = Box::pin(handler.clone().handle(peer.clone(), req, frame.payload));
+                // Most requests (a granted token, a lookup, a cached read) finish at their first
+                // poll: answer those here, without a task, its wake-up and a hop to another
+                // worker. A request that waits (a queued token, a WAL commit, disk I/O) goes on
+                // in its own task, so the connection keeps reading: the others are not held up.
+                let first = std::future::poll_fn(|cx| Poll::Ready(handling.as_mut().poll(cx))).await;
+                match first {
+                    Poll::Ready(reply) => {
+                        send_reply(&reply_to, id, reply).await;
+                        activity.end();
+                        drop(permit);
+                    }
+                    Poll::Pending => {
+                        let activity = activity.clone();
+                        tokio::spawn(async move {
+                            let reply = handling.await;
+                            send_reply(&reply_to, id, reply).await;
+                            activity.end();
+                            drop(permit);
+                        });
+                    }
+                }
             }
             Err(e) => {
                 warn!("{}: undecodable request from {} ({addr}): {e}", opts.name, peer.name);
@@ -684,7 +699,7 @@ async fn handshake(
     });
     send_reply(writer, 0, Reply::result::<_, Error>(Ok(reply))).await;
     let notifier = Notifier { writer: writer.clone(), peer: format!("{} at {addr}", hello.name).into() };
-    let peer = Peer { conn_id, addr, role: hello.role, name: hello.name, notifier };
+    let peer = Peer { conn_id, addr, role: hello.role, name: hello.name.into(), notifier };
     let Some(keys) = keys else { return Ok((peer, None)) };
     let proof = match read_frame(rd, &opts.limits, pool::global(), None).await {
         Ok(Some(f)) if f.header.kind == FrameKind::Request => wire::decode::<HelloProof>(&f.body).ok(),
