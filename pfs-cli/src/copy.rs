@@ -7,10 +7,15 @@
 //! memory stays at `2 × DEPTH` segments whatever the file size (`3 × DEPTH` verifying: a
 //! segment being read back).
 //!
-//! `verify` checks every segment on its own: its SHA-256 as read from the source against the
-//! SHA-256 of the same bytes read back from the destination once written. Segments are hashed
-//! on tokio's blocking threads while other segments move, so verification overlaps the copy
-//! and uses every core; a whole-file digest would have to run on one core in file order.
+//! `verify` into pfs compares, chunk by chunk, the SHA-256 of the source's bytes with the
+//! SHA-256 pfs-meta's chunk map recorded for the destination's chunk at the final fsync: the
+//! storage servers hash the bytes they write anyway (fused with the write, or re-read when
+//! writes came out of order), so nothing is read back and every byte crosses the network once.
+//! With `read_back`, and for local destinations, every segment is instead read back from the
+//! destination once written and its SHA-256 compared with the source's. Either way segments
+//! are hashed on tokio's blocking threads while other segments move, so verification overlaps
+//! the copy and uses every core; a whole-file digest would have to run on one core in file
+//! order.
 
 use crate::error::{Error, Result};
 use futures_util::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
@@ -64,9 +69,11 @@ pub struct CopyOptions {
     pub recursive: bool,
     /// Layout of new pfs files.
     pub create: CreateOptions,
-    /// Read every segment back from the destination once written and compare its SHA-256
-    /// with the source's.
+    /// Check the destination against the source's SHA-256 (see the module documentation).
     pub verify: bool,
+    /// With `verify`, read pfs destinations back too, instead of checking them against the
+    /// chunk map's SHA-256.
+    pub read_back: bool,
     /// Advanced by the bytes copied (hidden when not on a terminal).
     pub progress: Option<indicatif::ProgressBar>,
 }
@@ -298,6 +305,26 @@ impl Sink {
         Ok(len)
     }
 
+    /// Writes `buf` at `offset` of a pfs destination of `chunk_size`-byte chunks (`offset` a
+    /// multiple of it) while hashing each chunk's part of it on a blocking thread. Returns the
+    /// bytes written and (chunk index, SHA-256 of its bytes here) per chunk touched.
+    async fn write_hashed(self, offset: u64, buf: PooledBuf, chunk_size: u64) -> Result<(usize, ChunkDigests)> {
+        let Sink::Pfs(f) = self else { unreachable!("only pfs destinations are checked against the chunk map") };
+        let buf = Arc::new(buf);
+        let hashing = {
+            let buf = buf.clone();
+            tokio::task::spawn_blocking(move || {
+                buf.chunks(chunk_size as usize)
+                    .enumerate()
+                    .map(|(i, piece)| (offset / chunk_size + i as u64, Sha256::digest(piece).into()))
+                    .collect::<ChunkDigests>()
+            })
+        };
+        let n = f.write_at(offset, &buf).await?;
+        let digests = hashing.await.map_err(|e| Error::Task(format!("a hash task failed: {e}")))?;
+        Ok((n, digests))
+    }
+
     /// `len` bytes at `offset`, read back from the destination (pfs: from the storage servers,
     /// a segment being at least a chunk, which the client's cache never holds).
     async fn read_back(&self, offset: u64, len: usize) -> Result<PooledBuf> {
@@ -332,9 +359,54 @@ impl Sink {
     }
 }
 
+/// (chunk index, SHA-256 of the chunk's bytes).
+type ChunkDigests = Vec<(u64, [u8; 32])>;
+
+/// Bytes per segment: a stripe (every storage target busy), within [4 MiB, 16 MiB], and a
+/// whole number of chunks (so each chunk is hashed from one segment).
 fn segment_size(layout: Option<&pfs_common::layout::Layout>) -> u64 {
-    let seg = layout.map(|l| l.chunk_size() * l.stripe_count() as u64).unwrap_or(SEGMENT_MIN);
-    seg.clamp(SEGMENT_MIN, SEGMENT_MAX)
+    let Some(l) = layout else { return SEGMENT_MIN };
+    let seg = (l.chunk_size() * l.stripe_count() as u64).clamp(SEGMENT_MIN, SEGMENT_MAX);
+    (seg / l.chunk_size()).max(1) * l.chunk_size()
+}
+
+/// Checks every chunk of the pfs file `f` (`size` bytes, just synced) against `digests`, the
+/// source's SHA-256 per chunk: pfs-meta's chunk map must hold each chunk committed at the
+/// source's length and SHA-256. Errors: Mismatch naming the chunk, its byte range and both
+/// digests (or what is missing).
+pub async fn verify_chunks(
+    client: &Client,
+    f: &File,
+    size: u64,
+    digests: &std::collections::BTreeMap<u64, [u8; 32]>,
+) -> Result<()> {
+    let layout = f.layout();
+    let count = layout.chunk_count(size);
+    let infos = client.chunks(f.id(), count).await?;
+    let committed: std::collections::BTreeMap<u64, _> = infos.into_iter().map(|i| (i.chunk, i.committed)).collect();
+    for chunk in 0..count {
+        let start = layout.file_offset(chunk, 0);
+        let len = layout.chunk_len(chunk, size);
+        let at = format!("chunk {chunk} (bytes {start}..{}) of pfs:{}", start + len, f.path());
+        let want =
+            digests.get(&chunk).ok_or_else(|| Error::Mismatch(format!("verify failed: {at} was never hashed")))?;
+        let problem = match committed.get(&chunk).and_then(|c| c.as_ref()) {
+            None => "is not committed in pfs-meta's chunk map".to_string(),
+            Some(c) if c.len != len => format!("is committed with {} bytes, the source has {len}", c.len),
+            Some(c) => match c.sha256 {
+                None => "is committed without a SHA-256".to_string(),
+                Some(got) if got.0 != *want => format!(
+                    "is committed with sha256 {} (by {}), the source's bytes have {}",
+                    hex::encode(got.0),
+                    c.holders.iter().map(|(s, _)| s.to_string()).collect::<Vec<_>>().join(", "),
+                    hex::encode(want)
+                ),
+                Some(_) => continue,
+            },
+        };
+        return Err(Error::Mismatch(format!("verify failed: {at} {problem}")));
+    }
+    Ok(())
 }
 
 async fn copy_one(
@@ -379,10 +451,18 @@ async fn copy_one(
         Sink::Pfs(f) => segment_size(Some(f.layout())),
         Sink::Local(..) => segment_size(src_layout.as_ref()),
     };
+    // Into pfs, verify against the chunk map (the storage servers hash what they write).
+    let chunk_map = match &sink {
+        Sink::Pfs(f) if opts.verify && !opts.read_back => Some(f.layout().chunk_size()),
+        _ => None,
+    };
     let pumped = async {
-        pump(source, sink.clone(), size, seg, opts).await?;
+        let digests = pump(source, sink.clone(), size, seg, opts, chunk_map).await?;
         if let Sink::Pfs(f) = &sink {
             f.fsync().await.map_err(|e| Error::from(e).context(format!("{dst} (the copy is incomplete)")))?;
+            if chunk_map.is_some() {
+                verify_chunks(client, f, size, &digests).await?;
+            }
         }
         Ok::<_, Error>(())
     };
@@ -408,10 +488,20 @@ async fn copy_one(
     }
 }
 
-/// Moves `size` bytes from `source` to `sink`, each segment verified with `opts.verify`.
-async fn pump(source: Source, sink: Sink, size: u64, seg: u64, opts: &CopyOptions) -> Result<()> {
+/// Moves `size` bytes from `source` to `sink`. With `chunk_map` (the destination's chunk
+/// size) every chunk is hashed and the digests returned; otherwise, with `opts.verify`, every
+/// segment is read back and checked.
+async fn pump(
+    source: Source,
+    sink: Sink,
+    size: u64,
+    seg: u64,
+    opts: &CopyOptions,
+    chunk_map: Option<u64>,
+) -> Result<std::collections::BTreeMap<u64, [u8; 32]>> {
     let mut reads = FuturesOrdered::new();
     let mut writes = FuturesUnordered::new();
+    let mut digests = std::collections::BTreeMap::new();
     let mut next = 0u64;
     loop {
         while reads.len() < DEPTH && next < size {
@@ -423,18 +513,20 @@ async fn pump(source: Source, sink: Sink, size: u64, seg: u64, opts: &CopyOption
         let Some(joined) = reads.next().await else { break };
         let (off, buf) = joined.map_err(|e| Error::Task(format!("a read task failed: {e}")))??;
         let s = sink.clone();
-        match opts.verify {
-            true => writes.push(tokio::spawn(s.write_verified(off, buf))),
-            false => writes.push(tokio::spawn(s.write(off, buf))),
+        let with_none = |n: Result<usize>| n.map(|n| (n, ChunkDigests::new()));
+        match (chunk_map, opts.verify) {
+            (Some(cs), _) => writes.push(tokio::spawn(s.write_hashed(off, buf, cs))),
+            (None, true) => writes.push(tokio::spawn(async move { with_none(s.write_verified(off, buf).await) })),
+            (None, false) => writes.push(tokio::spawn(async move { with_none(s.write(off, buf).await) })),
         }
         while writes.len() >= DEPTH {
-            finish_write(writes.next().await, opts)?;
+            digests.extend(finish_write(writes.next().await, opts)?);
         }
     }
     while let Some(w) = writes.next().await {
-        finish_write(Some(w), opts)?;
+        digests.extend(finish_write(Some(w), opts)?);
     }
-    Ok(())
+    Ok(digests)
 }
 
 /// SHA-256 of `buf` on a blocking thread (hashing is CPU work: it must not hold up the
@@ -448,17 +540,17 @@ async fn hash(buf: PooledBuf) -> Result<(PooledBuf, [u8; 32])> {
     .map_err(|e| Error::Task(format!("a hash task failed: {e}")))
 }
 
+/// The digests of a finished segment write (none unless hashed), after counting its bytes.
 fn finish_write(
-    w: Option<std::result::Result<Result<usize>, tokio::task::JoinError>>,
+    w: Option<std::result::Result<Result<(usize, ChunkDigests)>, tokio::task::JoinError>>,
     opts: &CopyOptions,
-) -> Result<()> {
-    if let Some(w) = w {
-        let n = w.map_err(|e| Error::Task(format!("a write task failed: {e}")))??;
-        if let Some(p) = &opts.progress {
-            p.inc(n as u64);
-        }
+) -> Result<ChunkDigests> {
+    let Some(w) = w else { return Ok(ChunkDigests::new()) };
+    let (n, digests) = w.map_err(|e| Error::Task(format!("a write task failed: {e}")))??;
+    if let Some(p) = &opts.progress {
+        p.inc(n as u64);
     }
-    Ok(())
+    Ok(digests)
 }
 
 /// SHA-256 (hex) of a local or pfs file, read in segments.

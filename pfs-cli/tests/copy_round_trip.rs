@@ -17,6 +17,7 @@ async fn a_64_mib_file_round_trips_through_pfs_cp() {
     std::fs::write(&src, &data).unwrap();
 
     ok(run_tool(PFS_CP, &cfg, &["--verify", src.to_str().unwrap(), "pfs:/in.bin"]));
+    ok(run_tool(PFS_CP, &cfg, &["--verify", "--read-back", src.to_str().unwrap(), "pfs:/in-read-back.bin"]));
     let back = cluster.dir().join("out.bin");
     ok(run_tool(PFS_CP, &cfg, &["--verify", "pfs:/in.bin", back.to_str().unwrap()]));
     assert!(std::fs::read(&back).unwrap() == data, "read back bytes differ");
@@ -125,4 +126,45 @@ async fn copy_failures_are_one_clear_line_and_non_zero() {
     let err = String::from_utf8_lossy(&down.stderr);
     assert!(err.contains("storage-2") && err.lines().count() == 1, "{err}");
     assert!(!out.exists(), "a partial copy was left at {}", out.display());
+}
+
+/// `pfs-cp --verify` into pfs checks the chunk map: a chunk whose committed SHA-256 is not the
+/// source's, and a chunk never committed, are both named with their byte range.
+#[tokio::test(flavor = "multi_thread")]
+async fn verify_against_the_chunk_map_names_the_chunk_that_differs() {
+    use pfs_cli::copy::verify_chunks;
+    use sha2::{Digest, Sha256};
+    let cluster = LocalCluster::start(4).await.unwrap();
+    let client = cluster.client().await.unwrap();
+    let data = random_bytes(3 << 20, 7);
+    let f = client.create("/checked.bin", &Default::default()).await.unwrap();
+    f.write_at(0, &data).await.unwrap();
+    f.fsync().await.unwrap();
+    let cs = f.layout().chunk_size() as usize;
+    let mut digests: std::collections::BTreeMap<u64, [u8; 32]> =
+        data.chunks(cs).enumerate().map(|(i, c)| (i as u64, Sha256::digest(c).into())).collect();
+    verify_chunks(&client, &f, data.len() as u64, &digests).await.unwrap();
+
+    // The source had other bytes in chunk 1.
+    let mut other = data[cs..2 * cs].to_vec();
+    other[17] ^= 1;
+    digests.insert(1, Sha256::digest(&other).into());
+    let err = verify_chunks(&client, &f, data.len() as u64, &digests).await.unwrap_err().to_string();
+    assert!(
+        err.contains(&format!("chunk 1 (bytes {cs}..{}) of pfs:/checked.bin is committed with sha256", 2 * cs)),
+        "{err}"
+    );
+    digests.insert(1, Sha256::digest(&data[cs..2 * cs]).into());
+
+    // A fourth chunk written but not synced is not in the chunk map yet.
+    let tail = random_bytes(1000, 8);
+    f.write_at(data.len() as u64, &tail).await.unwrap();
+    digests.insert(3, Sha256::digest(&tail).into());
+    let size = (data.len() + tail.len()) as u64;
+    let err = verify_chunks(&client, &f, size, &digests).await.unwrap_err().to_string();
+    assert!(err.contains("chunk 3 (bytes 3145728..3146728) of pfs:/checked.bin is not committed"), "{err}");
+    // Once closed (written back and committed), it checks out.
+    f.close().await.unwrap();
+    let f = client.open("/checked.bin").await.unwrap();
+    verify_chunks(&client, &f, size, &digests).await.unwrap();
 }
