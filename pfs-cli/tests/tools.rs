@@ -30,3 +30,33 @@ async fn namespace_through_the_pfs_tool() {
     let stat = ok(run_tool(PFS, &cfg, &["stat", "/hello"]));
     assert!(stat.contains("size        21 bytes"), "{stat}");
 }
+
+/// A `pfs up` whose storage server cannot start (its port is taken) fails naming it, and stops
+/// the daemons it did start: no half-up cluster is left behind. Once the port is free, the
+/// same command brings the cluster up.
+#[test]
+fn a_failed_pfs_up_stops_what_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = pfs_testkit::free_ports(3).unwrap();
+    let mut config = pfs_common::config::Config::local(dir.path(), 0, 2);
+    config.meta.address.set_port(ports[0]);
+    for (s, port) in config.storage.iter_mut().zip(&ports[1..]) {
+        s.address.set_port(*port);
+    }
+    let cfg = dir.path().join("pfs.toml");
+    std::fs::write(&cfg, config.to_toml()).unwrap();
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", ports[2])).unwrap();
+    let out = run_tool(PFS, &cfg, &["up"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("storage-2") && err.contains("the daemons this `pfs up` started were stopped"), "{err}");
+    // pfs-meta and storage-1 are gone: their ports are free again, their pid files removed.
+    for port in &ports[..2] {
+        std::net::TcpListener::bind(("127.0.0.1", *port)).unwrap_or_else(|e| panic!("port {port} still taken: {e}"));
+    }
+    let pids: Vec<_> = std::fs::read_dir(dir.path().join("run")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(pids.is_empty(), "pid files left: {pids:?}");
+    drop(squatter);
+    ok(run_tool(PFS, &cfg, &["up"]));
+    ok(run_tool(PFS, &cfg, &["down"]));
+}

@@ -82,8 +82,18 @@ pub async fn up(config: &std::sync::Arc<Config>, config_path: &Path) -> Result<(
         started.push(d);
     }
     if roles.iter().any(|(r, _)| *r == DaemonKind::Meta) {
-        let probe = pfs_testkit::wait_ready(config, &mut started, pfs_testkit::READY_TIMEOUT).await?;
-        pfs_cli::tool::close(&probe).await;
+        match pfs_testkit::wait_ready(config, &mut started, pfs_testkit::READY_TIMEOUT).await {
+            Ok(probe) => pfs_cli::tool::close(&probe).await,
+            Err(e) => {
+                // A cluster half up is worse than none: what this call started is stopped
+                // (daemons found running before are left alone).
+                for d in &mut started {
+                    d.kill();
+                    let _ = fs::remove_file(pid_file(config, d.kind));
+                }
+                return Err(Error::from(e).context("the daemons this `pfs up` started were stopped"));
+            }
+        }
     }
     println!(
         "pfs is up: pfs-meta at {}, {} storage server(s); logs in {}",
