@@ -64,6 +64,9 @@ pub(crate) struct OpenFile {
     /// Shared by reads and writes, exclusive for revokes, fsync and close.
     lock: tokio::sync::RwLock<()>,
     tokens: parking_lot::Mutex<TokenTable>,
+    /// An `Acquire` for this file was sent (through this state): only then can the token
+    /// manager hold tokens of ours on it that the last close must give back.
+    asked_tokens: AtomicBool,
     /// The pattern of our writes, for asking for records ahead of need.
     stride: parking_lot::Mutex<StrideDetector>,
     /// The pattern of our cached reads, for fetching records ahead of them.
@@ -174,6 +177,7 @@ impl OpenFile {
             layout,
             lock: tokio::sync::RwLock::new(()),
             tokens: parking_lot::Mutex::new(TokenTable::default()),
+            asked_tokens: AtomicBool::new(false),
             stride: parking_lot::Mutex::new(StrideDetector::default()),
             read_ahead: parking_lot::Mutex::new(ReadAhead::default()),
             capabilities: parking_lot::Mutex::new(Vec::new()),
@@ -205,6 +209,7 @@ impl OpenFile {
                 t.seq
             };
             let session = self.client.session()?;
+            self.asked_tokens.store(true, Ordering::Release);
             let answer =
                 self.client.meta(tok::Acquire { session, file: self.id, mode, required, desired, ahead }).await;
             let mut t = self.tokens.lock();
@@ -1026,10 +1031,15 @@ impl File {
             }
             s.client.forget_file(s);
             if let Ok(session) = s.client.session() {
-                // Both at once (one round trip). An unlinked file's data goes once its last
-                // opener closes it; not fatal to the close if pfs-meta cannot be told: the
-                // session's end closes it too.
-                let release = s.client.meta(tok::Release { session, file: s.id, range: ByteRange::ALL });
+                // Both at once (one round trip), the release only if we ever asked for a
+                // token (a file created and closed untouched costs one request). An unlinked
+                // file's data goes once its last opener closes it; not fatal to the close if
+                // pfs-meta cannot be told: the session's end closes it too.
+                let release = async {
+                    if s.asked_tokens.load(Ordering::Acquire) {
+                        let _ = s.client.meta(tok::Release { session, file: s.id, range: ByteRange::ALL }).await;
+                    }
+                };
                 let close = s.client.meta(ns::Close { file: s.id, session });
                 if let (_, Err(e)) = tokio::join!(release, close) {
                     tracing::debug!("telling pfs-meta {} is closed: {e}", s.path);

@@ -240,6 +240,11 @@ pub struct Applied {
     pub removed_files: Vec<(FileId, Vec<ServerId>)>,
     /// Chains created or changed, as they are now.
     pub chains: Vec<Chain>,
+    /// Inodes created, changed or dropped (a directory also when its entries or link count
+    /// change): what an answer read through [`Namespace::lookup_traced`] or by id could
+    /// reveal of this mutation. The chunk map, chains, orphan set and boot ids are not
+    /// tracked here.
+    pub touched: Vec<FileId>,
 }
 
 /// What `prepare` needs from outside the namespace.
@@ -358,7 +363,7 @@ impl Namespace {
     /// Errors: BadPath, NameTooLong, NotFound, NotDir (a middle component is a file, or a
     /// trailing slash follows one).
     pub fn resolve(&self, path: &str) -> Result<&Inode> {
-        self.resolve_path(path)
+        self.resolve_path(path, None)
     }
 
     /// The inode `id`. Errors: NoSuchFile.
@@ -465,6 +470,26 @@ impl Namespace {
         match target {
             Target::Id(id) => self.inode(*id),
             t => self.resolve(&self.target_path(t)?),
+        }
+    }
+
+    /// [`Namespace::lookup`], adding to `read` the id of every inode whose state the answer
+    /// depends on (the directories walked, the inode found), whatever the outcome. With the
+    /// ids in [`Applied::touched`], this says which changes an answer could reveal.
+    pub fn lookup_traced(&self, target: &Target, read: &mut Vec<FileId>) -> Result<&Inode> {
+        match target {
+            Target::Id(id) => {
+                read.push(*id);
+                self.inode(*id)
+            }
+            Target::Path(p) => self.resolve_path(p, Some(read)),
+            Target::Entry { dir, .. } => {
+                // The directory's path comes from its ancestors' parent links; the walk below
+                // reads those same ancestors (and a missing `dir` is a change of `dir`).
+                read.push(*dir);
+                let path = self.target_path(target)?;
+                self.resolve_path(&path, Some(read))
+            }
         }
     }
 
@@ -801,6 +826,7 @@ impl Namespace {
                 inode.policy = Some(*policy);
                 inode.parent = Some((*parent, name.clone()));
                 applied.inode = Some(inode.clone());
+                applied.touched = vec![*parent, *id];
                 self.link(*parent, name, inode, *time_ns);
                 self.dir_mut(*parent).nlink += 1;
             }
@@ -812,6 +838,7 @@ impl Namespace {
                 let mut inode = Inode::new(*id, InodeKind::File, attrs, *time_ns);
                 inode.layout = Some(layout.clone());
                 applied.inode = Some(inode.clone());
+                applied.touched = vec![*parent, *id];
                 self.link(*parent, name, inode, *time_ns);
             }
             Mutation::MakeNode { parent, name, id, kind, rdev, symlink, attrs, time_ns } => {
@@ -824,6 +851,7 @@ impl Namespace {
                     inode.mode = 0o777;
                 }
                 applied.inode = Some(inode.clone());
+                applied.touched = vec![*parent, *id];
                 self.link(*parent, name, inode, *time_ns);
             }
             Mutation::Link { file, parent, name, time_ns } => {
@@ -834,6 +862,7 @@ impl Namespace {
                 inode.nlink += 1;
                 inode.touch(*time_ns);
                 applied.inode = Some(inode.summary());
+                applied.touched = vec![*parent, *file];
             }
             Mutation::SetAttr { file, mode, uid, gid, atime_ns, mtime_ns, time_ns } => {
                 let inode = self.inodes.get_mut(file).expect("checked: the inode exists");
@@ -846,6 +875,7 @@ impl Namespace {
                 inode.mtime_ns = mtime_ns.unwrap_or(inode.mtime_ns);
                 inode.touch(*time_ns);
                 applied.inode = Some(inode.summary());
+                applied.touched = vec![*file];
             }
             Mutation::Rename { from_parent, from_name, to_parent, to_name, time_ns, orphan } => {
                 let p = self.dir_mut(*from_parent);
@@ -854,6 +884,8 @@ impl Namespace {
                 let p = self.dir_mut(*to_parent);
                 let replaced = p.entries.insert(to_name.clone(), moved);
                 p.touch_dir(*time_ns);
+                applied.touched = vec![*from_parent, *to_parent, moved];
+                applied.touched.extend(replaced);
                 let m = self.inodes.get_mut(&moved).expect("checked: entries name inodes");
                 m.touch(*time_ns);
                 if m.kind == InodeKind::Dir {
@@ -870,6 +902,7 @@ impl Namespace {
                 let p = self.dir_mut(*parent);
                 let id = p.entries.remove(name).expect("checked: the entry exists");
                 p.touch_dir(*time_ns);
+                applied.touched = vec![*parent, id];
                 self.unname(*parent, id, *orphan, *time_ns, &mut applied.removed_files);
             }
             Mutation::Truncate { file, size, time_ns } => {
@@ -878,9 +911,11 @@ impl Namespace {
                     self.chunks.truncate(*file, *size, layout.chunk_size());
                 }
                 applied.inode = Some(inode);
+                applied.touched = vec![*file];
             }
             Mutation::SetSize { file, size, time_ns } => {
                 self.resize(*file, *time_ns, |old| old.max(*size));
+                applied.touched = vec![*file];
             }
             Mutation::CommitChunks { server, chunks } => {
                 for (file, c) in chunks {
@@ -890,6 +925,7 @@ impl Namespace {
             Mutation::Reap { file } => {
                 self.orphans.remove(file);
                 self.drop_inode(*file, &mut applied.removed_files);
+                applied.touched = vec![*file];
             }
             Mutation::SetChains { chains } => {
                 self.chains.insert(chains);

@@ -263,10 +263,12 @@ impl MetaServer {
             }
             NamespaceRequest::Open(c) => Reply::to::<ns::Open, _>(self.open_file(peer, c).await),
             NamespaceRequest::Close(c) => Reply::to::<ns::Close, _>(self.close_file(peer, c).await),
-            NamespaceRequest::Lookup(c) => {
-                Reply::to::<ns::Lookup, _>(self.query(|n| n.lookup(&c.target).map(attr)).await)
-            }
-            NamespaceRequest::Stat(c) => Reply::to::<ns::Stat, _>(self.query(|n| n.inode(c.file).map(attr)).await),
+            NamespaceRequest::Lookup(c) => Reply::to::<ns::Lookup, _>(
+                self.query_inodes(|n, read| n.lookup_traced(&c.target, read).map(attr)).await,
+            ),
+            NamespaceRequest::Stat(c) => Reply::to::<ns::Stat, _>(
+                self.query_inodes(|n, read| n.lookup_traced(&ns::Target::Id(c.file), read).map(attr)).await,
+            ),
             NamespaceRequest::Readdir(c) => Reply::to::<ns::Readdir, _>(
                 self.query(|n| {
                     let path = match &c.dir {
@@ -321,37 +323,31 @@ impl MetaServer {
         }
     }
 
-    /// Creates a file; with a session, also opens it for that session (in the same step as
-    /// the create, so nobody can remove it in between).
+    /// Creates a file; with a session, also opens it for that session, in the same step as
+    /// the create (under the store's lock), so nobody can remove it in between and the
+    /// answer waits for one commit only: the create's.
     async fn create(&self, peer: &Peer, c: ns::Create) -> Result<Attr> {
         if let Some(session) = c.session {
             self.tokens.check_owner(session, peer.conn_id, &peer.name)?;
         }
         let what = c.target.to_string();
-        let op = |path| Op::Create { path, layout: c.layout, exclusive: c.exclusive, attrs: c.attrs };
-        let attr = self.mutate_at(&c.target, op).await.and_then(|i| answered(i, &what))?;
-        if let Some(session) = c.session {
-            // Another client may have removed it between the create and now: then opening by
-            // id would revive a file nobody can name, so open by name like `Open` does.
-            let (opened, lsn) = self.store.read(|n| {
-                let inode = n.lookup(&c.target)?;
-                if inode.id != attr.id {
-                    return Err(MetaError::NotFound { path: what.clone() });
-                }
+        let make = |n: &Namespace| {
+            let path = n.target_path(&c.target)?;
+            Ok(Op::Create { path, layout: c.layout, exclusive: c.exclusive, attrs: c.attrs })
+        };
+        let open = |inode: Option<&Inode>| {
+            if let (Some(session), Some(inode)) = (c.session, inode) {
                 self.opens.lock().open(session, inode.id);
-                Ok(attr)
-            });
-            self.store.wait_durable(lsn).await?;
-            return opened;
-        }
-        Ok(attr)
+            }
+        };
+        self.mutate_then(make, open).await.and_then(|i| answered(i, &what))
     }
 
     /// Resolves a target to a file and records that the session has it open.
     async fn open_file(&self, peer: &Peer, c: ns::Open) -> Result<Attr> {
         self.tokens.check_owner(c.session, peer.conn_id, &peer.name)?;
-        let (opened, lsn) = self.store.read(|n| {
-            let inode = n.lookup(&c.target)?;
+        let (opened, lsn) = self.store.read_inodes(|n, read| {
+            let inode = n.lookup_traced(&c.target, read)?;
             if inode.kind != InodeKind::File {
                 return Err(MetaError::IsDir { path: c.target.to_string() });
             }
@@ -377,9 +373,19 @@ impl MetaServer {
         Ok(())
     }
 
-    /// Runs a read-only namespace query; answers once the state it saw is durable.
+    /// Runs a read-only namespace query; answers once the state it saw is durable (every
+    /// change applied so far).
     async fn query<T>(&self, f: impl FnOnce(&crate::namespace::Namespace) -> Result<T>) -> Result<T> {
         let (r, lsn) = self.store.read(f);
+        self.store.wait_durable(lsn).await?;
+        r
+    }
+
+    /// Runs a read-only query of inodes (`f` names those it read, see
+    /// [`NamespaceStore::read_inodes`]); answers once their last changes are durable, without
+    /// waiting for changes of other inodes in flight.
+    async fn query_inodes<T>(&self, f: impl FnOnce(&Namespace, &mut Vec<FileId>) -> Result<T>) -> Result<T> {
+        let (r, lsn) = self.store.read_inodes(f);
         self.store.wait_durable(lsn).await?;
         r
     }
@@ -397,9 +403,19 @@ impl MetaServer {
 
     /// [`MetaServer::mutate`] of the operation `make` builds under the store's lock.
     async fn mutate_with(&self, make: impl FnOnce(&Namespace) -> Result<Op>) -> Result<Option<Inode>> {
+        self.mutate_then(make, |_| ()).await
+    }
+
+    /// [`MetaServer::mutate_with`], calling `then` with the inode answered under the store's
+    /// lock (see [`NamespaceStore::execute_then`]).
+    async fn mutate_then(
+        &self,
+        make: impl FnOnce(&Namespace) -> Result<Op>,
+        then: impl FnOnce(Option<&Inode>),
+    ) -> Result<Option<Inode>> {
         let up = self.cluster.lock().registry.up_servers(Instant::now());
         let is_open = |f: FileId| self.opens.lock().is_open(f);
-        let applied = self.store.execute_with(make, &up, &is_open).await?;
+        let applied = self.store.execute_then(make, &up, &is_open, then).await?;
         if !applied.removed_files.is_empty() {
             self.removed(applied.removed_files);
         }
@@ -501,13 +517,18 @@ impl MetaServer {
 
     /// Size in bytes of a regular file, from durable state. Errors: NoSuchFile, IsDir.
     async fn file_size(&self, file: FileId) -> Result<u64> {
-        self.query(|n| n.file(file).map(|i| i.size)).await
+        self.query_inodes(|n, read| {
+            read.push(file);
+            n.file(file).map(|i| i.size)
+        })
+        .await
     }
 
     /// Size and chunk size in bytes of a regular file, from durable state. Errors:
     /// NoSuchFile, IsDir.
     async fn file_geometry(&self, file: FileId) -> Result<(u64, u64)> {
-        self.query(|n| {
+        self.query_inodes(|n, read| {
+            read.push(file);
             let i = n.file(file)?;
             Ok((i.size, i.layout.as_ref().map_or(0, |l| l.chunk_size())))
         })
@@ -601,7 +622,11 @@ impl MetaServer {
     /// Layouts of files (`None` for a missing file or a directory).
     async fn get_layouts(&self, c: reg::GetLayouts) -> Result<Vec<Option<Layout>>> {
         check_count("file ids", c.files.len())?;
-        self.query(|n| Ok(c.files.iter().map(|f| n.get(*f).and_then(|i| i.layout.clone())).collect())).await
+        self.query_inodes(|n, read| {
+            read.extend(&c.files);
+            Ok(c.files.iter().map(|f| n.get(*f).and_then(|i| i.layout.clone())).collect())
+        })
+        .await
     }
 
     /// A storage server finished resyncing a chain: it serves reads from now on.

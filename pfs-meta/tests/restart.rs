@@ -5,8 +5,9 @@ use pfs_common::config::Config;
 use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::wire::frame::{FrameHeader, FrameKind, HEADER_LEN};
-use pfs_common::wire::namespace::{Create, FileKind, Lookup, Mkdir, Readdir, Rename, SetSize, Stat, Unlink};
+use pfs_common::wire::namespace::{Close, Create, FileKind, Lookup, Mkdir, Readdir, Rename, SetSize, Stat, Unlink};
 use pfs_common::wire::registry::{ChunkReport, GetChains, GetChunks, Heartbeat, ListServers, Register};
+use pfs_common::wire::tokens::OpenSession;
 use pfs_common::wire::{MetaRequest, PeerRole};
 use pfs_common::{ErrorCode, ServerId};
 use std::net::SocketAddr;
@@ -186,6 +187,66 @@ async fn namespace_survives_sigkill() {
     // A client may not speak for a storage server.
     let e = c.ask(Heartbeat { id: ServerId(1), capacity_bytes: 0, free_bytes: 0 }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Denied);
+}
+
+/// Many clients create files at once, each create also opening its file for the client's
+/// session (one step), while others stat and look up what was created: every create that was
+/// acknowledged survives a SIGKILL, and a file created open stays (as an orphan) when another
+/// client unlinks it, until its creator closes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_creates_with_sessions_survive_sigkill() {
+    const CLIENTS: usize = 8;
+    const FILES: usize = 40;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(dir.path());
+    let (meta, c) = start(&config, addr).await;
+    let storage = fake_storage(addr).await;
+    let root = pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 };
+    c.ask(Mkdir { target: "/m".into(), attrs: root }).await.unwrap();
+    let mut tasks = Vec::new();
+    for t in 0..CLIENTS {
+        tasks.push(tokio::spawn(async move {
+            let c = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
+            let session = c.ask(OpenSession).await.unwrap().session;
+            c.ask(Mkdir { target: format!("/m/d{t}").as_str().into(), attrs: root }).await.unwrap();
+            let mut made = Vec::new();
+            for i in 0..FILES {
+                let path = format!("/m/d{t}/f{i}");
+                let f = c.ask(Create { session: Some(session), ..create(&path) }).await.unwrap();
+                // Reads of what was acknowledged answer it (by id and by name).
+                assert_eq!(c.ask(Stat { file: f.id }).await.unwrap().id, f.id);
+                assert_eq!(c.ask(Lookup { target: path.as_str().into() }).await.unwrap().id, f.id);
+                made.push((path, f.id));
+            }
+            (c, session, made)
+        }));
+    }
+    let mut clients = Vec::new();
+    for t in tasks {
+        clients.push(t.await.unwrap());
+    }
+    // The first client's first file is open (by its create): another client's unlink keeps
+    // it as an orphan until that client closes it.
+    let (c0, session0, made0) = &clients[0];
+    let (path, id) = made0[0].clone();
+    c.ask(Unlink { target: path.as_str().into(), expected_generation: None }).await.unwrap();
+    assert_eq!(c.ask(Stat { file: id }).await.unwrap().nlink, 0, "an open file unlinked is an orphan");
+    c0.ask(Close { file: id, session: *session0 }).await.unwrap();
+    let e = c.ask(Stat { file: id }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound, "the orphan goes at its last close");
+
+    drop(clients);
+    drop(storage);
+    drop(c);
+    drop(meta); // SIGKILL
+    let (_meta, c) = start(&config, addr).await;
+    for t in 0..CLIENTS {
+        let page = c.ask(Readdir { dir: format!("/m/d{t}").as_str().into(), after: None, limit: 100 }).await.unwrap();
+        let expected = if t == 0 { FILES - 1 } else { FILES };
+        assert_eq!(page.entries.len(), expected, "directory /m/d{t} after the restart");
+    }
+    let e = c.ask(Stat { file: id }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound);
 }
 
 #[tokio::test]

@@ -326,3 +326,41 @@ async fn another_format_is_refused_and_posix_attributes_replay() {
     let e = open(&dir, 1000).err().expect("a log without a format file is refused");
     assert!(e.to_string().contains(wal::FORMAT_FILE) && e.to_string().contains("older"), "{e}");
 }
+
+/// A read of inodes waits for the last change of what it read, not for every change: the
+/// LSN `read_inodes` answers is the last change of the directories walked and the inode
+/// found (or of the directory that lacks the name), not the log's newest.
+#[tokio::test]
+async fn reads_of_inodes_wait_for_their_own_changes_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1_000_000).unwrap();
+    let attrs = pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 };
+    exec(&store, Op::Mkdir { path: "/a".into(), attrs }).await.unwrap(); // LSN 1
+    exec(&store, Op::Mkdir { path: "/b".into(), attrs }).await.unwrap(); // LSN 2 (root too)
+    let b = exec(&store, create("/b/x")).await.unwrap().unwrap(); // LSN 3
+    let f = exec(&store, create("/a/f")).await.unwrap().unwrap(); // LSN 4
+    exec(&store, Op::SetSize { file: f.id, size: 10 }).await.unwrap(); // LSN 5
+    let newest = store.durable().borrow().lsn;
+    assert_eq!(newest, 5);
+    let lsn_of = |path: &str| {
+        let target = pfs_common::wire::namespace::Target::Path(path.into());
+        store.read_inodes(|n, read| n.lookup_traced(&target, read).map(|i| i.id)).1
+    };
+    assert_eq!(lsn_of("/a/f"), 5, "the file's own last change");
+    assert_eq!(lsn_of("/b/x"), 3, "untouched by the later changes of /a");
+    assert_eq!(lsn_of("/b/missing"), 3, "a name missing in /b: the last change of /b");
+    assert_eq!(lsn_of("/b/x/.."), 3, "NotDir on the way: what was walked");
+    assert_eq!(lsn_of("/a/../b/x"), 4, "`..` still walked /a, whose last change (an entry) was 4");
+    let by_id = store.read_inodes(|n, read| {
+        read.push(b.id);
+        n.inode(b.id).map(|i| i.id).ok()
+    });
+    assert_eq!(by_id, (Some(b.id), 3));
+    // A removal is a change of the removed inode too: a stat by id waits for it.
+    exec(&store, Op::Unlink { path: "/b/x".into(), expected_generation: None }).await.unwrap(); // LSN 6
+    let gone = store.read_inodes(|n, read| {
+        read.push(b.id);
+        n.inode(b.id).map(|i| i.id).is_err()
+    });
+    assert_eq!(gone, (true, 6));
+}

@@ -167,6 +167,23 @@ impl Namespace {
     /// Errors: NotFound (a name missing), NotDir (a component followed by another is not a
     /// directory; the message names it).
     pub(super) fn walk(&self, path: &str, components: &[Component<'_>]) -> Result<&Inode> {
+        self.walk_traced(path, components, None)
+    }
+
+    /// [`Namespace::walk`], adding to `read` the id of every inode it reads, whatever the
+    /// outcome (a name found missing was read in its directory, which is added).
+    fn walk_traced(
+        &self,
+        path: &str,
+        components: &[Component<'_>],
+        mut read: Option<&mut Vec<FileId>>,
+    ) -> Result<&Inode> {
+        let mut note = |id: FileId| {
+            if let Some(r) = read.as_deref_mut() {
+                r.push(id);
+            }
+        };
+        note(FileId::ROOT);
         let mut dirs: Vec<&Inode> = vec![self.inode(FileId::ROOT)?];
         for (i, c) in components.iter().enumerate() {
             let cur = *dirs.last().expect("the root is never popped");
@@ -182,6 +199,7 @@ impl Namespace {
                 }
                 Component::Name(name) => {
                     let id = *cur.entries.get(*name).ok_or_else(|| MetaError::NotFound { path: path.to_string() })?;
+                    note(id);
                     dirs.push(self.inode(id)?);
                 }
             }
@@ -202,9 +220,9 @@ impl Namespace {
     ///
     /// Errors: BadPath, NameTooLong, NotFound, NotDir (a component followed by another, or a
     /// path with a trailing slash, is not a directory).
-    pub(super) fn resolve_path(&self, path: &str) -> Result<&Inode> {
+    pub(super) fn resolve_path(&self, path: &str, read: Option<&mut Vec<FileId>>) -> Result<&Inode> {
         let p = parse(path)?;
-        let inode = self.walk(path, &p.components)?;
+        let inode = self.walk_traced(path, &p.components, read)?;
         if p.trailing_slash && inode.kind != InodeKind::Dir {
             return Err(MetaError::NotDir { path: path.to_string() });
         }
