@@ -123,22 +123,22 @@ fn transfer_err(what: &str, path: &str, odirect: bool, e: std::io::Error) -> Err
     }
 }
 
+/// Opens `path` with `opts` (plus `O_DIRECT` when `odirect`); errors name `what` was done.
+fn posix_open(opts: &mut std::fs::OpenOptions, path: &str, odirect: bool, what: &str) -> Result<Handle> {
+    opts.custom_flags(if odirect { libc::O_DIRECT } else { 0 })
+        .open(path)
+        .map(|file| Handle::Posix { file, path: path.to_string(), odirect })
+        .map_err(|e| if odirect { direct_open_err(what, path, e) } else { posix_err(what, path, e) })
+}
+
 impl Backend {
     /// Creates (or opens and truncates) a file for writing and reading.
     pub async fn create(&self, path: &str) -> Result<Handle> {
         match self {
             Backend::Pfs(c) => Ok(Handle::Pfs(c.create(path, &CreateOptions::default()).await?)),
-            Backend::Posix { odirect } => std::fs::OpenOptions::new()
-                .read(true)
-                .write(true)
-                .create(true)
-                .truncate(false)
-                .custom_flags(if *odirect { libc::O_DIRECT } else { 0 })
-                .open(path)
-                .map(|file| Handle::Posix { file, path: path.to_string(), odirect: *odirect })
-                .map_err(
-                    |e| if *odirect { direct_open_err("creating", path, e) } else { posix_err("creating", path, e) },
-                ),
+            Backend::Posix { odirect } => {
+                posix_open(std::fs::OpenOptions::new().read(true).write(true).create(true), path, *odirect, "creating")
+            }
         }
     }
 
@@ -146,14 +146,7 @@ impl Backend {
     pub async fn open(&self, path: &str) -> Result<Handle> {
         match self {
             Backend::Pfs(c) => Ok(Handle::Pfs(c.open(path).await?)),
-            Backend::Posix { odirect } => std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(if *odirect { libc::O_DIRECT } else { 0 })
-                .open(path)
-                .map(|file| Handle::Posix { file, path: path.to_string(), odirect: *odirect })
-                .map_err(
-                    |e| if *odirect { direct_open_err("opening", path, e) } else { posix_err("opening", path, e) },
-                ),
+            Backend::Posix { odirect } => posix_open(std::fs::OpenOptions::new().read(true), path, *odirect, "opening"),
         }
     }
 

@@ -305,26 +305,6 @@ impl Sink {
         Ok(len)
     }
 
-    /// Writes `buf` at `offset` of a pfs destination of `chunk_size`-byte chunks (`offset` a
-    /// multiple of it) while hashing each chunk's part of it on a blocking thread. Returns the
-    /// bytes written and (chunk index, SHA-256 of its bytes here) per chunk touched.
-    async fn write_hashed(self, offset: u64, buf: PooledBuf, chunk_size: u64) -> Result<(usize, ChunkDigests)> {
-        let Sink::Pfs(f) = self else { unreachable!("only pfs destinations are checked against the chunk map") };
-        let buf = Arc::new(buf);
-        let hashing = {
-            let buf = buf.clone();
-            tokio::task::spawn_blocking(move || {
-                buf.chunks(chunk_size as usize)
-                    .enumerate()
-                    .map(|(i, piece)| (offset / chunk_size + i as u64, Sha256::digest(piece).into()))
-                    .collect::<ChunkDigests>()
-            })
-        };
-        let n = f.write_at(offset, &buf).await?;
-        let digests = hashing.await.map_err(|e| Error::Task(format!("a hash task failed: {e}")))?;
-        Ok((n, digests))
-    }
-
     /// `len` bytes at `offset`, read back from the destination (pfs: from the storage servers,
     /// a segment being at least a chunk, which the client's cache never holds).
     async fn read_back(&self, offset: u64, len: usize) -> Result<PooledBuf> {
@@ -361,6 +341,25 @@ impl Sink {
 
 /// (chunk index, SHA-256 of the chunk's bytes).
 type ChunkDigests = Vec<(u64, [u8; 32])>;
+
+/// Writes `buf` at `offset` of the pfs file `f` of `chunk_size`-byte chunks (`offset` a
+/// multiple of it) while hashing each chunk's part of it on a blocking thread. Returns the
+/// bytes written and (chunk index, SHA-256 of its bytes here) per chunk touched.
+async fn write_hashed(f: File, offset: u64, buf: PooledBuf, chunk_size: u64) -> Result<(usize, ChunkDigests)> {
+    let buf = Arc::new(buf);
+    let hashing = {
+        let buf = buf.clone();
+        tokio::task::spawn_blocking(move || {
+            buf.chunks(chunk_size as usize)
+                .enumerate()
+                .map(|(i, piece)| (offset / chunk_size + i as u64, Sha256::digest(piece).into()))
+                .collect::<ChunkDigests>()
+        })
+    };
+    let n = f.write_at(offset, &buf).await?;
+    let digests = hashing.await.map_err(|e| Error::Task(format!("a hash task failed: {e}")))?;
+    Ok((n, digests))
+}
 
 /// Bytes per segment: a stripe (every storage target busy), within [4 MiB, 16 MiB], and a
 /// whole number of chunks (so each chunk is hashed from one segment).
@@ -514,10 +513,10 @@ async fn pump(
         let (off, buf) = joined.map_err(|e| Error::Task(format!("a read task failed: {e}")))??;
         let s = sink.clone();
         let with_none = |n: Result<usize>| n.map(|n| (n, ChunkDigests::new()));
-        match (chunk_map, opts.verify) {
-            (Some(cs), _) => writes.push(tokio::spawn(s.write_hashed(off, buf, cs))),
-            (None, true) => writes.push(tokio::spawn(async move { with_none(s.write_verified(off, buf).await) })),
-            (None, false) => writes.push(tokio::spawn(async move { with_none(s.write(off, buf).await) })),
+        match (chunk_map, s, opts.verify) {
+            (Some(cs), Sink::Pfs(f), _) => writes.push(tokio::spawn(write_hashed(f, off, buf, cs))),
+            (_, s, true) => writes.push(tokio::spawn(async move { with_none(s.write_verified(off, buf).await) })),
+            (_, s, false) => writes.push(tokio::spawn(async move { with_none(s.write(off, buf).await) })),
         }
         while writes.len() >= DEPTH {
             digests.extend(finish_write(writes.next().await, opts)?);

@@ -127,10 +127,9 @@ impl ReadAhead {
     /// to fetch ahead now (not fetched ahead before, within the file).
     fn next(&mut self, offset: u64, len: u64, size: u64) -> Vec<ByteRange> {
         self.pattern.observe(offset, len);
-        let Some((plen, step)) = self.pattern.pattern().filter(|(plen, _)| *plen == len) else {
+        let Some((_, step)) = self.pattern.pattern().filter(|(plen, _)| *plen == len) else {
             return Vec::new();
         };
-        debug_assert_eq!(plen, len);
         let horizon = READ_AHEAD_RECORDS.saturating_mul(step);
         if self.last <= offset || self.last > offset.saturating_add(horizon) {
             // Behind the reader, or a new pass over the file: start again from here.
