@@ -75,6 +75,9 @@ pub fn main(
 /// Storage servers of the embedded cluster.
 pub const EMBEDDED_STORAGE: u32 = 4;
 
+/// Longest wait for the embedded cluster's daemons to finish their start-up work.
+pub const SETTLE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
 /// What the launcher needs to know.
 #[derive(Clone, Debug)]
 pub struct Launch<'a> {
@@ -108,6 +111,14 @@ pub fn run(l: Launch) -> i32 {
                     "{tool}: embedded cluster: 1 pfs-meta + {EMBEDDED_STORAGE} pfs-storage on loopback in {}",
                     c.dir().display()
                 );
+                // The daemons' start-up work (storage servers fill their pools of precreated
+                // chunk files) would otherwise land in the first phase measured.
+                if !rt.block_on(c.wait_settled(SETTLE_TIMEOUT)) {
+                    eprintln!(
+                        "{tool}: warning: the embedded cluster is still busy after {} s; measuring anyway",
+                        SETTLE_TIMEOUT.as_secs()
+                    );
+                }
                 let p = c.config_path().to_path_buf();
                 cluster = Some(c);
                 Some(p)

@@ -372,7 +372,7 @@ async fn a_session_answers_only_to_the_connection_that_opened_it() {
     denied(intruder.ask(acquire).await.unwrap_err());
     let cap = tok::GetCapability { session: theirs, file: f.id(), mode: Mode::Write, range: ByteRange::new(0, 1) };
     denied(intruder.ask(cap).await.unwrap_err());
-    denied(intruder.ask(Open { target: "/mine".into(), session: theirs }).await.unwrap_err());
+    denied(intruder.ask(Open { target: "/mine".into(), session: theirs, closed: vec![] }).await.unwrap_err());
 
     // The victim's session lives on, its token and cache intact: it writes and reads on.
     f.write_at(6, b" after").await.unwrap();

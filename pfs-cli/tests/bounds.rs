@@ -87,6 +87,7 @@ async fn bad_requests_get_clear_errors_and_the_servers_serve_on() {
             exclusive: true,
             session: None,
             attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
+            closed: vec![],
         })
         .await
         .unwrap();

@@ -9,7 +9,9 @@ use pfs_common::ids::{ChunkIndex, FileId, ServerId};
 use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::{ByteRange, Mode, SessionId};
-use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, FileKind, NewAttrs, Target, READDIR_PAGE_MAX};
+use pfs_common::wire::namespace::{
+    self as ns, Attr, DirEntry, FileKind, NewAttrs, Target, CLOSE_MAX, READDIR_PAGE_MAX,
+};
 use pfs_common::wire::registry::{
     ChunkInfo, GetChains, GetChunks, GetHealth, Health, ListServers, RemoveOrphan, ServerStatus, GET_CHUNKS_MAX,
 };
@@ -73,6 +75,20 @@ pub(crate) struct Inner {
     closed_stats: parking_lot::Mutex<CacheStats>,
     on_revoke: parking_lot::RwLock<Option<RevokeCallback>>,
     pub(crate) counters: Counters,
+    /// Closes pfs-meta has not been told of yet (see [`Client::close_later`]).
+    closes: parking_lot::Mutex<PendingCloses>,
+}
+
+/// How long a close may wait for a `Create` or `Open` to carry it to pfs-meta before it is
+/// sent on its own (see [`Client::close_later`]).
+pub const CLOSE_DELAY: Duration = Duration::from_millis(5);
+
+/// Closes not yet sent to pfs-meta.
+#[derive(Default)]
+struct PendingCloses {
+    closed: Vec<ns::Closed>,
+    /// A task sends `closed` after [`CLOSE_DELAY`] unless a request carried them first.
+    armed: bool,
 }
 
 /// Called after the library has written back or dropped a revoked range and before it
@@ -164,6 +180,7 @@ impl Client {
                 closed_stats: parking_lot::Mutex::new(CacheStats::default()),
                 on_revoke: parking_lot::RwLock::new(None),
                 counters: Counters::default(),
+                closes: parking_lot::Mutex::new(PendingCloses::default()),
             }),
         };
         tokio::spawn(notifications(Arc::downgrade(&client.inner), notify_rx));
@@ -273,15 +290,81 @@ impl Client {
             }
         };
         state.handles.fetch_add(1, Ordering::AcqRel);
+        // Every call here follows an Open or a Create that pfs-meta counted for the session.
+        state.opens.fetch_add(1, Ordering::AcqRel);
         Ok(state)
     }
 
-    /// The last handle of a file closed.
-    pub(crate) fn forget_file(&self, state: &OpenFile) {
+    /// The last handle of a file closed: forgets the file and returns how many opens of it
+    /// pfs-meta counted, to close them; None if another handle opened it meanwhile (then
+    /// that handle's close does it). Under the same lock as [`Client::file_state`], so the
+    /// count and the decision agree.
+    pub(crate) fn forget_file(&self, state: &OpenFile) -> Option<u32> {
         let mut files = self.inner.files.lock();
-        if state.handles.load(Ordering::Acquire) == 0 {
-            files.remove(&state.id);
-            add_stats(&mut self.inner.closed_stats.lock(), &state.cache_stats());
+        if state.handles.load(Ordering::Acquire) != 0 {
+            return None;
+        }
+        files.remove(&state.id);
+        add_stats(&mut self.inner.closed_stats.lock(), &state.cache_stats());
+        Some(state.opens.swap(0, Ordering::AcqRel))
+    }
+
+    /// Tells pfs-meta, soon, that this session closed a file: the next `Create` or `Open`
+    /// carries the close, or, if none comes within [`CLOSE_DELAY`], a `Close` of its own
+    /// (with every other close pending; at once when [`CLOSE_MAX`] are pending). A close
+    /// makes nothing durable on pfs-meta (it counts opens, so an unlinked file's data goes
+    /// at its last close), so it need not cost a round trip: a file created and closed costs
+    /// one request. Until it arrives the file only counts as open a little longer. Failures
+    /// are logged only: the session's end closes everything it had open.
+    pub(crate) async fn close_later(&self, closed: ns::Closed) {
+        let (full, arm) = {
+            let mut p = self.inner.closes.lock();
+            p.closed.push(closed);
+            if p.closed.len() >= CLOSE_MAX {
+                (std::mem::take(&mut p.closed), false)
+            } else {
+                (Vec::new(), !std::mem::replace(&mut p.armed, true))
+            }
+        };
+        if !full.is_empty() {
+            self.send_closes(full).await;
+        }
+        if arm {
+            let inner = Arc::downgrade(&self.inner);
+            tokio::spawn(async move {
+                tokio::time::sleep(CLOSE_DELAY).await;
+                let Some(inner) = inner.upgrade() else { return };
+                let client = Client { inner };
+                let closed = {
+                    let mut p = client.inner.closes.lock();
+                    p.armed = false;
+                    std::mem::take(&mut p.closed)
+                };
+                client.send_closes(closed).await;
+            });
+        }
+    }
+
+    /// The closes pending, for a request to carry: pfs-meta serves them first, whatever the
+    /// request's outcome (lost only with the connection, and so with the session).
+    fn carry_closes(&self) -> Vec<ns::Closed> {
+        std::mem::take(&mut self.inner.closes.lock().closed)
+    }
+
+    /// Sends `closed` (with the closes pending, if any) in a `Close` of their own; failures
+    /// are logged only.
+    pub(crate) async fn send_closes(&self, mut closed: Vec<ns::Closed>) {
+        if closed.len() < CLOSE_MAX {
+            let mut p = self.inner.closes.lock();
+            let room = (CLOSE_MAX - closed.len()).min(p.closed.len());
+            closed.extend(p.closed.drain(..room));
+        }
+        if closed.is_empty() {
+            return;
+        }
+        let Ok(session) = self.session() else { return };
+        if let Err(e) = self.meta(ns::Close { session, files: closed }).await {
+            tracing::debug!("telling pfs-meta of closed files: {e}");
         }
     }
 
@@ -412,7 +495,8 @@ impl Client {
         let attrs = opts.attrs.unwrap_or_else(|| NewAttrs::for_process(FileKind::File));
         let target = target.into();
         let name = target.to_string();
-        let attr = self.meta(ns::Create { target, layout, exclusive: opts.exclusive, session, attrs }).await?;
+        let closed = self.carry_closes();
+        let attr = self.meta(ns::Create { target, layout, exclusive: opts.exclusive, session, attrs, closed }).await?;
         let file = File { state: self.file_state(&name, attr.clone())? };
         if file.size() > 0 {
             file.truncate(0).await?;
@@ -430,7 +514,7 @@ impl Client {
         let session = self.session()?;
         let target = target.into();
         let name = target.to_string();
-        let attr = self.meta(ns::Open { target, session }).await?;
+        let attr = self.meta(ns::Open { target, session, closed: self.carry_closes() }).await?;
         Ok(File { state: self.file_state(&name, attr)? })
     }
 

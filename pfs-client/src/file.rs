@@ -35,7 +35,7 @@ use pfs_common::wire::storage::{FsyncFile, ReadChunk, TruncateFile, WriteChunk};
 use pfs_common::wire::tokens as tok;
 use pfs_common::ErrorCode;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 
 /// Dirty runs written back at once (their payload bytes are bounded by the client's
@@ -93,6 +93,9 @@ pub(crate) struct OpenFile {
     writeback_error: parking_lot::Mutex<Option<Error>>,
     /// Open handles (`Client::open`/`create` calls not yet closed).
     pub(crate) handles: AtomicUsize,
+    /// Opens of the file pfs-meta counted for our session since this state was made (one
+    /// per handle): the last close takes them all away (see `Client::forget_file`).
+    pub(crate) opens: AtomicU32,
 }
 
 /// The tokens this client holds on the file, as it believes them to be.
@@ -188,6 +191,7 @@ impl OpenFile {
             write_seq: AtomicU64::new(0),
             writeback_error: parking_lot::Mutex::new(None),
             handles: AtomicUsize::new(0),
+            opens: AtomicU32::new(0),
         })
     }
 
@@ -1028,20 +1032,23 @@ impl File {
             if let Some(c) = &s.cache {
                 c.lock().invalidate(s.id, 0..u64::MAX, true);
             }
-            s.client.forget_file(s);
-            if let Ok(session) = s.client.session() {
-                // Both at once (one round trip), the release only if we ever asked for a
-                // token (a file created and closed untouched costs one request). An unlinked
-                // file's data goes once its last opener closes it; not fatal to the close if
-                // pfs-meta cannot be told: the session's end closes it too.
-                let release = async {
-                    if s.asked_tokens.load(Ordering::Acquire) {
-                        let _ = s.client.meta(tok::Release { session, file: s.id, range: ByteRange::ALL }).await;
+            // None: another handle opened the file meanwhile, and its close closes it.
+            if let Some(opens) = s.client.forget_file(s) {
+                let closed = ns::Closed { file: s.id, opens };
+                match s.client.session() {
+                    // Tokens given back at once (others may wait for them), with the close
+                    // and any pending ones alongside: one round trip.
+                    Ok(session) if s.asked_tokens.load(Ordering::Acquire) => {
+                        let release = s.client.meta(tok::Release { session, file: s.id, range: ByteRange::ALL });
+                        if let (Err(e), ()) = tokio::join!(release, s.client.send_closes(vec![closed])) {
+                            tracing::debug!("giving back the tokens of {}: {e}", s.path);
+                        }
                     }
-                };
-                let close = s.client.meta(ns::Close { file: s.id, session });
-                if let (_, Err(e)) = tokio::join!(release, close) {
-                    tracing::debug!("telling pfs-meta {} is closed: {e}", s.path);
+                    // Never asked for a token, so none to give back: the close goes with the
+                    // next request (see `Client::close_later`).
+                    Ok(_) => s.client.close_later(closed).await,
+                    // The session is gone, and with it everything it had open.
+                    Err(_) => {}
                 }
             }
         }

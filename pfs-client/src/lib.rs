@@ -32,7 +32,7 @@ pub mod path;
 mod stride;
 
 pub use cache::CacheStats;
-pub use client::{Client, ClientStats, CreateOptions, RevokeCallback, RevokeEvent};
+pub use client::{Client, ClientStats, CreateOptions, RevokeCallback, RevokeEvent, CLOSE_DELAY};
 pub use error::{Error, Result};
 pub use file::File;
 pub use options::ClientOptions;

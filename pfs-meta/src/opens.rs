@@ -9,10 +9,10 @@ use pfs_common::token::SessionId;
 use pfs_common::FileId;
 use std::collections::{HashMap, HashSet};
 
-/// Open files per session and sessions per file.
+/// Open files per session (with how many opens each) and sessions per file.
 #[derive(Debug, Default)]
 pub struct OpenTable {
-    by_file: HashMap<FileId, HashSet<SessionId>>,
+    by_file: HashMap<FileId, HashMap<SessionId, u32>>,
     by_session: HashMap<SessionId, HashSet<FileId>>,
 }
 
@@ -22,15 +22,22 @@ impl OpenTable {
         OpenTable::default()
     }
 
-    /// `session` opened `file` (again: a client registers a file once, however many handles
-    /// it has).
+    /// `session` opened `file` once more (a client counts the opens it closes, see
+    /// [`pfs_common::wire::namespace::Closed`]).
     pub fn open(&mut self, session: SessionId, file: FileId) {
-        self.by_file.entry(file).or_default().insert(session);
+        *self.by_file.entry(file).or_default().entry(session).or_default() += 1;
         self.by_session.entry(session).or_default().insert(file);
     }
 
-    /// `session` closed `file`. Returns true if nobody has it open any more.
-    pub fn close(&mut self, session: SessionId, file: FileId) -> bool {
+    /// `session` closed `file`, taking away `opens` of its opens (all that are left, if
+    /// fewer). Returns true if nobody has it open any more.
+    pub fn close(&mut self, session: SessionId, file: FileId, opens: u32) -> bool {
+        let Some(sessions) = self.by_file.get_mut(&file) else { return true };
+        let Some(count) = sessions.get_mut(&session) else { return false };
+        *count = count.saturating_sub(opens);
+        if *count > 0 {
+            return false;
+        }
         if let Some(files) = self.by_session.get_mut(&session) {
             files.remove(&file);
             if files.is_empty() {
@@ -91,12 +98,31 @@ mod tests {
         t.open(b, FileId(5));
         t.open(a, FileId(6));
         assert!(t.is_open(FileId(5)));
-        assert!(!t.close(a, FileId(5)), "b still has it open");
-        assert!(t.is_open(FileId(5)));
+        assert!(!t.close(a, FileId(5), 2), "b still has it open");
+        assert!(t.is_open(FileId(5)) && !t.has_open(a, FileId(5)));
         assert_eq!(t.end_session(b), vec![FileId(5)]);
         assert!(!t.is_open(FileId(5)));
         assert_eq!(t.end_session(a), vec![FileId(6)]);
         assert_eq!(t.open_files(), 0);
-        assert!(t.close(a, FileId(7)), "closing what was never open frees it");
+        assert!(t.close(a, FileId(7), 1), "closing what was never open frees it");
+    }
+
+    #[test]
+    fn a_close_takes_away_only_its_own_opens() {
+        let mut t = OpenTable::new();
+        let a = 1 << 32 | 1;
+        // Two opens by one handle set, then a later open (another handle) that reaches the
+        // table before the first set's close: the file stays open.
+        t.open(a, FileId(5));
+        t.open(a, FileId(5));
+        t.open(a, FileId(5));
+        assert!(!t.close(a, FileId(5), 2));
+        assert!(t.has_open(a, FileId(5)));
+        assert!(t.close(a, FileId(5), 1));
+        assert!(!t.is_open(FileId(5)));
+        // A close counting more than is left (a lost open answer) just closes.
+        t.open(a, FileId(6));
+        assert!(t.close(a, FileId(6), 3));
+        assert_eq!(t.open_files(), 0);
     }
 }

@@ -29,7 +29,9 @@ use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::rpc::{Handler, Peer, Reply};
 use pfs_common::token::SessionId;
 use pfs_common::token::{ByteRange, Mode};
-use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest, NewAttrs};
+use pfs_common::wire::namespace::{
+    self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest, NewAttrs, CLOSE_MAX,
+};
 use pfs_common::wire::registry::{
     self as reg, ChunkInfo, CommittedChunk, Health, LostChunk, Registered, RegistryRequest, ReportAnswer,
     StorageNotify, CHUNK_REPORT_PAGE, FENCED_MAX, GET_CHUNKS_MAX,
@@ -329,6 +331,9 @@ impl MetaServer {
     async fn create(&self, peer: &Peer, c: ns::Create) -> Result<Attr> {
         if let Some(session) = c.session {
             self.tokens.check_owner(session, peer.conn_id, &peer.name)?;
+            self.close_files(session, &c.closed).await?;
+        } else if !c.closed.is_empty() {
+            return Err(MetaError::Invalid("a create without a session carries closes".into()));
         }
         let what = c.target.to_string();
         let make = |n: &Namespace| {
@@ -346,6 +351,7 @@ impl MetaServer {
     /// Resolves a target to a file and records that the session has it open.
     async fn open_file(&self, peer: &Peer, c: ns::Open) -> Result<Attr> {
         self.tokens.check_owner(c.session, peer.conn_id, &peer.name)?;
+        self.close_files(c.session, &c.closed).await?;
         let (opened, lsn) = self.store.read_inodes(|n, read| {
             let inode = n.lookup_traced(&c.target, read)?;
             if inode.kind != InodeKind::File {
@@ -365,10 +371,21 @@ impl MetaServer {
     /// The session closed the file: an orphan nobody has open any more goes.
     async fn close_file(&self, peer: &Peer, c: ns::Close) -> Result<()> {
         self.tokens.check_owner(c.session, peer.conn_id, &peer.name)?;
-        let freed = self.opens.lock().close(c.session, c.file);
-        // Only an orphan goes (checked first: a no-op change would still wait for the WAL).
-        if freed && self.store.read(|n| n.orphans().contains(&c.file)).0 {
-            self.reap(c.file).await?;
+        self.close_files(c.session, &c.files).await
+    }
+
+    /// The session closed `files` (at most [`CLOSE_MAX`]): orphans nobody has open any more
+    /// go. Errors: Invalid (too many), WalFailed / Io.
+    async fn close_files(&self, session: SessionId, files: &[ns::Closed]) -> Result<()> {
+        if files.len() > CLOSE_MAX {
+            return Err(MetaError::Invalid(format!("{} closes in one request (at most {CLOSE_MAX})", files.len())));
+        }
+        for c in files {
+            let freed = self.opens.lock().close(session, c.file, c.opens);
+            // Only an orphan goes (checked first: a no-op change would still wait for the WAL).
+            if freed && self.store.read(|n| n.orphans().contains(&c.file)).0 {
+                self.reap(c.file).await?;
+            }
         }
         Ok(())
     }

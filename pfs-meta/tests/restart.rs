@@ -5,7 +5,9 @@ use pfs_common::config::Config;
 use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::wire::frame::{FrameHeader, FrameKind, HEADER_LEN};
-use pfs_common::wire::namespace::{Close, Create, FileKind, Lookup, Mkdir, Readdir, Rename, SetSize, Stat, Unlink};
+use pfs_common::wire::namespace::{
+    Close, Closed, Create, FileKind, Lookup, Mkdir, Open, Readdir, Rename, SetSize, Stat, Unlink,
+};
 use pfs_common::wire::registry::{ChunkReport, GetChains, GetChunks, Heartbeat, ListServers, Register};
 use pfs_common::wire::tokens::OpenSession;
 use pfs_common::wire::{MetaRequest, PeerRole};
@@ -92,6 +94,7 @@ fn create(path: &str) -> Create {
         exclusive: true,
         session: None,
         attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
+        closed: vec![],
     }
 }
 
@@ -231,9 +234,22 @@ async fn concurrent_creates_with_sessions_survive_sigkill() {
     let (path, id) = made0[0].clone();
     c.ask(Unlink { target: path.as_str().into(), expected_generation: None }).await.unwrap();
     assert_eq!(c.ask(Stat { file: id }).await.unwrap().nlink, 0, "an open file unlinked is an orphan");
-    c0.ask(Close { file: id, session: *session0 }).await.unwrap();
+    c0.ask(Close { session: *session0, files: vec![Closed { file: id, opens: 1 }] }).await.unwrap();
     let e = c.ask(Stat { file: id }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound, "the orphan goes at its last close");
+    // Opens count: the second file, opened once more, stays open through a close of one open;
+    // a close carried by a create is served before it, and takes the last one.
+    let (path1, id1) = made0[1].clone();
+    c0.ask(Open { target: path1.as_str().into(), session: *session0, closed: vec![] }).await.unwrap();
+    c0.ask(Close { session: *session0, files: vec![Closed { file: id1, opens: 1 }] }).await.unwrap();
+    c.ask(Unlink { target: path1.as_str().into(), expected_generation: None }).await.unwrap();
+    assert_eq!(c.ask(Stat { file: id1 }).await.unwrap().nlink, 0, "still open once");
+    let carried = Create { session: Some(*session0), closed: vec![Closed { file: id1, opens: 1 }], ..create("/m/x") };
+    c0.ask(carried).await.unwrap();
+    let e = c.ask(Stat { file: id1 }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound, "the carried close was its last");
+    let e = c.ask(Create { closed: vec![Closed { file: id1, opens: 1 }], ..create("/m/y") }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Invalid, "closes need a session");
 
     drop(clients);
     drop(storage);
@@ -242,7 +258,7 @@ async fn concurrent_creates_with_sessions_survive_sigkill() {
     let (_meta, c) = start(&config, addr).await;
     for t in 0..CLIENTS {
         let page = c.ask(Readdir { dir: format!("/m/d{t}").as_str().into(), after: None, limit: 100 }).await.unwrap();
-        let expected = if t == 0 { FILES - 1 } else { FILES };
+        let expected = if t == 0 { FILES - 2 } else { FILES };
         assert_eq!(page.entries.len(), expected, "directory /m/d{t} after the restart");
     }
     let e = c.ask(Stat { file: id }).await.unwrap_err();
@@ -457,6 +473,7 @@ async fn a_storage_server_restarted_while_pfs_meta_was_down_resyncs() {
             exclusive: true,
             session: None,
             attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
+            closed: vec![],
         })
         .await
         .unwrap();

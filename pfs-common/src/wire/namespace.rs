@@ -111,7 +111,10 @@ pub struct Mkdir {
 /// Create a regular file with a layout (unset fields inherit from the parent directory's
 /// policy). With `exclusive`, an existing file is an error (Exists); without, an existing
 /// file is answered as it is. With `session`, the file is also opened by that session, as
-/// [`Open`] does, in the same step.
+/// [`Open`] does, in the same step; `closed` (which needs `session`) are closes the session
+/// made since it last told pfs-meta, served first, whatever the create's outcome (see
+/// [`Close`]). Errors: also Invalid (`closed` without a session or longer than
+/// [`CLOSE_MAX`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Create {
     pub target: Target,
@@ -119,6 +122,7 @@ pub struct Create {
     pub exclusive: bool,
     pub session: Option<SessionId>,
     pub attrs: NewAttrs,
+    pub closed: Vec<Closed>,
 }
 
 /// Make a named pipe, socket or device node (`kind` Fifo, Socket, CharDevice or
@@ -175,23 +179,40 @@ pub struct SetAttr {
 }
 
 /// Resolve a regular file (by path, or by id while it has a name) and record that `session`
-/// has it open: until the session closes it ([`Close`]) or ends, removing or replacing the
-/// file keeps its data (an orphan), as POSIX does for an unlinked open file. The session
-/// must be this connection's.
+/// has it open once more: until the session closes it as often ([`Close`]) or ends, removing
+/// or replacing the file keeps its data (an orphan), as POSIX does for an unlinked open
+/// file. The session must be this connection's. `closed` are closes the session made since
+/// it last told pfs-meta, served first, whatever the open's outcome (see [`Close`]).
 /// Errors: NotFound, NoSuchFile, NotDir, IsDir (not a regular file), Evicted, Denied
-/// (another connection's session).
+/// (another connection's session), Invalid (`closed` longer than [`CLOSE_MAX`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Open {
     pub target: Target,
     pub session: SessionId,
+    pub closed: Vec<Closed>,
 }
 
-/// `session` no longer has `file` open; an orphan nobody has open any more is removed with
-/// its chunks. Errors: Evicted, Invalid (another connection's session).
+/// Most closes one request carries ([`Close`], or `closed` of [`Create`] and [`Open`]).
+pub const CLOSE_MAX: usize = 256;
+
+/// The session closed `file`, which it had opened `opens` times (each [`Open`], and each
+/// [`Create`] with the session, counts once). Counting, rather than a flag, makes closes
+/// commute with opens: a close that reaches pfs-meta after a later open of the same file
+/// (another handle's, sent while the close was on its way) takes away only its own opens.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Closed {
+    pub file: FileId,
+    pub opens: u32,
+}
+
+/// `session` closed `files` (at most [`CLOSE_MAX`]); an orphan nobody has open any more is
+/// removed with its chunks. A client may send closes late, in batches, or carried by its next
+/// [`Create`] or [`Open`]: until then the file only counts as open a little longer.
+/// Errors: Evicted, Denied (another connection's session), Invalid (too many).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Close {
-    pub file: FileId,
     pub session: SessionId,
+    pub files: Vec<Closed>,
 }
 
 /// Resolve a target to its attributes. Errors: NotFound, NoSuchFile, NotDir.
