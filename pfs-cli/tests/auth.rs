@@ -13,7 +13,7 @@ use pfs_common::token::{ByteRange, Mode, SessionId};
 use pfs_common::wire::frame::{read_frame, write_frame, FrameKind, DEFAULT_LIMITS};
 use pfs_common::wire::namespace::{Mkdir, Open};
 use pfs_common::wire::registry::{Fenced, Heartbeat, ListServers, Register, RemoveOrphan, ServerStatus};
-use pfs_common::wire::storage::{ReadChunk, RemoveChunk, RemoveFile, StorageRequest, TruncateFile, WriteChunk};
+use pfs_common::wire::storage::{Extent, ReadChunk, RemoveChunk, RemoveFile, StorageRequest, TruncateFile, WriteChunk};
 use pfs_common::wire::tokens::{self as tok, SessionGrant};
 use pfs_common::wire::{self, Call, MetaRequest, PeerRole, ResponseBody};
 use pfs_common::{pool, ErrorCode, FileId, ServerId};
@@ -290,7 +290,7 @@ async fn chunks_are_touched_only_with_capabilities_and_never_removed_by_clients(
     let write = |caps: Vec<pfs_common::capability::Capability>| WriteChunk {
         file,
         chunk: 0,
-        offset: 0,
+        extents: vec![Extent { offset: 0, len: 4096 }],
         chunk_size,
         block_size: 65536,
         session,
@@ -319,6 +319,17 @@ async fn chunks_are_touched_only_with_capabilities_and_never_removed_by_clients(
         let e = s.call(write(caps), &[0xEE; 4096]).await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::Denied, "{what}: {e}");
     }
+    // A vectored write needs every extent covered: capabilities for the first extent and
+    // the last do not let the one between them through.
+    let parts =
+        vec![Extent { offset: 0, len: 100 }, Extent { offset: 200, len: 100 }, Extent { offset: 400, len: 100 }];
+    let ends = vec![
+        real(file, ByteRange::new(0, 100), Mode::Write, session),
+        real(file, ByteRange::new(400, 500), Mode::Write, session),
+    ];
+    let e = s.call(WriteChunk { extents: parts, ..write(ends) }, &[0xEE; 300]).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Denied, "{e}");
+    assert!(e.to_string().contains("[200, 300)"), "{e}");
     // Truncate and read, without capabilities and with too narrow ones.
     let truncate = |caps| TruncateFile { file, size: 0, chunk_size, session, capabilities: caps };
     denied(s.ask(truncate(vec![])).await, "truncate without a capability");

@@ -2,7 +2,7 @@
 
 use pfs_common::rpc::RpcClient;
 use pfs_common::token::{ByteRange, Mode};
-use pfs_common::wire::storage::{StorageRequest, WriteChunk};
+use pfs_common::wire::storage::{Extent, StorageRequest, WriteChunk};
 use pfs_common::wire::PeerRole;
 use pfs_common::ErrorCode;
 use pfs_testkit::{raw, LocalCluster};
@@ -134,7 +134,7 @@ async fn a_killed_writer_is_evicted_and_fenced() {
         capabilities: cap.into_iter().collect(),
         file: attr.id,
         chunk: 0,
-        offset: 0,
+        extents: vec![Extent { offset: 0, len: 4096 }],
         chunk_size: layout.chunk_size(),
         block_size: layout.block_size,
         session,

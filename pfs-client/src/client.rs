@@ -426,14 +426,14 @@ impl Client {
         Ok(())
     }
 
-    /// Sends one call (with payload) to storage server `id`; returns its answer and payload.
-    /// A call whose connection turns out closed before any answer came is sent once more on a
-    /// new connection (see [`once_more_if_closed`]).
+    /// Sends one call (with a payload in parts, sent back to back) to storage server `id`;
+    /// returns its answer and payload. A call whose connection turns out closed before any
+    /// answer came is sent once more on a new connection (see [`once_more_if_closed`]).
     pub(crate) async fn storage<C: Call<Request = StorageRequest> + Clone>(
         &self,
         id: ServerId,
         call: C,
-        payload: &[u8],
+        payload: &[&[u8]],
     ) -> Result<(C::Reply, pfs_common::pool::PooledBuf)> {
         once_more_if_closed(|| self.storage_conn(id), call, payload).await
     }
@@ -697,17 +697,17 @@ impl Client {
 async fn once_more_if_closed<C, F, Fut>(
     mut conn: F,
     call: C,
-    payload: &[u8],
+    payload: &[&[u8]],
 ) -> Result<(C::Reply, pfs_common::pool::PooledBuf)>
 where
     C: Call<Request = StorageRequest> + Clone,
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = Result<RpcClient<StorageRequest>>>,
 {
-    match conn().await?.call(call.clone(), payload).await {
+    match conn().await?.call_parts(call.clone(), payload).await {
         Err(e) if e.is_closed_before_answer() => {
             tracing::debug!("{e} before answering; sending once more on a new connection");
-            Ok(conn().await?.call(call, payload).await?)
+            Ok(conn().await?.call_parts(call, payload).await?)
         }
         r => Ok(r?),
     }

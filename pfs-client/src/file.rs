@@ -31,12 +31,15 @@ use pfs_common::pool::{self, PooledBuf};
 use pfs_common::range_map::RangeMap;
 use pfs_common::token::{ByteRange, Mode, Stride};
 use pfs_common::wire::namespace::{self as ns, Attr, FileKind};
-use pfs_common::wire::storage::{FsyncFile, ReadChunk, TruncateFile, WriteChunk};
+use pfs_common::wire::storage::{Extent, FsyncFile, ReadChunk, TruncateFile, WriteChunk, WRITE_EXTENTS_MAX};
 use pfs_common::wire::tokens as tok;
 use pfs_common::ErrorCode;
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
+
+/// Bytes bound for one chunk: their offset in the chunk and the bytes.
+type ChunkPart<'a> = (u64, &'a [u8]);
 
 /// Dirty runs written back at once (their payload bytes are bounded by the client's
 /// in-flight limit as well).
@@ -311,6 +314,27 @@ impl OpenFile {
         Ok(vec![cap])
     }
 
+    /// Capabilities that together allow `mode` over each of `ranges` (see
+    /// [`OpenFile::capabilities_for`]), each one once; may be more than one request can carry
+    /// ([`MAX_CAPABILITIES`]), which the caller checks.
+    async fn capabilities_for_each(&self, ranges: &[ByteRange], mode: Mode) -> Result<Vec<Capability>> {
+        let mut all: Vec<Capability> = Vec::new();
+        for &range in ranges {
+            for c in self.capabilities_for(range, mode).await? {
+                if !all.contains(&c) {
+                    all.push(c);
+                }
+            }
+        }
+        Ok(all)
+    }
+
+    /// The file bytes a part of chunk `chunk` covers.
+    fn part_range(&self, chunk: u64, &(offset, bytes): &ChunkPart<'_>) -> ByteRange {
+        let start = self.layout.file_offset(chunk, offset);
+        ByteRange::new(start, start + bytes.len() as u64)
+    }
+
     /// The file bytes a piece covers.
     fn piece_range(&self, p: &Piece) -> ByteRange {
         let start = self.layout.file_offset(p.chunk, p.chunk_offset);
@@ -388,29 +412,53 @@ impl OpenFile {
         self.write_runs(runs).await
     }
 
-    /// Writes `runs` (disjoint dirty extents) to the storage servers, up to
-    /// [`WRITE_BACK_RUNS`] at a time: a strided writer's write-back is many small runs, and
-    /// one at a time it would cost a round trip each. Every run is tried; the ones that fail
-    /// are dirtied again for a later fsync, and the first error is returned.
+    /// Writes `runs` (disjoint dirty extents) to the storage servers: one request per chunk
+    /// carrying every run (or part of one) that falls in it, as extents of a vectored write
+    /// (a strided writer's records in a chunk cost one request, not one each), up to
+    /// [`WRITE_BACK_RUNS`] requests at a time. Every request is tried; the bytes of the ones
+    /// that fail are dirtied again for a later fsync, and the first error is returned.
     async fn write_runs(&self, runs: Vec<Run>) -> Result<()> {
         if runs.is_empty() {
             return Ok(());
         }
-        let mut done = futures_util::stream::iter(runs)
-            .map(|run| async move {
-                let r = self.write_through(run.offset, &run.data).await;
-                (run, r)
-            })
-            .buffer_unordered(WRITE_BACK_RUNS);
+        let mut by_chunk: BTreeMap<u64, Vec<ChunkPart<'_>>> = BTreeMap::new();
+        for run in &runs {
+            for p in self.layout.pieces(run.offset, run.data.len()) {
+                let bytes = &run.data[p.buf_offset..p.buf_offset + p.len];
+                by_chunk.entry(p.chunk).or_default().push((p.chunk_offset, bytes));
+            }
+        }
+        let mut requests = Vec::with_capacity(by_chunk.len());
+        for (chunk, mut parts) in by_chunk {
+            parts.sort_unstable_by_key(|p| p.0);
+            while parts.len() > WRITE_EXTENTS_MAX {
+                let rest = parts.split_off(WRITE_EXTENTS_MAX);
+                requests.push((chunk, std::mem::replace(&mut parts, rest)));
+            }
+            requests.push((chunk, parts));
+        }
+        let mut requests = requests.into_iter();
+        let mut inflight = FuturesUnordered::new();
         let mut first = None;
-        while let Some((run, r)) = done.next().await {
+        loop {
+            while inflight.len() < WRITE_BACK_RUNS {
+                let Some((chunk, parts)) = requests.next() else { break };
+                inflight.push(async move {
+                    let r = self.write_chunk(chunk, &parts).await;
+                    (chunk, parts, r)
+                });
+            }
+            let Some((chunk, parts, r)) = inflight.next().await else { break };
             let Err(e) = r else { continue };
             // Keep the bytes: re-dirty them so a later fsync retries.
             if let Some(c) = &self.cache {
-                if !c.lock().write(self.id, run.offset, &run.data).is_empty() {
-                    // Re-dirtying pushed other dirty bytes out that cannot be written either.
-                    let lost = e.clone().on_file("dirty cached data lost writing back", &self.path);
-                    self.writeback_error.lock().get_or_insert(lost);
+                let mut cache = c.lock();
+                for (offset, bytes) in parts {
+                    if !cache.write(self.id, self.layout.file_offset(chunk, offset), bytes).is_empty() {
+                        // Re-dirtying pushed other dirty bytes out that cannot be written either.
+                        let lost = e.clone().on_file("dirty cached data lost writing back", &self.path);
+                        self.writeback_error.lock().get_or_insert(lost);
+                    }
                 }
             }
             first.get_or_insert(e);
@@ -438,24 +486,49 @@ impl OpenFile {
 
     /// Writes `buf` at `offset` straight to the storage servers, all pieces in parallel.
     async fn write_through(&self, offset: u64, buf: &[u8]) -> Result<()> {
-        let session = self.client.session()?;
-        let mut pending: FuturesUnordered<_> =
-            self.layout.pieces(offset, buf.len()).map(|p| self.write_piece(p, buf, session)).collect();
+        let mut pending: FuturesUnordered<_> = self
+            .layout
+            .pieces(offset, buf.len())
+            .map(|p| async move {
+                let part = [(p.chunk_offset, &buf[p.buf_offset..p.buf_offset + p.len])];
+                self.write_chunk(p.chunk, &part).await
+            })
+            .collect();
         while let Some(r) = pending.next().await {
             r?;
         }
         Ok(())
     }
 
-    /// Writes one piece through its chunk's chain: to the head, which forwards it down the
-    /// chain and answers once every replica in the write path has it. A failed replica or a
-    /// chain that moved on sends it again on the chain as pfs-meta has it now ([`Failover`]).
-    async fn write_piece(&self, p: Piece, buf: &[u8], session: u64) -> Result<()> {
-        let data = &buf[p.buf_offset..p.buf_offset + p.len];
-        let chain_id = self.layout.chain(p.chunk);
-        let _permit = self.client.inflight(p.len).await;
+    /// Writes `parts` (ascending, disjoint, at most [`WRITE_EXTENTS_MAX`]) of chunk `chunk`
+    /// in one request, or in two halves when their capabilities would be more than one request
+    /// may carry.
+    async fn write_chunk(&self, chunk: u64, parts: &[ChunkPart<'_>]) -> Result<()> {
+        if parts.len() > 1 {
+            let ranges: Vec<ByteRange> = parts.iter().map(|p| self.part_range(chunk, p)).collect();
+            if self.capabilities_for_each(&ranges, Mode::Write).await?.len() > MAX_CAPABILITIES {
+                let (a, b) = parts.split_at(parts.len() / 2);
+                let (ra, rb) = tokio::join!(Box::pin(self.write_chunk(chunk, a)), Box::pin(self.write_chunk(chunk, b)));
+                return ra.and(rb);
+            }
+        }
+        self.write_extents(chunk, parts).await
+    }
+
+    /// Writes `parts` of chunk `chunk` through its chain in one request: to the head, which
+    /// forwards it down the chain and answers once every replica in the write path has it. A
+    /// failed replica or a chain that moved on sends it again on the chain as pfs-meta has it
+    /// now ([`Failover`]).
+    async fn write_extents(&self, chunk: u64, parts: &[ChunkPart<'_>]) -> Result<()> {
+        let session = self.client.session()?;
+        let total: usize = parts.iter().map(|p| p.1.len()).sum();
+        let extents: Vec<Extent> = parts.iter().map(|&(offset, b)| Extent { offset, len: b.len() as u32 }).collect();
+        let payload: Vec<&[u8]> = parts.iter().map(|p| p.1).collect();
+        let ranges: Vec<ByteRange> = parts.iter().map(|p| self.part_range(chunk, p)).collect();
+        let chain_id = self.layout.chain(chunk);
+        let _permit = self.client.inflight(total).await;
         let mut failover = Failover::new(&self.client);
-        let mut chain = self.client.chain(chain_id).await.map_err(|e| self.chain_error("writing", p.chunk, e))?;
+        let mut chain = self.client.chain(chain_id).await.map_err(|e| self.chain_error("writing", chunk, e))?;
         loop {
             let Some(head) = chain.head() else {
                 let e = Error::Unavailable(format!("{} has no replica that takes writes", chain.describe()));
@@ -464,42 +537,41 @@ impl OpenFile {
                         chain = c;
                         continue;
                     }
-                    None => return Err(self.chain_error("writing", p.chunk, e)),
+                    None => return Err(self.chain_error("writing", chunk, e)),
                 }
             };
             let req = WriteChunk {
                 file: self.id,
-                chunk: p.chunk,
-                offset: p.chunk_offset,
+                chunk,
+                extents: extents.clone(),
                 chunk_size: self.layout.chunk_size(),
                 block_size: self.layout.block_size,
                 session,
                 chain: chain.at(),
-                capabilities: self.capabilities_for(self.piece_range(&p), Mode::Write).await?,
+                capabilities: self.capabilities_for_each(&ranges, Mode::Write).await?,
             };
-            let on_chunk = |e| self.chunk_error("writing", p.chunk, head, e);
-            let written = match self.bounded(head, &chain, self.client.storage(head, req, data)).await {
+            let on_chunk = |e| self.chunk_error("writing", chunk, head, e);
+            let written = match self.bounded(head, &chain, self.client.storage(head, req, &payload)).await {
                 Ok((written, _)) => written,
                 Err(e) if e.code() == ErrorCode::Evicted => {
                     // Fenced: the session is gone, whatever we have heard from pfs-meta so far.
                     self.client.mark_evicted(e.clone());
                     return Err(on_chunk(e));
                 }
-                Err(e) if Failover::retryable(&e, &chain) => match failover
-                    .again(&self.client, chain_id, chain.version)
-                    .await?
-                {
-                    Some(c) => {
-                        tracing::debug!("writing chunk {} of {}: {e}; again on {}", p.chunk, self.path, c.describe());
-                        chain = c;
-                        continue;
+                Err(e) if Failover::retryable(&e, &chain) => {
+                    match failover.again(&self.client, chain_id, chain.version).await? {
+                        Some(c) => {
+                            tracing::debug!("writing chunk {chunk} of {}: {e}; again on {}", self.path, c.describe());
+                            chain = c;
+                            continue;
+                        }
+                        None => return Err(on_chunk(e)),
                     }
-                    None => return Err(on_chunk(e)),
-                },
+                }
                 Err(e) => return Err(on_chunk(e)),
             };
-            if written.len as usize != p.len {
-                let message = format!("wrote {} of {} bytes", written.len, p.len);
+            if written.len as usize != total {
+                let message = format!("wrote {} of {total} bytes", written.len);
                 return Err(on_chunk(Error::Protocol { peer: head.to_string(), message }));
             }
             // A second boot id means the server restarted between our unsynced writes: the

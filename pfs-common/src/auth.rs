@@ -359,20 +359,23 @@ impl FrameMac {
         self.protect_data
     }
 
-    fn mac(&mut self, header: &[u8], body: &[u8], payload: &[u8]) -> HmacSha256 {
+    /// The MAC of the next frame; its payload is `payload`'s parts back to back.
+    fn mac(&mut self, header: &[u8], body: &[u8], payload: &[&[u8]]) -> HmacSha256 {
         let mut m = self.keyed.clone();
         m.update(&self.seq.to_le_bytes());
         m.update(header);
         m.update(body);
         if self.protect_data {
-            m.update(payload);
+            for part in payload {
+                m.update(part);
+            }
         }
         self.seq += 1;
         m
     }
 
-    /// The tag of the next frame sent.
-    pub fn seal(&mut self, header: &[u8], body: &[u8], payload: &[u8]) -> [u8; TAG_LEN] {
+    /// The tag of the next frame sent, whose payload is `payload`'s parts back to back.
+    pub fn seal(&mut self, header: &[u8], body: &[u8], payload: &[&[u8]]) -> [u8; TAG_LEN] {
         let full = self.mac(header, body, payload).finalize().into_bytes();
         full[..TAG_LEN].try_into().unwrap()
     }
@@ -380,7 +383,7 @@ impl FrameMac {
     /// Checks the tag of the next frame received (constant time). False: the frame was
     /// altered, replayed, reordered or a frame was dropped.
     pub fn open(&mut self, header: &[u8], body: &[u8], payload: &[u8], tag: &[u8; TAG_LEN]) -> bool {
-        self.mac(header, body, payload).verify_truncated_left(tag).is_ok()
+        self.mac(header, body, &[payload]).verify_truncated_left(tag).is_ok()
     }
 }
 
@@ -398,7 +401,7 @@ mod tests {
         assert!(c.server_proof_matches(&s.server_proof()));
         assert!(s.client_proof_matches(&c.client_proof()));
         assert!(!s.client_proof_matches(&c.server_proof()));
-        let tag = c.send.seal(b"header", b"body", b"payload");
+        let tag = c.send.seal(b"header", b"body", &[b"payload"]);
         assert!(s.receive.open(b"header", b"body", b"other payload", &tag), "payload not covered by default");
         // The same frame again (a replay) is out of sequence.
         assert!(!s.receive.open(b"header", b"body", b"payload", &tag));
@@ -414,9 +417,12 @@ mod tests {
         let (nc, ns, th) = (nonce(), nonce(), [3; 32]);
         let mut c = connection_keys(&role, &nc, &ns, &th, true, true);
         let mut s = connection_keys(&role, &nc, &ns, &th, true, false);
-        let tag = c.send.seal(b"h", b"b", b"payload");
+        let tag = c.send.seal(b"h", b"b", &[b"payload"]);
         assert!(!s.receive.clone().open(b"h", b"b", b"pAyload", &tag));
         assert!(!s.receive.clone().open(b"H", b"b", b"payload", &tag));
+        assert!(s.receive.open(b"h", b"b", b"payload", &tag));
+        // A payload sent in parts (a vectored write) is MACed as the bytes the peer reads.
+        let tag = c.send.seal(b"h", b"b", &[b"pay", b"", b"load"]);
         assert!(s.receive.open(b"h", b"b", b"payload", &tag));
     }
 

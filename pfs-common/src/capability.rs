@@ -123,13 +123,26 @@ impl Access {
 /// Checks that `caps` allow `access` at Unix time `now_ms` (storage servers). Errors with
 /// the reason, for the Denied answer.
 pub fn check(key: &Key, caps: &[Capability], access: &Access, now_ms: u64) -> Result<(), String> {
+    check_each(key, caps, access, [access.range], now_ms)
+}
+
+/// Like [`check`] for a request touching several ranges of the file (a vectored write):
+/// `caps` must allow `access` over each of `ranges`, which stand in for `access.range`. Each
+/// capability's tag is verified once, whatever the number of ranges.
+pub fn check_each(
+    key: &Key,
+    caps: &[Capability],
+    access: &Access,
+    ranges: impl IntoIterator<Item = ByteRange>,
+    now_ms: u64,
+) -> Result<(), String> {
     if caps.is_empty() {
         return Err("no capability: ask pfs-meta for a token first".into());
     }
     if caps.len() > MAX_CAPABILITIES {
         return Err(format!("{} capabilities (at most {MAX_CAPABILITIES})", caps.len()));
     }
-    let mut ranges = Vec::with_capacity(caps.len());
+    let mut held = Vec::with_capacity(caps.len());
     for c in caps {
         if tag_of(key, c).verify_truncated_left(&c.tag).is_err() {
             return Err(format!("a capability for {} that pfs-meta did not issue (forged or altered)", c.file));
@@ -149,21 +162,23 @@ pub fn check(key: &Key, caps: &[Capability], access: &Access, now_ms: u64) -> Re
         if access.mode == Mode::Write && c.mode != Mode::Write {
             return Err(format!("a read capability for a write of {}", access.file));
         }
-        ranges.push(c.range);
+        held.push(c.range);
     }
-    // The union must cover the bytes touched.
-    ranges.sort_by_key(|r| r.start);
-    let mut covered = access.range.start;
-    for r in ranges {
-        if r.start > covered {
-            break;
+    held.sort_by_key(|r| r.start);
+    for range in ranges {
+        // The union must cover the bytes touched.
+        let mut covered = range.start;
+        for r in &held {
+            if r.start > covered || covered >= range.end {
+                break;
+            }
+            covered = covered.max(r.end);
         }
-        covered = covered.max(r.end);
-        if covered >= access.range.end {
-            return Ok(());
+        if covered < range.end {
+            return Err(format!("capabilities of {} do not cover bytes {range}", access.file));
         }
     }
-    Err(format!("capabilities of {} do not cover bytes {}", access.file, access.range))
+    Ok(())
 }
 
 #[cfg(test)]
@@ -202,5 +217,22 @@ mod tests {
         assert!(check(&key, &[], &access(ByteRange::new(0, 1), Mode::Read), now).is_err());
         let e = check(&key, &[w], &Access { chunk_size: 512, ..access(ByteRange::new(0, 1), Mode::Read) }, now);
         assert!(e.unwrap_err().contains("512"));
+    }
+
+    #[test]
+    fn every_range_of_a_vectored_write_must_be_covered() {
+        let key = Key::random();
+        let issuer = CapabilityIssuer::new(key.clone(), 60_000);
+        let a = issuer.issue(FileId(7), ByteRange::new(0, 100), Mode::Write, 9, 1 << 20);
+        let b = issuer.issue(FileId(7), ByteRange::new(200, 300), Mode::Write, 9, 1 << 20);
+        let (now, base) = (unix_ms(), access(ByteRange::new(0, 1), Mode::Write));
+        let ranges = [ByteRange::new(10, 90), ByteRange::new(210, 300)];
+        check_each(&key, &[b, a], &base, ranges, now).unwrap();
+        // The gap between the capabilities is not covered, even though both ends are.
+        let ranges = [ByteRange::new(10, 90), ByteRange::new(150, 160), ByteRange::new(210, 220)];
+        let e = check_each(&key, &[a, b], &base, ranges, now).unwrap_err();
+        assert!(e.contains("[150, 160)"), "{e}");
+        let e = check_each(&key, &[a, b], &base, [ByteRange::new(90, 210)], now).unwrap_err();
+        assert!(e.contains("do not cover"), "{e}");
     }
 }

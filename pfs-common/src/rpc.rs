@@ -60,7 +60,7 @@ impl Sender {
         kind: FrameKind,
         id: u64,
         body: &[u8],
-        payload: &[u8],
+        payload: &[&[u8]],
     ) -> std::result::Result<(), FrameError> {
         write_frame(&mut self.half, kind, id, body, payload, self.mac.as_mut()).await
     }
@@ -204,6 +204,12 @@ impl<R: Serialize> RpcClient<R> {
     /// TimedOut naming the peer when the connection fails or no answer comes within the
     /// request timeout; Protocol for an answer that does not decode.
     pub async fn call<C: Call<Request = R>>(&self, call: C, payload: &[u8]) -> Result<(C::Reply, PooledBuf)> {
+        self.call_parts(call, &[payload]).await
+    }
+
+    /// [`RpcClient::call`] with a payload in parts, sent back to back with one vectored
+    /// write (no copy into one buffer): the peer receives one payload.
+    pub async fn call_parts<C: Call<Request = R>>(&self, call: C, payload: &[&[u8]]) -> Result<(C::Reply, PooledBuf)> {
         let inner = &self.inner;
         let body = wire::encode(&call.into_request());
         let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
@@ -622,7 +628,7 @@ async fn read_unless_idle<F: Future>(read: F, idle: Duration, activity: &Activit
 async fn send_reply(writer: &tokio::sync::Mutex<Sender>, id: u64, reply: Reply) {
     let payload: &[u8] = reply.payload.as_deref().unwrap_or(&[]);
     let mut w = writer.lock().await;
-    if let Err(e) = w.send(FrameKind::Response, id, &reply.body, payload).await {
+    if let Err(e) = w.send(FrameKind::Response, id, &reply.body, &[payload]).await {
         debug!("answer {id} not delivered: {e}");
     }
 }

@@ -48,6 +48,12 @@ pub type ChunkKey = (FileId, ChunkIndex);
 /// A boxed future of an engine operation (object-safe async).
 pub type IoFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T>> + Send + 'a>>;
 
+/// Where a write's buffer goes in the chunk: `(offset, len)` extents, their bytes back to back
+/// in the buffer (one for an ordinary write; a vectored write's, at most
+/// [`pfs_common::wire::storage::WRITE_EXTENTS_MAX`]).
+pub type Extents = smallvec::SmallVec<[Extent; 1]>;
+pub use pfs_common::wire::storage::Extent;
+
 /// Most chunk files kept open at once by [`ChunkFiles`] (buffered and direct ones together).
 pub const FD_CACHE_MAX: usize = 1024;
 
@@ -83,7 +89,17 @@ pub trait Engine: Send + Sync + 'static {
 
     /// Writes all of `buf` at `offset` bytes into the chunk, creating the chunk file if
     /// needed. Returns the buffer (for reuse). Errors: NoSpace on ENOSPC, Io otherwise.
-    fn write(&self, key: ChunkKey, offset: u64, buf: PooledBuf) -> IoFuture<'_, PooledBuf>;
+    fn write(&self, key: ChunkKey, offset: u64, buf: PooledBuf) -> IoFuture<'_, PooledBuf> {
+        let len = u32::try_from(buf.len()).expect("chunk writes are at most 64 MiB");
+        self.write_extents(key, smallvec::smallvec![Extent { offset, len }], buf)
+    }
+
+    /// Writes `buf` into the chunk at `extents` (their lengths sum to `buf.len()`; at most
+    /// [`pfs_common::wire::storage::WRITE_EXTENTS_MAX`]), creating the chunk file if needed,
+    /// all extents at once. Returns the buffer (for reuse) once every extent is written.
+    /// Errors: NoSpace on ENOSPC, Io otherwise (the first failing extent; the others may or
+    /// may not be written).
+    fn write_extents(&self, key: ChunkKey, extents: Extents, buf: PooledBuf) -> IoFuture<'_, PooledBuf>;
 
     /// fdatasync of the chunk file; a missing chunk file is not an error (nothing to sync).
     fn sync(&self, key: ChunkKey) -> IoFuture<'_, ()>;

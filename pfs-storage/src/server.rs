@@ -3,6 +3,7 @@
 //! then are written here and forwarded to the chain's next replica at the same time; reads
 //! pass the chain check (serving replicas only).
 
+use crate::engine::Extents;
 use crate::replication::Replication;
 use crate::scrub::Scrubber;
 use crate::store::ChunkStore;
@@ -11,7 +12,7 @@ use pfs_common::auth::Key;
 use pfs_common::capability::{self, unix_ms, Access, Capability};
 use pfs_common::pool::{self, PooledBuf};
 use pfs_common::rpc::{Handler, Peer, Reply};
-use pfs_common::token::{Mode, SessionId};
+use pfs_common::token::{ByteRange, Mode, SessionId};
 use pfs_common::wire::storage::{self as st, ReadReply, StorageRequest, SyncData, Written};
 use pfs_common::wire::PeerRole;
 use pfs_common::FileId;
@@ -37,11 +38,22 @@ impl StorageHandler {
     /// Errors (Denied) unless a client's `caps` allow `access`. Storage servers (forwarding
     /// writes down a chain) need none: they authenticated with the storage role key.
     fn authorize(&self, peer: &Peer, caps: &[Capability], access: Access) -> Result<()> {
+        self.authorize_each(peer, caps, access, [access.range])
+    }
+
+    /// [`StorageHandler::authorize`] for a request touching `ranges` of the file.
+    fn authorize_each(
+        &self,
+        peer: &Peer,
+        caps: &[Capability],
+        access: Access,
+        ranges: impl IntoIterator<Item = ByteRange>,
+    ) -> Result<()> {
         let Some(key) = &self.capability_key else { return Ok(()) };
         if peer.role == PeerRole::Storage {
             return Ok(());
         }
-        capability::check(key, caps, &access, unix_ms()).map_err(|why| {
+        capability::check_each(key, caps, &access, ranges, unix_ms()).map_err(|why| {
             warn!(
                 "{}: refused a {:?} of {} from {} ({}): {why}",
                 self.store.id(),
@@ -75,13 +87,11 @@ impl StorageHandler {
     /// Writes here and at the chain's next replica (if any) at once; answers when both did.
     async fn write(&self, peer: &Peer, c: st::WriteChunk, payload: PooledBuf) -> Result<Written> {
         let store = &self.store;
-        let access = self.chunk_access(
-            (c.file, c.chunk, c.chunk_size),
-            (c.offset, payload.len() as u64),
-            c.session,
-            Mode::Write,
-        )?;
-        self.authorize(peer, &c.capabilities, access)?;
+        c.check_extents(payload.len()).map_err(|why| StorageError::Invalid {
+            server: store.id(),
+            what: format!("a write to chunk {} of {}: {why}", c.chunk, c.file),
+        })?;
+        self.authorize_extents(peer, &c)?;
         let (next, syncing) = self.repl.check_write(c.chain)?;
         let _admitted = store.fence.admit(c.session).await?;
         if syncing {
@@ -90,9 +100,10 @@ impl StorageHandler {
             store.forget_lost(c.file, c.chunk);
         }
         let _forwarding = self.repl.write_guard(c.file, c.chunk).await;
+        let extents: Extents = c.extents.iter().copied().collect();
         let Some(next) = next else {
             // The tail (or a chain of one): no copy of the payload.
-            let written = store.write(c.file, c.chunk, c.offset, c.chunk_size, c.block_size, payload).await?;
+            let written = store.write_extents(c.file, c.chunk, extents, c.chunk_size, c.block_size, payload).await?;
             return Ok(Written { len: written, boots: vec![(store.id(), store.boot)] });
         };
         let forward = async {
@@ -106,13 +117,30 @@ impl StorageHandler {
             // The payload stays with the forward while the engine owns the copy it writes.
             let mut data = pool::global().get(payload.len());
             data.copy_from_slice(&payload);
-            store.write(c.file, c.chunk, c.offset, c.chunk_size, c.block_size, data).await
+            store.write_extents(c.file, c.chunk, extents, c.chunk_size, c.block_size, data).await
         };
         let (written, forwarded) = tokio::join!(local, forward);
         let written = written?;
         let mut boots = vec![(store.id(), store.boot)];
         boots.extend(forwarded?);
         Ok(Written { len: written, boots })
+    }
+
+    /// Errors (Denied) unless the write's capabilities allow every one of its extents.
+    fn authorize_extents(&self, peer: &Peer, c: &st::WriteChunk) -> Result<()> {
+        if self.capability_key.is_none() || peer.role == PeerRole::Storage {
+            return Ok(());
+        }
+        let mut ranges = Vec::with_capacity(c.extents.len());
+        let mut access = None;
+        for e in &c.extents {
+            let a =
+                self.chunk_access((c.file, c.chunk, c.chunk_size), (e.offset, e.len.into()), c.session, Mode::Write)?;
+            ranges.push(a.range);
+            access.get_or_insert(a);
+        }
+        let Some(access) = access else { return Ok(()) };
+        self.authorize_each(peer, &c.capabilities, access, ranges)
     }
 
     /// A whole chunk for another replica, with no write of it in flight.

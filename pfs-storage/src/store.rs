@@ -7,7 +7,7 @@
 //! state and the queue of reports to pfs-meta always agree.
 
 use crate::checksums::{self, Checksums, ChunkChecksums};
-use crate::engine::{blocking, ChunkFiles, ChunkKey, Engine};
+use crate::engine::{blocking, ChunkFiles, ChunkKey, Engine, Extent, Extents};
 use crate::error::{Result, StorageError};
 use crate::meta_link::Reporter;
 use parking_lot::Mutex;
@@ -341,21 +341,45 @@ impl ChunkStore {
         st.index.get(&file).map(|m| m.iter().map(|(c, e)| (*c, e.len)).collect()).unwrap_or_default()
     }
 
-    /// Writes `data` at `offset` bytes into a chunk, creating it if needed. Not durable until
-    /// [`ChunkStore::fsync`]. Returns the bytes written.
-    ///
-    /// The chunk's block checksums (of `block_size`-byte blocks, fixed when the chunk is
-    /// created) are updated with the data.
-    ///
-    /// Errors: Invalid when `chunk_size` exceeds 64 MiB or is 0, `offset + len` exceeds
-    /// `chunk_size`, the bytes lie past [`MAX_FILE_SIZE`] in the file, or `block_size` is not a
-    /// power of two within 512 bytes..=64 MiB; Lost; NoSpace when the target is full; Io.
-    #[allow(clippy::too_many_arguments)]
+    /// Writes `data` at `offset` bytes into a chunk, creating it if needed: a
+    /// [`ChunkStore::write_extents`] of one extent. Returns the bytes written.
     pub async fn write(
         &self,
         file: FileId,
         chunk: ChunkIndex,
         offset: u64,
+        chunk_size: u64,
+        block_size: u32,
+        data: PooledBuf,
+    ) -> Result<u32> {
+        let len = u32::try_from(data.len()).map_err(|_| StorageError::Invalid {
+            server: self.id,
+            what: format!(
+                "a write of {} bytes to {} is larger than any chunk",
+                data.len(),
+                ChunkFiles::describe((file, chunk))
+            ),
+        })?;
+        self.write_extents(file, chunk, smallvec::smallvec![Extent { offset, len }], chunk_size, block_size, data).await
+    }
+
+    /// Writes `data` into a chunk at `extents` (their bytes back to back in `data`, in
+    /// ascending order without overlap), creating the chunk if needed, all under one hold of
+    /// the chunk's lock and with one engine submission. Not durable until
+    /// [`ChunkStore::fsync`]. Returns the bytes written.
+    ///
+    /// The chunk's block checksums (of `block_size`-byte blocks, fixed when the chunk is
+    /// created) are updated with the data.
+    ///
+    /// Errors: Invalid when `chunk_size` exceeds 64 MiB or is 0, an extent ends past
+    /// `chunk_size` or past [`MAX_FILE_SIZE`] in the file, the extents do not add up to
+    /// `data`, or `block_size` is not a power of two within 512 bytes..=64 MiB; Lost; NoSpace
+    /// when the target is full; Io.
+    pub async fn write_extents(
+        &self,
+        file: FileId,
+        chunk: ChunkIndex,
+        extents: Extents,
         chunk_size: u64,
         block_size: u32,
         data: PooledBuf,
@@ -368,13 +392,34 @@ impl ChunkStore {
                 what: format!("chunk size {chunk_size} bytes of file {file} is not within 1..={MAX_CHUNK_SIZE}"),
             });
         }
-        if offset.checked_add(len).is_none_or(|end| end > chunk_size) {
+        let mut total = 0u64;
+        for e in &extents {
+            let (offset, elen) = (e.offset, u64::from(e.len));
+            total += elen;
+            if offset.checked_add(elen).is_none_or(|end| end > chunk_size) {
+                return Err(StorageError::Invalid {
+                    server: self.id,
+                    what: format!(
+                        "write of {elen} bytes at offset {offset} of {} exceeds the chunk size of {chunk_size} bytes",
+                        ChunkFiles::describe(key)
+                    ),
+                });
+            }
+            if Layout::chunk_end(chunk, chunk_size, offset, elen).is_none() {
+                return Err(StorageError::Invalid {
+                    server: self.id,
+                    what: format!(
+                        "write of {elen} bytes at offset {offset} of {} (chunks of {chunk_size} bytes) ends past \
+                         the largest file size, {MAX_FILE_SIZE} bytes",
+                        ChunkFiles::describe(key)
+                    ),
+                });
+            }
+        }
+        if total != len {
             return Err(StorageError::Invalid {
                 server: self.id,
-                what: format!(
-                    "write of {len} bytes at offset {offset} of {} exceeds the chunk size of {chunk_size} bytes",
-                    ChunkFiles::describe(key)
-                ),
+                what: format!("a write to {} of {len} bytes names extents of {total}", ChunkFiles::describe(key)),
             });
         }
         if block_size < 512 || !block_size.is_power_of_two() || block_size as u64 > MAX_CHUNK_SIZE {
@@ -382,16 +427,6 @@ impl ChunkStore {
                 server: self.id,
                 what: format!(
                     "block size {block_size} bytes of {} is not a power of two within 512..={MAX_CHUNK_SIZE}",
-                    ChunkFiles::describe(key)
-                ),
-            });
-        }
-        if Layout::chunk_end(chunk, chunk_size, offset, len).is_none() {
-            return Err(StorageError::Invalid {
-                server: self.id,
-                what: format!(
-                    "write of {len} bytes at offset {offset} of {} (chunks of {chunk_size} bytes) ends past the \
-                     largest file size, {MAX_FILE_SIZE} bytes",
                     ChunkFiles::describe(key)
                 ),
             });
@@ -405,6 +440,7 @@ impl ChunkStore {
             let s = sums.clone();
             blocking(move || s.set_dirty()).await.map_err(|e| e.on(self.id))?;
         }
+        let first = extents.first().map_or(0, |e| e.offset);
         let (existed, running, old_len) = {
             let mut st = self.state.lock();
             if let Some(e) = st.lost_error(self.id, key) {
@@ -412,9 +448,17 @@ impl ChunkStore {
             }
             let old_len = st.index.get(&file).and_then(|m| m.get(&chunk)).map(|e| e.len);
             let existed = old_len.is_some();
-            (existed, st.start_write(key, existed, offset), old_len.unwrap_or(0))
+            let running = match extents.len() {
+                1 => st.start_write(key, existed, first),
+                // Several extents leave gaps: the hash is computed over the file later.
+                _ => {
+                    st.running.insert(key, Running::Invalid);
+                    None
+                }
+            };
+            (existed, running, old_len.unwrap_or(0))
         };
-        let data = match self.engine.write(key, offset, data).await {
+        let data = match self.engine.write_extents(key, extents.clone(), data).await {
             Ok(data) => data,
             Err(e) => {
                 if running.is_some() {
@@ -424,11 +468,18 @@ impl ChunkStore {
                 return Err(e.on(self.id));
             }
         };
-        if let Err(e) = self.update_checksums(key, &sums, old_len, offset, &data) {
-            if running.is_some() {
-                self.state.lock().running.insert(key, Running::Invalid);
+        // Each extent's blocks, in order: a gap between two extents is the later one's to sum.
+        let (mut len_now, mut start) = (old_len, 0usize);
+        for e in &extents {
+            let part = &data[start..start + e.len as usize];
+            if let Err(err) = self.update_checksums(key, &sums, len_now, e.offset, part) {
+                if running.is_some() {
+                    self.state.lock().running.insert(key, Running::Invalid);
+                }
+                return Err(err);
             }
-            return Err(e);
+            len_now = len_now.max(e.offset + u64::from(e.len));
+            start += e.len as usize;
         }
         // Feed the append into the running hash while its bytes are still in cache (SHA-NI:
         // about 0.5 ms per MiB, inline on this task), instead of re-reading the chunk later.
@@ -445,7 +496,7 @@ impl ChunkStore {
             if let Some(hasher) = fed {
                 // Still ours (no other change began meanwhile)? Then it covers the whole file.
                 if let Some(slot @ Running::Busy) = st.running.get_mut(&key) {
-                    *slot = Running::Ready { hasher, hashed_len: offset + len };
+                    *slot = Running::Ready { hasher, hashed_len: first + len };
                 }
             }
             let entry = st.index.entry(file).or_default().entry(chunk).or_insert(ChunkEntry {
@@ -455,7 +506,7 @@ impl ChunkStore {
                 synced_version: 0,
                 commit_version: 0,
             });
-            entry.len = entry.len.max(offset + len);
+            entry.len = entry.len.max(len_now);
             entry.version += 1;
             entry.sha256 = None;
             st.dirty.insert(key, Instant::now());

@@ -190,24 +190,43 @@ pub async fn read_frame<R: AsyncRead + Unpin>(
 }
 
 /// Writes one frame (header, body, payload, and with `mac` its tag) with vectored writes; the
-/// payload is written from the caller's buffer, not copied. Errors if body or payload exceed
-/// what a header can carry.
+/// payload is `payload`'s parts back to back, written from the callers' buffers, not copied.
+/// Errors if body or payload exceed what a header can carry.
 pub async fn write_frame<W: AsyncWrite + Unpin>(
     w: &mut W,
     kind: FrameKind,
     request_id: u64,
     body: &[u8],
-    payload: &[u8],
+    payload: &[&[u8]],
     mac: Option<&mut FrameMac>,
 ) -> Result<(), FrameError> {
     let too_large = |what, len: usize| FrameError::TooLarge { what, len: len as u64, limit: u32::MAX.into() };
     let body_len = u32::try_from(body.len()).map_err(|_| too_large("body", body.len()))?;
-    let payload_len = u32::try_from(payload.len()).map_err(|_| too_large("payload", payload.len()))?;
+    let total: usize = payload.iter().map(|p| p.len()).sum();
+    let payload_len = u32::try_from(total).map_err(|_| too_large("payload", total))?;
     let header = FrameHeader { kind, body_len, payload_len, request_id }.encode();
     let tag = mac.map(|m| m.seal(&header, body, payload));
     let tag: &[u8] = tag.as_ref().map_or(&[], |t| &t[..]);
-    let mut slices = [IoSlice::new(&header), IoSlice::new(body), IoSlice::new(payload), IoSlice::new(tag)];
-    let mut bufs: &mut [IoSlice<'_>] = &mut slices;
+    // On the stack for the usual one-part payload; a vectored write's parts (at most a few
+    // hundred, well under IOV_MAX) need a list.
+    let mut one;
+    let mut many;
+    let slices: &mut [IoSlice<'_>] = match payload {
+        [] | [_] => {
+            let p: &[u8] = payload.first().copied().unwrap_or(&[]);
+            one = [IoSlice::new(&header), IoSlice::new(body), IoSlice::new(p), IoSlice::new(tag)];
+            &mut one
+        }
+        parts => {
+            many = Vec::with_capacity(parts.len() + 3);
+            many.push(IoSlice::new(&header));
+            many.push(IoSlice::new(body));
+            many.extend(parts.iter().map(|p| IoSlice::new(p)));
+            many.push(IoSlice::new(tag));
+            &mut many
+        }
+    };
+    let mut bufs: &mut [IoSlice<'_>] = slices;
     while !bufs.is_empty() {
         let n = w.write_vectored(bufs).await.map_err(FrameError::Io)?;
         if n == 0 {
@@ -252,14 +271,20 @@ mod tests {
         let pool = BufPool::new(1 << 20);
         let payload: Vec<u8> = (0..50_000u32).map(|i| i as u8).collect();
         let writer = tokio::spawn(async move {
-            write_frame(&mut a, FrameKind::Request, 7, b"body", &payload, None).await.unwrap();
+            write_frame(&mut a, FrameKind::Request, 7, b"body", &[&payload], None).await.unwrap();
+            // The same bytes in parts arrive as one payload.
+            let parts = [&payload[..10], &payload[10..10], &payload[10..40_000], &payload[40_000..]];
+            write_frame(&mut a, FrameKind::Request, 8, b"body", &parts, None).await.unwrap();
             payload
         });
         let f = read_frame(&mut b, &DEFAULT_LIMITS, &pool, None).await.unwrap().unwrap();
+        let g = read_frame(&mut b, &DEFAULT_LIMITS, &pool, None).await.unwrap().unwrap();
         let payload = writer.await.unwrap();
         assert_eq!(f.header.request_id, 7);
         assert_eq!(f.body, b"body");
         assert_eq!(&f.payload[..], &payload[..]);
+        assert_eq!((g.header.request_id, g.header.payload_len), (8, payload.len() as u32));
+        assert_eq!(&g.payload[..], &payload[..]);
         assert!(read_frame(&mut b, &DEFAULT_LIMITS, &pool, None).await.unwrap().is_none());
     }
 }

@@ -58,9 +58,12 @@ pub struct RepairChunk {
     pub chunk: ChunkIndex,
 }
 
-/// Write the payload at `offset` (bytes) inside chunk `chunk` of `file`, creating the chunk
-/// file if needed. `chunk_size` bounds `offset + len`, and the bytes must lie below
-/// [`crate::layout::MAX_FILE_SIZE`] in the file (Invalid otherwise). Not durable until
+/// Write the payload into chunk `chunk` of `file` at `extents`, creating the chunk file if
+/// needed: the payload is the extents' bytes back to back, in their order. A client writing
+/// back several dirty runs of one chunk (a strided writer's records) sends them in one request,
+/// which the server writes with one submission and one pass under the chunk's lock. Each
+/// extent must end within `chunk_size` and below [`crate::layout::MAX_FILE_SIZE`] in the file
+/// (Invalid otherwise; see [`WriteChunk::check_extents`] for their shape). Not durable until
 /// [`FsyncFile`].
 /// `session` is the writer's session; writes of a fenced (evicted) session are refused with
 /// Evicted, so a late write cannot land over newer data; every write is refused with
@@ -74,7 +77,8 @@ pub struct RepairChunk {
 pub struct WriteChunk {
     pub file: FileId,
     pub chunk: ChunkIndex,
-    pub offset: u64,
+    /// Where the payload's bytes go in the chunk (at most [`WRITE_EXTENTS_MAX`]).
+    pub extents: Vec<Extent>,
     pub chunk_size: u64,
     /// The file's block size, bytes (a power of two, 512 bytes to 64 MiB): the granularity of
     /// the chunk's checksums (doubled for chunks that would need more than 512), fixed when the
@@ -82,10 +86,48 @@ pub struct WriteChunk {
     pub block_size: u32,
     pub session: SessionId,
     pub chain: ChainRef,
-    /// Write capabilities of `session` covering the bytes written (at most
+    /// Write capabilities of `session` covering every extent (at most
     /// [`crate::capability::MAX_CAPABILITIES`]); needed from clients when the cluster
     /// authenticates (Denied otherwise).
     pub capabilities: Vec<Capability>,
+}
+
+/// `len` bytes at `offset` bytes into a chunk.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Most extents one [`WriteChunk`] carries (the io_uring engine submits them together).
+pub const WRITE_EXTENTS_MAX: usize = 256;
+
+impl WriteChunk {
+    /// Checks the extents' shape against a payload of `payload_len` bytes: 1 to
+    /// [`WRITE_EXTENTS_MAX`] of them, none empty, in ascending order without overlap, their
+    /// lengths summing to the payload's. Errors with what is wrong, for an Invalid answer.
+    pub fn check_extents(&self, payload_len: usize) -> Result<(), String> {
+        let n = self.extents.len();
+        if n == 0 || n > WRITE_EXTENTS_MAX {
+            return Err(format!("{n} extents in a write (1 to {WRITE_EXTENTS_MAX})"));
+        }
+        let mut total = 0u64;
+        let mut end = 0u64;
+        for (i, e) in self.extents.iter().enumerate() {
+            if e.len == 0 {
+                return Err(format!("extent {i} of the write is empty"));
+            }
+            if i > 0 && e.offset < end {
+                return Err(format!("extent {i} at offset {} overlaps or precedes the one before it", e.offset));
+            }
+            end = e.offset.saturating_add(e.len.into());
+            total += u64::from(e.len);
+        }
+        if total != payload_len as u64 {
+            return Err(format!("the write's extents add up to {total} bytes, its payload is {payload_len}"));
+        }
+        Ok(())
+    }
 }
 
 /// The answer to [`WriteChunk`]: bytes written (the whole payload).

@@ -2,7 +2,7 @@
 //!
 //! Aligned transfers go through the chunk's `O_DIRECT` file (see [`super`]'s "Direct I/O").
 
-use super::{blocking, direct_eligible, ChunkFiles, ChunkKey, Engine, IoFuture, DIRECT_ALIGN};
+use super::{blocking, direct_eligible, ChunkFiles, ChunkKey, Engine, Extents, IoFuture, DIRECT_ALIGN};
 use crate::error::{Result, StorageError};
 use pfs_common::pool::PooledBuf;
 use std::os::unix::fs::FileExt;
@@ -57,18 +57,23 @@ impl Engine for PreadEngine {
         }))
     }
 
-    fn write(&self, key: ChunkKey, offset: u64, buf: PooledBuf) -> IoFuture<'_, PooledBuf> {
+    fn write_extents(&self, key: ChunkKey, extents: Extents, buf: PooledBuf) -> IoFuture<'_, PooledBuf> {
         let files = self.files.clone();
         Box::pin(blocking(move || -> Result<PooledBuf> {
-            let direct = direct_eligible(buf.as_ptr(), offset, buf.len());
-            let fd = files.open_as(key, true, direct)?.expect("open with create returns a file");
-            if buf.is_empty() {
-                return Ok(buf);
+            let mut start = 0;
+            for e in &extents {
+                let (offset, part) = (e.offset, &buf[start..start + e.len as usize]);
+                start += e.len as usize;
+                let direct = direct_eligible(part.as_ptr(), offset, part.len());
+                let fd = files.open_as(key, true, direct)?.expect("open with create returns a file");
+                if part.is_empty() {
+                    continue;
+                }
+                files.count_op(&fd);
+                fd.file
+                    .write_all_at(part, offset)
+                    .map_err(|e| StorageError::io(format!("writing {} at {offset}", ChunkFiles::describe(key)), e))?;
             }
-            files.count_op(&fd);
-            fd.file
-                .write_all_at(&buf, offset)
-                .map_err(|e| StorageError::io(format!("writing {} at {offset}", ChunkFiles::describe(key)), e))?;
             Ok(buf)
         }))
     }
