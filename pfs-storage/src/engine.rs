@@ -331,7 +331,13 @@ impl ChunkFiles {
             c.open.remove(&(key, false));
             c.open.remove(&(key, true));
         }
-        match std::fs::remove_file(self.path(key)) {
+        let path = self.path(key);
+        // Into the pool of empty files rather than unlinked (see `precreate`): chunks are
+        // removed under their lock, so nothing writes to the file any more.
+        if self.precreated.as_ref().is_some_and(|pool| pool.recycle(&path)) {
+            return Ok(());
+        }
+        match std::fs::remove_file(&path) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(StorageError::io(format!("removing {}", Self::describe(key)), e)),
