@@ -132,6 +132,20 @@ pub trait Engine: Send + Sync + 'static {
     fn files(&self) -> &Arc<ChunkFiles>;
 }
 
+/// Errors (Io, InvalidInput) unless `extents`' lengths add up to `len`, the buffer's: an
+/// engine must never write from outside its buffer, whatever its caller got wrong.
+pub(crate) fn check_extents(key: ChunkKey, extents: &[Extent], len: usize) -> Result<()> {
+    let total: u64 = extents.iter().map(|e| u64::from(e.len)).sum();
+    if total != len as u64 {
+        let e = std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("extents of {total} bytes for a buffer of {len}"),
+        );
+        return Err(StorageError::io(format!("writing {}", ChunkFiles::describe(key)), e));
+    }
+    Ok(())
+}
+
 /// Runs blocking file-system work on tokio's blocking pool.
 pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
     tokio::task::spawn_blocking(f)

@@ -2,7 +2,7 @@
 //!
 //! Aligned transfers go through the chunk's `O_DIRECT` file (see [`super`]'s "Direct I/O").
 
-use super::{blocking, direct_eligible, ChunkFiles, ChunkKey, Engine, Extents, IoFuture, DIRECT_ALIGN};
+use super::{blocking, check_extents, direct_eligible, ChunkFiles, ChunkKey, Engine, Extents, IoFuture, DIRECT_ALIGN};
 use crate::error::{Result, StorageError};
 use pfs_common::pool::PooledBuf;
 use std::os::unix::fs::FileExt;
@@ -60,6 +60,7 @@ impl Engine for PreadEngine {
     fn write_extents(&self, key: ChunkKey, extents: Extents, buf: PooledBuf) -> IoFuture<'_, PooledBuf> {
         let files = self.files.clone();
         Box::pin(blocking(move || -> Result<PooledBuf> {
+            check_extents(key, &extents, buf.len())?;
             let mut start = 0;
             for e in &extents {
                 let (offset, part) = (e.offset, &buf[start..start + e.len as usize]);

@@ -34,6 +34,27 @@ async fn conformance(e: Arc<dyn Engine>) {
     assert_eq!(std::fs::read(dir.join("00000000000000a1_chunk_0")).unwrap(), b"hello\0\0\0\0\0world");
     e.sync(a).await.unwrap();
 
+    // A vectored write: an unaligned extent, an aligned one (O_DIRECT where allowed) and an
+    // unaligned one past the end, from one buffer; the gaps stay zeros.
+    let c: ChunkKey = (FileId(0xa1), 3);
+    let page: Vec<u8> = (0..4096u32).map(|i| (i % 251) as u8).collect();
+    let data = [&b"abc"[..], &page, b"xyz"].concat();
+    let ext = |v: &[(u64, u32)]| v.iter().map(|&(offset, len)| Extent { offset, len }).collect::<Extents>();
+    e.write_extents(c, ext(&[(5, 3), (8192, 4096), (20_000, 3)]), buf(&data)).await.unwrap();
+    let mut want = vec![0u8; 20_003];
+    want[5..8].copy_from_slice(b"abc");
+    want[8192..12288].copy_from_slice(&page);
+    want[20_000..].copy_from_slice(b"xyz");
+    assert_eq!(read(&*e, c, 0, 30_000).await.unwrap(), want);
+    // Extents that do not add up to the buffer are refused before any I/O.
+    let d: ChunkKey = (FileId(0xa1), 4);
+    for wrong in [ext(&[(0, 3), (10, 3)]), ext(&[(0, 3), (10, 10)])] {
+        let err = e.write_extents(d, wrong, buf(b"abcde")).await.unwrap_err();
+        assert!(err.to_string().contains("extents of"), "{err}");
+    }
+    assert_eq!(read(&*e, d, 0, 10).await, None, "nothing was created");
+    e.remove(c).await.unwrap();
+
     // A write of several MiB in one operation.
     let big: Vec<u8> = (0..(5 << 20) + 123).map(|i: u32| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
     e.write(b, 4096, buf(&big)).await.unwrap();

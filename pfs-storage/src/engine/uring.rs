@@ -12,7 +12,9 @@
 //!
 //! Aligned transfers go through the chunk's `O_DIRECT` file (see [`super`]'s "Direct I/O").
 
-use super::{blocking, direct_eligible, ChunkFd, ChunkFiles, ChunkKey, Engine, Extents, IoFuture, DIRECT_ALIGN};
+use super::{
+    blocking, check_extents, direct_eligible, ChunkFd, ChunkFiles, ChunkKey, Engine, Extents, IoFuture, DIRECT_ALIGN,
+};
 use crate::error::{Result, StorageError};
 use io_uring::{opcode, types, IoUring};
 use pfs_common::pool::PooledBuf;
@@ -158,12 +160,13 @@ impl Engine for UringEngine {
                     io::Error::new(io::ErrorKind::InvalidInput, format!("{} extents in one write", extents.len())),
                 ));
             }
+            // The kernel reads the parts from the buffer: they must lie inside it.
+            check_extents(key, &extents, buf.len())?;
             let mut parts = SmallVec::new();
             let mut start = 0;
             for e in &extents {
                 let len = e.len as usize;
-                // SAFETY: in bounds (the extents' lengths sum to the buffer's); only the address is used.
-                let direct = direct_eligible(unsafe { buf.as_ptr().add(start) }, e.offset, len);
+                let direct = direct_eligible(buf[start..].as_ptr(), e.offset, len);
                 let fd = self.file(key, true, direct).await?.expect("open with create returns a file");
                 if len > 0 {
                     self.files.count_op(&fd);
