@@ -504,27 +504,33 @@ impl OpenFile {
     /// in one request, or in two halves when their capabilities would be more than one request
     /// may carry.
     async fn write_chunk(&self, chunk: u64, parts: &[ChunkPart<'_>]) -> Result<()> {
-        if parts.len() > 1 {
-            let ranges: Vec<ByteRange> = parts.iter().map(|p| self.part_range(chunk, p)).collect();
-            if self.capabilities_for_each(&ranges, Mode::Write).await?.len() > MAX_CAPABILITIES {
-                let (a, b) = parts.split_at(parts.len() / 2);
-                let (ra, rb) = tokio::join!(Box::pin(self.write_chunk(chunk, a)), Box::pin(self.write_chunk(chunk, b)));
-                return ra.and(rb);
-            }
+        let ranges: Vec<ByteRange> = parts.iter().map(|p| self.part_range(chunk, p)).collect();
+        let capabilities = self.capabilities_for_each(&ranges, Mode::Write).await?;
+        if capabilities.len() > MAX_CAPABILITIES && parts.len() > 1 {
+            let (a, b) = parts.split_at(parts.len() / 2);
+            let (ra, rb) = tokio::join!(Box::pin(self.write_chunk(chunk, a)), Box::pin(self.write_chunk(chunk, b)));
+            return ra.and(rb);
         }
-        self.write_extents(chunk, parts).await
+        self.write_extents(chunk, parts, &ranges, capabilities).await
     }
 
     /// Writes `parts` of chunk `chunk` through its chain in one request: to the head, which
     /// forwards it down the chain and answers once every replica in the write path has it. A
     /// failed replica or a chain that moved on sends it again on the chain as pfs-meta has it
-    /// now ([`Failover`]).
-    async fn write_extents(&self, chunk: u64, parts: &[ChunkPart<'_>]) -> Result<()> {
+    /// now ([`Failover`]). `ranges` are the parts' file bytes and `capabilities` cover them
+    /// (renewed for each further attempt).
+    async fn write_extents(
+        &self,
+        chunk: u64,
+        parts: &[ChunkPart<'_>],
+        ranges: &[ByteRange],
+        capabilities: Vec<Capability>,
+    ) -> Result<()> {
         let session = self.client.session()?;
         let total: usize = parts.iter().map(|p| p.1.len()).sum();
         let extents: Vec<Extent> = parts.iter().map(|&(offset, b)| Extent { offset, len: b.len() as u32 }).collect();
         let payload: Vec<&[u8]> = parts.iter().map(|p| p.1).collect();
-        let ranges: Vec<ByteRange> = parts.iter().map(|p| self.part_range(chunk, p)).collect();
+        let mut first = Some(capabilities);
         let chain_id = self.layout.chain(chunk);
         let _permit = self.client.inflight(total).await;
         let mut failover = Failover::new(&self.client);
@@ -548,7 +554,10 @@ impl OpenFile {
                 block_size: self.layout.block_size,
                 session,
                 chain: chain.at(),
-                capabilities: self.capabilities_for_each(&ranges, Mode::Write).await?,
+                capabilities: match first.take() {
+                    Some(caps) => caps,
+                    None => self.capabilities_for_each(ranges, Mode::Write).await?,
+                },
             };
             let on_chunk = |e| self.chunk_error("writing", chunk, head, e);
             let written = match self.bounded(head, &chain, self.client.storage(head, req, &payload)).await {

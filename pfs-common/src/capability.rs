@@ -189,12 +189,18 @@ mod tests {
         Access { file: FileId(7), session: 9, chunk_size: 1 << 20, range, mode }
     }
 
-    #[test]
-    fn only_issued_unexpired_covering_capabilities_pass() {
+    /// A key and capabilities it issued for `[start, end)` of file 7, session 9, in `mode`.
+    fn issued(caps: &[(u64, u64, Mode)]) -> (Key, Vec<Capability>) {
         let key = Key::random();
         let issuer = CapabilityIssuer::new(key.clone(), 60_000);
-        let w = issuer.issue(FileId(7), ByteRange::new(0, 100), Mode::Write, 9, 1 << 20);
-        let r = issuer.issue(FileId(7), ByteRange::new(100, 300), Mode::Read, 9, 1 << 20);
+        let caps = caps.iter().map(|&(s, e, m)| issuer.issue(FileId(7), ByteRange::new(s, e), m, 9, 1 << 20)).collect();
+        (key, caps)
+    }
+
+    #[test]
+    fn only_issued_unexpired_covering_capabilities_pass() {
+        let (key, caps) = issued(&[(0, 100, Mode::Write), (100, 300, Mode::Read)]);
+        let (w, r) = (caps[0], caps[1]);
         let now = unix_ms();
         check(&key, &[w], &access(ByteRange::new(10, 90), Mode::Write), now).unwrap();
         check(&key, &[r, w], &access(ByteRange::new(50, 250), Mode::Read), now).unwrap();
@@ -221,10 +227,8 @@ mod tests {
 
     #[test]
     fn every_range_of_a_vectored_write_must_be_covered() {
-        let key = Key::random();
-        let issuer = CapabilityIssuer::new(key.clone(), 60_000);
-        let a = issuer.issue(FileId(7), ByteRange::new(0, 100), Mode::Write, 9, 1 << 20);
-        let b = issuer.issue(FileId(7), ByteRange::new(200, 300), Mode::Write, 9, 1 << 20);
+        let (key, caps) = issued(&[(0, 100, Mode::Write), (200, 300, Mode::Write)]);
+        let (a, b) = (caps[0], caps[1]);
         let (now, base) = (unix_ms(), access(ByteRange::new(0, 1), Mode::Write));
         let ranges = [ByteRange::new(10, 90), ByteRange::new(210, 300)];
         check_each(&key, &[b, a], &base, ranges, now).unwrap();

@@ -89,17 +89,7 @@ impl Precreated {
             return false;
         };
         self.wake.notify_one();
-        let (Ok(from), Ok(to)) =
-            (CString::new(spare.as_os_str().as_bytes()), CString::new(target.as_os_str().as_bytes()))
-        else {
-            return false;
-        };
-        // SAFETY: both paths are valid NUL-terminated strings; AT_FDCWD with absolute or
-        // cwd-relative paths.
-        let r = unsafe {
-            libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
-        };
-        if r == 0 {
+        if rename_noreplace(&spare, target) {
             self.dirty.store(true, Ordering::Release);
             true
         } else {
@@ -117,21 +107,8 @@ impl Precreated {
         if self.ready.lock().len() >= POOL_MAX {
             return false;
         }
-        let spare = {
-            let mut next = self.next.lock();
-            *next += 1;
-            self.dir.join((*next - 1).to_string())
-        };
-        let (Ok(from), Ok(to)) =
-            (CString::new(path.as_os_str().as_bytes()), CString::new(spare.as_os_str().as_bytes()))
-        else {
-            return false;
-        };
-        // SAFETY: both paths are valid NUL-terminated strings.
-        let r = unsafe {
-            libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE)
-        };
-        if r != 0 {
+        let spare = self.next_spare();
+        if !rename_noreplace(path, &spare) {
             return false;
         }
         // Out of the data directory now: the chunk is gone whatever happens next.
@@ -157,10 +134,28 @@ impl Precreated {
         Ok(())
     }
 
+    /// A new name in the pool directory.
+    fn next_spare(&self) -> PathBuf {
+        let mut next = self.next.lock();
+        *next += 1;
+        self.dir.join((*next - 1).to_string())
+    }
+
     /// Files ready now (for tests).
     pub fn ready(&self) -> usize {
         self.ready.lock().len()
     }
+}
+
+/// Renames `from` to `to` unless `to` exists (`renameat2(RENAME_NOREPLACE)`); false if not done.
+fn rename_noreplace(from: &Path, to: &Path) -> bool {
+    let (Ok(from), Ok(to)) = (CString::new(from.as_os_str().as_bytes()), CString::new(to.as_os_str().as_bytes()))
+    else {
+        return false;
+    };
+    // SAFETY: both paths are valid NUL-terminated strings; AT_FDCWD with absolute or
+    // cwd-relative paths.
+    unsafe { libc::renameat2(libc::AT_FDCWD, from.as_ptr(), libc::AT_FDCWD, to.as_ptr(), libc::RENAME_NOREPLACE) == 0 }
 }
 
 /// Empties the file at `path`: no checksum attribute, no bytes.
@@ -194,12 +189,7 @@ fn refill(pool: Weak<Precreated>) {
                 }
             }
         }
-        let n = {
-            let mut next = p.next.lock();
-            *next += 1;
-            *next - 1
-        };
-        let path = p.dir.join(n.to_string());
+        let path = p.next_spare();
         match OpenOptions::new().write(true).create_new(true).open(&path) {
             Ok(_) => p.ready.lock().push_back(path),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
