@@ -3,61 +3,16 @@
 //! fail honestly, a dead pfs-meta makes calls fail instead of hang, and SIGTERM unmounts.
 
 use pfs_client::CreateOptions;
-use pfs_testkit::{ok, random_bytes, run_tool, LocalCluster};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use pfs_testkit::{mounted, ok, random_bytes, run_tool, wait_until, LocalCluster, Mount};
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
 
 const PFS: &str = env!("CARGO_BIN_EXE_pfs");
 const PFS_CP: &str = env!("CARGO_BIN_EXE_pfs-cp");
 
-fn mounted(at: &Path) -> bool {
-    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
-    mounts.lines().any(|l| l.split(' ').nth(1) == Some(at.to_str().unwrap()))
-}
-
-/// Polls `f` every 20 ms until true; panics naming `what` after 30 s.
-fn wait_until(what: &str, mut f: impl FnMut() -> bool) {
-    let end = Instant::now() + Duration::from_secs(30);
-    while !f() {
-        assert!(Instant::now() < end, "not within 30 s: {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
-/// A running `pfs mount`, unmounted (SIGKILL and `fusermount3 -u`) if the test fails.
-struct Mount {
-    child: Child,
-    at: PathBuf,
-}
-
-impl Mount {
-    fn start(config: &Path, at: &Path) -> Mount {
-        let child = Command::new(PFS)
-            .args(["--config", config.to_str().unwrap(), "mount", at.to_str().unwrap()])
-            .env("PFS_LOG", "warn")
-            .stdout(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut m = Mount { child, at: at.to_path_buf() };
-        wait_until("the mount appears", || {
-            assert!(m.child.try_wait().unwrap().is_none(), "pfs mount exited");
-            mounted(at)
-        });
-        m
-    }
-}
-
-impl Drop for Mount {
-    fn drop(&mut self) {
-        if self.child.try_wait().ok().flatten().is_none() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-        if mounted(&self.at) {
-            let _ = Command::new("fusermount3").arg("-u").arg(&self.at).status();
-        }
-    }
+fn mount(config: &Path, at: &Path) -> Mount {
+    Mount::start(PFS, config, at, None)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -66,7 +21,7 @@ async fn files_through_the_mount_are_pfs_files() {
     let cfg = cluster.config_path().to_path_buf();
     let at = cluster.dir().join("mnt");
     std::fs::create_dir(&at).unwrap();
-    let mut mount = Mount::start(&cfg, &at);
+    let mut mount = mount(&cfg, &at);
 
     // Written through the mount, read by the pfs client.
     let data = random_bytes(5 << 20, 21);
@@ -178,7 +133,7 @@ async fn a_dead_cluster_fails_calls_instead_of_hanging() {
     let cfg = cluster.config_path().to_path_buf();
     let at = cluster.dir().join("mnt");
     std::fs::create_dir(&at).unwrap();
-    let _mount = Mount::start(&cfg, &at);
+    let _mount = mount(&cfg, &at);
     std::fs::write(at.join("f"), b"x").unwrap();
     cluster.kill(pfs_testkit::DaemonKind::Meta);
     // A stat after pfs-meta died: an error (EIO or ETIMEDOUT) within the request timeout,
@@ -201,7 +156,7 @@ async fn memory_maps_follow_other_clients() {
     let cfg = cluster.config_path().to_path_buf();
     let at = cluster.dir().join("mnt");
     std::fs::create_dir(&at).unwrap();
-    let _mount = Mount::start(&cfg, &at);
+    let _mount = mount(&cfg, &at);
     const LEN: usize = 16384;
     std::fs::write(at.join("m"), vec![b'a'; LEN]).unwrap();
     let f = std::fs::OpenOptions::new().read(true).write(true).open(at.join("m")).unwrap();

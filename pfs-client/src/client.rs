@@ -77,6 +77,34 @@ pub(crate) struct Inner {
     pub(crate) counters: Counters,
     /// Closes pfs-meta has not been told of yet (see [`Client::close_later`]).
     closes: parking_lot::Mutex<PendingCloses>,
+    /// Token releases sent (or about to be) and not yet answered (see [`Client::begin_release`]).
+    releases: parking_lot::Mutex<Releases>,
+    /// Woken whenever a release is answered.
+    released: tokio::sync::Notify,
+}
+
+/// Releases of this session's tokens that pfs-meta may not have applied yet, by file.
+///
+/// pfs-meta serves a session's requests concurrently, and a client gives tokens back in two
+/// steps: first it stops believing it holds them (and writes back what they cover), then it
+/// sends the `Release`. An `Acquire` of an overlapping range sent between the two, or while
+/// the `Release` is on its way, could be answered from the tokens the `Release` then takes
+/// away, and the client would believe it holds a token pfs-meta has given up (the writes
+/// under it are refused, or worse, another client is granted the same bytes). So an acquire
+/// that overlaps a release listed here waits until that release is answered: a session's
+/// token requests over the same bytes reach pfs-meta in the order the client made them.
+#[derive(Default)]
+struct Releases {
+    next: u64,
+    pending: HashMap<FileId, Vec<(u64, ByteRange)>>,
+}
+
+/// A release listed in [`Releases`], to send with [`Client::finish_release`].
+#[must_use = "a listed release blocks acquires of its range until finish_release sends it"]
+pub(crate) struct ReleaseTicket {
+    id: u64,
+    file: FileId,
+    range: ByteRange,
 }
 
 /// How long a close may wait for a `Create` or `Open` to carry it to pfs-meta before it is
@@ -182,6 +210,8 @@ impl Client {
                 on_revoke: parking_lot::RwLock::new(None),
                 counters: Counters::default(),
                 closes: parking_lot::Mutex::new(PendingCloses::default()),
+                releases: parking_lot::Mutex::new(Releases::default()),
+                released: tokio::sync::Notify::new(),
             }),
         };
         tokio::spawn(notifications(Arc::downgrade(&client.inner), notify_rx));
@@ -273,6 +303,71 @@ impl Client {
         self.meta(tok::Release { session, file, range }).await
     }
 
+    /// Lists a release of our tokens on `file` within `range` before anything of it is
+    /// done (see [`Releases`]): from now until [`Client::finish_release`] has it answered,
+    /// acquires that overlap `range` wait ([`Client::wait_released`]).
+    pub(crate) fn begin_release(&self, file: FileId, range: ByteRange) -> ReleaseTicket {
+        let mut r = self.inner.releases.lock();
+        r.next += 1;
+        let id = r.next;
+        r.pending.entry(file).or_default().push((id, range));
+        ReleaseTicket { id, file, range }
+    }
+
+    /// Whether a release of our tokens on `file` overlapping `range` is not answered yet.
+    pub(crate) fn releasing(&self, file: FileId, range: ByteRange) -> bool {
+        let r = self.inner.releases.lock();
+        r.pending.get(&file).is_some_and(|v| v.iter().any(|(_, p)| p.overlaps(&range)))
+    }
+
+    /// Waits until no release of our tokens on `file` overlapping `range` is unanswered.
+    pub(crate) async fn wait_released(&self, file: FileId, range: ByteRange) {
+        loop {
+            let answered = self.inner.released.notified();
+            tokio::pin!(answered);
+            // Registered before the check, so an answer between the two is not missed.
+            answered.as_mut().enable();
+            if !self.releasing(file, range) {
+                return;
+            }
+            answered.await;
+        }
+    }
+
+    /// Sends the release `ticket` names and unlists it once pfs-meta answered. A release is
+    /// idempotent and nothing overlapping it is acquired meanwhile, so one whose fate is
+    /// unknown (timed out, pfs-meta unreachable) is sent again, backing off, until it is
+    /// answered or the session is gone (its tokens go with it). A refusal is logged only: the
+    /// session holds less than pfs-meta thinks, never more.
+    pub(crate) async fn finish_release(&self, ticket: ReleaseTicket) {
+        let ReleaseTicket { id, file, range } = ticket;
+        let mut backoff = Duration::from_millis(10);
+        while let Ok(session) = self.session() {
+            match self.meta(tok::Release { session, file, range }).await {
+                Ok(()) => break,
+                Err(e) if matches!(e.code(), ErrorCode::TimedOut | ErrorCode::Unavailable) => {
+                    tracing::debug!("giving back {range} of {file}: {e}; sending it again");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_millis(crate::failover::BACKOFF_MAX_MS));
+                }
+                Err(e) => {
+                    tracing::debug!("giving back {range} of {file}: {e}");
+                    break;
+                }
+            }
+        }
+        {
+            let mut r = self.inner.releases.lock();
+            if let Some(v) = r.pending.get_mut(&file) {
+                v.retain(|(i, _)| *i != id);
+                if v.is_empty() {
+                    r.pending.remove(&file);
+                }
+            }
+        }
+        self.inner.released.notify_waiters();
+    }
+
     /// Waits for a payload-bytes-in-flight permit for `len` bytes.
     pub(crate) async fn inflight(&self, len: usize) -> tokio::sync::SemaphorePermit<'_> {
         let n = (len as u64).clamp(1, self.inner.inflight_max as u64) as u32;
@@ -297,17 +392,20 @@ impl Client {
     }
 
     /// The last handle of a file closed: forgets the file and returns how many opens of it
-    /// pfs-meta counted, to close them; None if another handle opened it meanwhile (then
-    /// that handle's close does it). Under the same lock as [`Client::file_state`], so the
-    /// count and the decision agree.
-    pub(crate) fn forget_file(&self, state: &OpenFile) -> Option<u32> {
+    /// pfs-meta counted, to close them, with the release of all its tokens listed (see
+    /// [`Releases`]) if it ever asked for one; None if another handle opened it meanwhile
+    /// (then that handle's close does it). Under the same lock as [`Client::file_state`], so
+    /// the count and the decision agree, and a later open of the file finds the release
+    /// listed and waits for it before acquiring.
+    pub(crate) fn forget_file(&self, state: &OpenFile) -> Option<(u32, Option<ReleaseTicket>)> {
         let mut files = self.inner.files.lock();
         if state.handles.load(Ordering::Acquire) != 0 {
             return None;
         }
         files.remove(&state.id);
         add_stats(&mut self.inner.closed_stats.lock(), &state.cache_stats());
-        Some(state.opens.swap(0, Ordering::AcqRel))
+        let release = state.asked_tokens().then(|| self.begin_release(state.id, ByteRange::ALL));
+        Some((state.opens.swap(0, Ordering::AcqRel), release))
     }
 
     /// Tells pfs-meta, soon, that this session closed a file: the next `Create` or `Open`
@@ -498,7 +596,7 @@ impl Client {
         let name = target.to_string();
         let closed = self.carry_closes();
         let attr = self.meta(ns::Create { target, layout, exclusive: opts.exclusive, session, attrs, closed }).await?;
-        let file = File { state: self.file_state(&name, attr.clone())? };
+        let file = File::new(self.file_state(&name, attr.clone())?);
         if file.size() > 0 {
             file.truncate(0).await?;
             return Ok((file.clone(), file.stat().await?));
@@ -516,7 +614,7 @@ impl Client {
         let target = target.into();
         let name = target.to_string();
         let attr = self.meta(ns::Open { target, session, closed: self.carry_closes() }).await?;
-        Ok(File { state: self.file_state(&name, attr)? })
+        Ok(File::new(self.file_state(&name, attr)?))
     }
 
     /// Attributes of what `target` names. Errors: NotFound, NoSuchFile, NotDir.

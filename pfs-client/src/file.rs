@@ -52,10 +52,22 @@ const READ_AHEAD_RECORDS: u64 = 32;
 const MAX_KEPT_CAPABILITIES: usize = 64;
 
 /// An open pfs file. Cheap to clone; clones (and other handles of the same file in the same
-/// client) share its tokens, cache and size.
+/// client) share its tokens, cache and size. The access pattern that decides which records
+/// are asked for or read ahead is this handle's own (shared by its clones only): handles of
+/// one client may be different processes (a mount's), whose interleaved I/O is no pattern.
 #[derive(Clone)]
 pub struct File {
     pub(crate) state: Arc<OpenFile>,
+    pattern: Arc<HandlePattern>,
+}
+
+/// What one handle's I/O looks like so far.
+#[derive(Default)]
+struct HandlePattern {
+    /// The pattern of its writes, for asking for records ahead of need.
+    stride: parking_lot::Mutex<StrideDetector>,
+    /// The pattern of its cached reads, for fetching records ahead of them.
+    read_ahead: parking_lot::Mutex<ReadAhead>,
 }
 
 /// Per-file state shared by every handle of a file within one client.
@@ -70,10 +82,6 @@ pub(crate) struct OpenFile {
     /// An `Acquire` for this file was sent (through this state): only then can the token
     /// manager hold tokens of ours on it that the last close must give back.
     asked_tokens: AtomicBool,
-    /// The pattern of our writes, for asking for records ahead of need.
-    stride: parking_lot::Mutex<StrideDetector>,
-    /// The pattern of our cached reads, for fetching records ahead of them.
-    read_ahead: parking_lot::Mutex<ReadAhead>,
     /// Capabilities pfs-meta issued with this file's tokens (storage servers want them for
     /// every read, write and truncate when the cluster authenticates).
     capabilities: parking_lot::Mutex<Vec<Capability>>,
@@ -183,8 +191,6 @@ impl OpenFile {
             lock: tokio::sync::RwLock::new(()),
             tokens: parking_lot::Mutex::new(TokenTable::default()),
             asked_tokens: AtomicBool::new(false),
-            stride: parking_lot::Mutex::new(StrideDetector::default()),
-            read_ahead: parking_lot::Mutex::new(ReadAhead::default()),
             capabilities: parking_lot::Mutex::new(Vec::new()),
             cache,
             size: AtomicU64::new(attr.size),
@@ -198,21 +204,43 @@ impl OpenFile {
         })
     }
 
+    /// Whether an `Acquire` for this file was ever sent through this state.
+    pub(crate) fn asked_tokens(&self) -> bool {
+        self.asked_tokens.load(Ordering::Acquire)
+    }
+
     pub(crate) fn cache_stats(&self) -> CacheStats {
         self.cache.as_ref().map(|c| c.lock().stats()).unwrap_or_default()
     }
 
     /// Makes sure the session holds `mode` over `required`, asking for `desired` and the
     /// records of `ahead`.
+    ///
+    /// An acquire that overlaps one of our releases not yet answered waits for that answer
+    /// first (see `Releases` in the client): otherwise pfs-meta could answer it from tokens
+    /// the release then takes away.
     async fn ensure(&self, mode: Mode, required: ByteRange, desired: ByteRange, ahead: Option<Stride>) -> Result<()> {
+        // Everything the grant may cover: the desired range and the records ahead.
+        let span = ahead.iter().flat_map(|a| a.records(u64::MAX)).fold(desired, |h, r| h.hull(&r));
         loop {
             let start_seq = {
                 let mut t = self.tokens.lock();
                 if t.held.covers(required, mode) {
                     return Ok(());
                 }
-                t.acquiring += 1;
-                t.seq
+                // Checked under the token lock, with `acquiring` raised in the same step: a
+                // give-back listed after this check applies its revoke while we are counted
+                // as acquiring, so it is applied to our grant again (`recent`).
+                if self.client.releasing(self.id, span) {
+                    None
+                } else {
+                    t.acquiring += 1;
+                    Some(t.seq)
+                }
+            };
+            let Some(start_seq) = start_seq else {
+                self.client.wait_released(self.id, span).await;
+                continue;
             };
             let session = self.client.session()?;
             self.asked_tokens.store(true, Ordering::Release);
@@ -382,12 +410,11 @@ impl OpenFile {
         if self.tokens.lock().held.overlapping(range).next().is_none() {
             return;
         }
+        // Listed before we stop believing we hold it, so no acquire of ours overlapping it
+        // goes out until pfs-meta has applied the release.
+        let ticket = self.client.begin_release(self.id, range);
         self.revoke(range, Mode::Write).await;
-        if let Ok(session) = self.client.session() {
-            if let Err(e) = self.client.meta(tok::Release { session, file: self.id, range }).await {
-                tracing::debug!("giving back {} {range}: {e}", self.path);
-            }
-        }
+        self.client.finish_release(ticket).await;
     }
 
     /// Fetches `range` into the cache if we hold a Read token over it (read-ahead: nothing is
@@ -398,7 +425,7 @@ impl OpenFile {
             return;
         }
         let mut scratch = pool::global().get(range.len() as usize);
-        if let Err(e) = self.read_locked(range.start, &mut scratch).await {
+        if let Err(e) = self.read_locked(range.start, &mut scratch, true).await {
             tracing::debug!("read-ahead of {} {range}: {e}", self.path);
         }
     }
@@ -728,8 +755,11 @@ impl OpenFile {
         self.cache.is_none() || len as u64 >= self.layout.chunk_size()
     }
 
-    /// Reads under a held Read token, with the shared lock held.
-    async fn read_locked(&self, offset: u64, buf: &mut [u8]) -> Result<()> {
+    /// Reads under a held Read token, with the shared lock held. Bytes missing from the cache
+    /// are fetched in whole blocks, so that neighbours are cached too, unless `exact` (a
+    /// strided reader: its neighbours are other readers' records, and its own next ones are
+    /// fetched ahead exactly).
+    async fn read_locked(&self, offset: u64, buf: &mut [u8], exact: bool) -> Result<()> {
         let end = offset + buf.len() as u64;
         if self.bypass(buf.len()) {
             // Our own dirty bytes must be visible to our reads.
@@ -738,10 +768,7 @@ impl OpenFile {
         }
         let cache = self.cache.as_ref().expect("not bypassing, so cached");
         let missing = cache.lock().read(self.id, offset, buf);
-        // Whole blocks (up to end of file) so neighbours are cached too, unless the reader is
-        // strided: its neighbours are other readers' records, and its own next ones are
-        // fetched ahead exactly.
-        let bs = if self.read_ahead.lock().pattern.pattern().is_some() { 1 } else { self.layout.block_size as u64 };
+        let bs = if exact { 1 } else { self.layout.block_size as u64 };
         let size = self.size.load(Ordering::Acquire);
         for m in missing {
             let fs = m.start / bs * bs;
@@ -855,6 +882,11 @@ fn mode_name(m: Mode) -> &'static str {
 }
 
 impl File {
+    /// A new handle of `state`, with a pattern of its own.
+    pub(crate) fn new(state: Arc<OpenFile>) -> File {
+        File { state, pattern: Arc::default() }
+    }
+
     /// The file's id.
     pub fn id(&self) -> FileId {
         self.state.id
@@ -952,7 +984,7 @@ impl File {
         // A strided writer asks for exactly its record and the next ones of its pattern; a
         // sequential one (or one without a pattern yet) to the end of the file.
         let (ahead, new_pattern) = {
-            let mut d = s.stride.lock();
+            let mut d = self.pattern.stride.lock();
             let new = d.observe(offset, buf.len() as u64);
             (d.ahead(offset, buf.len() as u64), new)
         };
@@ -967,10 +999,12 @@ impl File {
             s.write_locked(offset, buf).await?;
             break;
         }
-        if new_pattern {
+        if new_pattern && s.handles.load(Ordering::Acquire) == 1 {
             // What we hold past this record (a token to the end of the file, from before the
             // pattern showed) covers the other writers' records: give it back so their
-            // requests ahead find those free, and ask for our own records from now on.
+            // requests ahead find those free, and ask for our own records from now on. Not
+            // while other handles of this client have the file open: the tokens are theirs
+            // too (a mount's processes share one session), and they may be writing there.
             s.give_back(ByteRange::from(end)).await;
         }
         Ok(buf.len())
@@ -979,9 +1013,9 @@ impl File {
     /// Tells the client what pattern the coming writes of this file follow (see [`Advice`]):
     /// with [`Advice::Strided`], every token request also asks for the next records of the
     /// pattern, from the first write on, instead of after three writes have shown it.
-    /// Applies to every handle of the file in this client.
+    /// Applies to this handle and its clones.
     pub fn advise(&self, advice: Advice) {
-        self.state.stride.lock().advise(advice);
+        self.pattern.stride.lock().advise(advice);
     }
 
     /// Reads into `buf` from byte `offset` under a Read token. Returns the bytes read: fewer
@@ -1009,13 +1043,14 @@ impl File {
             }
             let n = (size - offset).min(buf.len() as u64) as usize;
             if !s.bypass(n) {
-                let ahead = s.read_ahead.lock().next(offset, n as u64, size);
+                let ahead = self.pattern.read_ahead.lock().next(offset, n as u64, size);
                 for record in ahead {
                     let file = self.state.clone();
                     tokio::spawn(async move { file.prefetch(record).await });
                 }
             }
-            s.read_locked(offset, &mut buf[..n]).await?;
+            let exact = self.pattern.read_ahead.lock().pattern.pattern().is_some();
+            s.read_locked(offset, &mut buf[..n], exact).await?;
             return Ok(n);
         }
     }
@@ -1114,22 +1149,23 @@ impl File {
                 c.lock().invalidate(s.id, 0..u64::MAX, true);
             }
             // None: another handle opened the file meanwhile, and its close closes it.
-            if let Some(opens) = s.client.forget_file(s) {
+            if let Some((opens, release)) = s.client.forget_file(s) {
                 let closed = ns::Closed { file: s.id, opens };
-                match s.client.session() {
+                match (s.client.session(), release) {
                     // Tokens given back at once (others may wait for them), with the close
                     // and any pending ones alongside: one round trip.
-                    Ok(session) if s.asked_tokens.load(Ordering::Acquire) => {
-                        let release = s.client.meta(tok::Release { session, file: s.id, range: ByteRange::ALL });
-                        if let (Err(e), ()) = tokio::join!(release, s.client.send_closes(vec![closed])) {
-                            tracing::debug!("giving back the tokens of {}: {e}", s.path);
-                        }
+                    (Ok(_), Some(release)) => {
+                        tokio::join!(s.client.finish_release(release), s.client.send_closes(vec![closed]));
                     }
                     // Never asked for a token, so none to give back: the close goes with the
                     // next request (see `Client::close_later`).
-                    Ok(_) => s.client.close_later(closed).await,
+                    (Ok(_), None) => s.client.close_later(closed).await,
                     // The session is gone, and with it everything it had open.
-                    Err(_) => {}
+                    (Err(_), release) => {
+                        if let Some(r) = release {
+                            s.client.finish_release(r).await;
+                        }
+                    }
                 }
             }
         }

@@ -10,6 +10,7 @@ use fuser::{
     OpenFlags, RenameFlags, ReplyAttr, ReplyCreate, ReplyData, ReplyDirectory, ReplyEmpty, ReplyEntry, ReplyOpen,
     ReplyStatfs, ReplyWrite, Request, TimeOrNow, WriteFlags,
 };
+use pfs_client::ErrorCode;
 use pfs_client::{Attr, Client, CreateOptions, DirEntry, File, FileKind, NewAttrs, SetAttr, SetTime, Target};
 use pfs_common::FileId;
 use std::collections::HashMap;
@@ -20,7 +21,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// Attribute and entry timeout of files and everything but directories and symbolic links:
 /// none, so another client's change of a size or name is seen at once.
@@ -46,12 +47,29 @@ pub struct PfsFs {
     dir_ttl: Duration,
 }
 
-/// The errno of a client error; the full message goes to the mount's log.
+/// The errno of a client error, with the full message in the mount's log: at `warn` for
+/// every error but the answers a namespace call gives in normal use (no such entry, it
+/// exists, not empty, not a directory, is a directory, name too long), which go at `debug`
+/// (a shell's path lookups meet ENOENT all the time).
 fn errno(what: &str, e: pfs_client::Error) -> Errno {
-    let code = e.code().errno();
-    if code == libc::EIO || code == libc::ETIMEDOUT {
-        warn!("{what}: {e}");
+    let code = e.code();
+    match code {
+        ErrorCode::NotFound
+        | ErrorCode::Exists
+        | ErrorCode::NotEmpty
+        | ErrorCode::NotDir
+        | ErrorCode::IsDir
+        | ErrorCode::NameTooLong => debug!("{what}: {e}"),
+        _ => warn!("{what}: {e} (errno {})", code.errno()),
     }
+    Errno::from_i32(code.errno())
+}
+
+/// The errno of a failed read, write, flush, fsync or close of an open file: always logged
+/// at `warn` with the full message (the application sees only the number).
+fn io_errno(what: &str, e: pfs_client::Error) -> Errno {
+    let code = e.code().errno();
+    warn!("{what}: {e} (errno {code})");
     Errno::from_i32(code)
 }
 
@@ -187,9 +205,13 @@ impl PfsFs {
 
     /// Makes the writes of handle `fh` durable (flush at every close(2), and fsync).
     fn sync(&self, fh: FileHandle, reply: ReplyEmpty) {
-        match self.file(fh) {
-            Ok(f) => self.reply_empty(f.path(), self.run(f.fsync()), reply),
-            Err(e) => reply.error(e),
+        let f = match self.file(fh) {
+            Ok(f) => f,
+            Err(e) => return reply.error(e),
+        };
+        match self.run(f.fsync()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno(&format!("fsync of {}", f.path()), e)),
         }
     }
 
@@ -447,7 +469,7 @@ impl Filesystem for PfsFs {
         let mut buf = vec![0u8; size.min(MAX_IO) as usize];
         match self.run(f.read_at(offset, &mut buf)) {
             Ok(n) => reply.data(&buf[..n]),
-            Err(e) => reply.error(errno(f.path(), e)),
+            Err(e) => reply.error(io_errno(f.path(), e)),
         }
     }
 
@@ -469,7 +491,7 @@ impl Filesystem for PfsFs {
         };
         match self.run(f.write_at(offset, data)) {
             Ok(n) => reply.written(n as u32),
-            Err(e) => reply.error(errno(f.path(), e)),
+            Err(e) => reply.error(io_errno(f.path(), e)),
         }
     }
 
@@ -527,7 +549,10 @@ impl Filesystem for PfsFs {
     ) {
         let Some(f) = self.files.lock().remove(&fh.0) else { return reply.error(Errno::EBADF) };
         let path = f.path().to_string();
-        self.reply_empty(&path, self.run(f.close()), reply);
+        match self.run(f.close()) {
+            Ok(()) => reply.ok(),
+            Err(e) => reply.error(io_errno(&format!("close of {path}"), e)),
+        }
     }
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {

@@ -9,10 +9,12 @@
 pub mod cluster;
 pub mod daemon;
 pub mod error;
+pub mod mount;
 pub mod raw;
 pub mod tools;
 
 pub use cluster::{free_ports, wait_ready, LocalCluster, READY_TIMEOUT};
 pub use daemon::{Daemon, DaemonKind};
 pub use error::{Error, Result};
+pub use mount::{mounted, wait_until, Mount};
 pub use tools::{ok, random_bytes, run_tool, sha256_hex, Probe};
