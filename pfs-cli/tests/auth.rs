@@ -12,8 +12,10 @@ use pfs_common::rpc::RpcClient;
 use pfs_common::token::{ByteRange, Mode, SessionId};
 use pfs_common::wire::frame::{read_frame, write_frame, FrameKind, DEFAULT_LIMITS};
 use pfs_common::wire::namespace::{Mkdir, Open};
-use pfs_common::wire::registry::{Fenced, Heartbeat, ListServers, Register, RemoveOrphan, ServerStatus};
-use pfs_common::wire::storage::{Extent, ReadChunk, RemoveChunk, RemoveFile, StorageRequest, TruncateFile, WriteChunk};
+use pfs_common::wire::registry::{Fenced, Heartbeat, ListServers, OrphanCopy, Register, RemoveOrphan, ServerStatus};
+use pfs_common::wire::storage::{
+    Extent, ListedState, ReadChunk, RemoveChunk, RemoveFile, StorageRequest, TruncateFile, WriteChunk,
+};
 use pfs_common::wire::tokens::{self as tok, SessionGrant};
 use pfs_common::wire::{self, Call, MetaRequest, PeerRole, ResponseBody};
 use pfs_common::{pool, ErrorCode, FileId, ServerId};
@@ -281,9 +283,17 @@ async fn chunks_are_touched_only_with_capabilities_and_never_removed_by_clients(
 
     // Removing chunks is pfs-meta's alone, and pfs-meta removes only orphans.
     denied(s.ask(RemoveFile { file }).await, "client-sent Remove");
-    denied(s.ask(RemoveChunk { file, chunk: 0 }).await, "client-sent RemoveChunk");
-    denied(intruder.ask(RemoveOrphan { server: head, file, chunk: Some(0) }).await, "a live chunk as an orphan");
-    denied(intruder.ask(RemoveOrphan { server: head, file, chunk: None }).await, "a live file as an orphan");
+    denied(s.ask(RemoveChunk { file, chunk: 0, listed: None }).await, "client-sent RemoveChunk");
+    // A client may not ask for orphan removal at all, live or not (only an administrator
+    // may, and pfs-meta proves the orphan first: see tests/orphans.rs).
+    let listed = ListedState { boot: 0, change: 0 };
+    let chunk0 = OrphanCopy::Chunk { chunk: 0, listed };
+    denied(intruder.ask(RemoveOrphan { server: head, file, copy: chunk0 }).await, "a client removing a live chunk");
+    denied(intruder.ask(RemoveOrphan { server: head, file, copy: OrphanCopy::File }).await, "a client removing a file");
+    let gone = OrphanCopy::File;
+    let e = intruder.ask(RemoveOrphan { server: head, file: FileId(1 << 40), copy: gone }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Denied, "a client removing a file that does not exist: {e}");
+    assert!(e.to_string().contains("administrator"), "{e}");
 
     // Writes: without a capability, forged, expired, for another file, another session, a
     // read capability, one not covering the bytes.
@@ -417,6 +427,11 @@ async fn only_the_configured_storage_servers_register() {
     denied(fake.ask(register(2, "127.0.0.1:1".parse().unwrap())).await.unwrap_err(), "another address");
     let e = fake.ask(Heartbeat { id: ServerId(1), capacity_bytes: 0, free_bytes: 0 }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::NotFound, "a heartbeat for a server registered on another connection: {e}");
+    // Fence confirmations too: a storage-key holder cannot confirm fences in a live server's
+    // name (pfs-meta would hand an evicted session's tokens on before that server fenced it).
+    let e = fake.ask(Fenced { id: ServerId(1), sessions: vec![7] }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound, "fences confirmed for a server registered on another connection: {e}");
+    assert!(e.to_string().contains("storage-1"), "{e}");
     // A client may not register or report at all, nor can a node holding only the client key
     // or no key connect as a storage server.
     let client: RpcClient<MetaRequest> = connect(meta, PeerRole::Client, with_key).await.unwrap();

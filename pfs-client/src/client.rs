@@ -13,7 +13,8 @@ use pfs_common::wire::namespace::{
     self as ns, Attr, DirEntry, FileKind, NewAttrs, Target, CLOSE_MAX, READDIR_PAGE_MAX,
 };
 use pfs_common::wire::registry::{
-    ChunkInfo, GetChains, GetChunks, GetHealth, Health, ListServers, RemoveOrphan, ServerStatus, GET_CHUNKS_MAX,
+    ChunkInfo, GetChains, GetChunks, GetHealth, Health, ListServers, OrphanCopy, RemoveOrphan, ServerStatus,
+    GET_CHUNKS_MAX,
 };
 use pfs_common::wire::storage::{
     ChunkPage, GetStatus, ListChunks, RepairChunk, Scrub, ScrubStatus, StorageRequest, StorageStatus,
@@ -760,11 +761,19 @@ impl Client {
         Ok(self.storage(id, ListChunks { after, limit, verify }, &[]).await?.0)
     }
 
-    /// Has pfs-meta tell storage server `id` to remove chunk `chunk` of `file` (or with `None`
-    /// every chunk of it), for repairing orphans (`pfs fsck --repair`). pfs-meta checks it is
-    /// one (Denied otherwise); the server removes it in the background.
-    pub async fn remove_orphan(&self, id: ServerId, file: FileId, chunk: Option<ChunkIndex>) -> Result<()> {
-        self.meta(RemoveOrphan { server: id, file, chunk }).await
+    /// Has pfs-meta tell storage server `id` to remove its copy `copy` of `file` (`pfs fsck
+    /// --repair`). This needs an administrator's connection: one is opened for the call with
+    /// the cluster secret's admin role key. pfs-meta proves the copy an orphan first (Denied,
+    /// saying why, otherwise), and the server removes a chunk only if it is still as listed
+    /// (Conflict otherwise). Removed durably when it returns.
+    ///
+    /// Errors: Denied (no cluster secret here: a client key cannot act as an administrator;
+    /// or not an orphan); Conflict; Unavailable.
+    pub async fn remove_orphan(&self, id: ServerId, file: FileId, copy: OrphanCopy) -> Result<()> {
+        let opts = ConnectOptions { role: PeerRole::Admin, ..self.inner.opts.clone() };
+        let admin: RpcClient<MetaRequest> =
+            RpcClient::connect(self.inner.options.meta_address, "pfs-meta", &opts, None).await?;
+        Ok(admin.ask(RemoveOrphan { server: id, file, copy }).await?)
     }
 
     /// Storage server `id`'s scrub status; with `start`, a pass starts now (unless one runs).

@@ -100,6 +100,7 @@ fn role_label(role: PeerRole) -> &'static [u8] {
         PeerRole::Client => b"pfs v1 role key client",
         PeerRole::Storage => b"pfs v1 role key storage",
         PeerRole::Meta => b"pfs v1 role key meta",
+        PeerRole::Admin => b"pfs v1 role key admin",
     }
 }
 

@@ -37,7 +37,7 @@ pub async fn run(config: Arc<Config>) -> Result<()> {
     let mut durable = server.store().durable();
     let opts = ServeOptions {
         name: "pfs-meta".into(),
-        roles: vec![PeerRole::Client, PeerRole::Storage],
+        roles: vec![PeerRole::Client, PeerRole::Storage, PeerRole::Admin],
         limits: DEFAULT_LIMITS,
         idle_timeout: Some(config.timeouts.idle()),
         handshake_timeout: std::time::Duration::from_millis(config.timeouts.connect_ms),

@@ -33,7 +33,7 @@ use pfs_common::wire::namespace::{
     self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest, NewAttrs, CLOSE_MAX,
 };
 use pfs_common::wire::registry::{
-    self as reg, ChunkInfo, CommittedChunk, Health, LostChunk, Registered, RegistryRequest, ReportAnswer,
+    self as reg, ChunkInfo, CommittedChunk, Health, LostChunk, OrphanCopy, Registered, RegistryRequest, ReportAnswer,
     StorageNotify, CHUNK_REPORT_PAGE, FENCED_MAX, GET_CHUNKS_MAX,
 };
 use pfs_common::wire::storage::{RemoveChunk, RemoveFile, StorageRequest};
@@ -669,6 +669,9 @@ impl MetaServer {
                 c.id
             )));
         }
+        // Only the registered connection of that server confirms its fences: any other could
+        // let an evicted session's tokens go while the server still admits its writes.
+        self.cluster.lock().registry.check_conn(c.id, peer.conn_id)?;
         self.tokens.fenced_by(c.id, c.sessions);
         Ok(())
     }
@@ -795,30 +798,14 @@ impl MetaServer {
     /// Has a storage server remove a chunk (or a file's chunks) `pfs fsck` found orphaned,
     /// once checked to be one: clients never remove chunks themselves.
     async fn remove_orphan(&self, peer: &Peer, c: reg::RemoveOrphan) -> Result<()> {
-        if peer.role != PeerRole::Client {
+        if peer.role != PeerRole::Admin {
             return Err(MetaError::Forbidden {
                 peer: format!("{} at {}", peer.name, peer.addr),
                 role: role_name(peer.role),
-                what: "ask for orphan removal".into(),
+                what: "ask for orphan removal (an administrator's tool, with the cluster secret, may)".into(),
             });
         }
-        let why_not = self
-            .query(|n| {
-                Ok(match (n.get(c.file), c.chunk) {
-                    (None, _) => None,
-                    (Some(_), None) => Some(format!("{} exists", c.file)),
-                    (Some(i), Some(chunk)) => match &i.layout {
-                        None => None,
-                        Some(l) => {
-                            let on_chain =
-                                n.chains().get(l.chain(chunk)).is_some_and(|ch| ch.state_of(c.server).is_some());
-                            (on_chain && l.file_offset(chunk, 0) < i.size)
-                                .then(|| format!("chunk {chunk} of {} belongs to it on {}", c.file, c.server))
-                        }
-                    },
-                })
-            })
-            .await?;
+        let why_not = self.why_not_an_orphan(&c).await?;
         if let Some(why) = why_not {
             return Err(MetaError::Denied { what: format!("not an orphan: {why}") });
         }
@@ -830,12 +817,70 @@ impl MetaServer {
         })?;
         let conn: RpcClient<StorageRequest> =
             RpcClient::connect(addr, &c.server.to_string(), &self.storage_connect, None).await?;
-        match c.chunk {
-            Some(chunk) => conn.ask(RemoveChunk { file: c.file, chunk }).await?,
-            None => conn.ask(RemoveFile { file: c.file }).await?,
+        match c.copy {
+            OrphanCopy::Chunk { chunk, listed } => {
+                conn.ask(RemoveChunk { file: c.file, chunk, listed: Some(listed) }).await?
+            }
+            OrphanCopy::File => conn.ask(RemoveFile { file: c.file }).await?,
         }
-        info!("removed orphan {} chunk {:?} on {} for {} ({})", c.file, c.chunk, c.server, peer.name, peer.addr);
+        info!("removed orphan {} {:?} on {} for {} ({})", c.file, c.copy, c.server, peer.name, peer.addr);
         Ok(())
+    }
+
+    /// Why the copy `c` names (a chunk, or every chunk of a file) on `c.server` is not an
+    /// orphan, if it is not: it is proven one only when the namespace, the chunk map, the
+    /// token manager and the open table all say nothing can need it. The storage server then
+    /// removes a chunk only if it is still as `pfs fsck` listed it, so a write that arrived
+    /// since (after these checks, under a token granted since) is never removed with it.
+    ///
+    /// * A file that exists is never removed whole.
+    /// * A chunk is live while any session has the file open or holds (or waits for) a Write
+    ///   token over the chunk's bytes: a writer may be putting bytes there that no size or
+    ///   commit records yet.
+    /// * A chunk within the file's size is live on every replica of its chain.
+    /// * A committed chunk is live on a holder of its committed state unless another serving
+    ///   replica of its chain holds that state too (so a replaced server's copy goes only
+    ///   once the chain has the chunk without it).
+    async fn why_not_an_orphan(&self, c: &reg::RemoveOrphan) -> Result<Option<String>> {
+        let OrphanCopy::Chunk { chunk, .. } = c.copy else {
+            let exists = self.query(|n| Ok(n.get(c.file).is_some())).await?;
+            return Ok(exists.then(|| format!("{} exists", c.file)));
+        };
+        let facts = self
+            .query(|n| {
+                let Some(i) = n.get(c.file) else { return Ok(None) };
+                let Some(l) = &i.layout else { return Ok(None) };
+                let chain = n.chains().get(l.chain(chunk)).cloned();
+                let record = n.chunks().get(c.file, chunk).cloned();
+                let start = l.file_offset(chunk, 0);
+                Ok(Some((i.size, start, l.chunk_size(), chain, record)))
+            })
+            .await?;
+        // No such file (ids never repeat): nothing can need its chunks.
+        let Some((size, start, chunk_size, chain, record)) = facts else { return Ok(None) };
+        let what = format!("chunk {chunk} of {} on {}", c.file, c.server);
+        if self.opens.lock().is_open(c.file) {
+            return Ok(Some(format!("{what}: the file is open")));
+        }
+        let bytes = ByteRange::new(start, start.saturating_add(chunk_size));
+        if self.tokens.writes_over(c.file, bytes) {
+            return Ok(Some(format!("{what}: a session holds or wants a Write token over {bytes}")));
+        }
+        let on_chain = chain.as_ref().is_some_and(|ch| ch.state_of(c.server).is_some());
+        if on_chain && start < size {
+            return Ok(Some(format!("{what}: it is within the file's {size} bytes, on its chain")));
+        }
+        if let Some(r) = record.filter(|r| r.version_on(c.server).is_some()) {
+            let elsewhere =
+                chain.as_ref().is_some_and(|ch| ch.readers().any(|s| s != c.server && r.version_on(s).is_some()));
+            if !elsewhere {
+                return Ok(Some(format!(
+                    "{what}: it holds the committed state ({} bytes), which no other serving replica holds",
+                    r.len
+                )));
+            }
+        }
+        Ok(None)
     }
 
     /// A connection closed: a storage server on it is down; a client's sessions are evicted.
@@ -877,6 +922,7 @@ fn role_name(role: PeerRole) -> &'static str {
         PeerRole::Client => "a client",
         PeerRole::Storage => "a storage server",
         PeerRole::Meta => "a metadata server",
+        PeerRole::Admin => "an administrator's tool",
     }
 }
 

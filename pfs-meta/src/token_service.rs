@@ -136,6 +136,11 @@ impl TokenService {
         self.state.lock().manager.tokens(session, file)
     }
 
+    /// See [`crate::tokens::TokenManager::writes_over`].
+    pub fn writes_over(&self, file: FileId, range: ByteRange) -> bool {
+        self.state.lock().manager.writes_over(file, range)
+    }
+
     /// A new session on connection `conn`, with its lease in ms.
     pub fn open_session(&self, conn: u64, notifier: Notifier) -> (SessionId, u64) {
         let session = self.step(|st, now_ms| {

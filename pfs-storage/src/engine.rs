@@ -298,15 +298,30 @@ impl ChunkFiles {
     /// The chunk file of the wanted kind if it is in the cache (never blocks on the file
     /// system). Asking for a direct file once `O_DIRECT` is known unsupported looks up the
     /// buffered one.
+    ///
+    /// A cached file whose name went behind our back (a chunk file deleted by hand) would go
+    /// on answering reads from the unlinked inode, and take writes into it, until it left the
+    /// cache, hiding the loss: one fstat per hit tells, and such a file is dropped from the
+    /// cache (`None`). Our own removals drop the cache entries first.
     pub fn cached_as(&self, key: ChunkKey, direct: bool) -> Option<ChunkFd> {
+        use std::os::unix::fs::MetadataExt;
         let direct = direct && self.direct_supported();
-        let mut c = self.cache.lock();
-        c.clock += 1;
-        let now = c.clock;
-        c.open.get_mut(&(key, direct)).map(|(f, stamp)| {
-            *stamp = now;
-            ChunkFd { file: f.clone(), direct }
-        })
+        let fd = {
+            let mut c = self.cache.lock();
+            c.clock += 1;
+            let now = c.clock;
+            c.open.get_mut(&(key, direct)).map(|(f, stamp)| {
+                *stamp = now;
+                ChunkFd { file: f.clone(), direct }
+            })?
+        };
+        if fd.file.metadata().is_ok_and(|m| m.nlink() == 0) {
+            let mut c = self.cache.lock();
+            c.open.remove(&(key, false));
+            c.open.remove(&(key, true));
+            return None;
+        }
+        Some(fd)
     }
 
     /// A file to fdatasync the chunk through: either cached kind (both are the same inode,

@@ -59,6 +59,10 @@ pub enum StorageError {
     /// write path this server is not in: the sender asks pfs-meta for the chain again.
     #[error("{server}: {what}")]
     Stale { server: ServerId, what: String },
+    /// A removal conditioned on a listed state found the chunk changed since (or the server
+    /// restarted): nothing was removed.
+    #[error("{server}: chunk {chunk} of file {file} changed since it was listed; not removed")]
+    Changed { server: ServerId, file: pfs_common::FileId, chunk: pfs_common::ChunkIndex },
     /// The next replica of a chain failed a forwarded write or copy.
     #[error("{server}: forwarding to {next}: {source}")]
     Forward { server: ServerId, next: ServerId, source: Box<StorageError> },
@@ -101,6 +105,7 @@ impl StorageError {
             StorageError::NotReconciled { .. } => ErrorCode::Unavailable,
             StorageError::Restarted { .. } => ErrorCode::Io,
             StorageError::Stale { .. } => ErrorCode::Stale,
+            StorageError::Changed { .. } => ErrorCode::Conflict,
             StorageError::Forward { source, .. } => source.code(),
             StorageError::Common(e) => e.code(),
         }

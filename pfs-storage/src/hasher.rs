@@ -95,6 +95,20 @@ async fn hash_one(store: &Arc<ChunkStore>, key: ChunkKey) {
             if entry.version != version {
                 return; // changed while hashing: dirty again, hashed again later
             }
+            if len < entry.len {
+                // Shorter than our writes made it, with no truncate of ours: cut behind our
+                // back. That state is never committed; the chunk is lost here.
+                let had = entry.len;
+                warn!(
+                    "{}: {} is {len} bytes, {had} were written; it is lost here",
+                    store.id,
+                    ChunkFiles::describe(key)
+                );
+                let found = format!("{len} bytes in its file");
+                let lost = pfs_common::wire::registry::LostChunk { file: key.0, chunk: key.1, len: had, found };
+                st.lost.insert(key, lost);
+                return;
+            }
             entry.sha256 = Some(digest);
             entry.len = len;
             queue_report(&mut st, key);

@@ -154,6 +154,10 @@ impl StorageHandler {
         }
         let _no_writes = self.repl.copy_guard(c.file, c.chunk).await;
         let Some((len, _)) = store.chunk_info(c.file, c.chunk) else {
+            // The copier removes its own copy of a chunk we do not have: only if it is a
+            // hole, never one we lost. (No lock is held across the round trip to pfs-meta.)
+            drop(_no_writes);
+            store.check_hole(c.file, c.chunk).await?;
             return Ok((SyncData { block_size: 0, exists: false }, PooledBuf::empty()));
         };
         let block_size = store.checksum_block(c.file, c.chunk)?;
@@ -213,9 +217,10 @@ impl Handler for StorageHandler {
             StorageRequest::Fsync(c) => Reply::to::<st::FsyncFile, _>(store.fsync(c.file).await),
             StorageRequest::Status(_) => Reply::to::<st::GetStatus, _>(store.status()),
             StorageRequest::List(c) => Reply::to::<st::ListChunks, _>(store.list(c.after, c.limit, c.verify).await),
-            StorageRequest::RemoveChunk(c) => {
-                Reply::to::<st::RemoveChunk, _>(store.remove_chunks(c.file, &[c.chunk]).await)
-            }
+            StorageRequest::RemoveChunk(c) => Reply::to::<st::RemoveChunk, _>(match c.listed {
+                Some(listed) => store.remove_chunk_if(c.file, c.chunk, listed).await,
+                None => store.remove_chunks(c.file, &[c.chunk]).await,
+            }),
             StorageRequest::Scrub(c) => {
                 let status = if c.start { self.scrubber.start() } else { self.scrubber.status() };
                 Reply::to::<st::Scrub, StorageError>(Ok(status))

@@ -15,7 +15,8 @@ use pfs_common::ids::Sha256Digest;
 use pfs_common::layout::{Layout, MAX_CHUNK_SIZE, MAX_FILE_SIZE};
 use pfs_common::pool::{self, PooledBuf};
 use pfs_common::wire::registry::{ChunkState, LostChunk};
-use pfs_common::wire::storage::StorageStatus;
+use pfs_common::wire::storage::{ListedState, StorageStatus};
+use pfs_common::ErrorCode;
 use pfs_common::{ChunkIndex, FileId, ServerId};
 use sha2::{Digest, Sha256};
 use std::collections::{BTreeMap, HashMap, HashSet};
@@ -24,7 +25,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Most chunk fdatasyncs one `Fsync` has in flight at once.
 pub const SYNCS_AT_ONCE: usize = 16;
@@ -613,6 +614,14 @@ impl ChunkStore {
         let stop = (offset + len as u64).div_ceil(bs) * bs;
         let data = self.engine.read(key, start, pool::global().get((stop - start) as usize)).await;
         let data = data.map_err(|e| e.on(self.id))?;
+        if let (Some(d), Some(have)) = (&data, indexed) {
+            // Shorter than this process made it: cut behind our back. Zeros in its place
+            // would be a silent loss.
+            if (d.len() as u64) < have.min(stop) - start.min(have) {
+                let found = format!("{} bytes in its file", start + d.len() as u64);
+                return Err(StorageError::Lost { server: self.id, file, chunk, len: have, found });
+            }
+        }
         let data = match (data, &sums) {
             (Some(d), Some(s)) => {
                 self.verify(key, s, start, &d)?;
@@ -621,14 +630,56 @@ impl ChunkStore {
             (d, _) => d,
         };
         match (data, indexed) {
-            (Some(d), len) => Ok((d, len.unwrap_or(0))),
-            (None, None) => Ok((PooledBuf::empty(), 0)),
+            (Some(d), Some(have)) => Ok((d, have)),
+            (Some(d), None) => Ok((d, 0)),
+            (None, None) => {
+                drop(_chunk_lock); // not held across a round trip to pfs-meta
+                self.check_hole(file, chunk).await?;
+                Ok((PooledBuf::empty(), 0))
+            }
             // Deleted behind our back: a hole would be a silent loss.
-            (None, Some(_)) => Err(StorageError::io(
-                format!("reading {}", ChunkFiles::describe(key)),
-                std::io::Error::new(std::io::ErrorKind::NotFound, "the chunk file disappeared from the data directory"),
-            )
-            .on(self.id)),
+            (None, Some(have)) => Err(StorageError::Lost {
+                server: self.id,
+                file,
+                chunk,
+                len: have,
+                found: "its file disappeared from the data directory".into(),
+            }),
+        }
+    }
+
+    /// Errors (Lost) unless chunk `chunk` of `file`, which this server does not have, is a
+    /// hole: pfs-meta's chunk map is asked whether a state of it was committed, since a chunk
+    /// may have gone (a removal by mistake, a file deleted by hand) after this server compared
+    /// its chunks with the map at registration. A chunk of a file that no longer exists is
+    /// nothing lost. Costs one round trip to pfs-meta per read of a missing chunk.
+    ///
+    /// Errors: Lost; Unavailable (as NotReconciled) when pfs-meta cannot be asked: a hole
+    /// cannot be told from a loss then, and zeros are never answered on a guess.
+    pub async fn check_hole(&self, file: FileId, chunk: ChunkIndex) -> Result<()> {
+        use pfs_common::wire::registry::GetChunks;
+        let Some(meta) = self.reporter.client() else { return Err(StorageError::NotReconciled { server: self.id }) };
+        let infos = match meta.ask(GetChunks { file, first: chunk, count: 1 }).await {
+            Ok(i) => i,
+            Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::IsDir) => return Ok(()),
+            Err(e) => {
+                debug!("{}: asking pfs-meta whether chunk {chunk} of {file} is a hole: {e}", self.id);
+                return Err(StorageError::NotReconciled { server: self.id });
+            }
+        };
+        let committed = infos.into_iter().filter(|i| i.chunk == chunk).find_map(|i| i.committed);
+        match committed {
+            Some(c) if c.len > 0 => {
+                warn!("{}: chunk {chunk} of file {file} is committed ({} bytes) but not here", self.id, c.len);
+                Err(StorageError::Lost {
+                    server: self.id,
+                    file,
+                    chunk,
+                    len: c.len,
+                    found: "no chunk file (it went while this server ran)".into(),
+                })
+            }
+            _ => Ok(()),
         }
     }
 
@@ -764,6 +815,33 @@ impl ChunkStore {
         Ok(())
     }
 
+    /// Removes chunk `chunk` of `file` if it is still in the state `listed` names (this
+    /// process, the same change count): checked and removed under the chunk's lock, so no
+    /// write lands between. Durable when it returns. A chunk not here is gone already (Ok).
+    ///
+    /// Errors: Changed (nothing removed); Io.
+    pub async fn remove_chunk_if(&self, file: FileId, chunk: ChunkIndex, listed: ListedState) -> Result<()> {
+        let key = (file, chunk);
+        {
+            let _chunk_lock = self.lock_of(key).write().await;
+            let change = {
+                let st = self.state.lock();
+                match st.index.get(&file).and_then(|m| m.get(&chunk)) {
+                    None => return Ok(()),
+                    Some(e) => e.version,
+                }
+            };
+            if listed.boot != self.boot || listed.change != change {
+                return Err(StorageError::Changed { server: self.id, file, chunk });
+            }
+            self.engine.remove(key).await.and_then(|()| self.checksums.remove(key)).map_err(|e| e.on(self.id))?;
+            self.forget(file, &[chunk]);
+        }
+        self.sync_dir().await?;
+        self.hasher_wake.notify_one();
+        Ok(())
+    }
+
     /// Up to `limit` chunks (at most `LIST_MAX`, or `LIST_VERIFY_MAX` with `verify`) in
     /// (file, chunk) order after `after`. With `verify`, each is read whole through the
     /// checksum-verifying read path first, and a failure is listed as its damage.
@@ -782,23 +860,24 @@ impl ChunkStore {
             if !st.reconciled {
                 return Err(StorageError::NotReconciled { server: self.id });
             }
-            let mut keys: Vec<(ChunkKey, u64, Option<Sha256Digest>)> = st
+            let mut keys: Vec<(ChunkKey, &ChunkEntry)> = st
                 .index
                 .iter()
-                .flat_map(|(f, m)| m.iter().map(move |(c, e)| ((*f, *c), e.len, e.sha256)))
-                .filter(|(k, _, _)| after.is_none_or(|a| *k > a))
+                .flat_map(|(f, m)| m.iter().map(move |(c, e)| ((*f, *c), e)))
+                .filter(|(k, _)| after.is_none_or(|a| *k > a))
                 .collect();
             keys.sort_unstable_by_key(|k| k.0);
             let more = keys.len() > limit;
             keys.truncate(limit);
             let listed: Vec<ChunkListing> = keys
                 .into_iter()
-                .map(|((file, chunk), len, sha)| ChunkListing {
+                .map(|((file, chunk), e)| ChunkListing {
                     file,
                     chunk,
-                    len,
+                    len: e.len,
                     damage: None,
-                    sha256: sha.filter(|_| !st.dirty.contains_key(&(file, chunk))),
+                    sha256: e.sha256.filter(|_| !st.dirty.contains_key(&(file, chunk))),
+                    change: e.version,
                 })
                 .collect();
             (listed, more)
@@ -818,7 +897,7 @@ impl ChunkStore {
                 }
             }
         }
-        Ok(ChunkPage { chunks, more })
+        Ok(ChunkPage { chunks, more, boot: self.boot })
     }
 
     /// Drops removed chunks from the index and queues their removal reports.

@@ -28,7 +28,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken in the handshake.
-pub const PROTOCOL_VERSION: u16 = 9;
+pub const PROTOCOL_VERSION: u16 = 10;
 
 /// Longest peer name accepted in a [`Hello`], bytes.
 pub const PEER_NAME_MAX: usize = 256;
@@ -42,6 +42,9 @@ pub enum PeerRole {
     Storage,
     /// The metadata server.
     Meta,
+    /// An operator's tool holding the cluster secret (`pfs fsck --repair`): the only peer
+    /// that may ask pfs-meta to remove orphaned chunks. A client key cannot connect as one.
+    Admin,
 }
 
 /// The first request on every connection (the handshake: [`crate::auth`]).

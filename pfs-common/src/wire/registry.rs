@@ -27,16 +27,26 @@ service! {
     }
 }
 
-/// Have storage server `server` remove chunk `chunk` of `file` (every chunk with `None`),
-/// which `pfs fsck` found orphaned: pfs-meta checks that it is (the file does not exist, or
-/// the chunk lies past the file's end or the server is not in the chunk's chain) and asks the
-/// server itself (role Meta). Removed durably when answered. Errors: Denied when it is not an
-/// orphan; the server's error, or Unavailable when it cannot be reached.
+/// Have storage server `server` remove its copy of an orphan `pfs fsck` found (role Admin
+/// only: Forbidden for anyone else). pfs-meta proves it an orphan against the namespace, the
+/// chunk map, the tokens and the opens (Denied, saying why, when it is not: see pfs-meta's
+/// `why_not_an_orphan`), then asks the server itself (role Meta). Removed durably when
+/// answered. Errors: Denied; Conflict when the chunk changed since it was listed; the
+/// server's error, or Unavailable when it cannot be reached.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveOrphan {
     pub server: ServerId,
     pub file: FileId,
-    pub chunk: Option<ChunkIndex>,
+    pub copy: OrphanCopy,
+}
+
+/// What [`RemoveOrphan`] removes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum OrphanCopy {
+    /// Every chunk of a file that does not exist.
+    File,
+    /// One chunk, only if the server still has it in the state it listed.
+    Chunk { chunk: ChunkIndex, listed: crate::wire::storage::ListedState },
 }
 
 /// The cluster's replication health (`pfs df`).

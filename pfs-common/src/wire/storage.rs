@@ -230,6 +230,17 @@ pub struct ChunkPage {
     pub chunks: Vec<ChunkListing>,
     /// More chunks follow the last one.
     pub more: bool,
+    /// The listing server process's boot id (with each chunk's `change`, a [`ListedState`]).
+    pub boot: u64,
+}
+
+/// One state of a chunk on one storage server process: its boot id and the chunk's change
+/// count there (bumped by every write, truncate or copy). A removal conditioned on it
+/// ([`RemoveChunk::listed`]) removes only a chunk nobody changed since it was listed.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ListedState {
+    pub boot: u64,
+    pub change: u64,
 }
 
 /// One chunk as a storage server lists it.
@@ -243,6 +254,8 @@ pub struct ChunkListing {
     pub damage: Option<String>,
     /// SHA-256 of its bytes when known and nothing was written since it was computed.
     pub sha256: Option<Sha256Digest>,
+    /// The chunk's change count in the listing process (see [`ListedState`]).
+    pub change: u64,
 }
 
 /// A whole chunk, for another replica copying it (resync, re-replication, scrub repair):
@@ -265,10 +278,14 @@ pub struct SyncData {
 }
 
 /// Remove one chunk of a file. Durable when answered. From pfs-meta only (see [`RemoveFile`]).
+/// With `listed`, only if the chunk is still in that state (Conflict otherwise, and nothing
+/// is removed): pfs-meta removes an orphan `pfs fsck` listed, and a write that reached the
+/// chunk since must not be lost with it. A chunk that is not there is removed already (Ok).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RemoveChunk {
     pub file: FileId,
     pub chunk: ChunkIndex,
+    pub listed: Option<ListedState>,
 }
 
 /// Most chunks one [`ListChunks`] page holds.

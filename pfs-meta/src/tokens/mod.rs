@@ -639,6 +639,15 @@ impl TokenManager {
         self.files.get(&file).and_then(|f| f.holders.get(&session)).map(RangeMap::to_vec).unwrap_or_default()
     }
 
+    /// True if any session (evicted ones whose fence is pending included) holds, or waits
+    /// for, a Write token overlapping `range` of `file`: those bytes may be changing, so
+    /// nothing of them is an orphan.
+    pub fn writes_over(&self, file: FileId, range: ByteRange) -> bool {
+        let Some(f) = self.files.get(&file) else { return false };
+        f.holders.values().any(|m| m.overlapping(range).any(|(_, mode)| mode == Mode::Write))
+            || f.waiters.iter().any(|w| w.mode == Mode::Write && w.required.overlaps(&range))
+    }
+
     /// True if `session` is or was a session of this manager (open or evicted).
     pub fn knows_session(&self, session: SessionId) -> bool {
         self.sessions.contains_key(&session)

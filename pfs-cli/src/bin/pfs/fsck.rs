@@ -16,7 +16,7 @@
 //! chunks past the size pfs-meta recorded until its writer's next fsync or close.
 
 use pfs_cli::{out, Error, Result};
-use pfs_client::{Client, FileKind};
+use pfs_client::{Client, FileKind, ListedState, OrphanCopy};
 use pfs_common::chain::{Chain, ChainId};
 use pfs_common::layout::Layout;
 use pfs_common::{ChunkIndex, ErrorCode, FileId, ServerId};
@@ -56,7 +56,7 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
     let on_chain = |f: &Found, chunk: ChunkIndex, server: ServerId| {
         chains.get(&f.layout.chain(chunk)).is_some_and(|c| c.state_of(server).is_some())
     };
-    let mut orphans: Vec<(ServerId, FileId, Option<ChunkIndex>, String)> = Vec::new();
+    let mut orphans: Vec<(ServerId, FileId, OrphanCopy, String)> = Vec::new();
     // Lost or corrupt copies: (server, file, chunk, what).
     let mut damaged: Vec<(ServerId, FileId, ChunkIndex, String)> = Vec::new();
     let mut exists: HashMap<FileId, bool> = HashMap::new();
@@ -78,23 +78,25 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
                     let name = files.get(&c.file).map_or_else(|| format!("file {}", c.file), |f| f.path.clone());
                     damaged.push((id, c.file, c.chunk, format!("corrupt: {name} chunk {} on {id}: {damage}", c.chunk)));
                 }
+                let chunk_copy =
+                    OrphanCopy::Chunk { chunk: c.chunk, listed: ListedState { boot: page.boot, change: c.change } };
                 match files.get(&c.file) {
                     Some(f) if !on_chain(f, c.chunk, id) => orphans.push((
                         id,
                         c.file,
-                        Some(c.chunk),
+                        chunk_copy,
                         format!("{} chunk {} is not on a replica of its chain", f.path, c.chunk),
                     )),
                     Some(f) if f.layout.file_offset(c.chunk, 0) >= f.size && c.len > 0 => orphans.push((
                         id,
                         c.file,
-                        Some(c.chunk),
+                        chunk_copy,
                         format!("{} chunk {} lies past its end ({} bytes)", f.path, c.chunk, f.size),
                     )),
                     Some(_) => {}
                     None => {
                         if !*exists.entry(c.file).or_insert(still_exists(client, c.file).await?) {
-                            orphans.push((id, c.file, None, format!("file {} does not exist", c.file)));
+                            orphans.push((id, c.file, OrphanCopy::File, format!("file {} does not exist", c.file)));
                         }
                     }
                 }
@@ -137,16 +139,34 @@ pub async fn run(client: &Client, repair: bool, verify: bool) -> Result<()> {
             Err(e) => problems.push(format!("{what}; not repaired: {e}")),
         }
     }
-    orphans.sort_by_key(|o| (o.0, o.1, o.2));
-    orphans.dedup_by_key(|o| (o.0, o.1, o.2));
+    let key = |o: &(ServerId, FileId, OrphanCopy, String)| {
+        (
+            o.0,
+            o.1,
+            match o.2 {
+                OrphanCopy::File => None,
+                OrphanCopy::Chunk { chunk, .. } => Some(chunk),
+            },
+        )
+    };
+    orphans.sort_by_key(key);
+    orphans.dedup_by_key(|o| key(o));
     let mut repaired = 0;
-    for (server, file, chunk, why) in &orphans {
-        if repair {
-            client.remove_orphan(*server, *file, *chunk).await?;
-            repaired += 1;
-            out!("removed orphan on {server}: {why}");
-        } else {
+    for (server, file, copy, why) in &orphans {
+        if !repair {
             problems.push(format!("orphan on {server}: {why}"));
+            continue;
+        }
+        // pfs-meta has the last word: a chunk written or opened since the listing is kept.
+        match client.remove_orphan(*server, *file, *copy).await {
+            Ok(()) => {
+                repaired += 1;
+                out!("removed orphan on {server}: {why}");
+            }
+            Err(e) if matches!(e.code(), ErrorCode::Denied | ErrorCode::Conflict) => {
+                problems.push(format!("orphan on {server}: {why}; not removed: {e}"))
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     for p in &problems {
