@@ -682,12 +682,17 @@ impl Namespace {
             }
             Op::CommitChunks { server, chunks } => {
                 // Chunks of a removed file are orphaned data, not commits; a state committed
-                // already is not logged again.
+                // already is not logged again. A chunk wholly past the file's size is a
+                // commit only while the file is open (a writer that has not recorded its
+                // size yet): otherwise it is a late report of a state a truncate has cut
+                // (from a replica that was out of the write path then), which must not come
+                // back as a chunk that must exist.
                 let new: Vec<(FileId, Commit)> = chunks
                     .iter()
                     .filter(|(f, c)| {
-                        self.inodes.get(f).is_some_and(|i| i.kind == InodeKind::File)
-                            && !self.chunks.is_committed(*f, *server, c)
+                        let Some(i) = self.inodes.get(f).filter(|i| i.kind == InodeKind::File) else { return false };
+                        let within = i.layout.as_ref().is_some_and(|l| l.file_offset(c.chunk, 0) < i.size);
+                        (within || (ctx.is_open)(*f)) && !self.chunks.is_committed(*f, *server, c)
                     })
                     .copied()
                     .collect();

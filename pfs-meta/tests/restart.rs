@@ -361,7 +361,8 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     assert_eq!(chunks[0].holders[0].server, ServerId(3));
     assert_eq!(chunks[0].holders[0].len, 10);
     assert_eq!(chunks[0].committed, None, "a listing commits nothing");
-    // A durable change is committed: the chunk must exist from now on.
+    // A durable change within the file's size is committed: the chunk must exist from now on.
+    c.ask(pfs_common::wire::namespace::SetSize { file: f.id, size: 10 }).await.unwrap();
     let change = ChunkReport { id: ServerId(3), chunks: vec![chunk(f.id, 0)], listing: false, full: false };
     assert_eq!(s.ask(change).await.unwrap(), ReportAnswer::default());
     let committed = c.ask(GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap()[0].committed.clone().unwrap();

@@ -179,7 +179,12 @@ impl Handler for StorageHandler {
                     let access = self.chunk_access((c.file, c.chunk, c.chunk_size), piece, c.session, Mode::Read)?;
                     self.authorize(&peer, &c.capabilities, access)?;
                     self.repl.check_read(c.chain)?;
-                    store.read(c.file, c.chunk, c.offset, c.len).await
+                    let read = store.read(c.file, c.chunk, c.offset, c.len).await?;
+                    if read.0.is_empty() && store.chunk_info(c.file, c.chunk).is_none() {
+                        // A chunk this server does not have reads as a hole only if it is one.
+                        store.check_hole(c.file, c.chunk).await?;
+                    }
+                    Ok::<_, StorageError>(read)
                 };
                 match read.await {
                     Ok((data, chunk_len)) => {

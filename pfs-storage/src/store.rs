@@ -632,11 +632,9 @@ impl ChunkStore {
         match (data, indexed) {
             (Some(d), Some(have)) => Ok((d, have)),
             (Some(d), None) => Ok((d, 0)),
-            (None, None) => {
-                drop(_chunk_lock); // not held across a round trip to pfs-meta
-                self.check_hole(file, chunk).await?;
-                Ok((PooledBuf::empty(), 0))
-            }
+            // Not here: a hole, unless pfs-meta's chunk map says otherwise (the request
+            // handler asks it: `check_hole`).
+            (None, None) => Ok((PooledBuf::empty(), 0)),
             // Deleted behind our back: a hole would be a silent loss.
             (None, Some(have)) => Err(StorageError::Lost {
                 server: self.id,

@@ -493,3 +493,26 @@ fn attributes_owners_times_symlinks_and_nodes() {
     run(&mut ns, Op::Unlink { path: "/l".into(), expected_generation: None }).unwrap();
     assert!(ns.get(l.id).is_none());
 }
+
+#[test]
+fn late_commits_past_the_size_of_a_closed_file_are_not_chunks_that_must_exist() {
+    let mut ns = Namespace::new(LayoutPolicy::default());
+    let f = file(run(&mut ns, create("/f"))).id;
+    run(&mut ns, Op::SetSize { file: f, size: 2 << 20 }).unwrap();
+    let commit = |chunk| (f, Commit { chunk, len: 1 << 20, sha256: Sha256Digest([chunk as u8; 32]), version: 1 });
+    let op = Op::CommitChunks { server: ServerId(1), chunks: vec![commit(1), commit(5)] };
+    let closed = Context { now_ns: 2, up_servers: &UP, is_open: &|_| false };
+    match ns.prepare(&op, &closed).unwrap() {
+        Decision::Mutate(m) => ns.apply(&m).map(drop).unwrap(),
+        other => panic!("{other:?}"),
+    }
+    assert!(ns.chunks().get(f, 1).is_some(), "within the size: committed");
+    assert!(ns.chunks().get(f, 5).is_none(), "past the size of a closed file (a truncate's leftover): not committed");
+    // Open: a writer past the size it recorded so far.
+    let open = Context { now_ns: 3, up_servers: &UP, is_open: &|_| true };
+    match ns.prepare(&op, &open).unwrap() {
+        Decision::Mutate(m) => ns.apply(&m).map(drop).unwrap(),
+        other => panic!("{other:?}"),
+    }
+    assert!(ns.chunks().get(f, 5).is_some(), "an open file's chunk past its recorded size is committed");
+}
