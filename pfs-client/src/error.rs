@@ -51,6 +51,14 @@ pub enum Error {
     /// asked, a file without a layout).
     #[error("{peer}: {message}")]
     Protocol { peer: String, message: String },
+    /// A write (back) over bytes of `path` this client holds no Write token over and is not
+    /// writing back under a revoke: it is not sent (the bytes may be another client's now).
+    #[error("{path}: this client holds no Write token over {range}; the write is not sent")]
+    NotHeld { path: String, range: pfs_common::token::ByteRange },
+    /// `server` restarted between writes of ours it had not made durable: the earlier ones
+    /// may be lost (the later ones were synced). Reported once, by the next fsync.
+    #[error("{server} restarted between writes not yet made durable; some of them may be lost (write them again)")]
+    Restarted { server: ServerId },
     /// No replica of a chunk's chain can take the request (every one down or resyncing).
     #[error("{0}")]
     Unavailable(String),
@@ -75,6 +83,8 @@ impl Error {
             Error::NotDir { .. } => ErrorCode::NotDir,
             Error::Chunk { source, .. } | Error::File { source, .. } => source.code(),
             Error::Protocol { .. } => ErrorCode::Protocol,
+            Error::NotHeld { .. } => ErrorCode::Denied,
+            Error::Restarted { .. } => ErrorCode::Io,
             Error::Io { source, .. } => ErrorCode::of_io(source),
         }
     }

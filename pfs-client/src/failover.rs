@@ -6,8 +6,8 @@
 //! [`BACKOFF_MAX_MS`], until `failover_ms` has passed without a new version. A chain of one
 //! replica has nowhere else to go, so only Stale is retried there.
 
-use crate::client::Client;
 use crate::error::{Error, Result};
+use crate::session::Session;
 use pfs_common::chain::{Chain, ChainId};
 use pfs_common::ErrorCode;
 use std::sync::Arc;
@@ -23,8 +23,8 @@ pub(crate) struct Failover {
 }
 
 impl Failover {
-    pub(crate) fn new(client: &Client) -> Failover {
-        let deadline = Instant::now() + Duration::from_millis(client.options().failover_ms);
+    pub(crate) fn new(session: &Session) -> Failover {
+        let deadline = Instant::now() + Duration::from_millis(session.options.failover_ms);
         Failover { deadline, backoff: Duration::ZERO }
     }
 
@@ -42,8 +42,8 @@ impl Failover {
     /// new chain is progress, whatever the time); otherwise after a pause (a storage server may
     /// not have heard of a change yet, or pfs-meta not acted on a failure yet), as pfs-meta has
     /// it then. `None` once the deadline passed with the chain still at `seen`.
-    pub(crate) async fn again(&mut self, client: &Client, id: ChainId, seen: u64) -> Result<Option<Arc<Chain>>> {
-        let chain = client.refresh_chain(id).await?;
+    pub(crate) async fn again(&mut self, session: &Session, id: ChainId, seen: u64) -> Result<Option<Arc<Chain>>> {
+        let chain = session.refresh_chain(id).await?;
         if chain.version != seen {
             return Ok(Some(chain));
         }
@@ -52,21 +52,21 @@ impl Failover {
         }
         self.backoff = (self.backoff * 2).clamp(Duration::from_millis(10), Duration::from_millis(BACKOFF_MAX_MS));
         tokio::time::sleep(self.backoff).await;
-        Ok(Some(client.refresh_chain(id).await?))
+        Ok(Some(session.refresh_chain(id).await?))
     }
 
     /// Waits (backing off) until `done` holds for the chains `ids` as pfs-meta has them;
     /// false once the deadline passed first.
     pub(crate) async fn until(
         &mut self,
-        client: &Client,
+        session: &Session,
         ids: &[ChainId],
         done: impl Fn(&[Arc<Chain>]) -> bool,
     ) -> Result<bool> {
         loop {
             let mut chains = Vec::with_capacity(ids.len());
             for id in ids {
-                chains.push(client.refresh_chain(*id).await?);
+                chains.push(session.refresh_chain(*id).await?);
             }
             if done(&chains) {
                 return Ok(true);

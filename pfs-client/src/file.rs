@@ -1,4 +1,5 @@
-//! [`File`]: coherent reads and writes of one striped file.
+//! [`File`]: coherent reads and writes of one striped file, carrying out what its
+//! [`FileState`] decides.
 //!
 //! Every read or write first makes sure this client's session holds a token covering the
 //! bytes (Read for reads, Write for writes), asking pfs-meta when it does not, then works on
@@ -9,33 +10,37 @@
 //! * Large I/O (at least one chunk) bypasses it: a write goes straight to the storage servers
 //!   (dropping cached bytes it supersedes), a read first writes back our own dirty bytes in
 //!   its range and then reads the storage servers. A striped copy then moves data once.
-//! * A revoke (see [`crate::Client`]) takes the file's lock exclusively, so it waits for I/O in
-//!   flight, writes back the dirty bytes of the revoked range, records the new size on pfs-meta,
-//!   drops (Write wanted) or keeps (Read wanted) the cached bytes, and updates the token table.
+//! * A revoke takes the file's I/O lock exclusively, so it waits for I/O in flight, writes
+//!   back the dirty bytes of the revoked range, records the new size on pfs-meta, drops (Write
+//!   wanted) or keeps (Read wanted) the cached bytes, and then the revoke is acknowledged.
 //!
-//! Grants and revokes can cross on the wire (a revoke notification overtaking the answer to
-//! an `Acquire`), so a grant that arrives after revokes that were applied while it was in
-//! flight has those revokes applied to it again: we may believe we hold less than we do
-//! (costing a round trip), never more.
+//! What is held, what may be written under which capability, what an fsync must ask and when
+//! it may say Ok are [`FileState`]'s decisions (sans-IO, model-checked); this module only
+//! sends the requests they call for and feeds the answers back. The state lives behind one
+//! mutex that is never held across an await.
+//!
+//! A handle dropped without [`File::close`] is closed in the background (written back, made
+//! durable, its tokens given back), as a process's files are at exit.
 
 use crate::cache::{BlockCache, CacheStats, Run};
-use crate::client::Client;
 use crate::error::{Error, Result};
 use crate::failover::Failover;
+use crate::file_state::{CapabilityPlan, FileState, Grant, Need, SizeReport};
+use crate::session::{OpenTarget, Session};
 use crate::stride::{Advice, StrideDetector};
+use futures_util::future::BoxFuture;
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use pfs_common::capability::{unix_ms, Access, Capability, MAX_CAPABILITIES, RENEW_MARGIN_MS};
+use pfs_common::capability::{unix_ms, Access, Capability, MAX_CAPABILITIES};
 use pfs_common::ids::{FileId, ServerId};
 use pfs_common::layout::{Layout, Piece, MAX_FILE_SIZE};
-use pfs_common::pool::{self, PooledBuf};
-use pfs_common::range_map::RangeMap;
+use pfs_common::pool;
 use pfs_common::token::{ByteRange, Mode, Stride};
 use pfs_common::wire::namespace::{self as ns, Attr, FileKind};
 use pfs_common::wire::storage::{Extent, FsyncFile, ReadChunk, TruncateFile, WriteChunk, WRITE_EXTENTS_MAX};
 use pfs_common::wire::tokens as tok;
 use pfs_common::ErrorCode;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 /// Bytes bound for one chunk: their offset in the chunk and the bytes.
@@ -48,82 +53,63 @@ const WRITE_BACK_RUNS: usize = 64;
 /// Records of a strided reader fetched into the cache ahead of its reads.
 const READ_AHEAD_RECORDS: u64 = 32;
 
-/// Capabilities kept per open file (the newest; older ones are asked for again if needed).
-const MAX_KEPT_CAPABILITIES: usize = 64;
-
-/// An open pfs file. Cheap to clone; clones (and other handles of the same file in the same
-/// client) share its tokens, cache and size. The access pattern that decides which records
-/// are asked for or read ahead is this handle's own (shared by its clones only): handles of
-/// one client may be different processes (a mount's), whose interleaved I/O is no pattern.
+/// An open pfs file. Cheap to clone; clones are the same handle (closing one closes it).
+/// Every handle of the same file in one client shares its tokens, cache and size. The access
+/// pattern that decides which records are asked for or read ahead is the handle's own:
+/// handles of one client may be different processes (a mount's), whose interleaved I/O is no
+/// pattern.
 #[derive(Clone)]
 pub struct File {
-    pub(crate) state: Arc<OpenFile>,
-    pattern: Arc<HandlePattern>,
+    handle: Arc<Handle>,
 }
 
-/// What one handle's I/O looks like so far.
-#[derive(Default)]
-struct HandlePattern {
+/// One open of a file: its access pattern, and whether it was closed.
+struct Handle {
+    file: Arc<OpenFile>,
     /// The pattern of its writes, for asking for records ahead of need.
     stride: parking_lot::Mutex<StrideDetector>,
     /// The pattern of its cached reads, for fetching records ahead of them.
     read_ahead: parking_lot::Mutex<ReadAhead>,
+    closed: AtomicBool,
+}
+
+impl Drop for Handle {
+    /// Closes a handle dropped without [`File::close`], in the background on the runtime it
+    /// is dropped on: its dirty bytes are written back and made durable, its tokens go back
+    /// (others may be waiting for them). Outside a runtime nothing can be sent: that is
+    /// logged, and the tokens go when the session ends.
+    fn drop(&mut self) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let file = self.file.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    if let Err(e) = file.close_handle().await {
+                        tracing::warn!("closing {} (dropped without close): {e}", file.path);
+                    }
+                });
+            }
+            Err(_) => tracing::warn!(
+                "{} was dropped without close outside a runtime: its writes may not be durable, and its tokens \
+                 stay until the session ends",
+                file.path
+            ),
+        }
+    }
 }
 
 /// Per-file state shared by every handle of a file within one client.
 pub(crate) struct OpenFile {
-    pub(crate) client: Client,
+    session: Arc<Session>,
     pub(crate) path: String,
     pub(crate) id: FileId,
     pub(crate) layout: Layout,
-    /// Shared by reads and writes, exclusive for revokes, fsync and close.
+    /// Shared by reads and writes, exclusive for revokes, fsync, truncate and close.
     lock: tokio::sync::RwLock<()>,
-    tokens: parking_lot::Mutex<TokenTable>,
-    /// An `Acquire` for this file was sent (through this state): only then can the token
-    /// manager hold tokens of ours on it that the last close must give back.
-    asked_tokens: AtomicBool,
-    /// Capabilities pfs-meta issued with this file's tokens (storage servers want them for
-    /// every read, write and truncate when the cluster authenticates).
-    capabilities: parking_lot::Mutex<Vec<Capability>>,
+    state: parking_lot::Mutex<FileState>,
     cache: Option<parking_lot::Mutex<BlockCache>>,
-    /// Largest of: size from pfs-meta (open, grants), end of our writes, our truncates (bytes).
-    size: AtomicU64,
-    /// Our writes grew the size and pfs-meta does not know yet.
-    size_dirty: AtomicBool,
-    /// We wrote since pfs-meta last set the file's mtime for us (an overwrite that grew
-    /// nothing still moves the mtime, as POSIX asks).
-    mtime_dirty: AtomicBool,
-    /// Storage servers (every replica) written since the last fsync, with the boot id of the
-    /// server process that took the writes (0 when they went to more than one: a restart lost
-    /// some).
-    unsynced: parking_lot::Mutex<BTreeMap<ServerId, u64>>,
-    /// Bumped by every write, so a read does not fill the cache with bytes fetched before a
-    /// concurrent write of ours changed them.
-    write_seq: AtomicU64,
-    /// A write-back during a revoke failed; reported by the next fsync or close.
-    writeback_error: parking_lot::Mutex<Option<Error>>,
-    /// Open handles (`Client::open`/`create` calls not yet closed).
-    pub(crate) handles: AtomicUsize,
-    /// Opens of the file pfs-meta counted for our session since this state was made (one
-    /// per handle): the last close takes them all away (see `Client::forget_file`).
-    pub(crate) opens: AtomicU32,
-}
-
-/// The tokens this client holds on the file, as it believes them to be.
-///
-/// The belief may lag the token manager in one direction only: a range can be believed lost
-/// while the manager still counts it as held (a revoke re-applied after a racing grant, see
-/// the module documentation), never the other way round. Under-claiming costs a round trip;
-/// over-claiming would break coherence.
-#[derive(Default)]
-struct TokenTable {
-    held: RangeMap,
-    /// Revokes applied so far (a sequence number).
-    seq: u64,
-    /// Acquires in flight.
-    acquiring: u32,
-    /// Revokes applied while acquires were in flight: (seq, range, wanted).
-    recent: Vec<(u64, ByteRange, Mode)>,
 }
 
 /// Read-ahead of a strided reader (IOR's segmented shared file read back): once its small
@@ -164,197 +150,119 @@ impl ReadAhead {
     }
 }
 
-impl TokenTable {
-    fn apply_revoke(&mut self, range: ByteRange, wanted: Mode) {
-        match wanted {
-            Mode::Write => self.held.remove(range),
-            Mode::Read => self.held.downgrade(range),
-        }
+impl OpenTarget for OpenFile {
+    fn revoke(self: Arc<Self>, range: ByteRange, wanted: Mode) -> BoxFuture<'static, ()> {
+        Box::pin(async move { OpenFile::revoke(&self, range, wanted).await })
+    }
+
+    fn cache_stats(&self) -> CacheStats {
+        self.cache.as_ref().map(|c| c.lock().stats()).unwrap_or_default()
     }
 }
 
 impl OpenFile {
-    pub(crate) fn new(client: Client, path: String, attr: Attr) -> Result<OpenFile> {
+    /// The open state of file `attr` (named `path`) in `session`.
+    ///
+    /// Errors: IsDir; Protocol for a file without a valid layout.
+    pub(crate) fn new(session: Arc<Session>, path: String, attr: Attr) -> Result<OpenFile> {
         if attr.kind == FileKind::Dir {
             return Err(Error::IsDir { path });
         }
         let bad_layout = |message: String| Error::Protocol { peer: "pfs-meta".into(), message };
         let layout = attr.layout.ok_or_else(|| bad_layout(format!("{path} has no layout")))?;
         layout.validate().map_err(|e| bad_layout(format!("the layout of {path}: {e}")))?;
-        let blocks = client.inner.options.cache_blocks;
+        let blocks = session.options.cache_blocks;
         let cache = (blocks > 0).then(|| parking_lot::Mutex::new(BlockCache::new(layout.block_size as usize, blocks)));
+        let authenticated = session.options.auth.enabled();
         Ok(OpenFile {
-            client,
+            session,
             path,
             id: attr.id,
             layout,
             lock: tokio::sync::RwLock::new(()),
-            tokens: parking_lot::Mutex::new(TokenTable::default()),
-            asked_tokens: AtomicBool::new(false),
-            capabilities: parking_lot::Mutex::new(Vec::new()),
+            state: parking_lot::Mutex::new(FileState::new(attr.size, authenticated)),
             cache,
-            size: AtomicU64::new(attr.size),
-            size_dirty: AtomicBool::new(false),
-            mtime_dirty: AtomicBool::new(false),
-            unsynced: parking_lot::Mutex::new(BTreeMap::new()),
-            write_seq: AtomicU64::new(0),
-            writeback_error: parking_lot::Mutex::new(None),
-            handles: AtomicUsize::new(0),
-            opens: AtomicU32::new(0),
         })
     }
 
-    /// Whether an `Acquire` for this file was ever sent through this state.
-    pub(crate) fn asked_tokens(&self) -> bool {
-        self.asked_tokens.load(Ordering::Acquire)
+    fn size(&self) -> u64 {
+        self.state.lock().size()
     }
 
-    pub(crate) fn cache_stats(&self) -> CacheStats {
-        self.cache.as_ref().map(|c| c.lock().stats()).unwrap_or_default()
+    fn holds(&self, range: ByteRange, mode: Mode) -> bool {
+        self.state.lock().holds(range, mode)
     }
 
     /// Makes sure the session holds `mode` over `required`, asking for `desired` and the
-    /// records of `ahead`.
-    ///
-    /// An acquire that overlaps one of our releases not yet answered waits for that answer
-    /// first (see `Releases` in the client): otherwise pfs-meta could answer it from tokens
-    /// the release then takes away.
+    /// records of `ahead` (waiting first for any release of ours over them: see
+    /// [`crate::releases`]).
     async fn ensure(&self, mode: Mode, required: ByteRange, desired: ByteRange, ahead: Option<Stride>) -> Result<()> {
-        // Everything the grant may cover: the desired range and the records ahead.
-        let span = ahead.iter().flat_map(|a| a.records(u64::MAX)).fold(desired, |h, r| h.hull(&r));
         loop {
-            let start_seq = {
-                let mut t = self.tokens.lock();
-                if t.held.covers(required, mode) {
-                    return Ok(());
+            let need =
+                self.state.lock().need(mode, required, desired, ahead, |span| self.session.releasing(self.id, span));
+            let ticket = match need {
+                Need::Held => return Ok(()),
+                Need::AwaitRelease { span } => {
+                    self.session.wait_released(self.id, span).await;
+                    continue;
                 }
-                // Checked under the token lock, with `acquiring` raised in the same step: a
-                // give-back listed after this check applies its revoke while we are counted
-                // as acquiring, so it is applied to our grant again (`recent`).
-                if self.client.releasing(self.id, span) {
-                    None
-                } else {
-                    t.acquiring += 1;
-                    Some(t.seq)
+                Need::Acquire(ticket) => ticket,
+            };
+            let answer = match self.session.id() {
+                Ok(session) => {
+                    self.session.meta(tok::Acquire { session, file: self.id, mode, required, desired, ahead }).await
                 }
+                Err(e) => Err(e),
             };
-            let Some(start_seq) = start_seq else {
-                self.client.wait_released(self.id, span).await;
-                continue;
-            };
-            let session = self.client.session()?;
-            self.asked_tokens.store(true, Ordering::Release);
-            let answer =
-                self.client.meta(tok::Acquire { session, file: self.id, mode, required, desired, ahead }).await;
-            let mut t = self.tokens.lock();
-            t.acquiring -= 1;
-            let granted = match answer {
-                Ok(g) => g,
+            match answer {
+                Ok(g) => {
+                    let records = ahead.iter().flat_map(|a| a.records(g.ahead)).collect();
+                    let grant = Grant { mode: g.mode, range: g.range, records, size: g.size, capability: g.capability };
+                    self.state.lock().granted(ticket, grant, unix_ms());
+                    self.session.counters.acquires.fetch_add(1, Ordering::Relaxed);
+                }
                 Err(e) => {
+                    self.state.lock().acquire_failed(ticket);
                     if e.code() == ErrorCode::Evicted {
-                        self.client.mark_evicted(e.clone());
+                        self.session.mark_evicted(e.clone());
                     }
                     return Err(e.on_file(format!("token for {} {required} of", mode_name(mode)), &self.path));
                 }
-            };
-            t.held.grant(granted.range, granted.mode);
-            for record in ahead.iter().flat_map(|a| a.records(granted.ahead)) {
-                t.held.grant(record, granted.mode);
             }
-            if let Some(cap) = granted.capability {
-                self.keep_capability(cap);
-            }
-            // The size at the grant is pfs-meta's after every conflicting holder recorded its
-            // own: it replaces ours, shrinks included (a truncate by another client), unless
-            // our own writes grew the file further and pfs-meta does not know yet. A shrink
-            // needs Write from the new end on, which revokes our Read there, so a read that
-            // reaches past the new end always comes through here first (`read_at` asks for a
-            // token over its whole buffer before it clamps to the size).
-            if self.size_dirty.load(Ordering::Acquire) {
-                self.size.fetch_max(granted.size, Ordering::AcqRel);
-            } else {
-                self.size.store(granted.size, Ordering::Release);
-            }
-            let crossed: Vec<(ByteRange, Mode)> =
-                t.recent.iter().filter(|(s, _, _)| *s > start_seq).map(|(_, r, w)| (*r, *w)).collect();
-            for (range, wanted) in crossed {
-                t.apply_revoke(range, wanted);
-            }
-            if t.acquiring == 0 {
-                t.recent.clear();
-            }
-            debug_assert_eq!(t.held.check(), Ok(()), "held tokens of {}", self.path);
-            drop(t);
-            self.client.inner.counters.acquires.fetch_add(1, Ordering::Relaxed);
         }
     }
 
-    /// Keeps a capability, dropping those that expired or that it covers.
-    fn keep_capability(&self, cap: Capability) {
-        let now = unix_ms();
-        let mut caps = self.capabilities.lock();
-        caps.retain(|c| {
-            let subsumed = c.range.start >= cap.range.start && c.range.end <= cap.range.end && c.mode <= cap.mode;
-            c.expires_ms > now && !subsumed
-        });
-        if caps.len() >= MAX_KEPT_CAPABILITIES {
-            caps.remove(0);
-        }
-        caps.push(cap);
-    }
-
-    /// Capabilities that together allow `mode` over `range`, for a storage request (none
-    /// when the cluster does not authenticate). Ones kept from grants if they cover it with
-    /// [`RENEW_MARGIN_MS`] to spare; otherwise a fresh one from pfs-meta, which the
-    /// session's tokens must cover (they do: every request goes out under its token, and a
-    /// revoked range stays held until the write-back under the revoke is acknowledged).
-    async fn capabilities_for(&self, range: ByteRange, mode: Mode) -> Result<Vec<Capability>> {
-        if !self.client.inner.options.auth.enabled() {
-            return Ok(Vec::new());
-        }
-        let fresh_after = unix_ms() + RENEW_MARGIN_MS;
-        {
-            let caps = self.capabilities.lock();
-            let mut usable: Vec<&Capability> =
-                caps.iter().filter(|c| c.expires_ms > fresh_after && c.mode >= mode).collect();
-            usable.sort_by_key(|c| c.range.start);
-            let (mut covered, mut chosen) = (range.start, Vec::new());
-            for c in usable {
-                if chosen.len() == MAX_CAPABILITIES || covered >= range.end {
-                    break;
-                }
-                if c.range.start <= covered && c.range.end > covered {
-                    covered = c.range.end;
-                    chosen.push(*c);
-                }
-            }
-            if covered >= range.end {
-                return Ok(chosen);
-            }
-        }
-        let session = self.client.session()?;
-        let cap = self
-            .client
-            .meta(tok::GetCapability { session, file: self.id, mode, range })
-            .await
-            .map_err(|e| e.on_file(format!("capability for {} {range} of", mode_name(mode)), &self.path))?;
-        self.keep_capability(cap);
-        Ok(vec![cap])
-    }
-
-    /// Capabilities that together allow `mode` over each of `ranges` (see
-    /// [`OpenFile::capabilities_for`]), each one once; may be more than one request can carry
-    /// ([`MAX_CAPABILITIES`]), which the caller checks.
+    /// Capabilities that together allow `mode` over each of `ranges`, each one once (see
+    /// [`FileState::capabilities`]): kept ones, and fresh ones from pfs-meta where those do not
+    /// cover. May be more than one request can carry ([`MAX_CAPABILITIES`]), which the caller
+    /// checks.
+    ///
+    /// Errors: Denied (NotHeld) for a write over bytes we hold no Write token over; pfs-meta's.
     async fn capabilities_for_each(&self, ranges: &[ByteRange], mode: Mode) -> Result<Vec<Capability>> {
-        let mut all: Vec<Capability> = Vec::new();
-        for &range in ranges {
-            for c in self.capabilities_for(range, mode).await? {
-                if !all.contains(&c) {
-                    all.push(c);
-                }
+        let plan = self.state.lock().capabilities(ranges, mode, unix_ms());
+        let (mut have, ask) = match plan {
+            CapabilityPlan::NotNeeded => return Ok(Vec::new()),
+            CapabilityPlan::NotHeld { range } => return Err(Error::NotHeld { path: self.path.clone(), range }),
+            CapabilityPlan::Use { have, ask } => (have, ask),
+        };
+        for range in ask {
+            let session = self.session.id()?;
+            let cap = self
+                .session
+                .meta(tok::GetCapability { session, file: self.id, mode, range })
+                .await
+                .map_err(|e| e.on_file(format!("capability for {} {range} of", mode_name(mode)), &self.path))?;
+            self.state.lock().keep_capability(cap, unix_ms());
+            if !have.contains(&cap) {
+                have.push(cap);
             }
         }
-        Ok(all)
+        Ok(have)
+    }
+
+    /// [`OpenFile::capabilities_for_each`] for one range.
+    async fn capabilities_for(&self, range: ByteRange, mode: Mode) -> Result<Vec<Capability>> {
+        self.capabilities_for_each(&[range], mode).await
     }
 
     /// The file bytes a part of chunk `chunk` covers.
@@ -369,22 +277,10 @@ impl OpenFile {
         ByteRange::new(start, start + p.len as u64)
     }
 
-    fn holds(&self, range: ByteRange, mode: Mode) -> bool {
-        self.tokens.lock().held.covers(range, mode)
-    }
-
     /// Handles a revoke of `range` (see the module doc). Errors are kept for the next fsync.
     pub(crate) async fn revoke(&self, range: ByteRange, wanted: Mode) {
         let _excl = self.lock.write().await;
-        {
-            let mut t = self.tokens.lock();
-            t.seq += 1;
-            let seq = t.seq;
-            if t.acquiring > 0 {
-                t.recent.push((seq, range, wanted));
-            }
-            t.apply_revoke(range, wanted);
-        }
+        let ticket = self.state.lock().revoke(range, wanted);
         let result = async {
             self.write_back(range, false).await?;
             // The next holder needs the size; the mtime waits for our fsync or close.
@@ -393,8 +289,9 @@ impl OpenFile {
         .await;
         if let Err(e) = result {
             tracing::warn!("write-back of {} {range} for a revoke failed: {e}", self.path);
-            self.writeback_error.lock().get_or_insert(e);
+            self.state.lock().writeback_failed(e);
         }
+        self.state.lock().revoke_done(ticket);
         if wanted == Mode::Write {
             if let Some(c) = &self.cache {
                 c.lock().invalidate(self.id, range.start..range.end, false);
@@ -404,24 +301,23 @@ impl OpenFile {
 
     /// Gives back our tokens within `range` as a revoke would take them (dirty bytes written
     /// back first), so that other clients' requests find them free. A failed write-back is
-    /// kept for the next fsync, as in a revoke; a failed release only leaves pfs-meta counting
-    /// us as holder a while longer (we hold less than it thinks, never more).
+    /// kept for the next fsync, as in a revoke.
     async fn give_back(&self, range: ByteRange) {
-        if self.tokens.lock().held.overlapping(range).next().is_none() {
+        if !self.state.lock().holds_any(range) {
             return;
         }
         // Listed before we stop believing we hold it, so no acquire of ours overlapping it
         // goes out until pfs-meta has applied the release.
-        let ticket = self.client.begin_release(self.id, range);
+        let ticket = self.session.begin_release(self.id, range);
         self.revoke(range, Mode::Write).await;
-        self.client.finish_release(ticket).await;
+        self.session.finish_release(ticket).await;
     }
 
     /// Fetches `range` into the cache if we hold a Read token over it (read-ahead: nothing is
     /// acquired for it, and a failure only costs the read that comes for it later).
     async fn prefetch(&self, range: ByteRange) {
         let _shared = self.lock.read().await;
-        if !self.holds(range, Mode::Read) || self.client.session().is_err() {
+        if !self.holds(range, Mode::Read) || self.session.id().is_err() {
             return;
         }
         let mut scratch = pool::global().get(range.len() as usize);
@@ -484,7 +380,7 @@ impl OpenFile {
                     if !cache.write(self.id, self.layout.file_offset(chunk, offset), bytes).is_empty() {
                         // Re-dirtying pushed other dirty bytes out that cannot be written either.
                         let lost = e.clone().on_file("dirty cached data lost writing back", &self.path);
-                        self.writeback_error.lock().get_or_insert(lost);
+                        self.state.lock().writeback_failed(lost);
                     }
                 }
             }
@@ -496,17 +392,14 @@ impl OpenFile {
     /// Tells pfs-meta the size our writes reached, if it grew, and with `mtime` that they
     /// changed the data (its mtime moves), if we wrote at all.
     async fn record_size(&self, mtime: bool) -> Result<()> {
-        let grew = self.size_dirty.swap(false, Ordering::AcqRel);
-        let wrote = mtime && self.mtime_dirty.swap(false, Ordering::AcqRel);
-        if grew || wrote {
-            // Size 0 raises nothing: an overwrite must not re-grow a file another client
-            // has truncated since our last grant.
-            let size = if grew { self.size.load(Ordering::Acquire) } else { 0 };
-            if let Err(e) = self.client.meta(ns::SetSize { file: self.id, size }).await {
-                self.size_dirty.fetch_or(grew, Ordering::AcqRel);
-                self.mtime_dirty.fetch_or(wrote, Ordering::AcqRel);
-                return Err(e.on_file("recording the size of", &self.path));
-            }
+        let Some(report) = self.state.lock().size_report(mtime) else { return Ok(()) };
+        self.send_size(report).await
+    }
+
+    async fn send_size(&self, report: SizeReport) -> Result<()> {
+        if let Err(e) = self.session.meta(ns::SetSize { file: self.id, size: report.size }).await {
+            self.state.lock().size_report_failed(report);
+            return Err(e.on_file("recording the size of", &self.path));
         }
         Ok(())
     }
@@ -553,19 +446,19 @@ impl OpenFile {
         ranges: &[ByteRange],
         capabilities: Vec<Capability>,
     ) -> Result<()> {
-        let session = self.client.session()?;
+        let session = self.session.id()?;
         let total: usize = parts.iter().map(|p| p.1.len()).sum();
         let extents: Vec<Extent> = parts.iter().map(|&(offset, b)| Extent { offset, len: b.len() as u32 }).collect();
         let payload: Vec<&[u8]> = parts.iter().map(|p| p.1).collect();
         let mut first = Some(capabilities);
         let chain_id = self.layout.chain(chunk);
-        let _permit = self.client.inflight(total).await;
-        let mut failover = Failover::new(&self.client);
-        let mut chain = self.client.chain(chain_id).await.map_err(|e| self.chain_error("writing", chunk, e))?;
+        let _permit = self.session.inflight(total).await;
+        let mut failover = Failover::new(&self.session);
+        let mut chain = self.session.chain(chain_id).await.map_err(|e| self.chain_error("writing", chunk, e))?;
         loop {
             let Some(head) = chain.head() else {
                 let e = Error::Unavailable(format!("{} has no replica that takes writes", chain.describe()));
-                match failover.again(&self.client, chain_id, chain.version).await? {
+                match failover.again(&self.session, chain_id, chain.version).await? {
                     Some(c) => {
                         chain = c;
                         continue;
@@ -587,15 +480,15 @@ impl OpenFile {
                 },
             };
             let on_chunk = |e| self.chunk_error("writing", chunk, head, e);
-            let written = match self.bounded(head, &chain, self.client.storage(head, req, &payload)).await {
+            let written = match self.bounded(head, &chain, self.session.storage(head, req, &payload)).await {
                 Ok((written, _)) => written,
                 Err(e) if e.code() == ErrorCode::Evicted => {
                     // Fenced: the session is gone, whatever we have heard from pfs-meta so far.
-                    self.client.mark_evicted(e.clone());
+                    self.session.mark_evicted(e.clone());
                     return Err(on_chunk(e));
                 }
                 Err(e) if Failover::retryable(&e, &chain) => {
-                    match failover.again(&self.client, chain_id, chain.version).await? {
+                    match failover.again(&self.session, chain_id, chain.version).await? {
                         Some(c) => {
                             tracing::debug!("writing chunk {chunk} of {}: {e}; again on {}", self.path, c.describe());
                             chain = c;
@@ -610,15 +503,7 @@ impl OpenFile {
                 let message = format!("wrote {} of {total} bytes", written.len);
                 return Err(on_chunk(Error::Protocol { peer: head.to_string(), message }));
             }
-            // A second boot id means the server restarted between our unsynced writes: the
-            // earlier ones may be gone, which the next fsync must report, not hide.
-            let mut unsynced = self.unsynced.lock();
-            for (server, boot) in written.boots {
-                let known = unsynced.entry(server).or_insert(boot);
-                if *known != boot {
-                    *known = 0;
-                }
-            }
+            self.state.lock().written(&written.boots);
             return Ok(());
         }
     }
@@ -644,9 +529,9 @@ impl OpenFile {
     /// newer chain may cure, the chain is fetched again ([`Failover`]).
     async fn read_piece(&self, p: Piece, out: &mut [u8]) -> Result<()> {
         let chain_id = self.layout.chain(p.chunk);
-        let _permit = self.client.inflight(p.len).await;
-        let mut failover = Failover::new(&self.client);
-        let mut chain = self.client.chain(chain_id).await.map_err(|e| self.chain_error("reading", p.chunk, e))?;
+        let _permit = self.session.inflight(p.len).await;
+        let mut failover = Failover::new(&self.session);
+        let mut chain = self.session.chain(chain_id).await.map_err(|e| self.chain_error("reading", p.chunk, e))?;
         loop {
             let readers: Vec<ServerId> = chain.readers().collect();
             let mut last = None;
@@ -660,14 +545,14 @@ impl OpenFile {
                     len: p.len as u32,
                     chain: chain.at(),
                     chunk_size: self.layout.chunk_size(),
-                    session: self.client.session()?,
+                    session: self.session.id()?,
                     capabilities: self.capabilities_for(self.piece_range(&p), Mode::Read).await?,
                 };
-                match self.bounded(server, &chain, self.client.storage(server, req, &[])).await {
+                match self.bounded(server, &chain, self.session.storage(server, req, &[])).await {
                     Ok((_, data)) => {
                         self.fill(out, &data, p.chunk, server)?;
                         if last.is_some() {
-                            self.client.inner.counters.failovers.fetch_add(1, Ordering::Relaxed);
+                            self.session.counters.failovers.fetch_add(1, Ordering::Relaxed);
                         }
                         return Ok(());
                     }
@@ -690,7 +575,7 @@ impl OpenFile {
             if !cure {
                 return Err(failed);
             }
-            match failover.again(&self.client, chain_id, chain.version).await? {
+            match failover.again(&self.session, chain_id, chain.version).await? {
                 Some(c) => chain = c,
                 None => return Err(failed),
             }
@@ -719,7 +604,7 @@ impl OpenFile {
         if !replicated {
             return call.await;
         }
-        let bound = std::time::Duration::from_millis(self.client.options().failover_ms);
+        let bound = std::time::Duration::from_millis(self.session.options.failover_ms);
         tokio::time::timeout(bound, call).await.unwrap_or_else(|_| {
             let ms = bound.as_millis() as u64;
             Err(Error::Rpc(pfs_common::Error::TimedOut { peer: server.to_string(), what: "chunk answer", ms }))
@@ -769,19 +654,22 @@ impl OpenFile {
         let cache = self.cache.as_ref().expect("not bypassing, so cached");
         let missing = cache.lock().read(self.id, offset, buf);
         let bs = if exact { 1 } else { self.layout.block_size as u64 };
-        let size = self.size.load(Ordering::Acquire);
+        let size = self.size();
         for m in missing {
             let fs = m.start / bs * bs;
             let fe = (m.end.div_ceil(bs) * bs).min(size.max(m.end));
-            let seq = self.write_seq.load(Ordering::Acquire);
+            let seq = self.state.lock().write_seq();
             let mut tmp = pool::global().get((fe - fs) as usize);
             self.read_direct(fs, &mut tmp).await?;
             let (a, b) = ((m.start - fs) as usize, (m.end - fs) as usize);
             buf[(m.start - offset) as usize..(m.end - offset) as usize].copy_from_slice(&tmp[a..b]);
             // Cache only bytes under our token: the rest of the block may be changing in
             // another client's cache right now, and caching it would serve it stale later.
-            let span = self.tokens.lock().held.span(m.start, Mode::Read);
-            if let (Some(span), true) = (span, self.write_seq.load(Ordering::Acquire) == seq) {
+            let span = {
+                let st = self.state.lock();
+                st.held_span(m.start, Mode::Read).filter(|_| st.write_seq() == seq)
+            };
+            if let Some(span) = span {
                 let (cs, ce) = (span.start.max(fs), span.end.min(fe));
                 if cs < ce {
                     let evicted = cache.lock().fill(self.id, cs, &tmp[(cs - fs) as usize..(ce - fs) as usize]);
@@ -794,7 +682,7 @@ impl OpenFile {
 
     /// Writes under a held Write token, with the shared lock held.
     async fn write_locked(&self, offset: u64, buf: &[u8]) -> Result<()> {
-        self.write_seq.fetch_add(1, Ordering::AcqRel);
+        self.state.lock().writing();
         let end = offset + buf.len() as u64;
         if self.bypass(buf.len()) {
             if let Some(c) = &self.cache {
@@ -806,54 +694,50 @@ impl OpenFile {
             let evicted = self.cache.as_ref().expect("not bypassing, so cached").lock().write(self.id, offset, buf);
             self.write_runs(evicted).await?;
         }
-        if self.size.fetch_max(end, Ordering::AcqRel) < end {
-            self.size_dirty.store(true, Ordering::Release);
-        }
-        self.mtime_dirty.store(true, Ordering::Release);
+        self.state.lock().wrote(end);
         Ok(())
     }
 
-    /// Write-back of everything dirty, fdatasync on every replica written, then the size on
-    /// pfs-meta. Takes the lock exclusively.
+    /// Write-back of everything dirty, an fsync round over every replica written (see
+    /// [`FileState::begin_sync`]), then the size on pfs-meta. Takes the lock exclusively.
     async fn sync(&self, closing: bool) -> Result<()> {
         let _excl = self.lock.write().await;
-        self.client.session()?;
+        self.session.id()?;
         self.write_back(ByteRange::ALL, closing).await?;
-        if let Some(e) = self.writeback_error.lock().take() {
-            return Err(e.on_file("an earlier write-back failed for", &self.path));
-        }
-        let targets = std::mem::take(&mut *self.unsynced.lock());
-        let mut pending: FuturesUnordered<_> = targets
-            .iter()
-            .map(|(&t, &boot)| async move {
-                let call = self.client.storage(t, FsyncFile { file: self.id, boot }, &[]);
-                let r = self.bounded_if(self.layout.replicas > 1, t, call).await;
-                (t, boot, r.map_err(|e| e.on_file(format!("fsync on {t} of"), &self.path)))
+        let replicated = self.layout.replicas > 1;
+        let mut round = self
+            .state
+            .lock()
+            .begin_sync(replicated)
+            .map_err(|e| e.on_file("an earlier write-back failed for", &self.path))?;
+        let mut pending: FuturesUnordered<_> = round
+            .servers()
+            .into_iter()
+            .map(|(t, boot)| async move {
+                let call = self.session.storage(t, FsyncFile { file: self.id, boot }, &[]);
+                let r = self.bounded_if(replicated, t, call).await;
+                (t, r.map(drop).map_err(|e| e.on_file(format!("fsync on {t} of"), &self.path)))
             })
             .collect();
-        let mut failed = Vec::new();
-        while let Some((t, boot, r)) = pending.next().await {
-            if let Err(e) = r {
-                failed.push((t, boot, e));
-            }
+        while let Some((t, r)) = pending.next().await {
+            round.answered(t, r);
         }
         drop(pending);
-        for (t, boot, e) in failed {
-            // A replica that failed (down, restarted) while another serving one of every chain
-            // holds the writes is taken out of its chains by pfs-meta and resynced from them:
-            // the writes stay durable.
-            if self.layout.replicas > 1 && self.left_chains(t, false).await? {
-                tracing::warn!("{e}; {t} left the chains of {}, whose other replicas hold the writes", self.path);
-                continue;
+        // A replica that failed (down, restarted) while another serving one of every chain
+        // holds the writes is taken out of its chains by pfs-meta and resynced from them: the
+        // writes stay durable. All failed ones are checked at once.
+        let checks: Vec<_> =
+            round.to_check().into_iter().map(|t| async move { (t, self.left_chains(t, false).await) }).collect();
+        for (t, left) in futures_util::future::join_all(checks).await {
+            // Not known to have left (pfs-meta unreachable): not forgiven.
+            round.checked(t, left.unwrap_or(false));
+            if round.forgiven(t) {
+                if let Some(e) = round.error_of(t) {
+                    tracing::warn!("{e}; {t} left the chains of {}, whose other replicas hold the writes", self.path);
+                }
             }
-            // A server we could not reach is asked again by the next fsync. A disk error or
-            // a restart (the writes may be lost) is reported once, as Linux reports a failed
-            // write-back once: retrying could only claim durable what is not.
-            if matches!(e.code(), ErrorCode::Unavailable | ErrorCode::TimedOut) {
-                self.unsynced.lock().entry(t).or_insert(boot);
-            }
-            return Err(e);
         }
+        self.state.lock().end_sync(round)?;
         self.record_size(true).await
     }
 
@@ -861,9 +745,9 @@ impl OpenFile {
     /// write path (`writes` true) of every chain of this file, each of which still has a serving
     /// replica; false if that does not happen within `failover_ms`.
     async fn left_chains(&self, server: ServerId, writes: bool) -> Result<bool> {
-        let mut failover = Failover::new(&self.client);
+        let mut failover = Failover::new(&self.session);
         failover
-            .until(&self.client, &self.layout.chains, |chains| {
+            .until(&self.session, &self.layout.chains, |chains| {
                 chains.iter().all(|c| {
                     let still =
                         if writes { c.writers().any(|s| s == server) } else { c.readers().any(|s| s == server) };
@@ -871,6 +755,42 @@ impl OpenFile {
                 })
             })
             .await
+    }
+
+    /// Closes one handle: flushes like fsync; at the client's last handle of the file, also
+    /// drops its cached blocks, gives its tokens back and tells pfs-meta of the close.
+    async fn close_handle(&self) -> Result<()> {
+        let last = self.session.close_handle(self.id);
+        let synced = self.sync(last).await;
+        if !last {
+            return synced;
+        }
+        if let Some(c) = &self.cache {
+            c.lock().invalidate(self.id, 0..u64::MAX, true);
+        }
+        let asked = self.state.lock().asked_tokens();
+        // None: another handle opened the file meanwhile, and its close closes it.
+        let Some((opens, release)) = self.session.forget_file(self.id, asked, OpenTarget::cache_stats(self)) else {
+            return synced;
+        };
+        let closed = ns::Closed { file: self.id, opens };
+        match (self.session.id(), release) {
+            // Tokens given back at once (others may wait for them), with the close and any
+            // pending ones alongside: one round trip.
+            (Ok(_), Some(release)) => {
+                tokio::join!(self.session.finish_release(release), self.session.send_closes(vec![closed]));
+            }
+            // Never asked for a token, so none to give back: the close goes with the next
+            // request (see `Session::close_later`).
+            (Ok(_), None) => self.session.close_later(closed).await,
+            // The session is gone, and with it everything it had open.
+            (Err(_), release) => {
+                if let Some(r) = release {
+                    self.session.finish_release(r).await;
+                }
+            }
+        }
+        synced
     }
 }
 
@@ -882,24 +802,35 @@ fn mode_name(m: Mode) -> &'static str {
 }
 
 impl File {
-    /// A new handle of `state`, with a pattern of its own.
-    pub(crate) fn new(state: Arc<OpenFile>) -> File {
-        File { state, pattern: Arc::default() }
+    /// A new handle of `file`.
+    pub(crate) fn new(file: Arc<OpenFile>) -> File {
+        File {
+            handle: Arc::new(Handle {
+                file,
+                stride: parking_lot::Mutex::default(),
+                read_ahead: parking_lot::Mutex::default(),
+                closed: AtomicBool::new(false),
+            }),
+        }
+    }
+
+    fn state(&self) -> &Arc<OpenFile> {
+        &self.handle.file
     }
 
     /// The file's id.
     pub fn id(&self) -> FileId {
-        self.state.id
+        self.state().id
     }
 
     /// The path it was opened by.
     pub fn path(&self) -> &str {
-        &self.state.path
+        &self.state().path
     }
 
     /// Its stripe layout.
     pub fn layout(&self) -> &Layout {
-        &self.state.layout
+        &self.state().layout
     }
 
     /// Reads chunk `chunk` from its replica on `server` only (no failover), under a Read
@@ -910,7 +841,7 @@ impl File {
     /// Errors: Stale when `server` does not serve reads of the chunk's chain (resyncing or
     /// offline); the replica's error (Io naming a corrupt block or a lost chunk, Unavailable).
     pub async fn read_replica(&self, chunk: u64, server: ServerId, buf: &mut [u8]) -> Result<usize> {
-        let s = &self.state;
+        let s = self.state();
         let start = s.layout.file_offset(chunk, 0);
         let want = s.layout.chunk_len(chunk, self.size()).min(buf.len() as u64) as usize;
         if want == 0 {
@@ -925,7 +856,7 @@ impl File {
             }
             // Our own dirty bytes first, so the replica has what a read would see.
             s.write_back(range, false).await?;
-            let chain = s.client.refresh_chain(s.layout.chain(chunk)).await?;
+            let chain = s.session.refresh_chain(s.layout.chain(chunk)).await?;
             let req = ReadChunk {
                 file: s.id,
                 chunk,
@@ -933,11 +864,11 @@ impl File {
                 len: want as u32,
                 chain: chain.at(),
                 chunk_size: s.layout.chunk_size(),
-                session: s.client.session()?,
+                session: s.session.id()?,
                 capabilities: s.capabilities_for(range, Mode::Read).await?,
             };
             let (_, data) =
-                s.client.storage(server, req, &[]).await.map_err(|e| s.chunk_error("reading", chunk, server, e))?;
+                s.session.storage(server, req, &[]).await.map_err(|e| s.chunk_error("reading", chunk, server, e))?;
             s.fill(&mut buf[..want], &data, chunk, server)?;
             return Ok(want);
         }
@@ -947,18 +878,18 @@ impl File {
     ///
     /// Errors: Unavailable, TimedOut (pfs-meta); Protocol when pfs-meta does not know it.
     pub async fn chain(&self, chunk: u64) -> Result<Arc<pfs_common::chain::Chain>> {
-        self.state.client.chain(self.state.layout.chain(chunk)).await
+        self.state().session.chain(self.state().layout.chain(chunk)).await
     }
 
     /// Size in bytes as this client knows it: from pfs-meta at open and at every token grant,
     /// grown by our own writes.
     pub fn size(&self) -> u64 {
-        self.state.size.load(Ordering::Acquire)
+        self.state().size()
     }
 
     /// Tokens this client holds on the file (for diagnostics and tests).
     pub fn tokens(&self) -> Vec<(ByteRange, Mode)> {
-        self.state.tokens.lock().held.to_vec()
+        self.state().state.lock().tokens()
     }
 
     /// Writes `buf` at byte `offset` under a Write token. Returns `buf.len()`: a write either
@@ -972,7 +903,7 @@ impl File {
         if buf.is_empty() {
             return Ok(0);
         }
-        let s = &self.state;
+        let s = self.state();
         let end = offset.checked_add(buf.len() as u64).filter(|e| *e <= MAX_FILE_SIZE).ok_or_else(|| {
             Error::Invalid(format!(
                 "{}: a write of {} bytes at offset {offset} ends past the largest file size, {MAX_FILE_SIZE} bytes",
@@ -984,7 +915,7 @@ impl File {
         // A strided writer asks for exactly its record and the next ones of its pattern; a
         // sequential one (or one without a pattern yet) to the end of the file.
         let (ahead, new_pattern) = {
-            let mut d = self.pattern.stride.lock();
+            let mut d = self.handle.stride.lock();
             let new = d.observe(offset, buf.len() as u64);
             (d.ahead(offset, buf.len() as u64), new)
         };
@@ -995,11 +926,11 @@ impl File {
             if !s.holds(required, Mode::Write) {
                 continue; // revoked between the grant and the lock: ask again
             }
-            s.client.session()?;
+            s.session.id()?;
             s.write_locked(offset, buf).await?;
             break;
         }
-        if new_pattern && s.handles.load(Ordering::Acquire) == 1 {
+        if new_pattern && s.session.handles_of(s.id) == 1 {
             // What we hold past this record (a token to the end of the file, from before the
             // pattern showed) covers the other writers' records: give it back so their
             // requests ahead find those free, and ask for our own records from now on. Not
@@ -1015,7 +946,7 @@ impl File {
     /// pattern, from the first write on, instead of after three writes have shown it.
     /// Applies to this handle and its clones.
     pub fn advise(&self, advice: Advice) {
-        self.pattern.stride.lock().advise(advice);
+        self.handle.stride.lock().advise(advice);
     }
 
     /// Reads into `buf` from byte `offset` under a Read token. Returns the bytes read: fewer
@@ -1027,7 +958,7 @@ impl File {
         if buf.is_empty() {
             return Ok(0);
         }
-        let s = &self.state;
+        let s = self.state();
         let end = offset.saturating_add(buf.len() as u64).min(u64::MAX - 1);
         let required = ByteRange::new(offset, end);
         loop {
@@ -1036,20 +967,20 @@ impl File {
             if !s.holds(required, Mode::Read) {
                 continue;
             }
-            s.client.session()?;
+            s.session.id()?;
             let size = self.size();
             if offset >= size {
                 return Ok(0);
             }
             let n = (size - offset).min(buf.len() as u64) as usize;
             if !s.bypass(n) {
-                let ahead = self.pattern.read_ahead.lock().next(offset, n as u64, size);
+                let ahead = self.handle.read_ahead.lock().next(offset, n as u64, size);
                 for record in ahead {
-                    let file = self.state.clone();
+                    let file = s.clone();
                     tokio::spawn(async move { file.prefetch(record).await });
                 }
             }
-            let exact = self.pattern.read_ahead.lock().pattern.pattern().is_some();
+            let exact = self.handle.read_ahead.lock().pattern.pattern().is_some();
             s.read_locked(offset, &mut buf[..n], exact).await?;
             return Ok(n);
         }
@@ -1061,7 +992,7 @@ impl File {
     /// still has a serving replica (it resyncs from them). Errors name the server that failed,
     /// or an earlier write-back (during a revoke) that failed.
     pub async fn fsync(&self) -> Result<()> {
-        self.state.sync(false).await
+        self.state().sync(false).await
     }
 
     /// Sets the file size to `size` bytes under a Write token over everything from the new (or
@@ -1072,16 +1003,23 @@ impl File {
     /// Errors: Invalid, naming the path, for a size past [`MAX_FILE_SIZE`] (nothing is sent);
     /// otherwise the failing server's error naming the path (and the storage server).
     pub async fn truncate(&self, size: u64) -> Result<()> {
-        let s = &self.state;
+        let s = self.state();
         if size > MAX_FILE_SIZE {
             return Err(Error::Invalid(format!(
                 "{}: cannot truncate to {size} bytes, past the largest file size, {MAX_FILE_SIZE} bytes",
                 s.path
             )));
         }
-        let from = size.min(self.size());
-        s.ensure(Mode::Write, ByteRange::from(from), ByteRange::from(from), None).await?;
-        let _excl = s.lock.write().await;
+        let _excl = loop {
+            let from = ByteRange::from(size.min(self.size()));
+            s.ensure(Mode::Write, from, from, None).await?;
+            let excl = s.lock.write().await;
+            // A revoke may have landed between the grant and the lock (it waited for the
+            // lock before us): then we no longer hold what the truncate needs.
+            if s.holds(ByteRange::from(size.min(self.size())), Mode::Write) {
+                break excl;
+            }
+        };
         if let Some(c) = &s.cache {
             c.lock().invalidate(s.id, size..u64::MAX, false);
         }
@@ -1090,16 +1028,16 @@ impl File {
         let chunk_size = s.layout.chunk_size();
         let mut servers = std::collections::BTreeSet::new();
         for id in &s.layout.chains {
-            servers.extend(s.client.refresh_chain(*id).await?.writers());
+            servers.extend(s.session.refresh_chain(*id).await?.writers());
         }
-        let session = s.client.session()?;
+        let session = s.session.id()?;
         let capabilities = s.capabilities_for(Access::from_size(size), Mode::Write).await?;
         let capabilities = &capabilities;
         let mut pending: FuturesUnordered<_> = servers
             .iter()
             .map(|&t| async move {
                 let req = TruncateFile { file: s.id, size, chunk_size, session, capabilities: capabilities.clone() };
-                let call = s.client.storage(t, req, &[]);
+                let call = s.session.storage(t, req, &[]);
                 let r = s.bounded_if(s.layout.replicas > 1, t, call).await;
                 (t, r.map_err(|e| e.on_file(format!("truncating on {t}"), &s.path)))
             })
@@ -1119,88 +1057,30 @@ impl File {
                 return Err(e);
             }
         }
-        s.client.meta(ns::Truncate { file: s.id, size, expected_generation: None }).await?;
-        s.size.store(size, Ordering::Release);
-        s.size_dirty.store(false, Ordering::Release);
-        s.mtime_dirty.store(false, Ordering::Release);
+        s.session.meta(ns::Truncate { file: s.id, size, expected_generation: None }).await?;
+        s.state.lock().truncated(size);
         Ok(())
     }
 
     /// Fresh attributes from pfs-meta; also raises the size this client reads against.
     pub async fn stat(&self) -> Result<Attr> {
-        let attr = self.state.client.meta(ns::Stat { file: self.state.id }).await?;
-        self.state.size.fetch_max(attr.size, Ordering::AcqRel);
+        let attr = self.state().session.meta(ns::Stat { file: self.state().id }).await?;
+        self.state().state.lock().raise_size(attr.size);
         Ok(attr)
     }
 
     /// Cache counters of this file in this client.
     pub fn cache_stats(&self) -> CacheStats {
-        self.state.cache_stats()
+        OpenTarget::cache_stats(&**self.state())
     }
 
     /// Flushes like [`File::fsync`]; when this is the client's last handle of the file, also
     /// drops its cached blocks and gives its tokens back. On error the data may not be durable.
+    /// Closing a handle twice (through a clone) does nothing the second time.
     pub async fn close(self) -> Result<()> {
-        let s = &self.state;
-        let last = s.handles.fetch_sub(1, Ordering::AcqRel) == 1;
-        let synced = s.sync(last).await;
-        if last {
-            if let Some(c) = &s.cache {
-                c.lock().invalidate(s.id, 0..u64::MAX, true);
-            }
-            // None: another handle opened the file meanwhile, and its close closes it.
-            if let Some((opens, release)) = s.client.forget_file(s) {
-                let closed = ns::Closed { file: s.id, opens };
-                match (s.client.session(), release) {
-                    // Tokens given back at once (others may wait for them), with the close
-                    // and any pending ones alongside: one round trip.
-                    (Ok(_), Some(release)) => {
-                        tokio::join!(s.client.finish_release(release), s.client.send_closes(vec![closed]));
-                    }
-                    // Never asked for a token, so none to give back: the close goes with the
-                    // next request (see `Client::close_later`).
-                    (Ok(_), None) => s.client.close_later(closed).await,
-                    // The session is gone, and with it everything it had open.
-                    (Err(_), release) => {
-                        if let Some(r) = release {
-                            s.client.finish_release(r).await;
-                        }
-                    }
-                }
-            }
+        if self.handle.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
         }
-        synced
-    }
-
-    /// Starts a read of `len` bytes at `offset` in the background and calls `done` with the
-    /// bytes read (short at end of file) or the error. `done` runs on a tokio worker thread of
-    /// the client's runtime when the read completes. The returned handle can be awaited.
-    pub fn read_async(
-        &self,
-        offset: u64,
-        len: usize,
-        done: impl FnOnce(Result<PooledBuf>) + Send + 'static,
-    ) -> tokio::task::JoinHandle<()> {
-        let f = self.clone();
-        tokio::spawn(async move {
-            let mut buf = pool::global().get(len);
-            let r = f.read_at(offset, &mut buf).await.map(|n| {
-                buf.truncate(n);
-                buf
-            });
-            done(r)
-        })
-    }
-
-    /// Starts a write of `data` at `offset` in the background and calls `done` with the bytes
-    /// written or the error, on a tokio worker thread, when it completes.
-    pub fn write_async(
-        &self,
-        offset: u64,
-        data: Vec<u8>,
-        done: impl FnOnce(Result<usize>) + Send + 'static,
-    ) -> tokio::task::JoinHandle<()> {
-        let f = self.clone();
-        tokio::spawn(async move { done(f.write_at(offset, &data).await) })
+        self.state().close_handle().await
     }
 }

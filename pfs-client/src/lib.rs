@@ -27,12 +27,15 @@ mod client;
 mod error;
 mod failover;
 mod file;
+mod file_state;
 mod options;
 pub mod path;
+mod releases;
+mod session;
 mod stride;
 
 pub use cache::CacheStats;
-pub use client::{Client, ClientStats, CreateOptions, RevokeCallback, RevokeEvent, CLOSE_DELAY};
+pub use client::{Client, ClientStats, CreateOptions};
 pub use error::{Error, Result};
 pub use file::File;
 pub use options::ClientOptions;
@@ -42,4 +45,5 @@ pub use pfs_common::wire::registry::{ChunkHolder, ChunkInfo, Health, OrphanCopy,
 pub use pfs_common::wire::storage::ListedState;
 pub use pfs_common::wire::storage::ScrubStatus;
 pub use pfs_common::ErrorCode;
+pub use session::{RevokeCallback, RevokeEvent, CLOSE_DELAY};
 pub use stride::Advice;
