@@ -66,6 +66,11 @@ pub struct ClientStats {
     pub storage_connects: u64,
     /// Chunk reads another replica answered after one failed (down, corrupt, lost).
     pub failovers: u64,
+    /// Files this client has open: a handle open, or its last close still flushing.
+    pub open_files: u64,
+    /// Releases of tokens sent to pfs-meta and not answered yet (a last close or a give-back
+    /// of a file; acquires over their bytes wait for them).
+    pub releases_pending: u64,
 }
 
 impl Client {
@@ -103,6 +108,8 @@ impl Client {
             revokes_pending: received.saturating_sub(revokes),
             storage_connects: c.storage_connects.load(Ordering::Relaxed),
             failovers: c.failovers.load(Ordering::Relaxed),
+            open_files: self.session.open_files() as u64,
+            releases_pending: self.session.releases_pending() as u64,
         }
     }
 

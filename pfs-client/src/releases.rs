@@ -45,6 +45,11 @@ impl Releases {
         self.pending.get(&file).is_some_and(|v| v.iter().any(|(_, p)| p.overlaps(&range)))
     }
 
+    /// Releases not answered yet.
+    pub(crate) fn len(&self) -> usize {
+        self.pending.values().map(Vec::len).sum()
+    }
+
     /// The release of `ticket` was answered (or the session is gone): unlisted.
     pub(crate) fn end(&mut self, ticket: ReleaseTicket) {
         if let Some(v) = self.pending.get_mut(&ticket.file) {

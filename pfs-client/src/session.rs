@@ -276,6 +276,16 @@ impl Session {
         Some((opens, release))
     }
 
+    /// Files with a handle open or a last close under way.
+    pub(crate) fn open_files(&self) -> usize {
+        self.files.lock().len()
+    }
+
+    /// Releases not answered yet.
+    pub(crate) fn releases_pending(&self) -> usize {
+        self.releases.lock().len()
+    }
+
     /// Cache counters of every file, open and closed.
     pub(crate) fn cache_stats(&self) -> CacheStats {
         let mut cache = *self.closed_stats.lock();
