@@ -5,8 +5,8 @@
 //! reads and writes a striped file coherently under byte-range tokens: every call is cut into
 //! per-chunk pieces ([`pfs_common::layout::Layout::pieces`]) that go to their storage targets in
 //! parallel, with at most [`ClientOptions::max_inflight_bytes`] payload bytes in flight per
-//! client. [`blocking`] wraps the async API for callers without a tokio runtime. Errors are
-//! [`Error`]; decide on [`Error::code`].
+//! client. Errors are [`Error`]; decide on [`Error::code`]. (Callers without a tokio runtime:
+//! libpfs is the blocking API, for C.)
 //!
 //! This crate links no server code: it depends on `pfs-common` (and tokio) only.
 //!
@@ -21,7 +21,6 @@
 //! # Ok(()) }
 //! ```
 
-pub mod blocking;
 pub mod cache;
 mod client;
 mod error;
