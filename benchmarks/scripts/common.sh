@@ -3,6 +3,7 @@
 #   rate START END    MiB/s of 256 MiB moved between two `date +%s.%N` times
 #   up_cluster BIN [PORTS]   a fresh `pfs up` cluster (below)
 #   mount_cluster BIN        the same, mounted (below)
+#   compare_cluster BIN D PORTS CONFIG   a comparison round's cluster, warmed up (below)
 set -euo pipefail
 shopt -s inherit_errexit
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -40,4 +41,17 @@ mount_cluster() {
   "$bin/pfs" mount "$M" > "$D/mount.log" 2>&1 &
   for _ in $(seq 100); do grep -q " $M fuse" /proc/mounts && break; sleep 0.1; done
   grep -q " $M fuse" /proc/mounts || { echo "the mount did not appear:" >&2; cat "$D/mount.log" >&2; exit 1; }
+}
+
+# `compare_cluster BIN D PORTS CONFIG`: a fresh `pfs up` cluster of build BIN in directory D
+# (emptied) on ports PORTSxx from the configuration template CONFIG (a build may need its own),
+# exported as PFS_CONFIG; 4 s for the precreated-file pools to fill, then an 8 MiB copy in and
+# out (the first touch of fresh memory is slow here). The caller stops it (`pfs down`).
+compare_cluster() {
+  local bin=$1 dir=$2 ports=$3 template=$4
+  rm -rf "$dir"; mkdir -p "$dir"
+  sed "s#/tmp/pfs-local#$dir#; s#127.0.0.1:74#127.0.0.1:$ports#" "$template" > "$dir/cfg.toml"
+  export PFS_CONFIG=$dir/cfg.toml PFS_LOG=warn
+  timeout 60 "$bin/pfs" up > /dev/null; sleep 4
+  "$bin/pfs-cp" "$SRC.8m" pfs:/warm; "$bin/pfs-cp" pfs:/warm /dev/null
 }

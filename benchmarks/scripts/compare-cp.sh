@@ -11,11 +11,7 @@ make_src
 BASE=$1; NEW=$2; ROUNDS=${3:-3}
 run() { # $1 bin dir, $2 port prefix (two digits), $3 config template
   local B=$1 D=/tmp/pfs-compare-$2
-  rm -rf "$D"; mkdir -p "$D"
-  sed "s#/tmp/pfs-local#$D#; s#127.0.0.1:74#127.0.0.1:$2#" "$3" > "$D/cfg.toml"
-  export PFS_CONFIG=$D/cfg.toml PFS_LOG=warn
-  timeout 60 "$B/pfs" up > /dev/null; sleep 4
-  "$B/pfs-cp" "$SRC.8m" pfs:/warm; "$B/pfs-cp" pfs:/warm /dev/null
+  compare_cluster "$B" "$D" "$2" "$3"
   local out="write" s e
   for i in 1 2 3; do s=$(date +%s.%N); "$B/pfs-cp" "$SRC" pfs:/big$i; e=$(date +%s.%N); out="$out $(echo "256 / ($e - $s)" | bc -l | cut -c1-5)"; done
   out="$out  read"

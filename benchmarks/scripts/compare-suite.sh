@@ -16,11 +16,7 @@ ior_rates() { awk '($1 == "write" || $1 == "read") && !seen[$1]++ { printf "%s %
 md_rates() { awk '$1 == "File" && ($2 == "creation" || $2 == "stat") && !seen[$2]++ { printf "%s %s ", $2, $4 }'; }
 run() { # $1 bin dir, $2 port prefix (two digits), $3 config template
   local B=$1 D=/tmp/pfs-compare-suite-$2 out s e
-  rm -rf "$D"; mkdir -p "$D"
-  sed "s#/tmp/pfs-local#$D#; s#127.0.0.1:74#127.0.0.1:$2#" "$3" > "$D/cfg.toml"
-  export PFS_CONFIG=$D/cfg.toml PFS_LOG=warn
-  timeout 60 "$B/pfs" up > /dev/null; sleep 4
-  "$B/pfs-cp" "$SRC.8m" pfs:/warm; "$B/pfs-cp" pfs:/warm /dev/null
+  compare_cluster "$B" "$D" "$2" "$3"
   s=$(date +%s.%N); "$B/pfs-cp" "$SRC" pfs:/big; e=$(date +%s.%N); out="cp-in $(rate "$s" "$e") "
   s=$(date +%s.%N); "$B/pfs-cp" pfs:/big /dev/null; e=$(date +%s.%N); out="$out cp-out $(rate "$s" "$e")  "
   out="$out easy: $(timeout 300 "$B/pfs-ior" --config "$D/cfg.toml" --preset ior-easy | ior_rates) "

@@ -39,3 +39,23 @@ async fn closes_are_carried_counted_and_sent_alone_when_idle() {
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
 }
+
+/// A file only read closes cleanly after its client's session ended (nothing of it can be
+/// lost); a file with writes not yet made durable reports the ended session instead.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_read_only_file_closes_cleanly_after_its_session_ended() {
+    let cluster = LocalCluster::start(1).await.unwrap();
+    let a = cluster.client().await.unwrap();
+    let f = a.create("/r", &CreateOptions::default()).await.unwrap();
+    f.write_at(0, b"some bytes").await.unwrap();
+    f.close().await.unwrap();
+    let reader = a.open("/r").await.unwrap();
+    let mut buf = [0u8; 10];
+    assert_eq!(reader.read_at(0, &mut buf).await.unwrap(), 10);
+    let writer = a.create("/w", &CreateOptions::default()).await.unwrap();
+    writer.write_at(0, b"not durable yet").await.unwrap();
+    a.close().await.unwrap();
+    reader.close().await.expect("closing a file only read after the session ended");
+    let e = writer.close().await.expect_err("closing a file with unflushed writes after the session ended");
+    assert_eq!(e.code(), ErrorCode::Evicted, "{e}");
+}

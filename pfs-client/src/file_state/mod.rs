@@ -465,6 +465,13 @@ impl FileState {
 
     // --- fsync --------------------------------------------------------------------------
 
+    /// Nothing of ours to flush: no server holds writes not yet synced, no size or mtime is
+    /// left to record and no write-back failure is left to report (dirty cached bytes are the
+    /// block cache's to say).
+    pub(crate) fn nothing_to_flush(&self) -> bool {
+        self.unsynced.is_empty() && !self.size_dirty && !self.mtime_dirty && self.writeback_error.is_none()
+    }
+
     /// Starts a sync round over every server written since the last one (after the executor
     /// wrote back every dirty byte). `replicated`: the file has more than one replica, so a
     /// failed server may be forgiven once it left its chains.
