@@ -13,10 +13,11 @@
 //!   reached it while it was fetching (see [`crate::resync`]).
 
 use crate::error::{Result, StorageError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use pfs_common::auth::Auth;
 use pfs_common::chain::{Chain, ChainId, ChainRef, ReplicaState};
 use pfs_common::config::Config;
+use pfs_common::peers::PeerPool;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::wire::storage::StorageRequest;
 use pfs_common::wire::PeerRole;
@@ -37,8 +38,8 @@ pub struct Replication {
     chains: RwLock<HashMap<ChainId, Chain>>,
     /// A chain table arrived since start.
     known: std::sync::atomic::AtomicBool,
-    peers: Mutex<HashMap<ServerId, RpcClient<StorageRequest>>>,
-    connecting: tokio::sync::Mutex<()>,
+    /// Connections to the other storage servers, one connect at a time per server.
+    peers: PeerPool<StorageRequest>,
     locks: Vec<tokio::sync::RwLock<()>>,
     /// Writes finished per lock stripe.
     writes: Vec<AtomicU64>,
@@ -49,14 +50,20 @@ pub struct Replication {
 impl Replication {
     /// An empty view for server `me` of `config` (peers' addresses come from the config).
     pub fn new(me: ServerId, config: Arc<Config>, auth: Auth) -> Replication {
+        let peers = PeerPool::new(ConnectOptions {
+            role: PeerRole::Storage,
+            name: me.to_string(),
+            connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
+            request_timeout: Duration::from_millis(config.timeouts.request_ms),
+            auth: auth.clone(),
+        });
         Replication {
             me,
             config,
             auth,
             chains: RwLock::new(HashMap::new()),
             known: std::sync::atomic::AtomicBool::new(false),
-            peers: Mutex::new(HashMap::new()),
-            connecting: tokio::sync::Mutex::new(()),
+            peers,
             locks: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
             writes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
             updates: tokio::sync::watch::Sender::new(0),
@@ -179,26 +186,15 @@ impl Replication {
         &self.auth
     }
 
-    /// The connection to storage server `id`, opened if needed.
+    /// The connection to storage server `id` (its address from the config), opened if
+    /// needed. A connect to a server that hangs holds up only the callers for that server.
+    ///
+    /// Errors: Common (Config) when `id` is not in the config; the connect's error (refused,
+    /// TimedOut after `timeouts.connect_ms`, ...) naming the server.
     pub async fn peer(&self, id: ServerId) -> Result<RpcClient<StorageRequest>> {
-        if let Some(c) = self.peers.lock().get(&id).filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        let _one = self.connecting.lock().await;
-        if let Some(c) = self.peers.lock().get(&id).filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        let addr = self.config.storage(id).map_err(StorageError::from)?.address;
-        let opts = ConnectOptions {
-            role: PeerRole::Storage,
-            name: self.me.to_string(),
-            connect_timeout: Duration::from_millis(self.config.timeouts.connect_ms),
-            request_timeout: Duration::from_millis(self.config.timeouts.request_ms),
-            auth: self.auth.clone(),
-        };
-        let c = RpcClient::connect(addr, &id.to_string(), &opts, None).await?;
-        self.peers.lock().insert(id, c.clone());
-        Ok(c)
+        self.peers
+            .get(id, || async { Ok::<_, StorageError>(self.config.storage(id).map_err(StorageError::from)?.address) })
+            .await
     }
 }
 
