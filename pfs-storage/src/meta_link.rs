@@ -33,11 +33,9 @@ pub async fn run(config: Arc<Config>, id: ServerId, store: Arc<ChunkStore>, repl
     let mut failures = 0u64;
     loop {
         let mut registered = false;
+        let ended = SessionEnded(&store);
         let err = session(&config, id, &store, &repl, &mut registered).await;
-        store.meta().set(None);
-        // Whatever pfs-meta decides without us (fences, declaring us down) we learn only by
-        // registering again: admit no writes until then.
-        store.fence().lost();
+        drop(ended);
         if registered {
             backoff_ms = BACKOFF_MIN_MS;
             failures = 0;
@@ -51,6 +49,19 @@ pub async fn run(config: Arc<Config>, id: ServerId, store: Arc<ChunkStore>, repl
         failures += 1;
         tokio::time::sleep(Duration::from_millis(backoff_ms)).await;
         backoff_ms = (backoff_ms * 2).min(BACKOFF_MAX_MS);
+    }
+}
+
+/// Ends a session however it ends, a panic included (the supervisor restarts the worker):
+/// its connection is no longer used for reports, and since whatever pfs-meta decides without
+/// us (fences, declaring us down) we learn only by registering again, no write is admitted
+/// until then.
+struct SessionEnded<'a>(&'a ChunkStore);
+
+impl Drop for SessionEnded<'_> {
+    fn drop(&mut self) {
+        self.0.meta().set(None);
+        self.0.fence().lost();
     }
 }
 
@@ -74,7 +85,7 @@ async fn session(
         let (notify_tx, notify_rx) = mpsc::channel(64);
         let client: RpcClient<MetaRequest> =
             RpcClient::connect(config.meta.address, "pfs-meta", &opts, Some(notify_tx)).await?;
-        tokio::spawn(drain_notifications(store.clone(), repl.clone(), notify_rx, client.clone()));
+        let mut drain = tokio::spawn(drain_notifications(store.clone(), repl.clone(), notify_rx, client.clone()));
         let (capacity_bytes, free_bytes) = disk_space(store.dir())?;
         let sent = Instant::now();
         let register = Register { id, address: me.address, capacity_bytes, free_bytes, boot: store.boot() };
@@ -88,18 +99,30 @@ async fn session(
         info!("{id}: full chunk report sent to pfs-meta ({listed} chunks)");
         store.meta().set(Some(client.clone()));
         store.wake_hasher();
-        let mut tick = tokio::time::interval(Duration::from_millis(config.timeouts.heartbeat_ms));
-        loop {
-            tick.tick().await;
-            let (capacity_bytes, free_bytes) = disk_space(store.dir())?;
-            // The lease runs from when the heartbeat was sent: pfs-meta counts it from when it
-            // arrives, which is later, so our view of the lease ends first.
-            let sent = Instant::now();
-            client.ask(Heartbeat { id, capacity_bytes, free_bytes }).await?;
-            store.fence().renewed(sent);
+        crate::supervisor::fail_point("meta-link");
+        let heartbeats = async {
+            let mut tick = tokio::time::interval(Duration::from_millis(config.timeouts.heartbeat_ms));
+            loop {
+                tick.tick().await;
+                let (capacity_bytes, free_bytes) = disk_space(store.dir())?;
+                // The lease runs from when the heartbeat was sent: pfs-meta counts it from when
+                // it arrives, which is later, so our view of the lease ends first.
+                let sent = Instant::now();
+                client.ask(Heartbeat { id, capacity_bytes, free_bytes }).await?;
+                store.fence().renewed(sent);
+            }
+            #[allow(unreachable_code)]
+            Ok::<(), StorageError>(())
+        };
+        tokio::select! {
+            ended = heartbeats => ended,
+            // Fences and removals arrive there: if it panicked, so does the session (the
+            // supervisor restarts it, and registering again teaches the fences).
+            drained = &mut drain => match drained {
+                Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+                _ => Err(StorageError::Stopped { what: "pfs-meta's notifications ended".into() }),
+            },
         }
-        #[allow(unreachable_code)]
-        Ok::<(), StorageError>(())
     }
     .await;
     match result {
