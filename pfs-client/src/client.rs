@@ -106,7 +106,7 @@ impl Client {
             token_acquires: c.acquires.load(Ordering::Relaxed),
             revokes,
             revokes_pending: received.saturating_sub(revokes),
-            storage_connects: c.storage_connects.load(Ordering::Relaxed),
+            storage_connects: self.session.storage_connects(),
             failovers: c.failovers.load(Ordering::Relaxed),
             open_files: self.session.open_files() as u64,
             releases_pending: self.session.releases_pending() as u64,

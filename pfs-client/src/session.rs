@@ -14,6 +14,7 @@ use crate::releases::{ReleaseTicket, Releases};
 use futures_util::future::BoxFuture;
 use pfs_common::chain::{Chain, ChainId};
 use pfs_common::ids::{FileId, ServerId};
+use pfs_common::peers::PeerPool;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::{ByteRange, Mode, SessionId};
 use pfs_common::wire::namespace::{self as ns, CLOSE_MAX};
@@ -72,8 +73,6 @@ pub(crate) struct Counters {
     pub(crate) revokes_received: AtomicU64,
     /// Revokes handled.
     pub(crate) revokes: AtomicU64,
-    /// Connections opened to storage servers.
-    pub(crate) storage_connects: AtomicU64,
     /// Reads another replica answered after one failed.
     pub(crate) failovers: AtomicU64,
 }
@@ -98,9 +97,10 @@ pub(crate) struct Session {
     pub(crate) options: ClientOptions,
     pub(crate) opts: ConnectOptions,
     meta: tokio::sync::Mutex<Option<RpcClient<MetaRequest>>>,
-    storage: parking_lot::Mutex<HashMap<ServerId, RpcClient<StorageRequest>>>,
-    /// Serialises connection set-up per storage server so a burst of requests opens one socket.
-    storage_connecting: parking_lot::Mutex<HashMap<ServerId, Arc<tokio::sync::Mutex<()>>>>,
+    /// Connections to storage servers: one per server, a connect gate per server (a server
+    /// that hangs in its handshake holds up only the callers for it), as storage servers
+    /// connect to each other.
+    storage: PeerPool<StorageRequest>,
     addresses: parking_lot::Mutex<HashMap<ServerId, SocketAddr>>,
     /// Replication chains as last heard from pfs-meta (refreshed when a server says Stale).
     chains: parking_lot::Mutex<HashMap<ChainId, Arc<Chain>>>,
@@ -138,11 +138,11 @@ impl Session {
         let (notify_tx, notify_rx) = mpsc::channel(256);
         let meta = RpcClient::connect(options.meta_address, "pfs-meta", &opts, Some(notify_tx)).await?;
         let tok::SessionGrant { session, lease_ms } = meta.ask(tok::OpenSession).await?;
+        let opts_for_storage = opts.clone();
         let s = Arc::new(Session {
             opts,
             meta: tokio::sync::Mutex::new(Some(meta)),
-            storage: parking_lot::Mutex::new(HashMap::new()),
-            storage_connecting: parking_lot::Mutex::new(HashMap::new()),
+            storage: PeerPool::new(opts_for_storage),
             addresses: parking_lot::Mutex::new(HashMap::new()),
             chains: parking_lot::Mutex::new(HashMap::new()),
             inflight: Semaphore::new(inflight_max as usize),
@@ -428,32 +428,26 @@ impl Session {
         Ok(conn.ask(call).await?)
     }
 
-    /// The connection to storage server `id`, opened if needed.
+    /// The connection to storage server `id`, opened if needed (its address from pfs-meta's
+    /// registry when not known yet).
     pub(crate) async fn storage_conn(&self, id: ServerId) -> Result<RpcClient<StorageRequest>> {
-        if let Some(c) = self.storage.lock().get(&id).filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        // One connection attempt per server at a time; a server that hangs holds up only its own.
-        let gate = self.storage_connecting.lock().entry(id).or_default().clone();
-        let _one_at_a_time = gate.lock().await;
-        if let Some(c) = self.storage.lock().get(&id).filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        let known = self.addresses.lock().get(&id).copied();
-        let addr = match known {
-            Some(a) => a,
-            None => {
+        self.storage
+            .get(id, || async {
+                if let Some(a) = self.addresses.lock().get(&id).copied() {
+                    return Ok(a);
+                }
                 self.refresh_addresses().await?;
                 self.addresses.lock().get(&id).copied().ok_or_else(|| Error::Protocol {
                     peer: "pfs-meta".into(),
                     message: format!("a layout names {id}, which its registry does not list"),
-                })?
-            }
-        };
-        let c = RpcClient::connect(addr, &id.to_string(), &self.opts, None).await?;
-        self.counters.storage_connects.fetch_add(1, Ordering::Relaxed);
-        self.storage.lock().insert(id, c.clone());
-        Ok(c)
+                })
+            })
+            .await
+    }
+
+    /// Connections opened to storage servers since the session began.
+    pub(crate) fn storage_connects(&self) -> u64 {
+        self.storage.connects()
     }
 
     async fn refresh_addresses(&self) -> Result<()> {

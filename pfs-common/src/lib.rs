@@ -12,6 +12,7 @@ pub mod error;
 pub mod ids;
 pub mod layout;
 pub mod logging;
+pub mod peers;
 pub mod pool;
 pub mod range_map;
 pub mod rpc;

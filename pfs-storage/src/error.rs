@@ -28,6 +28,10 @@ pub enum StorageError {
     /// that allow it, or a client asking to remove chunks.
     #[error("{server}: denied: {what}")]
     Denied { server: ServerId, what: String },
+    /// A background worker that writes need (the hasher, the pfs-meta session) died: the
+    /// server refuses every write until it is restarted; `why` names the worker and its end.
+    #[error("{server}: writes are stopped: {why}; restart this storage server")]
+    WritesStopped { server: ServerId, why: String },
     /// The writer's session was evicted: its writes are fenced.
     #[error("{server}: session {session:x} was evicted; its writes are fenced")]
     Evicted { server: ServerId, session: SessionId },
@@ -99,7 +103,7 @@ impl StorageError {
             StorageError::Invalid { .. } => ErrorCode::Invalid,
             StorageError::Denied { .. } => ErrorCode::Denied,
             StorageError::Evicted { .. } => ErrorCode::Evicted,
-            StorageError::NoLease { .. } => ErrorCode::Unavailable,
+            StorageError::NoLease { .. } | StorageError::WritesStopped { .. } => ErrorCode::Unavailable,
             StorageError::Stopped { .. } => ErrorCode::Io,
             StorageError::Lost { .. } | StorageError::Corrupt { .. } => ErrorCode::Io,
             StorageError::NotReconciled { .. } => ErrorCode::Unavailable,

@@ -20,6 +20,10 @@
 //!   connection), and no evicted session's token has moved yet. (3FS's storage services stop
 //!   serving when they lose their manager's lease in the same way.)
 //!
+//! * **Stopped writes.** A background worker whose loss makes writes unsafe (the hasher, the
+//!   pfs-meta session) died: no write is admitted again in this process, and the refusal names
+//!   the worker (see [`crate::supervisor`]).
+//!
 //! What remains: a write admitted just before the lease ran out and then held up (the process
 //! stopped between admission and the disk write) lands when the process continues. GPFS
 //! closes that window with disk fencing (SCSI persistent reservations), which local files
@@ -41,6 +45,8 @@ pub struct Fence {
     fenced: Mutex<HashSet<SessionId>>,
     lease: Mutex<Lease>,
     gate: RwLock<()>,
+    /// Why writes are refused for good, once a worker they need died.
+    stopped: Mutex<Option<String>>,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -61,15 +67,17 @@ impl Fence {
             fenced: Mutex::new(HashSet::new()),
             lease: Mutex::new(Lease { until: None, half: Duration::ZERO }),
             gate: RwLock::new(()),
+            stopped: Mutex::new(None),
         }
     }
 
     /// Admits a write of `session`; hold the guard until the write is done.
     ///
-    /// Errors: NoLease when the server holds no lease from pfs-meta; Evicted, naming the
-    /// session, when it is fenced.
+    /// Errors: WritesStopped naming the dead worker; NoLease when the server holds no lease
+    /// from pfs-meta; Evicted, naming the session, when it is fenced.
     pub async fn admit(&self, session: SessionId) -> Result<RwLockReadGuard<'_, ()>> {
         let guard = self.gate.read().await;
+        self.check_running()?;
         let lease = *self.lease.lock();
         match lease.until {
             None => {
@@ -120,6 +128,21 @@ impl Fence {
     /// have fenced sessions we have not heard of; an old one counts our lease down anyway).
     pub fn lost(&self) {
         self.lease.lock().until = None;
+    }
+
+    /// Refuses every write from now on, for `why` (names the worker that died). Waits until
+    /// the writes already admitted are done.
+    pub async fn stop(&self, why: String) {
+        *self.stopped.lock() = Some(why);
+        let _all_quiet = self.gate.write().await;
+    }
+
+    /// Errors (WritesStopped, naming why) once [`Fence::stop`] was called.
+    pub fn check_running(&self) -> Result<()> {
+        match &*self.stopped.lock() {
+            Some(why) => Err(StorageError::WritesStopped { server: self.server, why: why.clone() }),
+            None => Ok(()),
+        }
     }
 
     /// True while writes are admitted (a lease runs).

@@ -8,13 +8,16 @@ pub mod engine;
 pub mod error;
 pub mod fence;
 pub mod hasher;
+pub mod locks;
 pub mod meta_link;
 pub mod precreate;
 pub mod replication;
+pub mod reports;
 pub mod resync;
 pub mod scrub;
 pub mod server;
 pub mod store;
+pub mod supervisor;
 
 pub use error::{Result, StorageError};
 
@@ -45,11 +48,8 @@ pub async fn run(config: Arc<Config>, id: ServerId) -> Result<()> {
     let store = ChunkStore::open(id, engine, StoreOptions::default()).await?;
     let listener = rpc::bind(me.address, &id.to_string()).await?;
     let repl = Arc::new(replication::Replication::new(id, config.clone(), auth.clone()));
-    tokio::spawn(hasher::run(store.clone()));
-    tokio::spawn(meta_link::run(config.clone(), id, store.clone(), repl.clone()));
-    tokio::spawn(resync::run(store.clone(), repl.clone(), config.clone()));
     let scrubber = Arc::new(scrub::Scrubber::default());
-    tokio::spawn(scrub::run(store.clone(), repl.clone(), scrubber.clone(), config.clone()));
+    spawn_workers(&store, &repl, &scrubber, &config);
     let opts = ServeOptions {
         name: id.to_string(),
         // Other storage servers forward writes down chains and copy chunks; pfs-meta removes
@@ -62,4 +62,27 @@ pub async fn run(config: Arc<Config>, id: ServerId) -> Result<()> {
     };
     rpc::serve(listener, Arc::new(server::StorageHandler::new(store, repl, scrubber)), opts).await;
     Ok(())
+}
+
+/// Starts the background workers, each supervised (see [`supervisor`]): the hasher's loss
+/// stops the server's writes (chunks written after it would never be hashed or committed, and
+/// one it was hashing may have lost its mark); the pfs-meta session, resync and scrub are
+/// restarted, since each starts from scratch anyway.
+fn spawn_workers(
+    store: &Arc<ChunkStore>,
+    repl: &Arc<replication::Replication>,
+    scrubber: &Arc<scrub::Scrubber>,
+    config: &Arc<Config>,
+) {
+    use supervisor::OnEnd;
+    let s = store.clone();
+    supervisor::spawn(store, "hasher", OnEnd::StopWrites, move || hasher::run(s.clone()));
+    let (s, r, c) = (store.clone(), repl.clone(), config.clone());
+    supervisor::spawn(store, "meta-link", OnEnd::Restart, move || {
+        meta_link::run(c.clone(), s.id(), s.clone(), r.clone())
+    });
+    let (s, r, c) = (store.clone(), repl.clone(), config.clone());
+    supervisor::spawn(store, "resync", OnEnd::Restart, move || resync::run(s.clone(), r.clone(), c.clone()));
+    let (s, r, c, sc) = (store.clone(), repl.clone(), config.clone(), scrubber.clone());
+    supervisor::spawn(store, "scrub", OnEnd::Restart, move || scrub::run(s.clone(), r.clone(), sc.clone(), c.clone()));
 }

@@ -1,34 +1,32 @@
 //! This server's part in chain replication (see [`pfs_common::chain`]): its view of the chain
 //! table, the checks every chunk request passes against it, connections to the other storage
-//! servers (to forward writes down a chain and to copy chunks), and the locks that make a
-//! chunk copied for a resync a state the chain went through.
+//! servers (to forward writes down a chain and to copy chunks). The locks that make a chunk
+//! copied for a resync a state the chain went through are the store's ([`crate::locks`]).
 //!
 //! * The view holds the newest version of every chain pfs-meta told us about (at registration
 //!   and by `StorageNotify::Chains` pushes; pushes may arrive out of order, versions only
 //!   grow). A request naming another version is refused (Stale): the sender asks pfs-meta
 //!   again. Before the first table arrives every chunk request is refused.
-//! * Forwarding locks, striped by chunk: a write holds its stripe shared while it writes here
-//!   and while its successor writes, a copy for another replica holds it exclusively, and a
-//!   per-stripe counter counts finished writes, so the copying replica can tell that a write
-//!   reached it while it was fetching (see [`crate::resync`]).
+//! * Peers are connected through one [`PeerPool`]: one cached connection per peer and a
+//!   connect gate per peer, so a successor that hangs in its handshake holds up only the
+//!   callers for that successor.
 
 use crate::error::{Result, StorageError};
-use parking_lot::{Mutex, RwLock};
+use parking_lot::RwLock;
 use pfs_common::auth::Auth;
 use pfs_common::chain::{Chain, ChainId, ChainRef, ReplicaState};
 use pfs_common::config::Config;
+use pfs_common::peers::PeerPool;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::wire::storage::StorageRequest;
 use pfs_common::wire::PeerRole;
-use pfs_common::{ChunkIndex, FileId, ServerId};
+use pfs_common::ServerId;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-const STRIPES: usize = 1024;
-
-/// Chain view, peer connections and forwarding locks of one storage server.
+/// Chain view and peer connections of one storage server.
 pub struct Replication {
     me: ServerId,
     config: Arc<Config>,
@@ -36,12 +34,9 @@ pub struct Replication {
     auth: Auth,
     chains: RwLock<HashMap<ChainId, Chain>>,
     /// A chain table arrived since start.
-    known: std::sync::atomic::AtomicBool,
-    peers: Mutex<HashMap<ServerId, RpcClient<StorageRequest>>>,
-    connecting: tokio::sync::Mutex<()>,
-    locks: Vec<tokio::sync::RwLock<()>>,
-    /// Writes finished per lock stripe.
-    writes: Vec<AtomicU64>,
+    known: AtomicBool,
+    /// Connections to the other storage servers, one connect at a time per server.
+    peers: PeerPool<StorageRequest>,
     /// Counts changes of the view (resync and forwarding wait on it).
     updates: tokio::sync::watch::Sender<u64>,
 }
@@ -49,16 +44,20 @@ pub struct Replication {
 impl Replication {
     /// An empty view for server `me` of `config` (peers' addresses come from the config).
     pub fn new(me: ServerId, config: Arc<Config>, auth: Auth) -> Replication {
+        let peers = PeerPool::new(ConnectOptions {
+            role: PeerRole::Storage,
+            name: me.to_string(),
+            connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
+            request_timeout: Duration::from_millis(config.timeouts.request_ms),
+            auth: auth.clone(),
+        });
         Replication {
             me,
             config,
             auth,
             chains: RwLock::new(HashMap::new()),
-            known: std::sync::atomic::AtomicBool::new(false),
-            peers: Mutex::new(HashMap::new()),
-            connecting: tokio::sync::Mutex::new(()),
-            locks: (0..STRIPES).map(|_| tokio::sync::RwLock::new(())).collect(),
-            writes: (0..STRIPES).map(|_| AtomicU64::new(0)).collect(),
+            known: AtomicBool::new(false),
+            peers,
             updates: tokio::sync::watch::Sender::new(0),
         }
     }
@@ -154,62 +153,19 @@ impl Replication {
         })
     }
 
-    fn stripe(file: FileId, chunk: ChunkIndex) -> usize {
-        (file.0.wrapping_mul(0x9e37_79b9_7f4a_7c15).wrapping_add(chunk) % STRIPES as u64) as usize
-    }
-
-    /// Held by a write while it is written here and forwarded.
-    pub async fn write_guard(&self, file: FileId, chunk: ChunkIndex) -> WriteGuard<'_> {
-        let i = Self::stripe(file, chunk);
-        WriteGuard { _lock: self.locks[i].read().await, count: &self.writes[i] }
-    }
-
-    /// Held while a chunk is read for another replica (no write of it in flight meanwhile).
-    pub async fn copy_guard(&self, file: FileId, chunk: ChunkIndex) -> tokio::sync::RwLockWriteGuard<'_, ()> {
-        self.locks[Self::stripe(file, chunk)].write().await
-    }
-
-    /// Writes finished in the chunk's stripe so far.
-    pub fn writes_seen(&self, file: FileId, chunk: ChunkIndex) -> u64 {
-        self.writes[Self::stripe(file, chunk)].load(Ordering::Acquire)
-    }
-
     /// How this server authenticates.
     pub fn auth(&self) -> &Auth {
         &self.auth
     }
 
-    /// The connection to storage server `id`, opened if needed.
+    /// The connection to storage server `id` (its address from the config), opened if
+    /// needed. A connect to a server that hangs holds up only the callers for that server.
+    ///
+    /// Errors: Common (Config) when `id` is not in the config; the connect's error (refused,
+    /// TimedOut after `timeouts.connect_ms`, ...) naming the server.
     pub async fn peer(&self, id: ServerId) -> Result<RpcClient<StorageRequest>> {
-        if let Some(c) = self.peers.lock().get(&id).filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        let _one = self.connecting.lock().await;
-        if let Some(c) = self.peers.lock().get(&id).filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
-        }
-        let addr = self.config.storage(id).map_err(StorageError::from)?.address;
-        let opts = ConnectOptions {
-            role: PeerRole::Storage,
-            name: self.me.to_string(),
-            connect_timeout: Duration::from_millis(self.config.timeouts.connect_ms),
-            request_timeout: Duration::from_millis(self.config.timeouts.request_ms),
-            auth: self.auth.clone(),
-        };
-        let c = RpcClient::connect(addr, &id.to_string(), &opts, None).await?;
-        self.peers.lock().insert(id, c.clone());
-        Ok(c)
-    }
-}
-
-/// A write's hold on its chunk's forwarding stripe; counts the write as finished when dropped.
-pub struct WriteGuard<'a> {
-    _lock: tokio::sync::RwLockReadGuard<'a, ()>,
-    count: &'a AtomicU64,
-}
-
-impl Drop for WriteGuard<'_> {
-    fn drop(&mut self) {
-        self.count.fetch_add(1, Ordering::AcqRel);
+        self.peers
+            .get(id, || async { Ok::<_, StorageError>(self.config.storage(id).map_err(StorageError::from)?.address) })
+            .await
     }
 }

@@ -13,8 +13,9 @@
 //!
 //! A copy never loses a write that reaches us while it is fetched: the source reads the chunk
 //! with no write of it in flight (its in-flight writes, forwarded to us, finish first); we
-//! note the writes finished in the chunk's lock stripe before fetching and install the copy
-//! under the stripe's exclusive lock only if none finished since, and fetch again otherwise.
+//! watch the chunk's writes from before fetching and install the copy under the chunk's
+//! exclusive lock only if none finished since, and fetch again otherwise (the copy rule of
+//! [`crate::locks`]).
 //! Copies are paced to `timeouts.resync_bytes_per_sec`.
 
 use crate::error::{Result, StorageError};
@@ -93,7 +94,7 @@ impl Pace {
 }
 
 fn meta(store: &ChunkStore) -> Result<RpcClient<MetaRequest>> {
-    store.reporter.client().ok_or_else(|| StorageError::Stopped { what: "no session with pfs-meta".into() })
+    store.meta().get().ok_or_else(|| StorageError::Stopped { what: "no session with pfs-meta".into() })
 }
 
 /// Layouts of files, fetched from pfs-meta as they are first needed.
@@ -151,7 +152,7 @@ async fn sync_chain(store: &Arc<ChunkStore>, repl: &Replication, chain: &Chain, 
                 }
             }
             still_current()?;
-            let n = copy_chunk(store, repl, &peer, source, l.file, l.chunk, layout.chunk_size()).await?;
+            let n = copy_chunk(store, &peer, source, l.file, l.chunk, layout.chunk_size()).await?;
             pace.spend(n).await;
             touched.insert(l.file);
             copied += 1;
@@ -171,7 +172,7 @@ async fn sync_chain(store: &Arc<ChunkStore>, repl: &Replication, chain: &Chain, 
             let Some(layout) = layouts.on_chain(l.file, l.chunk, chain.id) else { continue };
             if !present.contains(&(l.file, l.chunk)) {
                 still_current()?;
-                copy_chunk(store, repl, &peer, source, l.file, l.chunk, layout.chunk_size()).await?;
+                copy_chunk(store, &peer, source, l.file, l.chunk, layout.chunk_size()).await?;
                 touched.insert(l.file);
             }
         }
@@ -180,10 +181,12 @@ async fn sync_chain(store: &Arc<ChunkStore>, repl: &Replication, chain: &Chain, 
             break;
         }
     }
-    for file in touched {
-        store.make_durable(file).await?;
+    for file in &touched {
+        store.make_durable(*file).await?;
     }
-    store.reporter.flush(store).await?;
+    for file in &touched {
+        store.flush_reports(Some(*file)).await?;
+    }
     still_current()?;
     meta.ask(SyncDone { id: me, chain: chain.at() }).await?;
     Ok(copied)
@@ -218,12 +221,12 @@ pub(crate) async fn repair(
     for source in chain.readers().filter(|s| *s != me) {
         let copied = async {
             let peer = repl.peer(source).await?;
-            copy_chunk(store, repl, &peer, source, file, chunk, layout.chunk_size()).await
+            copy_chunk(store, &peer, source, file, chunk, layout.chunk_size()).await
         };
         match copied.await {
             Ok(n) => {
                 store.make_durable(file).await?;
-                store.reporter.flush(store).await?;
+                store.flush_reports(Some(file)).await?;
                 return Ok(n);
             }
             Err(e) => last = e,
@@ -233,10 +236,8 @@ pub(crate) async fn repair(
 }
 
 /// Copies chunk `chunk` of `file` from `source`; returns the bytes copied.
-#[allow(clippy::too_many_arguments)]
 async fn copy_chunk(
     store: &ChunkStore,
-    repl: &Replication,
     peer: &RpcClient<StorageRequest>,
     source: ServerId,
     file: FileId,
@@ -244,16 +245,15 @@ async fn copy_chunk(
     chunk_size: u64,
 ) -> Result<u64> {
     for _ in 0..COPY_ATTEMPTS {
-        let seen = repl.writes_seen(file, chunk);
+        // Watched from before the fetch: a write that reaches us meanwhile is seen.
+        let watch = store.watch_writes(file, chunk);
         let (info, data): (_, PooledBuf) = peer.call(SyncRead { file, chunk }, &[]).await?;
-        let _no_writes = repl.copy_guard(file, chunk).await;
-        if repl.writes_seen(file, chunk) != seen {
-            continue; // a write reached us meanwhile: the copy may predate it
-        }
         let n = data.len() as u64;
         let block_size = if info.exists { info.block_size } else { 512 };
-        store.replace(file, chunk, chunk_size, block_size, data).await?;
-        return Ok(n);
+        if store.install_copy(&watch, chunk_size, block_size, data).await? {
+            return Ok(n);
+        }
+        // A write reached us meanwhile: the copy may predate it.
     }
     Err(StorageError::Stale {
         server: store.id(),

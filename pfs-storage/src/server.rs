@@ -93,18 +93,20 @@ impl StorageHandler {
         })?;
         self.authorize_extents(peer, &c)?;
         let (next, syncing) = self.repl.check_write(c.chain)?;
-        let _admitted = store.fence.admit(c.session).await?;
+        let _admitted = store.fence().admit(c.session).await?;
         if syncing {
             // A chunk this replica lost is being refilled by its resync: new writes land on it
             // meanwhile (it serves no reads until the resync copied every differing chunk).
             store.forget_lost(c.file, c.chunk);
         }
-        let _forwarding = self.repl.write_guard(c.file, c.chunk).await;
+        // One lock for the whole chain write: its data part while it is written here, its
+        // chain part until the successor answered too (a copy for another replica waits).
+        let mut lock = store.lock_write(c.file, c.chunk).await;
         let extents: Extents = c.extents.iter().copied().collect();
         let Some(next) = next else {
             // The tail (or a chain of one): no copy of the payload.
-            let written = store.write_extents(c.file, c.chunk, extents, c.chunk_size, c.block_size, payload).await?;
-            return Ok(Written { len: written, boots: vec![(store.id(), store.boot)] });
+            let written = store.write_locked(&mut lock, extents, c.chunk_size, c.block_size, payload).await?;
+            return Ok(Written { len: written, boots: vec![(store.id(), store.boot())] });
         };
         let forward = async {
             let fail =
@@ -117,11 +119,12 @@ impl StorageHandler {
             // The payload stays with the forward while the engine owns the copy it writes.
             let mut data = pool::global().get(payload.len());
             data.copy_from_slice(&payload);
-            store.write_extents(c.file, c.chunk, extents, c.chunk_size, c.block_size, data).await
+            store.write_locked(&mut lock, extents, c.chunk_size, c.block_size, data).await
         };
         let (written, forwarded) = tokio::join!(local, forward);
+        drop(lock);
         let written = written?;
-        let mut boots = vec![(store.id(), store.boot)];
+        let mut boots = vec![(store.id(), store.boot())];
         boots.extend(forwarded?);
         Ok(Written { len: written, boots })
     }
@@ -152,17 +155,15 @@ impl StorageHandler {
                 what: format!("{} at {} is not a storage server and may not copy chunks", peer.name, peer.addr),
             });
         }
-        let _no_writes = self.repl.copy_guard(c.file, c.chunk).await;
-        let Some((len, _)) = store.chunk_info(c.file, c.chunk) else {
-            // The copier removes its own copy of a chunk we do not have: only if it is a
-            // hole, never one we lost. (No lock is held across the round trip to pfs-meta.)
-            drop(_no_writes);
-            store.check_hole(c.file, c.chunk).await?;
-            return Ok((SyncData { block_size: 0, exists: false }, PooledBuf::empty()));
-        };
-        let block_size = store.checksum_block(c.file, c.chunk)?;
-        let (data, _) = store.read(c.file, c.chunk, 0, len as u32).await?;
-        Ok((SyncData { block_size, exists: true }, data))
+        match store.copy_out(c.file, c.chunk).await? {
+            Some((block_size, data)) => Ok((SyncData { block_size, exists: true }, data)),
+            None => {
+                // The copier removes its own copy of a chunk we do not have: only if it is a
+                // hole, never one we lost. (No lock is held across the round trip to pfs-meta.)
+                store.check_hole(c.file, c.chunk).await?;
+                Ok((SyncData { block_size: 0, exists: false }, PooledBuf::empty()))
+            }
+        }
     }
 }
 
@@ -216,7 +217,7 @@ impl Handler for StorageHandler {
                 })
             }
             StorageRequest::Remove(c) => Reply::to::<st::RemoveFile, _>(store.remove(c.file).await),
-            StorageRequest::Fsync(c) if c.boot != store.boot => {
+            StorageRequest::Fsync(c) if c.boot != store.boot() => {
                 Reply::error(&StorageError::Restarted { server: store.id(), file: c.file })
             }
             StorageRequest::Fsync(c) => Reply::to::<st::FsyncFile, _>(store.fsync(c.file).await),

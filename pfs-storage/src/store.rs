@@ -4,12 +4,19 @@
 //! Chunk `x` of file `F` is the file `chunk_file_name(F, x)`; paths are built from ids only.
 //! The index (file -> chunks with their lengths, hashes and dirty state) is rebuilt at start
 //! by listing the directory. All of it sits behind one mutex so that the index, the hash
-//! state and the queue of reports to pfs-meta always agree.
+//! state and the queues of reports to pfs-meta always agree.
+//!
+//! The store is the one owner of chunk state: the index, the running hashes, the lost chunks,
+//! the report queues ([`crate::reports`]) and the chunk locks ([`crate::locks`]) are private
+//! to it, and the background workers (hasher, pfs-meta session, resync, scrub) use its
+//! methods. Hashing is in `store::hashing`, reporting to pfs-meta in `store::reporting`.
 
 use crate::checksums::{self, Checksums, ChunkChecksums};
 use crate::engine::{blocking, ChunkFiles, ChunkKey, Engine, Extent, Extents};
 use crate::error::{Result, StorageError};
-use crate::meta_link::Reporter;
+use crate::fence::Fence;
+use crate::locks::{ChunkGuard, ChunkLocks, LockMode, Watch};
+use crate::reports::{MetaConn, ReportQueue};
 use parking_lot::Mutex;
 use pfs_common::ids::Sha256Digest;
 use pfs_common::layout::{Layout, MAX_CHUNK_SIZE, MAX_FILE_SIZE};
@@ -29,10 +36,6 @@ use tracing::{debug, info, warn};
 
 /// Most chunk fdatasyncs one `Fsync` has in flight at once.
 pub const SYNCS_AT_ONCE: usize = 16;
-/// Chunk locks (striped by chunk): a write and the update of its checksums hold one
-/// exclusively, a read and its verification shared, so a read never sees a block's new bytes
-/// with its old checksum.
-const CHUNK_LOCKS: usize = 64;
 
 /// Tunables of a [`ChunkStore`].
 #[derive(Clone, Debug)]
@@ -50,24 +53,24 @@ impl Default for StoreOptions {
 
 /// What the store knows of one chunk.
 #[derive(Clone, Debug)]
-pub(crate) struct ChunkEntry {
+struct ChunkEntry {
     /// Chunk file length, bytes.
-    pub len: u64,
+    len: u64,
     /// SHA-256 of the current contents; `None` while unknown or stale.
-    pub sha256: Option<Sha256Digest>,
+    sha256: Option<Sha256Digest>,
     /// Bumped by every change, so a hash computed across a change is discarded.
-    pub version: u64,
+    version: u64,
     /// The `version` last made durable by an fdatasync (a state is committed to pfs-meta's
     /// chunk map only when it is durable).
-    pub synced_version: u64,
+    synced_version: u64,
     /// How many times a state of the chunk was committed here (kept with its checksums; see
     /// `checksums`): pfs-meta tells a stale copy by it.
-    pub commit_version: u64,
+    commit_version: u64,
 }
 
 /// The incremental SHA-256 of one chunk, fed by sequential appends from offset 0 as they
 /// are written, so a client streaming a file does not make the store re-read its chunks.
-pub(crate) enum Running {
+enum Running {
     /// Covers bytes `0..hashed_len` of the chunk file, which is the whole file: every write
     /// so far was an append at `hashed_len` and has been fed in.
     Ready { hasher: Box<Sha256>, hashed_len: u64 },
@@ -81,23 +84,23 @@ pub(crate) enum Running {
 
 /// The state behind the store's mutex.
 #[derive(Default)]
-pub(crate) struct State {
-    pub index: HashMap<FileId, BTreeMap<ChunkIndex, ChunkEntry>>,
+struct State {
+    index: HashMap<FileId, BTreeMap<ChunkIndex, ChunkEntry>>,
     /// Chunks changed since they were last hashed, with the time of the last change.
-    pub dirty: BTreeMap<ChunkKey, Instant>,
+    dirty: BTreeMap<ChunkKey, Instant>,
     /// Chunks written since their last fdatasync.
-    pub unsynced: HashSet<ChunkKey>,
-    /// Chunk states not yet acknowledged by pfs-meta (latest state per chunk wins).
-    pub outbox: BTreeMap<ChunkKey, ChunkState>,
+    unsynced: HashSet<ChunkKey>,
+    /// Chunk states not yet acknowledged by pfs-meta, per file (latest state per chunk wins).
+    reports: ReportQueue,
     /// Running hashes. No entry: `Invalid` for a chunk in `index`; for a chunk not in it,
     /// nothing has been written yet (a write at offset 0 starts a fresh hash).
-    pub running: HashMap<ChunkKey, Running>,
+    running: HashMap<ChunkKey, Running>,
     /// Committed chunks pfs-meta says this server lost (from the answer to its last full
     /// listing): their reads and writes fail, naming the loss.
-    pub lost: HashMap<ChunkKey, LostChunk>,
+    lost: HashMap<ChunkKey, LostChunk>,
     /// The lost chunks are known: pfs-meta answered a full listing since this process
     /// started. Until then a missing chunk cannot be told from a hole, so reads are refused.
-    pub reconciled: bool,
+    reconciled: bool,
 }
 
 impl State {
@@ -108,10 +111,22 @@ impl State {
     }
 
     /// The state of chunk `key` to report to pfs-meta, if it is hashed and not lost.
-    pub(crate) fn report_state(&self, key: ChunkKey) -> Option<ChunkState> {
+    fn report_state(&self, key: ChunkKey) -> Option<ChunkState> {
         let e = self.index.get(&key.0)?.get(&key.1)?;
         let state = self.chunk_state(key, e);
         (state.sha256.is_some() && !self.lost.contains_key(&key)).then_some(state)
+    }
+
+    /// Queues chunk `key`'s state for pfs-meta if it is hashed and not lost. Not before the
+    /// server reconciled with pfs-meta's chunk map: the state of a chunk pfs-meta is about to
+    /// name as lost must not be committed over the lost one (reconciling queues every hashed
+    /// chunk).
+    fn queue_report(&mut self, key: ChunkKey) {
+        if self.reconciled {
+            if let Some(state) = self.report_state(key) {
+                self.reports.queue(state);
+            }
+        }
     }
 
     /// Chunk `key`'s state as listed to pfs-meta: its hash only while no change awaits hashing.
@@ -159,32 +174,38 @@ impl State {
     }
 }
 
-/// One storage target's chunk store. Shared (`Arc`) by the request handler, the hasher and
-/// the pfs-meta session.
+/// One storage target's chunk store. Shared (`Arc`) by the request handler and the
+/// background workers (hasher, pfs-meta session, resync, scrub).
 pub struct ChunkStore {
-    pub(crate) id: ServerId,
-    pub(crate) engine: Arc<dyn Engine>,
-    pub(crate) state: Mutex<State>,
-    pub(crate) opts: StoreOptions,
+    id: ServerId,
+    engine: Arc<dyn Engine>,
+    state: Mutex<State>,
+    opts: StoreOptions,
     /// Chunk files were created or removed since the directory was last fsynced.
     dir_dirty: AtomicBool,
     /// Wakes the background hasher (a chunk changed, or reports are waiting).
-    pub(crate) hasher_wake: Notify,
+    changed: Notify,
     /// Serialises hashing, so `Fsync` waits for a hash the background task has in progress.
-    pub(crate) hash_lock: tokio::sync::Mutex<()>,
+    hash_lock: tokio::sync::Mutex<()>,
     /// Chunk hashes computed since start (for tests and logs), however computed.
-    pub(crate) hashes_done: AtomicU64,
+    hashes_done: AtomicU64,
     /// Of those, the ones that had to re-read the chunk file (no running hash covered it).
-    pub(crate) hash_rereads: AtomicU64,
-    /// The pfs-meta session's report channel.
-    pub(crate) reporter: Reporter,
-    /// Sessions whose writes are refused.
-    pub fence: crate::fence::Fence,
+    hash_rereads: AtomicU64,
+    /// The registered session's connection to pfs-meta, while there is one.
+    meta: MetaConn,
+    /// Held shared by every batch of chunk reports in flight, exclusively by a full listing
+    /// (which supersedes them).
+    sending: tokio::sync::RwLock<()>,
+    /// Notified whenever a batch of chunk reports was answered or failed.
+    reports_settled: Notify,
+    /// Which writes are admitted (lease, fenced sessions, stopped workers).
+    fence: Fence,
     /// Block checksums of every chunk.
-    pub(crate) checksums: Checksums,
+    checksums: Checksums,
     /// This process's boot id (random, never 0), answered with every write.
-    pub boot: u64,
-    locks: Vec<tokio::sync::RwLock<()>>,
+    boot: u64,
+    /// One lock per chunk in use (see [`crate::locks`]).
+    locks: ChunkLocks,
 }
 
 impl ChunkStore {
@@ -228,21 +249,18 @@ impl ChunkStore {
             state: Mutex::new(state),
             opts,
             dir_dirty: AtomicBool::new(false),
-            hasher_wake: Notify::new(),
+            changed: Notify::new(),
             hash_lock: tokio::sync::Mutex::new(()),
             hashes_done: AtomicU64::new(0),
             hash_rereads: AtomicU64::new(0),
-            reporter: Reporter::new(id),
-            fence: crate::fence::Fence::new(id),
+            meta: MetaConn::default(),
+            sending: tokio::sync::RwLock::new(()),
+            reports_settled: Notify::new(),
+            fence: Fence::new(id),
             checksums,
             boot: new_boot_id(),
-            locks: (0..CHUNK_LOCKS).map(|_| tokio::sync::RwLock::new(())).collect(),
+            locks: ChunkLocks::default(),
         }))
-    }
-
-    fn lock_of(&self, key: ChunkKey) -> &tokio::sync::RwLock<()> {
-        let h = key.0 .0.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ key.1;
-        &self.locks[(h % CHUNK_LOCKS as u64) as usize]
     }
 
     /// The checksums of an existing chunk; a chunk without them has lost them.
@@ -258,6 +276,36 @@ impl ChunkStore {
     /// The storage server's id.
     pub fn id(&self) -> ServerId {
         self.id
+    }
+
+    /// This process's boot id (random, never 0), answered with every write.
+    pub fn boot(&self) -> u64 {
+        self.boot
+    }
+
+    /// Which writes are admitted: the lease from pfs-meta, fenced sessions, stopped workers.
+    pub fn fence(&self) -> &Fence {
+        &self.fence
+    }
+
+    /// The registered session's connection to pfs-meta (set by the pfs-meta session).
+    pub fn meta(&self) -> &MetaConn {
+        &self.meta
+    }
+
+    /// Chunk lock acquisitions since start (a chain write takes one).
+    pub fn lock_acquisitions(&self) -> u64 {
+        self.locks.acquisitions()
+    }
+
+    /// Wakes the background hasher (chunks changed, or reports wait to be sent).
+    pub(crate) fn wake_hasher(&self) {
+        self.changed.notify_one();
+    }
+
+    /// Waits until the hasher is woken, or `timeout` passes.
+    pub(crate) async fn changed_or(&self, timeout: Duration) {
+        let _ = tokio::time::timeout(timeout, self.changed.notified()).await;
     }
 
     /// The data directory.
@@ -295,7 +343,6 @@ impl ChunkStore {
         st.index.get(&file)?.get(&chunk)?.sha256
     }
 
-    /// Chunks of `file` with their lengths in bytes, in chunk order.
     /// A chunk's length (bytes) and, when nothing was written since it was hashed, its
     /// SHA-256; `None` when the chunk does not exist.
     pub fn chunk_info(&self, file: FileId, chunk: ChunkIndex) -> Option<(u64, Option<Sha256Digest>)> {
@@ -316,27 +363,44 @@ impl ChunkStore {
         self.state.lock().lost.remove(&(file, chunk));
     }
 
-    /// Replaces a chunk's contents with `data` (a copy from another replica): the old chunk
-    /// file goes, lost or not, and `data` is written as a new one (nothing for empty `data`).
-    /// Not durable until synced, like any write.
+    /// Starts watching chunk `chunk` of `file` for chain writes, before a copy of it is
+    /// fetched from another replica (the copy rule, see [`crate::locks`]).
+    pub fn watch_writes(&self, file: FileId, chunk: ChunkIndex) -> Watch<'_> {
+        self.locks.watch((file, chunk))
+    }
+
+    /// Replaces the chunk `watch` watches with `data`, a copy fetched from another replica
+    /// since the watch began: the old chunk file goes, lost or not, and `data` is written as a
+    /// new one (nothing for empty `data`). Not durable until synced, like any write. Returns
+    /// false, installing nothing, when a chain write of the chunk finished here since the
+    /// watch began (the copy may lack it: fetch again).
     ///
     /// Errors: as [`ChunkStore::write`] and [`ChunkStore::remove_chunks`].
-    pub async fn replace(
+    pub async fn install_copy(
         &self,
-        file: FileId,
-        chunk: ChunkIndex,
+        watch: &Watch<'_>,
         chunk_size: u64,
         block_size: u32,
         data: PooledBuf,
-    ) -> Result<()> {
+    ) -> Result<bool> {
+        let Some(lock) = self.locks.lock_unchanged(watch).await else { return Ok(false) };
+        let (file, chunk) = lock.key();
         self.state.lock().lost.remove(&(file, chunk));
-        self.remove_chunks(file, &[chunk]).await?;
-        if !data.is_empty() {
-            self.write(file, chunk, 0, chunk_size, block_size, data).await?;
+        if self.chunk_info(file, chunk).is_some() {
+            self.remove_held(&lock).await?;
+            self.forget(file, &[chunk]);
+            self.sync_dir().await?;
         }
-        Ok(())
+        if !data.is_empty() {
+            let len = data.len() as u32;
+            let extents = smallvec::smallvec![Extent { offset: 0, len }];
+            self.write_held(&lock, extents, chunk_size, block_size, data).await?;
+        }
+        self.wake_hasher();
+        Ok(true)
     }
 
+    /// Chunks of `file` with their lengths in bytes, in chunk order.
     pub fn chunks_of(&self, file: FileId) -> Vec<(ChunkIndex, u64)> {
         let st = self.state.lock();
         st.index.get(&file).map(|m| m.iter().map(|(c, e)| (*c, e.len)).collect()).unwrap_or_default()
@@ -385,7 +449,47 @@ impl ChunkStore {
         block_size: u32,
         data: PooledBuf,
     ) -> Result<u32> {
-        let key = (file, chunk);
+        let mut lock = self.lock_write(file, chunk).await;
+        self.write_locked(&mut lock, extents, chunk_size, block_size, data).await
+    }
+
+    /// Takes chunk `chunk` of `file`'s lock for a chain write: held from before the write
+    /// here until its successor answered, so a copy of the chunk for another replica never
+    /// runs across it (one lock acquisition per write; see [`crate::locks`]).
+    pub async fn lock_write(&self, file: FileId, chunk: ChunkIndex) -> ChunkGuard<'_> {
+        self.locks.lock((file, chunk), LockMode::Write).await
+    }
+
+    /// [`ChunkStore::write_extents`] to the chunk `lock` (from [`ChunkStore::lock_write`])
+    /// holds. Gives back the lock's data part when it returns, so reads of the chunk go on
+    /// while the write is forwarded; the rest of the lock goes when it is dropped.
+    ///
+    /// Errors: as [`ChunkStore::write_extents`].
+    pub async fn write_locked(
+        &self,
+        lock: &mut ChunkGuard<'_>,
+        extents: Extents,
+        chunk_size: u64,
+        block_size: u32,
+        data: PooledBuf,
+    ) -> Result<u32> {
+        let written = self.write_held(lock, extents, chunk_size, block_size, data).await;
+        lock.written();
+        written
+    }
+
+    /// The write itself, under `lock`, which holds the chunk's data exclusively.
+    async fn write_held(
+        &self,
+        lock: &ChunkGuard<'_>,
+        extents: Extents,
+        chunk_size: u64,
+        block_size: u32,
+        data: PooledBuf,
+    ) -> Result<u32> {
+        let key = lock.key();
+        let (file, chunk) = key;
+        debug_assert!(lock.holds_data_exclusively(), "a write of {key:?} without its data lock");
         let len = data.len() as u64;
         if chunk_size == 0 || chunk_size > MAX_CHUNK_SIZE {
             return Err(StorageError::Invalid {
@@ -432,7 +536,6 @@ impl ChunkStore {
                 ),
             });
         }
-        let _chunk_lock = self.lock_of(key).write().await;
         // Created before the chunk's first byte, so a chunk never exists without checksums.
         let checksum_block = checksums::block_for(block_size, chunk_size);
         let sums = self.checksums.get(key, Some(checksum_block)).map_err(|e| e.on(self.id))?.expect("created");
@@ -513,7 +616,7 @@ impl ChunkStore {
             st.dirty.insert(key, Instant::now());
             st.unsynced.insert(key);
         }
-        self.hasher_wake.notify_one();
+        self.wake_hasher();
         Ok(len as u32)
     }
 
@@ -593,7 +696,35 @@ impl ChunkStore {
                 ),
             });
         }
-        let _chunk_lock = self.lock_of(key).read().await;
+        let lock = self.locks.lock(key, LockMode::Read).await;
+        // Not here: a hole, unless pfs-meta's chunk map says otherwise (the request handler
+        // asks it: `check_hole`).
+        Ok(self.read_held(&lock, offset, len).await?.unwrap_or((PooledBuf::empty(), 0)))
+    }
+
+    /// Reads the whole chunk `chunk` of `file` for another replica, with no chain write of it
+    /// in flight here (its writes in flight are on the next replicas first; see
+    /// [`crate::locks`]). Returns its checksum block size (bytes) and its bytes; `None` when
+    /// this server does not have it (ask [`ChunkStore::check_hole`] before calling it a hole).
+    ///
+    /// Errors: as [`ChunkStore::read`].
+    pub async fn copy_out(&self, file: FileId, chunk: ChunkIndex) -> Result<Option<(u32, PooledBuf)>> {
+        let lock = self.locks.lock((file, chunk), LockMode::CopyOut).await;
+        let Some((len, _)) = self.chunk_info(file, chunk) else { return Ok(None) };
+        let block_size = self.checksum_block(file, chunk)?;
+        let len = u32::try_from(len).map_err(|_| StorageError::Invalid {
+            server: self.id,
+            what: format!("{} is {len} bytes, more than any chunk", ChunkFiles::describe((file, chunk))),
+        })?;
+        Ok(self.read_held(&lock, 0, len).await?.map(|(data, _)| (block_size, data)))
+    }
+
+    /// [`ChunkStore::read`] under `lock`, which holds the chunk's data; `None` for a chunk
+    /// this server does not have.
+    async fn read_held(&self, lock: &ChunkGuard<'_>, offset: u64, len: u32) -> Result<Option<(PooledBuf, u64)>> {
+        let key = lock.key();
+        let (file, chunk) = key;
+        debug_assert!(lock.holds_data(), "a read of {key:?} without its data lock");
         let indexed = {
             let st = self.state.lock();
             if !st.reconciled {
@@ -630,11 +761,9 @@ impl ChunkStore {
             (d, _) => d,
         };
         match (data, indexed) {
-            (Some(d), Some(have)) => Ok((d, have)),
-            (Some(d), None) => Ok((d, 0)),
-            // Not here: a hole, unless pfs-meta's chunk map says otherwise (the request
-            // handler asks it: `check_hole`).
-            (None, None) => Ok((PooledBuf::empty(), 0)),
+            (Some(d), Some(have)) => Ok(Some((d, have))),
+            (Some(d), None) => Ok(Some((d, 0))),
+            (None, None) => Ok(None),
             // Deleted behind our back: a hole would be a silent loss.
             (None, Some(have)) => Err(StorageError::Lost {
                 server: self.id,
@@ -656,7 +785,7 @@ impl ChunkStore {
     /// cannot be told from a loss then, and zeros are never answered on a guess.
     pub async fn check_hole(&self, file: FileId, chunk: ChunkIndex) -> Result<()> {
         use pfs_common::wire::registry::GetChunks;
-        let Some(meta) = self.reporter.client() else { return Err(StorageError::NotReconciled { server: self.id }) };
+        let Some(meta) = self.meta.get() else { return Err(StorageError::NotReconciled { server: self.id }) };
         let infos = match meta.ask(GetChunks { file, first: chunk, count: 1 }).await {
             Ok(i) => i,
             Err(e) if matches!(e.code(), ErrorCode::NotFound | ErrorCode::IsDir) => return Ok(()),
@@ -709,10 +838,9 @@ impl ChunkStore {
         for (chunk, len) in chunks {
             let start = chunk.saturating_mul(chunk_size);
             let key = (file, chunk);
-            let _chunk_lock = self.lock_of(key).write().await;
+            let lock = self.locks.lock(key, LockMode::Update).await;
             if start >= size {
-                self.engine.remove(key).await.map_err(|e| e.on(self.id))?;
-                self.checksums.remove(key).map_err(|e| e.on(self.id))?;
+                self.remove_held(&lock).await?;
                 removed.push(chunk);
             } else if size - start < len {
                 let new_len = size - start;
@@ -772,7 +900,7 @@ impl ChunkStore {
             self.forget(file, &removed);
             self.sync_dir().await?;
         }
-        self.hasher_wake.notify_one();
+        self.wake_hasher();
         Ok(())
     }
 
@@ -799,17 +927,17 @@ impl ChunkStore {
         }
         for &chunk in &chunks {
             let key = (file, chunk);
-            let _chunk_lock = self.lock_of(key).write().await;
-            if let Err(e) = self.engine.remove(key).await.and_then(|()| self.checksums.remove(key)) {
+            let lock = self.locks.lock(key, LockMode::Update).await;
+            if let Err(e) = self.remove_held(&lock).await {
                 // Keep the index true to the disk: forget what is gone, then fail.
                 let done: Vec<_> = chunks.iter().copied().take_while(|c| *c != chunk).collect();
                 self.forget(file, &done);
-                return Err(e.on(self.id));
+                return Err(e);
             }
         }
         self.forget(file, &chunks);
         self.sync_dir().await?;
-        self.hasher_wake.notify_one();
+        self.wake_hasher();
         Ok(())
     }
 
@@ -821,7 +949,7 @@ impl ChunkStore {
     pub async fn remove_chunk_if(&self, file: FileId, chunk: ChunkIndex, listed: ListedState) -> Result<()> {
         let key = (file, chunk);
         {
-            let _chunk_lock = self.lock_of(key).write().await;
+            let lock = self.locks.lock(key, LockMode::Update).await;
             let change = {
                 let st = self.state.lock();
                 match st.index.get(&file).and_then(|m| m.get(&chunk)) {
@@ -832,12 +960,20 @@ impl ChunkStore {
             if listed.boot != self.boot || listed.change != change {
                 return Err(StorageError::Changed { server: self.id, file, chunk });
             }
-            self.engine.remove(key).await.and_then(|()| self.checksums.remove(key)).map_err(|e| e.on(self.id))?;
+            self.remove_held(&lock).await?;
             self.forget(file, &[chunk]);
         }
         self.sync_dir().await?;
-        self.hasher_wake.notify_one();
+        self.wake_hasher();
         Ok(())
+    }
+
+    /// Removes the chunk file (and its checksums) of the chunk `lock` holds exclusively; the
+    /// caller then forgets it ([`ChunkStore::forget`]). Errors: Io naming the chunk.
+    async fn remove_held(&self, lock: &ChunkGuard<'_>) -> Result<()> {
+        let key = lock.key();
+        debug_assert!(lock.holds_data_exclusively(), "a removal of {key:?} without its data lock");
+        self.engine.remove(key).await.and_then(|()| self.checksums.remove(key)).map_err(|e| e.on(self.id))
     }
 
     /// Up to `limit` chunks (at most `LIST_MAX`, or `LIST_VERIFY_MAX` with `verify`) in
@@ -913,7 +1049,7 @@ impl ChunkStore {
             st.unsynced.remove(&key);
             st.running.remove(&key);
             let removed = ChunkState { file, chunk, len: 0, sha256: None, removed: true, durable: false, version: 0 };
-            st.outbox.insert(key, removed);
+            st.reports.queue(removed);
         }
         self.dir_dirty.store(true, Ordering::Release);
     }
@@ -971,11 +1107,7 @@ impl ChunkStore {
                         e.synced_version = e.synced_version.max(version);
                     }
                     // Durable now: its state (if hashed) goes to pfs-meta to be committed.
-                    if st.reconciled {
-                        if let Some(state) = st.report_state(key) {
-                            st.outbox.insert(key, state);
-                        }
-                    }
+                    st.queue_report(key);
                 }
                 Ok((key, _, Err(e))) => {
                     self.state.lock().unsynced.insert(key);
@@ -1000,7 +1132,7 @@ impl ChunkStore {
     /// queued for pfs-meta). Errors: Io (or NoSpace) from fdatasync.
     pub(crate) async fn make_durable(self: &Arc<Self>, file: FileId) -> Result<()> {
         // Hashed first, so the commit records the SHA-256 with the checksums.
-        crate::hasher::hash_file_now(self, file).await;
+        self.hash_file_now(file).await;
         let keys: Vec<ChunkKey> = self.state.lock().unsynced.iter().filter(|k| k.0 == file).copied().collect();
         self.sync_chunks(&keys).await?;
         self.sync_dir().await?;
@@ -1010,7 +1142,7 @@ impl ChunkStore {
     /// The chunk's data is durable at `version`: if nothing changed since, its checksums are
     /// marked clean and synced (see `checksums`). Errors: Io.
     async fn mark_clean(&self, key: ChunkKey, version: u64) -> Result<()> {
-        let _chunk_lock = self.lock_of(key).write().await;
+        let _lock = self.locks.lock(key, LockMode::Update).await;
         let sha = {
             let st = self.state.lock();
             let Some(e) = st.index.get(&key.0).and_then(|m| m.get(&key.1)) else { return Ok(()) };
@@ -1032,14 +1164,15 @@ impl ChunkStore {
 
     /// Makes every write to `file` durable (fdatasync of its changed chunks, fsync of the
     /// directory if chunk files were created), then hashes its changed chunks and commits
-    /// them to pfs-meta's chunk map, waiting for the acknowledgement, before returning.
+    /// them to pfs-meta's chunk map, waiting for the acknowledgement, before returning. Only
+    /// this file's queued chunk reports are sent (other files' wait for the hasher).
     ///
     /// Errors: Io (or NoSpace) from fdatasync; Unavailable when pfs-meta cannot be told (the
     /// data is on disk, but a later loss of it could not be told from a hole, so this is no
     /// success: the writer retries its fsync).
     pub async fn fsync(self: &Arc<Self>, file: FileId) -> Result<()> {
         self.make_durable(file).await?;
-        self.reporter.flush(self).await.map_err(|e| {
+        self.flush_reports(Some(file)).await.map_err(|e| {
             warn!("{}: chunks of file {file} are durable but not committed to pfs-meta: {e}", self.id);
             e
         })
@@ -1074,26 +1207,8 @@ impl ChunkStore {
         st.reconciled = true;
         let keys: Vec<ChunkKey> = st.index.iter().flat_map(|(f, m)| m.keys().map(move |c| (*f, *c))).collect();
         for key in keys {
-            if let Some(state) = st.report_state(key) {
-                st.outbox.insert(key, state);
-            }
+            st.queue_report(key);
         }
-    }
-
-    /// Every chunk with its length and (if current) hash, for a full report; empties the
-    /// outbox in the same critical section, since the full listing supersedes it (a hash
-    /// finished just after is queued afresh, never lost).
-    pub(crate) fn snapshot_for_full_report(&self) -> Vec<ChunkState> {
-        let mut st = self.state.lock();
-        st.outbox.clear();
-        let st = &*st;
-        let mut out: Vec<ChunkState> = st
-            .index
-            .iter()
-            .flat_map(|(file, m)| m.iter().map(|(chunk, e)| st.chunk_state((*file, *chunk), e)))
-            .collect();
-        out.sort_by_key(|c| (c.file, c.chunk));
-        out
     }
 }
 
@@ -1111,6 +1226,8 @@ pub fn disk_space(dir: &Path) -> Result<(u64, u64)> {
     Ok((s.f_blocks as u64 * frsize, s.f_bavail as u64 * frsize))
 }
 
+mod hashing;
+mod reporting;
 #[cfg(test)]
 mod tests;
 

@@ -209,7 +209,7 @@ async fn hash_is_coalesced_and_matches_the_file() {
     let bytes = std::fs::read(s.chunk_path(FileId(5), 1)).unwrap();
     assert_eq!(s.chunk_hash(FileId(5), 1), Some(Sha256Digest::of(&bytes)));
     // A chunk larger than one hashing piece.
-    let big = vec![9u8; crate::hasher::HASH_PIECE * 2 + 5];
+    let big = vec![9u8; super::hashing::HASH_PIECE * 2 + 5];
     s.write(FileId(5), 2, 0, 4 << 20, 4096, buf(&big)).await.unwrap();
     s.make_durable(FileId(5)).await.unwrap();
     assert_eq!(s.chunk_hash(FileId(5), 2), Some(Sha256Digest::of(&big)));
@@ -223,7 +223,7 @@ async fn background_hasher_hashes_quiet_chunks() {
     s.write(FileId(6), 0, 0, CS, 4096, buf(b"quiet")).await.unwrap();
     let want = Sha256Digest::of(b"quiet");
     assert!(
-        crate::hasher::wait_for(Duration::from_secs(10), || s.chunk_hash(FileId(6), 0) == Some(want)).await,
+        wait_for(Duration::from_secs(10), || s.chunk_hash(FileId(6), 0) == Some(want)).await,
         "condition not met in time"
     );
 }
@@ -265,7 +265,7 @@ async fn sequential_appends_are_hashed_as_they_arrive() {
     assert_eq!((got, on_disk), (Some(Sha256Digest::of(&all)), Sha256Digest::of(&all)));
     assert_eq!((s.hashes_done(), s.hash_rereads()), (2, 0));
     // The report queued for pfs-meta carries it.
-    assert_eq!(s.state.lock().outbox.get(&(f, 0)).and_then(|c| c.sha256), Some(Sha256Digest::of(&all)));
+    assert_eq!(s.state.lock().reports.get((f, 0)).and_then(|c| c.sha256), Some(Sha256Digest::of(&all)));
 }
 
 #[tokio::test]
@@ -350,8 +350,8 @@ async fn truncate_and_remove() {
     s.remove(FileId(9)).await.unwrap();
     assert!(s.chunks_of(FileId(9)).is_empty());
     assert_eq!(entries(dir.path()).len(), 0, "chunk files and their checksums are gone");
-    let outbox = &s.state.lock().outbox;
-    assert!(outbox.values().filter(|c| c.removed).count() == 4);
+    let st = s.state.lock();
+    assert!(st.reports.iter().filter(|c| c.removed).count() == 4);
 }
 
 #[tokio::test]
@@ -397,6 +397,9 @@ struct FakeMeta {
     registered: AtomicU64,
     peers: Mutex<Vec<Peer>>,
     refuse_heartbeats: AtomicBool,
+    /// While it names a file, reports with a state of that file are recorded but not answered.
+    held: Mutex<Option<FileId>>,
+    released: tokio::sync::Notify,
 }
 
 impl Handler for FakeMeta {
@@ -420,7 +423,15 @@ impl Handler for FakeMeta {
                 Reply::to::<reg::Register, StorageError>(Ok(r))
             }
             RegistryRequest::ChunkReport(c) => {
-                self.reports.lock().push((c.chunks, c.full));
+                let holds = |f: Option<FileId>| f.is_some_and(|f| c.chunks.iter().any(|s| s.file == f));
+                self.reports.lock().push((c.chunks.clone(), c.full));
+                loop {
+                    let released = self.released.notified();
+                    if !holds(*self.held.lock()) {
+                        break;
+                    }
+                    released.await;
+                }
                 let answer = ReportAnswer { orphans: vec![], lost: c.full.then(Vec::new) };
                 Reply::to::<reg::ChunkReport, StorageError>(Ok(answer))
             }
@@ -443,15 +454,29 @@ impl Handler for FakeMeta {
 }
 
 impl FakeMeta {
+    /// Answers the reports it holds (and holds no more).
+    fn release(&self) {
+        *self.held.lock() = None;
+        self.released.notify_waiters();
+    }
+
+    /// The chunks of `file` in each report it received, in the order received.
+    fn reports_of(&self, file: FileId) -> Vec<Vec<ChunkIndex>> {
+        let r = self.reports.lock();
+        r.iter()
+            .map(|(c, _)| c.iter().filter(|s| s.file == file).map(|s| s.chunk).collect::<Vec<_>>())
+            .filter(|c| !c.is_empty())
+            .collect()
+    }
+
     fn reported(&self, file: FileId, chunk: ChunkIndex) -> Option<ChunkState> {
         let r = self.reports.lock();
         r.iter().flat_map(|(c, _)| c.iter()).rfind(|c| c.file == file && c.chunk == chunk).cloned()
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
-    let dir = tempfile::tempdir().unwrap();
+/// Serves a [`FakeMeta`] on a loopback port.
+async fn start_fake_meta() -> (Arc<FakeMeta>, std::net::SocketAddr) {
     let listener = rpc::bind("127.0.0.1:0".parse().unwrap(), "fake pfs-meta").await.unwrap();
     let meta_addr = listener.local_addr().unwrap();
     let fake = Arc::new(FakeMeta::default());
@@ -464,6 +489,71 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
         auth: pfs_common::auth::Auth::none(),
     };
     tokio::spawn(rpc::serve(listener, fake.clone(), opts));
+    (fake, meta_addr)
+}
+
+/// Hangs up a test that would otherwise wait for ever (a bound on a hang, not a timing).
+async fn or_hang<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), f).await.unwrap_or_else(|_| panic!("{what} never finished"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_fsync_sends_only_its_own_files_reports() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, meta_addr) = start_fake_meta().await;
+    let s = open_store(dir.path(), Duration::from_secs(3600)).await;
+    let opts = pfs_common::rpc::ConnectOptions {
+        role: PeerRole::Storage,
+        name: "storage-3".into(),
+        connect_timeout: Duration::from_secs(10),
+        request_timeout: Duration::from_secs(120),
+        auth: pfs_common::auth::Auth::none(),
+    };
+    s.meta.set(Some(rpc::RpcClient::connect(meta_addr, "pfs-meta", &opts, None).await.unwrap()));
+    let (a, b) = (FileId(0xa), FileId(0xb));
+    // File B's reports: one batch in flight that pfs-meta does not answer (a slow pfs-meta, a
+    // large backlog), and more queued behind it.
+    *fake.held.lock() = Some(b);
+    for chunk in 0..3 {
+        s.write(b, chunk, 0, CS, 4096, buf(b"backlog")).await.unwrap();
+    }
+    s.make_durable(b).await.unwrap();
+    let background = tokio::spawn({
+        let s = s.clone();
+        async move { s.flush_reports(None).await }
+    });
+    assert!(wait_for(Duration::from_secs(20), || !fake.reports_of(b).is_empty()).await, "B's batch was not sent");
+    for chunk in 3..6 {
+        s.write(b, chunk, 0, CS, 4096, buf(b"more backlog")).await.unwrap();
+    }
+    s.make_durable(b).await.unwrap();
+    assert_eq!(s.reports_queued(b), 3);
+
+    // File A's fsync commits A's chunk, sends nothing of B's, and does not wait for B's batch.
+    s.write(a, 0, 0, CS, 4096, buf(b"mine")).await.unwrap();
+    or_hang("A's fsync", s.fsync(a)).await.unwrap();
+    assert_eq!(fake.reports_of(a), [vec![0]], "A's one state, in a report of its own");
+    assert_eq!(fake.reports_of(b), [vec![0, 1, 2]], "only the batch in flight");
+    assert_eq!(s.reports_queued(b), 3, "B's backlog is still queued");
+    assert!(!background.is_finished(), "B's batch is still unanswered");
+    {
+        let r = fake.reports.lock();
+        let a_report = r.iter().find(|(c, _)| c.iter().any(|s| s.file == a)).unwrap();
+        assert!(a_report.0.iter().all(|s| s.file == a), "{:?}", a_report.0);
+    }
+
+    // Once pfs-meta answers, B's fsync sends the rest of B.
+    fake.release();
+    or_hang("B's batch", background).await.unwrap().unwrap();
+    or_hang("B's fsync", s.fsync(b)).await.unwrap();
+    assert_eq!(fake.reports_of(b), [vec![0, 1, 2], vec![3, 4, 5]]);
+    assert_eq!(s.reports_queued(b), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, meta_addr) = start_fake_meta().await;
 
     let mut config = Config::local(dir.path(), 1, 1);
     config.meta.address = meta_addr;
@@ -484,14 +574,11 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     tokio::spawn(crate::meta_link::run(config2, id, s.clone(), repl));
 
     let deadline = Duration::from_secs(20);
-    assert!(crate::hasher::wait_for(deadline, || s.reporter.connected()).await, "condition not met in time");
+    assert!(wait_for(deadline, || s.meta.connected()).await, "condition not met in time");
     assert!(s.fence.has_lease(), "registered: writes are admitted");
     // The full report listed the live chunk; the orphan gets removed.
     assert!(fake.reports.lock().iter().any(|(c, full)| *full && c.iter().any(|c| c.file == FileId(0x11))));
-    assert!(
-        crate::hasher::wait_for(deadline, || s.chunks_of(FileId(0xdead)).is_empty()).await,
-        "condition not met in time"
-    );
+    assert!(wait_for(deadline, || s.chunks_of(FileId(0xdead)).is_empty()).await, "condition not met in time");
 
     // After fsync returns, pfs-meta has the current hash.
     s.write(FileId(0x22), 3, 0, CS, 4096, buf(b"first")).await.unwrap();
@@ -503,12 +590,9 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     // A RemoveFiles notification removes the file's chunks and reports the removal.
     let peer = fake.peers.lock()[0].clone();
     peer.notifier.notify(&StorageNotify::RemoveFiles(vec![FileId(0x22)])).await.unwrap();
+    assert!(wait_for(deadline, || s.chunks_of(FileId(0x22)).is_empty()).await, "condition not met in time");
     assert!(
-        crate::hasher::wait_for(deadline, || s.chunks_of(FileId(0x22)).is_empty()).await,
-        "condition not met in time"
-    );
-    assert!(
-        crate::hasher::wait_for(deadline, || fake.reported(FileId(0x22), 3).is_some_and(|c| c.removed)).await,
+        wait_for(deadline, || fake.reported(FileId(0x22), 3).is_some_and(|c| c.removed)).await,
         "condition not met in time"
     );
 
@@ -516,12 +600,21 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     // admitting writes at once, and registers again.
     let before = fake.registered.load(Ordering::SeqCst);
     fake.refuse_heartbeats.store(true, Ordering::SeqCst);
-    assert!(crate::hasher::wait_for(deadline, || !s.fence.has_lease()).await, "the lease was not dropped");
+    assert!(wait_for(deadline, || !s.fence.has_lease()).await, "the lease was not dropped");
     assert!(matches!(s.fence.admit(1).await, Err(StorageError::NoLease { .. })));
-    assert!(
-        crate::hasher::wait_for(deadline, || fake.registered.load(Ordering::SeqCst) > before).await,
-        "it did not register again"
-    );
+    assert!(wait_for(deadline, || fake.registered.load(Ordering::SeqCst) > before).await, "it did not register again");
+}
+
+/// Waits until `cond` holds, polling, or `deadline` passes; true if it holds.
+async fn wait_for(deadline: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let end = Instant::now() + deadline;
+    while !cond() {
+        if Instant::now() > end {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    true
 }
 
 /// Names in a data directory, without the pool of precreated files.
