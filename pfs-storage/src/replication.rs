@@ -125,8 +125,11 @@ impl Replication {
             Some(c) => Err(StorageError::Stale {
                 server: self.me,
                 what: format!("{} is at version {} here, the request says {}", at.id, c.version, at.version),
+                current: Some(Box::new(c.clone())),
             }),
-            None => Err(StorageError::Stale { server: self.me, what: format!("does not know {}", at.id) }),
+            None => {
+                Err(StorageError::Stale { server: self.me, what: format!("does not know {}", at.id), current: None })
+            }
         }
     }
 
@@ -140,6 +143,7 @@ impl Replication {
             _ => Err(StorageError::Stale {
                 server: self.me,
                 what: format!("is not in the write path of {}", c.describe()),
+                current: Some(Box::new(c.clone())),
             }),
         })
     }
@@ -148,9 +152,11 @@ impl Replication {
     pub fn check_read(&self, at: ChainRef) -> Result<()> {
         self.current(at, |c| match c.state_of(self.me) {
             Some(ReplicaState::Serving) => Ok(()),
-            _ => {
-                Err(StorageError::Stale { server: self.me, what: format!("does not serve reads of {}", c.describe()) })
-            }
+            _ => Err(StorageError::Stale {
+                server: self.me,
+                what: format!("does not serve reads of {}", c.describe()),
+                current: Some(Box::new(c.clone())),
+            }),
         })
     }
 

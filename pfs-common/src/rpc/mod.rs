@@ -80,7 +80,7 @@ pub(super) fn decode_body<T: DeserializeOwned>(peer: &str, body: &[u8]) -> Resul
 }
 
 pub(super) fn remote(peer: &str, e: WireError) -> Error {
-    Error::Remote { peer: peer.to_string(), code: e.code, message: e.message }
+    Error::Remote { peer: peer.to_string(), code: e.code, message: e.message, chain: e.chain.map(Box::new) }
 }
 
 /// Binds a listener. Errors: Io naming the address.
