@@ -1,9 +1,9 @@
 //! Multiplexed request/response connections over TCP: [`RpcClient`] (many requests in flight
-//! on one connection, matched by request id; [`client`]) and [`serve`] (the accept loop and
-//! per-connection dispatch of every pfs server; [`server`]), both opening with the handshake
-//! of [`handshake`].
+//! on one connection, matched by request id; `rpc/client.rs`) and [`serve`] (the accept loop and
+//! per-connection dispatch of every pfs server; `rpc/server.rs`), both opening with the
+//! handshake of `rpc/handshake.rs`.
 //!
-//! Every connection opens with a [`Hello`] handshake naming the protocol version and the
+//! Every connection opens with a [`crate::wire::Hello`] handshake naming the protocol version and the
 //! peer's role; unless `auth = "none"`, both sides prove they hold the role's key and every
 //! later frame carries a MAC ([`crate::auth`]). A frame whose header is bad (wrong magic, a length over the limit) gets an
 //! error answer and the connection is closed; a well-framed request whose body does not
@@ -13,7 +13,7 @@
 //! sockets and memory for ever.
 //!
 //! An [`RpcClient`] is typed by the request enum of the server's service(s), so only calls
-//! that server answers can be sent on it, and each call's answer decodes as [`Call::Reply`].
+//! that server answers can be sent on it, and each call's answer decodes as [`crate::wire::Call::Reply`].
 
 mod client;
 mod handshake;
