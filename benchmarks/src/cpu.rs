@@ -23,21 +23,34 @@ pub struct CpuTimes {
     pub cpus: usize,
 }
 
+/// Why a text is not `/proc/stat` as [`parse`] needs it; each names the line.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ProcStatError {
+    /// No line starts with `cpu` alone (the sum over all CPUs).
+    #[error("no aggregate `cpu` line")]
+    NoCpuLine,
+    /// A counter of the `cpu` line is not a number.
+    #[error("bad number `{field}` in `{line}`")]
+    BadNumber { field: String, line: String },
+    /// The `cpu` line has fewer than the 4 counters every kernel gives.
+    #[error("`{line}` has fewer than 4 counters")]
+    TooFew { line: String },
+}
+
 /// Parses the text of `/proc/stat`.
-pub fn parse(text: &str) -> std::result::Result<CpuTimes, String> {
-    let line = text
-        .lines()
-        .find(|l| l.split_whitespace().next() == Some("cpu"))
-        .ok_or_else(|| "no aggregate `cpu` line".to_string())?;
+pub fn parse(text: &str) -> std::result::Result<CpuTimes, ProcStatError> {
+    let line = text.lines().find(|l| l.split_whitespace().next() == Some("cpu")).ok_or(ProcStatError::NoCpuLine)?;
     let fields = line
         .split_whitespace()
         .skip(1)
-        .map(|f| f.parse::<u64>().map_err(|_| format!("bad number `{f}` in `{line}`")))
-        .collect::<std::result::Result<Vec<u64>, String>>()?;
+        .map(|f| {
+            f.parse::<u64>().map_err(|_| ProcStatError::BadNumber { field: f.to_string(), line: line.to_string() })
+        })
+        .collect::<std::result::Result<Vec<u64>, ProcStatError>>()?;
     // user nice system idle are in every kernel; iowait, irq, softirq and steal came later
     // (2.5.41, 2.6.0, 2.6.11): missing ones count as 0.
     if fields.len() < 4 {
-        return Err(format!("`{line}` has fewer than 4 counters"));
+        return Err(ProcStatError::TooFew { line: line.to_string() });
     }
     let f = |i: usize| fields.get(i).copied().unwrap_or(0);
     let busy = f(0) + f(1) + f(2) + f(5) + f(6) + f(7);
@@ -125,11 +138,12 @@ mod tests {
 
     #[test]
     fn refuses_what_is_not_proc_stat() {
-        assert!(parse("").unwrap_err().contains("no aggregate"));
-        assert!(parse("cpu 1 2 x 4\n").unwrap_err().contains("bad number `x`"));
-        assert!(parse("cpu 1 2\n").unwrap_err().contains("fewer than 4"));
+        assert_eq!(parse(""), Err(ProcStatError::NoCpuLine));
+        let e = parse("cpu 1 2 x 4\n");
+        assert_eq!(e, Err(ProcStatError::BadNumber { field: "x".into(), line: "cpu 1 2 x 4".into() }));
+        assert_eq!(parse("cpu 1 2\n"), Err(ProcStatError::TooFew { line: "cpu 1 2".into() }));
         // `cpu0` alone is not the aggregate line.
-        assert!(parse("cpu0 1 2 3 4\n").is_err());
+        assert_eq!(parse("cpu0 1 2 3 4\n"), Err(ProcStatError::NoCpuLine));
     }
 
     #[test]

@@ -10,6 +10,7 @@
 
 use crate::comm::{now, Comm};
 use crate::cpu::{self, CpuTimes, CpuUse};
+use crate::error::OptionError;
 use crate::launch;
 use crate::pattern;
 use crate::store::{self, AlignedBuf, Api, Backend, Handle};
@@ -25,12 +26,12 @@ const MB: f64 = 1_000_000.0;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ApiList(pub Vec<Api>);
 
-fn parse_api(s: &str) -> Result<ApiList, String> {
+fn parse_api(s: &str) -> Result<ApiList, OptionError> {
     Api::parse_list(s).map(ApiList)
 }
 
-fn parse_size(s: &str) -> Result<u64, String> {
-    pfs_common::units::parse_size(s)
+fn parse_size(s: &str) -> Result<u64, OptionError> {
+    Ok(pfs_common::units::parse_size(s)?)
 }
 
 /// IOR presets (io500's names).
@@ -150,7 +151,7 @@ pub struct Params {
 
 impl IorArgs {
     /// Applies the preset and IOR's defaults (-b 1m -t 256k -s 1 -i 1 -o testFile) and checks.
-    pub fn params(&self) -> Result<Params, String> {
+    pub fn params(&self) -> Result<Params, OptionError> {
         let (mut block, mut transfer, mut segments, mut fpp, mut fsync) = (1 << 20, 256 << 10, 1, false, false);
         match self.preset {
             Some(Preset::IorEasy) => {
@@ -167,7 +168,7 @@ impl IorArgs {
             }
             None => {
                 if self.size.is_some() {
-                    return Err("--size goes with --preset".into());
+                    return Err(OptionError::SizeWithoutPreset);
                 }
             }
         }
@@ -193,13 +194,13 @@ impl IorArgs {
             cpu: self.cpu,
         };
         if p.transfer == 0 || p.block == 0 || p.segments == 0 {
-            return Err("-b, -t and -s must be positive".into());
+            return Err(OptionError::NotPositive("-b, -t and -s"));
         }
         if p.block / p.transfer * p.transfer != p.block {
-            return Err(format!("block size {} must be a multiple of transfer size {}", p.block, p.transfer));
+            return Err(OptionError::BlockNotMultiple { block: p.block, transfer: p.transfer });
         }
         if p.transfer > 1 << 30 {
-            return Err("transfer size must be at most 1 GiB".into());
+            return Err(OptionError::TooLarge { option: "transfer size (-t)", limit: 1 << 30 });
         }
         // As IOR: O_DIRECT fails on unaligned transfers, so refuse them before starting. Every
         // offset is a multiple of the transfer size, so aligned sizes give aligned offsets.
@@ -208,21 +209,14 @@ impl IorArgs {
             && p.apis.contains(&Api::Posix)
             && (!p.transfer.is_multiple_of(align) || !p.block.is_multiple_of(align))
         {
-            let mut e = format!(
-                "--posix.odirect needs the transfer size (-t) and block size (-b) to be multiples of {align} bytes \
-                 (O_DIRECT alignment); got -t {} and -b {}",
-                p.transfer, p.block
-            );
-            if self.preset == Some(Preset::IorHard) {
-                e.push_str(&format!(" (--preset ior-hard's {HARD_XFER}-byte records cannot be used with O_DIRECT)"));
-            }
-            return Err(e);
+            let hard_records = (self.preset == Some(Preset::IorHard)).then_some(HARD_XFER);
+            return Err(OptionError::Unaligned { align, transfer: p.transfer, block: p.block, hard_records });
         }
         if p.reps == 0 {
-            return Err("-i must be at least 1".into());
+            return Err(OptionError::NotPositive("-i"));
         }
         if p.test_file.is_empty() {
-            return Err("-o must name a file".into());
+            return Err(OptionError::NoFile);
         }
         Ok(p)
     }

@@ -6,6 +6,7 @@
 //! rate is all ranks' items over the time from the first rank's start to the last rank's end.
 
 use crate::comm::{now, Comm};
+use crate::error::OptionError;
 use crate::launch;
 use crate::pattern;
 use crate::store::{self, Api, Backend};
@@ -69,12 +70,12 @@ pub struct MdtestArgs {
     pub size: Option<u64>,
 }
 
-fn parse_api(s: &str) -> Result<crate::ior::ApiList, String> {
+fn parse_api(s: &str) -> Result<crate::ior::ApiList, OptionError> {
     Api::parse_list(s).map(crate::ior::ApiList)
 }
 
-fn parse_count(s: &str) -> Result<u64, String> {
-    pfs_common::units::parse_size(s)
+fn parse_count(s: &str) -> Result<u64, OptionError> {
+    Ok(pfs_common::units::parse_size(s)?)
 }
 
 /// Resolved parameters.
@@ -92,7 +93,7 @@ pub struct Params {
 }
 
 impl MdtestArgs {
-    pub fn params(&self) -> Result<Params, String> {
+    pub fn params(&self) -> Result<Params, OptionError> {
         let (mut items, mut files_only, mut unique, mut w, mut e) = (1000, false, false, 0, 0);
         match self.preset {
             Some(Preset::MdtestEasy) => {
@@ -108,13 +109,13 @@ impl MdtestArgs {
             }
             None => {
                 if self.size.is_some() {
-                    return Err("--size goes with --preset".into());
+                    return Err(OptionError::SizeWithoutPreset);
                 }
             }
         }
         let files_only = files_only || self.files_only;
         if files_only && self.dirs_only {
-            return Err("-F and -D exclude each other".into());
+            return Err(OptionError::Exclusive("-F", "-D"));
         }
         let p = Params {
             apis: self.api.clone().map(|a| a.0).unwrap_or_else(|| vec![Api::Pfs]),
@@ -128,13 +129,13 @@ impl MdtestArgs {
             read_bytes: self.read_bytes.unwrap_or(e),
         };
         if p.items == 0 {
-            return Err("-n must be at least 1".into());
+            return Err(OptionError::NotPositive("-n"));
         }
         if p.iterations == 0 {
-            return Err("-i must be at least 1".into());
+            return Err(OptionError::NotPositive("-i"));
         }
         if p.write_bytes > 1 << 30 || p.read_bytes > 1 << 30 {
-            return Err("-w and -e must be at most 1 GiB".into());
+            return Err(OptionError::TooLarge { option: "-w and -e", limit: 1 << 30 });
         }
         Ok(p)
     }

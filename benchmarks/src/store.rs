@@ -60,20 +60,20 @@ impl Api {
     }
 
     /// `PFS`, `POSIX`, or a comma-separated list of both (run each in turn, same job).
-    pub fn parse_list(s: &str) -> std::result::Result<Vec<Api>, String> {
+    pub fn parse_list(s: &str) -> std::result::Result<Vec<Api>, crate::error::OptionError> {
         let mut out = Vec::new();
         for part in s.split(',').map(|p| p.trim()).filter(|p| !p.is_empty()) {
             let api = match part.to_ascii_uppercase().as_str() {
                 "PFS" => Api::Pfs,
                 "POSIX" => Api::Posix,
-                _ => return Err(format!("unknown api `{part}` (PFS, POSIX, or PFS,POSIX)")),
+                _ => return Err(crate::error::OptionError::UnknownApi(part.to_string())),
             };
             if !out.contains(&api) {
                 out.push(api);
             }
         }
         if out.is_empty() {
-            return Err("empty api list".into());
+            return Err(crate::error::OptionError::NoApi);
         }
         Ok(out)
     }

@@ -1,20 +1,38 @@
 //! Option parsing of pfs-ior and pfs-mdtest: IOR's and mdtest's meanings, sizes, presets.
 
+use benchmarks::error::OptionError;
 use benchmarks::ior::{IorArgs, Preset as IorPreset};
 use benchmarks::mdtest::MdtestArgs;
 use benchmarks::store::Api;
 use clap::Parser;
 
-fn ior(args: &[&str]) -> Result<benchmarks::ior::Params, String> {
-    let mut v = vec!["pfs-ior"];
-    v.extend_from_slice(args);
-    IorArgs::try_parse_from(v).map_err(|e| e.to_string())?.params()
+/// How a command line is refused: by clap (a bad value or flag; its message), or by the
+/// checks after parsing.
+#[derive(Debug)]
+enum Refused {
+    #[allow(dead_code)] // shown by Debug when a test fails
+    Clap(String),
+    Option(OptionError),
 }
 
-fn mdtest(args: &[&str]) -> Result<benchmarks::mdtest::Params, String> {
+fn ior(args: &[&str]) -> Result<benchmarks::ior::Params, Refused> {
+    let mut v = vec!["pfs-ior"];
+    v.extend_from_slice(args);
+    IorArgs::try_parse_from(v).map_err(|e| Refused::Clap(e.to_string()))?.params().map_err(Refused::Option)
+}
+
+fn mdtest(args: &[&str]) -> Result<benchmarks::mdtest::Params, Refused> {
     let mut v = vec!["pfs-mdtest"];
     v.extend_from_slice(args);
-    MdtestArgs::try_parse_from(v).map_err(|e| e.to_string())?.params()
+    MdtestArgs::try_parse_from(v).map_err(|e| Refused::Clap(e.to_string()))?.params().map_err(Refused::Option)
+}
+
+/// The check a command line fails after parsing.
+fn refused(r: Result<impl std::fmt::Debug, Refused>) -> OptionError {
+    match r {
+        Err(Refused::Option(e)) => e,
+        other => panic!("expected a refused option, got {other:?}"),
+    }
 }
 
 #[test]
@@ -66,11 +84,12 @@ fn ior_flags_and_their_meanings() {
 #[test]
 fn ior_rejects_what_ior_rejects() {
     // blockSize must be a multiple of transferSize.
-    assert!(ior(&["-b", "100k", "-t", "64k"]).is_err());
-    assert!(ior(&["-t", "0"]).is_err());
-    assert!(ior(&["-s", "0"]).is_err());
-    assert!(ior(&["-i", "0"]).is_err());
-    assert!(ior(&["--size", "1m"]).is_err(), "--size needs a preset");
+    let e = refused(ior(&["-b", "100k", "-t", "64k"]));
+    assert_eq!(e, OptionError::BlockNotMultiple { block: 100 << 10, transfer: 64 << 10 });
+    assert_eq!(refused(ior(&["-t", "0"])), OptionError::NotPositive("-b, -t and -s"));
+    assert_eq!(refused(ior(&["-s", "0"])), OptionError::NotPositive("-b, -t and -s"));
+    assert_eq!(refused(ior(&["-i", "0"])), OptionError::NotPositive("-i"));
+    assert_eq!(refused(ior(&["--size", "1m"])), OptionError::SizeWithoutPreset, "--size needs a preset");
 }
 
 #[test]
@@ -125,8 +144,8 @@ fn mdtest_options() {
     assert!(!p.files && p.dirs);
     let p = mdtest(&["-n", "5"]).unwrap();
     assert!(p.files && p.dirs, "neither -F nor -D: both");
-    assert!(mdtest(&["-F", "-D"]).is_err());
-    assert!(mdtest(&["-n", "0"]).is_err());
+    assert_eq!(refused(mdtest(&["-F", "-D"])), OptionError::Exclusive("-F", "-D"));
+    assert_eq!(refused(mdtest(&["-n", "0"])), OptionError::NotPositive("-n"));
 }
 
 #[test]
@@ -145,13 +164,14 @@ fn posix_odirect_needs_aligned_sizes_for_posix() {
     assert!(p.odirect);
     assert!(!ior(&["-a", "POSIX"]).unwrap().odirect);
     // An unaligned transfer size is refused, naming the option and the values.
-    let e = ior(&["-a", "POSIX", "--posix.odirect", "-t", "47008", "-b", "94016"]).unwrap_err();
-    assert!(e.contains("--posix.odirect") && e.contains("-t 47008") && e.contains("-b 94016"), "{e}");
-    let e = ior(&["-a", "PFS,POSIX", "--posix.odirect", "-t", "1000", "-b", "4000"]).unwrap_err();
-    assert!(e.contains("multiples of 4096"), "{e}");
+    let e = refused(ior(&["-a", "POSIX", "--posix.odirect", "-t", "47008", "-b", "94016"]));
+    assert_eq!(e, OptionError::Unaligned { align: 4096, transfer: 47008, block: 94016, hard_records: None });
+    let e = refused(ior(&["-a", "PFS,POSIX", "--posix.odirect", "-t", "1000", "-b", "4000"]));
+    assert!(matches!(e, OptionError::Unaligned { align: 4096, transfer: 1000, block: 4000, .. }), "{e}");
     // ior-hard's records cannot be aligned: the error says so.
-    let e = ior(&["-a", "POSIX", "--posix.odirect", "--preset", "ior-hard"]).unwrap_err();
-    assert!(e.contains("ior-hard") && e.contains("47008"), "{e}");
+    let e = refused(ior(&["-a", "POSIX", "--posix.odirect", "--preset", "ior-hard"]));
+    assert!(matches!(e, OptionError::Unaligned { hard_records: Some(47008), .. }), "{e}");
+    assert!(e.to_string().contains("ior-hard") && e.to_string().contains("47008"), "the message says why: {e}");
     assert!(ior(&["-a", "POSIX", "--posix.odirect", "--preset", "ior-easy"]).is_ok());
     // The PFS API ignores the option, so nothing to refuse.
     assert!(ior(&["-a", "PFS", "--posix.odirect", "--preset", "ior-hard"]).is_ok());

@@ -156,9 +156,9 @@ async fn reads_fail_as_lost(cluster: &LocalCluster, client: &Client, path: &str,
     let e =
         r.map(|n| format!("{n} bytes, {zeros} of them zeros")).expect_err(&format!("reading chunk {chunk} of {path}"));
     let msg = e.to_string();
-    assert_eq!(e.code(), ErrorCode::Io, "{msg}");
+    assert_eq!(e.code(), ErrorCode::Lost, "{msg}");
+    assert!(matches!(e, pfs_client::Error::Chunk { chunk: c, .. } if c == chunk), "{msg}");
     assert!(msg.contains(&format!("chunk {chunk}")) && msg.contains(&server.to_string()), "{msg}");
-    assert!(msg.contains("lost"), "{msg}");
     f.close().await.unwrap();
     let out = cluster.dir().join("out.bin");
     let copy = run_tool(PFS_CP, cluster.config_path(), &[&format!("pfs:{path}"), out.to_str().unwrap()]);

@@ -71,6 +71,12 @@ pub struct ClientStats {
     /// Releases of tokens sent to pfs-meta and not answered yet (a last close or a give-back
     /// of a file; acquires over their bytes wait for them).
     pub releases_pending: u64,
+    /// Chains fetched from pfs-meta (the first use of each, and after a Stale answer that
+    /// carried no newer chain, or a replica failed).
+    pub chain_fetches: u64,
+    /// Requests sent again on the newer chain a storage server's Stale answer carried,
+    /// without asking pfs-meta.
+    pub chains_told: u64,
 }
 
 impl Client {
@@ -110,6 +116,8 @@ impl Client {
             failovers: c.failovers.load(Ordering::Relaxed),
             open_files: self.session.open_files() as u64,
             releases_pending: self.session.releases_pending() as u64,
+            chain_fetches: c.chain_fetches.load(Ordering::Relaxed),
+            chains_told: c.chains_told.load(Ordering::Relaxed),
         }
     }
 

@@ -84,7 +84,7 @@ impl Error {
             Error::Chunk { source, .. } | Error::File { source, .. } => source.code(),
             Error::Protocol { .. } => ErrorCode::Protocol,
             Error::NotHeld { .. } => ErrorCode::Denied,
-            Error::Restarted { .. } => ErrorCode::Io,
+            Error::Restarted { .. } => ErrorCode::Restarted,
             Error::Io { source, .. } => ErrorCode::of_io(source),
         }
     }
@@ -99,6 +99,17 @@ impl Error {
         match self {
             Error::Chunk { source, .. } | Error::File { source, .. } => source.root(),
             other => other,
+        }
+    }
+
+    /// The chain a Stale answer carried: the request's chain as the answering storage server
+    /// has it now ([`pfs_common::error::WireError::chain`]), through [`Error::Chunk`] and
+    /// [`Error::File`].
+    pub fn current_chain(&self) -> Option<&pfs_common::chain::Chain> {
+        match self {
+            Error::Rpc(e) => e.current_chain(),
+            Error::Chunk { source, .. } | Error::File { source, .. } => source.current_chain(),
+            _ => None,
         }
     }
 

@@ -5,6 +5,11 @@
 //! has it now: at once when that is a new version, otherwise backing off up to
 //! [`BACKOFF_MAX_MS`], until `failover_ms` has passed without a new version. A chain of one
 //! replica has nowhere else to go, so only Stale is retried there.
+//!
+//! A Stale answer carries the chain as the answering server has it
+//! ([`crate::Error::current_chain`]); when that is newer than the one the request was sent
+//! on, the request goes on with it at once, without asking pfs-meta. An older one (the server
+//! has not heard of the change yet) is ignored.
 
 use crate::error::{Error, Result};
 use crate::session::Session;
@@ -36,6 +41,29 @@ impl Failover {
             ErrorCode::Unavailable | ErrorCode::TimedOut => chain.members.len() > 1,
             _ => false,
         }
+    }
+
+    /// [`Failover::again`], unless `told` (the chain a Stale answer carried) is chain `id`,
+    /// well formed and newer than version `seen`: then that chain, at once, remembered as the
+    /// session's, and pfs-meta is not asked.
+    pub(crate) async fn again_with(
+        &mut self,
+        session: &Session,
+        id: ChainId,
+        seen: u64,
+        told: Option<&Chain>,
+    ) -> Result<Option<Arc<Chain>>> {
+        if let Some(c) = told.filter(|c| c.id == id && c.version > seen && c.well_formed()) {
+            session.counters.chains_told.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            return Ok(Some(session.learn_chain(c.clone())));
+        }
+        self.again(session, id, seen).await
+    }
+
+    /// The newest chain `id` among what Stale answers carried (`errors`), for
+    /// [`Failover::again_with`].
+    pub(crate) fn newest<'a>(id: ChainId, told: impl IntoIterator<Item = &'a Chain>) -> Option<&'a Chain> {
+        told.into_iter().filter(|c| c.id == id).max_by_key(|c| c.version)
     }
 
     /// Chain `id` to try again on: at once if pfs-meta's chain moved on from version `seen` (a

@@ -488,7 +488,7 @@ impl OpenFile {
                     return Err(on_chunk(e));
                 }
                 Err(e) if Failover::retryable(&e, &chain) => {
-                    match failover.again(&self.session, chain_id, chain.version).await? {
+                    match failover.again_with(&self.session, chain_id, chain.version, e.current_chain()).await? {
                         Some(c) => {
                             tracing::debug!("writing chunk {chunk} of {}: {e}; again on {}", self.path, c.describe());
                             chain = c;
@@ -535,6 +535,7 @@ impl OpenFile {
         loop {
             let readers: Vec<ServerId> = chain.readers().collect();
             let mut last = None;
+            let mut told = Vec::new();
             let mut cure = readers.is_empty();
             for i in 0..readers.len() {
                 let server = readers[(p.chunk as usize + i) % readers.len()];
@@ -564,6 +565,7 @@ impl OpenFile {
                             self.path
                         );
                         cure |= Failover::retryable(&e, &chain);
+                        told.extend(e.current_chain().cloned());
                         last = Some(self.chunk_error("reading", p.chunk, server, e));
                     }
                 }
@@ -575,7 +577,8 @@ impl OpenFile {
             if !cure {
                 return Err(failed);
             }
-            match failover.again(&self.session, chain_id, chain.version).await? {
+            let newest = Failover::newest(chain_id, &told);
+            match failover.again_with(&self.session, chain_id, chain.version, newest).await? {
                 Some(c) => chain = c,
                 None => return Err(failed),
             }

@@ -75,6 +75,10 @@ pub(crate) struct Counters {
     pub(crate) revokes: AtomicU64,
     /// Reads another replica answered after one failed.
     pub(crate) failovers: AtomicU64,
+    /// Chains asked of pfs-meta.
+    pub(crate) chain_fetches: AtomicU64,
+    /// Chains taken from Stale answers.
+    pub(crate) chains_told: AtomicU64,
 }
 
 /// Closes not yet sent to pfs-meta.
@@ -490,6 +494,7 @@ impl Session {
     ///
     /// Errors: Protocol when pfs-meta does not know the chain; Unavailable, TimedOut.
     pub(crate) async fn refresh_chain(&self, id: ChainId) -> Result<Arc<Chain>> {
+        self.counters.chain_fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let chains = self.meta(GetChains { ids: vec![id] }).await?;
         let c = chains.into_iter().find(|c| c.id == id).ok_or_else(|| Error::Protocol {
             peer: "pfs-meta".into(),
@@ -498,6 +503,20 @@ impl Session {
         let c = Arc::new(c);
         self.chains.lock().insert(id, c.clone());
         Ok(c)
+    }
+
+    /// Remembers `chain` (from a storage server's Stale answer) unless a version at least as
+    /// new is known already; returns the newest known.
+    pub(crate) fn learn_chain(&self, chain: Chain) -> Arc<Chain> {
+        let mut cache = self.chains.lock();
+        match cache.get(&chain.id) {
+            Some(known) if known.version >= chain.version => known.clone(),
+            _ => {
+                let c = Arc::new(chain);
+                cache.insert(c.id, c.clone());
+                c
+            }
+        }
     }
 
     /// Every chain, fresh from pfs-meta.
@@ -650,9 +669,11 @@ mod tests {
                     requests += 1;
                     let answer: ResponseBody<StorageStatus> = match (requests, close_first) {
                         (1, true) => break, // closed unanswered, as an idle close crossing it
-                        (1, false) => {
-                            Err(pfs_common::error::WireError { code: ErrorCode::Invalid, message: "refused".into() })
-                        }
+                        (1, false) => Err(pfs_common::error::WireError {
+                            code: ErrorCode::Invalid,
+                            message: "refused".into(),
+                            chain: None,
+                        }),
                         _ => Ok(StorageStatus {
                             id: ServerId(1),
                             capacity_bytes: 1,

@@ -35,9 +35,9 @@
 //! connection. Tags are compared in constant time (`hmac`'s `verify_truncated_left`).
 
 use crate::error::{Error, Result};
-use crate::wire::PeerRole;
 use hmac::Mac;
 use rand::RngCore;
+use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::fmt;
 use std::path::Path;
@@ -92,6 +92,20 @@ impl fmt::Debug for Key {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Key(..)")
     }
+}
+
+/// Who is on the other end of a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum PeerRole {
+    /// An application, tool or benchmark using pfs-client.
+    Client,
+    /// A storage server (talking to pfs-meta).
+    Storage,
+    /// The metadata server.
+    Meta,
+    /// An operator's tool holding the cluster secret (`pfs fsck --repair`): the only peer
+    /// that may ask pfs-meta to remove orphaned chunks. A client key cannot connect as one.
+    Admin,
 }
 
 /// The label of a role in key derivation.

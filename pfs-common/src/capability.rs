@@ -120,9 +120,40 @@ impl Access {
     }
 }
 
+/// Why a storage server refuses a request's capabilities (answered as Denied). Each variant
+/// names the file, session, sizes or bytes involved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CapabilityError {
+    /// The request carries no capability at all.
+    #[error("no capability: ask pfs-meta for a token first")]
+    Missing,
+    /// More than [`MAX_CAPABILITIES`] capabilities.
+    #[error("{count} capabilities (at most {MAX_CAPABILITIES})")]
+    TooMany { count: usize },
+    /// A capability's tag does not check with the capability key.
+    #[error("a capability for {file} that pfs-meta did not issue (forged or altered)")]
+    Forged { file: FileId },
+    /// A capability expired `ago_ms` before the check.
+    #[error("a capability for {file} that expired {ago_ms} ms ago")]
+    Expired { file: FileId, ago_ms: u64 },
+    /// A capability names another file or session than the request.
+    #[error("a capability for {held_file} of session {held_session:x}, not {file} of session {session:x}")]
+    OtherHolder { held_file: FileId, held_session: SessionId, file: FileId, session: SessionId },
+    /// A capability names another chunk size than the request.
+    #[error("a capability for chunks of {held} bytes, not {asked}")]
+    ChunkSize { held: u64, asked: u64 },
+    /// A read capability offered for a write.
+    #[error("a read capability for a write of {file}")]
+    ReadOnly { file: FileId },
+    /// The capabilities' union does not cover file bytes `range` of the request; the bytes
+    /// from `uncovered` on (within `range`) are the first ones no capability grants.
+    #[error("capabilities of {file} do not cover bytes {range} (none from byte {uncovered})")]
+    NotCovered { file: FileId, range: ByteRange, uncovered: u64 },
+}
+
 /// Checks that `caps` allow `access` at Unix time `now_ms` (storage servers). Errors with
 /// the reason, for the Denied answer.
-pub fn check(key: &Key, caps: &[Capability], access: &Access, now_ms: u64) -> Result<(), String> {
+pub fn check(key: &Key, caps: &[Capability], access: &Access, now_ms: u64) -> Result<(), CapabilityError> {
     check_each(key, caps, access, [access.range], now_ms)
 }
 
@@ -135,32 +166,34 @@ pub fn check_each(
     access: &Access,
     ranges: impl IntoIterator<Item = ByteRange>,
     now_ms: u64,
-) -> Result<(), String> {
+) -> Result<(), CapabilityError> {
     if caps.is_empty() {
-        return Err("no capability: ask pfs-meta for a token first".into());
+        return Err(CapabilityError::Missing);
     }
     if caps.len() > MAX_CAPABILITIES {
-        return Err(format!("{} capabilities (at most {MAX_CAPABILITIES})", caps.len()));
+        return Err(CapabilityError::TooMany { count: caps.len() });
     }
     let mut held = Vec::with_capacity(caps.len());
     for c in caps {
         if tag_of(key, c).verify_truncated_left(&c.tag).is_err() {
-            return Err(format!("a capability for {} that pfs-meta did not issue (forged or altered)", c.file));
+            return Err(CapabilityError::Forged { file: c.file });
         }
         if c.expires_ms <= now_ms {
-            return Err(format!("a capability for {} that expired {} ms ago", c.file, now_ms - c.expires_ms));
+            return Err(CapabilityError::Expired { file: c.file, ago_ms: now_ms - c.expires_ms });
         }
         if c.file != access.file || c.session != access.session {
-            return Err(format!(
-                "a capability for {} of session {:x}, not {} of session {:x}",
-                c.file, c.session, access.file, access.session
-            ));
+            return Err(CapabilityError::OtherHolder {
+                held_file: c.file,
+                held_session: c.session,
+                file: access.file,
+                session: access.session,
+            });
         }
         if c.chunk_size != access.chunk_size {
-            return Err(format!("a capability for chunks of {} bytes, not {}", c.chunk_size, access.chunk_size));
+            return Err(CapabilityError::ChunkSize { held: c.chunk_size, asked: access.chunk_size });
         }
         if access.mode == Mode::Write && c.mode != Mode::Write {
-            return Err(format!("a read capability for a write of {}", access.file));
+            return Err(CapabilityError::ReadOnly { file: access.file });
         }
         held.push(c.range);
     }
@@ -175,7 +208,7 @@ pub fn check_each(
             covered = covered.max(r.end);
         }
         if covered < range.end {
-            return Err(format!("capabilities of {} do not cover bytes {range}", access.file));
+            return Err(CapabilityError::NotCovered { file: access.file, range, uncovered: covered });
         }
     }
     Ok(())
@@ -204,25 +237,29 @@ mod tests {
         let now = unix_ms();
         check(&key, &[w], &access(ByteRange::new(10, 90), Mode::Write), now).unwrap();
         check(&key, &[r, w], &access(ByteRange::new(50, 250), Mode::Read), now).unwrap();
-        let e = check(&key, &[w, r], &access(ByteRange::new(50, 250), Mode::Write), now).unwrap_err();
-        assert!(e.contains("read capability"), "{e}");
-        let e = check(&key, &[w], &access(ByteRange::new(50, 101), Mode::Write), now).unwrap_err();
-        assert!(e.contains("do not cover"), "{e}");
+        let e = check(&key, &[w, r], &access(ByteRange::new(50, 250), Mode::Write), now);
+        assert_eq!(e, Err(CapabilityError::ReadOnly { file: FileId(7) }));
+        let e = check(&key, &[w], &access(ByteRange::new(50, 101), Mode::Write), now);
+        let range = ByteRange::new(50, 101);
+        assert_eq!(e, Err(CapabilityError::NotCovered { file: FileId(7), range, uncovered: 100 }));
         // Forged: widened range, another key, another session, expired.
         let mut wide = w;
         wide.range.end = u64::MAX;
-        assert!(check(&key, &[wide], &access(ByteRange::new(0, 200), Mode::Write), now)
-            .unwrap_err()
-            .contains("forged"));
+        let e = check(&key, &[wide], &access(ByteRange::new(0, 200), Mode::Write), now);
+        assert_eq!(e, Err(CapabilityError::Forged { file: FileId(7) }));
         let other = sign(&Key::random(), wide);
-        assert!(check(&key, &[other], &access(ByteRange::new(0, 200), Mode::Write), now).is_err());
+        let e = check(&key, &[other], &access(ByteRange::new(0, 200), Mode::Write), now);
+        assert_eq!(e, Err(CapabilityError::Forged { file: FileId(7) }));
         let e = check(&key, &[w], &Access { session: 10, ..access(ByteRange::new(0, 1), Mode::Read) }, now);
-        assert!(e.unwrap_err().contains("session"));
+        assert!(matches!(e, Err(CapabilityError::OtherHolder { held_session: 9, session: 10, .. })), "{e:?}");
         let old = sign(&key, Capability { expires_ms: now - 1, ..w });
-        assert!(check(&key, &[old], &access(ByteRange::new(0, 1), Mode::Read), now).unwrap_err().contains("expired"));
-        assert!(check(&key, &[], &access(ByteRange::new(0, 1), Mode::Read), now).is_err());
+        let e = check(&key, &[old], &access(ByteRange::new(0, 1), Mode::Read), now);
+        assert_eq!(e, Err(CapabilityError::Expired { file: FileId(7), ago_ms: 1 }));
+        assert_eq!(check(&key, &[], &access(ByteRange::new(0, 1), Mode::Read), now), Err(CapabilityError::Missing));
         let e = check(&key, &[w], &Access { chunk_size: 512, ..access(ByteRange::new(0, 1), Mode::Read) }, now);
-        assert!(e.unwrap_err().contains("512"));
+        assert_eq!(e, Err(CapabilityError::ChunkSize { held: 1 << 20, asked: 512 }));
+        let e = check(&key, &[w; 9], &access(ByteRange::new(0, 1), Mode::Read), now);
+        assert_eq!(e, Err(CapabilityError::TooMany { count: 9 }));
     }
 
     #[test]
@@ -234,9 +271,11 @@ mod tests {
         check_each(&key, &[b, a], &base, ranges, now).unwrap();
         // The gap between the capabilities is not covered, even though both ends are.
         let ranges = [ByteRange::new(10, 90), ByteRange::new(150, 160), ByteRange::new(210, 220)];
-        let e = check_each(&key, &[a, b], &base, ranges, now).unwrap_err();
-        assert!(e.contains("[150, 160)"), "{e}");
-        let e = check_each(&key, &[a, b], &base, [ByteRange::new(90, 210)], now).unwrap_err();
-        assert!(e.contains("do not cover"), "{e}");
+        let e = check_each(&key, &[a, b], &base, ranges, now);
+        let range = ByteRange::new(150, 160);
+        assert_eq!(e, Err(CapabilityError::NotCovered { file: FileId(7), range, uncovered: 150 }));
+        let e = check_each(&key, &[a, b], &base, [ByteRange::new(90, 210)], now);
+        let range = ByteRange::new(90, 210);
+        assert_eq!(e, Err(CapabilityError::NotCovered { file: FileId(7), range, uncovered: 100 }));
     }
 }

@@ -91,6 +91,16 @@ impl Chain {
         Chain { id, version: 1, replicas: servers.len() as u8, members }
     }
 
+    /// Whether the chain has the shape pfs-meta gives every chain: 1 to [`MAX_REPLICAS`]
+    /// replicas wanted, at most [`MAX_REPLICAS`] members (a replaced replica takes its
+    /// predecessor's place), each server once. A chain received from a peer (a Stale answer's)
+    /// is used only if it is.
+    pub fn well_formed(&self) -> bool {
+        let distinct =
+            self.members.iter().enumerate().all(|(i, m)| self.members[..i].iter().all(|o| o.server != m.server));
+        (1..=MAX_REPLICAS).contains(&self.replicas) && self.members.len() <= MAX_REPLICAS as usize && distinct
+    }
+
     /// This chain's id and version, as a request carries them.
     pub fn at(&self) -> ChainRef {
         ChainRef { id: self.id, version: self.version }
@@ -173,5 +183,14 @@ mod tests {
         n.normalize();
         assert_eq!(n.members.iter().map(|r| r.server.0).collect::<Vec<_>>(), vec![3, 2, 1]);
         assert!(!Chain::new(ChainId(2), &[ServerId(1), ServerId(2)]).degraded());
+    }
+
+    #[test]
+    fn only_chains_shaped_as_pfs_meta_makes_them_are_well_formed() {
+        use ReplicaState::*;
+        assert!(chain(&[(1, Serving), (2, Syncing), (3, Offline)]).well_formed());
+        assert!(!chain(&[(1, Serving), (2, Serving), (3, Serving), (4, Serving)]).well_formed(), "4 members");
+        assert!(!chain(&[(1, Serving), (1, Syncing)]).well_formed(), "a server twice");
+        assert!(!chain(&[]).well_formed(), "no replica wanted");
     }
 }

@@ -6,6 +6,7 @@
 //! error is sent as an answer ([`WireError`]) and read back into a variant on the other side
 //! ([`Error::Remote`]). Decisions are made on variants and codes, never on message text.
 
+use crate::chain::Chain;
 use serde::{Deserialize, Serialize};
 use std::fmt;
 use std::io;
@@ -57,6 +58,15 @@ pub enum ErrorCode {
     /// The authenticated peer may not do this: its role does not allow it, the session is
     /// another connection's, or it holds no valid capability (EACCES).
     Denied,
+    /// A committed chunk is missing (or shorter than committed) on the server asked: its data
+    /// is lost there; another replica may still have it (EIO).
+    Lost,
+    /// A block of a chunk does not match its checksum on the server asked: the bytes on its
+    /// disk are damaged; another replica may still have them (EIO).
+    Corrupt,
+    /// The server restarted between writes it had not made durable and the fsync asking for
+    /// them: they may be lost, and should be written again (EIO).
+    Restarted,
 }
 
 impl ErrorCode {
@@ -82,12 +92,16 @@ impl ErrorCode {
             ErrorCode::Stale => "stale replication chain",
             ErrorCode::AuthFailed => "authentication failed",
             ErrorCode::Denied => "permission denied",
+            ErrorCode::Lost => "chunk lost",
+            ErrorCode::Corrupt => "chunk corrupt",
+            ErrorCode::Restarted => "server restarted before its writes were durable",
         }
     }
 
     /// The errno a POSIX interface (the mount, the C library) returns for this code: a dead or
     /// unreachable server is EIO, a deadline ETIMEDOUT, an evicted session ESTALE, refused
-    /// authentication or authorization EACCES.
+    /// authentication or authorization EACCES; a lost or corrupt chunk and a restarted server
+    /// are EIO.
     pub fn errno(self) -> i32 {
         match self {
             ErrorCode::NotFound => libc::ENOENT,
@@ -97,7 +111,9 @@ impl ErrorCode {
             ErrorCode::NotEmpty => libc::ENOTEMPTY,
             ErrorCode::Invalid => libc::EINVAL,
             ErrorCode::Conflict | ErrorCode::Evicted => libc::ESTALE,
-            ErrorCode::Io | ErrorCode::Unavailable => libc::EIO,
+            ErrorCode::Io | ErrorCode::Unavailable | ErrorCode::Lost | ErrorCode::Corrupt | ErrorCode::Restarted => {
+                libc::EIO
+            }
             ErrorCode::TooLarge => libc::EFBIG,
             ErrorCode::NoSpace => libc::ENOSPC,
             ErrorCode::TimedOut => libc::ETIMEDOUT,
@@ -139,6 +155,12 @@ impl fmt::Display for ErrorCode {
 pub struct WireError {
     pub code: ErrorCode,
     pub message: String,
+    /// With [`ErrorCode::Stale`] from a storage server: the chain the request named, as that
+    /// server has it now (id, version, members), so the sender can go on with it without
+    /// asking pfs-meta, when it is newer than the sender's. `None` when the server does not
+    /// know the chain, and for every other error. Decoded from a body the frame header
+    /// already bounded; a receiver checks [`Chain::well_formed`] before it uses one.
+    pub chain: Option<Chain>,
 }
 
 /// An error that can be answered on the wire: its code, and its `Display` as the message.
@@ -146,9 +168,14 @@ pub trait WireCode: std::error::Error {
     /// The errno-like code the peer will see.
     fn code(&self) -> ErrorCode;
 
+    /// For a Stale error: the chain as the answering server has it now.
+    fn current_chain(&self) -> Option<&Chain> {
+        None
+    }
+
     /// The error as sent on the wire.
     fn to_wire(&self) -> WireError {
-        WireError { code: self.code(), message: self.to_string() }
+        WireError { code: self.code(), message: self.to_string(), chain: self.current_chain().cloned() }
     }
 }
 
@@ -191,9 +218,10 @@ pub enum Error {
     /// A frame's length exceeds a limit; checked before anything is allocated.
     #[error("{peer}: {what} of {len} bytes exceeds the limit of {limit} bytes")]
     TooLarge { peer: String, what: &'static str, len: u64, limit: u64 },
-    /// `peer` answered the request with an error.
+    /// `peer` answered the request with an error. With Stale, `chain` is the chain the
+    /// request named as `peer` has it now, when it sent one ([`WireError::chain`]).
     #[error("{message}")]
-    Remote { peer: String, code: ErrorCode, message: String },
+    Remote { peer: String, code: ErrorCode, message: String, chain: Option<Box<Chain>> },
     /// A configuration file (or text) is invalid; the message names the file, line and
     /// column or setting.
     #[error("{0}")]
@@ -238,6 +266,15 @@ impl Error {
         }
     }
 
+    /// The chain a Stale answer carried: the request's chain as the answering server has it
+    /// now ([`WireError::chain`]).
+    pub fn current_chain(&self) -> Option<&Chain> {
+        match self {
+            Error::Remote { chain, .. } => chain.as_deref(),
+            _ => None,
+        }
+    }
+
     /// True if the connection this error came from is gone (not an answer to one request).
     pub fn is_connection_lost(&self) -> bool {
         matches!(self, Error::Connect { .. } | Error::Closed { .. } | Error::Socket { .. } | Error::TimedOut { .. })
@@ -256,6 +293,10 @@ impl WireCode for Error {
     fn code(&self) -> ErrorCode {
         Error::code(self)
     }
+
+    fn current_chain(&self) -> Option<&Chain> {
+        Error::current_chain(self)
+    }
 }
 
 /// Result alias with this crate's [`Error`].
@@ -271,9 +312,11 @@ mod tests {
         assert_eq!(ErrorCode::of_io(&io::Error::from_raw_os_error(libc_enospc())), ErrorCode::NoSpace);
         assert_eq!(ErrorCode::of_io(&io::Error::from(io::ErrorKind::ConnectionReset)), ErrorCode::Unavailable);
         assert_eq!(ErrorCode::of_io(&io::Error::from(io::ErrorKind::PermissionDenied)), ErrorCode::Io);
-        let e = Error::Remote { peer: "pfs-meta".into(), code: ErrorCode::Exists, message: "/a already exists".into() };
+        let message = "/a already exists".to_string();
+        let e =
+            Error::Remote { peer: "pfs-meta".into(), code: ErrorCode::Exists, message: message.clone(), chain: None };
         assert_eq!(e.code(), ErrorCode::Exists);
-        assert_eq!(e.to_wire(), WireError { code: ErrorCode::Exists, message: "/a already exists".into() });
+        assert_eq!(e.to_wire(), WireError { code: ErrorCode::Exists, message, chain: None });
     }
 
     /// ENOSPC on Linux, without a libc dependency here.

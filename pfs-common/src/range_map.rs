@@ -162,25 +162,39 @@ impl RangeMap {
     }
 
     /// Checks the entries are non-empty, disjoint, sorted and coalesced; the error names the
-    /// first offending pair.
-    pub fn check(&self) -> Result<(), String> {
+    /// first offending entry or pair.
+    pub fn check(&self) -> Result<(), RangeMapError> {
         let mut prev: Option<(ByteRange, Mode)> = None;
         for (r, m) in self.iter() {
             if r.is_empty() {
-                return Err(format!("empty token {r}"));
+                return Err(RangeMapError::Empty { range: r });
             }
             if let Some((p, pm)) = prev {
                 if p.end > r.start {
-                    return Err(format!("tokens {p} and {r} overlap"));
+                    return Err(RangeMapError::Overlap { first: p, second: r });
                 }
                 if p.end == r.start && pm == m {
-                    return Err(format!("tokens {p} and {r} of mode {m:?} are not coalesced"));
+                    return Err(RangeMapError::NotCoalesced { first: p, second: r, mode: m });
                 }
             }
             prev = Some((r, m));
         }
         Ok(())
     }
+}
+
+/// How a [`RangeMap`] breaks its invariant (a bug, found by [`RangeMap::check`]).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RangeMapError {
+    /// An entry holds no bytes.
+    #[error("empty token {range}")]
+    Empty { range: ByteRange },
+    /// Two entries share bytes, or are out of order.
+    #[error("tokens {first} and {second} overlap")]
+    Overlap { first: ByteRange, second: ByteRange },
+    /// Two adjacent entries of the same mode are not merged.
+    #[error("tokens {first} and {second} of mode {mode:?} are not coalesced")]
+    NotCoalesced { first: ByteRange, second: ByteRange, mode: Mode },
 }
 
 #[cfg(test)]

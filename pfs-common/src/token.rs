@@ -118,16 +118,30 @@ pub struct Stride {
     pub count: u8,
 }
 
+/// Why a [`Stride`] is malformed (an acquire naming it is refused as Invalid).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum StrideError {
+    /// Records of `len` bytes every `step` bytes: empty (`len` 0) or overlapping (`step < len`).
+    #[error("stride records of {len} bytes every {step} bytes overlap or are empty")]
+    Overlap { len: u64, step: u64 },
+    /// A record count outside 1..=[`STRIDE_RECORDS_MAX`].
+    #[error("stride of {count} records (1 to {STRIDE_RECORDS_MAX})")]
+    Count { count: u8 },
+    /// The last record would not end before `u64::MAX`.
+    #[error("stride from {start} every {step} bytes runs past the largest offset")]
+    PastEnd { start: u64, step: u64 },
+}
+
 impl Stride {
     /// Why the stride is malformed, if it is: an empty record, records that overlap
     /// (`step < len`), a count outside 1..=[`STRIDE_RECORDS_MAX`], or a last record that
     /// does not end before `u64::MAX`.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), StrideError> {
         if self.len == 0 || self.step < self.len {
-            return Err(format!("stride records of {} bytes every {} bytes overlap or are empty", self.len, self.step));
+            return Err(StrideError::Overlap { len: self.len, step: self.step });
         }
         if self.count == 0 || self.count > STRIDE_RECORDS_MAX {
-            return Err(format!("stride of {} records (1 to {STRIDE_RECORDS_MAX})", self.count));
+            return Err(StrideError::Count { count: self.count });
         }
         (self.count as u64 - 1)
             .checked_mul(self.step)
@@ -135,7 +149,7 @@ impl Stride {
             .and_then(|s| s.checked_add(self.len))
             .filter(|end| *end < u64::MAX) // u64::MAX as an end means "to infinity"
             .map(|_| ())
-            .ok_or_else(|| format!("stride from {} every {} bytes runs past the largest offset", self.start, self.step))
+            .ok_or(StrideError::PastEnd { start: self.start, step: self.step })
     }
 
     /// Record `k` (the stride must have passed [`Stride::check`] and `k < count`).
@@ -188,12 +202,13 @@ mod tests {
         assert_eq!(s.check(), Ok(()));
         assert_eq!(s.record(2), ByteRange::new(180, 190));
         assert_eq!(s.records(0b101).collect::<Vec<_>>(), vec![ByteRange::new(100, 110), ByteRange::new(180, 190)]);
-        assert!(Stride { len: 0, ..s }.check().is_err());
-        assert!(Stride { step: 9, ..s }.check().is_err());
-        assert!(Stride { count: 0, ..s }.check().is_err());
-        assert!(Stride { count: 65, ..s }.check().is_err());
-        assert!(Stride { start: u64::MAX - 50, ..s }.check().is_err());
-        assert!(Stride { start: u64::MAX - 90, ..s }.check().is_err(), "ends at u64::MAX, which means ∞");
+        assert!(matches!(Stride { len: 0, ..s }.check(), Err(StrideError::Overlap { len: 0, .. })));
+        assert!(matches!(Stride { step: 9, ..s }.check(), Err(StrideError::Overlap { step: 9, .. })));
+        assert_eq!(Stride { count: 0, ..s }.check(), Err(StrideError::Count { count: 0 }));
+        assert_eq!(Stride { count: 65, ..s }.check(), Err(StrideError::Count { count: 65 }));
+        assert!(matches!(Stride { start: u64::MAX - 50, ..s }.check(), Err(StrideError::PastEnd { .. })));
+        let e = Stride { start: u64::MAX - 90, ..s }.check();
+        assert!(matches!(e, Err(StrideError::PastEnd { .. })), "ends at u64::MAX, which means ∞");
         assert_eq!(Stride { start: u64::MAX - 91, ..s }.check(), Ok(()));
         assert_eq!(Stride { step: 10, count: 64, ..s }.check(), Ok(()));
     }

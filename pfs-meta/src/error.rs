@@ -2,6 +2,10 @@
 //! file, session, server or WAL offset involved; its [`ErrorCode`] is decided here, once, for
 //! the wire.
 
+use crate::namespace::chains::ChainUpdateError;
+use crate::namespace::Misfit;
+use crate::tokens::AcquireError;
+use pfs_common::chain::ChainId;
 use pfs_common::token::SessionId;
 use pfs_common::{ErrorCode, FileId, ServerId, WireCode};
 use std::io;
@@ -47,9 +51,20 @@ pub enum MetaError {
     /// A new file needs storage servers (as many as its replicas) and not enough are up.
     #[error("{path}: {why}")]
     NoServers { path: String, why: String },
-    /// A chain change or report about a chain version that is not the current one.
-    #[error("stale replication chain: {what}")]
-    Stale { what: String },
+    /// A chain change that does not follow the current chain table (a chain unknown, or not
+    /// at the version just below the change's).
+    #[error("stale replication chain: {0}")]
+    ChainUpdate(#[from] ChainUpdateError),
+    /// A storage server reported a resync done of a chain it is not syncing in (at that
+    /// version): the chain moved on meanwhile.
+    #[error("stale replication chain: {server} is not syncing in {chain} at version {version}")]
+    NotSyncing { server: ServerId, chain: ChainId, version: u64 },
+    /// A WAL record (or a prepared change) that does not fit the namespace's state.
+    #[error("{mutation} does not apply: {why}")]
+    DoesNotApply { mutation: String, why: Misfit },
+    /// An acquire with malformed ranges or stride.
+    #[error("acquire {request} of session {session:x} on {file}: {why}")]
+    BadAcquire { request: u64, session: SessionId, file: FileId, why: AcquireError },
     /// A request's arguments are out of range or contradictory; the message says which.
     #[error("{0}")]
     Invalid(String),
@@ -133,7 +148,8 @@ impl MetaError {
             MetaError::NameTooLong { .. } => ErrorCode::NameTooLong,
             MetaError::Busy { .. } => ErrorCode::Busy,
             MetaError::Conflict { .. } => ErrorCode::Conflict,
-            MetaError::Stale { .. } => ErrorCode::Stale,
+            MetaError::ChainUpdate(_) | MetaError::NotSyncing { .. } => ErrorCode::Stale,
+            MetaError::DoesNotApply { .. } | MetaError::BadAcquire { .. } => ErrorCode::Invalid,
             MetaError::NoServers { .. } | MetaError::DeclaredDown { .. } => ErrorCode::Unavailable,
             MetaError::Evicted { .. } => ErrorCode::Evicted,
             MetaError::Corrupt { .. } | MetaError::WalFailed(_) => ErrorCode::Io,
@@ -146,6 +162,18 @@ impl MetaError {
 impl WireCode for MetaError {
     fn code(&self) -> ErrorCode {
         MetaError::code(self)
+    }
+}
+
+/// A broken invariant of the namespace or the token manager (a bug, found by their
+/// `check_invariants`): what is wrong, naming the files, sessions and ranges involved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct InvariantBroken(pub String);
+
+impl From<String> for InvariantBroken {
+    fn from(what: String) -> InvariantBroken {
+        InvariantBroken(what)
     }
 }
 

@@ -12,8 +12,9 @@
 //! Queries ([`Namespace::resolve`], [`Namespace::get`], [`Namespace::readdir`]) read the
 //! state directly.
 
-use crate::error::{MetaError, Result};
-use pfs_common::chain::Chain;
+use crate::error::{InvariantBroken, MetaError, Result};
+use chains::ChainUpdateError;
+use pfs_common::chain::{Chain, ChainId};
 use pfs_common::config::Config;
 use pfs_common::layout::{check_replicas, Layout, LayoutChoice, LayoutPolicy, MAX_FILE_SIZE};
 pub use pfs_common::wire::namespace::{FileKind as InodeKind, NewAttrs, SetTime, Target, LINK_MAX};
@@ -716,7 +717,7 @@ impl Namespace {
                 if chains.is_empty() {
                     return Ok(Decision::Unchanged(None));
                 }
-                self.chains.check_update(chains).map_err(|why| MetaError::Stale { what: why })?;
+                self.chains.check_update(chains)?;
                 Ok(Decision::Mutate(Mutation::SetChains { chains: chains.clone() }))
             }
         }
@@ -822,7 +823,7 @@ impl Namespace {
     /// directory); the state is then unchanged. Records made by `prepare` on the same state
     /// always apply.
     pub fn apply(&mut self, m: &Mutation) -> Result<Applied> {
-        self.check_applies(m).map_err(|why| MetaError::Invalid(format!("{m:?} does not apply: {why}")))?;
+        self.check_applies(m).map_err(|why| MetaError::DoesNotApply { mutation: format!("{m:?}"), why })?;
         let mut applied = Applied::default();
         match m {
             Mutation::Mkdir { parent, name, id, policy, attrs, time_ns } => {
@@ -944,79 +945,94 @@ impl Namespace {
     }
 
     /// Why `m` does not fit the current state, if it does not.
-    fn check_applies(&self, m: &Mutation) -> std::result::Result<(), String> {
+    fn check_applies(&self, m: &Mutation) -> std::result::Result<(), Misfit> {
         let dir = |id: &FileId| match self.inodes.get(id) {
             Some(d) if d.kind == InodeKind::Dir => Ok(d),
-            Some(_) => Err(format!("{id} is not a directory")),
-            None => Err(format!("directory {id} does not exist")),
+            Some(_) => Err(Misfit::NotDir(*id)),
+            None => Err(Misfit::NoDir(*id)),
         };
+        let named = |parent: &FileId, name: &str| Misfit::NoEntry { parent: *parent, name: name.to_string() };
         match m {
-            Mutation::Create { new_chains, .. } if new_chains.iter().any(|c| self.chains.get(c.id).is_some()) => {
-                Err("it creates a chain that exists".into())
-            }
-            Mutation::Mkdir { parent, name, id, .. }
-            | Mutation::Create { parent, name, id, .. }
-            | Mutation::MakeNode { parent, name, id, .. } => {
-                if dir(parent)?.entries.contains_key(name) {
-                    return Err(format!("{name:?} already exists in {parent}"));
+            Mutation::Create { new_chains, .. } => {
+                if let Some(c) = new_chains.iter().find(|c| self.chains.get(c.id).is_some()) {
+                    return Err(Misfit::ChainExists(c.id));
                 }
-                if self.inodes.contains_key(id) || id.0 < self.next_id {
-                    return Err(format!("file id {id} was already handed out"));
-                }
-                Ok(())
+                self.check_new_entry(m)
             }
+            Mutation::Mkdir { .. } | Mutation::MakeNode { .. } => self.check_new_entry(m),
             Mutation::Rename { from_parent, from_name, to_parent, to_name, .. } => {
-                let moved = *dir(from_parent)?
-                    .entries
-                    .get(from_name)
-                    .ok_or_else(|| format!("{from_name:?} is not in {from_parent}"))?;
+                let moved = *dir(from_parent)?.entries.get(from_name).ok_or_else(|| named(from_parent, from_name))?;
                 if let Some(old) = dir(to_parent)?.entries.get(to_name) {
                     if *old != moved && self.inodes.get(old).is_some_and(|o| !o.entries.is_empty()) {
-                        return Err(format!("{to_name:?} in {to_parent} is a directory that is not empty"));
+                        return Err(Misfit::NotEmpty { parent: *to_parent, name: to_name.clone() });
                     }
                 }
                 Ok(())
             }
             Mutation::Remove { parent, name, orphan, .. } => {
-                let id = dir(parent)?.entries.get(name).ok_or_else(|| format!("{name:?} is not in {parent}"))?;
+                let id = dir(parent)?.entries.get(name).ok_or_else(|| named(parent, name))?;
                 match self.inodes.get(id) {
-                    Some(i) if !i.entries.is_empty() => Err(format!("{name:?} in {parent} is not empty")),
+                    Some(i) if !i.entries.is_empty() => Err(Misfit::NotEmpty { parent: *parent, name: name.clone() }),
                     Some(i) if *orphan && i.kind != InodeKind::File => {
-                        Err(format!("{name:?} in {parent} is a directory, which cannot be an orphan"))
+                        Err(Misfit::DirOrphan { parent: *parent, name: name.clone() })
                     }
                     _ => Ok(()),
                 }
             }
             Mutation::Link { file, parent, name, .. } => {
                 if dir(parent)?.entries.contains_key(name) {
-                    return Err(format!("{name:?} already exists in {parent}"));
+                    return Err(Misfit::NameTaken { parent: *parent, name: name.clone() });
                 }
                 match self.inodes.get(file) {
                     Some(i) if i.kind != InodeKind::Dir && i.nlink > 0 => Ok(()),
-                    Some(_) => Err(format!("{file} is a directory or has no name left")),
-                    None => Err(format!("{file} does not exist")),
+                    Some(_) => Err(Misfit::NotLinkable(*file)),
+                    None => Err(Misfit::NoFile(*file)),
                 }
             }
             Mutation::SetAttr { file, .. } => match self.inodes.contains_key(file) {
                 true => Ok(()),
-                false => Err(format!("{file} does not exist")),
+                false => Err(Misfit::NoFile(*file)),
             },
             Mutation::Reap { file } => match self.orphans.contains(file) {
                 true => Ok(()),
-                false => Err(format!("{file} is not an orphan")),
+                false => Err(Misfit::NotOrphan(*file)),
             },
             Mutation::CommitChunks { chunks, .. } => chunks.iter().try_for_each(|(file, _)| self.check_file(*file)),
             Mutation::Truncate { file, .. } | Mutation::SetSize { file, .. } => self.check_file(*file),
-            Mutation::SetChains { chains } => self.chains.check_update(chains),
+            Mutation::SetChains { chains } => Ok(self.chains.check_update(chains)?),
             Mutation::Boot { .. } => Ok(()),
         }
     }
 
-    fn check_file(&self, file: FileId) -> std::result::Result<(), String> {
+    /// Why a mutation making a new entry (`Mkdir`, `Create`, `MakeNode`) does not fit: its
+    /// parent is not a directory, its name is taken, or its id was handed out.
+    fn check_new_entry(&self, m: &Mutation) -> std::result::Result<(), Misfit> {
+        let (Mutation::Mkdir { parent, name, id, .. }
+        | Mutation::Create { parent, name, id, .. }
+        | Mutation::MakeNode { parent, name, id, .. }) = m
+        else {
+            return Ok(());
+        };
+        match self.inodes.get(parent) {
+            Some(d) if d.kind == InodeKind::Dir => {
+                if d.entries.contains_key(name) {
+                    return Err(Misfit::NameTaken { parent: *parent, name: name.clone() });
+                }
+            }
+            Some(_) => return Err(Misfit::NotDir(*parent)),
+            None => return Err(Misfit::NoDir(*parent)),
+        }
+        if self.inodes.contains_key(id) || id.0 < self.next_id {
+            return Err(Misfit::IdTaken(*id));
+        }
+        Ok(())
+    }
+
+    fn check_file(&self, file: FileId) -> std::result::Result<(), Misfit> {
         match self.inodes.get(&file) {
             Some(i) if i.kind == InodeKind::File => Ok(()),
-            Some(_) => Err(format!("{file} is a directory")),
-            None => Err(format!("file {file} does not exist")),
+            Some(_) => Err(Misfit::NotAFile(file)),
+            None => Err(Misfit::NoFile(file)),
         }
     }
 
@@ -1084,19 +1100,19 @@ impl Namespace {
     /// subdirectories and its parent link names the entry naming it; orphans are files; only
     /// files have a layout and only directories entries; no id reaches `next_id`; committed
     /// chunks belong to existing files.
-    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+    pub fn check_invariants(&self) -> std::result::Result<(), InvariantBroken> {
         let mut named: BTreeMap<FileId, usize> = BTreeMap::new();
         for inode in self.inodes.values() {
             if inode.id.0 >= self.next_id {
-                return Err(format!("{} is not below the next id {}", inode.id, self.next_id));
+                return Err(format!("{} is not below the next id {}", inode.id, self.next_id).into());
             }
             match inode.kind {
                 InodeKind::File if !inode.entries.is_empty() || inode.layout.is_none() => {
-                    return Err(format!("file {} has entries or no layout", inode.id))
+                    return Err(format!("file {} has entries or no layout", inode.id).into())
                 }
                 InodeKind::File => {}
                 InodeKind::Dir if inode.layout.is_some() || inode.size != 0 => {
-                    return Err(format!("directory {} has a layout or a size", inode.id))
+                    return Err(format!("directory {} has a layout or a size", inode.id).into())
                 }
                 InodeKind::Dir => {
                     let subdirs = inode
@@ -1104,34 +1120,34 @@ impl Namespace {
                         .values()
                         .filter(|id| self.inodes.get(id).is_some_and(|c| c.kind == InodeKind::Dir));
                     if inode.nlink as usize != 2 + subdirs.count() {
-                        return Err(format!("directory {} has link count {}", inode.id, inode.nlink));
+                        return Err(format!("directory {} has link count {}", inode.id, inode.nlink).into());
                     }
                     let named_there = inode.parent.as_ref().is_some_and(|(p, name)| {
                         self.inodes.get(p).is_some_and(|p| p.entries.get(name) == Some(&inode.id))
                     });
                     if named_there != (inode.id != FileId::ROOT) {
-                        return Err(format!("directory {} has parent link {:?}", inode.id, inode.parent));
+                        return Err(format!("directory {} has parent link {:?}", inode.id, inode.parent).into());
                     }
                 }
                 _ if !inode.entries.is_empty() || inode.layout.is_some() => {
-                    return Err(format!("{} is not a file or directory but has entries or a layout", inode.id))
+                    return Err(format!("{} is not a file or directory but has entries or a layout", inode.id).into())
                 }
                 _ => {}
             }
             for (name, id) in &inode.entries {
                 if !self.inodes.contains_key(id) {
-                    return Err(format!("entry {name:?} of {} names missing {id}", inode.id));
+                    return Err(format!("entry {name:?} of {} names missing {id}", inode.id).into());
                 }
                 *named.entry(*id).or_default() += 1;
             }
         }
         for id in &self.orphans {
             if !self.inodes.get(id).is_some_and(|i| i.kind == InodeKind::File) {
-                return Err(format!("orphan {id} is not a file"));
+                return Err(format!("orphan {id} is not a file").into());
             }
         }
         if let Some(f) = self.chunks.files().find(|f| !self.inodes.get(f).is_some_and(|i| i.kind == InodeKind::File)) {
-            return Err(format!("committed chunks of {f}, which is not a file"));
+            return Err(format!("committed chunks of {f}, which is not a file").into());
         }
         for (id, inode) in &self.inodes {
             let n = named.get(id).copied().unwrap_or(0);
@@ -1140,11 +1156,57 @@ impl Namespace {
                 _ => inode.nlink as usize,
             };
             if n != want || (self.orphans.contains(id) && n != 0) {
-                return Err(format!("{id} is named {n} times, its link count is {}", inode.nlink));
+                return Err(format!("{id} is named {n} times, its link count is {}", inode.nlink).into());
             }
         }
         Ok(())
     }
+}
+
+/// Why a mutation does not fit the namespace's state (`apply` refuses it as
+/// [`MetaError::DoesNotApply`] and changes nothing): a WAL that does not match its
+/// checkpoint, or a bug. Each variant names the file ids and names involved.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Misfit {
+    /// The parent is not a directory.
+    #[error("{0} is not a directory")]
+    NotDir(FileId),
+    /// The parent directory does not exist.
+    #[error("directory {0} does not exist")]
+    NoDir(FileId),
+    /// A create makes a chain that exists.
+    #[error("it creates {0}, which exists")]
+    ChainExists(ChainId),
+    /// The name is taken in `parent`.
+    #[error("{name:?} already exists in {parent}")]
+    NameTaken { parent: FileId, name: String },
+    /// The new file's id was handed out before.
+    #[error("file id {0} was already handed out")]
+    IdTaken(FileId),
+    /// `name` is not an entry of `parent`.
+    #[error("{name:?} is not in {parent}")]
+    NoEntry { parent: FileId, name: String },
+    /// `name` in `parent` is a directory with entries (to remove or replace).
+    #[error("{name:?} in {parent} is a directory that is not empty")]
+    NotEmpty { parent: FileId, name: String },
+    /// A directory removed as an orphan (only files can be).
+    #[error("{name:?} in {parent} is a directory, which cannot be an orphan")]
+    DirOrphan { parent: FileId, name: String },
+    /// A link to a directory, or to a file with no name left.
+    #[error("{0} is a directory or has no name left")]
+    NotLinkable(FileId),
+    /// The file does not exist.
+    #[error("file {0} does not exist")]
+    NoFile(FileId),
+    /// A file is not a regular file (a size, truncate or chunk commit of a directory).
+    #[error("{0} is not a regular file")]
+    NotAFile(FileId),
+    /// A reap of a file that is not an orphan.
+    #[error("{0} is not an orphan")]
+    NotOrphan(FileId),
+    /// A chain change that does not follow the chain table.
+    #[error(transparent)]
+    Chains(#[from] ChainUpdateError),
 }
 
 /// Refuses a size past the largest file (checked by `prepare`, not `apply`: a record logged

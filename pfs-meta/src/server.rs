@@ -167,7 +167,7 @@ impl MetaServer {
             match self.mutate(Op::SetChains { chains: plan }).await {
                 // Cannot happen under the chain lock (creates add chains, never change them);
                 // if it did, the next pass plans again.
-                Err(e @ MetaError::Stale { .. }) => warn!("chain change not applied: {e}"),
+                Err(e @ MetaError::ChainUpdate(_)) => warn!("chain change not applied: {e}"),
                 r => {
                     r?;
                 }
@@ -652,9 +652,7 @@ impl MetaServer {
         self.cluster.lock().registry.check_conn(c.id, peer.conn_id)?;
         let _one_change_at_a_time = self.chain_lock.lock().await;
         let next = self.store.read(|n| n.chains().sync_done(c.id, c.chain.id, c.chain.version)).0;
-        let next = next.ok_or_else(|| MetaError::Stale {
-            what: format!("{} is not syncing in {} at version {}", c.id, c.chain.id, c.chain.version),
-        })?;
+        let next = next.ok_or(MetaError::NotSyncing { server: c.id, chain: c.chain.id, version: c.chain.version })?;
         info!("{} resynced {}: {}", c.id, c.chain.id, next.describe());
         self.mutate(Op::SetChains { chains: vec![next] }).await.map(drop)
     }

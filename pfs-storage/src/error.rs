@@ -3,7 +3,10 @@
 //! from the variant and, for disk errors, from the `io::Error`'s kind (a full disk is
 //! NoSpace).
 
+use pfs_common::capability::CapabilityError;
+use pfs_common::chain::Chain;
 use pfs_common::token::SessionId;
+use pfs_common::wire::storage::ExtentError;
 use pfs_common::{ErrorCode, ServerId, WireCode};
 use std::io;
 use std::sync::Arc;
@@ -60,9 +63,17 @@ pub enum StorageError {
     )]
     Restarted { server: ServerId, file: pfs_common::FileId },
     /// A request named a chain version this server does not have, or a chain whose read or
-    /// write path this server is not in: the sender asks pfs-meta for the chain again.
+    /// write path this server is not in. `current` is the chain as this server has it (sent
+    /// with the answer, so the sender can go on with it if it is newer than its own); `None`
+    /// when the server does not know the chain, or the refusal is not about the request's.
     #[error("{server}: {what}")]
-    Stale { server: ServerId, what: String },
+    Stale { server: ServerId, what: String, current: Option<Box<Chain>> },
+    /// A client's capabilities do not allow its read, write or truncate.
+    #[error("{server}: denied: {why}")]
+    Capability { server: ServerId, why: CapabilityError },
+    /// A write's extents are malformed (their shape against the payload).
+    #[error("{server}: a write to chunk {chunk} of {file}: {why}")]
+    Extents { server: ServerId, file: pfs_common::FileId, chunk: pfs_common::ChunkIndex, why: ExtentError },
     /// A removal conditioned on a listed state found the chunk changed since (or the server
     /// restarted): nothing was removed.
     #[error("{server}: chunk {chunk} of file {file} changed since it was listed; not removed")]
@@ -105,10 +116,13 @@ impl StorageError {
             StorageError::Evicted { .. } => ErrorCode::Evicted,
             StorageError::NoLease { .. } | StorageError::WritesStopped { .. } => ErrorCode::Unavailable,
             StorageError::Stopped { .. } => ErrorCode::Io,
-            StorageError::Lost { .. } | StorageError::Corrupt { .. } => ErrorCode::Io,
+            StorageError::Lost { .. } => ErrorCode::Lost,
+            StorageError::Corrupt { .. } => ErrorCode::Corrupt,
             StorageError::NotReconciled { .. } => ErrorCode::Unavailable,
-            StorageError::Restarted { .. } => ErrorCode::Io,
+            StorageError::Restarted { .. } => ErrorCode::Restarted,
             StorageError::Stale { .. } => ErrorCode::Stale,
+            StorageError::Capability { .. } => ErrorCode::Denied,
+            StorageError::Extents { .. } => ErrorCode::Invalid,
             StorageError::Changed { .. } => ErrorCode::Conflict,
             StorageError::Forward { source, .. } => source.code(),
             StorageError::Common(e) => e.code(),
@@ -119,6 +133,15 @@ impl StorageError {
 impl WireCode for StorageError {
     fn code(&self) -> ErrorCode {
         StorageError::code(self)
+    }
+
+    fn current_chain(&self) -> Option<&Chain> {
+        match self {
+            StorageError::Stale { current, .. } => current.as_deref(),
+            StorageError::Forward { source, .. } => source.current_chain(),
+            StorageError::Common(e) => e.current_chain(),
+            _ => None,
+        }
     }
 }
 

@@ -124,8 +124,11 @@ impl Replication {
             Some(c) => Err(StorageError::Stale {
                 server: self.me,
                 what: format!("{} is at version {} here, the request says {}", at.id, c.version, at.version),
+                current: Some(Box::new(c.clone())),
             }),
-            None => Err(StorageError::Stale { server: self.me, what: format!("does not know {}", at.id) }),
+            None => {
+                Err(StorageError::Stale { server: self.me, what: format!("does not know {}", at.id), current: None })
+            }
         }
     }
 
@@ -139,6 +142,7 @@ impl Replication {
             _ => Err(StorageError::Stale {
                 server: self.me,
                 what: format!("is not in the write path of {}", c.describe()),
+                current: Some(Box::new(c.clone())),
             }),
         })
     }
@@ -147,9 +151,11 @@ impl Replication {
     pub fn check_read(&self, at: ChainRef) -> Result<()> {
         self.current(at, |c| match c.state_of(self.me) {
             Some(ReplicaState::Serving) => Ok(()),
-            _ => {
-                Err(StorageError::Stale { server: self.me, what: format!("does not serve reads of {}", c.describe()) })
-            }
+            _ => Err(StorageError::Stale {
+                server: self.me,
+                what: format!("does not serve reads of {}", c.describe()),
+                current: Some(Box::new(c.clone())),
+            }),
         })
     }
 

@@ -123,12 +123,17 @@ impl Layouts {
 async fn sync_chain(store: &Arc<ChunkStore>, repl: &Replication, chain: &Chain, pace: &Pace) -> Result<u64> {
     let me = store.id();
     let source = chain.readers().find(|s| *s != me).ok_or_else(|| StorageError::Stale {
+        current: None,
         server: me,
         what: format!("{} has no serving replica to copy from", chain.describe()),
     })?;
     let still_current = || {
         if repl.chain(chain.id).map(|c| c.version) != Some(chain.version) {
-            return Err(StorageError::Stale { server: me, what: format!("{} changed during its resync", chain.id) });
+            return Err(StorageError::Stale {
+                current: None,
+                server: me,
+                what: format!("{} changed during its resync", chain.id),
+            });
         }
         Ok(())
     };
@@ -205,16 +210,16 @@ pub(crate) async fn repair(
 ) -> Result<u64> {
     let me = store.id();
     let meta = meta(store)?;
-    let layout = meta
-        .ask(GetLayouts { files: vec![file] })
-        .await?
-        .pop()
-        .flatten()
-        .ok_or_else(|| StorageError::Stale { server: me, what: format!("file {file} no longer exists") })?;
-    let chain = repl
-        .chain(layout.chain(chunk))
-        .ok_or_else(|| StorageError::Stale { server: me, what: format!("does not know {}", layout.chain(chunk)) })?;
+    let layout = meta.ask(GetLayouts { files: vec![file] }).await?.pop().flatten().ok_or_else(|| {
+        StorageError::Stale { current: None, server: me, what: format!("file {file} no longer exists") }
+    })?;
+    let chain = repl.chain(layout.chain(chunk)).ok_or_else(|| StorageError::Stale {
+        current: None,
+        server: me,
+        what: format!("does not know {}", layout.chain(chunk)),
+    })?;
     let mut last = StorageError::Stale {
+        current: None,
         server: me,
         what: format!("{} has no other serving replica to copy chunk {chunk} of file {file} from", chain.describe()),
     };
@@ -256,6 +261,7 @@ async fn copy_chunk(
         // A write reached us meanwhile: the copy may predate it.
     }
     Err(StorageError::Stale {
+        current: None,
         server: store.id(),
         what: format!("chunk {chunk} of file {file} kept changing while copied from {source}"),
     })

@@ -62,7 +62,7 @@ impl StorageHandler {
                 peer.name,
                 peer.addr
             );
-            StorageError::Denied { server: self.store.id(), what: why }
+            StorageError::Capability { server: self.store.id(), why }
         })
     }
 
@@ -87,9 +87,11 @@ impl StorageHandler {
     /// Writes here and at the chain's next replica (if any) at once; answers when both did.
     async fn write(&self, peer: &Peer, c: st::WriteChunk, payload: PooledBuf) -> Result<Written> {
         let store = &self.store;
-        c.check_extents(payload.len()).map_err(|why| StorageError::Invalid {
+        c.check_extents(payload.len()).map_err(|why| StorageError::Extents {
             server: store.id(),
-            what: format!("a write to chunk {} of {}: {why}", c.chunk, c.file),
+            file: c.file,
+            chunk: c.chunk,
+            why,
         })?;
         self.authorize_extents(peer, &c)?;
         let (next, syncing) = self.repl.check_write(c.chain)?;

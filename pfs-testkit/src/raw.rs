@@ -80,17 +80,48 @@ pub async fn next_frame(s: &mut tokio::net::TcpStream) -> Option<pfs_common::wir
         .unwrap_or(None)
 }
 
-/// Does the handshake with `addr` by hand as `role`, proving `key` (a role key). Errors with
-/// the server's refusal, or the reason the server's proof did not check.
+/// Why a handshake done by hand failed.
+#[derive(Debug, thiserror::Error)]
+pub enum HandshakeError {
+    /// Connecting, writing or reading failed.
+    #[error("{addr}: {source}")]
+    Io {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    /// The server closed the connection after our `after` ("the hello", "the proof").
+    #[error("{addr}: closed after {after}")]
+    Closed { addr: std::net::SocketAddr, after: &'static str },
+    /// The server's answer does not decode.
+    #[error("{addr}: undecodable answer: {why}")]
+    Undecodable { addr: std::net::SocketAddr, why: String },
+    /// The server refused the hello or the proof.
+    #[error("{addr} refused: {} ({:?})", .refusal.message, .refusal.code)]
+    Refused { addr: std::net::SocketAddr, refusal: pfs_common::error::WireError },
+    /// The server's answer carries no proof (it does not authenticate).
+    #[error("{addr}: no server proof")]
+    NoProof { addr: std::net::SocketAddr },
+    /// The server's proof does not check against `key`.
+    #[error("{addr}: the server's proof does not check")]
+    BadProof { addr: std::net::SocketAddr },
+}
+
+/// Does the handshake with `addr` by hand as `role`, proving `key` (a role key). Errors: the
+/// server's refusal ([`HandshakeError::Refused`] with its code), or why its proof did not
+/// check, or the connection's failure.
 pub async fn handshake(
     addr: std::net::SocketAddr,
     role: PeerRole,
     key: &pfs_common::auth::Key,
-) -> std::result::Result<RawConn, String> {
+) -> std::result::Result<RawConn, HandshakeError> {
     use pfs_common::auth::{connection_keys, nonce, transcript};
     use pfs_common::wire::{self, Hello, HelloProof, HelloReply, ResponseBody, PROTOCOL_VERSION};
     use tokio::io::AsyncWriteExt;
-    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let io = |source| HandshakeError::Io { addr, source };
+    let undecodable = |e: pfs_common::wire::DecodeError| HandshakeError::Undecodable { addr, why: e.to_string() };
+    let refused = |refusal| HandshakeError::Refused { addr, refusal };
+    let mut stream = tokio::net::TcpStream::connect(addr).await.map_err(io)?;
     let hello = Hello {
         version: PROTOCOL_VERSION,
         role,
@@ -101,20 +132,19 @@ pub async fn handshake(
     };
     let hello_body = wire::encode(&hello);
     let hello_frame = frame_bytes(&hello_body);
-    stream.write_all(&hello_frame).await.map_err(|e| e.to_string())?;
-    let f = next_frame(&mut stream).await.ok_or("closed after the hello")?;
-    let mut reply =
-        wire::decode::<ResponseBody<HelloReply>>(&f.body).map_err(|e| e.to_string())?.map_err(|e| e.message)?;
-    let proof = reply.proof.take().ok_or("no server proof")?;
+    stream.write_all(&hello_frame).await.map_err(io)?;
+    let f = next_frame(&mut stream).await.ok_or(HandshakeError::Closed { addr, after: "the hello" })?;
+    let mut reply = wire::decode::<ResponseBody<HelloReply>>(&f.body).map_err(undecodable)?.map_err(refused)?;
+    let proof = reply.proof.take().ok_or(HandshakeError::NoProof { addr })?;
     let th = transcript(&hello_body, &wire::encode(&reply));
     let keys = connection_keys(key, &hello.nonce, &reply.nonce, &th, reply.protect_data, true);
     if !keys.server_proof_matches(&proof) {
-        return Err("the server's proof does not check".into());
+        return Err(HandshakeError::BadProof { addr });
     }
     let proof_frame = frame_bytes(&wire::encode(&HelloProof { proof: keys.client_proof() }));
-    stream.write_all(&proof_frame).await.map_err(|e| e.to_string())?;
-    let f = next_frame(&mut stream).await.ok_or("closed after the proof")?;
-    wire::decode::<ResponseBody<()>>(&f.body).map_err(|e| e.to_string())?.map_err(|e| e.message)?;
+    stream.write_all(&proof_frame).await.map_err(io)?;
+    let f = next_frame(&mut stream).await.ok_or(HandshakeError::Closed { addr, after: "the proof" })?;
+    wire::decode::<ResponseBody<()>>(&f.body).map_err(undecodable)?.map_err(refused)?;
     Ok(RawConn { stream, send: keys.send, receive: keys.receive, hello_frame, proof_frame })
 }
 

@@ -499,7 +499,12 @@ proptest! {
                         let answer = if srv.hung {
                             Err(Error::Unavailable(format!("{server} hangs")))
                         } else if boot != srv.boot {
-                            Err(Error::Rpc(pfs_common::Error::Remote { peer: server.to_string(), code: ErrorCode::Io, message: "restarted".into() }))
+                            Err(Error::Rpc(pfs_common::Error::Remote {
+                                peer: server.to_string(),
+                                code: ErrorCode::Restarted,
+                                message: "restarted".into(),
+                                chain: None,
+                            }))
                         } else {
                             let v = srv.volatile.clone();
                             srv.durable.extend(v);

@@ -124,15 +124,16 @@ fn a_disk_error_or_restart_is_reported_once_and_a_forgiven_replica_is_dropped() 
     let mut round = st.begin_sync(true).unwrap();
     let restarted = Error::Rpc(pfs_common::Error::Remote {
         peer: "storage-1".into(),
-        code: ErrorCode::Io,
+        code: ErrorCode::Restarted,
         message: "restarted".into(),
+        chain: None,
     });
     round.answered(a, Err(restarted));
     round.answered(b, Err(Error::Unavailable("b is down".into())));
     assert_eq!(round.to_check(), vec![a, b]);
     round.checked(a, false);
     round.checked(b, true);
-    assert_eq!(st.end_sync(round).unwrap_err().code(), ErrorCode::Io);
+    assert_eq!(st.end_sync(round).unwrap_err().code(), ErrorCode::Restarted);
     assert!(st.begin_sync(true).unwrap().servers().is_empty(), "reported once; the forgiven one is gone");
 }
 
@@ -145,8 +146,8 @@ fn a_server_that_restarted_between_unsynced_writes_is_reported_once_and_synced_f
     assert_eq!(round.servers(), vec![(ServerId(1), 6)], "the process that took the latest writes is synced");
     round.answered(ServerId(1), Ok(()));
     let e = st.end_sync(round).unwrap_err();
-    assert_eq!(e.code(), ErrorCode::Io, "{e}");
-    assert!(e.to_string().contains("storage-1") && e.to_string().contains("restarted"), "{e}");
+    assert_eq!(e.code(), ErrorCode::Restarted, "{e}");
+    assert!(matches!(e, Error::Restarted { server: ServerId(1) }), "{e}");
     assert!(st.begin_sync(false).unwrap().servers().is_empty(), "reported once");
 }
 

@@ -28,24 +28,12 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken in the handshake.
-pub const PROTOCOL_VERSION: u16 = 10;
+pub const PROTOCOL_VERSION: u16 = 11;
 
 /// Longest peer name accepted in a [`Hello`], bytes.
 pub const PEER_NAME_MAX: usize = 256;
 
-/// Who is on the other end of a connection.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub enum PeerRole {
-    /// An application, tool or benchmark using pfs-client.
-    Client,
-    /// A storage server (talking to pfs-meta).
-    Storage,
-    /// The metadata server.
-    Meta,
-    /// An operator's tool holding the cluster secret (`pfs fsck --repair`): the only peer
-    /// that may ask pfs-meta to remove orphaned chunks. A client key cannot connect as one.
-    Admin,
-}
+pub use crate::auth::PeerRole;
 
 /// The first request on every connection (the handshake: [`crate::auth`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -147,8 +135,11 @@ pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     postcard::to_allocvec(msg).expect("postcard encodes every pfs message")
 }
 
+/// Why a body does not decode (postcard's description of what is wrong).
+pub use postcard::Error as DecodeError;
+
 /// Decodes a message body. Errors with postcard's description of what is wrong.
-pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, postcard::Error> {
+pub fn decode<T: DeserializeOwned>(body: &[u8]) -> Result<T, DecodeError> {
     postcard::from_bytes(body)
 }
 

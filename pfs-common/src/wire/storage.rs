@@ -102,29 +102,46 @@ pub struct Extent {
 /// Most extents one [`WriteChunk`] carries (the io_uring engine submits them together).
 pub const WRITE_EXTENTS_MAX: usize = 256;
 
+/// What is wrong with a [`WriteChunk`]'s extents (answered as Invalid).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ExtentError {
+    /// Fewer than 1 or more than [`WRITE_EXTENTS_MAX`] extents.
+    #[error("{count} extents in a write (1 to {WRITE_EXTENTS_MAX})")]
+    Count { count: usize },
+    /// Extent `index` has no bytes.
+    #[error("extent {index} of the write is empty")]
+    Empty { index: usize },
+    /// Extent `index` starts at chunk offset `offset`, before the previous one ended.
+    #[error("extent {index} at offset {offset} overlaps or precedes the one before it")]
+    Unordered { index: usize, offset: u64 },
+    /// The extents' lengths add up to `total` bytes, the payload is `payload` bytes.
+    #[error("the write's extents add up to {total} bytes, its payload is {payload}")]
+    Length { total: u64, payload: u64 },
+}
+
 impl WriteChunk {
     /// Checks the extents' shape against a payload of `payload_len` bytes: 1 to
     /// [`WRITE_EXTENTS_MAX`] of them, none empty, in ascending order without overlap, their
     /// lengths summing to the payload's. Errors with what is wrong, for an Invalid answer.
-    pub fn check_extents(&self, payload_len: usize) -> Result<(), String> {
+    pub fn check_extents(&self, payload_len: usize) -> Result<(), ExtentError> {
         let n = self.extents.len();
         if n == 0 || n > WRITE_EXTENTS_MAX {
-            return Err(format!("{n} extents in a write (1 to {WRITE_EXTENTS_MAX})"));
+            return Err(ExtentError::Count { count: n });
         }
         let mut total = 0u64;
         let mut end = 0u64;
         for (i, e) in self.extents.iter().enumerate() {
             if e.len == 0 {
-                return Err(format!("extent {i} of the write is empty"));
+                return Err(ExtentError::Empty { index: i });
             }
             if i > 0 && e.offset < end {
-                return Err(format!("extent {i} at offset {} overlaps or precedes the one before it", e.offset));
+                return Err(ExtentError::Unordered { index: i, offset: e.offset });
             }
             end = e.offset.saturating_add(e.len.into());
             total += u64::from(e.len);
         }
         if total != payload_len as u64 {
-            return Err(format!("the write's extents add up to {total} bytes, its payload is {payload_len}"));
+            return Err(ExtentError::Length { total, payload: payload_len as u64 });
         }
         Ok(())
     }
@@ -292,3 +309,32 @@ pub struct RemoveChunk {
 pub const LIST_MAX: u32 = 4096;
 /// Most chunks one verifying [`ListChunks`] page reads.
 pub const LIST_VERIFY_MAX: u32 = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(extents: &[(u64, u32)]) -> WriteChunk {
+        WriteChunk {
+            file: FileId(1),
+            chunk: 0,
+            extents: extents.iter().map(|&(offset, len)| Extent { offset, len }).collect(),
+            chunk_size: 1 << 20,
+            block_size: 4096,
+            session: 1,
+            chain: ChainRef { id: crate::chain::ChainId(1), version: 1 },
+            capabilities: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn extents_are_checked_against_the_payload() {
+        assert_eq!(write(&[(0, 10), (20, 5)]).check_extents(15), Ok(()));
+        assert_eq!(write(&[]).check_extents(0), Err(ExtentError::Count { count: 0 }));
+        let many: Vec<(u64, u32)> = (0..=WRITE_EXTENTS_MAX as u64).map(|i| (i * 2, 1)).collect();
+        assert_eq!(write(&many).check_extents(many.len()), Err(ExtentError::Count { count: WRITE_EXTENTS_MAX + 1 }));
+        assert_eq!(write(&[(0, 10), (20, 0)]).check_extents(10), Err(ExtentError::Empty { index: 1 }));
+        assert_eq!(write(&[(0, 10), (5, 5)]).check_extents(15), Err(ExtentError::Unordered { index: 1, offset: 5 }));
+        assert_eq!(write(&[(0, 10)]).check_extents(11), Err(ExtentError::Length { total: 10, payload: 11 }));
+    }
+}

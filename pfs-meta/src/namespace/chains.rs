@@ -27,6 +27,18 @@ use pfs_common::ServerId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
+/// Why a chain change is refused ([`ChainTable::check_update`]): it is not a change of the
+/// current table.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ChainUpdateError {
+    /// `chain` is at version `current`; a change to version `proposed` needs `proposed - 1`.
+    #[error("{chain} is at version {current}, the change is to version {proposed}")]
+    Version { chain: ChainId, current: u64, proposed: u64 },
+    /// `chain` does not exist.
+    #[error("{chain} does not exist")]
+    Unknown { chain: ChainId },
+}
+
 /// Every chain, by id.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ChainTable {
@@ -132,12 +144,14 @@ impl ChainTable {
 
     /// Why `chains` cannot replace the current ones, if they cannot: each must exist with the
     /// version just below its own (a change of the current state, not of an older one).
-    pub fn check_update(&self, chains: &[Chain]) -> Result<(), String> {
+    pub fn check_update(&self, chains: &[Chain]) -> Result<(), ChainUpdateError> {
         for c in chains {
             match self.chains.get(&c.id) {
-                Some(old) if old.version + 1 == c.version => {}
-                Some(old) => return Err(format!("{} is at version {}, not {}", c.id, old.version, c.version - 1)),
-                None => return Err(format!("{} does not exist", c.id)),
+                Some(old) if old.version.checked_add(1) == Some(c.version) => {}
+                Some(old) => {
+                    return Err(ChainUpdateError::Version { chain: c.id, current: old.version, proposed: c.version })
+                }
+                None => return Err(ChainUpdateError::Unknown { chain: c.id }),
             }
         }
         Ok(())
@@ -252,6 +266,24 @@ mod tests {
         t.check_update(&changed).unwrap();
         t.insert(&changed);
         changed
+    }
+
+    #[test]
+    fn updates_must_be_the_next_version_of_an_existing_chain() {
+        let t = ChainTable::default();
+        let (_, created) = t.place(2, &s(&[1, 2, 3]), 1, 0).unwrap();
+        let mut t = t;
+        t.insert(&created);
+        let c = created[0].clone();
+        let next = Chain { version: c.version + 1, ..c.clone() };
+        assert_eq!(t.check_update(std::slice::from_ref(&next)), Ok(()));
+        let same = ChainUpdateError::Version { chain: c.id, current: c.version, proposed: c.version };
+        assert_eq!(t.check_update(std::slice::from_ref(&c)), Err(same));
+        let skip = Chain { version: c.version + 2, ..c.clone() };
+        let skipped = ChainUpdateError::Version { chain: c.id, current: c.version, proposed: c.version + 2 };
+        assert_eq!(t.check_update(&[next.clone(), skip]), Err(skipped));
+        let other = Chain { id: ChainId(77), ..next };
+        assert_eq!(t.check_update(&[other]), Err(ChainUpdateError::Unknown { chain: ChainId(77) }));
     }
 
     #[test]

@@ -240,37 +240,72 @@ fn records_that_do_not_fit_are_refused_and_change_nothing() {
     };
     ns.apply(&m).unwrap();
     let before = ns.clone();
-    // The same record again: the name and the id are taken.
-    assert!(matches!(ns.apply(&m), Err(MetaError::Invalid(_))));
+    // The same record again: its chains exist; without them, the name is taken.
+    let e = ns.apply(&m);
+    assert!(matches!(&e, Err(MetaError::DoesNotApply { why: Misfit::ChainExists(ChainId(0)), .. })), "{e:?}");
+    let mut again = m.clone();
+    if let Mutation::Create { new_chains, .. } = &mut again {
+        new_chains.clear();
+    }
+    let taken = Misfit::NameTaken { parent: FileId::ROOT, name: "f".into() };
+    let e = ns.apply(&again);
+    assert!(matches!(&e, Err(MetaError::DoesNotApply { why, .. }) if *why == taken), "{e:?}");
     let f = ns.resolve("/f").unwrap().id;
-    for bad in [
-        Mutation::Remove { parent: FileId::ROOT, name: "nope".into(), time_ns: 2, orphan: false },
-        Mutation::Remove { parent: FileId(999), name: "f".into(), time_ns: 2, orphan: false },
-        Mutation::Reap { file: f },
-        Mutation::CommitChunks {
-            server: ServerId(1),
-            chunks: vec![(FileId(999), Commit { chunk: 0, len: 1, sha256: Sha256Digest([0; 32]), version: 1 })],
-        },
-        Mutation::Mkdir {
-            parent: f,
-            name: "x".into(),
-            id: FileId(50),
-            policy: LayoutPolicy::default(),
-            attrs: DIR_ATTRS,
-            time_ns: 2,
-        },
-        Mutation::SetSize { file: FileId::ROOT, size: 5, time_ns: 2 },
-        Mutation::Truncate { file: FileId(999), size: 5, time_ns: 2 },
-        Mutation::Rename {
-            from_parent: FileId::ROOT,
-            from_name: "nope".into(),
-            to_parent: FileId::ROOT,
-            to_name: "x".into(),
-            time_ns: 2,
-            orphan: false,
-        },
+    let nope = || Misfit::NoEntry { parent: FileId::ROOT, name: "nope".into() };
+    for (bad, misfit) in [
+        (Mutation::Remove { parent: FileId::ROOT, name: "nope".into(), time_ns: 2, orphan: false }, nope()),
+        (
+            Mutation::Remove { parent: FileId(999), name: "f".into(), time_ns: 2, orphan: false },
+            Misfit::NoDir(FileId(999)),
+        ),
+        (Mutation::Reap { file: f }, Misfit::NotOrphan(f)),
+        (
+            Mutation::CommitChunks {
+                server: ServerId(1),
+                chunks: vec![(FileId(999), Commit { chunk: 0, len: 1, sha256: Sha256Digest([0; 32]), version: 1 })],
+            },
+            Misfit::NoFile(FileId(999)),
+        ),
+        (
+            Mutation::Mkdir {
+                parent: f,
+                name: "x".into(),
+                id: FileId(50),
+                policy: LayoutPolicy::default(),
+                attrs: DIR_ATTRS,
+                time_ns: 2,
+            },
+            Misfit::NotDir(f),
+        ),
+        (Mutation::SetSize { file: FileId::ROOT, size: 5, time_ns: 2 }, Misfit::NotAFile(FileId::ROOT)),
+        (Mutation::Truncate { file: FileId(999), size: 5, time_ns: 2 }, Misfit::NoFile(FileId(999))),
+        (
+            Mutation::Rename {
+                from_parent: FileId::ROOT,
+                from_name: "nope".into(),
+                to_parent: FileId::ROOT,
+                to_name: "x".into(),
+                time_ns: 2,
+                orphan: false,
+            },
+            nope(),
+        ),
+        (
+            Mutation::Mkdir {
+                parent: FileId::ROOT,
+                name: "new".into(),
+                id: f,
+                policy: LayoutPolicy::default(),
+                attrs: DIR_ATTRS,
+                time_ns: 2,
+            },
+            Misfit::IdTaken(f),
+        ),
     ] {
-        assert!(matches!(ns.apply(&bad), Err(MetaError::Invalid(_))), "{bad:?}");
+        match ns.apply(&bad) {
+            Err(MetaError::DoesNotApply { why, .. }) => assert_eq!(why, misfit, "{bad:?}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
         assert_eq!(ns, before, "a refused record changed the state: {bad:?}");
     }
 }

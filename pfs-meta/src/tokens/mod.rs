@@ -130,7 +130,7 @@
 //! in range), eviction scans every file. Fine for the dozens of sessions per file this is
 //! meant for; an interval tree over all holders would be the next step.
 
-use crate::error::{MetaError, SessionState};
+use crate::error::{InvariantBroken, MetaError, SessionState};
 use pfs_common::range_map::RangeMap;
 use pfs_common::{FileId, ServerId};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -530,8 +530,7 @@ impl TokenManager {
                 if !self.touch(session) {
                     out.push(self.refusal(session, Some(request)));
                 } else if let Err(why) = check_acquire(required, desired, ahead) {
-                    let error =
-                        MetaError::Invalid(format!("acquire {request} of session {session:x} on {file}: {why}"));
+                    let error = MetaError::BadAcquire { request, session, file, why };
                     out.push(Output::Refuse { session, request: Some(request), error });
                 } else {
                     let w = Waiter { session, request, mode, required, desired, ahead };
@@ -689,51 +688,52 @@ impl TokenManager {
     /// - No lease, revoke or fence deadline has passed (expiry runs on every input); a fence
     ///   waits only for servers that may still accept writes.
     /// - The revoke index matches the files; no idle file state is kept.
-    pub fn check_invariants(&self) -> Result<(), String> {
+    pub fn check_invariants(&self) -> Result<(), InvariantBroken> {
         let now = self.now_ms;
         for (id, s) in &self.sessions {
             if self.evicted.contains(id) {
-                return Err(format!("session {id} is both open and evicted"));
+                return Err(format!("session {id} is both open and evicted").into());
             }
             if now >= s.last_heard_ms.saturating_add(self.cfg.lease_ms) {
                 return Err(format!(
                     "session {id} outlived its lease (last heard {} ms, now {now} ms)",
                     s.last_heard_ms
-                ));
+                )
+                .into());
             }
         }
         for (id, f) in &self.fencing {
             if !self.evicted.contains(id) {
-                return Err(format!("session {id} is fenced but not evicted"));
+                return Err(format!("session {id} is fenced but not evicted").into());
             }
             if f.waiting.is_empty() {
-                return Err(format!("the fence of session {id} is complete but kept"));
+                return Err(format!("the fence of session {id} is complete but kept").into());
             }
             for server in &f.waiting {
                 if !self.servers.get(server).is_some_and(|m| m.may_accept_writes(now)) {
-                    return Err(format!("the fence of session {id} waits for {server}, which accepts no writes"));
+                    return Err(format!("the fence of session {id} waits for {server}, which accepts no writes").into());
                 }
                 if now >= f.deadline_ms && self.servers[server].state == MemberState::Up {
-                    return Err(format!("{server} is overdue with the fence of session {id} but still up"));
+                    return Err(format!("{server} is overdue with the fence of session {id} but still up").into());
                 }
             }
         }
         for (server, m) in &self.servers {
             if m.state != MemberState::Down && now >= m.lease_until_ms {
-                return Err(format!("{server} outlived its lease"));
+                return Err(format!("{server} outlived its lease").into());
             }
         }
         let mut indexed = 0;
         for (file, fs) in &self.files {
             if fs.is_idle() {
-                return Err(format!("{file}: idle state kept"));
+                return Err(format!("{file}: idle state kept").into());
             }
             for (h, map) in &fs.holders {
                 if !self.sessions.contains_key(h) && !self.fencing.contains_key(h) {
-                    return Err(format!("{file}: session {h} holds tokens but is neither open nor fencing"));
+                    return Err(format!("{file}: session {h} holds tokens but is neither open nor fencing").into());
                 }
                 if map.is_empty() {
-                    return Err(format!("{file}: empty token map of session {h}"));
+                    return Err(format!("{file}: empty token map of session {h}").into());
                 }
                 map.check().map_err(|e| format!("{file}, session {h}: {e}"))?;
             }
@@ -745,7 +745,8 @@ impl TokenManager {
                             if m.conflicts_with(m2) {
                                 return Err(format!(
                                     "{file}: session {a} holds {m:?} {r}, session {b} holds {m2:?} {r2}"
-                                ));
+                                )
+                                .into());
                             }
                         }
                     }
@@ -754,21 +755,23 @@ impl TokenManager {
             for (id, r) in &fs.revokes {
                 indexed += 1;
                 if self.revoke_file.get(id) != Some(file) {
-                    return Err(format!("{file}: revoke {id} missing from the index"));
+                    return Err(format!("{file}: revoke {id} missing from the index").into());
                 }
                 if !self.sessions.contains_key(&r.session) {
-                    return Err(format!("{file}: revoke {id} to session {} that is not open", r.session));
+                    return Err(format!("{file}: revoke {id} to session {} that is not open", r.session).into());
                 }
                 if r.range.is_empty() || now >= r.deadline_ms {
-                    return Err(format!("{file}: revoke {id} has an empty range or is overdue"));
+                    return Err(format!("{file}: revoke {id} has an empty range or is overdue").into());
                 }
             }
             for (i, w) in fs.waiters.iter().enumerate() {
                 if !self.sessions.contains_key(&w.session) {
-                    return Err(format!("{file}: request {} of session {} queued but not open", w.request, w.session));
+                    return Err(
+                        format!("{file}: request {} of session {} queued but not open", w.request, w.session).into()
+                    );
                 }
                 if check_acquire(w.required, w.desired, w.ahead).is_err() {
-                    return Err(format!("{file}: request {} queued with bad ranges", w.request));
+                    return Err(format!("{file}: request {} queued with bad ranges", w.request).into());
                 }
                 if fs.behind_earlier(i) {
                     continue;
@@ -778,7 +781,8 @@ impl TokenManager {
                     return Err(format!(
                         "{file}: request {} of session {} could be granted but waits",
                         w.request, w.session
-                    ));
+                    )
+                    .into());
                 }
                 for (holder, range) in conflicts {
                     let revoked = fs.revokes.values().any(|r| r.session == holder && r.covers(&range, w.mode));
@@ -786,13 +790,16 @@ impl TokenManager {
                         return Err(format!(
                             "{file}: request {} waits for session {holder} over {range} but no revoke or fence is out",
                             w.request
-                        ));
+                        )
+                        .into());
                     }
                 }
             }
         }
         if indexed != self.revoke_file.len() {
-            return Err(format!("revoke index has {} entries, files have {indexed} revokes", self.revoke_file.len()));
+            return Err(
+                format!("revoke index has {} entries, files have {indexed} revokes", self.revoke_file.len()).into()
+            );
         }
         Ok(())
     }
@@ -1039,16 +1046,30 @@ impl TokenManager {
     }
 }
 
+/// Why an acquire is refused (as [`MetaError::BadAcquire`], code Invalid).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AcquireError {
+    /// `required` or `desired` holds no bytes.
+    #[error("empty range (required {required}, desired {desired})")]
+    Empty { required: ByteRange, desired: ByteRange },
+    /// `required` is not within `desired`.
+    #[error("required {required} is not within desired {desired}")]
+    NotWithin { required: ByteRange, desired: ByteRange },
+    /// The records ahead are malformed.
+    #[error(transparent)]
+    Stride(#[from] pfs_common::token::StrideError),
+}
+
 /// Why an acquire's ranges are refused: unless both are non-empty, `required` ⊆ `desired`
 /// and the stride, if any, is well formed ([`Stride::check`]).
-fn check_acquire(required: ByteRange, desired: ByteRange, ahead: Option<Stride>) -> Result<(), String> {
+fn check_acquire(required: ByteRange, desired: ByteRange, ahead: Option<Stride>) -> Result<(), AcquireError> {
     if required.is_empty() || desired.is_empty() {
-        return Err(format!("empty range (required {required}, desired {desired})"));
+        return Err(AcquireError::Empty { required, desired });
     }
     if !desired.contains(&required) {
-        return Err(format!("required {required} is not within desired {desired}"));
+        return Err(AcquireError::NotWithin { required, desired });
     }
-    ahead.as_ref().map_or(Ok(()), Stride::check)
+    Ok(ahead.as_ref().map_or(Ok(()), Stride::check)?)
 }
 
 #[cfg(test)]

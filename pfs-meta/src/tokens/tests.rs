@@ -1,4 +1,5 @@
 use super::*;
+use pfs_common::token::StrideError;
 use pfs_common::ErrorCode;
 
 const CFG: TokenConfig = TokenConfig {
@@ -385,10 +386,38 @@ fn evicted_and_unknown_sessions_are_refused() {
 #[test]
 fn bad_ranges_are_invalid() {
     let mut h = H::new(CFG, &[A]);
-    for (req, des) in [(r(5, 5), r(0, 10)), (r(6, 5), r(0, 10)), (r(0, 10), r(1, 10)), (r(0, 10), r(0, 9))] {
+    let empty = |required, desired| AcquireError::Empty { required, desired };
+    let outside = |required, desired| AcquireError::NotWithin { required, desired };
+    for (req, des, why) in [
+        (r(5, 5), r(0, 10), empty(r(5, 5), r(0, 10))),
+        (r(6, 5), r(0, 10), empty(r(6, 5), r(0, 10))),
+        (r(0, 10), r(1, 10), outside(r(0, 10), r(1, 10))),
+        (r(0, 10), r(0, 9), outside(r(0, 10), r(0, 9))),
+    ] {
         let (q, out) = h.acq(A, R, req, des);
         assert_eq!(refused(&out), vec![(A, Some(q), ErrorCode::Invalid)], "{req} {des}");
+        assert!(
+            matches!(&out[..], [Output::Refuse { error: MetaError::BadAcquire { why: w, request, .. }, .. }] if *w == why && *request == q),
+            "{req} {des}: {out:?}"
+        );
     }
+    // A malformed stride of records ahead: refused with the stride's own reason.
+    let ahead = Some(Stride { start: 0, step: 5, len: 10, count: 2 });
+    let out = h.input(Input::Acquire {
+        session: A,
+        request: 99,
+        file: F,
+        mode: W,
+        required: r(0, 10),
+        desired: r(0, 10),
+        ahead,
+        now_ms: h.now,
+    });
+    let bad_stride = AcquireError::Stride(StrideError::Overlap { len: 10, step: 5 });
+    assert!(
+        matches!(&out[..], [Output::Refuse { error: MetaError::BadAcquire { why, .. }, .. }] if *why == bad_stride),
+        "{out:?}"
+    );
     let out = h.input(Input::Release { session: A, file: F, range: r(3, 3), now_ms: 0 });
     assert_eq!(refused(&out), vec![(A, None, ErrorCode::Invalid)]);
     assert_eq!(h.m.stats().waiters, 0);

@@ -134,7 +134,8 @@ async fn a_flipped_bit_fails_the_read_naming_the_block() {
     s.make_durable(f).await.unwrap();
     flip(&s.chunk_path(f, 0), 2 * 4096 + 17);
     let e = s.read(f, 0, 4096, 3 * 4096).await.unwrap_err();
-    assert_eq!(e.code(), ErrorCode::Io);
+    assert_eq!(e.code(), ErrorCode::Corrupt);
+    assert!(matches!(e, StorageError::Corrupt { chunk: 0, .. }), "{e}");
     let text = e.to_string();
     assert!(text.contains("block 2") && text.contains("chunk 0") && text.contains("storage-3"), "{text}");
     // Blocks before and after it still read.
@@ -365,7 +366,7 @@ async fn lost_chunks_fail_reads_and_writes_until_truncated_away() {
     s.reconciled(vec![lost(0), lost(2)]);
     let e = s.read(f, 2, 0, 10).await.unwrap_err();
     assert!(matches!(e, StorageError::Lost { chunk: 2, len: 100, .. }), "{e}");
-    assert_eq!(e.code(), ErrorCode::Io);
+    assert_eq!(e.code(), ErrorCode::Lost);
     let text = e.to_string();
     assert!(text.contains("chunk 2") && text.contains(&f.to_string()) && text.contains("storage-3"), "{text}");
     assert!(matches!(s.write(f, 0, 0, 100, 4096, buf(b"x")).await, Err(StorageError::Lost { chunk: 0, .. })));
