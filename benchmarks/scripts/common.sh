@@ -4,6 +4,7 @@
 #   up_cluster BIN [PORTS]   a fresh `pfs up` cluster (below)
 #   mount_cluster BIN        the same, mounted (below)
 #   compare_cluster BIN D PORTS CONFIG   a comparison round's cluster, warmed up (below)
+#   compare_rounds    $ROUNDS rounds of the caller's `run BIN PORTS CONFIG`, base then new (below)
 set -euo pipefail
 shopt -s inherit_errexit
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -54,4 +55,14 @@ compare_cluster() {
   export PFS_CONFIG=$dir/cfg.toml PFS_LOG=warn
   timeout 60 "$bin/pfs" up > /dev/null; sleep 4
   "$bin/pfs-cp" "$SRC.8m" pfs:/warm; "$bin/pfs-cp" pfs:/warm /dev/null
+}
+
+# `compare_rounds`: $ROUNDS rounds, each the caller's `run BIN PORTS CONFIG` for $BASE (ports
+# 75xx, $BASE_CONFIG) then $NEW (ports 76xx, $NEW_CONFIG), printed as lines "base ..." and
+# "new  ..."; both configurations default to this checkout's config/local.toml.
+compare_rounds() {
+  for _ in $(seq 1 "$ROUNDS"); do
+    echo "base $(run "$BASE" 75 "${BASE_CONFIG:-$ROOT/config/local.toml}")"
+    echo "new  $(run "$NEW" 76 "${NEW_CONFIG:-$ROOT/config/local.toml}")"
+  done
 }

@@ -13,13 +13,10 @@ run() { # $1 bin dir, $2 port prefix (two digits), $3 config template
   local B=$1 D=/tmp/pfs-compare-$2
   compare_cluster "$B" "$D" "$2" "$3"
   local out="write" s e
-  for i in 1 2 3; do s=$(date +%s.%N); "$B/pfs-cp" "$SRC" pfs:/big$i; e=$(date +%s.%N); out="$out $(echo "256 / ($e - $s)" | bc -l | cut -c1-5)"; done
+  for i in 1 2 3; do s=$(date +%s.%N); "$B/pfs-cp" "$SRC" pfs:/big$i; e=$(date +%s.%N); out="$out $(rate "$s" "$e")"; done
   out="$out  read"
-  for i in 1 2 3; do s=$(date +%s.%N); "$B/pfs-cp" pfs:/big$i /dev/null; e=$(date +%s.%N); out="$out $(echo "256 / ($e - $s)" | bc -l | cut -c1-5)"; done
+  for i in 1 2 3; do s=$(date +%s.%N); "$B/pfs-cp" pfs:/big$i /dev/null; e=$(date +%s.%N); out="$out $(rate "$s" "$e")"; done
   "$B/pfs" down > /dev/null; rm -rf "$D"
   echo "$out"
 }
-for r in $(seq 1 "$ROUNDS"); do
-  echo "base $(run "$BASE" 75 "${BASE_CONFIG:-$ROOT/config/local.toml}")"
-  echo "new  $(run "$NEW" 76 "${NEW_CONFIG:-$ROOT/config/local.toml}")"
-done
+compare_rounds

@@ -25,7 +25,4 @@ run() { # $1 bin dir, $2 port prefix (two digits), $3 config template
   "$B/pfs" down > /dev/null; rm -rf "$D"
   echo "$out"
 }
-for r in $(seq 1 "$ROUNDS"); do
-  echo "base $(run "$BASE" 75 "${BASE_CONFIG:-$ROOT/config/local.toml}")"
-  echo "new  $(run "$NEW" 76 "${NEW_CONFIG:-$ROOT/config/local.toml}")"
-done
+compare_rounds

@@ -9,7 +9,7 @@ use pfs_common::chain::ChainRef;
 use pfs_common::ids::ServerId;
 use pfs_common::rpc::RpcClient;
 use pfs_common::token::SessionId;
-use pfs_common::wire::storage::{Extent, ReadChunk, StorageRequest, WriteChunk};
+use pfs_common::wire::storage::{ReadChunk, StorageRequest};
 use pfs_common::wire::PeerRole;
 use pfs_common::{ErrorCode, FileId};
 use pfs_testkit::{ok, raw, run_tool, DaemonKind, LocalCluster, Probe};
@@ -54,20 +54,8 @@ async fn raw_write(
     let opts = raw::cluster_options(cluster.config(), PeerRole::Client, "late writer");
     let addr = cluster.config().storage(server).unwrap().address;
     let conn: RpcClient<StorageRequest> = RpcClient::connect(addr, "storage", &opts, None).await.unwrap();
-    let (file, chunk, chunk_size, chain) = at;
     // A capability as valid as the one the holder had: the fence must refuse the write anyway.
-    let cap = raw::mint_capability(cluster.config(), file, ByteRange::ALL, Mode::Write, session, chunk_size);
-    let capabilities = cap.into_iter().collect();
-    let write = WriteChunk {
-        file,
-        chunk,
-        extents: vec![Extent { offset: 0, len: 4096 }],
-        chunk_size,
-        block_size: 4096,
-        session,
-        chain,
-        capabilities,
-    };
+    let write = raw::block_write(cluster.config(), session, at);
     match conn.call(write, &[9u8; 4096]).await {
         Ok(_) => panic!("the evicted session's write to {server} was accepted"),
         Err(e) => e.code(),

@@ -3,12 +3,12 @@
 //! the process never answers) holds up only the connects to itself, not those to the other
 //! peers of the same server.
 
-use pfs_client::{ByteRange, Client, CreateOptions, Mode};
+use pfs_client::{Client, CreateOptions};
 use pfs_common::chain::ChainRef;
 use pfs_common::config::Config;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::token::SessionId;
-use pfs_common::wire::storage::{Extent, StorageRequest, WriteChunk, Written};
+use pfs_common::wire::storage::{StorageRequest, Written};
 use pfs_common::wire::PeerRole;
 use pfs_common::{FileId, ServerId};
 use pfs_testkit::{raw, DaemonKind, LocalCluster};
@@ -52,20 +52,9 @@ async fn write_at_head(
     conn: RpcClient<StorageRequest>,
     config: Arc<Config>,
     session: SessionId,
-    (file, chunk, chunk_size, chain): (FileId, u64, u64, ChainRef),
+    at: (FileId, u64, u64, ChainRef),
 ) -> pfs_common::Result<Written> {
-    let cap = raw::mint_capability(&config, file, ByteRange::ALL, Mode::Write, session, chunk_size);
-    let write = WriteChunk {
-        file,
-        chunk,
-        extents: vec![Extent { offset: 0, len: 4096 }],
-        chunk_size,
-        block_size: 4096,
-        session,
-        chain,
-        capabilities: cap.into_iter().collect(),
-    };
-    conn.call(write, &[7u8; 4096]).await.map(|(w, _)| w)
+    conn.call(raw::block_write(&config, session, at), &[7u8; 4096]).await.map(|(w, _)| w)
 }
 
 /// True when process `pid` holds an established TCP connection to `to` (from its open

@@ -1,8 +1,7 @@
 //! Byte-range tokens across separate client processes (`pfs-probe`) on a real cluster.
 
 use pfs_common::rpc::RpcClient;
-use pfs_common::token::{ByteRange, Mode};
-use pfs_common::wire::storage::{Extent, StorageRequest, WriteChunk};
+use pfs_common::wire::storage::StorageRequest;
 use pfs_common::wire::PeerRole;
 use pfs_common::ErrorCode;
 use pfs_testkit::{raw, LocalCluster};
@@ -128,18 +127,7 @@ async fn a_killed_writer_is_evicted_and_fenced() {
     let opts = raw::cluster_options(cluster.config(), PeerRole::Client, "late writer");
     let conn: RpcClient<StorageRequest> = RpcClient::connect(target.address, "storage", &opts, None).await.unwrap();
     // The capability it held is still valid (unexpired): the fence must refuse the write.
-    let cap =
-        raw::mint_capability(cluster.config(), attr.id, ByteRange::ALL, Mode::Write, session, layout.chunk_size());
-    let req = WriteChunk {
-        capabilities: cap.into_iter().collect(),
-        file: attr.id,
-        chunk: 0,
-        extents: vec![Extent { offset: 0, len: 4096 }],
-        chunk_size: layout.chunk_size(),
-        block_size: layout.block_size,
-        session,
-        chain: chain.at(),
-    };
+    let req = raw::block_write(cluster.config(), session, (attr.id, 0, layout.chunk_size(), chain.at()));
     let err = conn.call(req, &[9u8; 4096]).await.unwrap_err();
     assert_eq!(err.code(), ErrorCode::Evicted, "{err}");
     assert_eq!(alive.ok("read 0 4096"), hex_of(7, 4096), "the late write must not land");

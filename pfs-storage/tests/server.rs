@@ -4,10 +4,13 @@
 //! disturb well-behaved clients, and once pfs-meta goes away the server stops admitting writes
 //! by itself. Runs once per engine.
 
+mod common;
+
+use common::{connect, free_port, wait_until, Meta};
 use pfs_common::chain::{ChainId, ChainRef};
 use pfs_common::config::{Config, EngineChoice};
 use pfs_common::layout::LayoutChoice;
-use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::rpc::RpcClient;
 use pfs_common::token::SessionId;
 use pfs_common::wire::frame::{FrameHeader, FrameKind, HEADER_LEN};
 use pfs_common::wire::namespace::Create;
@@ -20,8 +23,7 @@ use pfs_common::wire::{self, Hello, MetaRequest, PeerRole, PROTOCOL_VERSION};
 use pfs_common::{ErrorCode, FileId};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -34,41 +36,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-fn opts() -> ConnectOptions {
-    ConnectOptions {
-        role: PeerRole::Client,
-        name: "storage-test".into(),
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(20),
-        auth: pfs_common::auth::Auth::none(),
-    }
-}
-
-/// Connects, retrying until the server listens (deadline 20 s).
-async fn connect<R: serde::Serialize>(addr: SocketAddr, peer: &str) -> RpcClient<R> {
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        match RpcClient::connect(addr, peer, &opts(), None).await {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > end => panic!("{peer} never came up: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
-/// Polls `f` every 20 ms until it is true; panics naming `what` after 20 s.
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let end = Instant::now() + Duration::from_secs(20);
-    while !f().await {
-        assert!(Instant::now() < end, "not within 20 s: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 
@@ -144,38 +111,6 @@ async fn try_read(
         ReadChunk { file: FileId(file), chunk, offset, len, chain, chunk_size: CS, session: 0, capabilities: vec![] };
     let (r, payload) = c.call(req, &[]).await?;
     Ok((payload.to_vec(), r.chunk_len))
-}
-
-/// pfs-meta of `config`, in this process on its own runtime and thread; dropping it stops
-/// the runtime, which closes every connection.
-struct Meta {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Meta {
-    fn start(config: Config) -> Meta {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-            rt.block_on(async move {
-                tokio::select! {
-                    r = pfs_meta::run(Arc::new(config)) => panic!("pfs-meta stopped: {r:?}"),
-                    _ = stopped => {}
-                }
-            });
-        });
-        Meta { stop: Some(stop), thread: Some(thread) }
-    }
-}
-
-impl Drop for Meta {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
 }
 
 /// Reads until the server answers or closes; true if it sent an error frame or closed.

@@ -3,22 +3,23 @@
 //! The hasher's panic stops the server's writes, with a log line and a refusal naming it;
 //! the pfs-meta session's panic is logged and the session restarted, and writes go on.
 
+mod common;
+
+use common::{connect, free_port, wait_until, Meta};
 use pfs_common::chain::ChainRef;
 use pfs_common::config::Config;
 use pfs_common::layout::LayoutChoice;
-use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::rpc::RpcClient;
 use pfs_common::token::SessionId;
 use pfs_common::wire::namespace::Create;
 use pfs_common::wire::registry::GetChains;
 use pfs_common::wire::storage::{Extent, ReadChunk, StorageRequest, WriteChunk};
 use pfs_common::wire::tokens::OpenSession;
-use pfs_common::wire::{MetaRequest, PeerRole};
+use pfs_common::wire::MetaRequest;
 use pfs_common::{ErrorCode, FileId};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
-use std::time::{Duration, Instant};
 
 const CS: u64 = 1 << 20;
 
@@ -38,68 +39,6 @@ impl Drop for Server {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-    }
-}
-
-/// pfs-meta of `config` on its own runtime and thread; dropping it stops the runtime.
-struct Meta {
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
-
-impl Meta {
-    fn start(config: Config) -> Meta {
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let thread = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
-            rt.block_on(async move {
-                tokio::select! {
-                    r = pfs_meta::run(Arc::new(config)) => panic!("pfs-meta stopped: {r:?}"),
-                    _ = stopped => {}
-                }
-            });
-        });
-        Meta { stop: Some(stop), thread: Some(thread) }
-    }
-}
-
-impl Drop for Meta {
-    fn drop(&mut self) {
-        let _ = self.stop.take().map(|s| s.send(()));
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-async fn connect<R: serde::Serialize>(addr: SocketAddr, peer: &str) -> RpcClient<R> {
-    let opts = ConnectOptions {
-        role: PeerRole::Client,
-        name: "workers-test".into(),
-        connect_timeout: Duration::from_secs(2),
-        request_timeout: Duration::from_secs(20),
-        auth: pfs_common::auth::Auth::none(),
-    };
-    let end = Instant::now() + Duration::from_secs(20);
-    loop {
-        match RpcClient::connect(addr, peer, &opts, None).await {
-            Ok(c) => return c,
-            Err(e) if Instant::now() > end => panic!("{peer} never came up: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
-        }
-    }
-}
-
-/// Polls `f` every 20 ms until it is true; panics naming `what` after 30 s.
-async fn wait_until<F: std::future::Future<Output = bool>>(what: &str, mut f: impl FnMut() -> F) {
-    let end = Instant::now() + Duration::from_secs(30);
-    while !f().await {
-        assert!(Instant::now() < end, "not within 30 s: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -3,9 +3,11 @@
 
 use pfs_common::auth::Auth;
 use pfs_common::capability::{sign, Capability, CapabilityIssuer};
+use pfs_common::chain::ChainRef;
 use pfs_common::config::Config;
 use pfs_common::rpc::ConnectOptions;
 use pfs_common::token::{ByteRange, Mode, SessionId};
+use pfs_common::wire::storage::{Extent, WriteChunk};
 use pfs_common::wire::PeerRole;
 use pfs_common::FileId;
 use std::time::Duration;
@@ -40,6 +42,28 @@ pub fn mint_capability(
 ) -> Option<Capability> {
     let key = config.auth(true).ok()?.capability_key()?;
     Some(CapabilityIssuer::new(key, 60_000).issue(file, range, mode, session, chunk_size))
+}
+
+/// A first-block write (4096 bytes at offset 0, block size 4096) of `session` to `chunk` of
+/// `file` on `chain`, carrying a Write capability over the whole file minted with `config`'s
+/// key: as valid as any a holder of the session was issued, so only the storage server's own
+/// checks (fence, lease, chain) can refuse it.
+pub fn block_write(
+    config: &Config,
+    session: SessionId,
+    (file, chunk, chunk_size, chain): (FileId, u64, u64, ChainRef),
+) -> WriteChunk {
+    let cap = mint_capability(config, file, ByteRange::ALL, Mode::Write, session, chunk_size);
+    WriteChunk {
+        file,
+        chunk,
+        extents: vec![Extent { offset: 0, len: 4096 }],
+        chunk_size,
+        block_size: 4096,
+        session,
+        chain,
+        capabilities: cap.into_iter().collect(),
+    }
 }
 
 /// `cap` re-signed after `change` (an expired or widened capability with a valid tag, as only
