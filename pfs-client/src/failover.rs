@@ -15,6 +15,7 @@ use crate::error::{Error, Result};
 use crate::session::Session;
 use pfs_common::chain::{Chain, ChainId};
 use pfs_common::ErrorCode;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,7 +55,7 @@ impl Failover {
         told: Option<&Chain>,
     ) -> Result<Option<Arc<Chain>>> {
         if let Some(c) = told.filter(|c| c.id == id && c.version > seen && c.well_formed()) {
-            session.counters.chains_told.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            session.counters.chains_told.fetch_add(1, Ordering::Relaxed);
             return Ok(Some(session.learn_chain(c.clone())));
         }
         self.again(session, id, seen).await

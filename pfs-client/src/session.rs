@@ -494,19 +494,18 @@ impl Session {
     ///
     /// Errors: Protocol when pfs-meta does not know the chain; Unavailable, TimedOut.
     pub(crate) async fn refresh_chain(&self, id: ChainId) -> Result<Arc<Chain>> {
-        self.counters.chain_fetches.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        self.counters.chain_fetches.fetch_add(1, Ordering::Relaxed);
         let chains = self.meta(GetChains { ids: vec![id] }).await?;
         let c = chains.into_iter().find(|c| c.id == id).ok_or_else(|| Error::Protocol {
             peer: "pfs-meta".into(),
             message: format!("a layout names {id}, which pfs-meta does not know"),
         })?;
-        let c = Arc::new(c);
-        self.chains.lock().insert(id, c.clone());
-        Ok(c)
+        Ok(self.learn_chain(c))
     }
 
-    /// Remembers `chain` (from a storage server's Stale answer) unless a version at least as
-    /// new is known already; returns the newest known.
+    /// Remembers `chain` (from pfs-meta, or from a storage server's Stale answer) unless a
+    /// version at least as new is known already, so an answer that was overtaken never
+    /// replaces a newer chain; returns the newest known.
     pub(crate) fn learn_chain(&self, chain: Chain) -> Arc<Chain> {
         let mut cache = self.chains.lock();
         match cache.get(&chain.id) {

@@ -63,6 +63,14 @@ impl<R: Serialize> Slot<R> {
     fn live(&self) -> Option<RpcClient<R>> {
         self.conn.lock().as_ref().filter(|c| !c.is_closed()).cloned()
     }
+
+    /// Forgets the connection and closes it (outside the slot's lock).
+    fn close(&self) {
+        let conn = self.conn.lock().take();
+        if let Some(c) = conn {
+            c.close();
+        }
+    }
 }
 
 impl<R: Serialize> PeerPool<R> {
@@ -161,9 +169,8 @@ impl<R: Serialize> PeerPool<R> {
     /// cluster); calls in flight on it fail with Closed. The next [`PeerPool::get`] connects
     /// again.
     pub fn close(&self, id: ServerId) {
-        let slot = self.slots.lock().get(&id).cloned();
-        if let Some(c) = slot.and_then(|s| s.conn.lock().take()) {
-            c.close();
+        if let Some(slot) = self.slots.lock().get(&id).cloned() {
+            slot.close();
         }
     }
 
@@ -171,9 +178,7 @@ impl<R: Serialize> PeerPool<R> {
     pub fn close_all(&self) {
         let slots: Vec<Arc<Slot<R>>> = self.slots.lock().values().cloned().collect();
         for s in slots {
-            if let Some(c) = s.conn.lock().take() {
-                c.close();
-            }
+            s.close();
         }
     }
 }

@@ -917,11 +917,10 @@ impl ChunkStore {
     ///
     /// Errors: Io.
     pub async fn remove_chunks(&self, file: FileId, chunks: &[ChunkIndex]) -> Result<()> {
-        let present: Vec<ChunkIndex> = {
+        let chunks: Vec<ChunkIndex> = {
             let st = self.state.lock();
             chunks.iter().copied().filter(|c| st.index.get(&file).is_some_and(|m| m.contains_key(c))).collect()
         };
-        let chunks = present;
         if chunks.is_empty() {
             return Ok(());
         }
