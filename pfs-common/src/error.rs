@@ -67,6 +67,10 @@ pub enum ErrorCode {
     /// The server restarted between writes it had not made durable and the fsync asking for
     /// them: they may be lost, and should be written again (EIO).
     Restarted,
+    /// The meta node asked is not the leader of the metadata group (or lost its leadership
+    /// before the operation was committed); the message names the leader if it knows one. An
+    /// operation that may have been committed says so: retry it with the same request id.
+    NotLeader,
 }
 
 impl ErrorCode {
@@ -95,6 +99,7 @@ impl ErrorCode {
             ErrorCode::Lost => "chunk lost",
             ErrorCode::Corrupt => "chunk corrupt",
             ErrorCode::Restarted => "server restarted before its writes were durable",
+            ErrorCode::NotLeader => "not the metadata leader",
         }
     }
 
@@ -120,7 +125,7 @@ impl ErrorCode {
             ErrorCode::Protocol => libc::EPROTO,
             ErrorCode::NameTooLong => libc::ENAMETOOLONG,
             ErrorCode::Busy => libc::EBUSY,
-            ErrorCode::Stale => libc::EAGAIN,
+            ErrorCode::Stale | ErrorCode::NotLeader => libc::EAGAIN,
             ErrorCode::AuthFailed | ErrorCode::Denied => libc::EACCES,
         }
     }

@@ -100,6 +100,11 @@ pub enum MetaError {
     /// acknowledged.
     #[error("the WAL failed: {0}")]
     WalFailed(Box<MetaError>),
+    /// This meta node is not the leader of the metadata group: `leader` is the one it knows
+    /// (id and address), if any. `maybe_done` says the operation was proposed before the
+    /// leadership was lost and may still be committed by the next leader.
+    #[error("meta-{node} is not the metadata leader ({}){}", leader_hint(leader), if *maybe_done { "; the operation may have been committed: retry it with the same request id" } else { "" })]
+    NotLeader { node: u64, leader: Option<(u64, String)>, maybe_done: bool },
     /// Connections and configuration (pfs-common).
     #[error(transparent)]
     Common(#[from] pfs_common::Error),
@@ -120,6 +125,13 @@ impl std::fmt::Display for SessionState {
             SessionState::Evicted => "was evicted; its tokens are gone and its writes fenced",
             SessionState::NotOpen => "is not open",
         })
+    }
+}
+
+fn leader_hint(leader: &Option<(u64, String)>) -> String {
+    match leader {
+        Some((id, address)) => format!("the leader is meta-{id} at {address}"),
+        None => "no leader is known yet".into(),
     }
 }
 
@@ -154,6 +166,7 @@ impl MetaError {
             MetaError::Evicted { .. } => ErrorCode::Evicted,
             MetaError::Corrupt { .. } | MetaError::WalFailed(_) => ErrorCode::Io,
             MetaError::Io { source, .. } => ErrorCode::of_io(source),
+            MetaError::NotLeader { .. } => ErrorCode::NotLeader,
             MetaError::Common(e) => e.code(),
         }
     }

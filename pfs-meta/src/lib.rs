@@ -8,12 +8,12 @@ pub mod error;
 pub mod holders;
 pub mod namespace;
 pub mod opens;
+pub mod raft;
 pub mod registry;
 pub mod server;
 pub mod store;
 pub mod token_service;
 pub mod tokens;
-pub mod wal;
 
 pub use error::{MetaError, Result};
 
@@ -32,12 +32,11 @@ use std::sync::Arc;
 pub async fn run(config: Arc<Config>) -> Result<()> {
     let auth = config.auth(true)?;
     pfs_common::auth::warn_if_off("pfs-meta", &auth);
-    let server = Arc::new(MetaServer::open(&config, &auth)?);
+    let server = Arc::new(MetaServer::open(&config, &auth).await?);
     let listener = rpc::bind(config.meta.address, "pfs-meta").await?;
-    let mut durable = server.store().durable();
     let opts = ServeOptions {
         name: "pfs-meta".into(),
-        roles: vec![PeerRole::Client, PeerRole::Storage, PeerRole::Admin],
+        roles: vec![PeerRole::Client, PeerRole::Storage, PeerRole::Admin, PeerRole::Meta],
         limits: DEFAULT_LIMITS,
         idle_timeout: Some(config.timeouts.idle()),
         handshake_timeout: std::time::Duration::from_millis(config.timeouts.connect_ms),
@@ -48,13 +47,11 @@ pub async fn run(config: Arc<Config>) -> Result<()> {
         _ = server.run_token_ticks() => Ok(()),
         reaped = server.run_reaper() => reaped,
         kept = server.run_chain_keeper() => kept,
-        failed = durable.wait_for(|d| d.failed.is_some()) => {
-            // The state in memory may be ahead of the disk: stop rather than serve it.
-            let why = match failed {
-                Ok(d) => d.failed.clone().expect("waited for a failure"),
-                Err(_) => MetaError::io("the WAL writer", std::io::Error::other("stopped")),
-            };
-            Err(MetaError::WalFailed(Box::new(why)))
-        }
+        // The Raft node stopped (a log write or fsync failed): the state in memory may be
+        // ahead of the disk, so stop rather than serve it.
+        stopped = server.store().run_leadership() => Err(MetaError::WalFailed(Box::new(match stopped {
+            Err(e) => e,
+            Ok(()) => MetaError::io("the Raft node", std::io::Error::other("stopped")),
+        }))),
     }
 }

@@ -15,7 +15,8 @@ use crate::holders::Holders;
 use crate::namespace::{Commit, Inode, InodeKind, Namespace, Op, ServerView};
 use crate::opens::OpenTable;
 use crate::registry::Registry;
-use crate::store::NamespaceStore;
+use crate::raft::network::Network;
+use crate::store::{NamespaceStore, NodeOptions};
 use crate::token_service::TokenService;
 use crate::tokens::TokenConfig;
 use parking_lot::Mutex;
@@ -38,6 +39,7 @@ use pfs_common::wire::registry::{
 };
 use pfs_common::wire::storage::{RemoveChunk, RemoveFile, StorageRequest};
 use pfs_common::wire::tokens::{self as tok, Granted, SessionGrant, TokenRequest};
+use pfs_common::wire::raft::{GetStatus, RaftRequest};
 use pfs_common::wire::{MetaRequest, PeerRole};
 use pfs_common::{FileId, ServerId};
 use std::collections::BTreeMap;
@@ -87,8 +89,25 @@ impl MetaServer {
     /// Opens (recovering) the namespace in `config.meta_dir()`.
     ///
     /// Errors: Corrupt naming the file and byte offset of a damaged log; Io.
-    pub fn open(config: &Config, auth: &Auth) -> Result<MetaServer> {
-        let store = NamespaceStore::open(&config.meta_dir(), config.meta.checkpoint_records, config.layout)?;
+    pub async fn open(config: &Config, auth: &Auth) -> Result<MetaServer> {
+        let storage_connect = ConnectOptions {
+            role: PeerRole::Meta,
+            name: "pfs-meta".into(),
+            connect_timeout: std::time::Duration::from_millis(config.timeouts.connect_ms),
+            request_timeout: std::time::Duration::from_millis(config.timeouts.request_ms),
+            auth: auth.clone(),
+        };
+        let id = 1;
+        let members = [(id, openraft::BasicNode::new(config.meta.address))].into_iter().collect();
+        let node = NodeOptions {
+            id,
+            dir: config.meta_dir(),
+            members,
+            snapshot_entries: config.meta.checkpoint_records,
+            root_policy: config.layout,
+        };
+        let network = Network { me: id, connect: storage_connect.clone() };
+        let store = NamespaceStore::open(node, network).await?;
         let cluster = Arc::new(Mutex::new(Cluster { registry: Registry::new(config), holders: Holders::new() }));
         let t = &config.tokens;
         let registry = cluster.clone();
@@ -120,13 +139,7 @@ impl MetaServer {
             heartbeat_ms: config.timeouts.heartbeat_ms,
             rereplicate_after_ms: config.timeouts.rereplicate_after_ms,
             capabilities: auth.capability_key().map(|k| CapabilityIssuer::new(k, config.tokens.capability_ms)),
-            storage_connect: ConnectOptions {
-                role: PeerRole::Meta,
-                name: "pfs-meta".into(),
-                connect_timeout: std::time::Duration::from_millis(config.timeouts.connect_ms),
-                request_timeout: std::time::Duration::from_millis(config.timeouts.request_ms),
-                auth: auth.clone(),
-            },
+            storage_connect,
         })
     }
 
@@ -138,7 +151,11 @@ impl MetaServer {
         let tick = std::time::Duration::from_millis(self.heartbeat_ms.max(10));
         loop {
             let woken = self.keeper_wake.notified();
-            self.keep_chains(&Default::default()).await?;
+            // Only the leader keeps chains; a follower's pass answers NotLeader.
+            match self.keep_chains(&Default::default()).await {
+                Err(MetaError::NotLeader { .. }) => {}
+                r => r?,
+            }
             let _ = tokio::time::timeout(tick, woken).await;
         }
     }
@@ -157,7 +174,7 @@ impl MetaServer {
                 now_ms: (crate::store::now_ns() / 1_000_000) as u64,
                 rereplicate_after_ms: self.rereplicate_after_ms,
             };
-            let plan = self.store.read(|n| n.chains().plan(&view)).0;
+            let plan = self.store.read(|n| n.chains().plan(&view))?.0;
             (view, plan)
         };
         if !plan.is_empty() {
@@ -198,7 +215,11 @@ impl MetaServer {
     /// first every orphan recovered from the WAL (no session survives a restart), then, for
     /// ever, the orphans left by sessions as they end. Errors: WalFailed / Io if the log fails.
     pub async fn run_reaper(&self) -> Result<()> {
-        let (recovered, _) = self.store.read(|n| n.orphans().iter().copied().collect::<Vec<_>>());
+        let recovered = match self.store.read_ready(|n| n.orphans().iter().copied().collect::<Vec<_>>()).await {
+            Ok((r, _)) => r,
+            Err(MetaError::NotLeader { .. }) => Vec::new(),
+            Err(e) => return Err(e),
+        };
         if !recovered.is_empty() {
             info!("removing {} files unlinked while open before the restart", recovered.len());
         }
@@ -222,7 +243,11 @@ impl MetaServer {
 
     /// Drops `file` if it is an orphan nobody has open (a no-op otherwise).
     async fn reap(&self, file: FileId) -> Result<()> {
-        self.mutate(Op::Reap { file }).await.map(drop)
+        match self.mutate(Op::Reap { file }).await {
+            // Not the leader (any more): the leader reaps its own orphans.
+            Err(MetaError::NotLeader { .. }) => Ok(()),
+            r => r.map(drop),
+        }
     }
 
     /// The durable namespace.
@@ -352,7 +377,7 @@ impl MetaServer {
     async fn open_file(&self, peer: &Peer, c: ns::Open) -> Result<Attr> {
         self.tokens.check_owner(c.session, peer.conn_id, &peer.name)?;
         self.close_files(c.session, &c.closed).await?;
-        let (opened, lsn) = self.store.read_inodes(|n, read| {
+        let (opened, lsn) = self.store.read_inodes_ready(|n, read| {
             let inode = n.lookup_traced(&c.target, read)?;
             if inode.kind != InodeKind::File {
                 return Err(MetaError::IsDir { path: c.target.to_string() });
@@ -364,8 +389,8 @@ impl MetaServer {
             // Under the store's lock: no removal can slip between the lookup and this.
             self.opens.lock().open(c.session, inode.id);
             Ok(attr(inode))
-        });
-        self.store.wait_durable(lsn).await?;
+        }).await?;
+        self.store.wait_committed(lsn).await?;
         opened
     }
     /// The session closed the file: an orphan nobody has open any more goes.
@@ -383,7 +408,7 @@ impl MetaServer {
         for c in files {
             let freed = self.opens.lock().close(session, c.file, c.opens);
             // Only an orphan goes (checked first: a no-op change would still wait for the WAL).
-            if freed && self.store.read(|n| n.orphans().contains(&c.file)).0 {
+            if freed && self.store.read(|n| n.orphans().contains(&c.file))?.0 {
                 self.reap(c.file).await?;
             }
         }
@@ -393,8 +418,8 @@ impl MetaServer {
     /// Runs a read-only namespace query; answers once the state it saw is durable (every
     /// change applied so far).
     async fn query<T>(&self, f: impl FnOnce(&crate::namespace::Namespace) -> Result<T>) -> Result<T> {
-        let (r, lsn) = self.store.read(f);
-        self.store.wait_durable(lsn).await?;
+        let (r, seen) = self.store.read_ready(f).await?;
+        self.store.wait_committed(seen).await?;
         r
     }
 
@@ -402,8 +427,8 @@ impl MetaServer {
     /// [`NamespaceStore::read_inodes`]); answers once their last changes are durable, without
     /// waiting for changes of other inodes in flight.
     async fn query_inodes<T>(&self, f: impl FnOnce(&Namespace, &mut Vec<FileId>) -> Result<T>) -> Result<T> {
-        let (r, lsn) = self.store.read_inodes(f);
-        self.store.wait_durable(lsn).await?;
+        let (r, seen) = self.store.read_inodes_ready(f).await?;
+        self.store.wait_committed(seen).await?;
         r
     }
 
@@ -561,7 +586,7 @@ impl MetaServer {
             RegistryRequest::ChunkReport(c) => Reply::to::<reg::ChunkReport, _>(self.chunk_report(peer, c).await),
             RegistryRequest::Fenced(c) => Reply::to::<reg::Fenced, _>(self.fenced(peer, c)),
             RegistryRequest::ListServers(_) => {
-                let syncing = self.store.read(|n| {
+                let syncing = self.store.read_ready(|n| {
                     let mut by_server: BTreeMap<ServerId, u32> = BTreeMap::new();
                     for c in n.chains().iter() {
                         for m in c.members.iter().filter(|m| m.state == ReplicaState::Syncing) {
@@ -570,6 +595,10 @@ impl MetaServer {
                     }
                     by_server
                 });
+                let syncing = match syncing.await {
+                    Ok(s) => s,
+                    Err(e) => return Reply::error(&e),
+                };
                 let c = self.cluster.lock();
                 let list =
                     c.registry.list(now, |id| c.holders.count(id), |id| syncing.0.get(&id).copied().unwrap_or(0));
@@ -611,7 +640,7 @@ impl MetaServer {
             cl.holders.begin_listing(c.id);
         }
         // The boot id is in the WAL, so a restart is known across pfs-meta's restarts too.
-        let known = self.store.read(|n| n.boot_of(c.id)).0;
+        let known = self.store.read_ready(|n| n.boot_of(c.id)).await?.0;
         if known.is_some_and(|b| b != c.boot) {
             // Before it can serve a read: its replicas resync (unsynced writes may be lost).
             info!("{} restarted (a new boot id): its replicas resync from the others", c.id);
@@ -651,7 +680,7 @@ impl MetaServer {
         speaks_for(peer, c.id)?;
         self.cluster.lock().registry.check_conn(c.id, peer.conn_id)?;
         let _one_change_at_a_time = self.chain_lock.lock().await;
-        let next = self.store.read(|n| n.chains().sync_done(c.id, c.chain.id, c.chain.version)).0;
+        let next = self.store.read(|n| n.chains().sync_done(c.id, c.chain.id, c.chain.version))?.0;
         let next = next.ok_or(MetaError::NotSyncing { server: c.id, chain: c.chain.id, version: c.chain.version })?;
         info!("{} resynced {}: {}", c.id, c.chain.id, next.describe());
         self.mutate(Op::SetChains { chains: vec![next] }).await.map(drop)
@@ -736,10 +765,10 @@ impl MetaServer {
                     self.keeper_wake.notify_one();
                 }
                 (orphans, lost)
-            });
+            })?;
             (orphans, lost, lsn)
         };
-        self.store.wait_durable(lsn).await?;
+        self.store.wait_committed(lsn).await?;
         if !orphans.is_empty() {
             debug!("{} holds chunks of {} removed files", c.id, orphans.len());
         }
@@ -954,11 +983,15 @@ fn attr(i: &Inode) -> Attr {
 impl Handler for MetaServer {
     type Request = MetaRequest;
 
-    async fn handle(self: Arc<Self>, peer: Peer, req: MetaRequest, _payload: PooledBuf) -> Reply {
+    async fn handle(self: Arc<Self>, peer: Peer, req: MetaRequest, payload: PooledBuf) -> Reply {
         match req {
             MetaRequest::Namespace(r) if peer.role == PeerRole::Client => self.namespace(&peer, r).await,
             MetaRequest::Tokens(r) if peer.role == PeerRole::Client => self.tokens(&peer, r).await,
             MetaRequest::Registry(r) => self.registry(&peer, r).await,
+            MetaRequest::Raft(RaftRequest::Message(m)) => {
+                crate::raft::network::serve(self.store.raft(), self.store.id(), &peer, m, &payload).await
+            }
+            MetaRequest::Raft(RaftRequest::Status(_)) => Reply::to::<GetStatus, MetaError>(Ok(self.store.status())),
             MetaRequest::Namespace(_) | MetaRequest::Tokens(_) => Reply::error(&MetaError::Forbidden {
                 peer: format!("{} at {}", peer.name, peer.addr),
                 role: role_name(peer.role),

@@ -41,7 +41,7 @@ fn write_config(dir: &Path) -> (std::path::PathBuf, SocketAddr) {
     for s in &mut config.storage {
         s.address = format!("127.0.0.1:{}", 10 + s.id.0).parse().unwrap();
     }
-    // These tests are about the WAL and speak the protocol by hand; authentication has its
+    // These tests are about the metadata log and speak the protocol by hand; authentication has its
     // own tests (pfs-cli/tests/auth.rs).
     config.auth = Some(pfs_common::config::AuthConfig::None);
     // Long enough that a slow test machine never sees the fake storage server go down.
@@ -418,7 +418,7 @@ async fn chunk_reports_orphans_and_remove_notifications() {
 }
 
 #[tokio::test]
-async fn corrupt_wal_stops_startup_with_one_line_error() {
+async fn corrupt_log_stops_startup_with_one_line_error() {
     let dir = tempfile::tempdir().unwrap();
     let (config, addr) = write_config(dir.path());
     {
@@ -436,7 +436,7 @@ async fn corrupt_wal_stops_startup_with_one_line_error() {
     let seg = std::fs::read_dir(&meta_dir)
         .unwrap()
         .map(|e| e.unwrap().path())
-        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("wal-"))
+        .find(|p| p.file_name().unwrap().to_str().unwrap().starts_with("log-0"))
         .unwrap();
     let mut bytes = std::fs::read(&seg).unwrap();
     bytes[9] ^= 0x40; // first record's payload; valid records follow
@@ -495,6 +495,6 @@ async fn a_storage_server_restarted_while_pfs_meta_was_down_resyncs() {
     assert!(states(&chains, 1).iter().all(|s| *s == Some(ReplicaState::Serving)), "same boot: {chains:?}");
     assert!(
         states(&chains, 2).iter().all(|s| *s == Some(ReplicaState::Syncing)),
-        "a restart is known from the WAL and resyncs: {chains:?}"
+        "a restart is known from the log and resyncs: {chains:?}"
     );
 }

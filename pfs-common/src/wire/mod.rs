@@ -6,6 +6,7 @@
 //! | tokens | [`tokens`] | clients | pfs-meta |
 //! | registry and chunk reports | [`registry`] | storage servers (reports), anyone (queries) | pfs-meta |
 //! | chunk data | [`storage`] | clients | pfs-storage |
+//! | Raft and node status | [`raft`] | meta nodes (Raft), anyone (status) | pfs-meta |
 //!
 //! Every call is a struct implementing [`Call`], which names the request enum it travels in
 //! and the type of its answer, so a caller gets the answer's type from the call and a server
@@ -19,6 +20,7 @@
 
 pub mod frame;
 pub mod namespace;
+pub mod raft;
 pub mod registry;
 pub mod storage;
 pub mod tokens;
@@ -28,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken in the handshake.
-pub const PROTOCOL_VERSION: u16 = 11;
+pub const PROTOCOL_VERSION: u16 = 12;
 
 /// Longest peer name accepted in a [`Hello`], bytes.
 pub const PEER_NAME_MAX: usize = 256;
@@ -128,6 +130,7 @@ pub enum MetaRequest {
     Namespace(namespace::NamespaceRequest),
     Tokens(tokens::TokenRequest),
     Registry(registry::RegistryRequest),
+    Raft(raft::RaftRequest),
 }
 
 /// Encodes a message body.
