@@ -39,7 +39,7 @@ use pfs_common::wire::registry::{
 };
 use pfs_common::wire::storage::{RemoveChunk, RemoveFile, StorageRequest};
 use pfs_common::wire::tokens::{self as tok, Granted, SessionGrant, TokenRequest};
-use pfs_common::wire::raft::{GetStatus, RaftRequest};
+use pfs_common::wire::raft::{AddMember, GetStatus, RaftRequest, RemoveMember};
 use pfs_common::wire::{MetaRequest, PeerRole};
 use pfs_common::{FileId, ServerId};
 use std::collections::BTreeMap;
@@ -105,6 +105,7 @@ impl MetaServer {
             members,
             snapshot_entries: config.meta.checkpoint_records,
             root_policy: config.layout,
+            probe: Some(storage_connect.clone()),
         };
         let network = Network { me: id, connect: storage_connect.clone() };
         let store = NamespaceStore::open(node, network).await?;
@@ -924,6 +925,18 @@ impl MetaServer {
 }
 
 /// Errors (Invalid) for a list of ids longer than [`GET_CHUNKS_MAX`].
+/// Membership changes are for an operator's tool holding the cluster secret (role Admin).
+fn admin_only(peer: &Peer) -> Result<()> {
+    if peer.role == PeerRole::Admin {
+        return Ok(());
+    }
+    Err(MetaError::Forbidden {
+        peer: format!("{} at {}", peer.name, peer.addr),
+        role: role_name(peer.role),
+        what: "change the membership of the metadata group (an administrator's connection may)".into(),
+    })
+}
+
 fn check_count(what: &str, n: usize) -> Result<()> {
     if n > GET_CHUNKS_MAX as usize {
         return Err(MetaError::Invalid(format!("{n} {what} in one request (at most {GET_CHUNKS_MAX})")));
@@ -989,9 +1002,17 @@ impl Handler for MetaServer {
             MetaRequest::Tokens(r) if peer.role == PeerRole::Client => self.tokens(&peer, r).await,
             MetaRequest::Registry(r) => self.registry(&peer, r).await,
             MetaRequest::Raft(RaftRequest::Message(m)) => {
-                crate::raft::network::serve(self.store.raft(), self.store.id(), &peer, m, &payload).await
+                crate::raft::network::serve(&self.store, &peer, m, &payload).await
             }
             MetaRequest::Raft(RaftRequest::Status(_)) => Reply::to::<GetStatus, MetaError>(Ok(self.store.status())),
+            MetaRequest::Raft(RaftRequest::AddMember(c)) => Reply::to::<AddMember, _>(match admin_only(&peer) {
+                Ok(()) => self.store.add_member(c.id, c.address).await,
+                Err(e) => Err(e),
+            }),
+            MetaRequest::Raft(RaftRequest::RemoveMember(c)) => Reply::to::<RemoveMember, _>(match admin_only(&peer) {
+                Ok(()) => self.store.remove_member(c.id).await,
+                Err(e) => Err(e),
+            }),
             MetaRequest::Namespace(_) | MetaRequest::Tokens(_) => Reply::error(&MetaError::Forbidden {
                 peer: format!("{} at {}", peer.name, peer.addr),
                 role: role_name(peer.role),

@@ -23,7 +23,9 @@ use openraft::error::ClientWriteError;
 use openraft::{BasicNode, RaftNetworkFactory, ServerState};
 use parking_lot::{MappedMutexGuard, Mutex, MutexGuard};
 use pfs_common::layout::LayoutPolicy;
-use pfs_common::wire::raft::NodeStatus;
+use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::wire::raft::{GetStatus, NodeStatus};
+use pfs_common::wire::MetaRequest;
 use pfs_common::{FileId, ServerId};
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
@@ -178,6 +180,31 @@ pub struct NodeOptions {
     pub snapshot_entries: u64,
     /// The layout policy of a new namespace's root.
     pub root_policy: LayoutPolicy,
+    /// How to ask the other members for their status when this node starts with an empty
+    /// directory (`None`: do not ask, as in a group of one).
+    pub probe: Option<ConnectOptions>,
+}
+
+/// What the other members said of the group when this node started with an empty
+/// directory: the highest entry any of them had applied, if any had a log.
+async fn probe_group(me: NodeId, members: &BTreeMap<NodeId, BasicNode>, connect: &ConnectOptions) -> Option<u64> {
+    let mut found = None;
+    for (id, node) in members.iter().filter(|(id, _)| **id != me) {
+        let Ok(addr) = node.addr.parse() else { continue };
+        let asked = async {
+            let c: RpcClient<MetaRequest> = RpcClient::connect(addr, &format!("meta-{id}"), connect, None).await?;
+            c.ask(GetStatus).await
+        };
+        match asked.await {
+            Ok(st) if st.last_log > 0 || st.applied > 0 => {
+                info!("meta-{me}: meta-{id} has the group's log up to entry {} (applied {})", st.last_log, st.applied);
+                found = Some(found.unwrap_or(0).max(st.applied));
+            }
+            Ok(_) => {}
+            Err(e) => info!("meta-{me}: meta-{id} did not answer ({e}); it may not be up yet"),
+        }
+    }
+    found
 }
 
 /// The namespace plus its replicated log.
@@ -187,6 +214,9 @@ pub struct NamespaceStore {
     leadership: Arc<Leadership>,
     committed: Arc<Mutex<Committed>>,
     members: BTreeMap<NodeId, BasicNode>,
+    /// Nonzero while this node, started empty in an existing group, has not yet applied this
+    /// entry: it does not vote until then.
+    catch_up_to: Arc<std::sync::atomic::AtomicU64>,
 }
 
 enum Wait {
@@ -238,7 +268,19 @@ impl NamespaceStore {
             .is_initialized()
             .await
             .map_err(|e| MetaError::io("starting the Raft node", std::io::Error::other(e.to_string())))?;
-        if !initialized && founder {
+        // A node with an empty directory in a group that exists (it was wiped, or is new)
+        // must not found another group, nor vote before it has caught up: its vote and the
+        // entries it had acknowledged are gone, and a vote from it could elect a leader
+        // missing committed entries.
+        let existing = match (&opts.probe, initialized) {
+            (Some(connect), false) => probe_group(opts.id, &opts.members, connect).await,
+            _ => None,
+        };
+        let catch_up_to = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        if let Some(applied) = existing {
+            info!("meta-{}: started empty in an existing group; catching up to entry {applied} before voting", opts.id);
+            catch_up_to.store(applied.max(1), std::sync::atomic::Ordering::Relaxed);
+        } else if !initialized && founder {
             info!("meta-{}: founding the metadata group {:?}", opts.id, opts.members.keys().collect::<Vec<_>>());
             if let Err(e) = raft.initialize(opts.members.clone()).await {
                 // NotAllowed: another start got there first; the log says who leads.
@@ -246,7 +288,22 @@ impl NamespaceStore {
             }
         }
         tokio::spawn(follow_leadership(raft.metrics(), leadership.clone(), committed.clone()));
-        Ok(NamespaceStore { me: opts.id, raft, leadership, committed, members: opts.members })
+        Ok(NamespaceStore { me: opts.id, raft, leadership, committed, members: opts.members, catch_up_to })
+    }
+
+    /// Whether this node may vote: not while it catches up after starting with an empty
+    /// directory in an existing group (see [`NamespaceStore::open`]).
+    pub fn may_vote(&self) -> bool {
+        let target = self.catch_up_to.load(std::sync::atomic::Ordering::Relaxed);
+        if target == 0 {
+            return true;
+        }
+        let caught_up = self.applied().is_some_and(|l| l.index >= target);
+        if caught_up {
+            self.catch_up_to.store(0, std::sync::atomic::Ordering::Relaxed);
+            info!("meta-{}: caught up to entry {target}; voting again", self.me);
+        }
+        caught_up
     }
 
     /// The Raft handle (membership changes, metrics, the RPC server side).
@@ -482,6 +539,51 @@ impl NamespaceStore {
             if metrics.changed().await.is_err() {
                 return Err(MetaError::io("the Raft node of pfs-meta", std::io::Error::other("stopped")));
             }
+        }
+    }
+
+    /// Adds node `id` at `address`: as a learner (it catches up from the log or a snapshot;
+    /// this waits for that), then as a voter. Errors: NotLeader; Invalid naming openraft's
+    /// refusal.
+    pub async fn add_member(&self, id: NodeId, address: String) -> Result<NodeStatus> {
+        self.ready().await?;
+        let node = BasicNode::new(address);
+        self.raft.add_learner(id, node, true).await.map_err(|e| self.membership_error(e))?;
+        let voters: std::collections::BTreeSet<NodeId> = [id].into_iter().collect();
+        self.raft
+            .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        info!("meta-{}: meta-{id} joined the group as a voter", self.me);
+        Ok(self.status())
+    }
+
+    /// Removes node `id` from the group. Errors: NotLeader; Invalid (the last voter, or
+    /// openraft's refusal).
+    pub async fn remove_member(&self, id: NodeId) -> Result<NodeStatus> {
+        self.ready().await?;
+        let voters: std::collections::BTreeSet<NodeId> =
+            self.raft.metrics().borrow().membership_config.membership().voter_ids().collect();
+        if voters.len() == 1 && voters.contains(&id) {
+            return Err(MetaError::Invalid(format!("meta-{id} is the only voter of the group; it cannot leave")));
+        }
+        let gone: std::collections::BTreeSet<NodeId> = [id].into_iter().collect();
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveVoters(gone.clone()), false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        self.raft
+            .change_membership(openraft::ChangeMembers::RemoveNodes(gone), false)
+            .await
+            .map_err(|e| self.membership_error(e))?;
+        info!("meta-{}: meta-{id} left the group", self.me);
+        Ok(self.status())
+    }
+
+    fn membership_error(&self, e: openraft::error::RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> MetaError {
+        match e.api_error() {
+            Some(ClientWriteError::ForwardToLeader(_)) => self.not_leader(false),
+            _ => MetaError::Invalid(format!("membership change refused: {e}")),
         }
     }
 

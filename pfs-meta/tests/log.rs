@@ -30,6 +30,7 @@ async fn open(dir: &Path, snapshot_entries: u64) -> pfs_meta::Result<NamespaceSt
         members: [(1, BasicNode::new("127.0.0.1:9"))].into_iter().collect(),
         snapshot_entries,
         root_policy: LayoutPolicy::default(),
+        probe: None,
     };
     let connect = ConnectOptions {
         role: PeerRole::Meta,

@@ -45,11 +45,29 @@ pub struct NodeStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct GetStatus;
 
+/// Adds meta node `id` at `address` to the group (administrators only, to the leader): first
+/// as a learner, which catches up from the log or a snapshot, then as a voter (openraft's
+/// joint consensus). Answers once the new membership is committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AddMember {
+    pub id: u64,
+    pub address: String,
+}
+
+/// Removes meta node `id` from the group (administrators only, to the leader). Refused if
+/// it would leave no voter. Answers once the new membership is committed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RemoveMember {
+    pub id: u64,
+}
+
 service! {
     /// Meta-node-to-meta-node traffic and status.
     pub enum RaftRequest in MetaRequest::Raft {
         /// The answer is postcard of openraft's `Result<Response, RaftError>`.
         Message(RaftMessage) -> Vec<u8>,
         Status(GetStatus) -> NodeStatus,
+        AddMember(AddMember) -> NodeStatus,
+        RemoveMember(RemoveMember) -> NodeStatus,
     }
 }

@@ -5,7 +5,8 @@
 //! (openraft's `Result`) comes back postcard-encoded in the reply body. A connection is made
 //! on first use and made again after it fails; openraft retries with its own backoff.
 
-use super::{NodeId, Raft, TypeConfig};
+use super::{NodeId, TypeConfig};
+use crate::store::NamespaceStore;
 use crate::error::MetaError;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
@@ -132,7 +133,8 @@ impl RaftNetwork<TypeConfig> for PeerLink {
 
 /// Serves one Raft message to this node's `raft`. Only another meta node (role Meta) may
 /// send one, and only to this node (`me`).
-pub async fn serve(raft: &Raft, me: NodeId, peer: &Peer, msg: RaftMessage, payload: &[u8]) -> Reply {
+pub async fn serve(store: &NamespaceStore, peer: &Peer, msg: RaftMessage, payload: &[u8]) -> Reply {
+    let (raft, me) = (store.raft(), store.id());
     type Message = RaftMessage;
     if peer.role != PeerRole::Meta {
         return Reply::error(&MetaError::Forbidden {
@@ -157,6 +159,9 @@ pub async fn serve(raft: &Raft, me: NodeId, peer: &Peer, msg: RaftMessage, paylo
             Ok(rpc) => answer(&raft.append_entries(rpc).await),
             Err(e) => Reply::error(&e),
         },
+        RaftRpc::Vote if !store.may_vote() => Reply::error(&MetaError::Denied {
+            what: format!("meta-{me} started with an empty directory and does not vote before it has caught up"),
+        }),
         RaftRpc::Vote => match decode::<VoteRequest<NodeId>>(payload, msg.rpc) {
             Ok(rpc) => answer(&raft.vote(rpc).await),
             Err(e) => Reply::error(&e),
