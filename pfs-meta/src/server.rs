@@ -477,6 +477,11 @@ impl MetaServer {
                 return Reply::error(&e);
             }
         }
+        // Tokens, sessions and their leases live on the leader, and only while its lease
+        // holds: a deposed leader must not grant what the new one may grant too.
+        if let Err(e) = self.store.ready().await {
+            return Reply::error(&e);
+        }
         match req {
             TokenRequest::OpenSession(_) => {
                 let (session, lease_ms) = t.open_session(peer.conn_id, peer.notifier.clone());
@@ -550,6 +555,10 @@ impl MetaServer {
     async fn acquire(&self, c: tok::Acquire) -> Result<Granted> {
         self.file_size(c.file).await?;
         let g = self.tokens.acquire(c.session, c.file, c.mode, c.required, c.desired, c.ahead).await?;
+        if !self.store.holds_lease() {
+            // The wait outlived this node's leadership: the grant is not to be relied on.
+            return Err(self.store.not_leader(false));
+        }
         let (size, chunk_size) = self.file_geometry(c.file).await?;
         // One capability over the hull of the range and the records: storage servers check
         // capabilities, not tokens, and the tokens keep the writers apart.
@@ -706,6 +715,10 @@ impl MetaServer {
 
     fn heartbeat(&self, peer: &Peer, c: reg::Heartbeat) -> Result<()> {
         speaks_for(peer, c.id)?;
+        // Only a leader whose lease holds renews a storage server's lease.
+        if !self.store.holds_lease() {
+            return Err(self.store.not_leader(false));
+        }
         self.cluster.lock().registry.check_conn(c.id, peer.conn_id)?;
         self.tokens.storage_heartbeat(c.id)?;
         self.cluster.lock().registry.heartbeat(c.id, c.capacity_bytes, c.free_bytes, peer.conn_id, Instant::now())

@@ -79,6 +79,14 @@ struct Leadership {
     /// namespace was just built. Moves only forward; a newer term with seq 0 tells waiters of
     /// older terms that their leadership ended.
     committed: watch::Sender<(u64, u64)>,
+    /// The leader lease: (term, until). While it holds, no other node can have been elected
+    /// (a follower refuses to vote for [`ELECTION_MAX_MS`] after it heard from its leader,
+    /// openraft's leader lease, and this lease is counted from before the heartbeat round
+    /// that a quorum acknowledged, for [`ELECTION_MIN_MS`] only). Renewed by
+    /// [`keep_lease`].
+    lease: watch::Sender<Option<(u64, std::time::Instant)>>,
+    /// The group has one voter, this node: its lease always holds.
+    alone: std::sync::atomic::AtomicBool,
 }
 
 impl Leadership {
@@ -245,6 +253,8 @@ impl NamespaceStore {
             working: Mutex::new(None),
             build: Mutex::new(None),
             committed: watch::channel((0, 0)).0,
+            lease: watch::channel(None).0,
+            alone: std::sync::atomic::AtomicBool::new(false),
         });
         let observer: Arc<dyn ApplyObserver> = leadership.clone();
         let sm = StateMachine::open(&opts.dir, opts.root_policy, Some(observer))?;
@@ -288,6 +298,7 @@ impl NamespaceStore {
             }
         }
         tokio::spawn(follow_leadership(raft.metrics(), leadership.clone(), committed.clone()));
+        tokio::spawn(keep_lease(raft.clone(), leadership.clone()));
         Ok(NamespaceStore { me: opts.id, raft, leadership, committed, members: opts.members, catch_up_to })
     }
 
@@ -333,14 +344,15 @@ impl NamespaceStore {
     }
 
     /// Waits (up to [`LEADER_WAIT_MS`]) until this node leads with its working namespace
-    /// ready, unless another node is known to lead. Errors: NotLeader.
-    async fn ready(&self) -> Result<()> {
+    /// ready and its lease holding, unless another node is known to lead. Errors: NotLeader.
+    pub async fn ready(&self) -> Result<()> {
         if self.leads() {
             return Ok(());
         }
         let mut metrics = self.raft.metrics();
         let deadline = tokio::time::Instant::now() + Duration::from_millis(LEADER_WAIT_MS);
         let mut committed = self.leadership.committed.subscribe();
+        let mut lease = self.leadership.lease.subscribe();
         loop {
             {
                 let m = metrics.borrow_and_update();
@@ -355,18 +367,54 @@ impl NamespaceStore {
                 _ = tokio::time::sleep_until(deadline) => return Err(self.not_leader(false)),
                 changed = metrics.changed() => if changed.is_err() { return Err(self.not_leader(false)) },
                 _ = committed.changed() => {}
+                _ = lease.changed() => {}
             }
         }
     }
 
-    /// Whether this node leads with a working namespace of its current term.
+    /// Whether this node leads with a working namespace of its current term, and its leader
+    /// lease holds.
     fn leads(&self) -> bool {
         let (state, term) = {
             let m = self.raft.metrics();
             let m = m.borrow();
             (m.state, m.current_term)
         };
-        state == ServerState::Leader && self.leadership.working.lock().as_ref().is_some_and(|w| w.term == term)
+        state == ServerState::Leader
+            && self.leadership.working.lock().as_ref().is_some_and(|w| w.term == term)
+            && self.holds_lease_of(term)
+    }
+
+    /// Whether this node's leader lease holds: no other node can lead now. A leader grants
+    /// tokens, renews storage leases and answers reads only while it does.
+    pub fn holds_lease(&self) -> bool {
+        let term = self.raft.metrics().borrow().current_term;
+        self.holds_lease_of(term)
+    }
+
+    fn holds_lease_of(&self, term: u64) -> bool {
+        if self.leadership.alone.load(std::sync::atomic::Ordering::Relaxed) {
+            return true;
+        }
+        self.leadership.lease.borrow().is_some_and(|(t, until)| t == term && std::time::Instant::now() < until)
+    }
+
+    /// Resolves once the leader lease of `term` no longer holds.
+    async fn lease_lost(&self, term: u64) {
+        let mut lease = self.leadership.lease.subscribe();
+        loop {
+            if self.leadership.alone.load(std::sync::atomic::Ordering::Relaxed) {
+                return std::future::pending().await;
+            }
+            let until = match *lease.borrow_and_update() {
+                Some((t, until)) if t == term && std::time::Instant::now() < until => until,
+                _ => return,
+            };
+            tokio::select! {
+                _ = tokio::time::sleep_until(until.into()) => {}
+                _ = lease.changed() => {}
+            }
+        }
     }
 
     /// The working namespace, if this node leads. Errors: NotLeader.
@@ -454,7 +502,12 @@ impl NamespaceStore {
         };
         match wait {
             Wait::Seen(p) => self.wait_committed(p).await?,
-            Wait::Commit(p, rx) => match rx.await {
+            Wait::Commit(p, rx) => match tokio::select! {
+                r = rx => r,
+                // A leader whose lease lapsed cannot know whether another one is elected: it
+                // stops waiting (the entry may still be committed, by it or the next leader).
+                _ = self.lease_lost(p.term) => return Err(self.not_leader(true)),
+            } {
                 Ok(Ok(_)) => {}
                 Ok(Err(ClientWriteError::ForwardToLeader(_))) => {
                     // Refused before it was appended: not done, and the working namespace
@@ -667,5 +720,40 @@ async fn follow_leadership(
         if metrics.changed().await.is_err() {
             return;
         }
+    }
+}
+
+/// Renews the leader lease while this node leads: every [`HEARTBEAT_MS`], a heartbeat round
+/// that a quorum must acknowledge (openraft's `get_read_log_id`), counted from before it was
+/// sent.
+async fn keep_lease(raft: Raft, leadership: Arc<Leadership>) {
+    let mut metrics = raft.metrics();
+    loop {
+        let (state, term, alone) = {
+            let m = metrics.borrow_and_update();
+            let voters: Vec<NodeId> = m.membership_config.membership().voter_ids().collect();
+            (m.state, m.current_term, voters == [leadership.me])
+        };
+        leadership.alone.store(alone, std::sync::atomic::Ordering::Relaxed);
+        if state != ServerState::Leader || alone {
+            leadership.lease.send_replace(None);
+            if metrics.changed().await.is_err() {
+                return;
+            }
+            continue;
+        }
+        let start = std::time::Instant::now();
+        let acked = tokio::time::timeout(Duration::from_millis(ELECTION_MIN_MS), raft.get_read_log_id()).await;
+        match acked {
+            Ok(Ok(_)) => {
+                leadership.lease.send_replace(Some((term, start + Duration::from_millis(ELECTION_MIN_MS))));
+            }
+            _ => {
+                // No quorum answered in time: the lease runs out on its own; nothing new is
+                // granted after it.
+            }
+        }
+        // A timer, not a wake on every metrics change (they come with every commit).
+        tokio::time::sleep_until((start + Duration::from_millis(HEARTBEAT_MS)).into()).await;
     }
 }
