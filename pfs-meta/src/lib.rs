@@ -24,16 +24,26 @@ use pfs_common::wire::PeerRole;
 use server::MetaServer;
 use std::sync::Arc;
 
-/// Runs the metadata server: recovers the WAL in `config.meta_dir()`, listens on
-/// `config.meta.address` and serves clients and storage servers until the WAL fails.
+/// Runs metadata node `id` of the config: recovers the WAL in its data directory
+/// (`config.meta_dir(id)`), listens on its address and serves clients and storage servers
+/// until the WAL fails. With several nodes in the config, each runs this same single-node
+/// service on its own address and directory for now (the group is not replicated yet); an
+/// even count is logged as a warning.
 ///
-/// Errors: Common (Config) when the config's `[auth]` key file is missing or unsafe; Corrupt naming the file and byte offset of a damaged log; Io if the address
-/// cannot be bound; WalFailed if a WAL write or fsync fails while serving.
-pub async fn run(config: Arc<Config>) -> Result<()> {
+/// Errors: Common (Config) when the config names no metadata node `id`, or its `[auth]` key
+/// file is missing or unsafe; Corrupt naming the file and byte offset of a damaged log; Io if
+/// the address cannot be bound; WalFailed if a WAL write or fsync fails while serving.
+pub async fn run(config: Arc<Config>, id: u64) -> Result<()> {
+    let address = config.pick_meta_node(Some(id))?.address;
+    let dir = config.meta_dir(id)?;
+    if let Some(w) = config.meta_count_warning() {
+        tracing::warn!("pfs-meta {id}: {w}");
+    }
     let auth = config.auth(true)?;
     pfs_common::auth::warn_if_off("pfs-meta", &auth);
-    let server = Arc::new(MetaServer::open(&config, &auth)?);
-    let listener = rpc::bind(config.meta.address, "pfs-meta").await?;
+    tracing::info!("pfs-meta node {id} of {}: data in {}", config.meta_nodes().len(), dir.display());
+    let server = Arc::new(MetaServer::open(&config, id, &auth)?);
+    let listener = rpc::bind(address, "pfs-meta").await?;
     let mut durable = server.store().durable();
     let opts = ServeOptions {
         name: "pfs-meta".into(),

@@ -84,18 +84,22 @@ pub struct MetaServer {
 }
 
 impl MetaServer {
-    /// Opens (recovering) the namespace in `config.meta_dir()`.
+    /// Opens (recovering) the namespace of metadata node `id` in its data directory
+    /// (`config.meta_dir(id)`).
     ///
-    /// Errors: Corrupt naming the file and byte offset of a damaged log; Io.
-    pub fn open(config: &Config, auth: &Auth) -> Result<MetaServer> {
-        let store = NamespaceStore::open(&config.meta_dir(), config.meta.checkpoint_records, config.layout)?;
+    /// Errors: Common (Config) when the config names no metadata node `id`; Corrupt naming the
+    /// file and byte offset of a damaged log; Io.
+    pub fn open(config: &Config, id: u64, auth: &Auth) -> Result<MetaServer> {
+        let node = config.pick_meta_node(Some(id))?;
+        let dir = config.meta_dir(id)?;
+        let store = NamespaceStore::open(&dir, node.checkpoint_records, config.layout)?;
         let cluster = Arc::new(Mutex::new(Cluster { registry: Registry::new(config), holders: Holders::new() }));
         let t = &config.tokens;
         let registry = cluster.clone();
         let ended = Arc::new(Ended::default());
         let session_ended = ended.clone();
         let tokens = TokenService::open(
-            &config.meta_dir(),
+            &dir,
             TokenConfig {
                 lease_ms: t.lease_ms,
                 revoke_timeout_ms: t.revoke_timeout_ms,

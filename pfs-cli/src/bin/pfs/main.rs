@@ -132,7 +132,11 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum Serve {
-    Meta,
+    Meta {
+        /// Which metadata node of the config (may be left out when it names only one).
+        #[arg(long)]
+        id: Option<u64>,
+    },
     Storage {
         #[arg(long)]
         id: u32,
@@ -162,7 +166,10 @@ fn run(args: Args) -> pfs_cli::Result<()> {
         Cmd::Serve { which } => {
             let config = tool::load_config(args.config)?;
             match which {
-                Serve::Meta => Ok(rt.block_on(pfs_meta::run(config))?),
+                Serve::Meta { id } => {
+                    let id = config.pick_meta_node(id)?.id;
+                    Ok(rt.block_on(pfs_meta::run(config, id))?)
+                }
                 Serve::Storage { id } => Ok(rt.block_on(pfs_storage::run(config, pfs_common::ServerId(id)))?),
             }
         }
