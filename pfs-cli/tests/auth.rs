@@ -85,7 +85,7 @@ async fn still_serves(cluster: &LocalCluster, name: &str) {
 #[tokio::test(flavor = "multi_thread")]
 async fn without_the_key_nothing_gets_in() {
     let cluster = LocalCluster::start(2).await.unwrap();
-    let meta = cluster.config().meta.address;
+    let meta = cluster.config().meta[0].address;
     let storage = cluster.config().storage[0].address;
 
     // No key at all, as a client or as a storage server: "authentication failed", no hang.
@@ -101,7 +101,7 @@ async fn without_the_key_nothing_gets_in() {
     let e = raw::handshake(meta, PeerRole::Client, &Key::random()).await.map(drop);
     assert!(matches!(e, Err(raw::HandshakeError::BadProof { .. })), "{e:?}");
     // pfs-meta logged each refusal, with the peer's address.
-    let log = log_of(&cluster, DaemonKind::Meta);
+    let log = log_of(&cluster, DaemonKind::Meta(1));
     let refusals: Vec<&str> =
         log.lines().filter(|l| l.contains("refused") && l.contains("authentication failed")).collect();
     assert!(refusals.len() >= 2 && refusals.iter().all(|l| l.contains("127.0.0.1:")), "{log}");
@@ -182,7 +182,7 @@ fn body_is_ok(body: &[u8]) -> bool {
 #[tokio::test(flavor = "multi_thread")]
 async fn replayed_handshakes_and_altered_or_replayed_frames_are_refused() {
     let cluster = LocalCluster::start(2).await.unwrap();
-    let meta = cluster.config().meta.address;
+    let meta = cluster.config().meta[0].address;
     let key = raw::role_key(cluster.config(), PeerRole::Client);
 
     // A handshake done by hand with the right key works, and its requests are answered.
@@ -238,7 +238,7 @@ async fn replayed_handshakes_and_altered_or_replayed_frames_are_refused() {
     reordered.stream.write_all(&first).await.unwrap();
     assert!(!answered_ok_before_closing(&mut reordered).await, "a reordered frame was answered");
 
-    let log = log_of(&cluster, DaemonKind::Meta);
+    let log = log_of(&cluster, DaemonKind::Meta(1));
     assert!(log.contains("integrity check"), "pfs-meta logs refused frames: {log}");
     let c = cluster.client().await.unwrap();
     assert!(c.stat("/intruded").await.is_err(), "the altered request ran");
@@ -273,7 +273,9 @@ async fn chunks_are_touched_only_with_capabilities_and_never_removed_by_clients(
 
     // An authenticated client (the intruder holds a key) with a session of its own.
     let intruder: RpcClient<MetaRequest> =
-        connect(cluster.config().meta.address, PeerRole::Client, cluster.config().auth(false).unwrap()).await.unwrap();
+        connect(cluster.config().meta[0].address, PeerRole::Client, cluster.config().auth(false).unwrap())
+            .await
+            .unwrap();
     let SessionGrant { session, .. } = intruder.ask(tok::OpenSession).await.unwrap();
     let s: RpcClient<StorageRequest> =
         connect(addr, PeerRole::Client, cluster.config().auth(false).unwrap()).await.unwrap();
@@ -375,7 +377,9 @@ async fn a_session_answers_only_to_the_connection_that_opened_it() {
     f.fsync().await.unwrap();
 
     let intruder: RpcClient<MetaRequest> =
-        connect(cluster.config().meta.address, PeerRole::Client, cluster.config().auth(false).unwrap()).await.unwrap();
+        connect(cluster.config().meta[0].address, PeerRole::Client, cluster.config().auth(false).unwrap())
+            .await
+            .unwrap();
     let SessionGrant { session: mine, .. } = intruder.ask(tok::OpenSession).await.unwrap();
     // Not a counter: the low 40 bits are random.
     assert!(mine.abs_diff(theirs) > 1_000, "{mine:x} next to {theirs:x}");
@@ -412,7 +416,7 @@ async fn a_session_answers_only_to_the_connection_that_opened_it() {
 async fn only_the_configured_storage_servers_register() {
     let cluster = LocalCluster::start(2).await.unwrap();
     let cfg = cluster.config_path().to_path_buf();
-    let meta = cluster.config().meta.address;
+    let meta = cluster.config().meta[0].address;
     let real = cluster.config().storage[0].clone();
     let with_key = cluster.config().auth(true).unwrap();
     let fake: RpcClient<MetaRequest> = connect(meta, PeerRole::Storage, with_key.clone()).await.unwrap();
@@ -503,7 +507,7 @@ async fn payload_macs_and_auth_none_both_round_trip() {
 
     let open = LocalCluster::start_with(2, |c| c.auth = Some(AuthConfig::None)).await.unwrap();
     round_trip(open.config_path(), open.dir(), "open", &random_bytes(2 << 20, 6));
-    for kind in [DaemonKind::Meta, DaemonKind::Storage(ServerId(1))] {
+    for kind in [DaemonKind::Meta(1), DaemonKind::Storage(ServerId(1))] {
         let log = log_of(&open, kind);
         assert!(log.contains("auth = \"none\"") && log.contains("not authenticated"), "{kind:?} warns: {log}");
     }

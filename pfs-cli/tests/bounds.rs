@@ -25,7 +25,7 @@ const PFS_CP: &str = env!("CARGO_BIN_EXE_pfs-cp");
 
 async fn meta(cluster: &LocalCluster, role: PeerRole) -> RpcClient<MetaRequest> {
     let opts = raw::cluster_options(cluster.config(), role, "bounds-test");
-    RpcClient::connect(cluster.config().meta.address, "pfs-meta", &opts, None).await.unwrap()
+    RpcClient::connect(cluster.config().meta[0].address, "pfs-meta", &opts, None).await.unwrap()
 }
 
 /// A raw connection to `addr` that sent `name` in its handshake; returns the stream and the
@@ -158,7 +158,7 @@ async fn bad_requests_get_clear_errors_and_the_servers_serve_on() {
     assert_eq!(c.ask(Stat { file: FileId::ROOT }).await.unwrap().nlink, 3, "only the 255-byte directory was made");
 
     // A handshake with a 1 MiB name is refused, naming the limit.
-    let (_, answer) = raw_hello(cluster.config().meta.address, "h".repeat(1 << 20)).await;
+    let (_, answer) = raw_hello(cluster.config().meta[0].address, "h".repeat(1 << 20)).await;
     let e = answer.unwrap_err();
     assert_eq!(e.code, ErrorCode::Protocol);
     assert!(e.message.contains("1048576 bytes") && e.message.contains("256"), "{}", e.message);
@@ -227,7 +227,7 @@ async fn idle_connections_are_closed_and_clients_reconnect() {
     // and by a storage server. The storage server's raw connection is made once pfs-meta's
     // closed, an idle timeout after the client's last storage call: by then the server has
     // closed the client's connections too.
-    let to_meta: RpcClient<MetaRequest> = silent(&cluster, cluster.config().meta.address).await;
+    let to_meta: RpcClient<MetaRequest> = silent(&cluster, cluster.config().meta[0].address).await;
     closed_by_server(&to_meta, "pfs-meta").await;
     let to_storage: RpcClient<StorageRequest> = silent(&cluster, cluster.config().storage[0].address).await;
     closed_by_server(&to_storage, "storage-1").await;

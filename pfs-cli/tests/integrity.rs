@@ -167,8 +167,8 @@ async fn an_unlinked_open_file_stays_readable_until_closed() {
     let id = FileId(u64::from_str_radix(&a.ok("id"), 16).unwrap());
     ok(run_tool(PFS, &cfg, &["rm", "/crash"]));
     assert_eq!(a.ok("read 0 2"), "0303");
-    cluster.kill(DaemonKind::Meta);
-    cluster.restart(DaemonKind::Meta).await.unwrap().close().await.unwrap();
+    cluster.kill(DaemonKind::Meta(1));
+    cluster.restart(DaemonKind::Meta(1)).await.unwrap().close().await.unwrap();
     wait_for_no_chunks(&dir, id).await;
     assert!(a.cmd("read 0 2").starts_with("err Evicted"), "the opener's session ended with pfs-meta");
 }

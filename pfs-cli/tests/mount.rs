@@ -135,7 +135,7 @@ async fn a_dead_cluster_fails_calls_instead_of_hanging() {
     std::fs::create_dir(&at).unwrap();
     let _mount = mount(&cfg, &at);
     std::fs::write(at.join("f"), b"x").unwrap();
-    cluster.kill(pfs_testkit::DaemonKind::Meta);
+    cluster.kill(pfs_testkit::DaemonKind::Meta(1));
     // A stat after pfs-meta died: an error (EIO or ETIMEDOUT) within the request timeout,
     // never a hang (a thread with a generous guard turns a hang into a failure).
     let path = at.join("f");

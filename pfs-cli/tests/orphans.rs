@@ -28,7 +28,7 @@ async fn connect<R: serde::Serialize>(addr: std::net::SocketAddr, role: PeerRole
 
 /// pfs-meta as a node holding only the client key sees it, and as an administrator.
 async fn intruders(cluster: &LocalCluster) -> (RpcClient<MetaRequest>, RpcClient<MetaRequest>) {
-    let meta = cluster.config().meta.address;
+    let meta = cluster.config().meta[0].address;
     let client_key = raw::role_key(cluster.config(), PeerRole::Client);
     let only_client = Auth { credentials: Some(Credentials::Client(client_key)), protect_data: false };
     let client = connect(meta, PeerRole::Client, only_client).await;

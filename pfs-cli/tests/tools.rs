@@ -39,7 +39,7 @@ fn a_failed_pfs_up_stops_what_it_started() {
     let dir = tempfile::tempdir().unwrap();
     let ports = pfs_testkit::free_ports(3).unwrap();
     let mut config = pfs_common::config::Config::local(dir.path(), 0, 2);
-    config.meta.address.set_port(ports[0]);
+    config.meta[0].address.set_port(ports[0]);
     for (s, port) in config.storage.iter_mut().zip(&ports[1..]) {
         s.address.set_port(*port);
     }
@@ -59,4 +59,53 @@ fn a_failed_pfs_up_stops_what_it_started() {
     drop(squatter);
     ok(run_tool(PFS, &cfg, &["up"]));
     ok(run_tool(PFS, &cfg, &["down"]));
+}
+
+/// `pfs up` with three metadata nodes on this host starts one process per node (`--id`), with
+/// pid files `run/meta-<id>.pid`, logs `logs/meta-<id>.log` and a data directory each, every
+/// node serving on its own address, and its message names them all; `pfs down` stops them.
+#[test]
+fn pfs_up_and_down_run_every_metadata_node() {
+    let dir = tempfile::tempdir().unwrap();
+    let ports = pfs_testkit::free_ports(5).unwrap();
+    let mut config = pfs_common::config::Config::local_group(dir.path(), 0, 3, 2);
+    for (m, port) in config.meta.iter_mut().zip(&ports) {
+        m.address.set_port(*port);
+    }
+    for (s, port) in config.storage.iter_mut().zip(&ports[3..]) {
+        s.address.set_port(*port);
+    }
+    let cfg = dir.path().join("pfs.toml");
+    std::fs::write(&cfg, config.to_toml()).unwrap();
+    // Without --id, a node of a three-node config does not know which it is.
+    let out = run_tool(PFS, &cfg, &["serve", "meta"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && err.contains("3 metadata nodes") && err.contains("--id"), "{err}");
+
+    let up = ok(run_tool(PFS, &cfg, &["up"]));
+    let mut pids = Vec::new();
+    for m in config.meta_nodes() {
+        assert!(up.contains(&format!("node {} at {}", m.id, m.address)), "{up}");
+        let pid_file = dir.path().join("run").join(format!("meta-{}.pid", m.id));
+        let pid: u32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap();
+        let cmdline = String::from_utf8_lossy(&cmdline);
+        assert!(cmdline.contains(&format!("--id\0{}\0", m.id)), "{cmdline:?}");
+        assert!(dir.path().join("logs").join(format!("meta-{}.log", m.id)).is_file());
+        assert!(config.meta_dir(m.id).unwrap().is_dir(), "node {} has its own data directory", m.id);
+        assert!(std::net::TcpListener::bind(m.address).is_err(), "node {} listens on {}", m.id, m.address);
+        pids.push(pid);
+    }
+    assert_eq!(pids.iter().collect::<std::collections::HashSet<_>>().len(), 3, "one process per node");
+    // A second `pfs up` finds them running and starts nothing.
+    let again = ok(run_tool(PFS, &cfg, &["up"]));
+    assert!(again.contains("meta-2 already running"), "{again}");
+
+    let down = ok(run_tool(PFS, &cfg, &["down"]));
+    for m in config.meta_nodes() {
+        assert!(down.contains(&format!("stopped meta-{} (pid", m.id)), "{down}");
+        std::net::TcpListener::bind(m.address).unwrap_or_else(|e| panic!("{} still taken: {e}", m.address));
+    }
+    let left: Vec<_> = std::fs::read_dir(dir.path().join("run")).map(|d| d.flatten().collect()).unwrap_or_default();
+    assert!(left.is_empty(), "pid files left: {left:?}");
 }

@@ -9,7 +9,7 @@ use crate::session::{RevokeEvent, Session};
 use pfs_common::chain::{Chain, ChainId};
 use pfs_common::ids::{ChunkIndex, FileId, ServerId};
 use pfs_common::layout::LayoutChoice;
-use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::rpc::ConnectOptions;
 use pfs_common::token::{ByteRange, Mode, SessionId};
 use pfs_common::wire::namespace::{self as ns, Attr, DirEntry, FileKind, NewAttrs, Target, READDIR_PAGE_MAX};
 use pfs_common::wire::registry::{
@@ -17,7 +17,7 @@ use pfs_common::wire::registry::{
 };
 use pfs_common::wire::storage::{ChunkPage, GetStatus, ListChunks, RepairChunk, Scrub, ScrubStatus, StorageStatus};
 use pfs_common::wire::tokens as tok;
-use pfs_common::wire::{MetaRequest, PeerRole};
+use pfs_common::wire::PeerRole;
 use pfs_common::ErrorCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -80,10 +80,11 @@ pub struct ClientStats {
 }
 
 impl Client {
-    /// Connects to pfs-meta at `options.meta_address` and opens a session. Storage servers
-    /// are connected on first use, at the addresses they registered with pfs-meta.
+    /// Connects to pfs-meta (the first of `options.meta_addresses` that answers) and opens a
+    /// session. Storage servers are connected on first use, at the addresses they registered
+    /// with pfs-meta.
     ///
-    /// Errors: Unavailable or TimedOut naming pfs-meta's address.
+    /// Errors: Unavailable or TimedOut naming every pfs-meta address tried.
     pub async fn connect(options: ClientOptions) -> Result<Client> {
         Ok(Client { session: Session::open(options).await? })
     }
@@ -388,8 +389,7 @@ impl Client {
     /// or not an orphan); Conflict; Unavailable.
     pub async fn remove_orphan(&self, id: ServerId, file: FileId, copy: OrphanCopy) -> Result<()> {
         let opts = ConnectOptions { role: PeerRole::Admin, ..self.session.opts.clone() };
-        let admin: RpcClient<MetaRequest> =
-            RpcClient::connect(self.session.options.meta_address, "pfs-meta", &opts, None).await?;
+        let admin = self.session.connect_meta(&opts).await?;
         Ok(admin.ask(RemoveOrphan { server: id, file, copy }).await?)
     }
 

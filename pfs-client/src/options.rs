@@ -4,13 +4,15 @@ use pfs_common::auth::Auth;
 use pfs_common::config::{ClientConfig, Config, Timeouts};
 use std::net::SocketAddr;
 
-/// Settings of [`crate::Client::connect`]: pfs-meta's address and the client's own limits.
+/// Settings of [`crate::Client::connect`]: pfs-meta's addresses and the client's own limits.
 /// Storage servers are found through pfs-meta (the addresses they registered with), so a
 /// client needs no list of them.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientOptions {
-    /// Where pfs-meta listens.
-    pub meta_address: SocketAddr,
+    /// Where the metadata nodes listen, in config order (at least one). The client tries them
+    /// in turn, starting with the one that last answered, and moves on to the next when a
+    /// connection cannot be made.
+    pub meta_addresses: Vec<SocketAddr>,
     /// Name of this client in the servers' logs ("pfs-cp 1234"); defaults to the process
     /// name and pid.
     pub name: String,
@@ -37,9 +39,15 @@ impl ClientOptions {
     /// `meta_address`, without authentication (set [`ClientOptions::auth`] for a cluster
     /// that requires it).
     pub fn new(meta_address: SocketAddr) -> ClientOptions {
+        ClientOptions::with_addresses(vec![meta_address])
+    }
+
+    /// [`ClientOptions::new`] for a metadata service of several nodes at `meta_addresses`
+    /// (tried in this order). An empty list makes every connect fail with Unavailable.
+    pub fn with_addresses(meta_addresses: Vec<SocketAddr>) -> ClientOptions {
         let (t, c) = (Timeouts::default(), ClientConfig::default());
         ClientOptions {
-            meta_address,
+            meta_addresses,
             name: default_name(),
             connect_timeout_ms: t.connect_ms,
             request_timeout_ms: t.request_ms,
@@ -50,14 +58,14 @@ impl ClientOptions {
         }
     }
 
-    /// The client settings of a cluster configuration file: pfs-meta's address, `[timeouts]`,
-    /// `[client]` and the key `[auth]` names (read now).
+    /// The client settings of a cluster configuration file: every metadata node's address,
+    /// `[timeouts]`, `[client]` and the key `[auth]` names (read now).
     ///
     /// Errors: Common (Config) when the config has no `auth` setting or its key file is
     /// missing, unreadable or readable by others.
     pub fn from_config(config: &Config) -> crate::Result<ClientOptions> {
         Ok(ClientOptions {
-            meta_address: config.meta.address,
+            meta_addresses: config.meta_addresses(),
             name: default_name(),
             connect_timeout_ms: config.timeouts.connect_ms,
             request_timeout_ms: config.timeouts.request_ms,

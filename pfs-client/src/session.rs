@@ -26,7 +26,7 @@ use pfs_common::ErrorCode;
 use std::any::Any;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::{mpsc, Semaphore};
@@ -35,6 +35,54 @@ use tokio::sync::{mpsc, Semaphore};
 /// sent on its own: the last close of a file that never asked for a token costs no round trip
 /// of its own while the client goes on creating or opening files.
 pub const CLOSE_DELAY: Duration = Duration::from_millis(5);
+
+/// Connects to pfs-meta: the one place a client picks a metadata node's address. Tries
+/// `addresses` in turn, starting with the one at index `current` (the one that last took a
+/// connection), moving on to the next when a connection cannot be made, and leaves `current`
+/// at the one that answered.
+///
+/// Errors: Unavailable or TimedOut (of the last address tried) naming every address tried.
+pub(crate) async fn connect_meta(
+    addresses: &[SocketAddr],
+    current: &AtomicUsize,
+    opts: &ConnectOptions,
+    notify: Option<mpsc::Sender<pfs_common::wire::frame::Frame>>,
+) -> Result<RpcClient<MetaRequest>> {
+    let start = current.load(Ordering::Relaxed);
+    let (at, client) = RpcClient::connect_any(addresses, start, "pfs-meta", opts, notify).await?;
+    current.store(at, Ordering::Relaxed);
+    Ok(client)
+}
+
+/// How a call answered NotLeader moves on through the meta nodes: to the next address each
+/// time, pausing 50 ms, doubling to 800 ms, once a round of them has been tried (an election
+/// takes one or two election timeouts), for at most four rounds.
+struct Redirect {
+    nodes: usize,
+    tries: usize,
+}
+
+impl Redirect {
+    fn new(nodes: usize) -> Redirect {
+        Redirect { nodes: nodes.max(1), tries: 0 }
+    }
+
+    /// Points `current` at the next node and waits if a round is over; false when the calls
+    /// should stop (four rounds).
+    async fn again(&mut self, current: &AtomicUsize) -> bool {
+        self.tries += 1;
+        if self.tries >= 4 * self.nodes {
+            return false;
+        }
+        let next = (current.load(Ordering::Relaxed) + 1) % self.nodes;
+        current.store(next, Ordering::Relaxed);
+        let round = self.tries / self.nodes;
+        if round > 0 {
+            tokio::time::sleep(Duration::from_millis(50 << (round.min(4) as u32))).await;
+        }
+        true
+    }
+}
 
 /// Called after the library has written back or dropped a revoked range and before it
 /// acknowledges the revoke; runs on a tokio worker thread of the client's runtime.
@@ -101,6 +149,9 @@ pub(crate) struct Session {
     pub(crate) options: ClientOptions,
     pub(crate) opts: ConnectOptions,
     meta: tokio::sync::Mutex<Option<RpcClient<MetaRequest>>>,
+    /// Index in `options.meta_addresses` of the metadata node that last took a connection
+    /// (see [`connect_meta`]).
+    meta_at: AtomicUsize,
     /// Connections to storage servers: one per server, a connect gate per server (a server
     /// that hangs in its handshake holds up only the callers for it), as storage servers
     /// connect to each other.
@@ -124,10 +175,10 @@ pub(crate) struct Session {
 }
 
 impl Session {
-    /// Connects to pfs-meta at `options.meta_address` and opens a session; the revoke and
-    /// keep-alive tasks run until the session is dropped or evicted.
+    /// Connects to pfs-meta (the first of `options.meta_addresses` that answers) and opens a
+    /// session; the revoke and keep-alive tasks run until the session is dropped or evicted.
     ///
-    /// Errors: Unavailable or TimedOut naming pfs-meta's address.
+    /// Errors: Unavailable or TimedOut naming every pfs-meta address tried.
     pub(crate) async fn open(options: ClientOptions) -> Result<Arc<Session>> {
         let opts = ConnectOptions {
             role: PeerRole::Client,
@@ -139,13 +190,22 @@ impl Session {
         let inflight_max = options.max_inflight_bytes.clamp(1 << 20, u32::MAX as u64 >> 1) as u32;
         // The session lives on this connection: pfs-meta pushes revokes on it, and evicts the
         // session when it closes.
-        let (notify_tx, notify_rx) = mpsc::channel(256);
-        let meta = RpcClient::connect(options.meta_address, "pfs-meta", &opts, Some(notify_tx)).await?;
-        let tok::SessionGrant { session, lease_ms } = meta.ask(tok::OpenSession).await?;
+        let meta_at = AtomicUsize::new(0);
+        let mut redirect = Redirect::new(options.meta_addresses.len());
+        let (meta, notify_rx, session, lease_ms) = loop {
+            let (notify_tx, notify_rx) = mpsc::channel(256);
+            let meta = connect_meta(&options.meta_addresses, &meta_at, &opts, Some(notify_tx)).await?;
+            match meta.ask(tok::OpenSession).await {
+                Ok(tok::SessionGrant { session, lease_ms }) => break (meta, notify_rx, session, lease_ms),
+                Err(e) if e.code() == ErrorCode::NotLeader && redirect.again(&meta_at).await => continue,
+                Err(e) => return Err(e.into()),
+            }
+        };
         let opts_for_storage = opts.clone();
         let s = Arc::new(Session {
             opts,
             meta: tokio::sync::Mutex::new(Some(meta)),
+            meta_at,
             storage: PeerPool::new(opts_for_storage),
             addresses: parking_lot::Mutex::new(HashMap::new()),
             chains: parking_lot::Mutex::new(HashMap::new()),
@@ -421,15 +481,35 @@ impl Session {
         if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
             return Ok(c.clone());
         }
-        let c = RpcClient::connect(self.options.meta_address, "pfs-meta", &self.opts, None).await?;
+        let c = self.connect_meta(&self.opts).await?;
         *slot = Some(c.clone());
         Ok(c)
     }
 
-    /// Sends one call to pfs-meta and returns its answer.
-    pub(crate) async fn meta<C: Call<Request = MetaRequest>>(&self, call: C) -> Result<C::Reply> {
-        let conn = self.meta_conn().await?;
-        Ok(conn.ask(call).await?)
+    /// A new connection to pfs-meta with `opts` (an administrator's for `remove_orphan`), by
+    /// [`connect_meta`].
+    pub(crate) async fn connect_meta(&self, opts: &ConnectOptions) -> Result<RpcClient<MetaRequest>> {
+        connect_meta(&self.options.meta_addresses, &self.meta_at, opts, None).await
+    }
+
+    /// Sends one call to pfs-meta and returns its answer. A meta node that is not the leader
+    /// answers NotLeader without doing anything: the call goes to the next node then (see
+    /// [`Redirect`]). A call whose connection breaks is not sent again (it may have been done).
+    pub(crate) async fn meta<C: Call<Request = MetaRequest> + Clone>(&self, call: C) -> Result<C::Reply> {
+        let mut redirect = Redirect::new(self.options.meta_addresses.len());
+        loop {
+            let conn = self.meta_conn().await?;
+            match conn.ask(call.clone()).await {
+                Err(e) if e.code() == ErrorCode::NotLeader => {
+                    // This connection is to a follower: the next call must not reuse it.
+                    self.meta.lock().await.take();
+                    if !redirect.again(&self.meta_at).await {
+                        return Err(e.into());
+                    }
+                }
+                r => return Ok(r?),
+            }
+        }
     }
 
     /// The connection to storage server `id`, opened if needed (its address from pfs-meta's
@@ -718,5 +798,82 @@ mod tests {
         let e = once_more_if_closed(|| connect(addr), GetStatus, &[]).await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
         assert_eq!(conns.load(Ordering::SeqCst), 1);
+    }
+
+    /// A server that accepts connections and closes them at once (a handshake never
+    /// completes), counting them.
+    async fn hanging_up_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (s, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                drop(s);
+            }
+        });
+        (addr, conns)
+    }
+
+    /// A server that completes the handshake of every connection and then only waits for
+    /// it to close, counting connections.
+    async fn handshaking_server() -> (SocketAddr, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let counted = conns.clone();
+        tokio::spawn(async move {
+            loop {
+                let (mut s, _) = listener.accept().await.unwrap();
+                counted.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(async move {
+                    read(&mut s).await;
+                    let hello: ResponseBody<HelloReply> = Ok(HelloReply {
+                        version: PROTOCOL_VERSION,
+                        server: "fake pfs-meta".into(),
+                        nonce: [0; 32],
+                        auth: false,
+                        protect_data: false,
+                        proof: None,
+                    });
+                    write_frame(&mut s, FrameKind::Response, 0, &wire::encode(&hello), &[], None).await.unwrap();
+                    while let Ok(Some(_)) = read_frame(&mut s, &DEFAULT_LIMITS, pool::global(), None).await {}
+                });
+            }
+        });
+        (addr, conns)
+    }
+
+    #[tokio::test]
+    async fn pfs_meta_is_tried_at_each_address_from_the_one_that_last_answered() {
+        let (bad, bad_conns) = hanging_up_server().await;
+        let (good, good_conns) = handshaking_server().await;
+        let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let opts = ConnectOptions {
+            role: PeerRole::Client,
+            name: "meta-test".into(),
+            connect_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(60),
+            auth: pfs_common::auth::Auth::none(),
+        };
+        let addresses = [refused, bad, good];
+        let current = AtomicUsize::new(0);
+        connect_meta(&addresses, &current, &opts, None).await.unwrap();
+        assert_eq!(current.load(Ordering::SeqCst), 2, "the third address answered");
+        assert_eq!((bad_conns.load(Ordering::SeqCst), good_conns.load(Ordering::SeqCst)), (1, 1));
+        // The next connection starts with the one that answered: the others are not tried.
+        connect_meta(&addresses, &current, &opts, None).await.unwrap();
+        assert_eq!(current.load(Ordering::SeqCst), 2);
+        assert_eq!((bad_conns.load(Ordering::SeqCst), good_conns.load(Ordering::SeqCst)), (1, 2));
+        // None answers: Unavailable, naming every address; `current` stays where it was.
+        let current = AtomicUsize::new(1);
+        let e = connect_meta(&[refused, bad], &current, &opts, None).await.unwrap_err();
+        assert_eq!(e.code(), ErrorCode::Unavailable, "{e}");
+        let shown = e.to_string();
+        assert!(shown.contains(&refused.to_string()) && shown.contains(&bad.to_string()), "{shown}");
+        assert_eq!(current.load(Ordering::SeqCst), 1);
+        assert_eq!(bad_conns.load(Ordering::SeqCst), 2);
     }
 }

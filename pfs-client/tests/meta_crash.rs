@@ -25,7 +25,7 @@ async fn acknowledged_state_survives_a_killed_metadata_server() {
     expect.remove(0);
     let before = client.stat("/proj/last").await.unwrap();
 
-    let client = cluster.restart(DaemonKind::Meta).await.unwrap();
+    let client = cluster.restart(DaemonKind::Meta(1)).await.unwrap();
 
     let names: Vec<String> = client.readdir("/proj/run1").await.unwrap().into_iter().map(|e| e.name).collect();
     assert_eq!(names, ["f1", "f2", "f3"]);

@@ -1,15 +1,16 @@
 //! Cluster configuration, read from TOML (see `config/local.toml`).
 //!
-//! One file describes the whole cluster: the metadata server, every storage server (one per
-//! storage target), layout defaults, timeouts and client limits. Every process reads the same
-//! file; a storage server picks its own section by `--id`.
+//! One file describes the whole cluster: the metadata service (one node or a group of them),
+//! every storage server (one per storage target), layout defaults, timeouts and client limits.
+//! Every process reads the same file; a metadata node and a storage server pick their own
+//! section by `--id`.
 
 use crate::auth::{read_key, write_new_key, Auth, Credentials, Key};
 use crate::error::{Error, Result};
 use crate::ids::ServerId;
 use crate::layout::{LayoutPolicy, MAX_CHUNK_SIZE};
 use serde::{Deserialize, Serialize};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -23,7 +24,11 @@ pub struct Config {
     /// file. Required: every daemon and client refuses to start without it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub auth: Option<AuthConfig>,
-    pub meta: MetaConfig,
+    /// The metadata service's nodes, in config order: `[[meta]]` entries, or one `[meta]`
+    /// table (the single-node form, node 1). Never empty once validated; see
+    /// [`Config::meta_nodes`].
+    #[serde(deserialize_with = "deserialize_meta")]
+    pub meta: Vec<MetaNodeConfig>,
     #[serde(default)]
     pub storage: Vec<StorageConfig>,
     #[serde(default)]
@@ -127,10 +132,26 @@ impl Default for TokenTimeouts {
     }
 }
 
-/// The metadata server.
-#[derive(Clone, Debug, Serialize, Deserialize)]
+/// Most metadata nodes a config may name.
+pub const MAX_META_NODES: usize = 7;
+
+/// One node of the metadata service: a `[[meta]]` entry.
+///
+/// ```toml
+/// [[meta]]
+/// id = 1                      # 1 or more, unique
+/// address = "10.0.0.10:7400"  # unique
+/// data_dir = "meta-1"         # unique; relative paths are under the top-level data_dir
+/// checkpoint_records = 100000 # optional
+/// ```
+///
+/// A single `[meta]` table (the form before metadata groups, without `id`) is still read: it
+/// is a group of one node, id 1.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct MetaConfig {
+pub struct MetaNodeConfig {
+    /// The node's id in the group (at least 1, unique); `pfs-meta --id` names it.
+    pub id: u64,
     /// Address it listens on and clients and storage servers connect to.
     pub address: SocketAddr,
     /// Directory for the WAL and checkpoints (relative paths are under `Config::data_dir`).
@@ -138,6 +159,47 @@ pub struct MetaConfig {
     /// Take a checkpoint and start a new log segment after this many WAL records.
     #[serde(default = "default_checkpoint_records")]
     pub checkpoint_records: u64,
+}
+
+/// The single-node `[meta]` table: a [`MetaNodeConfig`] whose `id` may be left out (1).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetaTable {
+    #[serde(default = "first_meta_id")]
+    id: u64,
+    address: SocketAddr,
+    data_dir: PathBuf,
+    #[serde(default = "default_checkpoint_records")]
+    checkpoint_records: u64,
+}
+
+fn first_meta_id() -> u64 {
+    1
+}
+
+/// `meta`: `[[meta]]` entries (an array of tables) or one `[meta]` table.
+fn deserialize_meta<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<MetaNodeConfig>, D::Error> {
+    use serde::de::{self, MapAccess, SeqAccess, Visitor};
+    struct V;
+    impl<'de> Visitor<'de> for V {
+        type Value = Vec<MetaNodeConfig>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("[[meta]] entries (id, address, data_dir) or one [meta] table (address, data_dir)")
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> std::result::Result<Self::Value, A::Error> {
+            Vec::<MetaNodeConfig>::deserialize(de::value::SeqAccessDeserializer::new(seq))
+        }
+        fn visit_map<A: MapAccess<'de>>(self, map: A) -> std::result::Result<Self::Value, A::Error> {
+            let t = MetaTable::deserialize(de::value::MapAccessDeserializer::new(map))?;
+            Ok(vec![MetaNodeConfig {
+                id: t.id,
+                address: t.address,
+                data_dir: t.data_dir,
+                checkpoint_records: t.checkpoint_records,
+            }])
+        }
+    }
+    d.deserialize_any(V)
 }
 
 fn default_checkpoint_records() -> u64 {
@@ -284,16 +346,26 @@ impl Config {
     }
 
     /// Checks ids are unique, addresses distinct and the layout within limits.
+    ///
+    /// The metadata nodes: at least one and at most [`MAX_META_NODES`], ids at least 1 and
+    /// unique, addresses unique (among themselves and the storage servers), data directories
+    /// unique once joined with `data_dir`. An even count passes (see
+    /// [`Config::meta_count_warning`]).
+    ///
+    /// Errors: Config naming the entry or entries at fault, e.g. `[[meta]] entries 1 and 3
+    /// (addresses 10.0.0.10:7400 and 10.0.0.12:7400) both have id 1`.
     pub fn validate(&self) -> Result<()> {
+        self.validate_meta()?;
         let mut ids = HashSet::new();
-        let mut addrs = HashSet::new();
-        addrs.insert(self.meta.address);
+        // Every address in use, and by whom.
+        let mut addrs: HashMap<SocketAddr, String> =
+            self.meta.iter().map(|m| (m.address, format!("meta node {}", m.id))).collect();
         for s in &self.storage {
             if !ids.insert(s.id) {
                 return Err(Error::Config(format!("storage id {} appears twice", s.id.0)));
             }
-            if !addrs.insert(s.address) {
-                return Err(Error::Config(format!("address {} is used twice", s.address)));
+            if let Some(user) = addrs.insert(s.address, s.id.to_string()) {
+                return Err(Error::Config(format!("address {} is used twice: by {user} and by {}", s.address, s.id)));
             }
         }
         self.layout.validate().map_err(|e| Error::Config(format!("layout: {e}")))?;
@@ -335,6 +407,129 @@ impl Config {
             )));
         }
         Ok(())
+    }
+
+    /// The metadata section's own rules (see [`Config::validate`]).
+    fn validate_meta(&self) -> Result<()> {
+        let nodes = &self.meta;
+        if nodes.is_empty() {
+            return Err(Error::Config(
+                "no metadata node: the config needs one [meta] table or at least one [[meta]] entry".into(),
+            ));
+        }
+        if nodes.len() > MAX_META_NODES {
+            return Err(Error::Config(format!(
+                "{} [[meta]] entries: at most {MAX_META_NODES} metadata nodes are allowed (3 or 5 are usual)",
+                nodes.len()
+            )));
+        }
+        let entry = |i: usize| format!("[[meta]] entry {} (address {})", i + 1, nodes[i].address);
+        let pair = |i: usize, j: usize| {
+            format!(
+                "[[meta]] entries {} and {} (addresses {} and {})",
+                i + 1,
+                j + 1,
+                nodes[i].address,
+                nodes[j].address
+            )
+        };
+        for (j, node) in nodes.iter().enumerate() {
+            if node.id == 0 {
+                return Err(Error::Config(format!("{}: id 0 is not allowed, meta ids start at 1", entry(j))));
+            }
+            for (i, earlier) in nodes[..j].iter().enumerate() {
+                if earlier.id == node.id {
+                    return Err(Error::Config(format!("{} both have id {}", pair(i, j), node.id)));
+                }
+                if earlier.address == node.address {
+                    return Err(Error::Config(format!(
+                        "[[meta]] entries {} and {} (ids {} and {}) both have address {}",
+                        i + 1,
+                        j + 1,
+                        earlier.id,
+                        node.id,
+                        node.address
+                    )));
+                }
+                let dir = self.data_dir.join(&node.data_dir);
+                if self.data_dir.join(&earlier.data_dir) == dir {
+                    return Err(Error::Config(format!(
+                        "meta nodes {} and {} both have the data directory {} (each node needs its own)",
+                        earlier.id,
+                        node.id,
+                        dir.display()
+                    )));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A warning for whoever starts the metadata nodes when their count is even, `None` when
+    /// it is odd. A group of `n` nodes keeps working while a majority is up: 3 nodes tolerate
+    /// 1 failure and 5 tolerate 2, but an even count tolerates no more than one node fewer
+    /// (2 tolerate none, 4 only 1), while one more node must agree on every change.
+    pub fn meta_count_warning(&self) -> Option<String> {
+        let n = self.meta.len();
+        n.is_multiple_of(2).then(|| {
+            format!(
+                "the config names {n} metadata nodes: a group works while a majority is up, so {n} nodes tolerate \
+                 {} failure(s), as {} would; an odd count is better (3 nodes tolerate 1 failure, 5 tolerate 2)",
+                (n - 1) / 2,
+                n - 1
+            )
+        })
+    }
+
+    /// The metadata nodes in config order (at least one in a validated config).
+    pub fn meta_nodes(&self) -> &[MetaNodeConfig] {
+        &self.meta
+    }
+
+    /// The metadata node with id `id`, if the config names one.
+    pub fn meta_node(&self, id: u64) -> Option<&MetaNodeConfig> {
+        self.meta.iter().find(|m| m.id == id)
+    }
+
+    /// Every metadata node's address, in config order: what clients and storage servers try.
+    pub fn meta_addresses(&self) -> Vec<SocketAddr> {
+        self.meta.iter().map(|m| m.address).collect()
+    }
+
+    /// Metadata node `id`'s data directory (WAL and checkpoints), resolved against `data_dir`.
+    ///
+    /// Errors: Config when the config names no metadata node `id` (the message lists the
+    /// ids it does name).
+    pub fn meta_dir(&self, id: u64) -> Result<PathBuf> {
+        match self.meta_node(id) {
+            Some(m) => Ok(self.data_dir.join(&m.data_dir)),
+            None => Err(self.no_meta_node(id)),
+        }
+    }
+
+    /// Which metadata node this process is: the one with id `given` (a `--id`), or, without
+    /// one, the only node of a single-node config.
+    ///
+    /// Errors: Config when the config names no node `given`, or names several and `given`
+    /// is `None` (the message lists their ids).
+    pub fn pick_meta_node(&self, given: Option<u64>) -> Result<&MetaNodeConfig> {
+        match (given, self.meta.as_slice()) {
+            (Some(id), _) => self.meta_node(id).ok_or_else(|| self.no_meta_node(id)),
+            (None, [only]) => Ok(only),
+            (None, _) => Err(Error::Config(format!(
+                "the config names {} metadata nodes (ids {}): say which one this is with --id",
+                self.meta.len(),
+                self.meta_ids()
+            ))),
+        }
+    }
+
+    fn meta_ids(&self) -> String {
+        self.meta.iter().map(|m| m.id.to_string()).collect::<Vec<_>>().join(", ")
+    }
+
+    fn no_meta_node(&self, id: u64) -> Error {
+        Error::Config(format!("no metadata node with id {id} in the config (its ids: {})", self.meta_ids()))
     }
 
     /// How this process authenticates, with its key read from the key file the config names.
@@ -392,11 +587,6 @@ impl Config {
         Ok(Some(path))
     }
 
-    /// The metadata server's data directory, resolved against `data_dir`.
-    pub fn meta_dir(&self) -> PathBuf {
-        self.data_dir.join(&self.meta.data_dir)
-    }
-
     /// The storage server `id`'s section.
     pub fn storage(&self, id: ServerId) -> Result<&StorageConfig> {
         self.storage
@@ -411,9 +601,16 @@ impl Config {
     }
 
     /// A configuration for `storage_count` storage servers on 127.0.0.1 ports starting at
-    /// `base_port` (pfs-meta on `base_port`), everything under `data_dir`. Used by the
-    /// embedded cluster of `pfs demo`, the benchmarks and the tests.
+    /// `base_port` (pfs-meta on `base_port`, one node, id 1, in `meta`), everything under
+    /// `data_dir`. Used by the embedded cluster of `pfs demo`, the benchmarks and the tests.
     pub fn local(data_dir: &Path, base_port: u16, storage_count: u32) -> Config {
+        Config::local_group(data_dir, base_port, 1, storage_count)
+    }
+
+    /// [`Config::local`] with `meta_count` metadata nodes (ids 1 to `meta_count`) on ports
+    /// from `base_port` and the storage servers on the ports after them. One node keeps its
+    /// data in `meta`, as in [`Config::local`]; several in `meta-1`, `meta-2` and so on.
+    pub fn local_group(data_dir: &Path, base_port: u16, meta_count: u16, storage_count: u32) -> Config {
         let addr = |p: u16| SocketAddr::from(([127, 0, 0, 1], p));
         Config {
             data_dir: data_dir.to_path_buf(),
@@ -422,15 +619,18 @@ impl Config {
                 client_key_file: None,
                 protect_data: false,
             })),
-            meta: MetaConfig {
-                address: addr(base_port),
-                data_dir: "meta".into(),
-                checkpoint_records: default_checkpoint_records(),
-            },
+            meta: (1..=meta_count)
+                .map(|i| MetaNodeConfig {
+                    id: i.into(),
+                    address: addr(base_port + i - 1),
+                    data_dir: if meta_count == 1 { "meta".into() } else { format!("meta-{i}").into() },
+                    checkpoint_records: default_checkpoint_records(),
+                })
+                .collect(),
             storage: (1..=storage_count)
                 .map(|i| StorageConfig {
                     id: ServerId(i),
-                    address: addr(base_port + i as u16),
+                    address: addr(base_port + meta_count.saturating_sub(1) + i as u16),
                     data_dir: format!("storage-{i}").into(),
                     engine: EngineChoice::Auto,
                 })
@@ -527,5 +727,145 @@ mod tests {
         let shown = err.to_string();
         assert!(shown.contains("bogus") && shown.contains("line 2"), "{shown}");
         assert!(!shown.contains('\n'), "one line: {shown}");
+    }
+
+    /// The top of a config with `meta` as its metadata section and no storage server.
+    fn with_meta(meta: &str) -> String {
+        format!("data_dir = '/x'\nauth = 'none'\n{meta}")
+    }
+
+    fn config_error(text: &str) -> String {
+        match Config::from_toml(text) {
+            Err(Error::Config(m)) => m,
+            other => panic!("expected a Config error, got {other:?}"),
+        }
+    }
+
+    const THREE: &str = "[[meta]]\nid = 1\naddress = '127.0.0.1:7400'\ndata_dir = 'meta-1'\n\
+                         [[meta]]\nid = 2\naddress = '127.0.0.1:7410'\ndata_dir = 'meta-2'\ncheckpoint_records = 7\n\
+                         [[meta]]\nid = 3\naddress = '127.0.0.1:7420'\ndata_dir = '/elsewhere/meta'\n";
+
+    #[test]
+    fn a_single_meta_table_is_node_one() {
+        let cfg = Config::from_toml(&with_meta("[meta]\naddress = '127.0.0.1:7400'\ndata_dir = 'm'\n")).unwrap();
+        let want = MetaNodeConfig {
+            id: 1,
+            address: "127.0.0.1:7400".parse().unwrap(),
+            data_dir: "m".into(),
+            checkpoint_records: 100_000,
+        };
+        assert_eq!(cfg.meta_nodes(), std::slice::from_ref(&want));
+        assert_eq!(cfg.meta_node(1), Some(&want));
+        assert_eq!(cfg.meta_node(2), None);
+        assert_eq!(cfg.meta_addresses(), [want.address]);
+        assert_eq!(cfg.meta_dir(1).unwrap(), Path::new("/x/m"));
+        assert_eq!(cfg.pick_meta_node(None).unwrap(), &want, "no --id needed with one node");
+        assert_eq!(cfg.pick_meta_node(Some(1)).unwrap(), &want);
+        assert_eq!(cfg.meta_count_warning(), None);
+        // The table form may name its id; unknown keys are still refused, naming the key.
+        let cfg = Config::from_toml(&with_meta("[meta]\nid = 4\naddress = '127.0.0.1:1'\ndata_dir = 'm'\n")).unwrap();
+        assert_eq!(cfg.pick_meta_node(None).unwrap().id, 4);
+        let e = config_error(&with_meta("[meta]\naddress = '127.0.0.1:1'\ndata_dir = 'm'\nport = 3\n"));
+        assert!(e.contains("unknown field `port`") && e.contains("line 6"), "{e}");
+        // Written back, it is one [[meta]] entry.
+        let text = cfg.to_toml();
+        assert!(text.contains("[[meta]]") && !text.contains("[meta]\n"), "{text}");
+        assert_eq!(Config::from_toml(&text).unwrap().meta_nodes(), cfg.meta_nodes());
+    }
+
+    #[test]
+    fn meta_entries_are_a_group_in_config_order() {
+        let cfg = Config::from_toml(&with_meta(THREE)).unwrap();
+        assert_eq!(cfg.meta_nodes().iter().map(|m| m.id).collect::<Vec<_>>(), [1, 2, 3]);
+        let addrs: Vec<SocketAddr> =
+            ["127.0.0.1:7400", "127.0.0.1:7410", "127.0.0.1:7420"].iter().map(|a| a.parse().unwrap()).collect();
+        assert_eq!(cfg.meta_addresses(), addrs);
+        assert_eq!(cfg.meta_node(2).unwrap().checkpoint_records, 7);
+        assert_eq!(cfg.meta_node(3).unwrap().checkpoint_records, 100_000, "the default");
+        assert_eq!(cfg.meta_dir(1).unwrap(), Path::new("/x/meta-1"));
+        assert_eq!(cfg.meta_dir(3).unwrap(), Path::new("/elsewhere/meta"), "absolute stays");
+        let e = cfg.meta_dir(4).unwrap_err().to_string();
+        assert!(e.contains("id 4") && e.contains("1, 2, 3"), "{e}");
+        assert_eq!(cfg.pick_meta_node(Some(2)).unwrap().address.port(), 7410);
+        let e = cfg.pick_meta_node(None).unwrap_err().to_string();
+        assert!(e.contains("3 metadata nodes") && e.contains("--id"), "{e}");
+        let e = cfg.pick_meta_node(Some(9)).unwrap_err().to_string();
+        assert!(e.contains("id 9"), "{e}");
+        assert_eq!(cfg.meta_count_warning(), None, "3 is odd");
+        assert_eq!(Config::from_toml(&cfg.to_toml()).unwrap().meta_nodes(), cfg.meta_nodes());
+    }
+
+    #[test]
+    fn an_entry_without_an_id_is_refused() {
+        let e = config_error(&with_meta("[[meta]]\naddress = '127.0.0.1:7400'\ndata_dir = 'm'\n"));
+        assert!(e.contains("missing field `id`"), "{e}");
+        let e = config_error("data_dir = '/x'\nauth = 'none'\n");
+        assert!(e.contains("missing field `meta`"), "{e}");
+    }
+
+    #[test]
+    fn every_meta_rule_names_the_entries_at_fault() {
+        let node = |id: u64, port: u16, dir: &str| {
+            format!("[[meta]]\nid = {id}\naddress = '127.0.0.1:{port}'\ndata_dir = '{dir}'\n")
+        };
+        // No node at all.
+        let e = config_error(&with_meta("meta = []\n"));
+        assert!(e.contains("no metadata node"), "{e}");
+        // Id 0.
+        let e = config_error(&with_meta(&(node(1, 1, "a") + &node(0, 2, "b"))));
+        assert!(e.contains("entry 2 (address 127.0.0.1:2)") && e.contains("id 0"), "{e}");
+        let e = config_error(&with_meta("[meta]\nid = 0\naddress = '127.0.0.1:1'\ndata_dir = 'm'\n"));
+        assert!(e.contains("entry 1") && e.contains("id 0"), "{e}");
+        // The same id twice.
+        let e = config_error(&with_meta(&(node(1, 1, "a") + &node(2, 2, "b") + &node(1, 3, "c"))));
+        assert!(e.contains("entries 1 and 3") && e.contains("both have id 1"), "{e}");
+        // The same address twice.
+        let e = config_error(&with_meta(&(node(1, 1, "a") + &node(2, 1, "b"))));
+        assert!(e.contains("entries 1 and 2 (ids 1 and 2)") && e.contains("address 127.0.0.1:1"), "{e}");
+        // A storage server on a metadata node's address.
+        let storage = "[[storage]]\nid = 1\naddress = '127.0.0.1:2'\ndata_dir = 's'\n";
+        let e = config_error(&with_meta(&(node(1, 1, "a") + &node(2, 2, "b") + storage)));
+        assert!(e.contains("127.0.0.1:2") && e.contains("meta node 2") && e.contains("storage-1"), "{e}");
+        // The same data directory twice, once joined with data_dir.
+        let e = config_error(&with_meta(&(node(1, 1, "m") + &node(2, 2, "/x/m/"))));
+        assert!(e.contains("meta nodes 1 and 2") && e.contains("/x/m"), "{e}");
+        // More than 7.
+        let eight: String = (1..=8).map(|i| node(i, i as u16, &format!("m{i}"))).collect();
+        let e = config_error(&with_meta(&eight));
+        assert!(e.contains("8 [[meta]] entries") && e.contains("at most 7"), "{e}");
+        let seven: String = (1..=7).map(|i| node(i, i as u16, &format!("m{i}"))).collect();
+        assert_eq!(Config::from_toml(&with_meta(&seven)).unwrap().meta_nodes().len(), 7);
+    }
+
+    #[test]
+    fn an_even_count_is_valid_with_a_warning() {
+        let two = "[[meta]]\nid = 5\naddress = '127.0.0.1:1'\ndata_dir = 'a'\n\
+                   [[meta]]\nid = 9\naddress = '127.0.0.1:2'\ndata_dir = 'b'\n";
+        let cfg = Config::from_toml(&with_meta(two)).unwrap();
+        assert_eq!(cfg.meta_nodes().iter().map(|m| m.id).collect::<Vec<_>>(), [5, 9], "ids need not be dense");
+        let w = cfg.meta_count_warning().expect("2 is even");
+        assert!(w.contains("2 metadata nodes") && w.contains("3 nodes tolerate 1"), "{w}");
+    }
+
+    #[test]
+    fn local_group_places_meta_nodes_before_the_storage_servers() {
+        let one = Config::local(Path::new("/tmp/x"), 7400, 2);
+        assert_eq!(one.meta_addresses(), ["127.0.0.1:7400".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(one.meta_dir(1).unwrap(), Path::new("/tmp/x/meta"));
+        assert_eq!(one.storage[0].address.port(), 7401);
+        let three = Config::local_group(Path::new("/tmp/x"), 7400, 3, 2);
+        three.validate().unwrap();
+        assert_eq!(three.meta_addresses().iter().map(|a| a.port()).collect::<Vec<_>>(), [7400, 7401, 7402]);
+        assert_eq!(three.meta_dir(3).unwrap(), Path::new("/tmp/x/meta-3"));
+        assert_eq!(three.storage.iter().map(|s| s.address.port()).collect::<Vec<_>>(), [7403, 7404]);
+    }
+
+    #[test]
+    fn the_shipped_configs_are_valid() {
+        let local = Config::from_toml(include_str!("../../config/local.toml")).unwrap();
+        assert_eq!(local.meta_addresses(), ["127.0.0.1:7400".parse::<SocketAddr>().unwrap()]);
+        assert_eq!(local.meta_dir(1).unwrap(), Path::new("/tmp/pfs-local/meta"));
+        let example = Config::from_toml(include_str!("../../config/cluster.example.toml")).unwrap();
+        assert_eq!(example.meta_nodes().len(), 1);
     }
 }

@@ -166,7 +166,10 @@ impl MetaError {
             MetaError::Evicted { .. } => ErrorCode::Evicted,
             MetaError::Corrupt { .. } | MetaError::WalFailed(_) => ErrorCode::Io,
             MetaError::Io { source, .. } => ErrorCode::of_io(source),
-            MetaError::NotLeader { .. } => ErrorCode::NotLeader,
+            // Not done: the caller may send it to the leader. Perhaps done: not to be sent
+            // again blindly.
+            MetaError::NotLeader { maybe_done: false, .. } => ErrorCode::NotLeader,
+            MetaError::NotLeader { maybe_done: true, .. } => ErrorCode::Unavailable,
             MetaError::Common(e) => e.code(),
         }
     }

@@ -24,16 +24,25 @@ use pfs_common::wire::PeerRole;
 use server::MetaServer;
 use std::sync::Arc;
 
-/// Runs the metadata server: recovers the WAL in `config.meta_dir()`, listens on
-/// `config.meta.address` and serves clients and storage servers until the WAL fails.
+/// Runs metadata node `id` of the config: recovers its Raft log and snapshot in its data
+/// directory (`config.meta_dir(id)`), joins the group of every `[[meta]]` node, listens on its
+/// address and serves clients, storage servers and the other meta nodes until its log fails.
+/// An even count of nodes is logged as a warning.
 ///
-/// Errors: Common (Config) when the config's `[auth]` key file is missing or unsafe; Corrupt naming the file and byte offset of a damaged log; Io if the address
-/// cannot be bound; WalFailed if a WAL write or fsync fails while serving.
-pub async fn run(config: Arc<Config>) -> Result<()> {
+/// Errors: Common (Config) when the config names no metadata node `id`, or its `[auth]` key
+/// file is missing or unsafe; Corrupt naming the file and byte offset of a damaged log; Io if
+/// the address cannot be bound; WalFailed if a log write or fsync fails while serving.
+pub async fn run(config: Arc<Config>, id: u64) -> Result<()> {
+    let address = config.pick_meta_node(Some(id))?.address;
+    let dir = config.meta_dir(id)?;
+    if let Some(w) = config.meta_count_warning() {
+        tracing::warn!("pfs-meta {id}: {w}");
+    }
     let auth = config.auth(true)?;
     pfs_common::auth::warn_if_off("pfs-meta", &auth);
-    let server = Arc::new(MetaServer::open(&config, &auth).await?);
-    let listener = rpc::bind(config.meta.address, "pfs-meta").await?;
+    tracing::info!("pfs-meta node {id} of {}: data in {}", config.meta_nodes().len(), dir.display());
+    let server = Arc::new(MetaServer::open(&config, id, &auth).await?);
+    let listener = rpc::bind(address, "pfs-meta").await?;
     let opts = ServeOptions {
         name: "pfs-meta".into(),
         roles: vec![PeerRole::Client, PeerRole::Storage, PeerRole::Admin, PeerRole::Meta],

@@ -1,4 +1,4 @@
-//! `pfs-meta --config FILE`: the metadata server.
+//! `pfs-meta --config FILE [--id N]`: one node of the metadata service.
 
 use clap::Parser;
 use pfs_common::config::Config;
@@ -12,6 +12,10 @@ struct Args {
     /// The cluster configuration (TOML).
     #[arg(long, env = "PFS_CONFIG", default_value = "config/local.toml")]
     config: PathBuf,
+    /// Which metadata node of the config this is (its `[[meta]]` id); may be left out when
+    /// the config names only one.
+    #[arg(long)]
+    id: Option<u64>,
 }
 
 fn main() {
@@ -25,9 +29,10 @@ fn main() {
 
 fn start(args: &Args) -> pfs_meta::Result<()> {
     let config = Arc::new(Config::load(&args.config)?);
+    let id = config.pick_meta_node(args.id)?.id;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .map_err(|e| pfs_meta::MetaError::io("starting the tokio runtime", e))?;
-    runtime.block_on(pfs_meta::run(config))
+    runtime.block_on(pfs_meta::run(config, id))
 }

@@ -14,8 +14,8 @@ use crate::error::{MetaError, Result};
 use crate::holders::Holders;
 use crate::namespace::{Commit, Inode, InodeKind, Namespace, Op, ServerView};
 use crate::opens::OpenTable;
-use crate::registry::Registry;
 use crate::raft::network::Network;
+use crate::registry::Registry;
 use crate::store::{NamespaceStore, NodeOptions};
 use crate::token_service::TokenService;
 use crate::tokens::TokenConfig;
@@ -33,13 +33,13 @@ use pfs_common::token::{ByteRange, Mode};
 use pfs_common::wire::namespace::{
     self as ns, Attr, DirEntry, DirPage, FileKind, NamespaceRequest, NewAttrs, CLOSE_MAX,
 };
+use pfs_common::wire::raft::{AddMember, GetStatus, RaftRequest, RemoveMember};
 use pfs_common::wire::registry::{
     self as reg, ChunkInfo, CommittedChunk, Health, LostChunk, OrphanCopy, Registered, RegistryRequest, ReportAnswer,
     StorageNotify, CHUNK_REPORT_PAGE, FENCED_MAX, GET_CHUNKS_MAX,
 };
 use pfs_common::wire::storage::{RemoveChunk, RemoveFile, StorageRequest};
 use pfs_common::wire::tokens::{self as tok, Granted, SessionGrant, TokenRequest};
-use pfs_common::wire::raft::{AddMember, GetStatus, RaftRequest, RemoveMember};
 use pfs_common::wire::{MetaRequest, PeerRole};
 use pfs_common::{FileId, ServerId};
 use std::collections::BTreeMap;
@@ -86,36 +86,39 @@ pub struct MetaServer {
 }
 
 impl MetaServer {
-    /// Opens (recovering) the namespace in `config.meta_dir()`.
+    /// Opens (recovering) the namespace of metadata node `id` in its data directory
+    /// (`config.meta_dir(id)`).
     ///
-    /// Errors: Corrupt naming the file and byte offset of a damaged log; Io.
-    pub async fn open(config: &Config, auth: &Auth) -> Result<MetaServer> {
+    /// Errors: Common (Config) when the config names no metadata node `id`; Corrupt naming the
+    /// file and byte offset of a damaged log; Io.
+    pub async fn open(config: &Config, id: u64, auth: &Auth) -> Result<MetaServer> {
+        let node = config.pick_meta_node(Some(id))?;
+        let dir = config.meta_dir(id)?;
         let storage_connect = ConnectOptions {
             role: PeerRole::Meta,
-            name: "pfs-meta".into(),
+            name: format!("meta-{id}"),
             connect_timeout: std::time::Duration::from_millis(config.timeouts.connect_ms),
             request_timeout: std::time::Duration::from_millis(config.timeouts.request_ms),
             auth: auth.clone(),
         };
-        let id = 1;
-        let members = [(id, openraft::BasicNode::new(config.meta.address))].into_iter().collect();
-        let node = NodeOptions {
+        let members = config.meta_nodes().iter().map(|n| (n.id, openraft::BasicNode::new(n.address))).collect();
+        let opts = NodeOptions {
             id,
-            dir: config.meta_dir(),
+            dir: dir.clone(),
             members,
-            snapshot_entries: config.meta.checkpoint_records,
+            snapshot_entries: node.checkpoint_records,
             root_policy: config.layout,
-            probe: Some(storage_connect.clone()),
+            probe: (config.meta_nodes().len() > 1).then(|| storage_connect.clone()),
         };
         let network = Network { me: id, connect: storage_connect.clone() };
-        let store = NamespaceStore::open(node, network).await?;
+        let store = NamespaceStore::open(opts, network).await?;
         let cluster = Arc::new(Mutex::new(Cluster { registry: Registry::new(config), holders: Holders::new() }));
         let t = &config.tokens;
         let registry = cluster.clone();
         let ended = Arc::new(Ended::default());
         let session_ended = ended.clone();
         let tokens = TokenService::open(
-            &config.meta_dir(),
+            &dir,
             TokenConfig {
                 lease_ms: t.lease_ms,
                 revoke_timeout_ms: t.revoke_timeout_ms,
@@ -378,19 +381,22 @@ impl MetaServer {
     async fn open_file(&self, peer: &Peer, c: ns::Open) -> Result<Attr> {
         self.tokens.check_owner(c.session, peer.conn_id, &peer.name)?;
         self.close_files(c.session, &c.closed).await?;
-        let (opened, lsn) = self.store.read_inodes_ready(|n, read| {
-            let inode = n.lookup_traced(&c.target, read)?;
-            if inode.kind != InodeKind::File {
-                return Err(MetaError::IsDir { path: c.target.to_string() });
-            }
-            if inode.nlink == 0 {
-                // An orphan by id: only those who had it open before its last name went.
-                return Err(MetaError::NoSuchFile { file: inode.id });
-            }
-            // Under the store's lock: no removal can slip between the lookup and this.
-            self.opens.lock().open(c.session, inode.id);
-            Ok(attr(inode))
-        }).await?;
+        let (opened, lsn) = self
+            .store
+            .read_inodes_ready(|n, read| {
+                let inode = n.lookup_traced(&c.target, read)?;
+                if inode.kind != InodeKind::File {
+                    return Err(MetaError::IsDir { path: c.target.to_string() });
+                }
+                if inode.nlink == 0 {
+                    // An orphan by id: only those who had it open before its last name went.
+                    return Err(MetaError::NoSuchFile { file: inode.id });
+                }
+                // Under the store's lock: no removal can slip between the lookup and this.
+                self.opens.lock().open(c.session, inode.id);
+                Ok(attr(inode))
+            })
+            .await?;
         self.store.wait_committed(lsn).await?;
         opened
     }

@@ -569,10 +569,7 @@ impl NamespaceStore {
     /// leadership ended first (the state read may never be committed).
     pub async fn wait_committed(&self, p: Proposal) -> Result<()> {
         let mut rx = self.leadership.committed.subscribe();
-        let seen = *rx
-            .wait_for(|c| c.0 > p.term || *c >= (p.term, p.seq))
-            .await
-            .map_err(|_| self.not_leader(false))?;
+        let seen = *rx.wait_for(|c| c.0 > p.term || *c >= (p.term, p.seq)).await.map_err(|_| self.not_leader(false))?;
         if seen.0 == p.term {
             Ok(())
         } else {
@@ -633,7 +630,10 @@ impl NamespaceStore {
         Ok(self.status())
     }
 
-    fn membership_error(&self, e: openraft::error::RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>) -> MetaError {
+    fn membership_error(
+        &self,
+        e: openraft::error::RaftError<NodeId, ClientWriteError<NodeId, BasicNode>>,
+    ) -> MetaError {
         match e.api_error() {
             Some(ClientWriteError::ForwardToLeader(_)) => self.not_leader(false),
             _ => MetaError::Invalid(format!("membership change refused: {e}")),

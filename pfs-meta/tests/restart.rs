@@ -49,7 +49,7 @@ fn write_config(dir: &Path) -> (std::path::PathBuf, SocketAddr) {
     config.timeouts.idle_ms = 1_200_000;
     let path = dir.join("pfs.toml");
     std::fs::write(&path, config.to_toml()).unwrap();
-    (path, config.meta.address)
+    (path, config.meta[0].address)
 }
 
 fn opts(role: PeerRole) -> ConnectOptions {

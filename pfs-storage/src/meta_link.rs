@@ -13,9 +13,11 @@ use crate::replication::Replication;
 use crate::store::{disk_space, ChunkStore};
 use pfs_common::config::Config;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::wire::frame::Frame;
 use pfs_common::wire::registry::{Fenced, Heartbeat, Register, StorageNotify, FENCED_MAX};
 use pfs_common::wire::{self, MetaRequest, PeerRole};
 use pfs_common::ServerId;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -27,22 +29,33 @@ pub const BACKOFF_MIN_MS: u64 = 100;
 pub const BACKOFF_MAX_MS: u64 = 5_000;
 
 /// Keeps a session with pfs-meta, forever: connect, register, full report, heartbeats;
-/// on any failure wait (capped exponential backoff) and start over.
+/// on any failure wait (capped exponential backoff) and start over. Each connection tries
+/// the metadata nodes' addresses in turn from the one that last took a connection
+/// ([`connect_meta`]).
 pub async fn run(config: Arc<Config>, id: ServerId, store: Arc<ChunkStore>, repl: Arc<Replication>) {
     let mut backoff_ms = BACKOFF_MIN_MS;
     let mut failures = 0u64;
+    let addresses = config.meta_addresses();
+    let mut current = 0;
     loop {
         let mut registered = false;
         let ended = SessionEnded(&store);
-        let err = session(&config, id, &store, &repl, &mut registered).await;
+        let err = session(&config, &addresses, &mut current, id, &store, &repl, &mut registered).await;
         drop(ended);
         if registered {
             backoff_ms = BACKOFF_MIN_MS;
             failures = 0;
         }
+        if err.code() == pfs_common::ErrorCode::NotLeader {
+            // A follower answered: the leader is another node; ask the next one soon.
+            debug!("{id}: {err}; trying the next metadata node");
+            current = (current + 1) % addresses.len().max(1);
+            tokio::time::sleep(Duration::from_millis(BACKOFF_MIN_MS)).await;
+            continue;
+        }
         // Log the first failure of a streak loudly, the repeats quietly.
         if failures == 0 {
-            warn!("{id}: session with pfs-meta at {} lost: {err}; retrying", config.meta.address);
+            warn!("{id}: session with pfs-meta at {} lost: {err}; retrying", addresses[current]);
         } else {
             debug!("{id}: pfs-meta still unreachable: {err}");
         }
@@ -65,9 +78,29 @@ impl Drop for SessionEnded<'_> {
     }
 }
 
+/// Connects to pfs-meta: the one place a storage server picks a metadata node's address.
+/// Tries `addresses` in turn, starting with the one at index `*current` (the one that last
+/// took a connection), moving on to the next when a connection cannot be made, and leaves
+/// `*current` at the one that answered.
+///
+/// Errors: Common (Connect, TimedOut, ...) of the last address tried, naming every address
+/// tried.
+pub async fn connect_meta(
+    addresses: &[SocketAddr],
+    current: &mut usize,
+    opts: &ConnectOptions,
+    notify: Option<mpsc::Sender<Frame>>,
+) -> Result<RpcClient<MetaRequest>, StorageError> {
+    let (at, client) = RpcClient::connect_any(addresses, *current, "pfs-meta", opts, notify).await?;
+    *current = at;
+    Ok(client)
+}
+
 /// One session; returns the error that ended it.
 async fn session(
     config: &Config,
+    addresses: &[SocketAddr],
+    current: &mut usize,
     id: ServerId,
     store: &Arc<ChunkStore>,
     repl: &Arc<Replication>,
@@ -83,8 +116,7 @@ async fn session(
             auth: repl.auth().clone(),
         };
         let (notify_tx, notify_rx) = mpsc::channel(64);
-        let client: RpcClient<MetaRequest> =
-            RpcClient::connect(config.meta.address, "pfs-meta", &opts, Some(notify_tx)).await?;
+        let client = connect_meta(addresses, current, &opts, Some(notify_tx)).await?;
         let mut drain = tokio::spawn(drain_notifications(store.clone(), repl.clone(), notify_rx, client.clone()));
         let (capacity_bytes, free_bytes) = disk_space(store.dir())?;
         let sent = Instant::now();
@@ -93,7 +125,7 @@ async fn session(
         repl.update(reg.chains, true);
         store.fence().registered(reg.fence_below, &reg.fenced, reg.lease_ms, sent).await;
         store.remove_orphans(reg.orphans);
-        info!("{id}: registered with pfs-meta at {} (lease {} ms)", config.meta.address, reg.lease_ms);
+        info!("{id}: registered with pfs-meta at {} (lease {} ms)", addresses[*current], reg.lease_ms);
         *registered = true;
         let listed = store.full_report(&client).await?;
         info!("{id}: full chunk report sent to pfs-meta ({listed} chunks)");
@@ -135,7 +167,7 @@ async fn session(
 async fn drain_notifications(
     store: Arc<ChunkStore>,
     repl: Arc<Replication>,
-    mut rx: mpsc::Receiver<pfs_common::wire::frame::Frame>,
+    mut rx: mpsc::Receiver<Frame>,
     meta: RpcClient<MetaRequest>,
 ) {
     while let Some(frame) = rx.recv().await {

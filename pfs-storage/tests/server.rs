@@ -173,7 +173,7 @@ async fn scenario(engine: EngineChoice) {
 
     // pfs-meta comes up; the storage server registers and admits writes of a live session.
     let meta = Meta::start(config.clone());
-    let m: RpcClient<MetaRequest> = connect(config.meta.address, "pfs-meta").await;
+    let m: RpcClient<MetaRequest> = connect(config.meta[0].address, "pfs-meta").await;
     let session = m.ask(OpenSession).await.unwrap().session;
     // Files pfs-meta knows (chunks of unknown files are orphans, which it has removed).
     let create = |path: &str| Create {

@@ -77,7 +77,7 @@ async fn start(fail_point: &str) -> Setup {
         .unwrap();
     let server = Server { child, log };
     let meta = Meta::start(config.clone());
-    let m: RpcClient<MetaRequest> = connect(config.meta.address, "pfs-meta").await;
+    let m: RpcClient<MetaRequest> = connect(config.meta[0].address, "pfs-meta").await;
     let session = m.ask(OpenSession).await.unwrap().session;
     let create = Create {
         target: "/f".into(),

@@ -6,7 +6,10 @@ use crate::daemon::{log_tail, spawn, Daemon, DaemonKind};
 use crate::error::{Error, Result};
 use pfs_client::{Client, ClientOptions};
 use pfs_common::config::Config;
+use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::wire::{MetaRequest, PeerRole};
 use std::fs;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,23 +17,68 @@ use std::time::{Duration, Instant};
 /// How long [`wait_ready`] waits for every daemon to serve, by default.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Waits until pfs-meta answers and reports every storage server in `config` up, polling
-/// with a deadline. If one of `daemons` exits first, fails with the tail of its log.
+/// Waits until every metadata node among `daemons` takes connections (a handshake), polling
+/// with a deadline. Started before the storage servers, so that they and the clients find the
+/// nodes in config order (each connects to the first address that answers). If one of
+/// `daemons` exits first, fails with the tail of its log.
+pub async fn wait_meta_listening(config: &Config, daemons: &mut [Daemon], timeout: Duration) -> Result<()> {
+    let deadline = Instant::now() + timeout;
+    let mut waiting: Vec<(u64, SocketAddr)> = config
+        .meta_nodes()
+        .iter()
+        .filter(|m| daemons.iter().any(|d| d.kind == DaemonKind::Meta(m.id)))
+        .map(|m| (m.id, m.address))
+        .collect();
+    let probe = ConnectOptions {
+        role: PeerRole::Client,
+        name: "pfs readiness probe".into(),
+        connect_timeout: Duration::from_millis(config.timeouts.connect_ms),
+        request_timeout: Duration::from_millis(config.timeouts.request_ms),
+        auth: config.auth(false)?,
+    };
+    let mut last_err = String::new();
+    loop {
+        check_running(daemons)?;
+        let mut still = Vec::new();
+        for (id, addr) in waiting {
+            if let Err(e) = RpcClient::<MetaRequest>::connect(addr, "pfs-meta", &probe, None).await {
+                last_err = format!("waiting for metadata node {id}: {e}");
+                still.push((id, addr));
+            }
+        }
+        waiting = still;
+        if waiting.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::NotReady { secs: timeout.as_secs(), last: last_err });
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Fails with the tail of its log if one of `daemons` has exited.
+fn check_running(daemons: &mut [Daemon]) -> Result<()> {
+    for d in daemons.iter_mut() {
+        if let Ok(Some(status)) = d.child.try_wait() {
+            return Err(Error::Exited { daemon: d.kind.name(), status: status.to_string(), log: log_tail(&d.log, 8) });
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every metadata node among `daemons` takes connections
+/// ([`wait_meta_listening`]), and pfs-meta answers and reports every storage server in
+/// `config` up, polling with a deadline. If one of `daemons` exits first, fails with the
+/// tail of its log.
 pub async fn wait_ready(config: &Arc<Config>, daemons: &mut [Daemon], timeout: Duration) -> Result<Client> {
     let deadline = Instant::now() + timeout;
+    wait_meta_listening(config, daemons, timeout).await?;
     let mut last_err = String::new();
     // One client for all polls (a new session per poll would be evicted as each is dropped).
     let mut client: Option<Client> = None;
     loop {
-        for d in daemons.iter_mut() {
-            if let Ok(Some(status)) = d.child.try_wait() {
-                return Err(Error::Exited {
-                    daemon: d.kind.name(),
-                    status: status.to_string(),
-                    log: log_tail(&d.log, 8),
-                });
-            }
-        }
+        check_running(daemons)?;
         if client.is_none() {
             match Client::connect(ClientOptions::from_config(config)?).await {
                 Ok(c) => client = Some(c),
@@ -77,8 +125,8 @@ pub fn free_ports(n: usize) -> Result<Vec<u16>> {
         .collect()
 }
 
-/// A whole cluster (1 pfs-meta + N pfs-storage) on loopback in a temporary directory, for
-/// the demo, benchmarks and tests. Everything is killed and removed on drop.
+/// A whole cluster (pfs-meta, one node by default, + N pfs-storage) on loopback in a temporary
+/// directory, for the demo, benchmarks and tests. Everything is killed and removed on drop.
 pub struct LocalCluster {
     dir: tempfile::TempDir,
     config: Arc<Config>,
@@ -90,14 +138,29 @@ impl LocalCluster {
     /// Starts pfs-meta and `storage_count` storage servers on free loopback ports and waits
     /// until all serve. `tweak` may adjust the configuration first (layout, timeouts).
     pub async fn start_with(storage_count: u32, tweak: impl FnOnce(&mut Config)) -> Result<LocalCluster> {
+        Self::start_group(1, storage_count, tweak).await
+    }
+
+    /// [`LocalCluster::start_with`] with `meta_count` metadata nodes (`[[meta]]` ids 1 to
+    /// `meta_count`, data in `meta-1`, `meta-2` and so on when there are several), each its
+    /// own process. Clients and storage servers get every node's address and use the first
+    /// that answers; until the nodes form a replicated group, each serves on its own.
+    pub async fn start_group(
+        meta_count: u16,
+        storage_count: u32,
+        tweak: impl FnOnce(&mut Config),
+    ) -> Result<LocalCluster> {
         let dir = tempfile::Builder::new()
             .prefix("pfs-cluster-")
             .tempdir()
             .map_err(|e| Error::io("creating a temporary directory", e))?;
-        let ports = free_ports(storage_count as usize + 1)?;
-        let mut config = Config::local(dir.path(), 0, storage_count);
-        config.meta.address.set_port(ports[0]);
-        for (s, port) in config.storage.iter_mut().zip(&ports[1..]) {
+        let ports = free_ports(meta_count as usize + storage_count as usize)?;
+        let mut config = Config::local_group(dir.path(), 0, meta_count, storage_count);
+        let (meta_ports, storage_ports) = ports.split_at(meta_count as usize);
+        for (m, port) in config.meta.iter_mut().zip(meta_ports) {
+            m.address.set_port(*port);
+        }
+        for (s, port) in config.storage.iter_mut().zip(storage_ports) {
             s.address.set_port(*port);
         }
         tweak(&mut config);
@@ -108,7 +171,15 @@ impl LocalCluster {
         fs::write(&config_path, config.to_toml())
             .map_err(|e| Error::io(format!("writing {}", config_path.display()), e))?;
         let mut cluster = LocalCluster { config: Arc::new(config), config_path, daemons: Vec::new(), dir };
-        cluster.daemons.push(spawn(DaemonKind::Meta, &cluster.config_path, &cluster.log(DaemonKind::Meta), false)?);
+        // The metadata nodes first, listening before the storage servers look for them (they
+        // register with the first that answers, in config order, as clients connect to it).
+        for m in cluster.config.meta_nodes() {
+            let kind = DaemonKind::Meta(m.id);
+            cluster.daemons.push(spawn(kind, &cluster.config_path, &cluster.log(kind), false)?);
+        }
+        if cluster.config.meta_nodes().len() > 1 {
+            wait_meta_listening(&cluster.config, &mut cluster.daemons, READY_TIMEOUT).await?;
+        }
         for s in cluster.config.storage.clone() {
             let kind = DaemonKind::Storage(s.id);
             cluster.daemons.push(spawn(kind, &cluster.config_path, &cluster.log(kind), false)?);

@@ -16,15 +16,16 @@ use std::process::{Child, Command, Stdio};
 /// Which daemon.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DaemonKind {
-    Meta,
+    /// The metadata node with this `[[meta]]` id.
+    Meta(u64),
     Storage(ServerId),
 }
 
 impl DaemonKind {
-    /// "pfs-meta" or "storage-N": used for log and pid file names.
+    /// "meta-N" or "storage-N": used for log and pid file names.
     pub fn name(&self) -> String {
         match self {
-            DaemonKind::Meta => "pfs-meta".to_string(),
+            DaemonKind::Meta(id) => format!("meta-{id}"),
             DaemonKind::Storage(id) => id.to_string(),
         }
     }
@@ -67,7 +68,7 @@ fn candidate_dirs() -> Vec<PathBuf> {
 /// Errors: NotFound when neither the daemon's own executable nor `pfs` can be found.
 pub fn daemon_command(kind: DaemonKind, config_path: &Path) -> Result<Command> {
     let own = match kind {
-        DaemonKind::Meta => "pfs-meta",
+        DaemonKind::Meta(_) => "pfs-meta",
         DaemonKind::Storage(_) => "pfs-storage",
     };
     let dirs = candidate_dirs();
@@ -76,7 +77,7 @@ pub fn daemon_command(kind: DaemonKind, config_path: &Path) -> Result<Command> {
     } else if let Some(pfs) = dirs.iter().map(|d| d.join("pfs")).find(|p| p.is_file()) {
         let mut c = Command::new(pfs);
         c.arg("serve").arg(match kind {
-            DaemonKind::Meta => "meta",
+            DaemonKind::Meta(_) => "meta",
             DaemonKind::Storage(_) => "storage",
         });
         c
@@ -84,9 +85,10 @@ pub fn daemon_command(kind: DaemonKind, config_path: &Path) -> Result<Command> {
         return Err(Error::NoExecutable { exe: own, dirs: format!("{dirs:?}") });
     };
     cmd.arg("--config").arg(config_path);
-    if let DaemonKind::Storage(id) = kind {
-        cmd.arg("--id").arg(id.0.to_string());
-    }
+    match kind {
+        DaemonKind::Meta(id) => cmd.arg("--id").arg(id.to_string()),
+        DaemonKind::Storage(id) => cmd.arg("--id").arg(id.0.to_string()),
+    };
     Ok(cmd)
 }
 

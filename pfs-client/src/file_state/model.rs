@@ -353,7 +353,7 @@ impl Model {
             8 => {
                 // Time passes (capabilities near expiry are renewed), or a write-back of
                 // everything dirty (an fsync, a cache eviction).
-                if pick % 2 == 0 {
+                if pick.is_multiple_of(2) {
                     self.now_ms += 7_000;
                 } else {
                     self.write_back(ByteRange::ALL, false);

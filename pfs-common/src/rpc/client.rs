@@ -121,6 +121,49 @@ impl<R: Serialize> RpcClient<R> {
         Ok(RpcClient { inner, _service: PhantomData })
     }
 
+    /// Connects to the first of `addrs` that takes the connection, trying them in turn from
+    /// index `start` on (wrapping around: `start` is usually the one that last worked), and
+    /// returns the index of the address that answered with the connection. `peer` and
+    /// `notify` are as for [`RpcClient::connect`]; any failure to connect (refused,
+    /// unreachable, timed out, the handshake refused) moves on to the next address.
+    ///
+    /// Errors: when every address fails, with a single address its error as
+    /// [`RpcClient::connect`] gives it; with several, the last one's error (its variant and
+    /// code), its message naming every address tried and what each answered. Connect when
+    /// `addrs` is empty.
+    pub async fn connect_any(
+        addrs: &[SocketAddr],
+        start: usize,
+        peer: &str,
+        opts: &ConnectOptions,
+        notify: Option<mpsc::Sender<Frame>>,
+    ) -> Result<(usize, RpcClient<R>)> {
+        if addrs.is_empty() {
+            return Err(Error::Connect {
+                peer: format!("{peer} (no address to connect to)"),
+                source: Arc::new(std::io::Error::new(
+                    std::io::ErrorKind::AddrNotAvailable,
+                    "the address list is empty",
+                )),
+            });
+        }
+        let mut failed: Vec<Error> = Vec::new();
+        for k in 0..addrs.len() {
+            let i = (start + k) % addrs.len();
+            match RpcClient::connect(addrs[i], peer, opts, notify.clone()).await {
+                Ok(c) => {
+                    if !failed.is_empty() {
+                        debug!("connected to {peer} at {} after: {}", addrs[i], joined(&failed));
+                    }
+                    return Ok((i, c));
+                }
+                Err(e) => failed.push(e),
+            }
+        }
+        let last = failed.pop().expect("one error per address, and there is one at least");
+        Err(after_the_others(last, &failed))
+    }
+
     /// The peer's name and address, as used in errors.
     pub fn peer(&self) -> &str {
         &self.inner.peer
@@ -271,5 +314,32 @@ async fn read_responses(
         inner.reader.lock().take();
         inner.fail(err);
         return;
+    }
+}
+
+fn joined(errors: &[Error]) -> String {
+    errors.iter().map(ToString::to_string).collect::<Vec<_>>().join("; ")
+}
+
+/// `last`, the error of the last address [`RpcClient::connect_any`] tried, with what the
+/// addresses tried before it answered added to its message (variant and code unchanged).
+fn after_the_others(last: Error, before: &[Error]) -> Error {
+    if before.is_empty() {
+        return last;
+    }
+    let note = |s: String| format!("{s} (the last of {} addresses tried, after: {})", before.len() + 1, joined(before));
+    match last {
+        Error::Connect { peer, source } => Error::Connect { peer: note(peer), source },
+        Error::TimedOut { peer, what, ms } => Error::TimedOut { peer: note(peer), what, ms },
+        Error::Closed { peer } => Error::Closed { peer: note(peer) },
+        Error::Socket { peer, source } => Error::Socket { peer: note(peer), source },
+        Error::Protocol { peer, message } => Error::Protocol { peer: note(peer), message },
+        Error::Auth { peer, message } => Error::Auth { peer: note(peer), message },
+        Error::TooLarge { peer, what, len, limit } => Error::TooLarge { peer: note(peer), what, len, limit },
+        // Its message is all it shows.
+        Error::Remote { peer, code, message, chain } => Error::Remote { peer, code, message: note(message), chain },
+        Error::Config(m) => Error::Config(note(m)),
+        Error::Layout(m) => Error::Layout(note(m)),
+        Error::Io { what, source } => Error::Io { what: note(what), source },
     }
 }

@@ -145,3 +145,44 @@ async fn only_holders_of_the_cluster_key_connect_and_both_sides_must_authenticat
         .unwrap_err();
     assert_eq!(e.code(), crate::ErrorCode::AuthFailed, "{e}");
 }
+
+/// A loopback address nothing listens on (connections to it are refused).
+fn refused_address() -> SocketAddr {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    l.local_addr().unwrap()
+}
+
+#[tokio::test]
+async fn connect_any_moves_on_to_the_next_address_and_names_all_when_none_answers() {
+    let live = slow_server(Duration::from_secs(60), Duration::ZERO, Auth::none()).await;
+    let (dead1, dead2) = (refused_address(), refused_address());
+    let opts = client_opts(Auth::none());
+    let connect = |addrs: Vec<SocketAddr>, start: usize| {
+        let opts = opts.clone();
+        async move { RpcClient::<StorageRequest>::connect_any(&addrs, start, "slow", &opts, None).await }
+    };
+    // The dead addresses are skipped, in turn from `start`, wrapping around.
+    let (at, c) = connect(vec![dead1, dead2, live], 0).await.unwrap();
+    assert_eq!(at, 2);
+    assert_eq!(c.ask(GetStatus).await.unwrap().engine, "slow");
+    let (at, _) = connect(vec![live, dead1, dead2], 1).await.unwrap();
+    assert_eq!(at, 0, "wrapped around to the start of the list");
+    // Starting at a live address tries it first (a dead one after it is never tried).
+    let (at, _) = connect(vec![dead1, live, dead2], 1).await.unwrap();
+    assert_eq!(at, 1);
+    // One address: its own error, unchanged.
+    let e = connect(vec![dead1], 0).await.unwrap_err();
+    assert!(matches!(&e, Error::Connect { .. }), "{e:?}");
+    assert_eq!(e.to_string().matches("cannot connect").count(), 1, "{e}");
+    // None answers: the last one's error, naming every address tried.
+    let e = connect(vec![dead1, dead2], 1).await.unwrap_err();
+    assert!(matches!(&e, Error::Connect { .. }) && e.code() == crate::ErrorCode::Unavailable, "{e:?}");
+    let shown = e.to_string();
+    assert!(shown.contains(&dead1.to_string()) && shown.contains(&dead2.to_string()), "{shown}");
+    assert!(shown.contains("the last of 2 addresses tried"), "{shown}");
+    // The last tried is dead1 (from index 1: dead2, then dead1).
+    assert!(shown.starts_with(&format!("cannot connect to slow at {dead1} (")), "{shown}");
+    // No address at all.
+    let e = connect(Vec::new(), 0).await.unwrap_err();
+    assert!(e.to_string().contains("no address"), "{e}");
+}

@@ -153,7 +153,8 @@ pub fn is_fresh(dir: &Path) -> Result<bool> {
         let entry = entry.map_err(|e| MetaError::io(format!("listing {}", dir.display()), e))?;
         let name = entry.file_name();
         let name = name.to_string_lossy();
-        if name == FORMAT_FILE || name.starts_with("log-") || name.starts_with("snapshot-") || name.starts_with("wal-") {
+        if name == FORMAT_FILE || name.starts_with("log-") || name.starts_with("snapshot-") || name.starts_with("wal-")
+        {
             return Ok(false);
         }
     }

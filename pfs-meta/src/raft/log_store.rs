@@ -152,7 +152,10 @@ impl LogStore {
         tx.ok_or_else(stopped)?.send(job).await.map_err(|_| stopped())
     }
 
-    async fn run_job(&self, make: impl FnOnce(oneshot::Sender<Result<()>>) -> Job) -> std::result::Result<(), StorageError> {
+    async fn run_job(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<()>>) -> Job,
+    ) -> std::result::Result<(), StorageError> {
         let (done, rx) = oneshot::channel();
         self.send(make(done)).await?;
         match rx.await {
@@ -302,7 +305,11 @@ fn recover_segments(dir: &Path, purged: Option<u64>) -> Result<(Vec<Segment>, BT
                     let index = entry.get_log_id().index;
                     let expect = *first + offsets.len() as u64;
                     if index != expect {
-                        return Err(corrupt_at(path, off as u64, format!("entry {index} where entry {expect} belongs")));
+                        return Err(corrupt_at(
+                            path,
+                            off as u64,
+                            format!("entry {index} where entry {expect} belongs"),
+                        ));
                     }
                     offsets.push(off as u64);
                     if purged.is_none_or(|p| index > p) {
@@ -332,7 +339,11 @@ fn recover_segments(dir: &Path, purged: Option<u64>) -> Result<(Vec<Segment>, BT
         }
         if let Some(n) = next {
             if seg.first != n && !seg.offsets.is_empty() {
-                return Err(corrupt_at(path, 0, format!("segment starts at entry {}, the one before ends at {n}", seg.first)));
+                return Err(corrupt_at(
+                    path,
+                    0,
+                    format!("segment starts at entry {}, the one before ends at {n}", seg.first),
+                ));
             }
         }
         next = Some(seg.end());

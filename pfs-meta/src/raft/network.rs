@@ -6,8 +6,8 @@
 //! on first use and made again after it fails; openraft retries with its own backoff.
 
 use super::{NodeId, TypeConfig};
-use crate::store::NamespaceStore;
 use crate::error::MetaError;
+use crate::store::NamespaceStore;
 use openraft::error::{InstallSnapshotError, NetworkError, RPCError, RaftError, RemoteError, Unreachable};
 use openraft::network::{RPCOption, RaftNetwork, RaftNetworkFactory};
 use openraft::raft::{

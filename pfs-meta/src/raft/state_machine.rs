@@ -79,7 +79,8 @@ fn encode_snapshot(meta: &SnapshotMetaT, namespace: &Namespace) -> Vec<u8> {
 /// peer).
 fn decode_snapshot(bytes: &[u8], file: &Path) -> Result<(SnapshotMetaT, Namespace)> {
     let payload = decode_blob(bytes, "snapshot", file)?;
-    let bad = |why: String| MetaError::Corrupt { what: "snapshot", file: file.to_path_buf(), offset: None, reason: why };
+    let bad =
+        |why: String| MetaError::Corrupt { what: "snapshot", file: file.to_path_buf(), offset: None, reason: why };
     let (meta, rest): (SnapshotMetaT, _) =
         postcard::take_from_bytes(payload).map_err(|e| bad(format!("undecodable meta: {e}")))?;
     let namespace: Namespace = postcard::from_bytes(rest).map_err(|e| bad(format!("undecodable namespace: {e}")))?;
@@ -92,7 +93,11 @@ impl StateMachine {
     ///
     /// Errors: Corrupt naming the snapshot file if the newest one is damaged (an older one
     /// would silently forget committed changes the log no longer holds); Io.
-    pub fn open(dir: &Path, root_policy: LayoutPolicy, observer: Option<Arc<dyn ApplyObserver>>) -> Result<StateMachine> {
+    pub fn open(
+        dir: &Path,
+        root_policy: LayoutPolicy,
+        observer: Option<Arc<dyn ApplyObserver>>,
+    ) -> Result<StateMachine> {
         files::ensure_dir(dir)?;
         let snapshots = list_numbered(dir, "snapshot-", ".snap")?;
         let committed = match snapshots.last() {
@@ -158,7 +163,8 @@ impl RaftSnapshotBuilder<TypeConfig> for StateMachine {
                 Some(l) => format!("{}-{}-{n}", l.leader_id.term, l.index),
                 None => format!("0-0-{n}"),
             };
-            let meta = SnapshotMeta { last_log_id: c.last_applied, last_membership: c.membership.clone(), snapshot_id: id };
+            let meta =
+                SnapshotMeta { last_log_id: c.last_applied, last_membership: c.membership.clone(), snapshot_id: id };
             let bytes = encode_snapshot(&meta, &c.namespace);
             (meta, bytes)
         };

@@ -557,7 +557,7 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     let (fake, meta_addr) = start_fake_meta().await;
 
     let mut config = Config::local(dir.path(), 1, 1);
-    config.meta.address = meta_addr;
+    config.meta[0].address = meta_addr;
     config.timeouts.heartbeat_ms = 50;
     let config = Arc::new(config);
     let sdir = config.storage_dir(&config.storage[0]);
@@ -604,6 +604,33 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
     assert!(wait_for(deadline, || !s.fence.has_lease()).await, "the lease was not dropped");
     assert!(matches!(s.fence.admit(1).await, Err(StorageError::NoLease { .. })));
     assert!(wait_for(deadline, || fake.registered.load(Ordering::SeqCst) > before).await, "it did not register again");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_session_tries_every_metadata_node_in_turn() {
+    let dir = tempfile::tempdir().unwrap();
+    let (fake, meta_addr) = start_fake_meta().await;
+    // Node 1 refuses connections; node 2 (the fake) answers.
+    let refused = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let mut config = Config::local(dir.path(), 1, 1);
+    config.meta[0].address = refused;
+    config.meta.push(pfs_common::config::MetaNodeConfig {
+        id: 2,
+        address: meta_addr,
+        data_dir: "meta-2".into(),
+        checkpoint_records: 1000,
+    });
+    config.timeouts.heartbeat_ms = 50;
+    let sdir = config.storage_dir(&config.storage[0]);
+    std::fs::create_dir_all(&sdir).unwrap();
+    let s = open_store(&sdir, Duration::from_secs(3600)).await;
+    config.storage[0].id = s.id;
+    let config = Arc::new(config);
+    tokio::spawn(crate::hasher::run(s.clone()));
+    let repl = Arc::new(crate::replication::Replication::new(s.id, config.clone(), pfs_common::auth::Auth::none()));
+    tokio::spawn(crate::meta_link::run(config, s.id, s.clone(), repl));
+    assert!(wait_for(Duration::from_secs(20), || s.meta.connected()).await, "it never registered");
+    assert_eq!(fake.registered.load(Ordering::SeqCst), 1, "registered with node 2");
 }
 
 /// Waits until `cond` holds, polling, or `deadline` passes; true if it holds.

@@ -24,7 +24,7 @@ impl Meta {
             let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
             rt.block_on(async move {
                 tokio::select! {
-                    r = pfs_meta::run(Arc::new(config)) => panic!("pfs-meta stopped: {r:?}"),
+                    r = pfs_meta::run(Arc::new(config), 1) => panic!("pfs-meta stopped: {r:?}"),
                     _ = stopped => {}
                 }
             });

@@ -32,6 +32,7 @@ pub async fn run(client: &Client, cmd: Cmd) -> Result<()> {
         Cmd::Scrub => scrub(client).await,
         Cmd::Up
         | Cmd::Down
+        | Cmd::Meta { .. }
         | Cmd::Demo { .. }
         | Cmd::Serve { .. }
         | Cmd::Keygen { .. }

@@ -5,6 +5,7 @@ mod commands;
 mod daemons;
 mod demo;
 mod fsck;
+mod meta;
 mod mount;
 
 use clap::{Parser, Subcommand};
@@ -23,9 +24,27 @@ struct Args {
 }
 
 #[derive(Subcommand)]
+enum MetaCmd {
+    /// `meta-<id> <address> <leader|follower|candidate|learner|DOWN> term <T> applied <index>`
+    /// for every meta node of the config; exits 0 only if one of them leads.
+    Status,
+    /// Add meta node ID at ADDR (start it first, with an empty data directory): it catches
+    /// up as a learner, then becomes a voter.
+    Add { id: u64, address: std::net::SocketAddr },
+    /// Remove meta node ID from the group.
+    Remove { id: u64 },
+}
+
+#[derive(Subcommand)]
 enum Cmd {
     /// Start every daemon the config names on this host; returns once all serve.
     Up,
+    /// The metadata group: `status` (one line per meta node; exit 0 only with a leader),
+    /// `add ID ADDR`, `remove ID` (membership changes online, with the cluster secret).
+    Meta {
+        #[command(subcommand)]
+        action: MetaCmd,
+    },
     /// Stop the daemons `pfs up` started.
     Down,
     /// Start a throw-away cluster, stripe a file over it, read it back, verify, measure.
@@ -132,7 +151,11 @@ enum Cmd {
 
 #[derive(Subcommand)]
 enum Serve {
-    Meta,
+    Meta {
+        /// Which metadata node of the config (may be left out when it names only one).
+        #[arg(long)]
+        id: Option<u64>,
+    },
     Storage {
         #[arg(long)]
         id: u32,
@@ -153,6 +176,16 @@ fn run(args: Args) -> pfs_cli::Result<()> {
         Cmd::Demo { size, servers, replicas } => rt.block_on(demo::run(size, servers, replicas)),
         Cmd::Up => rt.block_on(daemons::up(&tool::load_config(args.config.clone())?, &config_path(&args.config))),
         Cmd::Down => daemons::down(&*tool::load_config(args.config)?),
+        Cmd::Meta { action } => {
+            let config = tool::load_config(args.config)?;
+            rt.block_on(async {
+                match action {
+                    MetaCmd::Status => meta::status(&config).await,
+                    MetaCmd::Add { id, address } => meta::add(&config, id, address).await,
+                    MetaCmd::Remove { id } => meta::remove(&config, id).await,
+                }
+            })
+        }
         Cmd::Keygen { file, client_key } => keygen(&file, client_key.then_some(args.config)),
         Cmd::Mount { mountpoint, threads, dir_cache_ms } => {
             let dir_ttl = std::time::Duration::from_millis(dir_cache_ms);
@@ -162,7 +195,10 @@ fn run(args: Args) -> pfs_cli::Result<()> {
         Cmd::Serve { which } => {
             let config = tool::load_config(args.config)?;
             match which {
-                Serve::Meta => Ok(rt.block_on(pfs_meta::run(config))?),
+                Serve::Meta { id } => {
+                    let id = config.pick_meta_node(id)?.id;
+                    Ok(rt.block_on(pfs_meta::run(config, id))?)
+                }
                 Serve::Storage { id } => Ok(rt.block_on(pfs_storage::run(config, pfs_common::ServerId(id)))?),
             }
         }
