@@ -104,7 +104,13 @@ fn pfs_up_and_down_run_every_metadata_node() {
     let down = ok(run_tool(PFS, &cfg, &["down"]));
     for m in config.meta_nodes() {
         assert!(down.contains(&format!("stopped meta-{} (pid", m.id)), "{down}");
-        std::net::TcpListener::bind(m.address).unwrap_or_else(|e| panic!("{} still taken: {e}", m.address));
+        // A stopped node's port is free again once the process is gone (a Raft node may take
+        // a moment to finish its log after the signal).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while let Err(e) = std::net::TcpListener::bind(m.address) {
+            assert!(std::time::Instant::now() < deadline, "{} still taken: {e}", m.address);
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
     }
     let left: Vec<_> = std::fs::read_dir(dir.path().join("run")).map(|d| d.flatten().collect()).unwrap_or_default();
     assert!(left.is_empty(), "pid files left: {left:?}");
