@@ -91,6 +91,16 @@ fn listed(dir: &Path, prefix: &str) -> Vec<PathBuf> {
     v
 }
 
+/// A closed node's directory after [`populate`] with `files`, and its newest log segment.
+async fn populated_segment(files: u64) -> (tempfile::TempDir, PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let store = open(dir.path(), 1000).await.unwrap();
+    populate(&store, files).await;
+    close(store).await;
+    let seg = listed(dir.path(), "log-0").pop().unwrap();
+    (dir, seg)
+}
+
 /// Byte offsets of the records in a segment.
 fn record_offsets(path: &Path) -> Vec<u64> {
     let bytes = std::fs::read(path).unwrap();
@@ -122,11 +132,7 @@ async fn replay_after_reopen() {
 
 #[tokio::test]
 async fn torn_tail_is_cut_and_earlier_entries_survive() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 1000).await.unwrap();
-    populate(&store, 3).await;
-    close(store).await;
-    let seg = listed(dir.path(), "log-0").pop().unwrap();
+    let (dir, seg) = populated_segment(3).await;
     let offs = record_offsets(&seg);
     let last = *offs.last().unwrap();
     let full_len = std::fs::metadata(&seg).unwrap().len();
@@ -149,11 +155,7 @@ async fn torn_tail_is_cut_and_earlier_entries_survive() {
 
 #[tokio::test]
 async fn corrupt_final_crc_is_cut() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 1000).await.unwrap();
-    populate(&store, 2).await;
-    close(store).await;
-    let seg = listed(dir.path(), "log-0").pop().unwrap();
+    let (dir, seg) = populated_segment(2).await;
     let mut bytes = std::fs::read(&seg).unwrap();
     let n = bytes.len();
     bytes[n - 1] ^= 0xff; // bad crc on the final record
@@ -164,11 +166,7 @@ async fn corrupt_final_crc_is_cut() {
 
 #[tokio::test]
 async fn corruption_in_the_middle_fails_startup_naming_file_and_offset() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = open(dir.path(), 1000).await.unwrap();
-    populate(&store, 3).await;
-    close(store).await;
-    let seg = listed(dir.path(), "log-0").pop().unwrap();
+    let (dir, seg) = populated_segment(3).await;
     let offs = record_offsets(&seg);
     let victim = offs[2];
     let mut bytes = std::fs::read(&seg).unwrap();
