@@ -158,6 +158,10 @@ impl OpenTarget for OpenFile {
     fn cache_stats(&self) -> CacheStats {
         self.cache.as_ref().map(|c| c.lock().stats()).unwrap_or_default()
     }
+
+    fn reclaim_tokens(&self) -> Vec<(ByteRange, Mode)> {
+        self.state.lock().reclaim_tokens()
+    }
 }
 
 impl OpenFile {

@@ -103,6 +103,9 @@ pub(crate) trait OpenTarget: Any + Send + Sync {
     fn revoke(self: Arc<Self>, range: ByteRange, wanted: Mode) -> BoxFuture<'static, ()>;
     /// Its cache counters.
     fn cache_stats(&self) -> CacheStats;
+    /// The tokens to reclaim from a new pfs-meta leader: those held, and those being written
+    /// back under a revoke (as Write: pfs-meta counted them ours until the acknowledgement).
+    fn reclaim_tokens(&self) -> Vec<(ByteRange, Mode)>;
 }
 
 /// An open file's entry: its state (alive while a handle is), handles open, and the opens
@@ -139,6 +142,8 @@ struct PendingCloses {
 
 struct Lease {
     id: SessionId,
+    /// The session's secret, shown to take the session over after a failover.
+    key: [u8; 16],
     lease_ms: u64,
     evicted: parking_lot::Mutex<Option<Error>>,
     renewed: parking_lot::Mutex<Instant>,
@@ -148,7 +153,12 @@ struct Lease {
 pub(crate) struct Session {
     pub(crate) options: ClientOptions,
     pub(crate) opts: ConnectOptions,
-    meta: tokio::sync::Mutex<Option<RpcClient<MetaRequest>>>,
+    /// Itself, for the tasks a new connection to pfs-meta starts.
+    this: Weak<Session>,
+    /// The connection the session lives on, and whether it must be replaced (it reached a
+    /// node that no longer leads): the next call takes the session over to a new one (see
+    /// [`Session::meta_conn`]).
+    meta: tokio::sync::Mutex<(Option<RpcClient<MetaRequest>>, bool)>,
     /// Index in `options.meta_addresses` of the metadata node that last took a connection
     /// (see [`connect_meta`]).
     meta_at: AtomicUsize,
@@ -192,19 +202,20 @@ impl Session {
         // session when it closes.
         let meta_at = AtomicUsize::new(0);
         let mut redirect = Redirect::new(options.meta_addresses.len());
-        let (meta, notify_rx, session, lease_ms) = loop {
+        let (meta, notify_rx, session, lease_ms, key) = loop {
             let (notify_tx, notify_rx) = mpsc::channel(256);
             let meta = connect_meta(&options.meta_addresses, &meta_at, &opts, Some(notify_tx)).await?;
             match meta.ask(tok::OpenSession).await {
-                Ok(tok::SessionGrant { session, lease_ms }) => break (meta, notify_rx, session, lease_ms),
+                Ok(tok::SessionGrant { session, lease_ms, key }) => break (meta, notify_rx, session, lease_ms, key),
                 Err(e) if e.code() == ErrorCode::NotLeader && redirect.again(&meta_at).await => continue,
                 Err(e) => return Err(e.into()),
             }
         };
         let opts_for_storage = opts.clone();
-        let s = Arc::new(Session {
+        let s = Arc::new_cyclic(|this| Session {
             opts,
-            meta: tokio::sync::Mutex::new(Some(meta)),
+            this: this.clone(),
+            meta: tokio::sync::Mutex::new((Some(meta), false)),
             meta_at,
             storage: PeerPool::new(opts_for_storage),
             addresses: parking_lot::Mutex::new(HashMap::new()),
@@ -214,6 +225,7 @@ impl Session {
             options,
             lease: Lease {
                 id: session,
+                key,
                 lease_ms,
                 evicted: parking_lot::Mutex::new(None),
                 renewed: parking_lot::Mutex::new(Instant::now()),
@@ -476,14 +488,96 @@ impl Session {
 
     // --- connections ------------------------------------------------------------------
 
+    /// The connection the session lives on. One that closed, or that reached a node which
+    /// no longer leads, is replaced: the session is taken over to a new connection to the
+    /// leader ([`Session::take_over`]), the old one kept open until then (its node evicts
+    /// the session when it closes, if it still leads).
     async fn meta_conn(&self) -> Result<RpcClient<MetaRequest>> {
         let mut slot = self.meta.lock().await;
-        if let Some(c) = slot.as_ref().filter(|c| !c.is_closed()) {
-            return Ok(c.clone());
+        match &*slot {
+            (Some(c), false) if !c.is_closed() => return Ok(c.clone()),
+            _ => {}
         }
-        let c = self.connect_meta(&self.opts).await?;
-        *slot = Some(c.clone());
+        let c = self.take_over().await?;
+        *slot = (Some(c.clone()), false);
         Ok(c)
+    }
+
+    /// The session's connection reached a node that does not lead: the next call moves it.
+    async fn meta_stale(&self) {
+        self.meta.lock().await.1 = true;
+    }
+
+    /// Takes the session over to a new connection to the leader: reclaims every open file
+    /// with its opens and tokens ([`tok::Reclaim`], in batches), so that the write-back cache
+    /// survives a failover, then listens for revokes on it. Moves on through the meta nodes
+    /// on NotLeader (see [`Redirect`]).
+    ///
+    /// Errors: Evicted when the leader refuses the session (evicted, or its recovery window
+    /// is over: the session is marked evicted); Unavailable or TimedOut when no leader
+    /// answers.
+    ///
+    /// Boxed: the revoke handler it starts calls pfs-meta, which may take the session over.
+    fn take_over(&self) -> BoxFuture<'_, Result<RpcClient<MetaRequest>>> {
+        Box::pin(self.take_over_now())
+    }
+
+    async fn take_over_now(&self) -> Result<RpcClient<MetaRequest>> {
+        let session = self.id()?;
+        let mut redirect = Redirect::new(self.options.meta_addresses.len());
+        loop {
+            let (notify_tx, notify_rx) = mpsc::channel(256);
+            let conn = connect_meta(&self.options.meta_addresses, &self.meta_at, &self.opts, Some(notify_tx)).await?;
+            let sent = Instant::now();
+            match self.send_reclaims(&conn, session).await {
+                Ok(lease_ms) => {
+                    *self.lease.renewed.lock() = sent;
+                    tracing::info!(
+                        "session {session:x} taken over to pfs-meta at {} (lease {lease_ms} ms)",
+                        self.options.meta_addresses[self.meta_at.load(Ordering::Relaxed)]
+                    );
+                    tokio::spawn(notifications(self.this.clone(), notify_rx));
+                    return Ok(conn);
+                }
+                Err(e) if e.code() == ErrorCode::NotLeader && redirect.again(&self.meta_at).await => continue,
+                Err(e) if matches!(e.code(), ErrorCode::Evicted | ErrorCode::Denied | ErrorCode::Invalid) => {
+                    let e = Error::Evicted {
+                        session,
+                        reason: format!("pfs-meta refused to take it over after its leader changed: {e}"),
+                    };
+                    self.mark_evicted(e.clone());
+                    return Err(e);
+                }
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Sends the reclaims of every open file on `conn`; returns the lease, ms.
+    async fn send_reclaims(&self, conn: &RpcClient<MetaRequest>, session: SessionId) -> Result<u64> {
+        let files: Vec<tok::ReclaimedFile> = {
+            type Opened = (FileId, u32, Option<Arc<dyn OpenTarget>>);
+            let open: Vec<Opened> = self.files.lock().iter().map(|(f, e)| (*f, e.opens, e.target.upgrade())).collect();
+            open.into_iter()
+                .map(|(file, opens, target)| tok::ReclaimedFile {
+                    file,
+                    opens,
+                    tokens: target.map(|t| t.reclaim_tokens()).unwrap_or_default(),
+                })
+                .collect()
+        };
+        let mut batches: Vec<Vec<tok::ReclaimedFile>> =
+            files.chunks(tok::RECLAIM_MAX_FILES).map(|c| c.to_vec()).collect();
+        if batches.is_empty() {
+            batches.push(Vec::new());
+        }
+        let last = batches.len() - 1;
+        let mut lease_ms = self.lease.lease_ms;
+        for (i, files) in batches.into_iter().enumerate() {
+            let r = conn.ask(tok::Reclaim { session, key: self.lease.key, files, done: i == last }).await?;
+            lease_ms = r.lease_ms;
+        }
+        Ok(lease_ms)
     }
 
     /// A new connection to pfs-meta with `opts` (an administrator's for `remove_orphan`), by
@@ -501,8 +595,8 @@ impl Session {
             let conn = self.meta_conn().await?;
             match conn.ask(call.clone()).await {
                 Err(e) if e.code() == ErrorCode::NotLeader => {
-                    // This connection is to a follower: the next call must not reuse it.
-                    self.meta.lock().await.take();
+                    // This connection is to a follower: the next call moves the session.
+                    self.meta_stale().await;
                     if !redirect.again(&self.meta_at).await {
                         return Err(e.into());
                     }
@@ -646,7 +740,9 @@ pub(crate) fn add_stats(into: &mut CacheStats, s: &CacheStats) {
     into.close_evictions += s.close_evictions;
 }
 
-/// Renews the lease every third of it until the session is dropped or evicted.
+/// Renews the lease every third of it until the session is dropped or evicted. A renewal
+/// that takes more than a sixth of the lease (the leader hangs, or is cut off) moves the
+/// session to another connection, so a failover is noticed well within the lease.
 async fn keep_alive(session: Weak<Session>) {
     loop {
         let lease_ms = match session.upgrade() {
@@ -662,17 +758,29 @@ async fn keep_alive(session: Weak<Session>) {
         // The lease runs from when pfs-meta hears us, which is after we send: counting from
         // the send keeps our view of the lease ending no later than pfs-meta's.
         let sent = Instant::now();
-        match s.meta(tok::KeepAlive { session: id }).await {
-            Ok(()) => *s.lease.renewed.lock() = sent,
-            Err(e) if e.code() == ErrorCode::Evicted => s.mark_evicted(e),
+        let patience = Duration::from_millis((lease_ms / 6).max(1));
+        match tokio::time::timeout(patience, s.meta(tok::KeepAlive { session: id })).await {
+            Ok(Ok(())) => *s.lease.renewed.lock() = sent,
+            Ok(Err(e)) if e.code() == ErrorCode::Evicted => s.mark_evicted(e),
             // Transient: the lease check in `id()` decides when it is too late.
-            Err(e) => tracing::debug!("keep-alive of session {id:x} failed: {e}"),
+            Ok(Err(e)) => tracing::debug!("keep-alive of session {id:x} failed: {e}"),
+            Err(_) => {
+                tracing::info!(
+                    "keep-alive of session {id:x} unanswered after {patience:?}; trying the other meta nodes"
+                );
+                s.meta_stale().await;
+                // At once: a take-over waits for no renewal period.
+                if let Err(e) = s.meta_conn().await {
+                    tracing::debug!("moving session {id:x}: {e}");
+                }
+            }
         }
     }
 }
 
 /// Handles pfs-meta's pushes (revokes, eviction) until the connection ends; then the session
-/// is gone (pfs-meta evicts the sessions of a closed connection).
+/// is taken over to a new connection at once (a new leader reclaims it; the one it was on, if
+/// it still leads, evicted it when the connection closed and refuses the take-over).
 async fn notifications(session: Weak<Session>, mut rx: mpsc::Receiver<pfs_common::wire::frame::Frame>) {
     while let Some(frame) = rx.recv().await {
         let Some(s) = session.upgrade() else { return };
@@ -688,9 +796,14 @@ async fn notifications(session: Weak<Session>, mut rx: mpsc::Receiver<pfs_common
             Err(e) => tracing::warn!("pfs-meta sent an undecodable notification: {e}"),
         }
     }
-    if let Some(s) = session.upgrade() {
-        let id = s.lease.id;
-        s.mark_evicted(Error::Evicted { session: id, reason: "its connection to pfs-meta was lost".into() });
+    let Some(s) = session.upgrade() else { return };
+    if s.lease.evicted.lock().is_some() {
+        return;
+    }
+    let id = s.lease.id;
+    tracing::info!("session {id:x}: its connection to pfs-meta closed; taking it over to the leader");
+    if let Err(e) = s.meta_conn().await {
+        tracing::warn!("session {id:x}: its connection to pfs-meta was lost and no leader took it over yet: {e}");
     }
 }
 

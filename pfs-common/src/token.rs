@@ -4,16 +4,16 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
-/// A client session: the holder of tokens. Unique across pfs-meta restarts: the high 24 bits
-/// are pfs-meta's boot epoch (persisted, bumped at every start), the low
+/// A client session: the holder of tokens. Unique in the cluster's life: the high 24 bits are
+/// its epoch, the Raft term of the pfs-meta leader that opened it (and logged it), the low
 /// [`SESSION_RANDOM_BITS`] random (unguessable). Storage servers fence by it: writes carrying
-/// an evicted session, or one from an older epoch, are refused.
+/// an evicted session, or one from an epoch older than every open session's, are refused.
 pub type SessionId = u64;
 
 /// Random low bits of a [`SessionId`].
 pub const SESSION_RANDOM_BITS: u32 = 40;
 
-/// The first session id of boot epoch `epoch` (every session of older epochs is below it).
+/// The first session id of epoch `epoch` (every session of older epochs is below it).
 pub fn first_session_of(epoch: u32) -> SessionId {
     (epoch as u64) << SESSION_RANDOM_BITS
 }
@@ -21,7 +21,7 @@ pub fn first_session_of(epoch: u32) -> SessionId {
 /// The id of one revoke, echoed by the holder's acknowledgement.
 pub type RevokeId = u64;
 
-/// The boot epoch a session id belongs to.
+/// The epoch a session id belongs to.
 pub fn session_epoch(session: SessionId) -> u32 {
     (session >> SESSION_RANDOM_BITS) as u32
 }

@@ -1,8 +1,10 @@
-//! pfs-meta, the metadata server of pfs: the namespace (a write-ahead-logged file tree), the
-//! storage-server registry and the chunk-holder map.
+//! pfs-meta, the metadata server of pfs: the namespace (a file tree replicated through a Raft
+//! log), the client sessions, the byte-range tokens, the storage-server registry and the
+//! chunk-holder map.
 //!
-//! The namespace ([`namespace`]) and registry/holder maps are plain state machines; the WAL
-//! ([`wal`]) and the RPC handler ([`server`]) put disks and sockets around them.
+//! The namespace ([`namespace`]), the token manager ([`tokens`]) and the registry/holder maps
+//! are plain state machines; the Raft log ([`raft`], [`store`]), the token service
+//! ([`token_service`]) and the RPC handler ([`server`]) put disks and sockets around them.
 
 pub mod error;
 pub mod holders;
@@ -54,6 +56,7 @@ pub async fn run(config: Arc<Config>, id: u64) -> Result<()> {
     tokio::select! {
         _ = rpc::serve(listener, server.clone(), opts) => Ok(()),
         _ = server.run_token_ticks() => Ok(()),
+        _ = server.run_terms() => Ok(()),
         reaped = server.run_reaper() => reaped,
         kept = server.run_chain_keeper() => kept,
         // The Raft node stopped (a log write or fsync failed): the state in memory may be

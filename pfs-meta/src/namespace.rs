@@ -17,6 +17,7 @@ use chains::ChainUpdateError;
 use pfs_common::chain::{Chain, ChainId};
 use pfs_common::config::Config;
 use pfs_common::layout::{check_replicas, Layout, LayoutChoice, LayoutPolicy, MAX_FILE_SIZE};
+use pfs_common::token::SessionId;
 pub use pfs_common::wire::namespace::{FileKind as InodeKind, NewAttrs, SetTime, Target, LINK_MAX};
 use pfs_common::{FileId, ServerId};
 use serde::{Deserialize, Serialize};
@@ -25,6 +26,7 @@ use std::collections::{BTreeMap, BTreeSet};
 pub mod chains;
 pub mod chunk_map;
 pub mod path;
+pub mod sessions;
 pub use chains::{ChainTable, ServerView};
 pub use chunk_map::{ChunkMap, ChunkRecord, Commit};
 pub use path::split_path;
@@ -158,6 +160,11 @@ pub enum Op {
     SetChains { chains: Vec<Chain> },
     /// Storage server `server` registered from the process with boot id `boot`.
     Boot { server: ServerId, boot: u64 },
+    /// A new client session `session` (its id unused so far), whose key has this SHA-256.
+    /// Errors: Exists when the id is taken.
+    OpenSession { session: SessionId, key_sha256: [u8; 32] },
+    /// Session `session` ended: `evicted` (storage servers must refuse it) or closed.
+    EndSession { session: SessionId, evicted: bool },
 }
 
 /// A fully determined change of the namespace, as logged in the WAL. Times are ns since the
@@ -220,6 +227,10 @@ pub enum Mutation {
     /// The boot id of a storage server's process, kept so that a restart is known even across
     /// a restart of pfs-meta.
     Boot { server: ServerId, boot: u64 },
+    /// A client session was opened (see [`sessions::SessionTable`]).
+    OpenSession { session: SessionId, key_sha256: [u8; 32], time_ns: i64 },
+    /// A client session ended, evicted or closed.
+    EndSession { session: SessionId, evicted: bool },
 }
 
 /// What [`Namespace::prepare`] decided.
@@ -276,6 +287,8 @@ pub struct Namespace {
     chains: ChainTable,
     /// Each storage server's boot id at its last registration.
     boots: BTreeMap<ServerId, u64>,
+    /// Client sessions, open and evicted.
+    sessions: sessions::SessionTable,
 }
 
 impl Namespace {
@@ -293,6 +306,7 @@ impl Namespace {
             chunks: ChunkMap::default(),
             chains: ChainTable::default(),
             boots: BTreeMap::new(),
+            sessions: sessions::SessionTable::default(),
         }
     }
 
@@ -329,6 +343,11 @@ impl Namespace {
     }
 
     /// Files unlinked while open, kept until their last close.
+    pub fn sessions(&self) -> &sessions::SessionTable {
+        &self.sessions
+    }
+
+    /// Files unlinked while open, not reaped yet.
     pub fn orphans(&self) -> &BTreeSet<FileId> {
         &self.orphans
     }
@@ -709,6 +728,20 @@ impl Namespace {
                     Ok(Decision::Unchanged(None))
                 }
             }
+            Op::OpenSession { session, key_sha256 } => {
+                if self.sessions.knows(*session) || *session < self.sessions.fence_below() {
+                    return Err(MetaError::Exists { path: format!("session {session:x}") });
+                }
+                Ok(Decision::Mutate(Mutation::OpenSession {
+                    session: *session,
+                    key_sha256: *key_sha256,
+                    time_ns: ctx.now_ns,
+                }))
+            }
+            Op::EndSession { session, evicted } => match self.sessions.get(*session) {
+                Some(_) => Ok(Decision::Mutate(Mutation::EndSession { session: *session, evicted: *evicted })),
+                None => Ok(Decision::Unchanged(None)),
+            },
             Op::Boot { server, boot } => match self.boots.get(server) {
                 Some(b) if b == boot => Ok(Decision::Unchanged(None)),
                 _ => Ok(Decision::Mutate(Mutation::Boot { server: *server, boot: *boot })),
@@ -940,6 +973,11 @@ impl Namespace {
             Mutation::Boot { server, boot } => {
                 self.boots.insert(*server, *boot);
             }
+            Mutation::OpenSession { session, key_sha256, time_ns } => {
+                let record = sessions::SessionRecord { key_sha256: *key_sha256, opened_ns: *time_ns };
+                self.sessions.insert(*session, record);
+            }
+            Mutation::EndSession { session, evicted } => self.sessions.end(*session, *evicted),
         }
         Ok(applied)
     }
@@ -1000,7 +1038,11 @@ impl Namespace {
             Mutation::CommitChunks { chunks, .. } => chunks.iter().try_for_each(|(file, _)| self.check_file(*file)),
             Mutation::Truncate { file, .. } | Mutation::SetSize { file, .. } => self.check_file(*file),
             Mutation::SetChains { chains } => Ok(self.chains.check_update(chains)?),
-            Mutation::Boot { .. } => Ok(()),
+            Mutation::Boot { .. } | Mutation::EndSession { .. } => Ok(()),
+            Mutation::OpenSession { session, .. } => match self.sessions.knows(*session) {
+                true => Err(Misfit::SessionTaken(*session)),
+                false => Ok(()),
+            },
         }
     }
 
@@ -1198,6 +1240,9 @@ pub enum Misfit {
     /// The file does not exist.
     #[error("file {0} does not exist")]
     NoFile(FileId),
+    /// A new session's id is open or was evicted.
+    #[error("session {0:x} exists")]
+    SessionTaken(SessionId),
     /// A file is not a regular file (a size, truncate or chunk commit of a directory).
     #[error("{0} is not a regular file")]
     NotAFile(FileId),

@@ -2,8 +2,9 @@
 //! (POSIX unlink semantics): the namespace keeps such a file as an orphan until the last
 //! session that has it open closes it or ends.
 //!
-//! Not logged: sessions do not survive a pfs-meta restart (their writes are fenced by boot
-//! epoch), so after recovery no orphan is open and all of them are reaped.
+//! Not logged: each leadership term starts empty and the sessions of the log reclaim their
+//! opens in the recovery window (see [`crate::tokens`], "Recovery"); the orphans nobody
+//! reclaimed are reaped when it closes.
 
 use pfs_common::token::SessionId;
 use pfs_common::FileId;

@@ -55,10 +55,14 @@ struct Cluster {
     holders: Holders,
 }
 
-/// Sessions that ended, waiting for the reaper (see [`MetaServer::run_reaper`]).
+/// Sessions that ended, waiting for the reaper (see [`MetaServer::run_reaper`]), with
+/// whether they were evicted (the reaper logs that).
 #[derive(Default)]
 struct Ended {
-    sessions: Mutex<Vec<SessionId>>,
+    sessions: Mutex<Vec<(SessionId, bool)>>,
+    /// A leadership term began: once its recovery window is closed, the orphans nobody
+    /// reclaimed an open of are removed.
+    orphan_pass: std::sync::atomic::AtomicBool,
     wake: Notify,
 }
 
@@ -118,7 +122,6 @@ impl MetaServer {
         let ended = Arc::new(Ended::default());
         let session_ended = ended.clone();
         let tokens = TokenService::open(
-            &dir,
             TokenConfig {
                 lease_ms: t.lease_ms,
                 revoke_timeout_ms: t.revoke_timeout_ms,
@@ -126,12 +129,15 @@ impl MetaServer {
                 storage_lease_ms: config.timeouts.server_down_ms,
                 fence_timeout_ms: t.fence_timeout_ms,
             },
+            id,
             Box::new(move |server, reason| registry.lock().registry.declare_down(server, reason)),
-            Box::new(move |session| {
-                session_ended.sessions.lock().push(session);
+            Box::new(move |ended| {
+                if let Some(e) = ended {
+                    session_ended.sessions.lock().push(e);
+                }
                 session_ended.wake.notify_one();
             }),
-        )?;
+        );
         Ok(MetaServer {
             store,
             cluster,
@@ -215,34 +221,100 @@ impl MetaServer {
         }
     }
 
-    /// Removes the files that were unlinked while open and that nobody has open any more:
-    /// first every orphan recovered from the WAL (no session survives a restart), then, for
-    /// ever, the orphans left by sessions as they end. Errors: WalFailed / Io if the log fails.
+    /// Logs the evictions of sessions and removes the files that were unlinked while open
+    /// and that nobody has open any more: those of sessions as they end, and, once the
+    /// recovery window of a new leadership term is closed, every orphan of the log that no
+    /// session reclaimed an open of. Errors: WalFailed / Io if the log fails.
     pub async fn run_reaper(&self) -> Result<()> {
-        let recovered = match self.store.read_ready(|n| n.orphans().iter().copied().collect::<Vec<_>>()).await {
-            Ok((r, _)) => r,
-            Err(MetaError::NotLeader { .. }) => Vec::new(),
-            Err(e) => return Err(e),
-        };
-        if !recovered.is_empty() {
-            info!("removing {} files unlinked while open before the restart", recovered.len());
-        }
-        for file in recovered {
-            self.reap(file).await?;
-        }
+        use std::sync::atomic::Ordering;
         loop {
+            let notified = self.ended.wake.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
             let ended = std::mem::take(&mut *self.ended.sessions.lock());
-            for session in ended {
+            for (session, evicted) in ended {
+                if evicted {
+                    // The next leader must refuse it too (and not wait for it to reclaim).
+                    match self.mutate(Op::EndSession { session, evicted: true }).await {
+                        Ok(_) | Err(MetaError::NotLeader { .. }) => {}
+                        Err(e) => return Err(e),
+                    }
+                }
                 let freed = self.opens.lock().end_session(session);
                 for file in freed {
                     self.reap(file).await?;
                 }
             }
-            let notified = self.ended.wake.notified();
+            if !self.tokens.recovering() && self.ended.orphan_pass.swap(false, Ordering::AcqRel) {
+                let orphans = match self.store.read(|n| n.orphans().iter().copied().collect::<Vec<_>>()) {
+                    Ok((o, _)) => o,
+                    Err(MetaError::NotLeader { .. }) => Vec::new(),
+                    Err(e) => return Err(e),
+                };
+                let unopened: Vec<FileId> = orphans.into_iter().filter(|f| !self.opens.lock().is_open(*f)).collect();
+                if !unopened.is_empty() {
+                    info!("removing {} files unlinked while open that no session reclaimed", unopened.len());
+                }
+                for file in unopened {
+                    self.reap(file).await?;
+                }
+            }
             if self.ended.sessions.lock().is_empty() {
                 notified.await;
             }
         }
+    }
+
+    /// Follows this node's leadership: the token service acts for each term it leads (from
+    /// the log's sessions, in recovery) and stops when the term ends. Runs for ever.
+    pub async fn run_terms(&self) {
+        let mut terms = self.store.terms();
+        loop {
+            let term = *terms.borrow_and_update();
+            match term {
+                Some(t) => {
+                    let _ = self.begin_term(t);
+                }
+                None => {
+                    if let Some(t) = self.tokens.term() {
+                        self.tokens.end_term(t);
+                    }
+                }
+            }
+            if terms.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Starts the token service's term `term` if it has not started (from this term's
+    /// namespace: its sessions reclaim). Errors: NotLeader.
+    fn begin_term(&self, term: u64) -> Result<()> {
+        if self.tokens.term() == Some(term) {
+            return Ok(());
+        }
+        let ((open, evicted), _) = self.store.read(|n| {
+            let t = n.sessions();
+            (t.open_sessions().collect::<Vec<_>>(), t.evicted())
+        })?;
+        // Opens are reclaimed with the tokens; the old table is of another term.
+        let opens = std::mem::take(&mut *self.opens.lock());
+        if self.tokens.begin_term(term, open, evicted) {
+            self.ended.orphan_pass.store(true, std::sync::atomic::Ordering::Release);
+            self.ended.wake.notify_one();
+        } else {
+            *self.opens.lock() = opens;
+        }
+        Ok(())
+    }
+
+    /// Waits until this node leads with its lease and the token service acts for its term;
+    /// returns the term. Errors: NotLeader.
+    async fn tokens_ready(&self) -> Result<u64> {
+        self.store.ready().await?;
+        let term = self.store.leading_term()?;
+        self.begin_term(term)?;
+        Ok(term)
     }
 
     /// Drops `file` if it is an orphan nobody has open (a no-op otherwise).
@@ -463,7 +535,10 @@ impl MetaServer {
         then: impl FnOnce(Option<&Inode>),
     ) -> Result<Option<Inode>> {
         let up = self.cluster.lock().registry.up_servers(Instant::now());
-        let is_open = |f: FileId| self.opens.lock().is_open(f);
+        // While sessions reclaim, any file may be open in one that has not yet: a file
+        // removed then is kept as an orphan, and reaped after the window if nobody reclaimed
+        // an open of it.
+        let is_open = |f: FileId| self.tokens.recovering() || self.opens.lock().is_open(f);
         let applied = self.store.execute_then(make, &up, &is_open, then).await?;
         if !applied.removed_files.is_empty() {
             self.removed(applied.removed_files);
@@ -485,21 +560,94 @@ impl MetaServer {
         }
         // Tokens, sessions and their leases live on the leader, and only while its lease
         // holds: a deposed leader must not grant what the new one may grant too.
-        if let Err(e) = self.store.ready().await {
-            return Reply::error(&e);
-        }
+        let term = match self.tokens_ready().await {
+            Ok(t) => t,
+            Err(e) => return Reply::error(&e),
+        };
         match req {
-            TokenRequest::OpenSession(_) => {
-                let (session, lease_ms) = t.open_session(peer.conn_id, peer.notifier.clone());
-                Reply::to::<tok::OpenSession, MetaError>(Ok(SessionGrant { session, lease_ms }))
-            }
+            TokenRequest::OpenSession(_) => Reply::to::<tok::OpenSession, _>(self.open_session(peer, term).await),
+            TokenRequest::Reclaim(c) => Reply::to::<tok::Reclaim, _>(self.reclaim(peer, c).await),
             TokenRequest::KeepAlive(c) => Reply::to::<tok::KeepAlive, _>(t.keep_alive(c.session)),
             TokenRequest::Acquire(c) => Reply::to::<tok::Acquire, _>(self.acquire(c).await),
             TokenRequest::RevokeDone(c) => Reply::to::<tok::RevokeDone, _>(t.revoke_done(c.session, c.revoke)),
             TokenRequest::Release(c) => Reply::to::<tok::Release, _>(t.release(c.session, c.file, c.range)),
-            TokenRequest::CloseSession(c) => Reply::to::<tok::CloseSession, _>(t.close_session(c.session)),
+            TokenRequest::CloseSession(c) => Reply::to::<tok::CloseSession, _>(self.close_session(c.session).await),
             TokenRequest::GetCapability(c) => Reply::to::<tok::GetCapability, _>(self.capability(c).await),
         }
+    }
+
+    /// A new session on `peer`'s connection, logged (with its key's SHA-256) before it is
+    /// answered, so the next leader knows it. Errors: NotLeader, WalFailed.
+    async fn open_session(&self, peer: &Peer, term: u64) -> Result<SessionGrant> {
+        let key: [u8; 16] = rand::random();
+        let key_sha256 = key_digest(&key);
+        let session = loop {
+            let session = self.tokens.new_session_id(term)?;
+            match self.mutate(Op::OpenSession { session, key_sha256 }).await {
+                // Drawn twice in the life of the cluster: draw again.
+                Err(MetaError::Exists { .. }) => continue,
+                r => break r.map(|_| session)?,
+            }
+        };
+        let lease_ms = self.tokens.open_session(term, session, peer.conn_id, peer.notifier.clone())?;
+        Ok(SessionGrant { session, lease_ms, key })
+    }
+
+    /// A clean goodbye: the session's tokens go, and its end is logged.
+    async fn close_session(&self, session: SessionId) -> Result<()> {
+        self.tokens.close_session(session)?;
+        self.mutate(Op::EndSession { session, evicted: false }).await.map(drop)
+    }
+
+    /// A session of the log takes itself over to `peer`'s connection after a failover and
+    /// reclaims its opens and tokens (see [`tok::Reclaim`]).
+    async fn reclaim(&self, peer: &Peer, c: tok::Reclaim) -> Result<tok::Reclaimed> {
+        if c.files.len() > tok::RECLAIM_MAX_FILES {
+            return Err(MetaError::Invalid(format!(
+                "a reclaim of {} files (at most {})",
+                c.files.len(),
+                tok::RECLAIM_MAX_FILES
+            )));
+        }
+        if let Some(f) = c.files.iter().find(|f| f.tokens.len() > tok::RECLAIM_MAX_TOKENS) {
+            return Err(MetaError::Invalid(format!(
+                "a reclaim of {} tokens of {} (at most {})",
+                f.tokens.len(),
+                f.file,
+                tok::RECLAIM_MAX_TOKENS
+            )));
+        }
+        let (record, _) = self.store.read(|n| n.sessions().get(c.session).cloned())?;
+        let record =
+            record.ok_or(MetaError::Evicted { session: c.session, state: crate::error::SessionState::Evicted })?;
+        if key_digest(&c.key) != record.key_sha256 {
+            warn!("{} ({}) tried to take over session {:x} with a wrong key", peer.name, peer.addr, c.session);
+            return Err(MetaError::Forbidden {
+                peer: peer.name.to_string(),
+                role: "a client",
+                what: format!("take over session {:x} (wrong key)", c.session),
+            });
+        }
+        if !self.tokens.must_reclaim(c.session) {
+            // Open here already (it moves to this connection), or gone.
+            return Ok(tok::Reclaimed {
+                lease_ms: self.tokens.reclaim(c.session, peer.conn_id, peer.notifier.clone(), Vec::new(), c.done)?,
+            });
+        }
+        // Opens first: the window may close with this reclaim, and the orphan pass after it
+        // must see them.
+        {
+            let mut opens = self.opens.lock();
+            for f in &c.files {
+                for _ in 0..f.opens.min(u16::MAX as u32) {
+                    opens.open(c.session, f.file);
+                }
+            }
+        }
+        let files = c.files.into_iter().filter(|f| !f.tokens.is_empty()).map(|f| (f.file, f.tokens)).collect();
+        let lease_ms = self.tokens.reclaim(c.session, peer.conn_id, peer.notifier.clone(), files, c.done)?;
+        info!("session {:x} reclaimed from {}{}", c.session, peer.addr, if c.done { "" } else { " (more to come)" });
+        Ok(tok::Reclaimed { lease_ms })
     }
 
     /// Errors (Denied, or Evicted when it is not open) unless `session` was opened on
@@ -560,7 +708,11 @@ impl MetaServer {
     /// conflicting holder wrote back and recorded its size.
     async fn acquire(&self, c: tok::Acquire) -> Result<Granted> {
         self.file_size(c.file).await?;
-        let g = self.tokens.acquire(c.session, c.file, c.mode, c.required, c.desired, c.ahead).await?;
+        let g = match self.tokens.acquire(c.session, c.file, c.mode, c.required, c.desired, c.ahead).await {
+            // The term ended while it waited.
+            Err(MetaError::NotLeader { .. }) => return Err(self.store.not_leader(false)),
+            r => r?,
+        };
         if !self.store.holds_lease() {
             // The wait outlived this node's leadership: the grant is not to be relied on.
             return Err(self.store.not_leader(false));
@@ -648,7 +800,8 @@ impl MetaServer {
             .check_register(c.id, c.address, peer.conn_id, Instant::now())
             .inspect_err(|e| warn!("refused the registration of {} from {} ({}): {e}", c.id, peer.name, peer.addr))?;
         // The token service first (it may take the cluster lock to declare servers down).
-        let (fenced, lease_ms) = self.tokens.storage_registered(c.id, peer.conn_id, peer.notifier.clone());
+        let term = self.tokens_ready().await?;
+        let (fenced, lease_ms) = self.tokens.storage_registered(term, c.id, peer.conn_id, peer.notifier.clone())?;
         {
             let mut cl = self.cluster.lock();
             let now = Instant::now();
@@ -664,7 +817,8 @@ impl MetaServer {
         }
         self.mutate(Op::Boot { server: c.id, boot: c.boot }).await?;
         let chains = self.query(|n| Ok(n.chains().iter().cloned().collect())).await?;
-        Ok(Registered { fence_below: self.tokens.fence_below(), fenced, lease_ms, orphans: Vec::new(), chains })
+        let fence_below = self.query(|n| Ok(n.sessions().fence_below())).await?;
+        Ok(Registered { fence_below, fenced, lease_ms, orphans: Vec::new(), chains })
     }
 
     /// Chains by id (every chain for an empty list).
@@ -944,6 +1098,12 @@ impl MetaServer {
 }
 
 /// Errors (Invalid) for a list of ids longer than [`GET_CHUNKS_MAX`].
+/// SHA-256 of a session key, as the log keeps it.
+fn key_digest(key: &[u8; 16]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(key).into()
+}
+
 /// Membership changes are for an operator's tool holding the cluster secret (role Admin).
 fn admin_only(peer: &Peer) -> Result<()> {
     if peer.role == PeerRole::Admin {

@@ -87,6 +87,8 @@ struct Leadership {
     lease: watch::Sender<Option<(u64, std::time::Instant)>>,
     /// The group has one voter, this node: its lease always holds.
     alone: std::sync::atomic::AtomicBool,
+    /// The term this node leads with a working namespace (`None`: it does not).
+    terms: watch::Sender<Option<u64>>,
 }
 
 impl Leadership {
@@ -107,6 +109,7 @@ impl Leadership {
         let mut w = self.working.lock();
         if w.as_ref().is_some_and(|w| w.term <= term) {
             *w = None;
+            self.terms.send_replace(None);
         }
         drop(w);
         self.advance(term + 1, 0);
@@ -121,6 +124,7 @@ impl Leadership {
             touched: HashMap::new(),
             prune_at: PRUNE_MIN,
         });
+        self.terms.send_replace(Some(term));
         self.advance(term, 0);
         info!(
             "meta-{}: leader in term {term}, namespace ready at entry {}",
@@ -255,6 +259,7 @@ impl NamespaceStore {
             committed: watch::channel((0, 0)).0,
             lease: watch::channel(None).0,
             alone: std::sync::atomic::AtomicBool::new(false),
+            terms: watch::channel(None).0,
         });
         let observer: Arc<dyn ApplyObserver> = leadership.clone();
         let sm = StateMachine::open(&opts.dir, opts.root_policy, Some(observer))?;
@@ -315,6 +320,17 @@ impl NamespaceStore {
             info!("meta-{}: caught up to entry {target}; voting again", self.me);
         }
         caught_up
+    }
+
+    /// The term this node leads with a working namespace, watched (`None` while it does
+    /// not lead).
+    pub fn terms(&self) -> watch::Receiver<Option<u64>> {
+        self.leadership.terms.subscribe()
+    }
+
+    /// The term this node leads now, if it does. Errors: NotLeader.
+    pub fn leading_term(&self) -> Result<u64> {
+        self.working().map(|w| w.term)
     }
 
     /// The Raft handle (membership changes, metrics, the RPC server side).

@@ -1,8 +1,11 @@
 //! The token service: the sans-IO [`TokenManager`] with sockets and clocks around it.
 //!
-//! * Sessions: `OpenSession` hands out a [`SessionId`] whose high 32 bits are this boot's
-//!   epoch (persisted in `boot-epoch`, bumped at every start), so ids never repeat across
-//!   restarts and storage servers can fence every session of an older boot at once.
+//! * Terms: the service acts only while this node leads. Each leadership term starts a new
+//!   [`TokenManager`] in recovery ([`TokenManager::recovering`]) from the sessions of the log,
+//!   which reclaim what they hold; when the term ends everything of it is dropped (waiters are
+//!   answered NotLeader) and nothing more is sent to anyone.
+//! * Sessions: ids carry the term that opened them in their high 24 bits (see
+//!   [`crate::namespace::sessions`]); the caller logs a session before it opens it here.
 //! * `Acquire` waits on a oneshot until the manager grants; revokes go to the holder's
 //!   connection as [`ClientNotify::Revoke`]; `RevokeDone` feeds the ack back in.
 //! * Storage servers: registration, heartbeats (their lease) and fence confirmations are
@@ -26,7 +29,7 @@ use pfs_common::wire::registry::StorageNotify;
 use pfs_common::wire::tokens::ClientNotify;
 use pfs_common::{FileId, ServerId};
 use std::collections::{BTreeMap, HashMap};
-use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::sync::{oneshot, Notify};
@@ -45,10 +48,13 @@ pub struct Granted {
 
 /// Called (outside the service's lock) when the manager declares a storage server down.
 pub type ServerDownHook = Box<dyn Fn(ServerId, &str) + Send + Sync>;
-/// Called (outside the service's lock) when a session ends: closed, or evicted.
-pub type SessionEndHook = Box<dyn Fn(SessionId) + Send + Sync>;
+/// Called (outside the service's lock) when a session ends: closed (false), or evicted
+/// (true); and with `None` when a recovery window closes.
+pub type SessionEndHook = Box<dyn Fn(Option<(SessionId, bool)>) + Send + Sync>;
 
 struct State {
+    /// The leadership term this state belongs to (`None`: this node does not lead).
+    term: Option<u64>,
     manager: TokenManager,
     next_request: RequestId,
     waiting: HashMap<RequestId, oneshot::Sender<Result<Granted>>>,
@@ -69,8 +75,10 @@ struct Effects {
     fences: BTreeMap<ServerId, (Notifier, Vec<SessionId>)>,
     /// A refusal addressed to the caller of the input itself.
     refused: Option<MetaError>,
-    /// Sessions that ended.
-    ended: Vec<SessionId>,
+    /// Sessions that ended, and whether evicted.
+    ended: Vec<(SessionId, bool)>,
+    /// The recovery window closed.
+    recovered: bool,
     /// The input made a deadline the ticker may not know of (a revoke, a fence, a new lease).
     new_deadline: bool,
 }
@@ -78,7 +86,11 @@ struct Effects {
 /// The token service of pfs-meta.
 pub struct TokenService {
     state: Mutex<State>,
-    epoch: u32,
+    /// This meta node's id, for NotLeader answers.
+    me: u64,
+    /// The manager's recovery window is open (read under the namespace's lock, so not
+    /// behind `state`'s).
+    recovering: AtomicBool,
     started: Instant,
     cfg: TokenConfig,
     wake: Notify,
@@ -87,47 +99,109 @@ pub struct TokenService {
 }
 
 impl TokenService {
-    /// Opens the service, bumping the boot epoch persisted in `dir/boot-epoch` (written to a
-    /// temporary file, fsynced, renamed, directory fsynced). `server_down` is told of every
-    /// storage server the manager declares down, `session_end` of every session that ends.
-    ///
-    /// Errors: Io or Corrupt naming the epoch file.
-    pub fn open(
-        dir: &Path,
-        cfg: TokenConfig,
-        server_down: ServerDownHook,
-        session_end: SessionEndHook,
-    ) -> Result<TokenService> {
-        let epoch = bump_epoch(dir)?;
+    /// The service of meta node `me`, idle until [`TokenService::begin_term`]. `server_down`
+    /// is told of every storage server the manager declares down, `session_end` of every
+    /// session that ends and of the end of each recovery window.
+    pub fn open(cfg: TokenConfig, me: u64, server_down: ServerDownHook, session_end: SessionEndHook) -> TokenService {
         info!(
-            "token service: boot epoch {epoch}, lease {} ms, revoke timeout {} ms, storage lease {} ms, fence \
-             timeout {} ms",
+            "token service: lease {} ms, revoke timeout {} ms, storage lease {} ms, fence timeout {} ms",
             cfg.lease_ms, cfg.revoke_timeout_ms, cfg.storage_lease_ms, cfg.fence_timeout_ms
         );
-        Ok(TokenService {
+        TokenService {
             state: Mutex::new(State {
+                term: None,
                 manager: TokenManager::new(cfg),
                 next_request: 1,
                 waiting: HashMap::new(),
                 clients: HashMap::new(),
                 storage: HashMap::new(),
             }),
-            epoch,
+            me,
+            recovering: AtomicBool::new(false),
             started: Instant::now(),
             cfg,
             wake: Notify::new(),
             server_down,
             session_end,
-        })
+        }
     }
 
     fn now_ms(&self) -> u64 {
         self.started.elapsed().as_millis() as u64
     }
 
-    /// Sessions below this id belong to older boots: storage servers refuse their writes.
-    pub fn fence_below(&self) -> SessionId {
-        first_session_of(self.epoch)
+    fn not_leader(&self) -> MetaError {
+        MetaError::NotLeader { node: self.me, leader: None, maybe_done: false }
+    }
+
+    /// The leadership term the service acts for, if any.
+    pub fn term(&self) -> Option<u64> {
+        self.state.lock().term
+    }
+
+    /// This node leads `term` (newer than any it acted for): a new manager takes over in
+    /// recovery, with the log's `open` sessions to reclaim and its `evicted` ones refused.
+    /// Returns false (and changes nothing) if the service already acts for `term` or a newer
+    /// one.
+    pub fn begin_term(&self, term: u64, open: Vec<SessionId>, evicted: Vec<SessionId>) -> bool {
+        let mut st = self.state.lock();
+        if st.term.is_some_and(|t| t >= term) {
+            return false;
+        }
+        let now = self.now_ms();
+        let (sessions, refused) = (open.len(), evicted.len());
+        let manager = TokenManager::recovering(self.cfg, open, evicted, now);
+        self.recovering.store(manager.recovering_now(), Ordering::Release);
+        self.reset(&mut st, Some(term), manager);
+        drop(st);
+        info!(
+            "token service: term {term}: {sessions} sessions of the log to reclaim within {} ms, {refused} evicted",
+            self.cfg.lease_ms
+        );
+        self.wake.notify_one();
+        true
+    }
+
+    /// This node's leadership of `term` (or an older one) ended: the service stops acting.
+    pub fn end_term(&self, term: u64) {
+        let mut st = self.state.lock();
+        if st.term.is_some_and(|t| t <= term) {
+            self.recovering.store(false, Ordering::Release);
+            self.reset(&mut st, None, TokenManager::new(self.cfg));
+            info!("token service: term {term} over; tokens and sessions dropped until this node leads again");
+        }
+    }
+
+    /// Replaces the state of a term: its waiters are answered NotLeader, its connections
+    /// forgotten (nothing more is sent on them).
+    fn reset(&self, st: &mut State, term: Option<u64>, manager: TokenManager) {
+        for (_, tx) in st.waiting.drain() {
+            let _ = tx.send(Err(self.not_leader()));
+        }
+        st.clients.clear();
+        st.storage.clear();
+        st.manager = manager;
+        st.term = term;
+    }
+
+    /// True while the recovery window of this term is open: nothing is granted, and every
+    /// file counts as open (a session that has not reclaimed may hold any).
+    pub fn recovering(&self) -> bool {
+        self.recovering.load(Ordering::Acquire)
+    }
+
+    /// A fresh session id of `term` (its epoch: see [`crate::namespace::sessions`]).
+    ///
+    /// Errors: Invalid once terms outgrow the epoch's 24 bits.
+    pub fn new_session_id(&self, term: u64) -> Result<SessionId> {
+        let epoch = u32::try_from(term).ok().filter(|e| *e < 1 << (64 - SESSION_RANDOM_BITS));
+        let epoch = epoch.ok_or_else(|| MetaError::Invalid(format!("term {term} is past the session ids' epochs")))?;
+        loop {
+            let low = rand::random::<u64>() & ((1 << SESSION_RANDOM_BITS) - 1);
+            if low != 0 {
+                return Ok(first_session_of(epoch) | low);
+            }
+        }
     }
 
     /// The tokens `session` holds on `file` (those being revoked included, until
@@ -141,21 +215,84 @@ impl TokenService {
         self.state.lock().manager.writes_over(file, range)
     }
 
-    /// A new session on connection `conn`, with its lease in ms.
-    pub fn open_session(&self, conn: u64, notifier: Notifier) -> (SessionId, u64) {
-        let session = self.step(|st, now_ms| {
-            // Random low bits: nobody can guess another client's session.
-            let session = loop {
-                let low = rand::random::<u64>() & ((1 << SESSION_RANDOM_BITS) - 1);
-                let id = first_session_of(self.epoch) | low;
-                if low != 0 && !st.clients.contains_key(&id) && !st.manager.knows_session(id) {
-                    break id;
-                }
+    /// Session `session` (logged in `term`) opens on connection `conn`; returns its lease,
+    /// ms. Errors: NotLeader if the service no longer acts for `term`; Exists if the id is
+    /// known already.
+    pub fn open_session(&self, term: u64, session: SessionId, conn: u64, notifier: Notifier) -> Result<u64> {
+        let (ok, refused) = self.step(|st, now_ms| {
+            let ok = if st.term != Some(term) {
+                Err(self.not_leader())
+            } else if st.clients.contains_key(&session) || st.manager.knows_session(session) {
+                Err(MetaError::Exists { path: format!("session {session:x}") })
+            } else {
+                st.clients.insert(session, (conn, notifier));
+                Ok(())
             };
-            st.clients.insert(session, (conn, notifier));
-            (Input::OpenSession { session, now_ms }, session)
+            // An input that changes nothing when refused above (a heartbeat of an unknown
+            // session would be refused, so it is only fed for a session being opened).
+            let input = match ok {
+                Ok(()) => Input::OpenSession { session, now_ms },
+                Err(_) => Input::Tick { now_ms },
+            };
+            (input, ok)
         });
-        (session.0, self.cfg.lease_ms)
+        ok?;
+        match refused {
+            Some(e) => Err(e),
+            None => Ok(self.cfg.lease_ms),
+        }
+    }
+
+    /// True if `session` is one of the log's sessions that must still reclaim.
+    pub fn must_reclaim(&self, session: SessionId) -> bool {
+        self.state.lock().manager.must_reclaim(session)
+    }
+
+    /// Session `session` (its key checked by the caller) takes its tokens back on connection
+    /// `conn` during the recovery window: `files` with their tokens; `done` on its last
+    /// reclaim. Returns its lease, ms. A reclaim that conflicts with another session's
+    /// evicts the session: what it cached cannot be trusted.
+    ///
+    /// A session open in this term already just moves to `conn`.
+    ///
+    /// Errors: Evicted (neither open nor one that must reclaim: the window is over, or it
+    /// was evicted); Invalid (a conflict).
+    pub fn reclaim(
+        &self,
+        session: SessionId,
+        conn: u64,
+        notifier: Notifier,
+        files: Vec<(FileId, Vec<(ByteRange, Mode)>)>,
+        done: bool,
+    ) -> Result<u64> {
+        {
+            let mut st = self.state.lock();
+            if !st.manager.must_reclaim(session) {
+                // Open in this term already (it left a connection to this node that it took
+                // for a follower's): it moves to the new connection, its tokens as they are.
+                if let Some(bound) = st.clients.get_mut(&session) {
+                    *bound = (conn, notifier);
+                    drop(st);
+                    self.keep_alive(session)?;
+                    return Ok(self.cfg.lease_ms);
+                }
+                return Err(MetaError::Evicted { session, state: crate::error::SessionState::Evicted });
+            }
+            st.clients.insert(session, (conn, notifier));
+        }
+        for (file, tokens) in files {
+            if let Err(e) = self.simple(|now_ms| Input::Reclaim { session, file, tokens, now_ms }) {
+                if matches!(e, MetaError::Invalid(_)) {
+                    let reason = format!("its reclaim was refused: {e}");
+                    let _ = self.simple(|now_ms| Input::Evict { session, reason, now_ms });
+                }
+                return Err(e);
+            }
+        }
+        if done {
+            self.simple(|now_ms| Input::ReclaimDone { session, now_ms })?;
+        }
+        Ok(self.cfg.lease_ms)
     }
 
     /// Renews a lease. Errors: Evicted.
@@ -200,7 +337,7 @@ impl TokenService {
     pub fn close_session(&self, session: SessionId) -> Result<()> {
         let r = self.simple(|now_ms| Input::CloseSession { session, now_ms });
         if self.state.lock().clients.remove(&session).is_some() {
-            (self.session_end)(session);
+            (self.session_end)(Some((session, false)));
         }
         r
     }
@@ -231,17 +368,27 @@ impl TokenService {
         }
     }
 
-    /// Storage server `server` registered on connection `conn`: its lease starts. Returns what
-    /// it must enforce before accepting any write: sessions below [`Self::fence_below`] and
-    /// the evicted ones, and its lease in ms.
-    pub fn storage_registered(&self, server: ServerId, conn: u64, notifier: Notifier) -> (Vec<SessionId>, u64) {
+    /// Storage server `server` registered on connection `conn` in `term`: its lease starts.
+    /// Returns what it must enforce before accepting any write (the evicted sessions; the
+    /// caller adds the log's fence) and its lease in ms. Errors: NotLeader if the service no
+    /// longer acts for `term`.
+    pub fn storage_registered(
+        &self,
+        term: u64,
+        server: ServerId,
+        conn: u64,
+        notifier: Notifier,
+    ) -> Result<(Vec<SessionId>, u64)> {
+        if self.term() != Some(term) {
+            return Err(self.not_leader());
+        }
         let (fenced, _) = self.step(|st, now_ms| {
             st.storage.insert(server, (conn, notifier));
             // Read under the same lock as the input: a fence decided later is sent to the
             // connection just recorded, one decided earlier is in this list.
             (Input::StorageRegistered { server, now_ms }, st.manager.evicted_sessions())
         });
-        (fenced, self.cfg.storage_lease_ms)
+        Ok((fenced, self.cfg.storage_lease_ms))
     }
 
     /// A storage server's heartbeat: renews its lease. Errors: NotRegistered, DeclaredDown
@@ -281,7 +428,9 @@ impl TokenService {
                 _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
                 _ = self.wake.notified() => continue,
             }
-            let _ = self.simple(|now_ms| Input::Tick { now_ms });
+            if self.term().is_some() {
+                let _ = self.simple(|now_ms| Input::Tick { now_ms });
+            }
         }
     }
 
@@ -304,6 +453,10 @@ impl TokenService {
             let outputs = st.manager.handle(input);
             let mut fx = Self::effects(&mut st, outputs);
             fx.new_deadline |= new_lease;
+            if !st.manager.recovering_now() && self.recovering.swap(false, Ordering::AcqRel) {
+                info!("token service: the recovery window of term {:?} is closed", st.term);
+                fx.recovered = true;
+            }
             (value, fx)
         };
         // Only a new deadline can be earlier than the one the ticker sleeps to: acquires,
@@ -343,10 +496,12 @@ impl TokenService {
                 }
                 Output::Evict { session, reason } => {
                     warn!("evicting session {session:x}: {reason}");
+                    // Logged as evicted, whether or not it has a connection here (a session of
+                    // the log that never reclaimed has none).
                     if let Some((_, n)) = st.clients.remove(&session) {
                         fx.to_clients.push((n, ClientNotify::Evicted { session, reason }));
-                        fx.ended.push(session);
                     }
+                    fx.ended.push((session, true));
                 }
                 Output::Fence { session, servers } => {
                     fx.new_deadline = true;
@@ -372,8 +527,11 @@ impl TokenService {
         for (server, reason) in fx.servers_down {
             (self.server_down)(server, &reason);
         }
-        for session in fx.ended {
-            (self.session_end)(session);
+        for ended in fx.ended {
+            (self.session_end)(Some(ended));
+        }
+        if fx.recovered {
+            (self.session_end)(None);
         }
         for (tx, answer) in fx.answers {
             let _ = tx.send(answer);
@@ -392,29 +550,4 @@ impl TokenService {
             });
         }
     }
-}
-
-fn bump_epoch(dir: &Path) -> Result<u32> {
-    let path = dir.join("boot-epoch");
-    let corrupt =
-        |reason: String| MetaError::Corrupt { what: "boot epoch file", file: path.clone(), offset: None, reason };
-    let old = match std::fs::read_to_string(&path) {
-        Ok(s) => s.trim().parse::<u32>().map_err(|_| corrupt(format!("not a number: {:?}", s.trim())))?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => 0,
-        Err(e) => return Err(MetaError::io(path.display(), e)),
-    };
-    // Session ids keep 24 bits for the epoch (the rest are random).
-    let epoch = old.checked_add(1).filter(|e| *e < 1 << (64 - SESSION_RANDOM_BITS));
-    let epoch = epoch.ok_or_else(|| corrupt("boot epoch exhausted".into()))?;
-    let tmp = dir.join("boot-epoch.tmp");
-    let write = || -> std::io::Result<()> {
-        use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)?;
-        writeln!(f, "{epoch}")?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, &path)?;
-        std::fs::File::open(dir)?.sync_all()
-    };
-    write().map_err(|e| MetaError::io(format!("writing {}", path.display()), e))?;
-    Ok(epoch)
 }

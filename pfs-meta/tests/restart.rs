@@ -4,12 +4,13 @@
 use pfs_common::config::Config;
 use pfs_common::layout::LayoutChoice;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::token::{ByteRange, Mode};
 use pfs_common::wire::frame::{FrameHeader, FrameKind, HEADER_LEN};
 use pfs_common::wire::namespace::{
     Close, Closed, Create, FileKind, Lookup, Mkdir, Open, Readdir, Rename, SetSize, Stat, Unlink,
 };
 use pfs_common::wire::registry::{ChunkReport, GetChains, GetChunks, Heartbeat, ListServers, Register};
-use pfs_common::wire::tokens::OpenSession;
+use pfs_common::wire::tokens::{Acquire, ClientNotify, KeepAlive, OpenSession, Reclaim, ReclaimedFile, RevokeDone};
 use pfs_common::wire::{MetaRequest, PeerRole};
 use pfs_common::{ErrorCode, ServerId};
 use std::net::SocketAddr;
@@ -110,8 +111,8 @@ async fn fake_storage(addr: SocketAddr) -> RpcClient<MetaRequest> {
     };
     let r = s.ask(reg).await.unwrap();
     assert!(r.orphans.is_empty() && r.fenced.is_empty());
-    // Sessions of earlier boots are fenced: the boot epoch is at least 1.
-    assert!(r.fence_below >= pfs_common::token::first_session_of(1), "{:x}", r.fence_below);
+    // Below the oldest open session's epoch (the term that opened it): never above a term.
+    assert!(pfs_common::token::session_epoch(r.fence_below) < 1000, "{:x}", r.fence_below);
     assert_eq!(r.lease_ms, 600_000, "the storage lease is timeouts.server_down_ms");
     // Its (empty) chunk listing: only then is it up for new files.
     let answer = s.ask(ChunkReport { id: ServerId(1), chunks: vec![], listing: true, full: true }).await.unwrap();
@@ -497,4 +498,115 @@ async fn a_storage_server_restarted_while_pfs_meta_was_down_resyncs() {
         states(&chains, 2).iter().all(|s| *s == Some(ReplicaState::Syncing)),
         "a restart is known from the log and resyncs: {chains:?}"
     );
+}
+
+/// Decodes the next client notification on a connection's notification channel.
+async fn next_notify(rx: &mut tokio::sync::mpsc::Receiver<pfs_common::wire::frame::Frame>) -> ClientNotify {
+    let frame = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("a notification").unwrap();
+    pfs_common::wire::decode::<ClientNotify>(&frame.body).unwrap()
+}
+
+/// Sessions are in the log, tokens are not: after a SIGKILL of pfs-meta, a session takes
+/// itself over to a new connection with its key and reclaims its open file and its Write
+/// token; a wrong key (another client's session) is refused; a session that does not reclaim
+/// is evicted at the end of the recovery window and storage servers learn to refuse it; a new
+/// session's conflicting acquire waits for the window and then revokes the reclaimed token;
+/// a file unlinked while open stays until its reclaimed open is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_survives_a_restart_and_reclaims_its_tokens() {
+    let dir = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(dir.path());
+    let (meta, c) = start(&config, addr).await;
+    let storage = fake_storage(addr).await;
+    let a = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
+    let grant_a = a.ask(OpenSession).await.unwrap();
+    let b = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
+    let grant_b = b.ask(OpenSession).await.unwrap();
+    assert_ne!(grant_a.key, grant_b.key);
+    let f = a.ask(Create { session: Some(grant_a.session), ..create("/f") }).await.unwrap();
+    let token = ByteRange { start: 0, end: 4096 };
+    let file_id = f.id;
+    let acquire = move |session| Acquire {
+        session,
+        file: file_id,
+        mode: Mode::Write,
+        required: token,
+        desired: token,
+        ahead: None,
+    };
+    a.ask(acquire(grant_a.session)).await.unwrap();
+    c.ask(Unlink { target: "/f".into(), expected_generation: None }).await.unwrap();
+    assert_eq!(c.ask(Stat { file: f.id }).await.unwrap().nlink, 0, "an orphan while open");
+    drop(meta); // SIGKILL, with both sessions open
+    drop((a, b, storage, c));
+
+    let (_meta, c) = start(&config, addr).await;
+    let (tx, mut notes) = tokio::sync::mpsc::channel(16);
+    let a = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), Some(tx)).await.unwrap();
+    let files = vec![ReclaimedFile { file: f.id, opens: 1, tokens: vec![(token, Mode::Write)] }];
+    let reclaim = |session, key| Reclaim { session, key, files: files.clone(), done: true };
+    // Another client's session with the wrong key: refused, whoever asks.
+    let e = a.ask(reclaim(grant_b.session, grant_a.key)).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Denied, "{e}");
+    let e = a.ask(reclaim(grant_a.session, [0; 16])).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Denied, "{e}");
+    a.ask(reclaim(grant_a.session, grant_a.key)).await.unwrap();
+    // The reclaimed session renews its lease as any other.
+    let session_a = grant_a.session;
+    let keeper = a.clone();
+    let renewals = tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            if keeper.ask(KeepAlive { session: session_a }).await.is_err() {
+                return;
+            }
+        }
+    });
+    // A new session wants the same bytes: it waits for the window (b never reclaims), then
+    // the reclaimed token is revoked from a.
+    let n = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
+    let grant_n = n.ask(OpenSession).await.unwrap();
+    assert!(
+        pfs_common::token::session_epoch(grant_n.session) >= pfs_common::token::session_epoch(grant_a.session),
+        "session ids of a later term are not below earlier ones"
+    );
+    let wanted = tokio::spawn({
+        let n = n.clone();
+        let ask = acquire(grant_n.session);
+        async move { n.ask(ask).await }
+    });
+    let ClientNotify::Revoke { revoke, file, range, wanted: mode } = next_notify(&mut notes).await else {
+        panic!("a revoke was expected")
+    };
+    assert_eq!((file, range, mode), (f.id, token, Mode::Write));
+    assert!(!wanted.is_finished(), "granted before the holder acknowledged the revoke");
+    a.ask(RevokeDone { session: grant_a.session, revoke }).await.unwrap();
+    let granted = wanted.await.unwrap().unwrap();
+    assert_eq!(granted.range, token);
+    // b did not reclaim: evicted, and a storage server registering now must refuse it.
+    let s = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Storage), None).await.unwrap();
+    let reg = Register {
+        id: ServerId(1),
+        address: "127.0.0.1:11".parse().unwrap(),
+        capacity_bytes: 1 << 30,
+        free_bytes: 1 << 29,
+        boot: 2,
+    };
+    let r = s.ask(reg).await.unwrap();
+    assert!(r.fenced.contains(&grant_b.session), "the session that did not reclaim is fenced: {:x?}", r.fenced);
+    assert!(!r.fenced.contains(&grant_a.session) && r.fence_below <= grant_a.session);
+    let e = b_reclaim_after(addr, grant_b.session, grant_b.key).await;
+    assert_eq!(e.code(), ErrorCode::Evicted, "{e}");
+    // The orphan is still there for a, which reclaimed its open, and goes at its close.
+    assert_eq!(c.ask(Stat { file: f.id }).await.unwrap().nlink, 0);
+    a.ask(Close { session: grant_a.session, files: vec![Closed { file: f.id, opens: 1 }] }).await.unwrap();
+    let e = c.ask(Stat { file: f.id }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound, "the orphan goes at its last close");
+    renewals.abort();
+}
+
+/// Session `session` tries to take itself over (with its own key) after the window closed.
+async fn b_reclaim_after(addr: SocketAddr, session: u64, key: [u8; 16]) -> pfs_common::error::Error {
+    let b = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
+    b.ask(Reclaim { session, key, files: vec![], done: true }).await.unwrap_err()
 }

@@ -8,7 +8,8 @@
 //!   write admitted before the fence holds a read guard of `gate` until it is on its way to
 //!   disk; fencing takes the write guard, so the confirmation is only sent once every admitted
 //!   write of the session is done. Sessions of older pfs-meta boots are fenced wholesale by
-//!   `below` (session ids carry the boot epoch in their high 32 bits).
+//!   `below` (session ids carry their epoch, the Raft term that opened them, in their high
+//!   24 bits).
 //! * **The lease.** Registration grants a lease of `lease_ms`; every heartbeat pfs-meta
 //!   accepts renews it. We refuse writes once half the lease has passed since we *sent* the
 //!   last accepted heartbeat (pfs-meta counts the whole lease from when it *received* it), so

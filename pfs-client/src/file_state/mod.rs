@@ -201,6 +201,17 @@ impl FileState {
         self.held.to_vec()
     }
 
+    /// What to reclaim from a new pfs-meta leader: the tokens held, and the ranges being
+    /// written back under a revoke as Write (pfs-meta counted them as ours until the
+    /// acknowledgement, which the old leader may never have had), in byte order.
+    pub(crate) fn reclaim_tokens(&self) -> Vec<(ByteRange, Mode)> {
+        let mut all = self.held.clone();
+        for (_, range) in &self.revoking {
+            all.grant(*range, Mode::Write);
+        }
+        all.to_vec()
+    }
+
     /// The largest range held in `mode` around byte `pos`.
     pub(crate) fn held_span(&self, pos: u64, mode: Mode) -> Option<ByteRange> {
         self.held.span(pos, mode)

@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken in the handshake.
-pub const PROTOCOL_VERSION: u16 = 12;
+pub const PROTOCOL_VERSION: u16 = 13;
 
 /// Longest peer name accepted in a [`Hello`], bytes.
 pub const PEER_NAME_MAX: usize = 256;

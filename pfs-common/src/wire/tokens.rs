@@ -2,7 +2,13 @@
 //! A session belongs to the connection that opened it: pfs-meta pushes its revokes there
 //! ([`ClientNotify`]), evicts it when that connection closes, and refuses (Denied) every
 //! request naming it from another connection. Session ids are unguessable anyway: the high
-//! 24 bits are pfs-meta's boot epoch, the low 40 random.
+//! 24 bits are the Raft term of the leader that opened the session, the low 40 random.
+//!
+//! Sessions are in pfs-meta's log, tokens are not: after a failover the new leader opens a
+//! recovery window in which each session, from a new connection, proves it is the holder
+//! (the `key` of its [`SessionGrant`]) and reclaims the tokens and opens it holds
+//! ([`Reclaim`], Lustre's lock replay). Nothing conflicting is granted until every session
+//! has reclaimed or the window (the session lease) is over.
 
 use super::{service, MetaRequest};
 use crate::capability::Capability;
@@ -20,6 +26,7 @@ service! {
         Release(Release) -> (),
         CloseSession(CloseSession) -> (),
         GetCapability(GetCapability) -> Capability,
+        Reclaim(Reclaim) -> Reclaimed,
     }
 }
 
@@ -34,6 +41,8 @@ impl TokenRequest {
             TokenRequest::Release(c) => Some(c.session),
             TokenRequest::CloseSession(c) => Some(c.session),
             TokenRequest::GetCapability(c) => Some(c.session),
+            // A reclaim comes on a new connection: its key, not the connection, proves it.
+            TokenRequest::Reclaim(_) => None,
         }
     }
 }
@@ -59,6 +68,45 @@ pub struct OpenSession;
 pub struct SessionGrant {
     pub session: SessionId,
     /// The lease, ms: renew it (any request of the session does) at least this often.
+    pub lease_ms: u64,
+    /// The session's secret: shown by [`Reclaim`] to take the session over to a new
+    /// connection after a failover (the log keeps only its SHA-256).
+    pub key: [u8; 16],
+}
+
+/// Most files one [`Reclaim`] may carry; a client with more sends several.
+pub const RECLAIM_MAX_FILES: usize = 4096;
+/// Most tokens one reclaimed file may carry.
+pub const RECLAIM_MAX_TOKENS: usize = 4096;
+
+/// What a session holds of one file, as reclaimed after a failover.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReclaimedFile {
+    pub file: FileId,
+    /// Opens of the file the session has not closed (the count pfs-meta had).
+    pub opens: u32,
+    /// The tokens held on it, byte ranges with their modes.
+    pub tokens: Vec<(ByteRange, Mode)>,
+}
+
+/// Takes session `session` over to this connection after its pfs-meta leader changed, and
+/// reclaims what it held: `files` (at most [`RECLAIM_MAX_FILES`]); `done` on the last of a
+/// session's reclaims ends its part of the recovery window. Answered with the lease. Errors:
+/// Forbidden (wrong key); Evicted (the session is not in the log, or was evicted, or the
+/// leader's recovery window is over); Invalid (a token that conflicts with another session's
+/// reclaim: the session is evicted, since its cache cannot be trusted); NotLeader.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reclaim {
+    pub session: SessionId,
+    pub key: [u8; 16],
+    pub files: Vec<ReclaimedFile>,
+    pub done: bool,
+}
+
+/// The answer to [`Reclaim`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reclaimed {
+    /// The lease, ms, running from this answer.
     pub lease_ms: u64,
 }
 

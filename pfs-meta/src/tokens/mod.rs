@@ -114,6 +114,17 @@
 //! evicted session's writes, and nothing else waits meanwhile (the manager has no locks and no
 //! I/O; its caller holds no lock across network waits).
 //!
+//! # Recovery (a new manager after a failover; Lustre's lock replay, the NFSv4 grace period)
+//! Tokens are not logged: a manager that takes over from another ([`TokenManager::recovering`])
+//! knows the open sessions (they are in pfs-meta's log) but not what they hold. It opens a
+//! recovery window: every such session gets a fresh lease and reclaims its tokens
+//! ([`Input::Reclaim`]: granted as they were, refused if they conflict with what another
+//! session reclaimed) and says when it is done ([`Input::ReclaimDone`]). Until the window
+//! closes nothing is granted and no revoke is sent: acquires queue. It closes when every
+//! session of the log is done, closed or evicted, or at `lease_ms` after it opened, when the
+//! sessions not done are evicted; and then only once their fences are complete, since their
+//! tokens are unknown and any grant could conflict with them.
+//!
 //! # Memory
 //! Each holder's tokens in a file live in a `BTreeMap<u64, Extent>` (start → end, mode), with
 //! adjacent or overlapping ranges of the same mode coalesced, so a session that holds a file
@@ -195,6 +206,12 @@ pub enum Input {
     /// Storage server `server` refuses the writes of `sessions` and finished their admitted
     /// ones.
     FenceConfirmed { server: ServerId, sessions: Vec<SessionId>, now_ms: u64 },
+    /// During recovery: session `session` (one of the log's) held `tokens` of `file` under
+    /// the previous manager and keeps them. Refused (Invalid) if one conflicts with a token
+    /// another session holds (reclaimed, or granted since), or outside recovery (Evicted).
+    Reclaim { session: SessionId, file: FileId, tokens: Vec<(ByteRange, Mode)>, now_ms: u64 },
+    /// During recovery: session `session` reclaimed everything it holds.
+    ReclaimDone { session: SessionId, now_ms: u64 },
     /// Expires leases, overdue revokes and fences.
     Tick { now_ms: u64 },
 }
@@ -213,6 +230,8 @@ impl Input {
             | Input::StorageRegistered { now_ms, .. }
             | Input::StorageHeartbeat { now_ms, .. }
             | Input::FenceConfirmed { now_ms, .. }
+            | Input::Reclaim { now_ms, .. }
+            | Input::ReclaimDone { now_ms, .. }
             | Input::Tick { now_ms } => now_ms,
         }
     }
@@ -465,10 +484,24 @@ struct PendingFence {
     deadline_ms: u64,
 }
 
+/// The recovery window of a manager that took over (see the module documentation).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+struct Recovery {
+    /// Sessions of the log that have not said they are done reclaiming.
+    pending: BTreeSet<SessionId>,
+    /// Sessions of the log evicted before they were done: the window stays closed to grants
+    /// until their fences complete.
+    unreclaimed: BTreeSet<SessionId>,
+    /// Sessions still pending at this time are evicted, ms.
+    until_ms: u64,
+}
+
 /// The token manager of all files. See the module documentation for the rules.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
 pub struct TokenManager {
     cfg: TokenConfig,
+    /// The recovery window, while it is open.
+    recovery: Option<Recovery>,
     /// The latest time seen, ms.
     now_ms: u64,
     sessions: BTreeMap<SessionId, Session>,
@@ -493,6 +526,7 @@ impl TokenManager {
     pub fn new(cfg: TokenConfig) -> Self {
         TokenManager {
             cfg,
+            recovery: None,
             now_ms: 0,
             sessions: BTreeMap::new(),
             evicted: BTreeSet::new(),
@@ -505,6 +539,39 @@ impl TokenManager {
             revokes_sent: 0,
             evictions: 0,
         }
+    }
+
+    /// A manager taking over from another at `now_ms`: the sessions `open` of the log get a
+    /// lease from now and must reclaim what they hold within it; `evicted` are refused. The
+    /// recovery window is open if any session is.
+    pub fn recovering(
+        cfg: TokenConfig,
+        open: impl IntoIterator<Item = SessionId>,
+        evicted: impl IntoIterator<Item = SessionId>,
+        now_ms: u64,
+    ) -> Self {
+        let mut m = TokenManager::new(cfg);
+        m.now_ms = now_ms;
+        m.evicted.extend(evicted);
+        let pending: BTreeSet<SessionId> = open.into_iter().filter(|s| !m.evicted.contains(s)).collect();
+        for s in &pending {
+            m.sessions.insert(*s, Session { last_heard_ms: now_ms });
+        }
+        if !pending.is_empty() {
+            let until_ms = now_ms.saturating_add(cfg.lease_ms);
+            m.recovery = Some(Recovery { pending, unreclaimed: BTreeSet::new(), until_ms });
+        }
+        m
+    }
+
+    /// True while the recovery window is open: nothing is granted.
+    pub fn recovering_now(&self) -> bool {
+        self.recovery.is_some()
+    }
+
+    /// True if `session` is one of the log's sessions that has not finished reclaiming.
+    pub fn must_reclaim(&self, session: SessionId) -> bool {
+        self.recovery.as_ref().is_some_and(|r| r.pending.contains(&session))
     }
 
     /// Applies one input and returns what to do, in order (evictions, fences and servers
@@ -613,8 +680,23 @@ impl TokenManager {
                 let done = self.confirm(server, Some(&sessions));
                 self.complete_fences(done, &mut out);
             }
+            Input::Reclaim { session, file, tokens, .. } => {
+                if !self.must_reclaim(session) || !self.touch(session) {
+                    out.push(self.refusal(session, None));
+                } else if let Err(error) = self.reclaim(session, file, &tokens) {
+                    out.push(Output::Refuse { session, request: None, error });
+                }
+            }
+            Input::ReclaimDone { session, .. } => {
+                if !self.must_reclaim(session) || !self.touch(session) {
+                    out.push(self.refusal(session, None));
+                } else if let Some(r) = self.recovery.as_mut() {
+                    r.pending.remove(&session);
+                }
+            }
             Input::Tick { .. } => {}
         }
+        self.end_recovery(&mut out);
         if cfg!(debug_assertions) {
             if let Err(e) = self.check_invariants() {
                 panic!("token manager invariant broken after an input: {e}");
@@ -630,7 +712,8 @@ impl TokenManager {
         let revokes = self.files.values().flat_map(|f| f.revokes.values().map(|r| r.deadline_ms));
         let servers = self.servers.values().filter(|m| m.state != MemberState::Down).map(|m| m.lease_until_ms);
         let fences = self.fencing.values().map(|f| f.deadline_ms);
-        leases.chain(revokes).chain(servers).chain(fences).min()
+        let recovery = self.recovery.iter().map(|r| r.until_ms);
+        leases.chain(revokes).chain(servers).chain(fences).chain(recovery).min()
     }
 
     /// The tokens `session` holds in `file`, in byte order, coalesced.
@@ -690,6 +773,17 @@ impl TokenManager {
     /// - The revoke index matches the files; no idle file state is kept.
     pub fn check_invariants(&self) -> Result<(), InvariantBroken> {
         let now = self.now_ms;
+        if let Some(r) = &self.recovery {
+            if let Some(s) = r.pending.iter().find(|s| !self.sessions.contains_key(s)) {
+                return Err(format!("session {s} must reclaim but is not open").into());
+            }
+            if !r.pending.is_empty() && now >= r.until_ms {
+                return Err(format!("the recovery window outlived its end ({} ms)", r.until_ms).into());
+            }
+            if r.pending.is_empty() && !r.unreclaimed.iter().any(|s| self.fencing.contains_key(s)) {
+                return Err("the recovery window is over but still open".to_string().into());
+            }
+        }
         for (id, s) in &self.sessions {
             if self.evicted.contains(id) {
                 return Err(format!("session {id} is both open and evicted").into());
@@ -773,7 +867,7 @@ impl TokenManager {
                 if check_acquire(w.required, w.desired, w.ahead).is_err() {
                     return Err(format!("{file}: request {} queued with bad ranges", w.request).into());
                 }
-                if fs.behind_earlier(i) {
+                if fs.behind_earlier(i) || self.recovery.is_some() {
                     continue;
                 }
                 let conflicts = fs.conflicts(w.session, w.mode, w.required);
@@ -802,6 +896,50 @@ impl TokenManager {
             );
         }
         Ok(())
+    }
+
+    /// Gives `session` back `tokens` of `file`, unless one conflicts with another holder's
+    /// (then nothing of the reclaim is kept). Errors: Invalid naming the conflict.
+    fn reclaim(&mut self, session: SessionId, file: FileId, tokens: &[(ByteRange, Mode)]) -> Result<(), MetaError> {
+        let fs = self.files.entry(file).or_default();
+        for (range, mode) in tokens {
+            if range.is_empty() {
+                return Err(MetaError::Invalid(format!("session {session:x} reclaims {file} {range}: empty range")));
+            }
+            if let Some((holder, at)) = fs.conflicts(session, *mode, *range).first() {
+                let why = format!(
+                    "session {session:x} reclaims {mode:?} {range} of {file}, which conflicts with what session \
+                     {holder:x} holds at {at}"
+                );
+                if fs.is_idle() {
+                    self.files.remove(&file);
+                }
+                return Err(MetaError::Invalid(why));
+            }
+        }
+        let map = fs.holders.entry(session).or_default();
+        for (range, mode) in tokens {
+            map.grant(*range, *mode);
+        }
+        if fs.is_idle() || fs.holders.get(&session).is_some_and(RangeMap::is_empty) {
+            fs.holders.retain(|_, m| !m.is_empty());
+            if fs.is_idle() {
+                self.files.remove(&file);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the recovery window once every session of the log is done (or gone) and the
+    /// fences of those evicted unreclaimed are complete; then serves every queue.
+    fn end_recovery(&mut self, out: &mut Vec<Output>) {
+        let Some(r) = &self.recovery else { return };
+        if !r.pending.is_empty() || r.unreclaimed.iter().any(|s| self.fencing.contains_key(s)) {
+            return;
+        }
+        self.recovery = None;
+        let files: Vec<FileId> = self.files.keys().copied().collect();
+        self.process_files(files, out);
     }
 
     /// Records that `session` was heard from; false if it is not open.
@@ -846,6 +984,13 @@ impl TokenManager {
                     );
                     doomed.entry(r.session).or_insert(reason);
                 }
+            }
+        }
+        if let Some(r) = self.recovery.as_ref().filter(|r| now >= r.until_ms) {
+            for &session in &r.pending {
+                let reason =
+                    format!("it did not reclaim its tokens within the recovery window of {} ms", self.cfg.lease_ms);
+                doomed.entry(session).or_insert(reason);
             }
         }
         let mut affected = BTreeSet::new();
@@ -895,6 +1040,11 @@ impl TokenManager {
     /// Evicts an open session: drops its requests and revokes, keeps its tokens until its
     /// fence completes. The files it waited or was revoked in go into `affected`.
     fn evict(&mut self, session: SessionId, reason: String, affected: &mut BTreeSet<FileId>, out: &mut Vec<Output>) {
+        if let Some(r) = self.recovery.as_mut() {
+            if r.pending.remove(&session) {
+                r.unreclaimed.insert(session);
+            }
+        }
         affected.extend(self.drop_session(session, true));
         self.evicted.insert(session);
         self.evictions += 1;
@@ -952,6 +1102,10 @@ impl TokenManager {
     /// returns the files it was in.
     fn drop_session(&mut self, session: SessionId, keep_tokens: bool) -> Vec<FileId> {
         self.sessions.remove(&session);
+        if let Some(r) = self.recovery.as_mut() {
+            // A clean close: the session wrote back what it had; nothing of it to wait for.
+            r.pending.remove(&session);
+        }
         let mut affected = Vec::new();
         for (&file, fs) in self.files.iter_mut() {
             let mut touched = !keep_tokens && fs.holders.remove(&session).is_some();
@@ -981,6 +1135,10 @@ impl TokenManager {
     /// the conflicts of requests not queued behind others (none to fenced holders: they wait
     /// for the fence), and drops the file's state if idle.
     fn process_file(&mut self, file: FileId, out: &mut Vec<Output>) {
+        if self.recovery.is_some() {
+            // Nothing is granted or revoked while tokens are being reclaimed.
+            return;
+        }
         let Some(fs) = self.files.get_mut(&file) else { return };
         let now = self.now_ms;
         fs.holders.retain(|_, m| !m.is_empty());

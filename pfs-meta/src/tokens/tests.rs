@@ -491,3 +491,78 @@ fn memory_per_token() {
     assert_eq!(size_of::<Waiter>(), 96);
     assert_eq!(size_of::<PendingRevoke>(), 48);
 }
+
+/// A manager that took over at `now` with `open` sessions of the log to reclaim.
+fn recovering(open: &[SessionId], now: u64) -> H {
+    let m = TokenManager::recovering(CFG, open.iter().copied(), [], now);
+    m.check_invariants().unwrap();
+    H { m, now, next_req: 1 }
+}
+
+#[test]
+fn reclaimed_tokens_come_back_and_nothing_is_granted_until_every_session_is_done() {
+    let mut h = recovering(&[A, B], 100);
+    assert!(h.m.recovering_now() && h.m.must_reclaim(A) && h.m.must_reclaim(B));
+    let out = h.input(Input::Reclaim { session: A, file: F, tokens: vec![(r(0, 100), W)], now_ms: 100 });
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(h.tokens(A), vec![(r(0, 100), W)]);
+    // B's reclaim over A's Write conflicts: refused, nothing of it kept.
+    let out = h.input(Input::Reclaim { session: B, file: F, tokens: vec![(r(50, 60), R)], now_ms: 100 });
+    assert_eq!(refused(&out), vec![(B, None, ErrorCode::Invalid)]);
+    assert!(h.tokens(B).is_empty());
+    // A new session's acquire waits for the window, even over free bytes.
+    assert!(h.input(Input::OpenSession { session: C, now_ms: 100 }).is_empty());
+    let (q, out) = h.acq(C, W, r(200, 300), r(200, 300));
+    assert!(grants(&out).is_empty() && revokes(&out).is_empty(), "{out:?}");
+    let (q2, out) = h.acq(C, W, r(0, 10), r(0, 10));
+    assert!(out.is_empty());
+    assert!(h.input(Input::ReclaimDone { session: A, now_ms: 100 }).is_empty());
+    // The last session done closes the window: the queue is served, the conflict revoked.
+    let out = h.input(Input::ReclaimDone { session: B, now_ms: 100 });
+    assert!(!h.m.recovering_now());
+    assert_eq!(grants(&out), vec![(C, q, W, r(200, 300))]);
+    assert_eq!(revokes(&out).len(), 1);
+    assert_eq!(revokes(&out)[0].0, A);
+    let out = h.ack(A, revokes(&out)[0].1);
+    assert_eq!(grants(&out), vec![(C, q2, W, r(0, 10))]);
+    // Outside recovery, a reclaim is refused (the session must be one of the log's).
+    let out = h.input(Input::Reclaim { session: A, file: F, tokens: vec![(r(500, 600), W)], now_ms: 100 });
+    assert_eq!(refused(&out), vec![(A, None, ErrorCode::Evicted)]);
+}
+
+#[test]
+fn a_session_that_does_not_reclaim_is_evicted_and_fenced_before_anything_is_granted() {
+    let mut h = recovering(&[A, B], 0);
+    h.input(Input::StorageRegistered { server: ServerId(1), now_ms: 0 });
+    h.input(Input::Reclaim { session: A, file: F, tokens: vec![(r(0, 10), W)], now_ms: 0 });
+    h.input(Input::ReclaimDone { session: A, now_ms: 0 });
+    let (q, out) = h.acq(A, W, r(10, 20), r(10, 20));
+    assert!(out.is_empty());
+    h.now = 600;
+    h.input(Input::StorageHeartbeat { server: ServerId(1), now_ms: 600 });
+    h.hb(A);
+    // The window ends at the lease: B is evicted, the storage server asked to fence it, and
+    // still nothing is granted (B's tokens are unknown).
+    let out = h.tick(CFG.lease_ms);
+    assert_eq!(evicted(&out), vec![B]);
+    assert!(out.iter().any(|o| matches!(o, Output::Fence { session, .. } if *session == B)), "{out:?}");
+    assert!(grants(&out).is_empty() && h.m.recovering_now());
+    let out = h.input(Input::FenceConfirmed { server: ServerId(1), sessions: vec![B], now_ms: CFG.lease_ms });
+    assert_eq!(grants(&out), vec![(A, q, W, r(10, 20))]);
+    assert!(!h.m.recovering_now());
+    assert!(h.m.evicted_sessions().contains(&B));
+}
+
+#[test]
+fn a_new_manager_without_sessions_has_no_window_and_refuses_the_evicted() {
+    let m = TokenManager::recovering(CFG, [], [B], 5);
+    assert!(!m.recovering_now());
+    let mut h = H { m, now: 5, next_req: 1 };
+    let out = h.input(Input::OpenSession { session: B, now_ms: 5 });
+    assert_eq!(refused(&out), vec![(B, None, ErrorCode::Evicted)]);
+    // A clean close during the window counts as done.
+    let mut h = recovering(&[A, B], 0);
+    h.input(Input::ReclaimDone { session: A, now_ms: 0 });
+    assert!(h.input(Input::CloseSession { session: B, now_ms: 0 }).is_empty());
+    assert!(!h.m.recovering_now());
+}
