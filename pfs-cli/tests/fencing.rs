@@ -168,7 +168,7 @@ async fn a_silent_storage_server_is_declared_down_before_the_token_moves() {
     // until it registers again, and registering teaches it the fence.
     cluster.resume(DaemonKind::Storage(STOPPED));
     let refused = raw_write(&cluster, STOPPED, dead, at).await;
-    assert!(matches!(refused, ErrorCode::Unavailable | ErrorCode::Evicted), "{refused:?}");
+    assert!(matches!(refused, ErrorCode::NoLease | ErrorCode::Evicted), "{refused:?}");
     wait_until("storage-2 registers again", || up(&admin, STOPPED)).await;
     assert_eq!(raw_write(&cluster, STOPPED, dead, at).await, ErrorCode::Evicted);
     // Nothing of the evicted holder landed: its bytes were only in its cache.

@@ -4,7 +4,8 @@
 //! on: pfs-meta took a server out, or put one back) is tried again on the chain as pfs-meta
 //! has it now: at once when that is a new version, otherwise backing off up to
 //! [`BACKOFF_MAX_MS`], until `failover_ms` has passed without a new version. A chain of one
-//! replica has nowhere else to go, so only Stale is retried there.
+//! replica has nowhere else to go, so only Stale is retried there, and NoLease (the server
+//! waits for its lease from a new metadata leader).
 //!
 //! A Stale answer carries the chain as the answering server has it
 //! ([`crate::Error::current_chain`]); when that is newer than the one the request was sent
@@ -38,7 +39,9 @@ impl Failover {
     /// chain.
     pub(crate) fn retryable(e: &Error, chain: &Chain) -> bool {
         match e.code() {
-            ErrorCode::Stale => true,
+            // The server is registering again with pfs-meta (a new leader): it will take
+            // writes within the failover time.
+            ErrorCode::Stale | ErrorCode::NoLease => true,
             ErrorCode::Unavailable | ErrorCode::TimedOut => chain.members.len() > 1,
             _ => false,
         }

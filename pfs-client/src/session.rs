@@ -503,9 +503,14 @@ impl Session {
         Ok(c)
     }
 
-    /// The session's connection reached a node that does not lead: the next call moves it.
-    async fn meta_stale(&self) {
-        self.meta.lock().await.1 = true;
+    /// The session's connection `conn` reached a node that does not lead: the next call
+    /// moves the session, unless it has moved since (many calls in flight fail together, and
+    /// one take-over answers them all).
+    async fn meta_stale(&self, conn: &RpcClient<MetaRequest>) {
+        let mut slot = self.meta.lock().await;
+        if slot.0.as_ref().is_some_and(|c| c.same_connection(conn)) {
+            slot.1 = true;
+        }
     }
 
     /// Takes the session over to a new connection to the leader: reclaims every open file
@@ -588,15 +593,25 @@ impl Session {
 
     /// Sends one call to pfs-meta and returns its answer. A meta node that is not the leader
     /// answers NotLeader without doing anything: the call goes to the next node then (see
-    /// [`Redirect`]). A call whose connection breaks is not sent again (it may have been done).
+    /// [`Redirect`]). A call whose fate is unknown (its connection broke before the answer, or
+    /// the leader changed after proposing it: Indeterminate) is sent again the same way if that
+    /// is safe ([`MetaRequest::is_retry_safe`]), and otherwise fails with that error.
     pub(crate) async fn meta<C: Call<Request = MetaRequest> + Clone>(&self, call: C) -> Result<C::Reply> {
         let mut redirect = Redirect::new(self.options.meta_addresses.len());
+        let retry_safe = call.clone().into_request().is_retry_safe();
         loop {
             let conn = self.meta_conn().await?;
             match conn.ask(call.clone()).await {
+                Err(e) if retry_safe && (e.is_closed_before_answer() || e.code() == ErrorCode::Indeterminate) => {
+                    tracing::debug!("a call to pfs-meta of unknown fate ({e}); sending it again");
+                    self.meta_stale(&conn).await;
+                    if !redirect.again(&self.meta_at).await {
+                        return Err(e.into());
+                    }
+                }
                 Err(e) if e.code() == ErrorCode::NotLeader => {
                     // This connection is to a follower: the next call moves the session.
-                    self.meta_stale().await;
+                    self.meta_stale(&conn).await;
                     if !redirect.again(&self.meta_at).await {
                         return Err(e.into());
                     }
@@ -759,6 +774,9 @@ async fn keep_alive(session: Weak<Session>) {
         // the send keeps our view of the lease ending no later than pfs-meta's.
         let sent = Instant::now();
         let patience = Duration::from_millis((lease_ms / 6).max(1));
+        // The connection this renewal goes out on (none while a take-over is under way: it
+        // is being replaced already).
+        let on = s.meta.try_lock().ok().and_then(|slot| slot.0.clone());
         match tokio::time::timeout(patience, s.meta(tok::KeepAlive { session: id })).await {
             Ok(Ok(())) => *s.lease.renewed.lock() = sent,
             Ok(Err(e)) if e.code() == ErrorCode::Evicted => s.mark_evicted(e),
@@ -768,7 +786,9 @@ async fn keep_alive(session: Weak<Session>) {
                 tracing::info!(
                     "keep-alive of session {id:x} unanswered after {patience:?}; trying the other meta nodes"
                 );
-                s.meta_stale().await;
+                if let Some(conn) = &on {
+                    s.meta_stale(conn).await;
+                }
                 // At once: a take-over waits for no renewal period.
                 if let Err(e) = s.meta_conn().await {
                     tracing::debug!("moving session {id:x}: {e}");

@@ -4,31 +4,13 @@
 //! themselves (a follower answers NotLeader).
 
 use pfs_common::config::Config;
-use pfs_common::rpc::{ConnectOptions, RpcClient};
-use pfs_common::wire::raft::{GetStatus, NodeStatus};
-use pfs_common::wire::{MetaRequest, PeerRole};
+use pfs_common::wire::raft::NodeStatus;
 use pfs_common::ServerId;
-use pfs_testkit::{DaemonKind, LocalCluster};
+use pfs_testkit::{meta_leader_of, meta_statuses, DaemonKind, LocalCluster};
 use std::time::{Duration, Instant};
 
-/// What each meta node says of itself (`None`: it does not answer).
 async fn statuses(config: &Config) -> Vec<(u64, Option<NodeStatus>)> {
-    let opts = ConnectOptions {
-        role: PeerRole::Client,
-        name: "meta_group test".into(),
-        connect_timeout: Duration::from_secs(1),
-        request_timeout: Duration::from_secs(2),
-        auth: config.auth(false).unwrap(),
-    };
-    let mut all = Vec::new();
-    for n in config.meta_nodes() {
-        let st = async {
-            let c: RpcClient<MetaRequest> = RpcClient::connect(n.address, "meta", &opts, None).await.ok()?;
-            c.ask(GetStatus).await.ok()
-        };
-        all.push((n.id, st.await));
-    }
-    all
+    meta_statuses(config).await
 }
 
 /// Polls the nodes until `done` holds of their statuses, for at most 30 s.
@@ -45,7 +27,7 @@ async fn wait_for(config: &Config, what: &str, done: impl Fn(&[(u64, Option<Node
 }
 
 fn leader_of(st: &[(u64, Option<NodeStatus>)]) -> Option<u64> {
-    st.iter().find(|(_, s)| s.as_ref().is_some_and(|s| s.state == "leader")).map(|(id, _)| *id)
+    meta_leader_of(st)
 }
 
 #[tokio::test(flavor = "multi_thread")]

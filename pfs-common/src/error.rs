@@ -68,9 +68,16 @@ pub enum ErrorCode {
     /// them: they may be lost, and should be written again (EIO).
     Restarted,
     /// The meta node asked is not the leader of the metadata group (or lost its leadership
-    /// before the operation was committed); the message names the leader if it knows one. An
-    /// operation that may have been committed says so: retry it with the same request id.
+    /// before the operation was proposed): nothing was done; the message names the leader if
+    /// it knows one. Safe to send again, to the leader.
     NotLeader,
+    /// The meta node lost its leadership after it proposed the operation: it may or may not
+    /// have been committed (the next leader decides). Sending it again is safe only for what
+    /// cannot be done twice ([`crate::wire::MetaRequest::is_retry_safe`]); EIO for the others.
+    Indeterminate,
+    /// The storage server holds no lease from pfs-meta right now (it is registering again, as
+    /// after a failover of the metadata leader): it takes no write until it does. Retry.
+    NoLease,
 }
 
 impl ErrorCode {
@@ -100,6 +107,8 @@ impl ErrorCode {
             ErrorCode::Corrupt => "chunk corrupt",
             ErrorCode::Restarted => "server restarted before its writes were durable",
             ErrorCode::NotLeader => "not the metadata leader",
+            ErrorCode::Indeterminate => "may or may not have been done (the metadata leader changed)",
+            ErrorCode::NoLease => "the storage server has no lease from pfs-meta yet",
         }
     }
 
@@ -116,16 +125,19 @@ impl ErrorCode {
             ErrorCode::NotEmpty => libc::ENOTEMPTY,
             ErrorCode::Invalid => libc::EINVAL,
             ErrorCode::Conflict | ErrorCode::Evicted => libc::ESTALE,
-            ErrorCode::Io | ErrorCode::Unavailable | ErrorCode::Lost | ErrorCode::Corrupt | ErrorCode::Restarted => {
-                libc::EIO
-            }
+            ErrorCode::Io
+            | ErrorCode::Unavailable
+            | ErrorCode::Lost
+            | ErrorCode::Corrupt
+            | ErrorCode::Restarted
+            | ErrorCode::Indeterminate => libc::EIO,
             ErrorCode::TooLarge => libc::EFBIG,
             ErrorCode::NoSpace => libc::ENOSPC,
             ErrorCode::TimedOut => libc::ETIMEDOUT,
             ErrorCode::Protocol => libc::EPROTO,
             ErrorCode::NameTooLong => libc::ENAMETOOLONG,
             ErrorCode::Busy => libc::EBUSY,
-            ErrorCode::Stale | ErrorCode::NotLeader => libc::EAGAIN,
+            ErrorCode::Stale | ErrorCode::NotLeader | ErrorCode::NoLease => libc::EAGAIN,
             ErrorCode::AuthFailed | ErrorCode::Denied => libc::EACCES,
         }
     }

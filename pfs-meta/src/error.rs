@@ -103,7 +103,7 @@ pub enum MetaError {
     /// This meta node is not the leader of the metadata group: `leader` is the one it knows
     /// (id and address), if any. `maybe_done` says the operation was proposed before the
     /// leadership was lost and may still be committed by the next leader.
-    #[error("meta-{node} is not the metadata leader ({}){}", leader_hint(leader), if *maybe_done { "; the operation may have been committed: retry it with the same request id" } else { "" })]
+    #[error("meta-{node} is not the metadata leader ({}){}", leader_hint(leader), if *maybe_done { "; it lost its leadership after proposing the operation, which may or may not have been committed" } else { "" })]
     NotLeader { node: u64, leader: Option<(u64, String)>, maybe_done: bool },
     /// Connections and configuration (pfs-common).
     #[error(transparent)]
@@ -169,7 +169,7 @@ impl MetaError {
             // Not done: the caller may send it to the leader. Perhaps done: not to be sent
             // again blindly.
             MetaError::NotLeader { maybe_done: false, .. } => ErrorCode::NotLeader,
-            MetaError::NotLeader { maybe_done: true, .. } => ErrorCode::Unavailable,
+            MetaError::NotLeader { maybe_done: true, .. } => ErrorCode::Indeterminate,
             MetaError::Common(e) => e.code(),
         }
     }

@@ -201,6 +201,6 @@ mod tests {
         assert!(f.has_lease() && f.admit(1).await.is_ok());
         f.lost();
         assert!(matches!(f.admit(1).await, Err(StorageError::NoLease { .. })));
-        assert_eq!(f.admit(1).await.unwrap_err().code(), pfs_common::ErrorCode::Unavailable);
+        assert_eq!(f.admit(1).await.unwrap_err().code(), pfs_common::ErrorCode::NoLease);
     }
 }

@@ -318,7 +318,7 @@ async fn scenario(engine: EngineChoice) {
     drop(meta);
     // (Writes in flight as it goes are still admitted: they land over the same bytes.)
     wait_until("writes are refused once pfs-meta is gone", || async {
-        matches!(write(&c, ch, session, fb, 0, 0, b"late").await, Err(e) if e.code() == ErrorCode::Unavailable)
+        matches!(write(&c, ch, session, fb, 0, 0, b"late").await, Err(e) if e.code() == ErrorCode::NoLease)
     })
     .await;
     assert_eq!(read(&c, ch, fb, 0, 0, 100).await.0.len(), b"still here".len(), "reads are still served");

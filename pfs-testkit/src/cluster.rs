@@ -7,12 +7,57 @@ use crate::error::{Error, Result};
 use pfs_client::{Client, ClientOptions};
 use pfs_common::config::Config;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
+use pfs_common::wire::raft::{GetStatus, NodeStatus};
 use pfs_common::wire::{MetaRequest, PeerRole};
 use std::fs;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+/// What each meta node of `config` says of itself (`pfs meta status`), by id; `None` for a
+/// node that does not answer within a second or two.
+pub async fn meta_statuses(config: &Config) -> Vec<(u64, Option<NodeStatus>)> {
+    let opts = ConnectOptions {
+        role: PeerRole::Client,
+        name: "pfs-testkit meta status".into(),
+        connect_timeout: Duration::from_secs(1),
+        request_timeout: Duration::from_secs(2),
+        auth: config.auth(false).expect("the cluster's auth config"),
+    };
+    let mut all = Vec::new();
+    for n in config.meta_nodes() {
+        let st = async {
+            let c: RpcClient<MetaRequest> = RpcClient::connect(n.address, "meta", &opts, None).await.ok()?;
+            c.ask(GetStatus).await.ok()
+        };
+        all.push((n.id, st.await));
+    }
+    all
+}
+
+/// The node the statuses call the leader, if one does.
+pub fn meta_leader_of(statuses: &[(u64, Option<NodeStatus>)]) -> Option<u64> {
+    statuses.iter().find(|(_, s)| s.as_ref().is_some_and(|s| s.state == "leader")).map(|(id, _)| *id)
+}
+
+/// Polls the meta nodes of `config` until a node other than `not` leads; returns it.
+///
+/// Errors: TimedOut after `timeout`, with the statuses last seen.
+pub async fn wait_meta_leader(config: &Config, not: Option<u64>, timeout: Duration) -> Result<u64> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let st = meta_statuses(config).await;
+        if let Some(l) = meta_leader_of(&st).filter(|l| Some(*l) != not) {
+            return Ok(l);
+        }
+        if Instant::now() >= deadline {
+            let last = format!("no meta leader (other than {not:?}): {st:?}");
+            return Err(Error::NotReady { secs: timeout.as_secs(), last });
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
 
 /// How long [`wait_ready`] waits for every daemon to serve, by default.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);

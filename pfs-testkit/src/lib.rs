@@ -13,7 +13,10 @@ pub mod mount;
 pub mod raw;
 pub mod tools;
 
-pub use cluster::{free_ports, wait_meta_listening, wait_ready, LocalCluster, READY_TIMEOUT};
+pub use cluster::{
+    free_ports, meta_leader_of, meta_statuses, wait_meta_leader, wait_meta_listening, wait_ready, LocalCluster,
+    READY_TIMEOUT,
+};
 pub use daemon::{Daemon, DaemonKind};
 pub use error::{Error, Result};
 pub use mount::{mounted, wait_until, Mount};

@@ -169,6 +169,11 @@ impl<R: Serialize> RpcClient<R> {
         &self.inner.peer
     }
 
+    /// True if `self` and `other` are clones of one connection.
+    pub fn same_connection(&self, other: &RpcClient<R>) -> bool {
+        Arc::ptr_eq(&self.inner, &other.inner)
+    }
+
     /// True once the connection has failed; calls on it fail at once.
     pub fn is_closed(&self) -> bool {
         self.inner.pending.lock().closed.is_some()

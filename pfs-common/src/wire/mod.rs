@@ -133,6 +133,35 @@ pub enum MetaRequest {
     Raft(raft::RaftRequest),
 }
 
+impl MetaRequest {
+    /// Whether sending the request again, when its fate is unknown (the connection broke
+    /// before the answer, or the leader changed after proposing it), cannot do anything twice
+    /// or answer a false error: every read, token call and size report. Not the namespace
+    /// changes whose repeat after a success fails (an exclusive create, a rename, an unlink:
+    /// Exists or NotFound) or does something again (a link).
+    pub fn is_retry_safe(&self) -> bool {
+        use namespace::NamespaceRequest as N;
+        match self {
+            MetaRequest::Namespace(n) => match n {
+                N::Create(c) => !c.exclusive,
+                N::Mkdir(_) | N::Mknod(_) | N::Symlink(_) | N::Link(_) | N::Rename(_) | N::Unlink(_) | N::Rmdir(_) => {
+                    false
+                }
+                N::SetAttr(_)
+                | N::Lookup(_)
+                | N::Stat(_)
+                | N::Readdir(_)
+                | N::Truncate(_)
+                | N::SetSize(_)
+                | N::Open(_)
+                | N::Close(_) => true,
+            },
+            MetaRequest::Tokens(t) => !matches!(t, tokens::TokenRequest::OpenSession(_)),
+            MetaRequest::Registry(_) | MetaRequest::Raft(_) => true,
+        }
+    }
+}
+
 /// Encodes a message body.
 pub fn encode<T: Serialize>(msg: &T) -> Vec<u8> {
     postcard::to_allocvec(msg).expect("postcard encodes every pfs message")

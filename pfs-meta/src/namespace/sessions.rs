@@ -69,8 +69,8 @@ impl SessionTable {
         self.evicted.iter().copied().collect()
     }
 
-    /// Storage servers refuse every session below this id that [`SessionTable::open`] does
-    /// not hold: the first id of the oldest open session's epoch, or of the newest epoch when
+    /// Storage servers refuse every session below this id that is not open: the first id of
+    /// the oldest open session's epoch, or of the newest epoch when
     /// no session is open. Never decreases (new sessions come from the newest epoch).
     pub fn fence_below(&self) -> SessionId {
         let oldest_open = self.open.keys().next().map(|s| epoch_of(*s));
