@@ -213,6 +213,7 @@ async fn replayed_handshakes_and_altered_or_replayed_frames_are_refused() {
         Mkdir {
             target: "/intruded".into(),
             attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+            request: None,
         },
         |b| b[25] ^= 1,
     )

@@ -88,6 +88,7 @@ async fn bad_requests_get_clear_errors_and_the_servers_serve_on() {
             session: None,
             attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
             closed: vec![],
+            request: None,
         })
         .await
         .unwrap();
@@ -115,6 +116,7 @@ async fn bad_requests_get_clear_errors_and_the_servers_serve_on() {
         .ask(Mkdir {
             target: format!("/{}", "n".repeat(256)).into(),
             attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+            request: None,
         })
         .await
         .unwrap_err();
@@ -123,6 +125,7 @@ async fn bad_requests_get_clear_errors_and_the_servers_serve_on() {
     c.ask(Mkdir {
         target: format!("/{}", "n".repeat(255)).into(),
         attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+        request: None,
     })
     .await
     .unwrap();
@@ -132,28 +135,34 @@ async fn bad_requests_get_clear_errors_and_the_servers_serve_on() {
     // directory, a node kind Mknod does not make. Each refused with a clear error.
     let attrs = NewAttrs { mode: 0o644, uid: 0, gid: 0 };
     for name in ["a/b", "..", ".", "", "x\0y"] {
-        let e =
-            c.ask(Mkdir { target: Target::Entry { dir: FileId::ROOT, name: name.into() }, attrs }).await.unwrap_err();
+        let e = c
+            .ask(Mkdir { target: Target::Entry { dir: FileId::ROOT, name: name.into() }, attrs, request: None })
+            .await
+            .unwrap_err();
         assert_eq!(e.code(), ErrorCode::Invalid, "{name:?}: {e}");
         assert!(e.to_string().contains("one component"), "{e}");
     }
     for dir in [f.id, FileId(1 << 40)] {
-        let e = c.ask(Mkdir { target: Target::Entry { dir, name: "x".into() }, attrs }).await.unwrap_err();
+        let e =
+            c.ask(Mkdir { target: Target::Entry { dir, name: "x".into() }, attrs, request: None }).await.unwrap_err();
         assert!(matches!(e.code(), ErrorCode::NotDir | ErrorCode::NotFound), "{dir}: {e}");
     }
-    let e = c.ask(Mkdir { target: Target::Id(f.id), attrs }).await.unwrap_err();
+    let e = c.ask(Mkdir { target: Target::Id(f.id), attrs, request: None }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
-    let e = c.ask(Mkdir { target: "/m".into(), attrs: NewAttrs { mode: 0o170777, ..attrs } }).await.unwrap_err();
+    let e = c
+        .ask(Mkdir { target: "/m".into(), attrs: NewAttrs { mode: 0o170777, ..attrs }, request: None })
+        .await
+        .unwrap_err();
     assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
     let set = SetAttr { file: f.id, mode: Some(0o10000), uid: None, gid: None, atime: None, mtime: None };
     assert_eq!(c.ask(set).await.unwrap_err().code(), ErrorCode::Invalid);
     for link in [String::new(), "l".repeat(4097)] {
-        let e = c.ask(Symlink { target: "/s".into(), link, uid: 0, gid: 0 }).await.unwrap_err();
+        let e = c.ask(Symlink { target: "/s".into(), link, uid: 0, gid: 0, request: None }).await.unwrap_err();
         assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
     }
-    let e = c.ask(Link { file: FileId::ROOT, target: "/root-link".into() }).await.unwrap_err();
+    let e = c.ask(Link { file: FileId::ROOT, target: "/root-link".into(), request: None }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::IsDir, "{e}");
-    let e = c.ask(Mknod { target: "/n".into(), kind: FileKind::Dir, rdev: 0, attrs }).await.unwrap_err();
+    let e = c.ask(Mknod { target: "/n".into(), kind: FileKind::Dir, rdev: 0, attrs, request: None }).await.unwrap_err();
     assert_eq!(e.code(), ErrorCode::Invalid, "{e}");
     assert_eq!(c.ask(Stat { file: FileId::ROOT }).await.unwrap().nlink, 3, "only the 255-byte directory was made");
 

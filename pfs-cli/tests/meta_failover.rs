@@ -1,18 +1,24 @@
-//! Leader kills under load: 3 meta nodes and 4 storage servers, real processes on loopback.
-//! Each round runs a mixed load (a namespace worker creating, renaming and unlinking with a
-//! log of what was acknowledged; two writers of interleaved records of one shared file, each
-//! batch fsync'd; a reader checking every record it sees), kill -9s the leader at a random
-//! moment, lets the load run on through the election and the recovery window, restarts the
-//! killed node, and then checks: every acknowledged operation is there and nothing else is;
-//! every record holds its writer's last acknowledged version; no reader saw a record older
-//! than one acknowledged before its read; no client was evicted; `pfs fsck` and
-//! `pfs getstripe --verify` exit 0.
+//! Faults of the metadata group under load: 3 meta nodes and 4 storage servers, real
+//! processes on loopback. Each round runs a mixed load (a namespace worker creating, renaming
+//! and unlinking with a log of what was acknowledged; two writers of interleaved records of one
+//! shared file, each batch fsync'd; a reader checking every record it sees), injects one fault
+//! at a random moment, lets the load run on through the election and the recovery window, and
+//! then checks: every acknowledged operation is there and nothing else is; every record holds
+//! its writer's last acknowledged version; no reader saw a record older than one acknowledged
+//! before its read; no client was evicted; `pfs fsck` and `pfs getstripe --verify` exit 0.
 //!
-//! `PFS_FAILOVER_ROUNDS` sets the number of rounds (10 by default).
+//! The faults, one test each: kill -9 of the leader; SIGSTOP of the leader for 10 s (a zombie:
+//! when it continues, a new leader has taken over and nothing it sends may count); kill -9 of
+//! the leader and a storage server together; a follower's data directory wiped (it rejoins by
+//! snapshot). Namespace changes carry request ids, so none may fail with "in doubt" or be done
+//! twice; the namespace worker asserts it.
+//!
+//! `PFS_FAILOVER_ROUNDS` sets the number of rounds of each (10 by default).
 
 use pfs_client::{Client, CreateOptions, File};
+use pfs_common::config::Config;
 use pfs_common::ErrorCode;
-use pfs_testkit::{ok, run_tool, wait_meta_leader, DaemonKind, LocalCluster};
+use pfs_testkit::{meta_statuses, ok, run_tool, wait_meta_leader, DaemonKind, LocalCluster};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -25,9 +31,16 @@ const RECORD: usize = 4096;
 const RECORDS: u64 = 8;
 const WRITERS: u64 = 2;
 
-/// Errors an operation may meet while the leader changes: its fate is unknown, never wrong.
+/// Errors a data operation may meet while the leader changes: its fate is unknown, never wrong.
 fn in_doubt(code: ErrorCode) -> bool {
     matches!(code, ErrorCode::Indeterminate | ErrorCode::Unavailable | ErrorCode::TimedOut | ErrorCode::NotLeader)
+}
+
+/// Errors a namespace change may meet while the leader changes: only "no leader answered in
+/// time". Never Indeterminate: it carries a request id and is sent again until answered.
+fn ns_in_doubt(e: &pfs_client::Error) -> bool {
+    assert_ne!(e.code(), ErrorCode::Indeterminate, "a namespace change with a request id in doubt: {e}");
+    matches!(e.code(), ErrorCode::Unavailable | ErrorCode::TimedOut | ErrorCode::NotLeader)
 }
 
 /// Record `k` of writer `w` at version `v`: every 8-byte word is `w << 56 | v`.
@@ -54,6 +67,8 @@ struct NsLog {
     present: BTreeSet<String>,
     /// Fate unknown (an operation on it answered in doubt).
     unknown: BTreeSet<String>,
+    /// The first in-doubt error of the round, and how many there were.
+    doubts: (Option<String>, u64),
 }
 
 /// Creates, renames and unlinks in `/ns` until `stop`, logging what was acknowledged in
@@ -73,7 +88,9 @@ async fn namespace_worker(
                 log.present.insert(name.clone());
                 f.close().await.unwrap_or_else(|e| panic!("closing {name}: {e}"));
             }
-            Err(e) if in_doubt(e.code()) => {
+            Err(e) if ns_in_doubt(&e) => {
+                log.doubts.0.get_or_insert_with(|| e.to_string());
+                log.doubts.1 += 1;
                 log.unknown.insert(name.clone());
             }
             Err(e) => panic!("creating {name}: {e}"),
@@ -87,7 +104,9 @@ async fn namespace_worker(
                     log.present.remove(&earlier);
                     log.present.insert(to);
                 }
-                Err(e) if in_doubt(e.code()) => {
+                Err(e) if ns_in_doubt(&e) => {
+                    log.doubts.0.get_or_insert_with(|| e.to_string());
+                    log.doubts.1 += 1;
                     log.present.remove(&earlier);
                     log.unknown.insert(earlier);
                     log.unknown.insert(to);
@@ -101,7 +120,9 @@ async fn namespace_worker(
                 Ok(()) => {
                     log.present.remove(&victim);
                 }
-                Err(e) if in_doubt(e.code()) => {
+                Err(e) if ns_in_doubt(&e) => {
+                    log.doubts.0.get_or_insert_with(|| e.to_string());
+                    log.doubts.1 += 1;
                     log.present.remove(&victim);
                     log.unknown.insert(victim);
                 }
@@ -179,8 +200,61 @@ async fn reader(f: File, stop: Arc<AtomicBool>, acked: Acked) -> (File, u64) {
     (f, reads)
 }
 
+/// A fault a round injects.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fault {
+    /// kill -9 of the leader (restarted after the round).
+    KillLeader,
+    /// SIGSTOP of the leader for 10 s, then SIGCONT: it must come back as a follower.
+    PauseLeader,
+    /// kill -9 of the leader and of a storage server at once (both restarted).
+    KillLeaderAndStorage,
+    /// A follower killed, its data directory wiped, and started again: it rejoins.
+    WipeFollower,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn leader_kills_under_mixed_load_lose_nothing_acknowledged() {
+    under_faults(Fault::KillLeader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_leader_paused_for_10_s_comes_back_a_follower_and_nothing_it_did_counts() {
+    under_faults(Fault::PauseLeader).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn killing_the_leader_and_a_storage_server_together_loses_nothing_acknowledged() {
+    under_faults(Fault::KillLeaderAndStorage).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_wiped_follower_rejoins_under_load() {
+    under_faults(Fault::WipeFollower).await;
+}
+
+/// Polls until meta node `id` says it is a follower of a term at least `term` with the log
+/// applied to `applied` at least, for at most 60 s.
+async fn wait_follower(config: &Config, id: u64, term: u64, applied: u64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = meta_statuses(config).await;
+        let me = st.iter().find(|(n, _)| *n == id).and_then(|(_, s)| s.clone());
+        if me.as_ref().is_some_and(|s| s.state == "follower" && s.term >= term && s.applied >= applied) {
+            return;
+        }
+        assert!(std::time::Instant::now() < deadline, "meta-{id} never followed term {term} to {applied}: {st:?}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// The status of meta node `id`, as it answers now.
+async fn status_of(config: &Config, id: u64) -> pfs_common::wire::raft::NodeStatus {
+    let st = meta_statuses(config).await;
+    st.into_iter().find(|(n, _)| *n == id).and_then(|(_, s)| s).unwrap_or_else(|| panic!("meta-{id} does not answer"))
+}
+
+async fn under_faults(fault: Fault) {
     pfs_common::logging::init();
     let rounds: u64 = std::env::var("PFS_FAILOVER_ROUNDS").ok().and_then(|r| r.parse().ok()).unwrap_or(10);
     let mut cluster = LocalCluster::start_group(3, 4, |_| {}).await.unwrap();
@@ -228,10 +302,7 @@ async fn leader_kills_under_mixed_load_lose_nothing_acknowledged() {
         let rd = tokio::spawn(reader(read_file.take().unwrap(), stop.clone(), acked.clone()));
 
         tokio::time::sleep(Duration::from_millis(300 + rand_below(900))).await;
-        cluster.kill(DaemonKind::Meta(leader));
-        let new_leader = wait_meta_leader(&config, Some(leader), Duration::from_secs(30)).await.unwrap();
-        // The load goes on through the election and the recovery window.
-        tokio::time::sleep(Duration::from_millis(800)).await;
+        let what = inject(fault, &mut cluster, &config, &mut leader, round).await;
         stop.store(true, Ordering::Relaxed);
         let (c, round_log) = ns.await.unwrap();
         ns_client = Some(c);
@@ -241,9 +312,8 @@ async fn leader_kills_under_mixed_load_lose_nothing_acknowledged() {
         }
         let (f, reads) = rd.await.unwrap();
         read_file = Some(f);
-        drop(cluster.restart(DaemonKind::Meta(leader)).await.unwrap());
-        eprintln!("round {round}: meta-{leader} killed, meta-{new_leader} leads; {reads} reads");
-        leader = new_leader;
+        let (first, doubts) = std::mem::take(&mut log.doubts);
+        eprintln!("round {round}: {what}; {reads} reads, {doubts} namespace changes in doubt (first: {first:?})");
 
         // Every acknowledged name is there, and nothing that was never asked for.
         let check = cluster.client().await.unwrap();
@@ -272,6 +342,58 @@ async fn leader_kills_under_mixed_load_lose_nothing_acknowledged() {
             .map(|c| c.session().unwrap_or_else(|e| panic!("round {round}: a live client was evicted: {e}")))
             .collect();
         assert_eq!(now, sessions);
+    }
+}
+
+/// Injects `fault` while the load runs, and lets the load run on through its recovery;
+/// `leader` becomes the leader after it. Returns what it did, for the log.
+async fn inject(fault: Fault, cluster: &mut LocalCluster, config: &Config, leader: &mut u64, round: u64) -> String {
+    // The leader may have changed since the last round (an election under load).
+    *leader = wait_meta_leader(config, None, Duration::from_secs(30)).await.unwrap();
+    let old = *leader;
+    match fault {
+        Fault::KillLeader | Fault::KillLeaderAndStorage => {
+            let storage = DaemonKind::Storage(pfs_common::ServerId(round as u32 % 4 + 1));
+            cluster.kill(DaemonKind::Meta(old));
+            if fault == Fault::KillLeaderAndStorage {
+                cluster.kill(storage);
+            }
+            *leader = wait_meta_leader(config, Some(old), Duration::from_secs(30)).await.unwrap();
+            // The load goes on through the election and the recovery window.
+            tokio::time::sleep(Duration::from_millis(800)).await;
+            if fault == Fault::KillLeaderAndStorage {
+                drop(cluster.restart(storage).await.unwrap());
+            }
+            drop(cluster.restart(DaemonKind::Meta(old)).await.unwrap());
+            match fault {
+                Fault::KillLeader => format!("meta-{old} killed, meta-{leader} leads"),
+                _ => format!("meta-{old} and {} killed, meta-{leader} leads", storage.name()),
+            }
+        }
+        Fault::PauseLeader => {
+            let paused = std::time::Instant::now();
+            cluster.suspend(DaemonKind::Meta(old));
+            *leader = wait_meta_leader(config, Some(old), Duration::from_secs(30)).await.unwrap();
+            let elected = paused.elapsed();
+            let rest = Duration::from_secs(10).saturating_sub(elected);
+            tokio::time::sleep(rest).await;
+            cluster.resume(DaemonKind::Meta(old));
+            // The zombie learns of the new term from the others and follows it.
+            let now = status_of(config, *leader).await;
+            wait_follower(config, old, now.term, 0).await;
+            format!("meta-{old} paused for 10 s (meta-{leader} led after {} ms), then a follower", elected.as_millis())
+        }
+        Fault::WipeFollower => {
+            let st = meta_statuses(config).await;
+            let follower = st.iter().map(|(n, _)| *n).find(|n| *n != old).unwrap();
+            cluster.kill(DaemonKind::Meta(follower));
+            let dir = config.meta_dir(follower).unwrap();
+            std::fs::remove_dir_all(&dir).unwrap_or_else(|e| panic!("wiping {}: {e}", dir.display()));
+            drop(cluster.restart(DaemonKind::Meta(follower)).await.unwrap());
+            let now = status_of(config, old).await;
+            wait_follower(config, follower, now.term, now.applied).await;
+            format!("meta-{follower} wiped and rejoined at {}", now.applied)
+        }
     }
 }
 

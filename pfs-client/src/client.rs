@@ -181,7 +181,8 @@ impl Client {
     /// Makes a directory with this owner and mode (a set-group-ID parent's group wins, as on
     /// Linux). Errors: Exists, NotFound (parent), NotDir, Invalid (mode bits past `0o7777`).
     pub async fn mkdir_with(&self, target: impl Into<Target>, attrs: NewAttrs) -> Result<Attr> {
-        self.session.meta(ns::Mkdir { target: target.into(), attrs }).await
+        let target = target.into();
+        self.session.meta_once(|request| ns::Mkdir { target, attrs, request: Some(request) }).await
     }
 
     /// Makes a directory and any missing parents; an existing directory is fine.
@@ -228,8 +229,13 @@ impl Client {
         let target = target.into();
         let name = target.to_string();
         let closed = self.session.carry_closes();
-        let attr =
-            self.session.meta(ns::Create { target, layout, exclusive: opts.exclusive, session, attrs, closed }).await?;
+        let attr = self
+            .session
+            .meta_once(|request| {
+                let request = Some(request);
+                ns::Create { target, layout, exclusive: opts.exclusive, session, attrs, closed, request }
+            })
+            .await?;
         let file = self.file(&name, attr.clone())?;
         if file.size() > 0 {
             file.truncate(0).await?;
@@ -286,36 +292,43 @@ impl Client {
     /// [`Client::rename`]; with `no_replace`, an existing `to` is Exists (RENAME_NOREPLACE).
     pub async fn rename_with(&self, from: impl Into<Target>, to: impl Into<Target>, no_replace: bool) -> Result<()> {
         let (from, to) = (from.into(), to.into());
-        self.session.meta(ns::Rename { from, to, expected_generation: None, no_replace }).await
+        self.session
+            .meta_once(|request| ns::Rename { from, to, expected_generation: None, no_replace, request: Some(request) })
+            .await
     }
 
     /// Removes a name of anything but a directory; with the last name of a file, pfs-meta
     /// tells its storage servers to delete the chunks (at the last close if it is open).
     pub async fn unlink(&self, target: impl Into<Target>) -> Result<()> {
-        self.session.meta(ns::Unlink { target: target.into(), expected_generation: None }).await
+        let target = target.into();
+        self.session.meta_once(|request| ns::Unlink { target, expected_generation: None, request: Some(request) }).await
     }
 
     /// Removes an empty directory. Errors: NotEmpty, NotDir, NotFound.
     pub async fn rmdir(&self, target: impl Into<Target>) -> Result<()> {
-        self.session.meta(ns::Rmdir { target: target.into(), expected_generation: None }).await
+        let target = target.into();
+        self.session.meta_once(|request| ns::Rmdir { target, expected_generation: None, request: Some(request) }).await
     }
 
     /// Makes a named pipe, socket or device node (metadata only).
     /// Errors: Exists, NotFound, NotDir, Invalid (another kind).
     pub async fn mknod(&self, target: impl Into<Target>, kind: FileKind, rdev: u64, attrs: NewAttrs) -> Result<Attr> {
-        self.session.meta(ns::Mknod { target: target.into(), kind, rdev, attrs }).await
+        let target = target.into();
+        self.session.meta_once(|request| ns::Mknod { target, kind, rdev, attrs, request: Some(request) }).await
     }
 
     /// Makes a symbolic link to `link` (1 to 4096 bytes, not checked to exist).
     /// Errors: Exists, NotFound, NotDir, Invalid.
     pub async fn symlink(&self, target: impl Into<Target>, link: &str, uid: u32, gid: u32) -> Result<Attr> {
-        self.session.meta(ns::Symlink { target: target.into(), link: link.to_string(), uid, gid }).await
+        let (target, link) = (target.into(), link.to_string());
+        self.session.meta_once(|request| ns::Symlink { target, link, uid, gid, request: Some(request) }).await
     }
 
     /// Gives `file` (not a directory) a further name. Errors: Exists, IsDir, NoSuchFile,
     /// Invalid (too many links).
     pub async fn link(&self, file: FileId, target: impl Into<Target>) -> Result<Attr> {
-        self.session.meta(ns::Link { file, target: target.into() }).await
+        let target = target.into();
+        self.session.meta_once(|request| ns::Link { file, target, request: Some(request) }).await
     }
 
     /// Changes mode, owner, group or times (`None` fields stay); returns the new attributes.

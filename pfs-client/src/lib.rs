@@ -30,6 +30,7 @@ mod file_state;
 mod options;
 pub mod path;
 mod releases;
+mod request_slots;
 mod session;
 mod stride;
 

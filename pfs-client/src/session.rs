@@ -149,6 +149,26 @@ struct Lease {
     renewed: parking_lot::Mutex<Instant>,
 }
 
+/// A call sent again in the form `request` (see [`Session::meta`]), answered as `C` is.
+struct Resend<C> {
+    request: MetaRequest,
+    call: std::marker::PhantomData<fn() -> C>,
+}
+
+impl<C> Resend<C> {
+    fn new(request: MetaRequest) -> Resend<C> {
+        Resend { request, call: std::marker::PhantomData }
+    }
+}
+
+impl<C: Call<Request = MetaRequest>> Call for Resend<C> {
+    type Request = MetaRequest;
+    type Reply = C::Reply;
+    fn into_request(self) -> MetaRequest {
+        self.request
+    }
+}
+
 /// The shared core of one client (see the module documentation).
 pub(crate) struct Session {
     pub(crate) options: ClientOptions,
@@ -182,6 +202,11 @@ pub(crate) struct Session {
     releases: parking_lot::Mutex<Releases>,
     /// Woken whenever a release is answered.
     released: tokio::sync::Notify,
+    /// Slots for the request ids of namespace changes ([`Session::meta_once`]).
+    slots: crate::request_slots::RequestSlots,
+    /// How many times the session was taken over to a new connection: the notifications of
+    /// older connections may not evict it (their node may have been deposed meanwhile).
+    taken_over: AtomicU64,
 }
 
 impl Session {
@@ -237,8 +262,10 @@ impl Session {
             closes: parking_lot::Mutex::new(PendingCloses::default()),
             releases: parking_lot::Mutex::new(Releases::default()),
             released: tokio::sync::Notify::new(),
+            slots: crate::request_slots::RequestSlots::new(),
+            taken_over: AtomicU64::new(0),
         });
-        tokio::spawn(notifications(Arc::downgrade(&s), notify_rx));
+        tokio::spawn(notifications(Arc::downgrade(&s), notify_rx, 0));
         tokio::spawn(keep_alive(Arc::downgrade(&s)));
         Ok(s)
     }
@@ -541,7 +568,8 @@ impl Session {
                         "session {session:x} taken over to pfs-meta at {} (lease {lease_ms} ms)",
                         self.options.meta_addresses[self.meta_at.load(Ordering::Relaxed)]
                     );
-                    tokio::spawn(notifications(self.this.clone(), notify_rx));
+                    let generation = self.taken_over.fetch_add(1, Ordering::AcqRel) + 1;
+                    tokio::spawn(notifications(self.this.clone(), notify_rx, generation));
                     return Ok(conn);
                 }
                 Err(e) if e.code() == ErrorCode::NotLeader && redirect.again(&self.meta_at).await => continue,
@@ -593,17 +621,31 @@ impl Session {
 
     /// Sends one call to pfs-meta and returns its answer. A meta node that is not the leader
     /// answers NotLeader without doing anything: the call goes to the next node then (see
-    /// [`Redirect`]). A call whose fate is unknown (its connection broke before the answer, or
-    /// the leader changed after proposing it: Indeterminate) is sent again the same way if that
+    /// [`Redirect`]). A call whose fate is unknown (its connection broke before the answer, no
+    /// answer came in time, or the leader changed after proposing it: Indeterminate) is sent
+    /// again the same way if that
     /// is safe ([`MetaRequest::is_retry_safe`]), and otherwise fails with that error.
+    ///
+    /// A call sent again goes without the closes it carries ([`MetaRequest::without_closes`]):
+    /// pfs-meta may have served them.
     pub(crate) async fn meta<C: Call<Request = MetaRequest> + Clone>(&self, call: C) -> Result<C::Reply> {
         let mut redirect = Redirect::new(self.options.meta_addresses.len());
         let retry_safe = call.clone().into_request().is_retry_safe();
+        let mut again: Option<MetaRequest> = None;
         loop {
             let conn = self.meta_conn().await?;
-            match conn.ask(call.clone()).await {
-                Err(e) if retry_safe && (e.is_closed_before_answer() || e.code() == ErrorCode::Indeterminate) => {
+            let answer = match &again {
+                None => conn.ask(call.clone()).await,
+                Some(request) => conn.ask(Resend::<C>::new(request.clone())).await,
+            };
+            match answer {
+                Err(e)
+                    if retry_safe
+                        && (e.is_closed_before_answer()
+                            || matches!(e.code(), ErrorCode::Indeterminate | ErrorCode::TimedOut)) =>
+                {
                     tracing::debug!("a call to pfs-meta of unknown fate ({e}); sending it again");
+                    again.get_or_insert_with(|| call.clone().into_request().without_closes());
                     self.meta_stale(&conn).await;
                     if !redirect.again(&self.meta_at).await {
                         return Err(e.into());
@@ -619,6 +661,18 @@ impl Session {
                 r => return Ok(r?),
             }
         }
+    }
+
+    /// [`Session::meta`] of the namespace change `make` builds with a request id of this
+    /// session: sending it again after a lost answer or a leader change is safe (pfs-meta
+    /// answers a repeat from its log, see [`crate::request_slots`]). Errors: as `meta`;
+    /// Evicted when the session is gone.
+    pub(crate) async fn meta_once<C: Call<Request = MetaRequest> + Clone>(
+        &self,
+        make: impl FnOnce(ns::RequestId) -> C,
+    ) -> Result<C::Reply> {
+        let slot = self.slots.take(self.id()?).await;
+        self.meta(make(slot.id())).await
     }
 
     /// The connection to storage server `id`, opened if needed (its address from pfs-meta's
@@ -801,7 +855,17 @@ async fn keep_alive(session: Weak<Session>) {
 /// Handles pfs-meta's pushes (revokes, eviction) until the connection ends; then the session
 /// is taken over to a new connection at once (a new leader reclaims it; the one it was on, if
 /// it still leads, evicted it when the connection closed and refuses the take-over).
-async fn notifications(session: Weak<Session>, mut rx: mpsc::Receiver<pfs_common::wire::frame::Frame>) {
+/// Handles the notifications of the session's connection number `generation` (0 the first,
+/// one more at each take-over) until it closes, then takes the session over if it has not been
+/// yet. An eviction is believed only from the current connection: an older one may be of a
+/// leader that was deposed while it was paused, and that evicts every session it finds
+/// expired when it goes on (its revokes are still served: until the take-over they are the
+/// leader's).
+async fn notifications(
+    session: Weak<Session>,
+    mut rx: mpsc::Receiver<pfs_common::wire::frame::Frame>,
+    generation: u64,
+) {
     while let Some(frame) = rx.recv().await {
         let Some(s) = session.upgrade() else { return };
         match pfs_common::wire::decode::<ClientNotify>(&frame.body) {
@@ -811,6 +875,12 @@ async fn notifications(session: Weak<Session>, mut rx: mpsc::Receiver<pfs_common
                 tokio::spawn(handle_revoke(s, revoke, file, range, wanted));
             }
             Ok(ClientNotify::Evicted { session, reason }) => {
+                if s.taken_over.load(Ordering::Acquire) != generation {
+                    tracing::warn!(
+                        "session {session:x}: ignoring an eviction ({reason}) from a connection it was taken over from"
+                    );
+                    continue;
+                }
                 s.mark_evicted(Error::Evicted { session, reason: format!("evicted by pfs-meta: {reason}") })
             }
             Err(e) => tracing::warn!("pfs-meta sent an undecodable notification: {e}"),

@@ -34,13 +34,14 @@ fn leader_of(st: &[(u64, Option<NodeStatus>)]) -> Option<u64> {
 async fn the_namespace_survives_kill_9_of_the_leader_and_the_node_catches_up() {
     let mut cluster = LocalCluster::start_group(3, 2, |_| {}).await.unwrap();
     let config = cluster.config().clone();
-    wait_for(&config, "a leader", |st| leader_of(st).is_some()).await;
-    let st = statuses(&config).await;
-    let leader = leader_of(&st).unwrap();
-    assert!(
-        st.iter().all(|(_, s)| s.as_ref().is_some_and(|s| s.members.len() == 3 && s.leader == Some(leader))),
-        "every node knows the three members and the leader: {st:?}"
-    );
+    // A node learns the members and the leader from the leader's first append: wait for it.
+    wait_for(&config, "every node knowing the three members and the leader", |st| {
+        leader_of(st).is_some_and(|l| {
+            st.iter().all(|(_, s)| s.as_ref().is_some_and(|s| s.members.len() == 3 && s.leader == Some(l)))
+        })
+    })
+    .await;
+    let leader = leader_of(&statuses(&config).await).unwrap();
 
     // Acknowledged before the kill: all of it must be there after.
     let client = cluster.client().await.unwrap();

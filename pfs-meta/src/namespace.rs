@@ -18,9 +18,11 @@ use pfs_common::chain::{Chain, ChainId};
 use pfs_common::config::Config;
 use pfs_common::layout::{check_replicas, Layout, LayoutChoice, LayoutPolicy, MAX_FILE_SIZE};
 use pfs_common::token::SessionId;
+use pfs_common::wire::namespace::RequestId;
 pub use pfs_common::wire::namespace::{FileKind as InodeKind, NewAttrs, SetTime, Target, LINK_MAX};
 use pfs_common::{FileId, ServerId};
 use serde::{Deserialize, Serialize};
+use sessions::Replay;
 use std::collections::{BTreeMap, BTreeSet};
 
 pub mod chains;
@@ -165,6 +167,11 @@ pub enum Op {
     OpenSession { session: SessionId, key_sha256: [u8; 32] },
     /// Session `session` ended: `evicted` (storage servers must refuse it) or closed.
     EndSession { session: SessionId, evicted: bool },
+    /// `op` (a client's namespace change) named by `request`: done once however often it
+    /// comes (see [`sessions::SessionTable::replay`]). Errors: Evicted (the session is not
+    /// open), Invalid (a request overtaken by a later one of its slot), NoSuchFile (done
+    /// before, and the file it made is gone since).
+    Request { request: RequestId, op: Box<Op> },
 }
 
 /// A fully determined change of the namespace, as logged in the WAL. Times are ns since the
@@ -231,6 +238,9 @@ pub enum Mutation {
     OpenSession { session: SessionId, key_sha256: [u8; 32], time_ns: i64 },
     /// A client session ended, evicted or closed.
     EndSession { session: SessionId, evicted: bool },
+    /// A client's change named by `request`, recorded as the last one of its slot with the
+    /// file it answers (the table Lustre calls last_rcvd).
+    Request { request: RequestId, mutation: Box<Mutation> },
 }
 
 /// What [`Namespace::prepare`] decided.
@@ -241,6 +251,9 @@ pub enum Decision {
     Unchanged(Option<Inode>),
     /// Log this mutation, then apply it.
     Mutate(Mutation),
+    /// The request was done before (a repeat of an [`Op::Request`]): the inode it answered
+    /// with, as it is now, if it answered one.
+    Replayed(Option<Inode>),
 }
 
 /// The outcome of [`Namespace::apply`].
@@ -738,6 +751,31 @@ impl Namespace {
                     time_ns: ctx.now_ns,
                 }))
             }
+            Op::Request { request, op } => {
+                if matches!(**op, Op::Request { .. }) {
+                    return Err(MetaError::Invalid("a request inside a request".into()));
+                }
+                match self.sessions.replay(request) {
+                    Replay::NotOpen => {
+                        Err(MetaError::Evicted { session: request.session, state: crate::error::SessionState::NotOpen })
+                    }
+                    Replay::Overtaken { last } => Err(MetaError::Invalid(format!(
+                        "request {} of slot {} of session {:x}: the slot is at request {last} already",
+                        request.seq, request.slot, request.session
+                    ))),
+                    Replay::Done(None) => Ok(Decision::Replayed(None)),
+                    Replay::Done(Some(file)) => match self.inodes.get(&file) {
+                        Some(inode) => Ok(Decision::Replayed(Some(inode.summary()))),
+                        None => Err(MetaError::NoSuchFile { file }),
+                    },
+                    Replay::New => Ok(match self.prepare(op, ctx)? {
+                        Decision::Mutate(m) => {
+                            Decision::Mutate(Mutation::Request { request: *request, mutation: Box::new(m) })
+                        }
+                        d => d,
+                    }),
+                }
+            }
             Op::EndSession { session, evicted } => match self.sessions.get(*session) {
                 Some(_) => Ok(Decision::Mutate(Mutation::EndSession { session: *session, evicted: *evicted })),
                 None => Ok(Decision::Unchanged(None)),
@@ -974,10 +1012,15 @@ impl Namespace {
                 self.boots.insert(*server, *boot);
             }
             Mutation::OpenSession { session, key_sha256, time_ns } => {
-                let record = sessions::SessionRecord { key_sha256: *key_sha256, opened_ns: *time_ns };
+                let record =
+                    sessions::SessionRecord { key_sha256: *key_sha256, opened_ns: *time_ns, done: BTreeMap::new() };
                 self.sessions.insert(*session, record);
             }
             Mutation::EndSession { session, evicted } => self.sessions.end(*session, *evicted),
+            Mutation::Request { request, mutation } => {
+                applied = self.apply(mutation)?;
+                self.sessions.record(request, applied.inode.as_ref().map(|i| i.id));
+            }
         }
         Ok(applied)
     }
@@ -1039,6 +1082,14 @@ impl Namespace {
             Mutation::Truncate { file, .. } | Mutation::SetSize { file, .. } => self.check_file(*file),
             Mutation::SetChains { chains } => Ok(self.chains.check_update(chains)?),
             Mutation::Boot { .. } | Mutation::EndSession { .. } => Ok(()),
+            Mutation::Request { request, mutation } => match self.sessions.replay(request) {
+                Replay::New if !matches!(**mutation, Mutation::Request { .. }) => self.check_applies(mutation),
+                Replay::New => Err(Misfit::NestedRequest),
+                Replay::NotOpen => Err(Misfit::NoSession(request.session)),
+                Replay::Done(_) | Replay::Overtaken { .. } => {
+                    Err(Misfit::RequestDone { session: request.session, slot: request.slot, seq: request.seq })
+                }
+            },
             Mutation::OpenSession { session, .. } => match self.sessions.knows(*session) {
                 true => Err(Misfit::SessionTaken(*session)),
                 false => Ok(()),
@@ -1243,6 +1294,15 @@ pub enum Misfit {
     /// A new session's id is open or was evicted.
     #[error("session {0:x} exists")]
     SessionTaken(SessionId),
+    /// A request of a session that is not open.
+    #[error("session {0:x} is not open")]
+    NoSession(SessionId),
+    /// A request done already (its slot is at its sequence number or past it).
+    #[error("request {seq} of slot {slot} of session {session:x} was done already")]
+    RequestDone { session: SessionId, slot: u16, seq: u64 },
+    /// A request that carries a request.
+    #[error("a request inside a request")]
+    NestedRequest,
     /// A file is not a regular file (a size, truncate or chunk commit of a directory).
     #[error("{0} is not a regular file")]
     NotAFile(FileId),

@@ -35,8 +35,8 @@ use pfs_common::wire::namespace::{
 };
 use pfs_common::wire::raft::{AddMember, GetStatus, RaftRequest, RemoveMember};
 use pfs_common::wire::registry::{
-    self as reg, ChunkInfo, CommittedChunk, Health, LostChunk, OrphanCopy, Registered, RegistryRequest, ReportAnswer,
-    StorageNotify, CHUNK_REPORT_PAGE, FENCED_MAX, GET_CHUNKS_MAX,
+    self as reg, ChunkInfo, CommittedChunk, Health, LostChunk, OrphanCopy, Registered, RegistryRequest, Renewed,
+    ReportAnswer, StorageNotify, CHUNK_REPORT_PAGE, FENCED_MAX, GET_CHUNKS_MAX,
 };
 use pfs_common::wire::storage::{RemoveChunk, RemoveFile, StorageRequest};
 use pfs_common::wire::tokens::{self as tok, Granted, SessionGrant, TokenRequest};
@@ -137,6 +137,7 @@ impl MetaServer {
                 }
                 session_ended.wake.notify_one();
             }),
+            store.lease_check(),
         );
         Ok(MetaServer {
             store,
@@ -208,12 +209,12 @@ impl MetaServer {
         let ids = self.cluster.lock().registry.ids();
         let msg = StorageNotify::Chains(chains);
         for server in ids {
-            if let Some(notifier) = self.tokens.storage_notifier(server) {
+            if let Some(pusher) = self.tokens.storage_pusher(server) {
                 let msg = msg.clone();
                 tokio::spawn(async move {
                     // Versions only grow, so a late push is ignored; a server that missed one
                     // gets the whole table when it registers again.
-                    if let Err(e) = notifier.notify(&msg).await {
+                    if let Err(e) = pusher.push(msg).await {
                         debug!("pushing chains to {server}: {e}");
                     }
                 });
@@ -338,24 +339,37 @@ impl MetaServer {
 
     /// Serves one request of the namespace service.
     async fn namespace(&self, peer: &Peer, req: NamespaceRequest) -> Reply {
+        // A change named by a request id is done once, in the name of a session of this
+        // connection (another's would spend its slots).
+        let request = req.request();
+        if let Some(r) = request {
+            if let Err(e) = self.own(peer, r.session) {
+                return Reply::error(&e);
+            }
+        }
+        let tag = move |op: Op| match request {
+            Some(request) => Op::Request { request, op: Box::new(op) },
+            None => op,
+        };
         match req {
             NamespaceRequest::Mkdir(c) => Reply::to::<ns::Mkdir, _>(
-                self.mutate_at(&c.target, |path| Op::Mkdir { path, attrs: c.attrs })
+                self.mutate_at(&c.target, |path| tag(Op::Mkdir { path, attrs: c.attrs }))
                     .await
                     .and_then(|i| answered(i, "mkdir")),
             ),
             NamespaceRequest::Create(c) => Reply::to::<ns::Create, _>(self.create(peer, c).await),
             NamespaceRequest::Mknod(c) => {
-                let op = |path| Op::MakeNode { path, kind: c.kind, rdev: c.rdev, symlink: None, attrs: c.attrs };
+                let op = |path| tag(Op::MakeNode { path, kind: c.kind, rdev: c.rdev, symlink: None, attrs: c.attrs });
                 Reply::to::<ns::Mknod, _>(self.mutate_at(&c.target, op).await.and_then(|i| answered(i, "mknod")))
             }
             NamespaceRequest::Symlink(c) => {
                 let attrs = NewAttrs { mode: 0o777, uid: c.uid, gid: c.gid };
-                let op = |path| Op::MakeNode { path, kind: FileKind::Symlink, rdev: 0, symlink: Some(c.link), attrs };
+                let op =
+                    |path| tag(Op::MakeNode { path, kind: FileKind::Symlink, rdev: 0, symlink: Some(c.link), attrs });
                 Reply::to::<ns::Symlink, _>(self.mutate_at(&c.target, op).await.and_then(|i| answered(i, "symlink")))
             }
             NamespaceRequest::Link(c) => Reply::to::<ns::Link, _>(
-                self.mutate_at(&c.target, |path| Op::Link { file: c.file, path })
+                self.mutate_at(&c.target, |path| tag(Op::Link { file: c.file, path }))
                     .await
                     .and_then(|i| answered(i, "link")),
             ),
@@ -395,23 +409,23 @@ impl MetaServer {
             ),
             NamespaceRequest::Rename(c) => Reply::to::<ns::Rename, _>(
                 self.mutate_with(|n| {
-                    Ok(Op::Rename {
+                    Ok(tag(Op::Rename {
                         from: n.target_path(&c.from)?,
                         to: n.target_path(&c.to)?,
                         expected_generation: c.expected_generation,
                         no_replace: c.no_replace,
-                    })
+                    }))
                 })
                 .await
                 .map(drop),
             ),
             NamespaceRequest::Unlink(c) => Reply::to::<ns::Unlink, _>(
-                self.mutate_at(&c.target, |path| Op::Unlink { path, expected_generation: c.expected_generation })
+                self.mutate_at(&c.target, |path| tag(Op::Unlink { path, expected_generation: c.expected_generation }))
                     .await
                     .map(drop),
             ),
             NamespaceRequest::Rmdir(c) => Reply::to::<ns::Rmdir, _>(
-                self.mutate_at(&c.target, |path| Op::Rmdir { path, expected_generation: c.expected_generation })
+                self.mutate_at(&c.target, |path| tag(Op::Rmdir { path, expected_generation: c.expected_generation }))
                     .await
                     .map(drop),
             ),
@@ -428,8 +442,17 @@ impl MetaServer {
 
     /// Creates a file; with a session, also opens it for that session, in the same step as
     /// the create (under the store's lock), so nobody can remove it in between and the
-    /// answer waits for one commit only: the create's.
+    /// answer waits for one commit only: the create's. A create named by a request id (whose
+    /// session `namespace` checked) is done once.
     async fn create(&self, peer: &Peer, c: ns::Create) -> Result<Attr> {
+        if let (Some(r), Some(s)) = (c.request, c.session) {
+            if r.session != s {
+                return Err(MetaError::Invalid(format!(
+                    "a create for session {s:x} named by a request of session {:x}",
+                    r.session
+                )));
+            }
+        }
         if let Some(session) = c.session {
             self.tokens.check_owner(session, peer.conn_id, &peer.name)?;
             self.close_files(session, &c.closed).await?;
@@ -439,11 +462,20 @@ impl MetaServer {
         let what = c.target.to_string();
         let make = |n: &Namespace| {
             let path = n.target_path(&c.target)?;
-            Ok(Op::Create { path, layout: c.layout, exclusive: c.exclusive, attrs: c.attrs })
+            let op = Op::Create { path, layout: c.layout, exclusive: c.exclusive, attrs: c.attrs };
+            Ok(match c.request {
+                Some(request) => Op::Request { request, op: Box::new(op) },
+                None => op,
+            })
         };
-        let open = |inode: Option<&Inode>| {
+        // A repeat opens the file only if the first one's open is not here (it was made on a
+        // leader before a failover, and the client, without the answer, could not reclaim it).
+        let open = |inode: Option<&Inode>, replayed: bool| {
             if let (Some(session), Some(inode)) = (c.session, inode) {
-                self.opens.lock().open(session, inode.id);
+                let mut opens = self.opens.lock();
+                if !(replayed && opens.has_open(session, inode.id)) {
+                    opens.open(session, inode.id);
+                }
             }
         };
         self.mutate_then(make, open).await.and_then(|i| answered(i, &what))
@@ -524,7 +556,7 @@ impl MetaServer {
 
     /// [`MetaServer::mutate`] of the operation `make` builds under the store's lock.
     async fn mutate_with(&self, make: impl FnOnce(&Namespace) -> Result<Op>) -> Result<Option<Inode>> {
-        self.mutate_then(make, |_| ()).await
+        self.mutate_then(make, |_, _| ()).await
     }
 
     /// [`MetaServer::mutate_with`], calling `then` with the inode answered under the store's
@@ -532,7 +564,7 @@ impl MetaServer {
     async fn mutate_then(
         &self,
         make: impl FnOnce(&Namespace) -> Result<Op>,
-        then: impl FnOnce(Option<&Inode>),
+        then: impl FnOnce(Option<&Inode>, bool),
     ) -> Result<Option<Inode>> {
         let up = self.cluster.lock().registry.up_servers(Instant::now());
         // While sessions reclaim, any file may be open in one that has not yet: a file
@@ -818,7 +850,7 @@ impl MetaServer {
         self.mutate(Op::Boot { server: c.id, boot: c.boot }).await?;
         let chains = self.query(|n| Ok(n.chains().iter().cloned().collect())).await?;
         let fence_below = self.query(|n| Ok(n.sessions().fence_below())).await?;
-        Ok(Registered { fence_below, fenced, lease_ms, orphans: Vec::new(), chains })
+        Ok(Registered { term, fence_below, fenced, lease_ms, orphans: Vec::new(), chains })
     }
 
     /// Chains by id (every chain for an empty list).
@@ -873,15 +905,17 @@ impl MetaServer {
         Ok(())
     }
 
-    fn heartbeat(&self, peer: &Peer, c: reg::Heartbeat) -> Result<()> {
+    fn heartbeat(&self, peer: &Peer, c: reg::Heartbeat) -> Result<Renewed> {
         speaks_for(peer, c.id)?;
         // Only a leader whose lease holds renews a storage server's lease.
+        let term = self.tokens.term().ok_or_else(|| self.store.not_leader(false))?;
         if !self.store.holds_lease() {
             return Err(self.store.not_leader(false));
         }
         self.cluster.lock().registry.check_conn(c.id, peer.conn_id)?;
         self.tokens.storage_heartbeat(c.id)?;
-        self.cluster.lock().registry.heartbeat(c.id, c.capacity_bytes, c.free_bytes, peer.conn_id, Instant::now())
+        self.cluster.lock().registry.heartbeat(c.id, c.capacity_bytes, c.free_bytes, peer.conn_id, Instant::now())?;
+        Ok(Renewed { term })
     }
 
     /// Live holders and committed state of chunks `first .. first + count` of a file, in
@@ -969,7 +1003,7 @@ impl MetaServer {
                 self.mutate(Op::CommitChunks { server: c.id, chunks: commits }).await?;
             }
         }
-        Ok(ReportAnswer { orphans, lost })
+        Ok(ReportAnswer { term: lsn.term, orphans, lost })
     }
 
     /// Files left the namespace (durably): forget their chunks and tell their servers.
@@ -984,11 +1018,11 @@ impl MetaServer {
         for (file, mut targets) in files {
             targets.sort();
             targets.dedup();
-            sends.extend(targets.into_iter().filter_map(|t| Some((t, file, self.tokens.storage_notifier(t)?))));
+            sends.extend(targets.into_iter().filter_map(|t| Some((t, file, self.tokens.storage_pusher(t)?))));
         }
-        for (server, file, notifier) in sends {
+        for (server, file, pusher) in sends {
             tokio::spawn(async move {
-                if let Err(e) = notifier.notify(&StorageNotify::RemoveFiles(vec![file])).await {
+                if let Err(e) = pusher.push(StorageNotify::RemoveFiles(vec![file])).await {
                     // The server collects the chunks as orphans when it registers again.
                     warn!("telling {server} to remove file {file} failed: {e}");
                 }

@@ -92,6 +92,14 @@ struct Leadership {
 }
 
 impl Leadership {
+    /// Whether the leader lease of `term` holds now.
+    fn holds_lease_of(&self, term: u64) -> bool {
+        if self.alone.load(std::sync::atomic::Ordering::Relaxed) {
+            return true;
+        }
+        self.lease.borrow().is_some_and(|(t, until)| t == term && std::time::Instant::now() < until)
+    }
+
     fn advance(&self, term: u64, seq: u64) {
         self.committed.send_if_modified(|c| {
             if (term, seq) > *c {
@@ -408,11 +416,15 @@ impl NamespaceStore {
         self.holds_lease_of(term)
     }
 
+    /// [`NamespaceStore::holds_lease`] of a given term, callable from outside the store
+    /// (the token service asks it before acting on a deadline or fencing).
+    pub fn lease_check(&self) -> crate::token_service::LeaseCheck {
+        let leadership = self.leadership.clone();
+        Box::new(move |term| leadership.holds_lease_of(term))
+    }
+
     fn holds_lease_of(&self, term: u64) -> bool {
-        if self.leadership.alone.load(std::sync::atomic::Ordering::Relaxed) {
-            return true;
-        }
-        self.leadership.lease.borrow().is_some_and(|(t, until)| t == term && std::time::Instant::now() < until)
+        self.leadership.holds_lease_of(term)
     }
 
     /// Resolves once the leader lease of `term` no longer holds.
@@ -467,19 +479,20 @@ impl NamespaceStore {
         up_servers: &[ServerId],
         is_open: &(dyn Fn(FileId) -> bool + Sync),
     ) -> Result<Applied> {
-        self.execute_then(make, up_servers, is_open, |_| ()).await
+        self.execute_then(make, up_servers, is_open, |_, _| ()).await
     }
 
     /// [`NamespaceStore::execute_with`], calling `then` with the inode the operation answers
     /// (if it succeeds) still under the store's lock, in the same step as the change: no
-    /// other change comes between them (a create that also opens the file). The same lock
-    /// rule as for `is_open` holds for `then`.
+    /// other change comes between them (a create that also opens the file); its flag is
+    /// true for a request answered from the log as done before ([`Decision::Replayed`]). The
+    /// same lock rule as for `is_open` holds for `then`.
     pub async fn execute_then(
         &self,
         make: impl FnOnce(&Namespace) -> Result<Op>,
         up_servers: &[ServerId],
         is_open: &(dyn Fn(FileId) -> bool + Sync),
-        then: impl FnOnce(Option<&Inode>),
+        then: impl FnOnce(Option<&Inode>, bool),
     ) -> Result<Applied> {
         self.ready().await?;
         let (decided, wait) = {
@@ -492,7 +505,12 @@ impl NamespaceStore {
                 // not): it waits for that state like an unchanged answer (below) does.
                 Err(e) => (Err(e), Wait::Seen(seen)),
                 Ok(Decision::Unchanged(inode)) => {
-                    then(inode.as_ref());
+                    then(inode.as_ref(), false);
+                    (Ok(Applied { inode, ..Applied::default() }), Wait::Seen(seen))
+                }
+                // The change it repeats may not be committed yet: it waits like a read.
+                Ok(Decision::Replayed(inode)) => {
+                    then(inode.as_ref(), true);
                     (Ok(Applied { inode, ..Applied::default() }), Wait::Seen(seen))
                 }
                 Ok(Decision::Mutate(mutation)) => {
@@ -511,7 +529,7 @@ impl NamespaceStore {
                     };
                     w.last_seq = proposal.seq;
                     note_touched(&mut w, &applied.touched, proposal.seq, &self.leadership);
-                    then(applied.inode.as_ref());
+                    then(applied.inode.as_ref(), false);
                     (Ok(applied), Wait::Commit(proposal, rx))
                 }
             }

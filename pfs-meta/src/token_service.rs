@@ -25,7 +25,7 @@ use crate::tokens::{Input, Output, RequestId, TokenConfig, TokenManager};
 use parking_lot::Mutex;
 use pfs_common::rpc::Notifier;
 use pfs_common::token::{first_session_of, ByteRange, Mode, SessionId, Stride, SESSION_RANDOM_BITS};
-use pfs_common::wire::registry::StorageNotify;
+use pfs_common::wire::registry::{StorageNotify, StoragePush};
 use pfs_common::wire::tokens::ClientNotify;
 use pfs_common::{FileId, ServerId};
 use std::collections::{BTreeMap, HashMap};
@@ -52,6 +52,25 @@ pub type ServerDownHook = Box<dyn Fn(ServerId, &str) + Send + Sync>;
 /// (true); and with `None` when a recovery window closes.
 pub type SessionEndHook = Box<dyn Fn(Option<(SessionId, bool)>) + Send + Sync>;
 
+/// Whether this node's leader lease of a term holds (no other node can lead in it now).
+pub type LeaseCheck = Box<dyn Fn(u64) -> bool + Send + Sync>;
+
+/// A registered storage server's connection, for pushes in the name of the term it
+/// registered in (storage servers refuse pushes of an older term than they have seen:
+/// [`pfs_common::wire::registry::StoragePush`]).
+#[derive(Clone)]
+pub struct StoragePusher {
+    notifier: Notifier,
+    term: u64,
+}
+
+impl StoragePusher {
+    /// Sends `notify`. Errors: the connection's (Closed, Socket).
+    pub async fn push(&self, notify: StorageNotify) -> pfs_common::Result<()> {
+        self.notifier.notify(&StoragePush { term: self.term, notify }).await
+    }
+}
+
 struct State {
     /// The leadership term this state belongs to (`None`: this node does not lead).
     term: Option<u64>,
@@ -72,7 +91,7 @@ struct Effects {
     servers_down: Vec<(ServerId, String)>,
     to_clients: Vec<(Notifier, ClientNotify)>,
     /// Sessions to fence, per storage server connection.
-    fences: BTreeMap<ServerId, (Notifier, Vec<SessionId>)>,
+    fences: BTreeMap<ServerId, (StoragePusher, Vec<SessionId>)>,
     /// A refusal addressed to the caller of the input itself.
     refused: Option<MetaError>,
     /// Sessions that ended, and whether evicted.
@@ -96,13 +115,22 @@ pub struct TokenService {
     wake: Notify,
     server_down: ServerDownHook,
     session_end: SessionEndHook,
+    leader_lease: LeaseCheck,
 }
 
 impl TokenService {
     /// The service of meta node `me`, idle until [`TokenService::begin_term`]. `server_down`
     /// is told of every storage server the manager declares down, `session_end` of every
-    /// session that ends and of the end of each recovery window.
-    pub fn open(cfg: TokenConfig, me: u64, server_down: ServerDownHook, session_end: SessionEndHook) -> TokenService {
+    /// session that ends and of the end of each recovery window; `leader_lease` says whether
+    /// the node's leader lease of a term holds: without it, no deadline is acted on and no
+    /// fence sent (another node may lead already).
+    pub fn open(
+        cfg: TokenConfig,
+        me: u64,
+        server_down: ServerDownHook,
+        session_end: SessionEndHook,
+        leader_lease: LeaseCheck,
+    ) -> TokenService {
         info!(
             "token service: lease {} ms, revoke timeout {} ms, storage lease {} ms, fence timeout {} ms",
             cfg.lease_ms, cfg.revoke_timeout_ms, cfg.storage_lease_ms, cfg.fence_timeout_ms
@@ -123,6 +151,7 @@ impl TokenService {
             wake: Notify::new(),
             server_down,
             session_end,
+            leader_lease,
         }
     }
 
@@ -235,7 +264,7 @@ impl TokenService {
                 Err(_) => Input::Tick { now_ms },
             };
             (input, ok)
-        });
+        })?;
         ok?;
         match refused {
             Some(e) => Err(e),
@@ -316,7 +345,7 @@ impl TokenService {
             let (tx, rx) = oneshot::channel();
             st.waiting.insert(request, tx);
             (Input::Acquire { session, request, file, mode, required, desired, ahead, now_ms }, rx)
-        });
+        })?;
         if let Some(e) = refused {
             return Err(e);
         }
@@ -343,10 +372,16 @@ impl TokenService {
     }
 
     /// Checks that `session` is open and was opened on connection `conn` (a client may speak
-    /// only for its own session). Errors: Evicted when it is not open, Forbidden when it
-    /// belongs to another connection.
+    /// only for its own session). Errors: NotLeader when this node does not lead (sessions
+    /// live on the leader), Evicted when it is not open, Forbidden when it belongs to another
+    /// connection.
     pub fn check_owner(&self, session: SessionId, conn: u64, peer: &str) -> Result<()> {
-        match self.state.lock().clients.get(&session) {
+        let st = self.state.lock();
+        if st.term.is_none() {
+            // Not leading (any more): the session lives on the leader, not evicted here.
+            return Err(self.not_leader());
+        }
+        match st.clients.get(&session) {
             Some((c, _)) if *c == conn => Ok(()),
             Some(_) => Err(MetaError::Forbidden {
                 peer: peer.to_string(),
@@ -387,7 +422,7 @@ impl TokenService {
             // Read under the same lock as the input: a fence decided later is sent to the
             // connection just recorded, one decided earlier is in this list.
             (Input::StorageRegistered { server, now_ms }, st.manager.evicted_sessions())
-        });
+        })?;
         Ok((fenced, self.cfg.storage_lease_ms))
     }
 
@@ -402,9 +437,12 @@ impl TokenService {
         let _ = self.simple(|now_ms| Input::FenceConfirmed { server, sessions, now_ms });
     }
 
-    /// The connection of registered storage server `server`, for pushing notifications.
-    pub fn storage_notifier(&self, server: ServerId) -> Option<Notifier> {
-        self.state.lock().storage.get(&server).map(|(_, n)| n.clone())
+    /// The connection of registered storage server `server`, for pushing notifications in
+    /// the name of this term; None if it has none, or this node does not lead.
+    pub fn storage_pusher(&self, server: ServerId) -> Option<StoragePusher> {
+        let st = self.state.lock();
+        let term = st.term?;
+        st.storage.get(&server).map(|(_, n)| StoragePusher { notifier: n.clone(), term })
     }
 
     /// Storage server `server`'s connection `conn` closed: fences are no longer sent there (its
@@ -428,15 +466,16 @@ impl TokenService {
                 _ = tokio::time::sleep(wait.min(Duration::from_secs(1))) => {}
                 _ = self.wake.notified() => continue,
             }
-            if self.term().is_some() {
-                let _ = self.simple(|now_ms| Input::Tick { now_ms });
-            }
+            // Deadlines are acted on (leases counted out, sessions evicted and fenced) only
+            // while no other node can lead: a paused or cut-off leader must not evict a session
+            // the new one has let reclaim.
+            let _ = self.simple(|now_ms| Input::Tick { now_ms });
         }
     }
 
     /// Feeds the input `f` makes; returns the refusal addressed to its sender, if any.
     fn simple(&self, f: impl FnOnce(u64) -> Input) -> Result<()> {
-        match self.step(|_, now| (f(now), ())).1 {
+        match self.step(|_, now| (f(now), ()))?.1 {
             Some(e) => Err(e),
             None => Ok(()),
         }
@@ -445,9 +484,16 @@ impl TokenService {
     /// Runs `f` under the lock to make the input (and a value for the caller), feeds it to the
     /// manager, and carries out the outputs once the lock is released. Returns `f`'s value and
     /// the refusal addressed to the input's sender, if any.
-    fn step<T>(&self, f: impl FnOnce(&mut State, u64) -> (Input, T)) -> (T, Option<MetaError>) {
+    ///
+    /// Errors: NotLeader, feeding nothing, unless this node leads a term and its leader lease
+    /// holds: a leader that was paused or cut off must not act on what it finds when it goes
+    /// on (every lease run out, every session evicted) before it learns it was deposed.
+    fn step<T>(&self, f: impl FnOnce(&mut State, u64) -> (Input, T)) -> Result<(T, Option<MetaError>)> {
         let (value, effects) = {
             let mut st = self.state.lock();
+            if !st.term.is_some_and(|t| (self.leader_lease)(t)) {
+                return Err(self.not_leader());
+            }
             let (input, value) = f(&mut st, self.now_ms());
             let new_lease = matches!(input, Input::OpenSession { .. } | Input::StorageRegistered { .. });
             let outputs = st.manager.handle(input);
@@ -466,7 +512,7 @@ impl TokenService {
         }
         let refused = effects.refused.clone();
         self.carry_out(effects);
-        (value, refused)
+        Ok((value, refused))
     }
 
     /// Turns outputs into effects, under the lock (it owns the waiters and connections).
@@ -507,8 +553,9 @@ impl TokenService {
                     fx.new_deadline = true;
                     for server in servers {
                         // A server without a connection cannot confirm: its lease decides.
-                        if let Some((_, n)) = st.storage.get(&server) {
-                            fx.fences.entry(server).or_insert_with(|| (n.clone(), Vec::new())).1.push(session);
+                        if let (Some((_, n)), Some(term)) = (st.storage.get(&server), st.term) {
+                            let pusher = || (StoragePusher { notifier: n.clone(), term }, Vec::new());
+                            fx.fences.entry(server).or_insert_with(pusher).1.push(session);
                         }
                     }
                 }
@@ -541,10 +588,19 @@ impl TokenService {
                 let _ = n.notify(&msg).await;
             });
         }
-        for (server, (n, sessions)) in fx.fences {
+        for (server, (pusher, sessions)) in fx.fences {
+            if !(self.leader_lease)(pusher.term) {
+                // Unconfirmed, the manager declares the server down at the fence timeout (if
+                // this node still leads then); its lease stops its writes meanwhile.
+                warn!(
+                    "not fencing sessions {sessions:x?} on {server}: the leader lease of term {} lapsed",
+                    pusher.term
+                );
+                continue;
+            }
             tokio::spawn(async move {
                 // Unconfirmed, the manager declares the server down at the fence timeout.
-                if let Err(e) = n.notify(&StorageNotify::Fence(sessions.clone())).await {
+                if let Err(e) = pusher.push(StorageNotify::Fence(sessions.clone())).await {
                     warn!("asking {server} to fence sessions {sessions:x?}: {e}");
                 }
             });

@@ -96,6 +96,7 @@ fn create(path: &str) -> Create {
         session: None,
         attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
         closed: vec![],
+        request: None,
     }
 }
 
@@ -127,12 +128,17 @@ async fn namespace_survives_sigkill() {
     let (meta, c) = start(&config, addr).await;
     let storage = fake_storage(addr).await;
 
-    c.ask(Mkdir { target: "/a".into(), attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 } })
-        .await
-        .unwrap();
+    c.ask(Mkdir {
+        target: "/a".into(),
+        attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+        request: None,
+    })
+    .await
+    .unwrap();
     c.ask(Mkdir {
         target: "/a/b".into(),
         attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+        request: None,
     })
     .await
     .unwrap();
@@ -149,14 +155,21 @@ async fn namespace_survives_sigkill() {
         assert_eq!(f.size, 4096 * (i + 1));
         files.push(f);
     }
-    c.ask(Rename { from: "/a/b/f4".into(), to: "/a/moved".into(), expected_generation: None, no_replace: false })
-        .await
-        .unwrap();
-    c.ask(Unlink { target: "/a/b/f3".into(), expected_generation: None }).await.unwrap();
+    c.ask(Rename {
+        from: "/a/b/f4".into(),
+        to: "/a/moved".into(),
+        expected_generation: None,
+        no_replace: false,
+        request: None,
+    })
+    .await
+    .unwrap();
+    c.ask(Unlink { target: "/a/b/f3".into(), expected_generation: None, request: None }).await.unwrap();
     let e = c
         .ask(Mkdir {
             target: "/a".into(),
             attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+            request: None,
         })
         .await
         .unwrap_err();
@@ -206,13 +219,13 @@ async fn concurrent_creates_with_sessions_survive_sigkill() {
     let (meta, c) = start(&config, addr).await;
     let storage = fake_storage(addr).await;
     let root = pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 };
-    c.ask(Mkdir { target: "/m".into(), attrs: root }).await.unwrap();
+    c.ask(Mkdir { target: "/m".into(), attrs: root, request: None }).await.unwrap();
     let mut tasks = Vec::new();
     for t in 0..CLIENTS {
         tasks.push(tokio::spawn(async move {
             let c = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
             let session = c.ask(OpenSession).await.unwrap().session;
-            c.ask(Mkdir { target: format!("/m/d{t}").as_str().into(), attrs: root }).await.unwrap();
+            c.ask(Mkdir { target: format!("/m/d{t}").as_str().into(), attrs: root, request: None }).await.unwrap();
             let mut made = Vec::new();
             for i in 0..FILES {
                 let path = format!("/m/d{t}/f{i}");
@@ -233,7 +246,7 @@ async fn concurrent_creates_with_sessions_survive_sigkill() {
     // it as an orphan until that client closes it.
     let (c0, session0, made0) = &clients[0];
     let (path, id) = made0[0].clone();
-    c.ask(Unlink { target: path.as_str().into(), expected_generation: None }).await.unwrap();
+    c.ask(Unlink { target: path.as_str().into(), expected_generation: None, request: None }).await.unwrap();
     assert_eq!(c.ask(Stat { file: id }).await.unwrap().nlink, 0, "an open file unlinked is an orphan");
     c0.ask(Close { session: *session0, files: vec![Closed { file: id, opens: 1 }] }).await.unwrap();
     let e = c.ask(Stat { file: id }).await.unwrap_err();
@@ -243,7 +256,7 @@ async fn concurrent_creates_with_sessions_survive_sigkill() {
     let (path1, id1) = made0[1].clone();
     c0.ask(Open { target: path1.as_str().into(), session: *session0, closed: vec![] }).await.unwrap();
     c0.ask(Close { session: *session0, files: vec![Closed { file: id1, opens: 1 }] }).await.unwrap();
-    c.ask(Unlink { target: path1.as_str().into(), expected_generation: None }).await.unwrap();
+    c.ask(Unlink { target: path1.as_str().into(), expected_generation: None, request: None }).await.unwrap();
     assert_eq!(c.ask(Stat { file: id1 }).await.unwrap().nlink, 0, "still open once");
     let carried = Create { session: Some(*session0), closed: vec![Closed { file: id1, opens: 1 }], ..create("/m/x") };
     c0.ask(carried).await.unwrap();
@@ -311,6 +324,7 @@ async fn bad_frames_close_only_their_connection() {
     good.ask(Mkdir {
         target: "/still".into(),
         attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+        request: None,
     })
     .await
     .unwrap();
@@ -323,7 +337,7 @@ async fn bad_frames_close_only_their_connection() {
 #[tokio::test]
 async fn chunk_reports_orphans_and_remove_notifications() {
     use pfs_common::ids::Sha256Digest;
-    use pfs_common::wire::registry::{ChunkState, LostChunk, ReportAnswer, StorageNotify};
+    use pfs_common::wire::registry::{ChunkState, LostChunk, ReportAnswer, StorageNotify, StoragePush};
     use pfs_common::FileId;
 
     let dir = tempfile::tempdir().unwrap();
@@ -356,7 +370,9 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     };
     let listing = |chunks| ChunkReport { id: ServerId(3), chunks, listing: true, full: true };
     let report = listing(vec![chunk(f.id, 0), chunk(FileId(9999), 0)]);
-    assert_eq!(s.ask(report).await.unwrap(), ReportAnswer { orphans: vec![FileId(9999)], lost: Some(vec![]) });
+    let answer = s.ask(report).await.unwrap();
+    assert!(answer.term >= 1, "answered in the name of a leadership term: {answer:?}");
+    assert_eq!(answer, ReportAnswer { term: answer.term, orphans: vec![FileId(9999)], lost: Some(vec![]) });
     let chunks = c.ask(GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap();
     assert_eq!(chunks.len(), 1);
     assert_eq!(chunks[0].holders[0].server, ServerId(3));
@@ -365,7 +381,7 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     // A durable change within the file's size is committed: the chunk must exist from now on.
     c.ask(pfs_common::wire::namespace::SetSize { file: f.id, size: 10 }).await.unwrap();
     let change = ChunkReport { id: ServerId(3), chunks: vec![chunk(f.id, 0)], listing: false, full: false };
-    assert_eq!(s.ask(change).await.unwrap(), ReportAnswer::default());
+    assert_eq!(s.ask(change).await.unwrap(), ReportAnswer { term: answer.term, ..ReportAnswer::default() });
     let committed = c.ask(GetChunks { file: f.id, first: 0, count: 10 }).await.unwrap()[0].committed.clone().unwrap();
     assert_eq!((committed.len, committed.holders), (10, vec![(ServerId(3), 2)]));
     // The server comes back with an empty disk: its listing is answered with the loss.
@@ -392,11 +408,13 @@ async fn chunk_reports_orphans_and_remove_notifications() {
     assert_eq!((me.chunks, me.free_bytes), (1, 60));
     s.ask(Heartbeat { id: ServerId(3), capacity_bytes: 100, free_bytes: 50 }).await.unwrap();
     // Unlink: the storage server is told to remove the file's chunks.
-    c.ask(Unlink { target: "/f".into(), expected_generation: None }).await.unwrap();
+    c.ask(Unlink { target: "/f".into(), expected_generation: None, request: None }).await.unwrap();
     // (The chain created with /f was pushed to it before.)
     let note = loop {
         let frame = tokio::time::timeout(Duration::from_secs(30), nrx.recv()).await.expect("notified").unwrap();
-        match pfs_common::wire::decode::<StorageNotify>(&frame.body).unwrap() {
+        let push = pfs_common::wire::decode::<StoragePush>(&frame.body).unwrap();
+        assert_eq!(push.term, answer.term, "pushed in the name of the leader's term");
+        match push.notify {
             StorageNotify::Chains(chains) => assert!(chains.iter().all(|c| c.head() == Some(ServerId(3)))),
             other => break other,
         }
@@ -412,6 +430,7 @@ async fn chunk_reports_orphans_and_remove_notifications() {
         .ask(Mkdir {
             target: "/x".into(),
             attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+            request: None,
         })
         .await
         .unwrap_err();
@@ -428,6 +447,7 @@ async fn corrupt_log_stops_startup_with_one_line_error() {
             c.ask(Mkdir {
                 target: d.into(),
                 attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 },
+                request: None,
             })
             .await
             .unwrap();
@@ -476,6 +496,7 @@ async fn a_storage_server_restarted_while_pfs_meta_was_down_resyncs() {
             session: None,
             attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
             closed: vec![],
+            request: None,
         })
         .await
         .unwrap();
@@ -535,7 +556,7 @@ async fn a_session_survives_a_restart_and_reclaims_its_tokens() {
         ahead: None,
     };
     a.ask(acquire(grant_a.session)).await.unwrap();
-    c.ask(Unlink { target: "/f".into(), expected_generation: None }).await.unwrap();
+    c.ask(Unlink { target: "/f".into(), expected_generation: None, request: None }).await.unwrap();
     assert_eq!(c.ask(Stat { file: f.id }).await.unwrap().nlink, 0, "an orphan while open");
     drop(meta); // SIGKILL, with both sessions open
     drop((a, b, storage, c));
@@ -609,4 +630,59 @@ async fn a_session_survives_a_restart_and_reclaims_its_tokens() {
 async fn b_reclaim_after(addr: SocketAddr, session: u64, key: [u8; 16]) -> pfs_common::error::Error {
     let b = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
     b.ask(Reclaim { session, key, files: vec![], done: true }).await.unwrap_err()
+}
+
+/// A namespace change named by a request id is done once however often it is sent: its
+/// repeat (a client whose answer was lost) is answered with what it did, also after a SIGKILL
+/// of pfs-meta (the last request of each slot is in the log, like Lustre's last_rcvd table);
+/// an overtaken copy is refused, and nobody can spend another session's slots.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_repeated_request_is_answered_not_done_twice_across_a_restart() {
+    use pfs_common::wire::namespace::{RequestId, Rmdir};
+    let dir = tempfile::tempdir().unwrap();
+    let (config, addr) = write_config(dir.path());
+    let (meta, c) = start(&config, addr).await;
+    let storage = fake_storage(addr).await;
+    let a = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
+    let grant = a.ask(OpenSession).await.unwrap();
+    let session = grant.session;
+    let id = |slot, seq| Some(RequestId { session, slot, seq });
+    let make = || Create { session: Some(session), request: id(0, 1), ..create("/x") };
+    let attrs = pfs_common::wire::namespace::NewAttrs { mode: 0o755, uid: 0, gid: 0 };
+    let x = a.ask(make()).await.unwrap();
+    assert_eq!(a.ask(make()).await.unwrap().id, x.id, "a repeated exclusive create answers the file it made");
+    a.ask(Mkdir { target: "/d".into(), attrs, request: id(1, 1) }).await.unwrap();
+    let rename = || Rename {
+        from: "/d".into(),
+        to: "/e".into(),
+        expected_generation: None,
+        no_replace: false,
+        request: id(1, 2),
+    };
+    a.ask(rename()).await.unwrap();
+    a.ask(rename()).await.expect("a repeated rename is done, not NotFound");
+    // Another connection cannot use the session's slots.
+    let b = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
+    b.ask(OpenSession).await.unwrap();
+    let e = b.ask(Rmdir { target: "/e".into(), expected_generation: None, request: id(2, 1) }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Denied, "{e}");
+    drop(meta); // SIGKILL
+    drop((a, b, storage, c));
+
+    let (_meta, c) = start(&config, addr).await;
+    let _storage = fake_storage(addr).await;
+    let a = RpcClient::connect(addr, "pfs-meta", &opts(PeerRole::Client), None).await.unwrap();
+    let files = vec![ReclaimedFile { file: x.id, opens: 1, tokens: vec![] }];
+    a.ask(Reclaim { session, key: grant.key, files, done: true }).await.unwrap();
+    assert_eq!(a.ask(make()).await.unwrap().id, x.id, "answered from the log after the restart");
+    a.ask(rename()).await.expect("answered from the log after the restart");
+    let e = a.ask(Mkdir { target: "/d".into(), attrs, request: id(1, 1) }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Invalid, "an overtaken copy is refused, not done: {e}");
+    let page = c.ask(Readdir { dir: "/".into(), after: None, limit: 100 }).await.unwrap();
+    let mut names: Vec<String> = page.entries.into_iter().map(|e| e.name).collect();
+    names.sort();
+    assert_eq!(names, ["e", "x"], "each change done once");
+    // A new request of a slot is done as usual.
+    let e = a.ask(Create { session: Some(session), request: id(0, 2), ..create("/x") }).await.unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Exists, "{e}");
 }

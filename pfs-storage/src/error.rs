@@ -42,6 +42,11 @@ pub enum StorageError {
     /// without an accepted heartbeat): it refuses every write until it registers again.
     #[error("{server}: no lease from pfs-meta ({why}); writes are refused until it registers again")]
     NoLease { server: ServerId, why: String },
+    /// A message of pfs-meta in the name of leadership term `term`, older than term `seen`,
+    /// which this server has heard from already: the node that sent it was deposed (it was
+    /// paused or cut off and does not know yet). Refused; the server looks for the leader.
+    #[error("{server}: refused a message of pfs-meta in term {term}: term {seen} is newer (a deposed leader)")]
+    StaleTerm { server: ServerId, term: u64, seen: u64 },
     /// pfs-meta's chunk map says this server holds a committed chunk it does not have (or has
     /// shorter): its data is lost here. Reads and writes of it fail until the file is
     /// truncated below it or removed.
@@ -115,6 +120,7 @@ impl StorageError {
             StorageError::Denied { .. } => ErrorCode::Denied,
             StorageError::Evicted { .. } => ErrorCode::Evicted,
             StorageError::NoLease { .. } => ErrorCode::NoLease,
+            StorageError::StaleTerm { .. } => ErrorCode::NotLeader,
             StorageError::WritesStopped { .. } => ErrorCode::Unavailable,
             StorageError::Stopped { .. } => ErrorCode::Io,
             StorageError::Lost { .. } => ErrorCode::Lost,

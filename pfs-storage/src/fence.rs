@@ -21,6 +21,12 @@
 //!   connection), and no evicted session's token has moved yet. (3FS's storage services stop
 //!   serving when they lose their manager's lease in the same way.)
 //!
+//! * **Terms.** Every message of pfs-meta names the Raft term of the leader that sent it; we
+//!   keep the highest seen and refuse anything older ([`Fence::check_term`]): a leader that
+//!   was paused or cut off and then deposed cannot renew our lease, fence, remove files or
+//!   change chains once we have heard from its successor. Kept in memory: a restarted server
+//!   learns the current term when it registers, before it admits any write.
+//!
 //! * **Stopped writes.** A background worker whose loss makes writes unsafe (the hasher, the
 //!   pfs-meta session) died: no write is admitted again in this process, and the refusal names
 //!   the worker (see [`crate::supervisor`]).
@@ -48,6 +54,8 @@ pub struct Fence {
     gate: RwLock<()>,
     /// Why writes are refused for good, once a worker they need died.
     stopped: Mutex<Option<String>>,
+    /// The highest leadership term of pfs-meta seen.
+    term: AtomicU64,
 }
 
 #[derive(Clone, Copy, Debug)]
@@ -69,7 +77,23 @@ impl Fence {
             lease: Mutex::new(Lease { until: None, half: Duration::ZERO }),
             gate: RwLock::new(()),
             stopped: Mutex::new(None),
+            term: AtomicU64::new(0),
         }
+    }
+
+    /// Takes `term`, the leadership term a message of pfs-meta was sent in; the highest seen
+    /// stays. Errors: StaleTerm when a newer term was seen (refuse the message).
+    pub fn check_term(&self, term: u64) -> Result<()> {
+        let seen = self.term.fetch_max(term, Ordering::AcqRel);
+        if term < seen {
+            return Err(StorageError::StaleTerm { server: self.server, term, seen });
+        }
+        Ok(())
+    }
+
+    /// The highest leadership term of pfs-meta seen (0 before the first registration).
+    pub fn term(&self) -> u64 {
+        self.term.load(Ordering::Acquire)
     }
 
     /// Admits a write of `session`; hold the guard until the write is done.

@@ -14,7 +14,7 @@ use crate::store::{disk_space, ChunkStore};
 use pfs_common::config::Config;
 use pfs_common::rpc::{ConnectOptions, RpcClient};
 use pfs_common::wire::frame::Frame;
-use pfs_common::wire::registry::{Fenced, Heartbeat, Register, StorageNotify, FENCED_MAX};
+use pfs_common::wire::registry::{Fenced, Heartbeat, Register, StorageNotify, StoragePush, FENCED_MAX};
 use pfs_common::wire::{self, MetaRequest, PeerRole};
 use pfs_common::ServerId;
 use std::net::SocketAddr;
@@ -122,6 +122,7 @@ async fn session(
         let sent = Instant::now();
         let register = Register { id, address: me.address, capacity_bytes, free_bytes, boot: store.boot() };
         let reg = client.ask(register).await?;
+        store.fence().check_term(reg.term)?;
         repl.update(reg.chains, true);
         store.fence().registered(reg.fence_below, &reg.fenced, reg.lease_ms, sent).await;
         store.remove_orphans(reg.orphans);
@@ -140,7 +141,8 @@ async fn session(
                 // The lease runs from when the heartbeat was sent: pfs-meta counts it from when
                 // it arrives, which is later, so our view of the lease ends first.
                 let sent = Instant::now();
-                client.ask(Heartbeat { id, capacity_bytes, free_bytes }).await?;
+                let renewed = client.ask(Heartbeat { id, capacity_bytes, free_bytes }).await?;
+                store.fence().check_term(renewed.term)?;
                 store.fence().renewed(sent);
             }
             #[allow(unreachable_code)]
@@ -171,12 +173,25 @@ async fn drain_notifications(
     meta: RpcClient<MetaRequest>,
 ) {
     while let Some(frame) = rx.recv().await {
-        match wire::decode::<StorageNotify>(&frame.body) {
-            Ok(StorageNotify::RemoveFiles(ids)) => {
+        let push = match wire::decode::<StoragePush>(&frame.body) {
+            Ok(push) => push,
+            Err(e) => {
+                warn!("{}: undecodable notification from pfs-meta: {e}", store.id());
+                continue;
+            }
+        };
+        if let Err(e) = store.fence().check_term(push.term) {
+            // Its node was deposed: nothing it sends counts, and the session ends (the next
+            // one finds the leader).
+            warn!("{e}: {:?} not done", push.notify);
+            return;
+        }
+        match push.notify {
+            StorageNotify::RemoveFiles(ids) => {
                 debug!("{}: pfs-meta asks to remove {} files", store.id(), ids.len());
                 store.remove_orphans(ids);
             }
-            Ok(StorageNotify::Fence(sessions)) => {
+            StorageNotify::Fence(sessions) => {
                 store.fence().fence(&sessions).await;
                 info!("{}: fenced sessions {sessions:x?}", store.id());
                 // pfs-meta takes at most FENCED_MAX sessions per confirmation.
@@ -186,13 +201,12 @@ async fn drain_notifications(
                     }
                 }
             }
-            Ok(StorageNotify::Chains(chains)) => {
+            StorageNotify::Chains(chains) => {
                 for c in &chains {
                     debug!("{}: {}", store.id(), c.describe());
                 }
                 repl.update(chains, false);
             }
-            Err(e) => warn!("{}: undecodable notification from pfs-meta: {e}", store.id()),
         }
     }
 }

@@ -183,6 +183,7 @@ async fn scenario(engine: EngineChoice) {
         session: None,
         attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
         closed: vec![],
+        request: None,
     };
     wait_until("a storage server is up for new files", || async { m.ask(create("/a")).await.is_ok() }).await;
     let a = m.ask(create("/a")).await.unwrap();

@@ -86,6 +86,7 @@ async fn start(fail_point: &str) -> Setup {
         session: None,
         attrs: pfs_common::wire::namespace::NewAttrs { mode: 0o644, uid: 0, gid: 0 },
         closed: vec![],
+        request: None,
     };
     wait_until("a storage server is up for new files", || async { m.ask(create.clone()).await.is_ok() }).await;
     let created = m.ask(create).await.unwrap();

@@ -30,7 +30,7 @@ use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 
 /// Protocol version spoken in the handshake.
-pub const PROTOCOL_VERSION: u16 = 13;
+pub const PROTOCOL_VERSION: u16 = 14;
 
 /// Longest peer name accepted in a [`Hello`], bytes.
 pub const PEER_NAME_MAX: usize = 256;
@@ -136,16 +136,17 @@ pub enum MetaRequest {
 impl MetaRequest {
     /// Whether sending the request again, when its fate is unknown (the connection broke
     /// before the answer, or the leader changed after proposing it), cannot do anything twice
-    /// or answer a false error: every read, token call and size report. Not the namespace
-    /// changes whose repeat after a success fails (an exclusive create, a rename, an unlink:
-    /// Exists or NotFound) or does something again (a link).
+    /// or answer a false error: every read, token call and size report, and every namespace
+    /// change carrying a [`namespace::RequestId`] (pfs-meta answers its repeat from the log).
+    /// Not the other namespace changes whose repeat after a success fails (an exclusive
+    /// create, a rename, an unlink: Exists or NotFound) or does something again (a link).
     pub fn is_retry_safe(&self) -> bool {
         use namespace::NamespaceRequest as N;
         match self {
             MetaRequest::Namespace(n) => match n {
-                N::Create(c) => !c.exclusive,
+                N::Create(c) => !c.exclusive || c.request.is_some(),
                 N::Mkdir(_) | N::Mknod(_) | N::Symlink(_) | N::Link(_) | N::Rename(_) | N::Unlink(_) | N::Rmdir(_) => {
-                    false
+                    n.request().is_some()
                 }
                 N::SetAttr(_)
                 | N::Lookup(_)
@@ -158,6 +159,28 @@ impl MetaRequest {
             },
             MetaRequest::Tokens(t) => !matches!(t, tokens::TokenRequest::OpenSession(_)),
             MetaRequest::Registry(_) | MetaRequest::Raft(_) => true,
+        }
+    }
+}
+
+impl MetaRequest {
+    /// The request without the closes it carries ([`namespace::Create::closed`],
+    /// [`namespace::Open::closed`], [`namespace::Close::files`]): what a client sends again
+    /// when the first copy's fate is unknown. A close served twice would take away an open the
+    /// session made since; one lost only keeps the file open until the session ends.
+    pub fn without_closes(self) -> MetaRequest {
+        use namespace::NamespaceRequest as N;
+        match self {
+            MetaRequest::Namespace(N::Create(c)) => {
+                MetaRequest::Namespace(N::Create(namespace::Create { closed: Vec::new(), ..c }))
+            }
+            MetaRequest::Namespace(N::Open(c)) => {
+                MetaRequest::Namespace(N::Open(namespace::Open { closed: Vec::new(), ..c }))
+            }
+            MetaRequest::Namespace(N::Close(c)) => {
+                MetaRequest::Namespace(N::Close(namespace::Close { files: Vec::new(), ..c }))
+            }
+            r => r,
         }
     }
 }

@@ -32,6 +32,31 @@ service! {
     }
 }
 
+impl NamespaceRequest {
+    /// The request id the change carries, if it is one that can carry one.
+    pub fn request(&self) -> Option<RequestId> {
+        use NamespaceRequest as N;
+        match self {
+            N::Mkdir(c) => c.request,
+            N::Create(c) => c.request,
+            N::Mknod(c) => c.request,
+            N::Symlink(c) => c.request,
+            N::Link(c) => c.request,
+            N::Rename(c) => c.request,
+            N::Unlink(c) => c.request,
+            N::Rmdir(c) => c.request,
+            N::SetAttr(_)
+            | N::Lookup(_)
+            | N::Stat(_)
+            | N::Readdir(_)
+            | N::Truncate(_)
+            | N::SetSize(_)
+            | N::Open(_)
+            | N::Close(_) => None,
+        }
+    }
+}
+
 /// Where a request points: an absolute path, an entry of a directory given by id (what a
 /// FUSE mount knows: right even after another client renamed a directory above it), or an
 /// inode by id (for [`Lookup`], [`Readdir`] and [`Open`] only).
@@ -101,11 +126,35 @@ impl NewAttrs {
     }
 }
 
+/// Most requests in flight per session that carry a [`RequestId`] (its slots, 0 to
+/// `REQUEST_SLOTS - 1`).
+pub const REQUEST_SLOTS: u16 = 64;
+
+/// Names one namespace change of a session, so that sending it again when its fate is
+/// unknown (the connection broke before the answer, or the leader changed after proposing
+/// it) is answered with the first outcome instead of being done twice. pfs-meta logs the
+/// last `seq` done in each slot of each open session with the change itself, and answers a
+/// change whose `seq` is that one from what it did (the file it made), as Lustre's last_rcvd
+/// table and NFSv4.1's session slots do. A session sends at most one request per slot at a
+/// time, with a `seq` higher than the slot's last one.
+///
+/// Errors: Denied (a session not open on this connection), Invalid (`slot` at or past
+/// [`REQUEST_SLOTS`], or a `seq` lower than the slot's last one: a request overtaken by
+/// a later one), NoSuchFile (done, but the file it made is gone since).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestId {
+    pub session: SessionId,
+    pub slot: u16,
+    pub seq: u64,
+}
+
 /// Make a directory. Errors: Exists, NotFound (parent), NotDir, Invalid (mode).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Mkdir {
     pub target: Target,
     pub attrs: NewAttrs,
+    /// Names this change so that it is done once however often it is sent ([`RequestId`]).
+    pub request: Option<RequestId>,
 }
 
 /// Create a regular file with a layout (unset fields inherit from the parent directory's
@@ -123,6 +172,8 @@ pub struct Create {
     pub session: Option<SessionId>,
     pub attrs: NewAttrs,
     pub closed: Vec<Closed>,
+    /// Names this change so that it is done once however often it is sent ([`RequestId`]).
+    pub request: Option<RequestId>,
 }
 
 /// Make a named pipe, socket or device node (`kind` Fifo, Socket, CharDevice or
@@ -135,6 +186,8 @@ pub struct Mknod {
     pub kind: FileKind,
     pub rdev: u64,
     pub attrs: NewAttrs,
+    /// Names this change so that it is done once however often it is sent ([`RequestId`]).
+    pub request: Option<RequestId>,
 }
 
 /// Make a symbolic link at `target` whose contents are `link` (1 to [`PATH_MAX`] bytes, not
@@ -145,6 +198,8 @@ pub struct Symlink {
     pub link: String,
     pub uid: u32,
     pub gid: u32,
+    /// Names this change so that it is done once however often it is sent ([`RequestId`]).
+    pub request: Option<RequestId>,
 }
 
 /// Give `file` (not a directory) another name, `target`; its link count goes up by one.
@@ -154,6 +209,8 @@ pub struct Symlink {
 pub struct Link {
     pub file: FileId,
     pub target: Target,
+    /// Names this change so that it is done once however often it is sent ([`RequestId`]).
+    pub request: Option<RequestId>,
 }
 
 /// A time to set: the time pfs-meta handles the request, or a given one.
@@ -248,6 +305,8 @@ pub struct Rename {
     pub to: Target,
     pub expected_generation: Option<u64>,
     pub no_replace: bool,
+    /// Names this change so that it is done once however often it is sent ([`RequestId`]).
+    pub request: Option<RequestId>,
 }
 
 /// Remove a name of anything but a directory; the inode goes with its last name (or, open
@@ -256,6 +315,8 @@ pub struct Rename {
 pub struct Unlink {
     pub target: Target,
     pub expected_generation: Option<u64>,
+    /// Names this change so that it is done once however often it is sent ([`RequestId`]).
+    pub request: Option<RequestId>,
 }
 
 /// Remove an empty directory. Errors: NotFound, NotDir, NotEmpty, Conflict.
@@ -263,6 +324,8 @@ pub struct Unlink {
 pub struct Rmdir {
     pub target: Target,
     pub expected_generation: Option<u64>,
+    /// Names this change so that it is done once however often it is sent ([`RequestId`]).
+    pub request: Option<RequestId>,
 }
 
 /// Set a file's size exactly (shrink or grow), in bytes, at most

@@ -14,7 +14,7 @@ service! {
     /// Requests of the registry service.
     pub enum RegistryRequest in MetaRequest::Registry {
         Register(Register) -> Registered,
-        Heartbeat(Heartbeat) -> (),
+        Heartbeat(Heartbeat) -> Renewed,
         ChunkReport(ChunkReport) -> ReportAnswer,
         Fenced(Fenced) -> (),
         ListServers(ListServers) -> Vec<ServerStatus>,
@@ -82,6 +82,8 @@ pub struct Register {
 /// any write, its lease, and chunks to delete.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Registered {
+    /// The leadership term the registration is in (see [`StoragePush`]).
+    pub term: u64,
     /// Refuse writes of sessions below this id (sessions of older pfs-meta boots).
     pub fence_below: SessionId,
     /// Refuse writes of these (evicted) sessions.
@@ -105,6 +107,13 @@ pub struct Heartbeat {
     pub free_bytes: u64,
 }
 
+/// The answer to [`Heartbeat`]: the lease is renewed, by the leader of `term` (see
+/// [`StoragePush`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewed {
+    pub term: u64,
+}
+
 /// Chunk changes on a storage server. `full` marks the last page of a complete listing sent
 /// after (re-)registration: chunks of that server not listed since registration are then
 /// dropped from the holder map, and the answer says which committed chunks the server lost.
@@ -124,6 +133,9 @@ pub struct ChunkReport {
 /// The answer to [`ChunkReport`].
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ReportAnswer {
+    /// The leadership term of the answer (see [`StoragePush`]): orphans of an older term's
+    /// answer are not removed.
+    pub term: u64,
     /// File ids the server holds chunks of that no longer exist (unlinked while it was
     /// away); it should delete them.
     pub orphans: Vec<FileId>,
@@ -260,7 +272,19 @@ pub struct ServerStatus {
     pub syncing_chains: u32,
 }
 
-/// One-way messages pfs-meta pushes to a storage server.
+/// A one-way message of pfs-meta to a storage server, sent in the name of the Raft term
+/// `term` of the leader that decided it. A storage server keeps the highest term it has seen
+/// (in [`Registered`], [`Renewed`], [`ReportAnswer`] and these) and refuses whatever comes in
+/// an older one: a deposed leader that does not know it yet (paused, or cut off) can neither
+/// renew a lease, nor fence, nor remove a file, nor change a chain. Raft's terms used as
+/// fencing tokens, as Chubby's sequencers and ZooKeeper's zxids are.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StoragePush {
+    pub term: u64,
+    pub notify: StorageNotify,
+}
+
+/// What pfs-meta pushes to a storage server (in a [`StoragePush`]).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum StorageNotify {
     /// These files were unlinked: remove their chunks.

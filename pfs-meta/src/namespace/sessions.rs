@@ -8,10 +8,17 @@
 //! seen when none is open), so the evicted ones kept here are only those at or above it:
 //! the table stays as small as the sessions that can still matter.
 //!
+//! Each open session also keeps the last request done in each of its slots (Lustre's
+//! last_rcvd table, NFSv4.1's slot table): a namespace change sent again after its answer was
+//! lost is answered from here instead of being done twice ([`SessionTable::replay`]). At most
+//! [`REQUEST_SLOTS`] entries a session, gone with the session.
+//!
 //! Tokens and opens are not here: they stay on the leader and are reclaimed after a
 //! failover (see [`crate::tokens`], "Recovery").
 
 use pfs_common::token::{first_session_of, session_epoch as epoch_of, SessionId};
+use pfs_common::wire::namespace::{RequestId, REQUEST_SLOTS};
+use pfs_common::FileId;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -22,6 +29,22 @@ pub struct SessionRecord {
     pub key_sha256: [u8; 32],
     /// When it was opened, ns since the Unix epoch.
     pub opened_ns: i64,
+    /// The last request done in each slot the session used: its sequence number and the
+    /// file it answered with.
+    pub done: BTreeMap<u16, (u64, Option<FileId>)>,
+}
+
+/// What became of a request before ([`SessionTable::replay`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replay {
+    /// Not done yet: do it.
+    New,
+    /// Done, answering with this file (or nothing).
+    Done(Option<FileId>),
+    /// A later request of the slot was done (`last`): this one is an old copy.
+    Overtaken { last: u64 },
+    /// The session is not open (or the slot is not one of [`REQUEST_SLOTS`]).
+    NotOpen,
 }
 
 /// Open and evicted sessions (see the module documentation).
@@ -47,6 +70,29 @@ impl SessionTable {
     /// True if `session` was evicted (storage servers refuse it).
     pub fn is_evicted(&self, session: SessionId) -> bool {
         self.evicted.contains(&session) || session < self.fence_below() && !self.open.contains_key(&session)
+    }
+
+    /// Whether `request` was done (see the module documentation).
+    pub fn replay(&self, request: &RequestId) -> Replay {
+        let Some(record) = self.open.get(&request.session) else { return Replay::NotOpen };
+        if request.slot >= REQUEST_SLOTS {
+            return Replay::NotOpen;
+        }
+        match record.done.get(&request.slot) {
+            Some(&(seq, file)) if seq == request.seq => Replay::Done(file),
+            Some(&(seq, _)) if seq > request.seq => Replay::Overtaken { last: seq },
+            _ => Replay::New,
+        }
+    }
+
+    /// Records `request` as done, answering with `file`; a no-op unless
+    /// [`SessionTable::replay`] says New.
+    pub(crate) fn record(&mut self, request: &RequestId, file: Option<FileId>) {
+        if self.replay(request) == Replay::New {
+            if let Some(r) = self.open.get_mut(&request.session) {
+                r.done.insert(request.slot, (request.seq, file));
+            }
+        }
     }
 
     /// Every open session.
@@ -99,8 +145,30 @@ impl SessionTable {
 mod tests {
     use super::*;
 
+    #[test]
+    fn a_request_is_done_once_and_an_overtaken_copy_is_refused() {
+        let mut t = SessionTable::default();
+        let a = first_session_of(2) | 1;
+        t.insert(a, record());
+        let r = |slot, seq| RequestId { session: a, slot, seq };
+        assert_eq!(t.replay(&r(0, 1)), Replay::New);
+        t.record(&r(0, 1), Some(FileId(9)));
+        assert_eq!(t.replay(&r(0, 1)), Replay::Done(Some(FileId(9))), "a repeat is answered");
+        t.record(&r(0, 1), Some(FileId(10)));
+        assert_eq!(t.replay(&r(0, 1)), Replay::Done(Some(FileId(9))), "a repeat records nothing");
+        assert_eq!(t.replay(&r(1, 1)), Replay::New, "slots are independent");
+        // A prepare-time refusal records nothing, so the slot can skip sequence numbers.
+        t.record(&r(0, 3), None);
+        assert_eq!(t.replay(&r(0, 1)), Replay::Overtaken { last: 3 });
+        assert_eq!(t.replay(&r(0, 3)), Replay::Done(None));
+        assert_eq!(t.replay(&r(REQUEST_SLOTS, 1)), Replay::NotOpen, "past the slots");
+        assert_eq!(t.replay(&RequestId { session: a + 1, slot: 0, seq: 1 }), Replay::NotOpen);
+        t.end(a, false);
+        assert_eq!(t.replay(&r(0, 3)), Replay::NotOpen, "gone with the session");
+    }
+
     fn record() -> SessionRecord {
-        SessionRecord { key_sha256: [7; 32], opened_ns: 1 }
+        SessionRecord { key_sha256: [7; 32], opened_ns: 1, done: BTreeMap::new() }
     }
 
     #[test]

@@ -14,7 +14,7 @@ fn ctx(now_ns: i64) -> Context<'static> {
 /// Prepares and applies `op`; returns the inode it is about (if any).
 fn run(ns: &mut Namespace, op: Op) -> Result<Option<Inode>> {
     let out = match ns.prepare(&op, &ctx(1000))? {
-        Decision::Unchanged(inode) => inode,
+        Decision::Unchanged(inode) | Decision::Replayed(inode) => inode,
         Decision::Mutate(m) => ns.apply(&m)?.inode,
     };
     ns.check_invariants().unwrap();
@@ -550,4 +550,68 @@ fn late_commits_past_the_size_of_a_closed_file_are_not_chunks_that_must_exist() 
         other => panic!("{other:?}"),
     }
     assert!(ns.chunks().get(f, 5).is_some(), "an open file's chunk past its recorded size is committed");
+}
+
+/// Prepares and applies `op` as request `seq` of `slot` of `session`, logging the mutation.
+fn run_once(
+    ns: &mut Namespace,
+    log: &mut Vec<Mutation>,
+    session: SessionId,
+    slot: u16,
+    seq: u64,
+    op: Op,
+) -> Result<Option<Inode>> {
+    let op = Op::Request { request: RequestId { session, slot, seq }, op: Box::new(op) };
+    let out = match ns.prepare(&op, &ctx(1000))? {
+        Decision::Unchanged(inode) | Decision::Replayed(inode) => inode,
+        Decision::Mutate(m) => {
+            log.push(m.clone());
+            ns.apply(&m)?.inode
+        }
+    };
+    ns.check_invariants().unwrap();
+    Ok(out)
+}
+
+/// A change named by a request id is done once: its repeat (a client that lost the answer)
+/// is answered with what it did, on the leader's namespace and on one rebuilt from the log.
+#[test]
+fn a_repeated_request_is_answered_from_the_log_not_done_twice() {
+    use pfs_common::ErrorCode;
+    let mut ns = Namespace::new(LayoutPolicy::default());
+    let session = pfs_common::token::first_session_of(3) | 1;
+    run(&mut ns, Op::OpenSession { session, key_sha256: [1; 32] }).unwrap();
+    let mut log = Vec::new();
+    let made = file(run_once(&mut ns, &mut log, session, 0, 1, create("/f")));
+    let again = file(run_once(&mut ns, &mut log, session, 0, 1, create("/f")));
+    assert_eq!(again.id, made.id, "the repeat answers the file made, not Exists");
+    let e = run_once(&mut ns, &mut log, session, 0, 2, create("/f")).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Exists, "a new request");
+    file(run_once(&mut ns, &mut log, session, 1, 1, mkdir("/d")));
+    run_once(&mut ns, &mut log, session, 1, 2, rename("/d", "/e")).unwrap();
+    let again = run_once(&mut ns, &mut log, session, 1, 2, rename("/d", "/e"));
+    assert_eq!(again.unwrap(), None, "the repeat is done, not NotFound");
+    assert!(ns.resolve("/e").is_ok() && ns.resolve("/d").is_err());
+    let e = run_once(&mut ns, &mut log, session, 1, 1, mkdir("/d")).unwrap_err();
+    assert!(e.to_string().contains("at request 2"), "an overtaken copy is refused: {e}");
+    // The file made is gone since: the repeat says so instead of making it again.
+    run_once(&mut ns, &mut log, session, 2, 1, Op::Unlink { path: "/f".into(), expected_generation: None }).unwrap();
+    let e = run_once(&mut ns, &mut log, session, 0, 1, create("/f")).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::NotFound, "{e}");
+    assert!(ns.resolve("/f").is_err(), "not made again");
+    // A follower applying the log knows the same requests.
+    let mut follower = Namespace::new(LayoutPolicy::default());
+    run(&mut follower, Op::OpenSession { session, key_sha256: [1; 32] }).unwrap();
+    for m in &log {
+        follower.apply(m).unwrap();
+    }
+    assert_eq!(follower, ns);
+    let repeat = Op::Request { request: RequestId { session, slot: 1, seq: 2 }, op: Box::new(rename("/d", "/e")) };
+    assert_eq!(follower.prepare(&repeat, &ctx(2000)).unwrap(), Decision::Replayed(None));
+    let e = follower.apply(&log[1]).unwrap_err();
+    assert!(matches!(e, MetaError::DoesNotApply { .. }), "a request logged twice does not apply twice: {e}");
+    // Requests of a session that is not open are refused.
+    run(&mut ns, Op::EndSession { session, evicted: false }).unwrap();
+    let e = run_once(&mut ns, &mut log, session, 3, 1, mkdir("/g")).unwrap_err();
+    assert_eq!(e.code(), ErrorCode::Evicted);
 }

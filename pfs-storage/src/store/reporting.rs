@@ -90,6 +90,11 @@ impl ChunkStore {
             let req = ChunkReport { id: self.id, chunks, listing: false, full: false };
             match client.ask(req).await {
                 Ok(answer) => {
+                    // A deposed leader's answer: its orphans may be files its successor has.
+                    if let Err(e) = self.fence().check_term(answer.term) {
+                        flight.settle(false);
+                        return Err(e);
+                    }
                     flight.settle(true);
                     self.remove_orphans(answer.orphans);
                 }
@@ -115,6 +120,7 @@ impl ChunkStore {
         for (i, page) in pages.into_iter().enumerate() {
             let req = ChunkReport { id: self.id, chunks: page.to_vec(), listing: true, full: i == last };
             let answer = client.ask(req).await?;
+            self.fence().check_term(answer.term)?;
             self.remove_orphans(answer.orphans);
             if let Some(lost) = answer.lost {
                 self.reconciled(lost);

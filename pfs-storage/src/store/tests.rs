@@ -5,7 +5,9 @@ use crate::engine;
 use pfs_common::config::{Config, EngineChoice};
 use pfs_common::rpc::{self, Handler, Peer, Reply, ServeOptions};
 use pfs_common::wire::frame::DEFAULT_LIMITS;
-use pfs_common::wire::registry::{self as reg, LostChunk, Registered, RegistryRequest, ReportAnswer, StorageNotify};
+use pfs_common::wire::registry::{
+    self as reg, LostChunk, Registered, RegistryRequest, ReportAnswer, StorageNotify, StoragePush,
+};
 use pfs_common::wire::{MetaRequest, PeerRole};
 use pfs_common::ErrorCode;
 use std::sync::atomic::AtomicBool;
@@ -398,6 +400,8 @@ struct FakeMeta {
     registered: AtomicU64,
     peers: Mutex<Vec<Peer>>,
     refuse_heartbeats: AtomicBool,
+    /// The leadership term its answers name.
+    term: AtomicU64,
     /// While it names a file, reports with a state of that file are recorded but not answered.
     held: Mutex<Option<FileId>>,
     released: tokio::sync::Notify,
@@ -415,6 +419,7 @@ impl Handler for FakeMeta {
                 self.registered.fetch_add(1, Ordering::SeqCst);
                 self.peers.lock().push(peer);
                 let r = Registered {
+                    term: self.term.load(Ordering::SeqCst),
                     fence_below: 0,
                     fenced: vec![],
                     lease_ms: 60_000,
@@ -433,13 +438,16 @@ impl Handler for FakeMeta {
                     }
                     released.await;
                 }
-                let answer = ReportAnswer { orphans: vec![], lost: c.full.then(Vec::new) };
+                let term = self.term.load(Ordering::SeqCst);
+                let answer = ReportAnswer { term, orphans: vec![], lost: c.full.then(Vec::new) };
                 Reply::to::<reg::ChunkReport, StorageError>(Ok(answer))
             }
             RegistryRequest::Heartbeat(c) if self.refuse_heartbeats.load(Ordering::SeqCst) => {
                 Reply::error(&StorageError::NoLease { server: c.id, why: "declared down by the fake".into() })
             }
-            RegistryRequest::Heartbeat(_) => Reply::to::<reg::Heartbeat, StorageError>(Ok(())),
+            RegistryRequest::Heartbeat(_) => {
+                Reply::to::<reg::Heartbeat, StorageError>(Ok(reg::Renewed { term: self.term.load(Ordering::SeqCst) }))
+            }
             RegistryRequest::Fenced(_) => Reply::to::<reg::Fenced, StorageError>(Ok(())),
             RegistryRequest::ListServers(_) => Reply::to::<reg::ListServers, StorageError>(Ok(vec![])),
             RegistryRequest::GetChunks(_) => Reply::to::<reg::GetChunks, StorageError>(Ok(vec![])),
@@ -590,12 +598,29 @@ async fn session_reports_hashes_before_fsync_returns_and_removes_orphans() {
 
     // A RemoveFiles notification removes the file's chunks and reports the removal.
     let peer = fake.peers.lock()[0].clone();
-    peer.notifier.notify(&StorageNotify::RemoveFiles(vec![FileId(0x22)])).await.unwrap();
+    peer.notifier
+        .notify(&StoragePush { term: 0, notify: StorageNotify::RemoveFiles(vec![FileId(0x22)]) })
+        .await
+        .unwrap();
     assert!(wait_for(deadline, || s.chunks_of(FileId(0x22)).is_empty()).await, "condition not met in time");
     assert!(
         wait_for(deadline, || fake.reported(FileId(0x22), 3).is_some_and(|c| c.removed)).await,
         "condition not met in time"
     );
+
+    // A new leader (term 7) answers; then a push of term 6 (a deposed leader that does not
+    // know it yet) is refused: nothing is removed, and the session ends and registers again.
+    s.write(FileId(0x33), 0, 0, CS, 4096, buf(b"kept")).await.unwrap();
+    s.fsync(FileId(0x33)).await.unwrap();
+    fake.term.store(7, Ordering::SeqCst);
+    assert!(wait_for(deadline, || s.fence.term() == 7).await, "a heartbeat answer of term 7 was never taken");
+    let before = fake.registered.load(Ordering::SeqCst);
+    let peer = fake.peers.lock().last().unwrap().clone();
+    let stale = StoragePush { term: 6, notify: StorageNotify::RemoveFiles(vec![FileId(0x33)]) };
+    peer.notifier.notify(&stale).await.unwrap();
+    assert!(wait_for(deadline, || fake.registered.load(Ordering::SeqCst) > before).await, "the session went on");
+    assert_eq!(s.chunks_of(FileId(0x33)).len(), 1, "a deposed leader's removal was done");
+    assert!(s.fence.check_term(6).is_err() && s.fence.check_term(7).is_ok());
 
     // pfs-meta refuses its heartbeats (it declared the server down): the server stops
     // admitting writes at once, and registers again.
