@@ -148,14 +148,8 @@ impl MetaRequest {
                 N::Mkdir(_) | N::Mknod(_) | N::Symlink(_) | N::Link(_) | N::Rename(_) | N::Unlink(_) | N::Rmdir(_) => {
                     n.request().is_some()
                 }
-                N::SetAttr(_)
-                | N::Lookup(_)
-                | N::Stat(_)
-                | N::Readdir(_)
-                | N::Truncate(_)
-                | N::SetSize(_)
-                | N::Open(_)
-                | N::Close(_) => true,
+                // The others carry no request id (see `NamespaceRequest::request`).
+                _ => true,
             },
             MetaRequest::Tokens(t) => !matches!(t, tokens::TokenRequest::OpenSession(_)),
             MetaRequest::Registry(_) | MetaRequest::Raft(_) => true,
