@@ -291,12 +291,18 @@ impl OpenFile {
             self.record_size(false).await
         }
         .await;
+        let failed = result.is_err();
         if let Err(e) = result {
-            tracing::warn!("write-back of {} {range} for a revoke failed: {e}", self.path);
-            self.state.lock().writeback_failed(e);
+            // The token goes back whatever happened (the revoker must not wait on a server we
+            // cannot reach), so bytes still dirty in the range can never be sent: writing them
+            // later, under a token granted after another client's writes, would put older bytes
+            // over newer ones. They are dropped and the next fsync or close reports them lost.
+            tracing::warn!("write-back of {} {range} for a revoke failed, its dirty bytes are lost: {e}", self.path);
+            let what = format!("write-back for a revoke lost the dirty bytes in {range} of");
+            self.state.lock().writeback_failed(e.on_file(what, &self.path));
         }
         self.state.lock().revoke_done(ticket);
-        if wanted == Mode::Write {
+        if wanted == Mode::Write || failed {
             if let Some(c) = &self.cache {
                 c.lock().invalidate(self.id, range.start..range.end, false);
             }
@@ -706,9 +712,13 @@ impl OpenFile {
     }
 
     /// Write-back of everything dirty, an fsync round over every replica written (see
-    /// [`FileState::begin_sync`]), then the size on pfs-meta. Takes the lock exclusively.
+    /// [`FileState::begin_sync`]), then the size on pfs-meta. Takes the lock exclusively for
+    /// the write-back and the size, not while it waits for the storage servers' answers or
+    /// for pfs-meta to take a failed replica out of its chains (up to `failover_ms` each):
+    /// a revoke waiting that long for the lock would be answered too late, and the session
+    /// evicted.
     async fn sync(&self, closing: bool) -> Result<()> {
-        let _excl = self.lock.write().await;
+        let excl = self.lock.write().await;
         if let Err(e) = self.session.id() {
             // The last close of a file with nothing of ours unwritten, unsynced or unrecorded
             // loses nothing when the session is gone (a client closed before a file it only
@@ -726,6 +736,8 @@ impl OpenFile {
             .lock()
             .begin_sync(replicated)
             .map_err(|e| e.on_file("an earlier write-back failed for", &self.path))?;
+        // The round settles only the writes it lists; a revoke may write back more meanwhile.
+        drop(excl);
         let mut pending: FuturesUnordered<_> = round
             .servers()
             .into_iter()
@@ -754,6 +766,7 @@ impl OpenFile {
             }
         }
         self.state.lock().end_sync(round)?;
+        let _excl = self.lock.write().await;
         self.record_size(true).await
     }
 

@@ -39,7 +39,14 @@ pub struct Registry {
     /// When this registry (this pfs-meta process) started: a server not heard from since
     /// is given the down timeout from then to register again.
     started: Instant,
+    /// How long placement waits for known servers at the start of a term (see
+    /// [`Registry::settling`]).
+    settle_for: Duration,
 }
+
+/// Heartbeat periods a live storage server needs, at most, to notice a new leader and register
+/// with it: its heartbeat to the old one fails, and it tries the next meta node.
+pub const SETTLE_HEARTBEATS: u32 = 4;
 
 impl Registry {
     /// A registry listing the configured servers (down until they register); a server silent
@@ -63,7 +70,9 @@ impl Registry {
                 )
             })
             .collect();
-        Registry { servers, down_after: Duration::from_millis(config.timeouts.server_down_ms), started: Instant::now() }
+        let down_after = Duration::from_millis(config.timeouts.server_down_ms);
+        let settle_for = (Duration::from_millis(config.timeouts.heartbeat_ms) * SETTLE_HEARTBEATS).min(down_after);
+        Registry { servers, down_after, started: Instant::now(), settle_for }
     }
 
     /// Records a registration of server `id` on connection `conn_id`.
@@ -205,6 +214,33 @@ impl Registry {
         }
     }
 
+    /// This node leads a new term: every registration was with the leader of an earlier one,
+    /// so every server registers again (its old connection's heartbeats are refused as
+    /// NotRegistered), and a server is given the down timeout from now before it counts as
+    /// gone: its lease may have been renewed by the old leader until a moment ago.
+    pub fn begin_term(&mut self, now: Instant) {
+        for e in self.servers.values_mut() {
+            e.last_heard = None;
+            e.conn_id = None;
+            e.declared_down = None;
+            e.listed = false;
+        }
+        self.started = now;
+    }
+
+    /// While a server that has registered before (`known`: its boot id is in the log) is not
+    /// up and not declared down, and this term (or process) began less than [`SETTLE_HEARTBEATS`]
+    /// heartbeat periods (at most the down timeout) ago: how long until then. New files are placed only after it (see
+    /// `MetaServer::placement_ready`), so that a file created in the first moments of a
+    /// leadership term is not striped over fewer servers than are up, or refused with "no
+    /// storage server is up". A server listed in the config that never registered is not
+    /// waited for.
+    pub fn settling(&self, now: Instant, known: impl Fn(ServerId) -> bool) -> Option<Duration> {
+        let left = self.settle_for.checked_sub(now.saturating_duration_since(self.started))?;
+        let waiting = self.servers.iter().any(|(id, e)| e.declared_down.is_none() && !self.is_up(e, now) && known(*id));
+        (waiting && !left.is_zero()).then_some(left)
+    }
+
     /// Every known server id.
     pub fn ids(&self) -> Vec<ServerId> {
         self.servers.keys().copied().collect()
@@ -294,5 +330,40 @@ mod tests {
         assert!(!r.gone(ServerId(2), r.started), "a configured server gets the timeout from the start");
         assert!(r.gone(ServerId(2), r.started + down_after));
         assert!(!r.gone(ServerId(1), t0 + down_after), "up");
+    }
+
+    #[test]
+    fn a_new_term_forgets_registrations_and_gives_every_server_the_down_timeout_again() {
+        let config = Config::local(Path::new("/tmp/x"), 7400, 2);
+        let mut r = Registry::new(&config);
+        let t0 = Instant::now();
+        r.begin_term(t0);
+        let down_after = Duration::from_millis(config.timeouts.server_down_ms);
+        let settle = r.settle_for;
+        assert!(settle <= down_after && settle > Duration::ZERO);
+        let (a, b) = (config.storage[0].address, config.storage[1].address);
+        let all = |_| true;
+        r.register(ServerId(1), a, 100, 50, 7, t0).unwrap();
+        r.listed(ServerId(1));
+        assert_eq!(r.settling(t0, all), Some(settle), "storage-2 has not registered");
+        assert_eq!(r.settling(t0, |id| id == ServerId(1)), None, "storage-2 never registered: not waited for");
+        r.register(ServerId(2), b, 100, 50, 8, t0).unwrap();
+        r.listed(ServerId(2));
+        assert_eq!(r.settling(t0, all), None, "every server is up");
+        // Long silent, then this node leads a new term: nobody is gone before the timeout
+        // passed again, nobody is up before registering again with it.
+        let later = t0 + down_after * 5;
+        assert!(r.gone(ServerId(1), later));
+        r.begin_term(later);
+        assert!(!r.gone(ServerId(1), later + down_after / 2));
+        assert!(r.gone(ServerId(1), later + down_after));
+        assert!(r.up_servers(later).is_empty());
+        assert!(matches!(r.heartbeat(ServerId(1), 1, 1, 7, later), Err(MetaError::NotRegistered { .. })));
+        assert_eq!(r.settling(later + settle / 2, all), Some(settle - settle / 2));
+        assert_eq!(r.settling(later + settle, all), None, "the wait is bounded");
+        r.register(ServerId(1), a, 100, 50, 9, later).unwrap();
+        r.listed(ServerId(1));
+        r.declare_down(ServerId(2), "did not confirm a fence");
+        assert_eq!(r.settling(later, all), None, "a server declared down is not waited for");
     }
 }

@@ -17,7 +17,7 @@ use crate::opens::OpenTable;
 use crate::raft::network::Network;
 use crate::registry::Registry;
 use crate::store::{NamespaceStore, NodeOptions};
-use crate::token_service::TokenService;
+use crate::token_service::{SessionEnd, TokenService};
 use crate::tokens::TokenConfig;
 use parking_lot::Mutex;
 use pfs_common::auth::Auth;
@@ -59,7 +59,7 @@ struct Cluster {
 /// whether they were evicted (the reaper logs that).
 #[derive(Default)]
 struct Ended {
-    sessions: Mutex<Vec<(SessionId, bool)>>,
+    sessions: Mutex<Vec<SessionEnd>>,
     /// A leadership term began: once its recovery window is closed, the orphans nobody
     /// reclaimed an open of are removed.
     orphan_pass: std::sync::atomic::AtomicBool,
@@ -77,6 +77,9 @@ pub struct MetaServer {
     ended: Arc<Ended>,
     /// Wakes the chain keeper (a server came, went or restarted).
     keeper_wake: Notify,
+    /// Woken when a storage server comes up (its chunk listing answered): placement waits
+    /// for it early in a term ([`MetaServer::placement_ready`]).
+    server_up: Notify,
     /// Held while a chain change is planned and logged (keeper passes, registrations of
     /// restarted servers, `SyncDone`), so they never plan on a state another is changing.
     chain_lock: tokio::sync::Mutex<()>,
@@ -146,6 +149,7 @@ impl MetaServer {
             opens: Mutex::new(OpenTable::new()),
             ended,
             keeper_wake: Notify::new(),
+            server_up: Notify::new(),
             chain_lock: tokio::sync::Mutex::new(()),
             heartbeat_ms: config.timeouts.heartbeat_ms,
             rereplicate_after_ms: config.timeouts.rereplicate_after_ms,
@@ -173,6 +177,10 @@ impl MetaServer {
 
     /// One pass of the chain keeper; `restarted` servers are resynced.
     async fn keep_chains(&self, restarted: &std::collections::BTreeSet<ServerId>) -> Result<()> {
+        // Only for a term the token service acts for: its registry is that term's (see
+        // `Registry::begin_term`), so a server not yet registered with a new leader is not
+        // taken for gone.
+        self.tokens_ready().await?;
         let _one_change_at_a_time = self.chain_lock.lock().await;
         let now = Instant::now();
         let (view, plan) = {
@@ -233,11 +241,16 @@ impl MetaServer {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let ended = std::mem::take(&mut *self.ended.sessions.lock());
-            for (session, evicted) in ended {
+            for SessionEnd { session, evicted, logged } in ended {
                 if evicted {
                     // The next leader must refuse it too (and not wait for it to reclaim).
                     match self.mutate(Op::EndSession { session, evicted: true }).await {
-                        Ok(_) | Err(MetaError::NotLeader { .. }) => {}
+                        Ok(_) => {
+                            if let Some(logged) = logged {
+                                let _ = logged.send(());
+                            }
+                        }
+                        Err(MetaError::NotLeader { .. }) => {}
                         Err(e) => return Err(e),
                     }
                 }
@@ -301,6 +314,7 @@ impl MetaServer {
         // Opens are reclaimed with the tokens; the old table is of another term.
         let opens = std::mem::take(&mut *self.opens.lock());
         if self.tokens.begin_term(term, open, evicted) {
+            self.cluster.lock().registry.begin_term(Instant::now());
             self.ended.orphan_pass.store(true, std::sync::atomic::Ordering::Release);
             self.ended.wake.notify_one();
         } else {
@@ -459,6 +473,7 @@ impl MetaServer {
         } else if !c.closed.is_empty() {
             return Err(MetaError::Invalid("a create without a session carries closes".into()));
         }
+        self.placement_ready().await;
         let what = c.target.to_string();
         let make = |n: &Namespace| {
             let path = n.target_path(&c.target)?;
@@ -579,6 +594,18 @@ impl MetaServer {
             self.push_chains(applied.chains);
         }
         Ok(applied.inode)
+    }
+
+    /// Waits while storage servers have not come up with this leader yet, at most the down
+    /// timeout from the start of its term ([`Registry::settling`]): a new file is placed on
+    /// the servers that are up, and right after an election none or few have registered.
+    async fn placement_ready(&self) {
+        loop {
+            let woken = self.server_up.notified();
+            let known = |id| self.store.read(|n| n.boot_of(id).is_some()).is_ok_and(|(known, _)| known);
+            let Some(left) = self.cluster.lock().registry.settling(Instant::now(), known) else { return };
+            let _ = tokio::time::timeout(left, woken).await;
+        }
     }
 
     /// Serves one request of the token service.
@@ -825,14 +852,15 @@ impl MetaServer {
 
     async fn register(&self, peer: &Peer, c: reg::Register) -> Result<Registered> {
         speaks_for(peer, c.id)?;
+        // The token service first: it may take the cluster lock to declare servers down, and
+        // a new term begins with a fresh registry.
+        let term = self.tokens_ready().await?;
         // Only under the configured id and address, and never over a live registration.
         self.cluster
             .lock()
             .registry
             .check_register(c.id, c.address, peer.conn_id, Instant::now())
             .inspect_err(|e| warn!("refused the registration of {} from {} ({}): {e}", c.id, peer.name, peer.addr))?;
-        // The token service first (it may take the cluster lock to declare servers down).
-        let term = self.tokens_ready().await?;
         let (fenced, lease_ms) = self.tokens.storage_registered(term, c.id, peer.conn_id, peer.notifier.clone())?;
         {
             let mut cl = self.cluster.lock();
@@ -971,6 +999,7 @@ impl MetaServer {
                 if lost.is_some() {
                     cl.registry.listed(c.id);
                     self.keeper_wake.notify_one();
+                    self.server_up.notify_waiters();
                 }
                 (orphans, lost)
             })?;

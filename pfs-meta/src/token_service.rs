@@ -22,6 +22,7 @@
 
 use crate::error::{MetaError, Result};
 use crate::tokens::{Input, Output, RequestId, TokenConfig, TokenManager};
+use futures_util::FutureExt;
 use parking_lot::Mutex;
 use pfs_common::rpc::Notifier;
 use pfs_common::token::{first_session_of, ByteRange, Mode, SessionId, Stride, SESSION_RANDOM_BITS};
@@ -48,9 +49,19 @@ pub struct Granted {
 
 /// Called (outside the service's lock) when the manager declares a storage server down.
 pub type ServerDownHook = Box<dyn Fn(ServerId, &str) + Send + Sync>;
-/// Called (outside the service's lock) when a session ends: closed (false), or evicted
-/// (true); and with `None` when a recovery window closes.
-pub type SessionEndHook = Box<dyn Fn(Option<(SessionId, bool)>) + Send + Sync>;
+/// Called (outside the service's lock) when a session ends, and with `None` when a
+/// recovery window closes.
+pub type SessionEndHook = Box<dyn Fn(Option<SessionEnd>) + Send + Sync>;
+
+/// A session ended: closed, or evicted.
+pub struct SessionEnd {
+    pub session: SessionId,
+    pub evicted: bool,
+    /// For an eviction: to be sent once it is committed to the log. Its fences wait for it,
+    /// so that no storage server refuses a session that a next leader would still take for
+    /// open and let reclaim; dropped unsent (this node no longer leads), they are not sent.
+    pub logged: Option<oneshot::Sender<()>>,
+}
 
 /// Whether this node's leader lease of a term holds (no other node can lead in it now).
 pub type LeaseCheck = Box<dyn Fn(u64) -> bool + Send + Sync>;
@@ -366,7 +377,7 @@ impl TokenService {
     pub fn close_session(&self, session: SessionId) -> Result<()> {
         let r = self.simple(|now_ms| Input::CloseSession { session, now_ms });
         if self.state.lock().clients.remove(&session).is_some() {
-            (self.session_end)(Some((session, false)));
+            (self.session_end)(Some(SessionEnd { session, evicted: false, logged: None }));
         }
         r
     }
@@ -574,8 +585,14 @@ impl TokenService {
         for (server, reason) in fx.servers_down {
             (self.server_down)(server, &reason);
         }
-        for ended in fx.ended {
-            (self.session_end)(Some(ended));
+        let mut logged = HashMap::new();
+        for (session, evicted) in fx.ended {
+            let tx = evicted.then(|| {
+                let (tx, rx) = oneshot::channel();
+                logged.insert(session, rx.shared());
+                tx
+            });
+            (self.session_end)(Some(SessionEnd { session, evicted, logged: tx }));
         }
         if fx.recovered {
             (self.session_end)(None);
@@ -598,7 +615,16 @@ impl TokenService {
                 );
                 continue;
             }
+            let evictions: Vec<_> = sessions.iter().filter_map(|s| logged.get(s).cloned()).collect();
             tokio::spawn(async move {
+                // The evictions in the log first (a commit, milliseconds; the fence timeout is
+                // seconds).
+                for logged in evictions {
+                    if logged.await.is_err() {
+                        warn!("not fencing sessions {sessions:x?} on {server}: their eviction is not in the log");
+                        return;
+                    }
+                }
                 // Unconfirmed, the manager declares the server down at the fence timeout.
                 if let Err(e) = pusher.push(StorageNotify::Fence(sessions.clone())).await {
                     warn!("asking {server} to fence sessions {sessions:x?}: {e}");

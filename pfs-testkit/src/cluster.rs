@@ -356,5 +356,11 @@ impl LocalCluster {
 impl Drop for LocalCluster {
     fn drop(&mut self) {
         self.kill_all();
+        // A failing test's daemon logs and data are what explains it: with `PFS_KEEP_FAILED`
+        // set, a cluster dropped by a panic leaves its directory behind and says where.
+        if std::thread::panicking() && std::env::var_os("PFS_KEEP_FAILED").is_some() {
+            self.dir.disable_cleanup(true);
+            eprintln!("the cluster's directory is kept: {}", self.dir.path().display());
+        }
     }
 }

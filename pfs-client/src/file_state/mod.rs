@@ -75,6 +75,8 @@ pub(crate) struct FileState {
     /// Storage servers (every replica) written since the last sync round, with the boot id of
     /// the server process that took the latest writes.
     unsynced: BTreeMap<ServerId, Unsynced>,
+    /// Chunk writes answered so far (numbers [`Unsynced::last_write`]).
+    writes: u64,
     /// Bumped by every write, so a read does not cache bytes fetched across one of ours.
     write_seq: u64,
     /// A write-back that failed outside an fsync (a revoke's, an eviction from the cache);
@@ -140,6 +142,10 @@ pub(crate) enum CapabilityPlan {
 struct Unsynced {
     boot: u64,
     restarted: bool,
+    /// The [`FileState::writes`] count at the server's latest write: a sync round settles the
+    /// entry only if no write came after the round began (the round does not hold the I/O
+    /// lock while it waits for answers).
+    last_write: u64,
 }
 
 /// The size to record on pfs-meta ([`FileState::size_report`]).
@@ -183,6 +189,7 @@ impl FileState {
             size_dirty: false,
             mtime_dirty: false,
             unsynced: BTreeMap::new(),
+            writes: 0,
             write_seq: 0,
             writeback_error: None,
         }
@@ -438,11 +445,15 @@ impl FileState {
     /// restarted between our unsynced writes: the earlier ones may be gone, which the next
     /// round must report, not hide, while it still makes the later ones durable.
     pub(crate) fn written(&mut self, boots: &[(ServerId, u64)]) {
+        self.writes += 1;
+        let last_write = self.writes;
         for &(server, boot) in boots {
-            let u = self.unsynced.entry(server).or_insert(Unsynced { boot, restarted: false });
+            let u = self.unsynced.entry(server).or_insert(Unsynced { boot, restarted: false, last_write });
             if u.boot != boot {
-                *u = Unsynced { boot, restarted: true };
+                u.restarted = true;
+                u.boot = boot;
             }
+            u.last_write = last_write;
         }
     }
 

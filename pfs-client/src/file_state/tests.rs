@@ -152,6 +152,20 @@ fn a_server_that_restarted_between_unsynced_writes_is_reported_once_and_synced_f
 }
 
 #[test]
+fn a_write_answered_while_a_round_waits_stays_owed_to_the_next_round() {
+    let mut st = FileState::new(0, true);
+    let a = ServerId(1);
+    st.written(&[(a, 5)]);
+    let mut round = st.begin_sync(false).unwrap();
+    // The round waits for its answers without the I/O lock: another write lands meanwhile,
+    // perhaps after the server synced.
+    st.written(&[(a, 5)]);
+    round.answered(a, Ok(()));
+    st.end_sync(round).unwrap();
+    assert_eq!(st.begin_sync(false).unwrap().servers(), vec![(a, 5)], "the later write is still owed an fsync");
+}
+
+#[test]
 fn a_write_back_failure_is_reported_by_the_next_fsync_only() {
     let mut st = FileState::new(0, true);
     st.writeback_failed(Error::Unavailable("first".into()));

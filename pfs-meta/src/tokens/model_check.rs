@@ -10,6 +10,16 @@
 //! altogether. A session may lose its connection and be evicted while it is still alive and
 //! writing. Checked: no grant conflicts with the tokens an evicted session held while any
 //! storage server could still accept that session's writes.
+//!
+//! The failover configurations replace the manager, once, by one that takes over
+//! ([`TokenManager::recovering`]) from the log's sessions, as a new metadata leader does: the
+//! old one acts until then (the failover is the moment its leader lease ends: openraft elects
+//! no other leader before), and what it granted stays in the clients' hands. Every session
+//! reclaims what it held, but one may be cut off from the new leader while it still reaches
+//! the storage servers (and writes); the storage servers register with the new manager.
+//! Checked too: no reclaim is refused, and no grant of the new manager conflicts with
+//! tokens a session held at the failover unless it reclaimed them (then the manager knows
+//! them) or was evicted and no storage server can still accept its writes.
 
 use super::storage_model::StorageModel;
 use super::*;
@@ -47,6 +57,18 @@ struct St {
     fenced_grant: bool,
     /// The manager declared a storage server down.
     declared_down: bool,
+    /// The manager was replaced by a recovering one (a failover).
+    failed_over: bool,
+    /// The session cut off from the new manager (it still writes to storage servers).
+    lost: Option<usize>,
+    /// Per session, what it held from the old manager and has not reclaimed from the new one
+    /// (nor been evicted with).
+    unreclaimed: BTreeMap<SessionId, Vec<(ByteRange, Mode)>>,
+    /// The sessions (slots) that reach the new manager and have not reclaimed yet.
+    to_reclaim: BTreeSet<usize>,
+    /// A grant conflicted with tokens a session held at the failover and has neither reclaimed
+    /// nor been evicted with.
+    cross_grant: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -65,6 +87,11 @@ enum Act {
     StopSilent,
     /// Live clients and running storage servers heartbeat, then time advances by a quantum.
     Tick,
+    /// The old manager's leader lease ends and a new one takes over; the session given, if
+    /// any, never reaches the new one.
+    Failover(Option<usize>),
+    /// A session reclaims, from the new manager, what it held from the old one.
+    Reclaim(usize),
 }
 
 struct TokModel {
@@ -86,6 +113,8 @@ struct TokModel {
     disconnect: bool,
     /// Offer stopping the silent storage server.
     stop: bool,
+    /// Offer a failover.
+    failover: bool,
     /// Time advances by this much per Tick, ms, up to `horizon_ms`.
     tick_ms: u64,
     horizon_ms: u64,
@@ -95,15 +124,32 @@ fn sid(slot: usize) -> SessionId {
     slot as SessionId + 1
 }
 
+/// Whether `tokens` (a holder's, coalesced) cover `range` in `mode` or a stronger one.
+fn covered(tokens: &[(ByteRange, Mode)], range: ByteRange, mode: Mode) -> bool {
+    let mut at = range.start;
+    let mut spans: Vec<ByteRange> =
+        tokens.iter().filter(|(_, m)| mode == Mode::Read || *m == Mode::Write).map(|(r, _)| *r).collect();
+    spans.sort_by_key(|r| r.start);
+    for r in spans {
+        if r.start <= at && r.end > at {
+            at = r.end;
+        }
+    }
+    at >= range.end
+}
+
 fn alive(st: &St, slot: usize) -> bool {
     st.m.sessions.contains_key(&sid(slot))
 }
 
-/// No message in flight that a live client would act on, no eviction due and no fence
-/// pending.
+/// No message in flight that a live client would act on, no eviction due, no fence pending
+/// and no recovery window open (acquires wait for it to close).
 fn quiescent(st: &St) -> bool {
     let crashed_alive = st.crashed.is_some_and(|c| alive(st, c));
-    !crashed_alive && st.m.stats().fencing == 0 && (0..st.inbox.len()).all(|s| !alive(st, s) || st.inbox[s].is_empty())
+    !crashed_alive
+        && st.m.stats().fencing == 0
+        && !st.m.recovering_now()
+        && (0..st.inbox.len()).all(|s| !alive(st, s) || st.inbox[s].is_empty())
 }
 
 impl TokModel {
@@ -125,6 +171,11 @@ impl TokModel {
                         }
                         _ => st.bad = true,
                     }
+                    for (x, tokens) in &st.unreclaimed {
+                        let conflicts =
+                            tokens.iter().any(|(r, m)| granted.iter().any(|g| r.overlaps(g)) && m.conflicts_with(mode));
+                        st.cross_grant |= *x != session && conflicts;
+                    }
                     for (x, tokens) in &st.evicted {
                         let conflicts =
                             tokens.iter().any(|(r, m)| granted.iter().any(|g| r.overlaps(g)) && m.conflicts_with(mode));
@@ -143,13 +194,15 @@ impl TokModel {
                     let s = (session - 1) as usize;
                     st.inbox[s].clear();
                     st.pending[s] = None;
-                    if st.crashed != Some(s) && st.disconnected != Some(s) {
+                    if st.crashed != Some(s) && st.disconnected != Some(s) && st.lost != Some(s) {
                         st.bad = true;
                     }
                     if self.servers > 0 {
                         // Only where a fence can hold it up (keeps the other state spaces small).
-                        let tokens =
+                        let mut tokens =
                             held.iter().find(|(x, _)| *x == session).map(|(_, t)| t.clone()).unwrap_or_default();
+                        // After a failover, also what it held from the old manager.
+                        tokens.extend(st.unreclaimed.remove(&session).unwrap_or_default());
                         st.evicted.insert(session, tokens);
                     }
                 }
@@ -212,6 +265,11 @@ impl Model for TokModel {
             unsafe_grant: false,
             fenced_grant: false,
             declared_down: false,
+            failed_over: false,
+            lost: None,
+            unreclaimed: BTreeMap::new(),
+            to_reclaim: BTreeSet::new(),
+            cross_grant: false,
         };
         for v in 0..self.servers {
             st.servers.push(StorageModel::default());
@@ -222,7 +280,12 @@ impl Model for TokModel {
 
     fn actions(&self, st: &St, actions: &mut Vec<Act>) {
         for s in 0..self.sessions {
-            if !alive(st, s) || st.crashed == Some(s) {
+            if !alive(st, s) || st.crashed == Some(s) || st.lost == Some(s) {
+                continue;
+            }
+            if st.to_reclaim.contains(&s) {
+                // Taken over to the new manager: it reclaims before anything else.
+                actions.push(Act::Reclaim(s));
                 continue;
             }
             if st.pending[s].is_none() && st.acquires_left[s] > 0 {
@@ -267,10 +330,23 @@ impl Model for TokModel {
             if self.stop && !st.servers[SILENT].stopped {
                 actions.push(Act::StopSilent);
             }
-            // Time runs only while a fence waits for it (client leases and revoke timeouts are
-            // beyond the horizon here; the configurations without storage cover them).
-            if st.m.stats().fencing > 0 && st.now + self.tick_ms <= self.horizon_ms {
+            // Time runs only while a fence or a recovery window waits for it (client leases and
+            // revoke timeouts are beyond the horizon here; the configurations without storage
+            // cover them).
+            let waiting = st.m.stats().fencing > 0 || st.m.recovering_now();
+            // Clients that reach the new manager reclaim within its window (the window is
+            // a lease; they take over within a sixth of one).
+            let reclaims_due = !st.to_reclaim.is_empty();
+            if waiting && !reclaims_due && st.now + self.tick_ms <= self.horizon_ms {
                 actions.push(Act::Tick);
+            }
+        }
+        if self.failover && !st.failed_over {
+            actions.push(Act::Failover(None));
+            for s in 0..self.sessions {
+                if alive(st, s) {
+                    actions.push(Act::Failover(Some(s)));
+                }
             }
         }
     }
@@ -321,7 +397,7 @@ impl Model for TokModel {
             Act::StopSilent => n.servers[SILENT].stopped = true,
             Act::Tick => {
                 for s in 0..self.sessions {
-                    if Some(s) != n.crashed && alive(&n, s) {
+                    if Some(s) != n.crashed && Some(s) != n.lost && alive(&n, s) {
                         self.apply(&mut n, Input::Heartbeat { session: sid(s), now_ms });
                     }
                 }
@@ -331,6 +407,48 @@ impl Model for TokModel {
                 n.now += self.tick_ms;
                 let now_ms = n.now;
                 self.apply(&mut n, Input::Tick { now_ms });
+            }
+            Act::Failover(lost) => {
+                n.failed_over = true;
+                n.lost = lost;
+                // The clients' view: every token granted and not yet given back (a revoke in
+                // the inbox is not acted on yet). Requests and revokes in flight are lost.
+                for s in 0..self.sessions {
+                    if alive(&n, s) && Some(s) != n.crashed {
+                        n.unreclaimed.insert(sid(s), n.m.tokens(sid(s), F));
+                        if Some(s) != lost {
+                            n.to_reclaim.insert(s);
+                        }
+                    }
+                    n.inbox[s].clear();
+                    n.pending[s] = None;
+                }
+                // The log knows the sessions and the evictions (an eviction is logged before
+                // its fence goes out); nothing of the tokens.
+                let open: Vec<SessionId> = n.m.sessions.keys().copied().collect();
+                n.m = TokenManager::recovering(self.cfg, open, n.m.evicted_sessions(), now_ms);
+                for v in 0..self.servers {
+                    if !n.servers[v].stopped {
+                        self.register(&mut n, v);
+                    }
+                }
+            }
+            Act::Reclaim(s) => {
+                n.to_reclaim.remove(&s);
+                let tokens = n.unreclaimed.get(&sid(s)).cloned().unwrap_or_default();
+                if !tokens.is_empty() {
+                    self.apply(&mut n, Input::Reclaim { session: sid(s), file: F, tokens, now_ms });
+                }
+                self.apply(&mut n, Input::ReclaimDone { session: sid(s), now_ms });
+                // What the new manager now holds for it is its own to protect (the invariants);
+                // anything else the client still believes it holds stays unreclaimed.
+                let known = n.m.tokens(sid(s), F);
+                if let Some(left) = n.unreclaimed.get_mut(&sid(s)) {
+                    left.retain(|(r, mode)| !covered(&known, *r, *mode));
+                    if left.is_empty() {
+                        n.unreclaimed.remove(&sid(s));
+                    }
+                }
             }
         }
         Some(n)
@@ -350,6 +468,13 @@ impl Model for TokModel {
                     || (st.m.stats().waiters == 0
                         && (0..st.pending.len()).all(|s| !alive(st, s) || st.pending[s].is_none()))
             }),
+            Property::always("no grant over tokens held at the failover and not reclaimed", |_, st: &St| {
+                !st.cross_grant
+            }),
+            Property::sometimes(
+                "a session cut off from the new manager was evicted, its bytes granted",
+                |_, st: &St| st.lost.is_some() && st.fenced_grant,
+            ),
             Property::sometimes("a revoke was acked and its request granted", |_, st: &St| {
                 st.m.stats().revokes > 0 && st.m.stats().outstanding_revokes == 0 && st.m.stats().waiters == 0
             }),
@@ -363,7 +488,7 @@ impl Model for TokModel {
 }
 
 fn check(model: TokModel, name: &str) {
-    let (crash, fencing) = (model.crash, model.servers > 0);
+    let (crash, fencing, failover) = (model.crash, model.servers > 0, model.failover);
     // A guard against a configuration too large for a test run. The checker stops once it has
     // generated this many states, so the checks below are exhaustive only if it stopped
     // before.
@@ -380,11 +505,14 @@ fn check(model: TokModel, name: &str) {
     checker.assert_no_discovery("outputs as the clients expect");
     checker.assert_no_discovery("no grant while an evicted holder's writes could still land");
     checker.assert_no_discovery("quiescent: every live request granted");
+    checker.assert_no_discovery("no grant over tokens held at the failover and not reclaimed");
     checker.assert_any_discovery("a revoke was acked and its request granted");
     if crash {
         checker.assert_any_discovery("a crashed holder was evicted");
     }
-    if fencing {
+    if failover {
+        checker.assert_any_discovery("a session cut off from the new manager was evicted, its bytes granted");
+    } else if fencing {
         checker.assert_any_discovery("an evicted holder's bytes were granted after its fence");
         checker.assert_any_discovery("the silent storage server was declared down");
     }
@@ -414,6 +542,7 @@ fn without_storage(sessions: usize, requireds: &[ByteRange], expand: bool, acqui
         servers: 0,
         disconnect: false,
         stop: false,
+        failover: false,
         tick_ms: 0,
         horizon_ms: 0,
     }
@@ -487,6 +616,7 @@ fn fencing(sessions: usize, requireds: &[ByteRange], acquires: u8, stop: bool) -
         servers: 2,
         disconnect: true,
         stop,
+        failover: false,
         tick_ms: 50,
         horizon_ms: 400,
     }
@@ -502,4 +632,39 @@ fn an_unconfirmed_fence_holds_grants_until_the_silent_server_is_declared_down() 
 fn an_unconfirmed_fence_holds_grants_until_the_stopped_server_lost_its_lease() {
     check(fencing(2, &R3[..2], 2, true), "fencing, 2 sessions × 2 acquires, silent server heartbeating or stopped");
     check(fencing(3, &R3[..2], 1, true), "fencing, 3 sessions × 1 acquire, silent server heartbeating or stopped");
+}
+
+/// A failover (see the module documentation): two storage servers, the silent one
+/// heartbeating; sessions acquire under the old manager, then reclaim under the new one, or
+/// one of them is cut off from it and must be evicted and fenced before its bytes are granted.
+fn failover(sessions: usize, requireds: &[ByteRange], acquires: u8) -> TokModel {
+    TokModel {
+        sessions,
+        crash: false,
+        requireds: requireds.to_vec(),
+        expand: true,
+        strides: Vec::new(),
+        acquires,
+        release: false,
+        // A recovery window (lease_ms) a few ticks long, fences that wait for the silent server.
+        cfg: TokenConfig {
+            lease_ms: 100,
+            revoke_timeout_ms: 1000,
+            contention_window_ms: 0,
+            storage_lease_ms: 200,
+            fence_timeout_ms: 50,
+        },
+        servers: 2,
+        disconnect: false,
+        stop: false,
+        failover: true,
+        tick_ms: 50,
+        horizon_ms: 500,
+    }
+}
+
+#[test]
+fn a_failover_grants_nothing_over_tokens_not_reclaimed_or_not_yet_fenced() {
+    check(failover(2, &R3[..2], 2), "failover, 2 sessions × 2 acquires, one may be cut off from the new manager");
+    check(failover(3, &R3[..2], 1), "failover, 3 sessions × 1 acquire, one may be cut off from the new manager");
 }

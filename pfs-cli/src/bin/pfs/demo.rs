@@ -1,32 +1,43 @@
-//! `pfs demo`: a throw-away cluster on loopback, one file striped over it and read back.
+//! `pfs demo`: a throw-away cluster on loopback (3 meta nodes, a Raft group), one file
+//! striped over it and read back; with `--kill-leader`, the meta leader is killed (SIGKILL)
+//! half way through the copy, which must finish and verify all the same.
 
 use pfs_cli::copy::{copy, sha256_of, CopyOptions, Endpoint};
 use pfs_cli::{Error, Result};
 use pfs_common::units::human;
-use pfs_testkit::LocalCluster;
+use pfs_testkit::{wait_meta_leader, DaemonKind, LocalCluster};
 use rand::{RngCore, SeedableRng};
 use std::io::Write;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
-pub async fn run(size: u64, servers: u32, replicas: u8) -> Result<()> {
+/// Meta nodes of the demo cluster.
+const META_NODES: u16 = 3;
+
+pub async fn run(size: u64, servers: u32, replicas: u8, kill_leader: bool) -> Result<()> {
     // On Ctrl-C the demo future is dropped, and with it the cluster: daemons killed, the
     // temporary directory removed.
     tokio::select! {
-        r = demo(size, servers, replicas) => r,
+        r = demo(size, servers, replicas, kill_leader) => r,
         _ = tokio::signal::ctrl_c() => Err(Error::Usage("interrupted; cluster stopped and removed".into())),
     }
 }
 
-async fn demo(size: u64, servers: u32, replicas: u8) -> Result<()> {
+async fn demo(size: u64, servers: u32, replicas: u8, kill_leader: bool) -> Result<()> {
     println!(
-        "Starting an embedded cluster: 1 pfs-meta + {servers} pfs-storage on 127.0.0.1, {replicas} replicas of every chunk ..."
+        "Starting an embedded cluster: {META_NODES} pfs-meta (a Raft group) + {servers} pfs-storage on 127.0.0.1, {replicas} replicas of every chunk ..."
     );
     if (replicas as u32) > servers {
         return Err(Error::Usage(format!("{replicas} replicas need at least {replicas} storage servers")));
     }
     let t = Instant::now();
-    let cluster = LocalCluster::start_with(servers, |c| c.layout.replicas = replicas).await?;
-    println!("  up in {:.2} s, everything under {}", t.elapsed().as_secs_f64(), cluster.dir().display());
+    let mut cluster = LocalCluster::start_group(META_NODES, servers, |c| c.layout.replicas = replicas).await?;
+    let leader = wait_meta_leader(cluster.config(), None, Duration::from_secs(30)).await?;
+    println!(
+        "  up in {:.2} s, meta-{leader} leads; everything under {}",
+        t.elapsed().as_secs_f64(),
+        cluster.dir().display()
+    );
     let client = cluster.client().await?;
 
     let input = cluster.dir().join("input.bin");
@@ -34,10 +45,46 @@ async fn demo(size: u64, servers: u32, replicas: u8) -> Result<()> {
     println!("Writing {} of random bytes to {} ...", human(size), input.display());
     write_random(&input, size)?;
 
-    let opts = CopyOptions::default();
+    let progress = indicatif::ProgressBar::hidden();
+    let opts = CopyOptions { progress: Some(progress.clone()), ..CopyOptions::default() };
     let dst = Endpoint::Pfs("/demo/input.bin".to_string());
     client.mkdir_all("/demo").await?;
-    let w = copy(&client, &Endpoint::Local(input.clone()), &dst, &opts).await?;
+    let done = AtomicBool::new(false);
+    let copy_in = async {
+        let r = copy(&client, &Endpoint::Local(input.clone()), &dst, &opts).await;
+        done.store(true, Ordering::Release);
+        r
+    };
+    let killer = async {
+        if !kill_leader {
+            return Ok(None);
+        }
+        // Half way through (the copy advances the hidden progress bar); a tool's poll, not a
+        // test's synchronisation.
+        while progress.position() < size / 2 {
+            if done.load(Ordering::Acquire) {
+                return Ok(None);
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let at = progress.position();
+        cluster.kill(DaemonKind::Meta(leader));
+        let killed = Instant::now();
+        let next = wait_meta_leader(cluster.config(), Some(leader), Duration::from_secs(30)).await?;
+        Ok::<_, Error>(Some((at, next, killed.elapsed())))
+    };
+    let (w, killed) = tokio::join!(copy_in, killer);
+    let w = w?;
+    match killed? {
+        Some((at, next, gap)) => println!(
+            "Killed meta-{leader} (the leader, SIGKILL) with {} of {} copied: meta-{next} leads after {:.2} s without a leader",
+            human(at),
+            human(size),
+            gap.as_secs_f64()
+        ),
+        None if kill_leader => println!("The copy finished before half of it was done? Not killed; try a larger --size"),
+        None => {}
+    }
     println!(
         "Copied in:   {} in {:.3} s = {:.0} MiB/s (fsync'd on every storage server)",
         human(w.bytes),

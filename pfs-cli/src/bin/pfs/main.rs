@@ -58,6 +58,10 @@ enum Cmd {
         /// Copies of every chunk (as config/local.toml's `[layout] replicas`).
         #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=3))]
         replicas: u8,
+        /// Kill (SIGKILL) the metadata leader half way through the copy in; the copy must
+        /// finish and verify, and the demo says how long the cluster had no leader.
+        #[arg(long)]
+        kill_leader: bool,
     },
     /// List a directory (or show one file).
     Ls {
@@ -173,7 +177,9 @@ fn main() {
 fn run(args: Args) -> pfs_cli::Result<()> {
     let rt = tool::runtime()?;
     match args.cmd {
-        Cmd::Demo { size, servers, replicas } => rt.block_on(demo::run(size, servers, replicas)),
+        Cmd::Demo { size, servers, replicas, kill_leader } => {
+            rt.block_on(demo::run(size, servers, replicas, kill_leader))
+        }
         Cmd::Up => rt.block_on(daemons::up(&tool::load_config(args.config.clone())?, &config_path(&args.config))),
         Cmd::Down => daemons::down(&*tool::load_config(args.config)?),
         Cmd::Meta { action } => {
