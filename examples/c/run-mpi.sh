@@ -1,6 +1,6 @@
 #!/bin/bash
 # Builds examples/c/shared_file.c with mpicc against libpfs and runs it under `mpirun -np 4` on
-# a fresh cluster of this host (1 pfs-meta + 4 pfs-storage, config/local.toml on ports 72xx).
+# a fresh cluster of this host (3 pfs-meta + 4 pfs-storage, config/local.toml on ports 72xx).
 # Usage: examples/c/run-mpi.sh [BIN_DIR]   (default target/release: pfs, pfs-meta, pfs-storage,
 # libpfs.so). Needs Open MPI (libopenmpi-dev, openmpi-bin).
 set -euo pipefail
