@@ -596,9 +596,10 @@ impl MetaServer {
         Ok(applied.inode)
     }
 
-    /// Waits while storage servers have not come up with this leader yet, at most the down
-    /// timeout from the start of its term ([`Registry::settling`]): a new file is placed on
-    /// the servers that are up, and right after an election none or few have registered.
+    /// Waits while storage servers that registered before have not come up with this leader
+    /// yet, at most [`crate::registry::SETTLE_HEARTBEATS`] heartbeat periods from the start of
+    /// its term ([`Registry::settling`]): a new file is placed on the servers that are up, and
+    /// right after an election none or few have registered. Returns at once after that.
     async fn placement_ready(&self) {
         loop {
             let woken = self.server_up.notified();

@@ -638,28 +638,14 @@ fn an_unconfirmed_fence_holds_grants_until_the_stopped_server_lost_its_lease() {
 /// heartbeating; sessions acquire under the old manager, then reclaim under the new one, or
 /// one of them is cut off from it and must be evicted and fenced before its bytes are granted.
 fn failover(sessions: usize, requireds: &[ByteRange], acquires: u8) -> TokModel {
+    let base = fencing(sessions, requireds, acquires, false);
     TokModel {
-        sessions,
-        crash: false,
-        requireds: requireds.to_vec(),
-        expand: true,
-        strides: Vec::new(),
-        acquires,
-        release: false,
-        // A recovery window (lease_ms) a few ticks long, fences that wait for the silent server.
-        cfg: TokenConfig {
-            lease_ms: 100,
-            revoke_timeout_ms: 1000,
-            contention_window_ms: 0,
-            storage_lease_ms: 200,
-            fence_timeout_ms: 50,
-        },
-        servers: 2,
+        // A recovery window (lease_ms) a few ticks long; fences wait for the silent server.
+        cfg: TokenConfig { lease_ms: 100, ..base.cfg },
         disconnect: false,
-        stop: false,
         failover: true,
-        tick_ms: 50,
         horizon_ms: 500,
+        ..base
     }
 }
 
