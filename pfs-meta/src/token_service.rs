@@ -55,7 +55,9 @@ pub type SessionEndHook = Box<dyn Fn(Option<SessionEnd>) + Send + Sync>;
 
 /// A session ended: closed, or evicted.
 pub struct SessionEnd {
+    /// The session that ended.
     pub session: SessionId,
+    /// Evicted (true; the log must record it) or closed by its client (false).
     pub evicted: bool,
     /// For an eviction: to be sent once it is committed to the log. Its fences wait for it,
     /// so that no storage server refuses a session that a next leader would still take for
